@@ -1,0 +1,76 @@
+//! The one error type every store returns.
+
+use crate::reservation::ReservationId;
+
+/// Why a stock operation was refused.
+///
+/// Every variant means **nothing changed**: a failed call leaves every count, every
+/// version and every open hold exactly as it was (all or nothing).
+///
+/// The type parameter `K` is the SKU type, so an error names the SKU that caused it.
+///
+/// # Examples
+///
+/// ```
+/// use stockledger::{PessimisticStore, StockError, StockStore};
+///
+/// let store = PessimisticStore::new();
+/// store.restock(&"apple", 1)?;
+/// let err = store.sell(&[("apple", 2)]).unwrap_err();
+/// assert_eq!(err, StockError::InsufficientStock { sku: "apple", requested: 2, available: 1 });
+/// # Ok::<(), StockError<&str>>(())
+/// ```
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StockError<K> {
+    /// The SKU was never restocked in this store.
+    #[error("unknown SKU {0:?}")]
+    UnknownSku(K),
+    /// The SKU has fewer units available (`on_hand - reserved`, minus what queued
+    /// waiters are entitled to in a [`MonitorStore`](crate::MonitorStore)) than requested.
+    #[error(
+        "insufficient stock for SKU {sku:?}: requested {requested} units, {available} available"
+    )]
+    InsufficientStock {
+        /// The SKU that is short.
+        sku: K,
+        /// Units requested on this SKU (the merged quantity of all its lines).
+        requested: u64,
+        /// Units available to this caller when the request was checked.
+        available: u64,
+    },
+    /// A line asked for zero units.
+    #[error("invalid quantity 0 for SKU {sku:?}")]
+    InvalidQuantity {
+        /// The SKU of the zero line.
+        sku: K,
+    },
+    /// The request had no lines.
+    #[error("empty request: no lines")]
+    EmptyRequest,
+    /// A count would pass the store's maximum
+    /// ([`StockStore::quantity_max`](crate::StockStore::quantity_max)) or a version would
+    /// pass its maximum.
+    #[error("overflow on SKU {sku:?}: a count would pass the store's maximum")]
+    Overflow {
+        /// The SKU whose count would overflow.
+        sku: K,
+    },
+    /// The reservation was never issued, or was already committed or released.
+    #[error("unknown reservation {0}")]
+    UnknownReservation(ReservationId),
+    /// A waiting reservation ([`WaitingStore::reserve_timeout`](crate::WaitingStore::reserve_timeout))
+    /// ran out of time; every line it held was given back.
+    #[error("timed out waiting for stock")]
+    Timeout,
+    /// The optimistic store gave up after its retry bound
+    /// ([`OptimisticStore::RETRIES_MAX`](crate::OptimisticStore::RETRIES_MAX) compare-and-swap
+    /// attempts lost to other writers).
+    #[error("conflict on SKU {sku:?}: gave up after {attempts} attempts")]
+    Conflict {
+        /// The SKU whose word kept changing.
+        sku: K,
+        /// Compare-and-swap attempts made.
+        attempts: u32,
+    },
+}

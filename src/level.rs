@@ -1,0 +1,230 @@
+//! A SKU's counts and the one place their arithmetic is written.
+//!
+//! Every store keeps a [`StockLevel`] per SKU (the pessimistic store behind a mutex, the
+//! optimistic store packed into one atomic word, the monitor store inside its monitor) and
+//! changes it only through [`StockLevel::apply`], so the rules below hold in every store.
+
+use crate::error::StockError;
+
+/// A SKU's counts at one instant.
+///
+/// `reserved <= on_hand` always holds; `version` grows by one with every change to the SKU
+/// and never goes back, so two levels of one SKU are ordered by their versions.
+///
+/// # Examples
+///
+/// ```
+/// use stockledger::{OptimisticStore, StockStore};
+///
+/// let store = OptimisticStore::new();
+/// store.restock(&"pear", 5)?;
+/// let hold = store.reserve(&[("pear", 2)])?;
+/// let level = store.level(&"pear").unwrap();
+/// assert_eq!((level.on_hand, level.reserved, level.available()), (5, 2, 3));
+/// assert_eq!(level.version, 2); // restock, reserve
+/// # Ok::<(), stockledger::StockError<&str>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct StockLevel {
+    /// Units physically in stock and not yet sold.
+    pub on_hand: u64,
+    /// Units held by open reservations (`reserved <= on_hand`).
+    pub reserved: u64,
+    /// Number of changes made to this SKU so far (restock, reserve, commit, release, sell).
+    pub version: u64,
+}
+
+impl StockLevel {
+    /// Units a new reservation or sale may take: `on_hand - reserved`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let level = stockledger::StockLevel { on_hand: 10, reserved: 3, version: 7 };
+    /// assert_eq!(level.available(), 7);
+    /// ```
+    pub fn available(&self) -> u64 {
+        self.on_hand.saturating_sub(self.reserved)
+    }
+
+    /// Returns the level after `change` of `quantity` units, or why it is refused.
+    ///
+    /// `withheld` units of `available` are not offered to this caller (the monitor store
+    /// withholds stock that queued waiters are entitled to). `limits` are the store's
+    /// maxima. Every change bumps the version.
+    ///
+    /// The version rule: `version + reserved <= limits.version_max` after every change.
+    /// Each open hold owns at least one reserved unit, so this leaves room for the version
+    /// bump of every commit or release still to come: those two can never be refused.
+    pub(crate) fn apply(
+        self,
+        change: Change,
+        quantity: u64,
+        withheld: u64,
+        limits: Limits,
+    ) -> Result<StockLevel, Refusal> {
+        let available = self.available().saturating_sub(withheld);
+        let (on_hand, reserved) = match change {
+            Change::Restock => {
+                let on_hand = self
+                    .on_hand
+                    .checked_add(quantity)
+                    .filter(|on_hand| *on_hand <= limits.count_max)
+                    .ok_or(Refusal::Overflow)?;
+                (on_hand, self.reserved)
+            }
+            Change::Reserve | Change::Sell if quantity > available => {
+                return Err(Refusal::Insufficient { available });
+            }
+            Change::Reserve => (self.on_hand, self.reserved + quantity),
+            Change::Sell => (self.on_hand - quantity, self.reserved),
+            Change::Commit | Change::Release => {
+                debug_assert!(quantity <= self.reserved, "resolving more than is reserved");
+                let reserved = self
+                    .reserved
+                    .checked_sub(quantity)
+                    .ok_or(Refusal::Overflow)?;
+                let on_hand = match change {
+                    Change::Commit => self.on_hand - quantity,
+                    _ => self.on_hand,
+                };
+                (on_hand, reserved)
+            }
+        };
+        let version = self.version + 1;
+        if version
+            .checked_add(reserved)
+            .is_none_or(|sum| sum > limits.version_max)
+        {
+            return Err(Refusal::Overflow);
+        }
+        let next = StockLevel {
+            on_hand,
+            reserved,
+            version,
+        };
+        debug_assert!(next.reserved <= next.on_hand, "reserved passed on hand");
+        debug_assert!(next.version > self.version, "version went back");
+        Ok(next)
+    }
+}
+
+/// One kind of change to a SKU's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// `on_hand += q`.
+    Restock,
+    /// `reserved += q`, if `q <= available`.
+    Reserve,
+    /// `on_hand -= q`, `reserved -= q`: a hold becomes a sale.
+    Commit,
+    /// `reserved -= q`: a hold is given back.
+    Release,
+    /// `on_hand -= q`, if `q <= available`: a sale without a hold.
+    Sell,
+}
+
+/// The maxima of a store's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// The largest `on_hand` (and so `reserved`) the store can hold.
+    pub(crate) count_max: u64,
+    /// The largest `version + reserved` the store can hold (see [`StockLevel::apply`]).
+    pub(crate) version_max: u64,
+}
+
+impl Limits {
+    /// The limits of a store that keeps each count in its own `u64`.
+    pub(crate) const U64: Limits = Limits {
+        count_max: u64::MAX,
+        version_max: u64::MAX,
+    };
+}
+
+/// Why [`StockLevel::apply`] refused a change; the caller adds the SKU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Fewer units available to this caller than requested.
+    Insufficient {
+        /// Units available to this caller.
+        available: u64,
+    },
+    /// A count or the version would pass the store's limits.
+    Overflow,
+}
+
+impl Refusal {
+    /// The public error for this refusal of `requested` units of `sku`.
+    pub(crate) fn into_error<K>(self, sku: K, requested: u64) -> StockError<K> {
+        match self {
+            Refusal::Insufficient { available } => StockError::InsufficientStock {
+                sku,
+                requested,
+                available,
+            },
+            Refusal::Overflow => StockError::Overflow { sku },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: Limits = Limits {
+        count_max: 10,
+        version_max: 20,
+    };
+
+    fn level(on_hand: u64, reserved: u64, version: u64) -> StockLevel {
+        StockLevel {
+            on_hand,
+            reserved,
+            version,
+        }
+    }
+
+    #[test]
+    fn each_change_moves_the_right_counts_and_bumps_the_version() {
+        let start = level(5, 2, 3);
+        let apply = |change, quantity| start.apply(change, quantity, 0, Limits::U64);
+        assert_eq!(apply(Change::Restock, 4), Ok(level(9, 2, 4)));
+        assert_eq!(apply(Change::Reserve, 3), Ok(level(5, 5, 4)));
+        assert_eq!(apply(Change::Commit, 2), Ok(level(3, 0, 4)));
+        assert_eq!(apply(Change::Release, 2), Ok(level(5, 0, 4)));
+        assert_eq!(apply(Change::Sell, 3), Ok(level(2, 2, 4)));
+    }
+
+    #[test]
+    fn reserve_and_sell_refuse_more_than_available_minus_withheld() {
+        let start = level(5, 2, 0);
+        let refused = Err(Refusal::Insufficient { available: 3 });
+        assert_eq!(start.apply(Change::Reserve, 4, 0, Limits::U64), refused);
+        assert_eq!(start.apply(Change::Sell, 4, 0, Limits::U64), refused);
+        let withheld = Err(Refusal::Insufficient { available: 1 });
+        assert_eq!(start.apply(Change::Sell, 2, 2, Limits::U64), withheld);
+    }
+
+    #[test]
+    fn counts_and_versions_never_pass_the_limits() {
+        assert_eq!(
+            level(8, 0, 0).apply(Change::Restock, 3, 0, SMALL),
+            Err(Refusal::Overflow)
+        );
+        assert_eq!(
+            level(u64::MAX, 0, 0).apply(Change::Restock, 1, 0, Limits::U64),
+            Err(Refusal::Overflow)
+        );
+        // version 15 + 1, reserved 0 + 5 = 21 > 20: refused; commit still has room.
+        assert_eq!(
+            level(10, 0, 15).apply(Change::Reserve, 5, 0, SMALL),
+            Err(Refusal::Overflow)
+        );
+        let held = level(10, 4, 14)
+            .apply(Change::Reserve, 1, 0, SMALL)
+            .unwrap();
+        assert_eq!(held, level(10, 5, 15));
+        let committed = held.apply(Change::Commit, 5, 0, SMALL).unwrap();
+        assert_eq!(committed, level(5, 0, 16));
+    }
+}

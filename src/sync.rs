@@ -1,0 +1,325 @@
+//! The seam for every synchronisation primitive the crate uses.
+//!
+//! This is the only file that names `parking_lot`, `dashmap`, `papaya`, `portable_atomic`,
+//! `loom`, `std::sync::atomic` or a spin/backoff hint. Every other file imports
+//! `crate::sync::…`, so under `--cfg loom` the loom models check the very code users run
+//! (the pattern of tokio's `src/loom/{std,mocked}.rs` and crossbeam's `primitive` module).
+//!
+//! Both twins expose the same API:
+//!
+//! | item | normal build | `cfg(loom)` |
+//! |---|---|---|
+//! | [`Arc`] | `std::sync::Arc` | `loom::sync::Arc` |
+//! | [`Mutex`] (`lock()` returns the guard) | `parking_lot::Mutex` | `loom::sync::Mutex` |
+//! | [`Condvar`] (`wait(guard) -> guard`) | `parking_lot::Condvar` | `loom::sync::Condvar` |
+//! | [`Word`] (128-bit CAS word) | `portable_atomic::AtomicU128` | a loom mutex with the same `load`/`compare_exchange` |
+//! | [`Backoff`] | `crossbeam_utils::Backoff` | `loom::thread::yield_now` |
+//! | [`ShardedMap`] | `dashmap::DashMap` | `loom::sync::Mutex<HashMap>` |
+//! | [`LockFreeMap`] | `papaya::HashMap` | `loom::sync::Mutex<HashMap<K, Arc<V>>>` |
+
+pub(crate) use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+#[cfg(not(loom))]
+pub(crate) use real::*;
+
+#[cfg(loom)]
+pub(crate) use mocked::*;
+
+/// Returns a reservation id never returned before in this process, so an id issued by one
+/// store is never mistaken for a hold in another.
+///
+/// The counter starts at 1 and is a plain `std` atomic even under loom: its only property
+/// (uniqueness) does not depend on interleavings, and a loom atomic cannot live in a static.
+pub(crate) fn next_reservation_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Whether `deadline` has passed. `None` is a deadline that never passes.
+pub(crate) fn deadline_passed(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|deadline| Instant::now() >= deadline)
+}
+
+#[cfg(not(loom))]
+mod real {
+    use std::hash::Hash;
+    use std::time::Instant;
+
+    pub(crate) use std::sync::Arc;
+
+    pub(crate) use crossbeam_utils::Backoff;
+    pub(crate) use parking_lot::{Mutex, MutexGuard};
+
+    /// The 128-bit word of the optimistic store: `cmpxchg16b` on x86_64 (detected at run
+    /// time by portable-atomic), a lock-free fallback or a seqlock elsewhere.
+    pub(crate) type Word = portable_atomic::AtomicU128;
+
+    /// A condition variable whose `wait` takes and returns the guard (tokio's wrapper of
+    /// parking_lot's `wait(&mut guard)`).
+    #[derive(Debug, Default)]
+    pub(crate) struct Condvar(parking_lot::Condvar);
+
+    impl Condvar {
+        pub(crate) fn new() -> Self {
+            Self(parking_lot::Condvar::new())
+        }
+
+        /// Blocks until notified or until `deadline` (never, if `None`); returns the guard
+        /// and whether the deadline passed. Spurious wake-ups are possible: callers loop.
+        pub(crate) fn wait_until<'a, T>(
+            &self,
+            mut guard: MutexGuard<'a, T>,
+            deadline: Option<Instant>,
+        ) -> (MutexGuard<'a, T>, bool) {
+            let timed_out = match deadline {
+                Some(deadline) => self.0.wait_until(&mut guard, deadline).timed_out(),
+                None => {
+                    self.0.wait(&mut guard);
+                    false
+                }
+            };
+            (guard, timed_out)
+        }
+
+        pub(crate) fn notify_all(&self) {
+            self.0.notify_all();
+        }
+    }
+
+    /// A sharded concurrent map (dashmap). Values are cloned out, so no map guard is ever
+    /// held while the caller locks something else (dashmap issues 74 and 233).
+    pub(crate) struct ShardedMap<K, V>(dashmap::DashMap<K, V>);
+
+    impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
+        pub(crate) fn new() -> Self {
+            Self(dashmap::DashMap::new())
+        }
+
+        pub(crate) fn get_cloned(&self, key: &K) -> Option<V> {
+            self.0.get(key).map(|value| value.clone())
+        }
+
+        /// Returns the value for `key`, inserting `init()` first when absent.
+        pub(crate) fn get_or_insert_with(&self, key: &K, init: impl FnOnce() -> V) -> V {
+            if let Some(value) = self.0.get(key) {
+                return value.clone();
+            }
+            self.0.entry(key.clone()).or_insert_with(init).clone()
+        }
+
+        pub(crate) fn insert(&self, key: K, value: V) {
+            self.0.insert(key, value);
+        }
+
+        pub(crate) fn remove(&self, key: &K) -> Option<V> {
+            self.0.remove(key).map(|(_, value)| value)
+        }
+
+        pub(crate) fn len(&self) -> usize {
+            self.0.len()
+        }
+    }
+
+    /// A lock-free concurrent map (papaya): lookups take no lock and write no shared
+    /// cache line, which keeps the optimistic store's single-SKU path lock free.
+    pub(crate) struct LockFreeMap<K, V>(papaya::HashMap<K, V>);
+
+    impl<K: Hash + Eq + Clone + Send + Sync, V: Send + Sync> LockFreeMap<K, V> {
+        pub(crate) fn new() -> Self {
+            Self(papaya::HashMap::new())
+        }
+
+        /// Calls `f` with the value for `key`; `None` when absent.
+        pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+            self.0.pin().get(key).map(f)
+        }
+
+        /// Calls `f` with the value for `key`, inserting `init()` first when absent.
+        pub(crate) fn with_or_insert<R>(
+            &self,
+            key: &K,
+            init: impl FnOnce() -> V,
+            f: impl FnOnce(&V) -> R,
+        ) -> R {
+            let map = self.0.pin();
+            match map.get(key) {
+                Some(value) => f(value),
+                None => f(map.get_or_insert_with(key.clone(), init)),
+            }
+        }
+
+        pub(crate) fn len(&self) -> usize {
+            self.0.len()
+        }
+    }
+}
+
+#[cfg(loom)]
+mod mocked {
+    use std::collections::HashMap;
+    use std::hash::Hash;
+    use std::time::Instant;
+
+    pub(crate) use loom::sync::{Arc, MutexGuard};
+
+    use super::Ordering;
+
+    /// loom's mutex with parking_lot's signature: `lock()` returns the guard.
+    #[derive(Debug)]
+    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+
+    impl<T> Mutex<T> {
+        pub(crate) fn new(value: T) -> Self {
+            Self(loom::sync::Mutex::new(value))
+        }
+
+        pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+            self.0.lock().expect("loom mutex poisoned")
+        }
+    }
+
+    /// loom's condition variable behind the same API as the real twin.
+    ///
+    /// loom has no clock: `wait_timeout` never times out. A deadline that has already
+    /// passed returns at once with `timed_out = true`; any other deadline waits for a
+    /// notification like `None`. Models reach the time-out path with a zero timeout.
+    #[derive(Debug)]
+    pub(crate) struct Condvar(loom::sync::Condvar);
+
+    impl Condvar {
+        pub(crate) fn new() -> Self {
+            Self(loom::sync::Condvar::new())
+        }
+
+        pub(crate) fn wait_until<'a, T>(
+            &self,
+            guard: MutexGuard<'a, T>,
+            deadline: Option<Instant>,
+        ) -> (MutexGuard<'a, T>, bool) {
+            if super::deadline_passed(deadline) {
+                return (guard, true);
+            }
+            (self.0.wait(guard).expect("loom mutex poisoned"), false)
+        }
+
+        pub(crate) fn notify_all(&self) {
+            self.0.notify_all();
+        }
+    }
+
+    /// The loom twin of the 128-bit CAS word: a loom mutex exposing `load` and
+    /// `compare_exchange`, so loom explores every interleaving of the CAS retry loop.
+    #[derive(Debug)]
+    pub(crate) struct Word(loom::sync::Mutex<u128>);
+
+    impl Word {
+        pub(crate) fn new(value: u128) -> Self {
+            Self(loom::sync::Mutex::new(value))
+        }
+
+        pub(crate) fn load(&self, _order: Ordering) -> u128 {
+            *self.0.lock().expect("loom mutex poisoned")
+        }
+
+        pub(crate) fn compare_exchange(
+            &self,
+            current: u128,
+            new: u128,
+            _success: Ordering,
+            _failure: Ordering,
+        ) -> Result<u128, u128> {
+            let mut word = self.0.lock().expect("loom mutex poisoned");
+            if *word == current {
+                *word = new;
+                Ok(current)
+            } else {
+                Err(*word)
+            }
+        }
+    }
+
+    /// Backoff that yields to loom's scheduler, so retry loops do not exhaust its branches.
+    #[derive(Debug, Default)]
+    pub(crate) struct Backoff;
+
+    impl Backoff {
+        pub(crate) fn new() -> Self {
+            Self
+        }
+
+        pub(crate) fn spin(&self) {
+            loom::thread::yield_now();
+        }
+    }
+
+    /// The loom twin of the sharded map: one loom mutex around a `HashMap`.
+    pub(crate) struct ShardedMap<K, V>(loom::sync::Mutex<HashMap<K, V>>);
+
+    impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
+        pub(crate) fn new() -> Self {
+            Self(loom::sync::Mutex::new(HashMap::new()))
+        }
+
+        fn map(&self) -> MutexGuard<'_, HashMap<K, V>> {
+            self.0.lock().expect("loom mutex poisoned")
+        }
+
+        pub(crate) fn get_cloned(&self, key: &K) -> Option<V> {
+            self.map().get(key).cloned()
+        }
+
+        pub(crate) fn get_or_insert_with(&self, key: &K, init: impl FnOnce() -> V) -> V {
+            self.map().entry(key.clone()).or_insert_with(init).clone()
+        }
+
+        pub(crate) fn insert(&self, key: K, value: V) {
+            self.map().insert(key, value);
+        }
+
+        pub(crate) fn remove(&self, key: &K) -> Option<V> {
+            self.map().remove(key)
+        }
+
+        pub(crate) fn len(&self) -> usize {
+            self.map().len()
+        }
+    }
+
+    /// The loom twin of the lock-free map: values live behind `Arc` and are cloned out, so
+    /// the map's mutex is released before `f` runs and loom still explores `f`'s races.
+    pub(crate) struct LockFreeMap<K, V>(loom::sync::Mutex<HashMap<K, Arc<V>>>);
+
+    impl<K: Hash + Eq + Clone + Send + Sync, V: Send + Sync> LockFreeMap<K, V> {
+        pub(crate) fn new() -> Self {
+            Self(loom::sync::Mutex::new(HashMap::new()))
+        }
+
+        fn map(&self) -> MutexGuard<'_, HashMap<K, Arc<V>>> {
+            self.0.lock().expect("loom mutex poisoned")
+        }
+
+        pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+            let value = self.map().get(key).cloned();
+            value.map(|value| f(&value))
+        }
+
+        pub(crate) fn with_or_insert<R>(
+            &self,
+            key: &K,
+            init: impl FnOnce() -> V,
+            f: impl FnOnce(&V) -> R,
+        ) -> R {
+            let value = self
+                .map()
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(init()))
+                .clone();
+            f(&value)
+        }
+
+        pub(crate) fn len(&self) -> usize {
+            self.map().len()
+        }
+    }
+}
