@@ -210,6 +210,28 @@ impl<K: Sku> MonitorStore<K> {
         }
     }
 
+    /// Number of `reserve_timeout` callers queued on `sku` right now (0 for an unknown SKU).
+    ///
+    /// # Locking behaviour
+    ///
+    /// Locks `sku`'s monitor for a moment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{MonitorStore, StockStore};
+    ///
+    /// let store = MonitorStore::new();
+    /// store.restock(&"tv", 1)?;
+    /// assert_eq!(store.queued(&"tv"), 0);
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
+    pub fn queued(&self, sku: &K) -> usize {
+        self.slots
+            .get_cloned(sku)
+            .map_or(0, |monitor| monitor.state.lock().queue.len())
+    }
+
     /// The monitors of merged `lines`, in the same order.
     fn monitors_of(&self, lines: &[(K, u64)]) -> Result<Vec<Arc<Monitor>>, StockError<K>> {
         lines
