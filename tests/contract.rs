@@ -12,6 +12,13 @@ use stockledger::{
     StockStore,
 };
 
+/// A refused call: its name, what it returned, what it should return.
+type Case = (
+    &'static str,
+    Result<(), StockError<String>>,
+    StockError<String>,
+);
+
 /// Every level of `names`, to compare before and after a refused call.
 fn snapshot(store: &dyn StockStore<String>, names: &[&str]) -> Vec<Option<StockLevel>> {
     names.iter().map(|name| store.level(&sku(name))).collect()
@@ -156,7 +163,7 @@ fn every_bad_input_is_a_typed_error_that_changes_nothing() {
         let before = snapshot(store, &["a", "zz"]);
         let a = sku("a");
         let max = store.quantity_max();
-        let cases: Vec<(&str, Result<(), StockError<String>>, StockError<String>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "reserve []",
                 store.reserve(&[]).map(drop),
