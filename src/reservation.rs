@@ -1,10 +1,11 @@
 //! Reservations (holds) and the registry that decides which resolution wins.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::StockError;
-use crate::sync::{self, Arc, ShardedMap};
+use crate::sync::{self, ShardedMap};
 
 /// The id of a reservation (hold).
 ///
@@ -70,6 +71,8 @@ impl fmt::Display for ReservationId {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation<K> {
     id: ReservationId,
+    /// Immutable once the hold is open, so a plain `std` `Arc` even under loom: there is
+    /// no interleaving to model (and loom's `Arc` has no `From<Vec>` nor `PartialEq`).
     lines: Arc<[(K, u64)]>,
     expires_at: Option<Instant>,
 }
