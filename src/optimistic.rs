@@ -165,6 +165,19 @@ impl<K: Sku> OptimisticStore<K> {
         {
             return Err(StockError::UnknownSku(sku.clone()));
         }
+        // Check every line against its current level before changing any, so a request
+        // refused without a race changes nothing, not even a version. A race after this
+        // check is still caught by the CAS below and compensated.
+        for (sku, quantity) in lines {
+            let level = self
+                .skus
+                .with(sku, |word| unpack(word.load(Ordering::Acquire)));
+            if let Some(Err(refusal)) =
+                level.map(|level| level.apply(Change::Reserve, *quantity, 0, LIMITS))
+            {
+                return Err(refusal.into_error(sku.clone(), *quantity));
+            }
+        }
         for (done, (sku, quantity)) in lines.iter().enumerate() {
             if let Err(error) = self.update_sku(sku, Change::Reserve, *quantity) {
                 self.resolve_lines(&lines[..done], Change::Release);
@@ -206,6 +219,10 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
+        if qty > Self::QUANTITY_MAX {
+            // Refused before the insert: a refused restock must not create the SKU.
+            return Err(StockError::Overflow { sku: sku.clone() });
+        }
         self.skus.with_or_insert(
             sku,
             || Word::new(pack(StockLevel::default())),
@@ -241,6 +258,10 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
             return self.update_sku(sku, Change::Sell, *quantity).map(|_| ());
         }
         let lines = lines::merge(lines)?;
+        if let [(sku, quantity)] = lines.as_slice() {
+            // Duplicate lines of one SKU: one change, as for a single line.
+            return self.update_sku(sku, Change::Sell, *quantity).map(|_| ());
+        }
         self.reserve_lines(&lines)?;
         self.resolve_lines(&lines, Change::Commit);
         Ok(())
