@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -746,7 +746,7 @@ fn print_intro(args: &Args, orders: &[Order], catalog: &Catalog, start: &[u64], 
         "replaying {} orders ({lines} lines, {} SKUs) from {} on {threads} threads",
         orders.len(),
         catalog.skus.len(),
-        args.orders.display(),
+        shown_path(&args.orders).display(),
     );
     println!(
         "start stock: {stock} units = floor({} x demand) per SKU; demand (Completed orders) \
@@ -754,6 +754,12 @@ fn print_intro(args: &Args, orders: &[Order], catalog: &Catalog, start: &[u64], 
         args.stock_ratio,
     );
     println!();
+}
+
+/// `path` relative to the crate root when it lies inside it (the bundled log), else as given.
+fn shown_path(path: &Path) -> &Path {
+    path.strip_prefix(env!("CARGO_MANIFEST_DIR"))
+        .unwrap_or(path)
 }
 
 fn print_notes() {
