@@ -159,9 +159,10 @@ mod real {
 mod mocked {
     use std::collections::HashMap;
     use std::hash::Hash;
+    use std::ops::{Deref, DerefMut};
     use std::time::Instant;
 
-    pub(crate) use loom::sync::{Arc, MutexGuard};
+    pub(crate) use loom::sync::Arc;
 
     use super::Ordering;
 
@@ -175,15 +176,55 @@ mod mocked {
         }
 
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-            self.0.lock().expect("loom mutex poisoned")
+            MutexGuard {
+                mutex: &self.0,
+                guard: self.0.lock().expect("loom mutex poisoned"),
+            }
         }
     }
 
-    /// loom's condition variable behind the same API as the real twin.
+    /// loom's guard together with the mutex it locks, so that [`Condvar::wait_until`] can
+    /// release the mutex and take it again (loom's guard does not expose its mutex).
+    pub(crate) struct MutexGuard<'a, T> {
+        mutex: &'a loom::sync::Mutex<T>,
+        guard: loom::sync::MutexGuard<'a, T>,
+    }
+
+    impl<T> Deref for MutexGuard<'_, T> {
+        type Target = T;
+
+        fn deref(&self) -> &T {
+            &self.guard
+        }
+    }
+
+    impl<T> DerefMut for MutexGuard<'_, T> {
+        fn deref_mut(&mut self) -> &mut T {
+            &mut self.guard
+        }
+    }
+
+    /// loom's condition variable behind the same API as the real twin, with the time-out
+    /// path modelled.
     ///
-    /// loom has no clock: `wait_timeout` never times out. A deadline that has already
-    /// passed returns at once with `timed_out = true`; any other deadline waits for a
-    /// notification like `None`. Models reach the time-out path with a zero timeout.
+    /// loom has no clock: its `wait_timeout` never times out and its condition variable
+    /// never wakes spuriously. So the deadline is modelled as a cancel flag that a timer
+    /// raises at a moment loom chooses, and the three kinds of deadline mean:
+    ///
+    /// | deadline | modelled as |
+    /// |---|---|
+    /// | `None` (a timeout too long to represent, e.g. `Duration::MAX`) | never passes: wait for a notification, like `wait` |
+    /// | already passed (a zero timeout) | returns at once, `timed_out = true`, the mutex never released |
+    /// | in the future (any other timeout) | passes **during** this wait: the mutex is released and taken again, then `timed_out = true` |
+    ///
+    /// In the last row the timer's firing is the re-acquisition of the mutex, which loom
+    /// schedules like any other lock: every interleaving of "the deadline passes" with the
+    /// other threads' steps is explored (within the preemption bound), including a
+    /// notification and grant that land just before it (callers check for a grant before
+    /// they look at `timed_out`). A real waiter may first be woken without being granted
+    /// and wait again; that leaves the state as it was, so no state is missed. Models that
+    /// need a waiter that is only woken by a notification (lost wake-up checks) pass a
+    /// timeout of `Duration::MAX`, so loom reports a lost wake-up as a deadlock.
     #[derive(Debug)]
     pub(crate) struct Condvar(loom::sync::Condvar);
 
@@ -197,10 +238,22 @@ mod mocked {
             guard: MutexGuard<'a, T>,
             deadline: Option<Instant>,
         ) -> (MutexGuard<'a, T>, bool) {
-            if super::deadline_passed(deadline) {
-                return (guard, true);
+            let MutexGuard { mutex, guard } = guard;
+            match deadline {
+                None => {
+                    let guard = self.0.wait(guard).expect("loom mutex poisoned");
+                    (MutexGuard { mutex, guard }, false)
+                }
+                Some(deadline) if super::deadline_passed(Some(deadline)) => {
+                    (MutexGuard { mutex, guard }, true)
+                }
+                Some(_) => {
+                    // The timer fires while the mutex is free; loom picks the moment.
+                    drop(guard);
+                    let guard = mutex.lock().expect("loom mutex poisoned");
+                    (MutexGuard { mutex, guard }, true)
+                }
             }
-            (self.0.wait(guard).expect("loom mutex poisoned"), false)
         }
 
         pub(crate) fn notify_all(&self) {
@@ -261,7 +314,7 @@ mod mocked {
             Self(loom::sync::Mutex::new(HashMap::new()))
         }
 
-        fn map(&self) -> MutexGuard<'_, HashMap<K, V>> {
+        fn map(&self) -> loom::sync::MutexGuard<'_, HashMap<K, V>> {
             self.0.lock().expect("loom mutex poisoned")
         }
 
@@ -295,7 +348,7 @@ mod mocked {
             Self(loom::sync::Mutex::new(HashMap::new()))
         }
 
-        fn map(&self) -> MutexGuard<'_, HashMap<K, Arc<V>>> {
+        fn map(&self) -> loom::sync::MutexGuard<'_, HashMap<K, Arc<V>>> {
             self.0.lock().expect("loom mutex poisoned")
         }
 
