@@ -1,0 +1,754 @@
+//! Conservation stress test, in the style of Jepsen's bank test.
+//!
+//! `4 × cores` threads run a bounded number of random reserve / commit / release / sell /
+//! restock calls over one hot SKU plus 1,000 SKUs drawn from a Zipf(0.99) law, on every
+//! store (the monitor twice: once also waiting with `reserve_timeout`). Every thread keeps
+//! its own tally of what it restocked, sold and holds. Meanwhile a sampler thread reads
+//! every SKU's level again and again and checks `reserved <= on_hand` and that versions
+//! never go back. At the end, with every thread joined:
+//!
+//! - per SKU, `on_hand = restocked - sold` and `reserved = sum of the open holds` of all
+//!   threads' tallies;
+//! - every open hold then resolves with exactly the lines its thread recorded, after which
+//!   `reserved = 0` and `restocked = on_hand + sold` on every SKU.
+//!
+//! Negative control: a naive ledger local to this file with get-then-put updates (the
+//! classic lost update) must fail these checks. It does not implement `StockStore`; the
+//! harness drives every subject through the small local [`Ledger`] trait.
+//!
+//! Every random choice comes from a seeded RNG per thread (the seed is in each failure
+//! message); the interleaving is up to the OS.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use stockledger::{
+    MonitorStore, OptimisticStore, PessimisticStore, ReservationId, StockError, StockLevel,
+    StockStore, WaitingStore,
+};
+
+type Sku = u32;
+type Lines = Vec<(Sku, u64)>;
+
+/// The hot SKU every thread hits often.
+const HOT_SKU: Sku = 0;
+/// Cold SKUs `1..=COLD_SKUS`, drawn by a Zipf law.
+const COLD_SKUS: u64 = 1_000;
+/// The Zipf exponent of the cold SKUs.
+const ZIPF_EXPONENT: f64 = 0.99;
+/// Calls each thread makes.
+const CALLS_PER_THREAD: usize = 10_000;
+/// Open holds a thread keeps at most; past it, it resolves one instead of reserving.
+const OPEN_HOLDS_MAX: usize = 8;
+/// Initial on hand of the hot SKU and of each cold SKU.
+const HOT_INITIAL: u64 = 500;
+const COLD_INITIAL: u64 = 20;
+/// Timeout of the waiting reservations (monitor store only).
+const WAIT_TIMEOUT: Duration = Duration::from_millis(1);
+/// The seed of the first thread's RNG (thread `i` uses `SEED + i`).
+const SEED: u64 = 0x5EED_0004;
+
+fn all_skus() -> impl Iterator<Item = Sku> {
+    0..=COLD_SKUS as Sku
+}
+
+/// Threads: 4 per core, as the issue asks.
+fn thread_count() -> usize {
+    4 * thread::available_parallelism().map_or(1, usize::from)
+}
+
+// ---------------------------------------------------------------------------------------
+// The subjects, behind a local trait.
+// ---------------------------------------------------------------------------------------
+
+/// What the harness calls. Errors are `StockError`s, so a naive ledger speaks the same
+/// language as the stores.
+trait Ledger: Sync {
+    fn restock(&self, sku: Sku, qty: u64) -> Result<StockLevel, StockError<Sku>>;
+    fn level(&self, sku: Sku) -> Option<StockLevel>;
+    /// Returns the hold's id and lines.
+    fn reserve(&self, lines: &[(Sku, u64)]) -> Result<(ReservationId, Lines), StockError<Sku>>;
+    /// A waiting reservation; `reserve` for a store that cannot wait.
+    fn reserve_waiting(
+        &self,
+        lines: &[(Sku, u64)],
+    ) -> Result<(ReservationId, Lines), StockError<Sku>> {
+        self.reserve(lines)
+    }
+    fn commit(&self, id: ReservationId) -> Result<Lines, StockError<Sku>>;
+    fn release(&self, id: ReservationId) -> Result<Lines, StockError<Sku>>;
+    fn sell(&self, lines: &[(Sku, u64)]) -> Result<(), StockError<Sku>>;
+}
+
+/// A real store, driven without waiting.
+struct Plain<S>(S);
+
+/// A real waiting store, whose `reserve_waiting` is `reserve_timeout`.
+struct Waiting<S>(S);
+
+impl<S: StockStore<Sku>> Ledger for Plain<S> {
+    fn restock(&self, sku: Sku, qty: u64) -> Result<StockLevel, StockError<Sku>> {
+        self.0.restock(&sku, qty)
+    }
+    fn level(&self, sku: Sku) -> Option<StockLevel> {
+        self.0.level(&sku)
+    }
+    fn reserve(&self, lines: &[(Sku, u64)]) -> Result<(ReservationId, Lines), StockError<Sku>> {
+        let hold = self.0.reserve(lines)?;
+        Ok((hold.id(), hold.lines().to_vec()))
+    }
+    fn commit(&self, id: ReservationId) -> Result<Lines, StockError<Sku>> {
+        Ok(self.0.commit(id)?.lines().to_vec())
+    }
+    fn release(&self, id: ReservationId) -> Result<Lines, StockError<Sku>> {
+        Ok(self.0.release(id)?.lines().to_vec())
+    }
+    fn sell(&self, lines: &[(Sku, u64)]) -> Result<(), StockError<Sku>> {
+        self.0.sell(lines)
+    }
+}
+
+impl<S: WaitingStore<Sku>> Ledger for Waiting<S> {
+    fn restock(&self, sku: Sku, qty: u64) -> Result<StockLevel, StockError<Sku>> {
+        self.0.restock(&sku, qty)
+    }
+    fn level(&self, sku: Sku) -> Option<StockLevel> {
+        self.0.level(&sku)
+    }
+    fn reserve(&self, lines: &[(Sku, u64)]) -> Result<(ReservationId, Lines), StockError<Sku>> {
+        let hold = self.0.reserve(lines)?;
+        Ok((hold.id(), hold.lines().to_vec()))
+    }
+    fn reserve_waiting(
+        &self,
+        lines: &[(Sku, u64)],
+    ) -> Result<(ReservationId, Lines), StockError<Sku>> {
+        let hold = self.0.reserve_timeout(lines, WAIT_TIMEOUT)?;
+        Ok((hold.id(), hold.lines().to_vec()))
+    }
+    fn commit(&self, id: ReservationId) -> Result<Lines, StockError<Sku>> {
+        Ok(self.0.commit(id)?.lines().to_vec())
+    }
+    fn release(&self, id: ReservationId) -> Result<Lines, StockError<Sku>> {
+        Ok(self.0.release(id)?.lines().to_vec())
+    }
+    fn sell(&self, lines: &[(Sku, u64)]) -> Result<(), StockError<Sku>> {
+        self.0.sell(lines)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The workers and their tallies.
+// ---------------------------------------------------------------------------------------
+
+/// One thread's own record of what it did.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Units restocked per SKU (including the setup restock, in the main thread's tally).
+    restocked: BTreeMap<Sku, u128>,
+    /// Units sold per SKU: successful sells and commits.
+    sold: BTreeMap<Sku, u128>,
+    /// Holds this thread opened and has not resolved.
+    open: Vec<(ReservationId, Lines)>,
+    /// Ids this thread resolved (a second resolution must be refused).
+    resolved: Vec<ReservationId>,
+    /// Contract violations seen by this thread.
+    violations: Vec<String>,
+    /// Successful calls and refusals, by kind (`"reserve"`, `"sell: InsufficientStock"`, …).
+    outcomes: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn count(&mut self, what: &str, result: Result<(), &StockError<Sku>>) {
+        let key = match result {
+            Ok(()) => what.to_string(),
+            Err(error) => format!(
+                "{what}: {}",
+                format!("{error:?}").split([' ', '(']).next().unwrap_or("")
+            ),
+        };
+        *self.outcomes.entry(key).or_default() += 1;
+    }
+
+    fn add(map: &mut BTreeMap<Sku, u128>, lines: &[(Sku, u64)]) {
+        for &(sku, qty) in lines {
+            *map.entry(sku).or_default() += u128::from(qty);
+        }
+    }
+}
+
+/// Merges request lines as the contract says: summed per SKU, sorted by SKU.
+fn merged(lines: &[(Sku, u64)]) -> Lines {
+    let mut merged = BTreeMap::new();
+    for &(sku, qty) in lines {
+        *merged.entry(sku).or_insert(0) += qty;
+    }
+    merged.into_iter().collect()
+}
+
+/// Whether `error` is an allowed refusal of a reserve or sell under contention.
+fn allowed_refusal(error: &StockError<Sku>) -> bool {
+    matches!(
+        error,
+        StockError::InsufficientStock { .. } | StockError::Conflict { .. } | StockError::Timeout
+    )
+}
+
+/// A worker's random choices.
+struct Worker {
+    rng: StdRng,
+    zipf: Zipf<f64>,
+    waits: bool,
+    tally: Tally,
+    seed: u64,
+}
+
+impl Worker {
+    fn new(index: usize, waits: bool) -> Self {
+        let seed = SEED + index as u64;
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            zipf: Zipf::new(COLD_SKUS, ZIPF_EXPONENT).expect("valid Zipf"),
+            waits,
+            tally: Tally::default(),
+            seed,
+        }
+    }
+
+    fn sku(&mut self) -> Sku {
+        if self.rng.gen_bool(0.3) {
+            HOT_SKU
+        } else {
+            // Zipf samples are integers in 1..=COLD_SKUS.
+            self.zipf.sample(&mut self.rng) as Sku
+        }
+    }
+
+    /// 1 to 3 lines of 1 to 3 units (duplicate SKUs possible).
+    fn lines(&mut self) -> Lines {
+        let count = self.rng.gen_range(1..=3);
+        (0..count)
+            .map(|_| (self.sku(), self.rng.gen_range(1..=3)))
+            .collect()
+    }
+
+    fn violation(&mut self, what: String) {
+        self.tally
+            .violations
+            .push(format!("thread seed {}: {what}", self.seed));
+    }
+
+    fn run(mut self, ledger: &dyn Ledger) -> Tally {
+        for _ in 0..CALLS_PER_THREAD {
+            match self.rng.gen_range(0..100) {
+                0..=29 if self.tally.open.len() < OPEN_HOLDS_MAX => self.reserve(ledger),
+                0..=44 => self.resolve(ledger, true),
+                45..=59 => self.resolve(ledger, false),
+                60..=84 => self.sell(ledger),
+                85..=97 => self.restock(ledger),
+                _ => self.resolve_again(ledger),
+            }
+        }
+        self.tally
+    }
+
+    fn reserve(&mut self, ledger: &dyn Ledger) {
+        let lines = self.lines();
+        let waiting = self.waits && self.rng.gen_bool(0.3);
+        let result = if waiting {
+            ledger.reserve_waiting(&lines)
+        } else {
+            ledger.reserve(&lines)
+        };
+        let kind = if waiting {
+            "reserve_waiting"
+        } else {
+            "reserve"
+        };
+        self.tally.count(kind, result.as_ref().map(|_| ()));
+        match result {
+            Ok((id, held)) => {
+                if held != merged(&lines) {
+                    self.violation(format!("reserve {lines:?} held {held:?}"));
+                }
+                self.tally.open.push((id, held));
+            }
+            Err(error) if allowed_refusal(&error) => {}
+            Err(error) => self.violation(format!("reserve {lines:?}: {error:?}")),
+        }
+    }
+
+    /// Commits (or releases) one of this thread's open holds, chosen at random.
+    fn resolve(&mut self, ledger: &dyn Ledger, commit: bool) {
+        if self.tally.open.is_empty() {
+            return;
+        }
+        let index = self.rng.gen_range(0..self.tally.open.len());
+        let (id, lines) = self.tally.open.swap_remove(index);
+        let result = if commit {
+            ledger.commit(id)
+        } else {
+            ledger.release(id)
+        };
+        self.tally.count(
+            if commit { "commit" } else { "release" },
+            result.as_ref().map(|_| ()),
+        );
+        match result {
+            Ok(resolved) if resolved == lines => {
+                if commit {
+                    Tally::add(&mut self.tally.sold, &lines);
+                }
+            }
+            other => self.violation(format!("resolving {id} {lines:?}: {other:?}")),
+        }
+        self.tally.resolved.push(id);
+    }
+
+    /// Resolves an id this thread already resolved: must be refused, changing nothing.
+    fn resolve_again(&mut self, ledger: &dyn Ledger) {
+        if self.tally.resolved.is_empty() {
+            return;
+        }
+        let id = self.tally.resolved[self.rng.gen_range(0..self.tally.resolved.len())];
+        let result = if self.rng.gen_bool(0.5) {
+            ledger.commit(id)
+        } else {
+            ledger.release(id)
+        };
+        if result != Err(StockError::UnknownReservation(id)) {
+            self.violation(format!("second resolution of {id}: {result:?}"));
+        }
+    }
+
+    fn sell(&mut self, ledger: &dyn Ledger) {
+        let lines = self.lines();
+        let result = ledger.sell(&lines);
+        self.tally.count("sell", result.as_ref().map(|_| ()));
+        match result {
+            Ok(()) => Tally::add(&mut self.tally.sold, &lines),
+            Err(error) if allowed_refusal(&error) => {}
+            Err(error) => self.violation(format!("sell {lines:?}: {error:?}")),
+        }
+    }
+
+    fn restock(&mut self, ledger: &dyn Ledger) {
+        let sku = self.sku();
+        let qty = self.rng.gen_range(1..=8);
+        let result = ledger.restock(sku, qty);
+        self.tally.count("restock", result.as_ref().map(|_| ()));
+        match result {
+            Ok(_) => Tally::add(&mut self.tally.restocked, &[(sku, qty)]),
+            Err(StockError::Conflict { .. }) => {}
+            Err(error) => self.violation(format!("restock {sku} {qty}: {error:?}")),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The sampler and the final accounting.
+// ---------------------------------------------------------------------------------------
+
+/// Reads every SKU once, checking `reserved <= on_hand` and that versions never go back.
+fn sample_pass(ledger: &dyn Ledger, versions: &mut [u64], violations: &mut Vec<String>) {
+    for sku in all_skus() {
+        let Some(level) = ledger.level(sku) else {
+            violations.push(format!("sampler: SKU {sku} vanished"));
+            continue;
+        };
+        if level.reserved > level.on_hand {
+            violations.push(format!("sampler: SKU {sku} reserved > on hand: {level:?}"));
+        }
+        let last = &mut versions[sku as usize];
+        if level.version < *last {
+            violations.push(format!(
+                "sampler: SKU {sku} version went back from {last} to {}",
+                level.version
+            ));
+        }
+        *last = level.version;
+    }
+}
+
+/// The outcome of a stress run.
+#[derive(Debug, Default)]
+struct Report {
+    /// Contract violations seen by the workers (unexpected errors, wrong lines).
+    calls: Vec<String>,
+    /// Violations seen by the sampler during the run and in its final pass.
+    sampler: Vec<String>,
+    /// Conservation violations at the quiescent points.
+    conservation: Vec<String>,
+    /// Full sampler passes made during the run.
+    passes: usize,
+    /// Outcomes of all threads' calls, by kind.
+    outcomes: BTreeMap<String, u64>,
+}
+
+impl Report {
+    fn is_clean(&self) -> bool {
+        self.calls.is_empty() && self.sampler.is_empty() && self.conservation.is_empty()
+    }
+}
+
+/// Checks per SKU that `on_hand = restocked - sold` and `reserved = open`.
+fn check_conservation(
+    ledger: &dyn Ledger,
+    when: &str,
+    restocked: &BTreeMap<Sku, u128>,
+    sold: &BTreeMap<Sku, u128>,
+    open: &BTreeMap<Sku, u128>,
+    violations: &mut Vec<String>,
+) {
+    for sku in all_skus() {
+        let get = |map: &BTreeMap<Sku, u128>| map.get(&sku).copied().unwrap_or_default();
+        let Some(level) = ledger.level(sku) else {
+            violations.push(format!("{when}: SKU {sku} vanished"));
+            continue;
+        };
+        if u128::from(level.on_hand) + get(sold) != get(restocked) {
+            violations.push(format!(
+                "{when}: SKU {sku}: on hand {} + sold {} != restocked {}",
+                level.on_hand,
+                get(sold),
+                get(restocked)
+            ));
+        }
+        if u128::from(level.reserved) != get(open) {
+            violations.push(format!(
+                "{when}: SKU {sku}: reserved {} != open holds {}",
+                level.reserved,
+                get(open)
+            ));
+        }
+    }
+}
+
+/// Runs the stress test on `ledger` (`waits`: also reserve with waiting).
+fn stress(ledger: &dyn Ledger, waits: bool) -> Report {
+    let mut setup = Tally::default();
+    for sku in all_skus() {
+        let qty = if sku == HOT_SKU {
+            HOT_INITIAL
+        } else {
+            COLD_INITIAL
+        };
+        ledger.restock(sku, qty).expect("setup restock");
+        Tally::add(&mut setup.restocked, &[(sku, qty)]);
+    }
+    let done = AtomicBool::new(false);
+    let mut report = Report::default();
+    let mut versions = vec![0; COLD_SKUS as usize + 1];
+    let tallies: Vec<Tally> = thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut violations = Vec::new();
+            let mut passes = 0;
+            while !done.load(Ordering::Acquire) {
+                sample_pass(ledger, &mut versions, &mut violations);
+                passes += 1;
+            }
+            (violations, passes)
+        });
+        let workers: Vec<_> = (0..thread_count())
+            .map(|index| scope.spawn(move || Worker::new(index, waits).run(ledger)))
+            .collect();
+        let tallies = workers
+            .into_iter()
+            .map(|worker| worker.join().expect("worker panicked"))
+            .collect();
+        done.store(true, Ordering::Release);
+        (report.sampler, report.passes) = sampler.join().expect("sampler panicked");
+        tallies
+    });
+
+    // Quiescent point 1: every thread's tally against the store.
+    let mut restocked = setup.restocked;
+    let mut sold = BTreeMap::new();
+    let mut open = BTreeMap::new();
+    for tally in &tallies {
+        report.calls.extend(tally.violations.iter().cloned());
+        for (kind, count) in &tally.outcomes {
+            *report.outcomes.entry(kind.clone()).or_default() += count;
+        }
+        for (sku, qty) in &tally.restocked {
+            *restocked.entry(*sku).or_default() += qty;
+        }
+        for (sku, qty) in &tally.sold {
+            *sold.entry(*sku).or_default() += qty;
+        }
+        for (_, lines) in &tally.open {
+            Tally::add(&mut open, lines);
+        }
+    }
+    let mut conservation = Vec::new();
+    check_conservation(
+        ledger,
+        "after the run",
+        &restocked,
+        &sold,
+        &open,
+        &mut conservation,
+    );
+
+    // Resolve every open hold (alternately commit and release) with its recorded lines.
+    for (index, (id, lines)) in tallies.iter().flat_map(|tally| &tally.open).enumerate() {
+        let commit = index % 2 == 0;
+        let result = if commit {
+            ledger.commit(*id)
+        } else {
+            ledger.release(*id)
+        };
+        match result {
+            Ok(resolved) if resolved == *lines => {
+                if commit {
+                    Tally::add(&mut sold, lines);
+                }
+            }
+            other => report
+                .calls
+                .push(format!("final resolution of {id} {lines:?}: {other:?}")),
+        }
+    }
+
+    // Quiescent point 2: nothing reserved, everything accounted for.
+    check_conservation(
+        ledger,
+        "at the end",
+        &restocked,
+        &sold,
+        &BTreeMap::new(),
+        &mut conservation,
+    );
+    sample_pass(ledger, &mut versions, &mut report.sampler);
+    report.conservation = conservation;
+    report
+}
+
+/// Asserts that the run found no violation and was not vacuous: the sampler made passes
+/// during the run, and every kind of call succeeded many times.
+fn assert_clean(name: &str, report: &Report) {
+    eprintln!(
+        "{name}: {} sampler passes, outcomes {:?}",
+        report.passes, report.outcomes
+    );
+    for kind in ["reserve", "commit", "release", "sell", "restock"] {
+        let successes = report.outcomes.get(kind).copied().unwrap_or_default();
+        assert!(
+            successes >= 100,
+            "{name}: only {successes} successful {kind} calls"
+        );
+    }
+    assert!(
+        report.passes >= 1,
+        "{name}: the sampler never ran during the run"
+    );
+    let first = |violations: &[String]| violations.iter().take(5).cloned().collect::<Vec<_>>();
+    assert!(
+        report.is_clean(),
+        "{name}: {} call, {} sampler, {} conservation violations; first: {:?} {:?} {:?}",
+        report.calls.len(),
+        report.sampler.len(),
+        report.conservation.len(),
+        first(&report.calls),
+        first(&report.sampler),
+        first(&report.conservation),
+    );
+}
+
+#[test]
+fn pessimistic_store_conserves_stock_under_contention() {
+    let report = stress(&Plain(PessimisticStore::new()), false);
+    assert_clean("pessimistic", &report);
+}
+
+#[test]
+fn optimistic_store_conserves_stock_under_contention() {
+    let report = stress(&Plain(OptimisticStore::new()), false);
+    assert_clean("optimistic", &report);
+}
+
+#[test]
+fn monitor_store_conserves_stock_under_contention() {
+    let report = stress(&Plain(MonitorStore::new()), false);
+    assert_clean("monitor", &report);
+}
+
+#[test]
+fn monitor_store_conserves_stock_with_waiting_reservations() {
+    let report = stress(&Waiting(MonitorStore::new()), true);
+    assert_clean("monitor with reserve_timeout", &report);
+}
+
+// ---------------------------------------------------------------------------------------
+// Negative control: a naive ledger with lost updates.
+// ---------------------------------------------------------------------------------------
+
+/// Two callers meet here once: the first waits (up to a bound) for the second, so both
+/// have read the old level before either writes it back.
+#[derive(Default)]
+struct Rendezvous {
+    arrived: Mutex<u32>,
+    met: Condvar,
+}
+
+impl Rendezvous {
+    fn meet(&self) {
+        let mut arrived = self.arrived.lock().unwrap();
+        if *arrived >= 2 {
+            return;
+        }
+        *arrived += 1;
+        self.met.notify_all();
+        let (_arrived, _timeout) = self
+            .met
+            .wait_timeout_while(arrived, Duration::from_secs(10), |arrived| *arrived < 2)
+            .unwrap();
+    }
+}
+
+/// A ledger that reads a level, computes, and writes the level back in a second critical
+/// section: a get-then-put with a lost update whenever two callers overlap. The first two
+/// reserves and the first two sells of the hot SKU are made to overlap (so the control
+/// does not depend on luck). Arithmetic wraps, as unchecked arithmetic in a release build.
+#[derive(Default)]
+struct LostUpdateLedger {
+    levels: Mutex<BTreeMap<Sku, StockLevel>>,
+    holds: Mutex<BTreeMap<ReservationId, Lines>>,
+    next_id: Mutex<u64>,
+    hot_reserves: Rendezvous,
+    hot_sells: Rendezvous,
+}
+
+impl LostUpdateLedger {
+    fn get(&self, sku: Sku) -> Result<StockLevel, StockError<Sku>> {
+        let levels = self.levels.lock().unwrap();
+        levels.get(&sku).copied().ok_or(StockError::UnknownSku(sku))
+    }
+
+    fn put(&self, sku: Sku, level: StockLevel) {
+        self.levels.lock().unwrap().insert(sku, level);
+    }
+
+    /// Takes `lines` from `available` (reserve or sell), line by line, get-then-put.
+    fn take(
+        &self,
+        lines: &[(Sku, u64)],
+        rendezvous: &Rendezvous,
+        change: fn(&mut StockLevel, u64),
+    ) -> Result<Lines, StockError<Sku>> {
+        let lines = merged(lines);
+        let mut next = Vec::new();
+        for &(sku, qty) in &lines {
+            let mut level = self.get(sku)?;
+            let available = level.on_hand.saturating_sub(level.reserved);
+            if qty > available {
+                return Err(StockError::InsufficientStock {
+                    sku,
+                    requested: qty,
+                    available,
+                });
+            }
+            change(&mut level, qty);
+            level.version = level.version.wrapping_add(1);
+            next.push((sku, level));
+        }
+        if lines.iter().any(|(sku, _)| *sku == HOT_SKU) {
+            rendezvous.meet();
+        }
+        for (sku, level) in next {
+            self.put(sku, level);
+        }
+        Ok(lines)
+    }
+
+    fn resolve(&self, id: ReservationId, commit: bool) -> Result<Lines, StockError<Sku>> {
+        let lines = self
+            .holds
+            .lock()
+            .unwrap()
+            .remove(&id)
+            .ok_or(StockError::UnknownReservation(id))?;
+        for &(sku, qty) in &lines {
+            let mut level = self.get(sku)?;
+            level.reserved = level.reserved.wrapping_sub(qty);
+            if commit {
+                level.on_hand = level.on_hand.wrapping_sub(qty);
+            }
+            level.version = level.version.wrapping_add(1);
+            self.put(sku, level);
+        }
+        Ok(lines)
+    }
+}
+
+impl Ledger for LostUpdateLedger {
+    fn restock(&self, sku: Sku, qty: u64) -> Result<StockLevel, StockError<Sku>> {
+        let mut level = self.get(sku).unwrap_or_default();
+        level.on_hand = level.on_hand.wrapping_add(qty);
+        level.version = level.version.wrapping_add(1);
+        self.put(sku, level);
+        Ok(level)
+    }
+    fn level(&self, sku: Sku) -> Option<StockLevel> {
+        self.get(sku).ok()
+    }
+    fn reserve(&self, lines: &[(Sku, u64)]) -> Result<(ReservationId, Lines), StockError<Sku>> {
+        let lines = self.take(lines, &self.hot_reserves, |level, qty| {
+            level.reserved = level.reserved.wrapping_add(qty);
+        })?;
+        let mut next_id = self.next_id.lock().unwrap();
+        *next_id += 1;
+        let id = ReservationId::from_u64(u64::MAX - *next_id);
+        self.holds.lock().unwrap().insert(id, lines.clone());
+        Ok((id, lines))
+    }
+    fn commit(&self, id: ReservationId) -> Result<Lines, StockError<Sku>> {
+        self.resolve(id, true)
+    }
+    fn release(&self, id: ReservationId) -> Result<Lines, StockError<Sku>> {
+        self.resolve(id, false)
+    }
+    fn sell(&self, lines: &[(Sku, u64)]) -> Result<(), StockError<Sku>> {
+        self.take(lines, &self.hot_sells, |level, qty| {
+            level.on_hand = level.on_hand.wrapping_sub(qty);
+        })
+        .map(|_| ())
+    }
+}
+
+#[test]
+fn negative_control_lost_updates_are_caught() {
+    let report = stress(&LostUpdateLedger::default(), false);
+    // The forced lost sell leaves on hand too high; the forced lost reserve leaves reserved
+    // short of the open holds, and it wraps below zero once both holds resolve.
+    assert!(
+        report
+            .conservation
+            .iter()
+            .any(|violation| violation.contains("on hand") && violation.contains("SKU 0")),
+        "the lost sell was not caught: {:?}",
+        report.conservation
+    );
+    assert!(
+        report
+            .conservation
+            .iter()
+            .any(|violation| violation.contains("at the end: SKU 0: reserved")),
+        "the lost reserve was not caught: {:?}",
+        report.conservation
+    );
+    assert!(
+        report
+            .sampler
+            .iter()
+            .any(|violation| violation.contains("SKU 0 reserved > on hand")),
+        "the sampler missed reserved > on hand: {:?}",
+        report.sampler
+    );
+}
