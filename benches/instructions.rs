@@ -191,6 +191,7 @@ fn main() {
             "valgrind": version,
             "command": "valgrind --tool=callgrind --toggle-collect=*callgrind_measured* <bench binary> --workload <w> --ops <n>",
             "skus": SKUS,
+            "source_revision": common::source_revision(),
             "workloads": results,
         }),
     );

@@ -133,5 +133,9 @@ fn main() {
         "ideal_vec",
         measure("ideal_vec", || AtomicVec::new(SKUS_MEMORY)),
     );
+    results.insert(
+        "source_revision".to_string(),
+        json!(common::source_revision()),
+    );
     common::write_side_file("memory", &serde_json::Value::Object(results));
 }

@@ -249,6 +249,7 @@ fn main() {
             "load_average_at_start": load_at_start,
             "load_average_at_end": load_average(),
             "quick": common::quick(),
+            "source_revision": common::source_revision(),
             "args": std::env::args().skip(1).collect::<Vec<_>>(),
             "oversubscribed_threads": common::oversubscribed_threads(),
             "refusals": common::REFUSALS.load(Ordering::Relaxed),

@@ -66,6 +66,32 @@ pub fn output_dir() -> PathBuf {
     target.join("criterion")
 }
 
+/// `git describe`-like identity of the benchmarked tree: commit, plus `-dirty` when `src/`
+/// or `benches/` have uncommitted changes.
+pub fn source_revision() -> Option<String> {
+    let git = |args: &[&str]| {
+        let output = std::process::Command::new("git").args(args).output().ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"])?;
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "src",
+        "benches",
+        "Cargo.toml",
+    ])?;
+    Some(if dirty.is_empty() {
+        commit
+    } else {
+        format!("{commit}-dirty")
+    })
+}
+
 /// Writes `json` to `stockledger/<name>.json` under [`output_dir`].
 pub fn write_side_file(name: &str, json: &serde_json::Value) {
     let dir = output_dir().join("stockledger");
