@@ -1,0 +1,105 @@
+//! Shared parts of the loom models (`tests/loom_*.rs`): one model body, run on every store.
+//!
+//! A model body is a generic `fn(store)`; [`on_every_store!`] turns it into one `#[test]`
+//! per store (`<body>::pessimistic`, `<body>::optimistic`, `<body>::monitor`), each an
+//! exhaustive `loom::model` of the body with the bound of `LOOM_MAX_PREEMPTIONS`.
+//!
+//! The stores are shared between model threads through `std::sync::Arc`, not loom's: the
+//! count of references to the store is not a property under test, and a loom `Arc`
+//! dropped while loom unwinds from a deadlock panics again and aborts the test process
+//! (loom issue 291), which would hide the "deadlock" report.
+
+#![allow(dead_code)] // each test file uses a part of this module
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use stockledger::{StockError, StockStore};
+
+/// The SKU type of every model: cheap to clone, so the models explore the stores' steps.
+pub type Sku = &'static str;
+
+/// The result of a store call in a model.
+pub type Outcome<T> = Result<T, StockError<Sku>>;
+
+/// The one SKU of single-SKU models.
+pub const SKU: Sku = "SKU1004";
+
+/// Runs `body` on a fresh store from `new` in every interleaving loom explores, and
+/// prints how many it explored (each model runs more than one, or it checks nothing).
+///
+/// # Panics
+///
+/// When `body` panics in some interleaving (loom reports it with the failing schedule),
+/// or when loom finds a deadlock.
+pub fn explore<S: 'static>(name: &str, new: fn() -> S, body: fn(S)) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    loom::model(move || {
+        counter.fetch_add(1, Ordering::Relaxed);
+        body(new());
+    });
+    let runs = runs.load(Ordering::Relaxed);
+    eprintln!("{name}: {runs} interleavings explored");
+    assert!(runs > 1, "{name}: the model explored one interleaving only");
+}
+
+/// Spawns a model thread that runs `call` on the shared `store`.
+pub fn spawn<S, T>(
+    store: &Arc<S>,
+    call: impl FnOnce(&S) -> T + Send + 'static,
+) -> loom::thread::JoinHandle<T>
+where
+    S: Send + Sync + 'static,
+    T: Send + 'static,
+{
+    let store = Arc::clone(store);
+    loom::thread::spawn(move || call(&store))
+}
+
+/// `(on_hand, reserved, version)` of `sku`; panics for an unknown SKU.
+pub fn counts<S: StockStore<Sku> + ?Sized>(store: &S, sku: Sku) -> (u64, u64, u64) {
+    let level = store.level(&sku).expect("the SKU was restocked");
+    (level.on_hand, level.reserved, level.version)
+}
+
+/// Generates, for each generic model body `fn name<S: StockStore<Sku>>(store: S)`, a
+/// module `name` with one loom test per store.
+#[allow(unused_macros)] // not every file runs a model on every store
+macro_rules! on_every_store {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn pessimistic() {
+                    $crate::loom_common::explore(
+                        concat!(stringify!($name), "::pessimistic"),
+                        stockledger::PessimisticStore::new,
+                        super::$name,
+                    );
+                }
+
+                #[test]
+                fn optimistic() {
+                    $crate::loom_common::explore(
+                        concat!(stringify!($name), "::optimistic"),
+                        stockledger::OptimisticStore::new,
+                        super::$name,
+                    );
+                }
+
+                #[test]
+                fn monitor() {
+                    $crate::loom_common::explore(
+                        concat!(stringify!($name), "::monitor"),
+                        stockledger::MonitorStore::new,
+                        super::$name,
+                    );
+                }
+            }
+        )+
+    };
+}
+
+#[allow(unused_imports)]
+pub(crate) use on_every_store;
