@@ -259,7 +259,9 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
 fn machine(data: &Data, note: Option<&str>, report: &mut String) {
     let cpu = first_line_with("/proc/cpuinfo", "model name").unwrap_or_else(|| "?".into());
     let cores = std::thread::available_parallelism().map_or(0, |cores| cores.get());
-    let memory = first_line_with("/proc/meminfo", "MemTotal").unwrap_or_else(|| "?".into());
+    let memory = first_line_with("/proc/meminfo", "MemTotal")
+        .and_then(|total| total.trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .map_or_else(|| "?".into(), |kib| format!("{:.1} GiB", kib / 1_048_576.0));
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map_or_else(|_| "?".into(), |text| text.trim().to_string());
     let rustc = command_output("rustc", &["-V"]).unwrap_or_else(|| "?".into());
@@ -384,7 +386,11 @@ fn scenario_table(
         let _ = write!(header, " × {title} |");
         rule.push_str("---:|");
     }
-    header.push_str(" × own 1 thread |");
+    header.push_str(if group == "S5_oversubscription" {
+        " × itself at 2 threads |"
+    } else {
+        " × itself at 1 thread |"
+    });
     rule.push_str("---:|");
     let _ = writeln!(report, "{header}\n{rule}");
     let meaningful = data.multi_thread_meaningful();
@@ -419,16 +425,17 @@ fn scenario_table(
                 let value = divide(Some(ops), data.ops(group, &reference, threads));
                 let _ = write!(report, " {} |", ratio(value));
             }
-            let own = divide(Some(ops), data.ops(group, function, 1));
-            let _ = writeln!(
-                report,
-                " {} |",
-                if threads == 1 {
-                    "–".into()
-                } else {
-                    ratio(own)
+            let own = match function.split_once('_') {
+                Some(("S1", store)) if group == "S5_oversubscription" => {
+                    divide(Some(ops), data.ops("S1_flash_sale", store, 2))
                 }
-            );
+                Some(("S3", store)) if group == "S5_oversubscription" => {
+                    divide(Some(ops), data.ops("S3_zipf", store, 2))
+                }
+                _ if threads == 1 => None,
+                _ => divide(Some(ops), data.ops(group, function, 1)),
+            };
+            let _ = writeln!(report, " {} |", ratio(own));
         }
     }
     let _ = writeln!(report);
@@ -616,11 +623,13 @@ fn hot_targets(data: &Data, targets: &mut Vec<Target>) {
         let why = if met == Some(false) {
             format!(
                 "{} heap allocations per sell (dashmap peer: {}); {} instructions per sell vs \
-                 {} (callgrind)",
+                 {}, of which the SKU lookup alone (`level`) is {} vs {} (callgrind)",
                 number(data.allocations(store, "sell"), 0),
                 number(data.allocations("dashmap", "sell"), 0),
                 number(data.instructions_per_op(&format!("{store}/sell")), 0),
                 number(data.instructions_per_op("dashmap/sell"), 0),
+                number(data.instructions_per_op(&format!("{store}/level")), 0),
+                number(data.instructions_per_op("dashmap/level"), 0),
             )
         } else {
             String::new()
@@ -645,10 +654,12 @@ fn hot_targets(data: &Data, targets: &mut Vec<Target>) {
         let met = value.map(|value| value <= 3.0);
         let why = if met == Some(false) {
             format!(
-                "reserve+commit makes {} heap allocations vs {} for sell (the hold's lines and \
-                 registry entry, then the commit's lookups)",
+                "reserve+commit makes {} heap allocations vs {} for sell (the merged lines, \
+                 the hold's `Arc<[lines]>`, the registry entry) and repeats the SKU lookup, \
+                 which alone costs {} instructions (`level`)",
                 number(data.allocations(store, "reserve_commit"), 0),
                 number(data.allocations(store, "sell"), 0),
+                number(data.instructions_per_op(&format!("{store}/level")), 0),
             )
         } else {
             String::new()
@@ -852,7 +863,11 @@ fn scenarios_section(data: &Data, report: &mut String) {
                 );
             }
             "S5_oversubscription" => {
-                let _ = writeln!(report, "Ratios are to the variant of the same scenario at the same thread count; see the targets for the ratio to 2 threads.\n");
+                let _ = writeln!(
+                    report,
+                    "Peer and limit ratios are at the same thread count; the last column \
+                     compares with the same variant at 2 threads in S1 or S3 (the S5 target).\n"
+                );
                 scenario_table(data, group, |f| f.starts_with("S1_"), hot, "sale", report);
                 scenario_table(data, group, |f| f.starts_with("S3_"), ideal, unit, report);
             }
