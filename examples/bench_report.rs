@@ -654,8 +654,9 @@ fn hot_targets(data: &Data, targets: &mut Vec<Target>) {
         let met = value.map(|value| value <= 3.0);
         let why = if met == Some(false) {
             format!(
-                "reserve+commit makes {} heap allocations vs {} for sell (the merged lines, \
-                 the hold's `Arc<[lines]>`, the registry entry) and repeats the SKU lookup, \
+                "reserve+commit makes {} heap allocations vs {} for sell (merge's 2 `Vec`s and \
+                 the hold's `Arc<[lines]>`; the locking stores add `Vec`s of slots, guards and \
+                 next levels on both calls) and repeats the SKU lookup, \
                  which alone costs {} instructions (`level`)",
                 number(data.allocations(store, "reserve_commit"), 0),
                 number(data.allocations(store, "sell"), 0),
