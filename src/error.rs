@@ -56,7 +56,7 @@ pub enum StockError<K> {
         /// The SKU whose count would overflow.
         sku: K,
     },
-    /// The reservation was never issued, or was already committed or released.
+    /// The reservation was never issued, or was already committed, released or expired.
     #[error("unknown reservation {0}")]
     UnknownReservation(ReservationId),
     /// A waiting reservation ([`WaitingStore::reserve_timeout`](crate::WaitingStore::reserve_timeout))
@@ -72,5 +72,19 @@ pub enum StockError<K> {
         sku: K,
         /// Compare-and-swap attempts made.
         attempts: u32,
+    },
+    /// The hold was past its deadline (its TTL ran out) when it was committed, released or
+    /// extended: it expired on this call and its stock went back. From now on the id is
+    /// unknown.
+    #[error("reservation {0} expired")]
+    Expired(ReservationId),
+    /// The idempotency key was already used with other lines (while its hold is open or
+    /// within the store's retention after it resolved); nothing was held.
+    #[error("idempotency key {key:?} was used for reservation {id} with other lines")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+        /// The reservation the key stands for.
+        id: ReservationId,
     },
 }

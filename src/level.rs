@@ -109,6 +109,51 @@ impl StockLevel {
     }
 }
 
+/// What one change did to one SKU, for events: the counts right after the change, and the
+/// low-stock threshold crossing it caused, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Moved {
+    /// The SKU's counts right after the change.
+    pub(crate) level: StockLevel,
+    /// The crossing of the SKU's low-stock threshold, if the change (with whatever else
+    /// happened under the same lock, such as grants to waiters) caused one.
+    pub(crate) low_stock: Option<LowStock>,
+}
+
+/// A crossing of a low-stock threshold: available went from at least `threshold` to below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LowStock {
+    /// Available units after the crossing.
+    pub(crate) available: u64,
+    /// The threshold crossed.
+    pub(crate) threshold: u64,
+    /// The SKU's version after the crossing.
+    pub(crate) version: u64,
+}
+
+impl LowStock {
+    /// The crossing of `threshold` from `before` to `after`, if available went from at
+    /// least `threshold` to below it. A threshold of 0 is never crossed (it is unset).
+    pub(crate) fn crossing(before: StockLevel, after: StockLevel, threshold: u64) -> Option<Self> {
+        let crossed = before.available() >= threshold && after.available() < threshold;
+        crossed.then_some(LowStock {
+            available: after.available(),
+            threshold,
+            version: after.version,
+        })
+    }
+}
+
+impl Moved {
+    /// The move from `before` to `after` under a SKU with low-stock `threshold`.
+    pub(crate) fn new(before: StockLevel, after: StockLevel, threshold: u64) -> Self {
+        Self {
+            level: after,
+            low_stock: LowStock::crossing(before, after, threshold),
+        }
+    }
+}
+
 /// One kind of change to a SKU's counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Change {
@@ -203,6 +248,23 @@ mod tests {
         assert_eq!(start.apply(Change::Sell, 4, 0, Limits::U64), refused);
         let withheld = Err(Refusal::Insufficient { available: 1 });
         assert_eq!(start.apply(Change::Sell, 2, 2, Limits::U64), withheld);
+    }
+
+    #[test]
+    fn low_stock_is_a_crossing_from_at_least_the_threshold_to_below() {
+        let crossing = |before: u64, after: u64, threshold| {
+            LowStock::crossing(level(before, 0, 1), level(after, 0, 2), threshold)
+        };
+        let crossed = Some(LowStock {
+            available: 2,
+            threshold: 3,
+            version: 2,
+        });
+        assert_eq!(crossing(3, 2, 3), crossed);
+        assert_eq!(crossing(9, 2, 3), crossed);
+        assert_eq!(crossing(2, 1, 3), None, "already below");
+        assert_eq!(crossing(9, 3, 3), None, "not below");
+        assert_eq!(crossing(1, 0, 0), None, "unset");
     }
 
     #[test]

@@ -4,20 +4,38 @@
 #![warn(clippy::missing_errors_doc, clippy::missing_panics_doc)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+mod builder;
+mod clock;
 mod error;
+mod event;
+mod expiry;
+mod guard;
+mod idempotency;
 mod level;
+mod lifecycle;
 mod lines;
 mod monitor;
 mod optimistic;
+mod options;
 mod pessimistic;
+mod reaper;
 mod reservation;
+mod stats;
 mod store;
 mod sync;
 
+pub use builder::StoreBuilder;
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::StockError;
+pub use event::{ChannelSink, EventLine, EventSink, StockEvent};
+pub use guard::ReservationGuard;
+pub use idempotency::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_RETENTION};
 pub use level::StockLevel;
 pub use monitor::MonitorStore;
 pub use optimistic::OptimisticStore;
+pub use options::ReserveOptions;
 pub use pessimistic::PessimisticStore;
+pub use reaper::Reaper;
 pub use reservation::{Reservation, ReservationId};
+pub use stats::StoreStats;
 pub use store::{Sku, StockStore, WaitingStore};

@@ -3,7 +3,7 @@
 use std::ops::DerefMut;
 
 use crate::error::StockError;
-use crate::level::{Change, Limits, StockLevel};
+use crate::level::{Change, Limits, Moved, StockLevel};
 
 /// Validates `lines` and merges them: one line per SKU with the summed quantity, sorted by
 /// SKU (the ascending order in which every store acquires SKUs, Havender's ordered
@@ -45,13 +45,15 @@ pub(crate) trait LevelCell {
     fn withheld(&self) -> u64;
     /// Replaces the SKU's counts.
     fn set_level(&mut self, level: StockLevel);
+    /// The SKU's low-stock threshold (0: none).
+    fn low_stock_threshold(&self) -> u64;
 }
 
 /// Applies `change` to every line, all or nothing: `cells[i]` is the locked state of
 /// `lines[i]`'s SKU, locked in the order of `lines` (ascending SKU).
 ///
 /// Every new level is computed before any is written, so a refusal on any line changes
-/// nothing.
+/// nothing. Returns what moved on each line, in the order of `lines`.
 ///
 /// # Errors
 ///
@@ -62,20 +64,20 @@ pub(crate) fn apply_all<K: Clone, C: LevelCell, G: DerefMut<Target = C>>(
     lines: &[(K, u64)],
     change: Change,
     limits: Limits,
-) -> Result<(), StockError<K>> {
+) -> Result<Vec<Moved>, StockError<K>> {
     debug_assert_eq!(cells.len(), lines.len());
-    let mut next = Vec::with_capacity(lines.len());
+    let mut moved = Vec::with_capacity(lines.len());
     for (cell, (sku, quantity)) in cells.iter().zip(lines) {
-        let level = cell
-            .level()
+        let before = cell.level();
+        let after = before
             .apply(change, *quantity, cell.withheld(), limits)
             .map_err(|refusal| refusal.into_error(sku.clone(), *quantity))?;
-        next.push(level);
+        moved.push(Moved::new(before, after, cell.low_stock_threshold()));
     }
-    for (cell, level) in cells.iter_mut().zip(next) {
-        cell.set_level(level);
+    for (cell, moved) in cells.iter_mut().zip(&moved) {
+        cell.set_level(moved.level);
     }
-    Ok(())
+    Ok(moved)
 }
 
 #[cfg(test)]

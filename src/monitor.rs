@@ -4,10 +4,14 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::builder::StoreBuilder;
 use crate::error::StockError;
-use crate::level::{Change, Limits, StockLevel};
+use crate::level::{Change, Limits, LowStock, Moved, Refusal, StockLevel};
+use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell};
-use crate::reservation::{Registry, Reservation, ReservationId};
+use crate::options::ReserveOptions;
+use crate::reservation::{Reservation, ReservationId};
+use crate::stats::{Stat, StoreStats};
 use crate::store::{Sku, StockStore, WaitingStore};
 use crate::sync::{self, Arc, Condvar, Mutex, MutexGuard, ShardedMap};
 
@@ -15,7 +19,7 @@ use crate::sync::{self, Arc, Condvar, Mutex, MutexGuard, ShardedMap};
 /// FIFO queue of waiting reservations (wait/notify).
 ///
 /// [`reserve_timeout`](WaitingStore::reserve_timeout) waits its turn; stock freed by a
-/// restock or a release goes to the waiters in arrival order. There is no barging: while
+/// restock, a release or an expiry goes to the waiters in arrival order. There is no barging: while
 /// a waiter is queued on a SKU, that SKU offers **0 units** to non-waiting `reserve` and
 /// `sell` calls, because the head of the queue is entitled to everything up to its need and
 /// nobody behind it goes first. So a large request is never starved by a stream of small
@@ -32,7 +36,9 @@ use crate::sync::{self, Arc, Condvar, Mutex, MutexGuard, ShardedMap};
 ///
 /// Every method locks the monitors of the SKUs it touches in ascending SKU order, for a
 /// few instructions. Only `reserve_timeout` waits, and it waits on one SKU's condition
-/// variable at a time with that SKU's mutex released.
+/// variable at a time with that SKU's mutex released. No user code runs under a lock
+/// (events reach the sink after every lock is released). A `reserve_with` with an
+/// idempotency key locks the key first (keys before SKUs).
 ///
 /// # Examples
 ///
@@ -56,8 +62,8 @@ use crate::sync::{self, Arc, Condvar, Mutex, MutexGuard, ShardedMap};
 pub struct MonitorStore<K> {
     /// SKU -> its monitor.
     slots: ShardedMap<K, Arc<Monitor>>,
-    /// Open holds.
-    holds: Registry<K>,
+    /// Open holds, events, counters.
+    lifecycle: Lifecycle<K>,
 }
 
 /// One SKU's monitor.
@@ -77,8 +83,13 @@ struct MonitorState {
     /// Waiters in arrival order, tickets ascending. A waiter is granted when it is popped
     /// from the front with its units reserved.
     queue: VecDeque<Waiter>,
+    /// Granted waiters that have not woken yet: their ticket and the level right after
+    /// their grant (for their `Reserved` event). At most one entry per waiting thread.
+    granted: Vec<(u64, StockLevel)>,
     /// The ticket of the next waiter to arrive.
     next_ticket: u64,
+    /// The low-stock threshold (0: none).
+    low_stock_threshold: u64,
 }
 
 /// A queued waiting request for one SKU.
@@ -107,6 +118,10 @@ impl LevelCell for MonitorState {
     fn set_level(&mut self, level: StockLevel) {
         self.level = level;
     }
+
+    fn low_stock_threshold(&self) -> u64 {
+        self.low_stock_threshold
+    }
 }
 
 impl MonitorState {
@@ -121,6 +136,7 @@ impl MonitorState {
             {
                 Ok(level) => {
                     self.level = level;
+                    self.granted.push((head.ticket, level));
                     self.queue.pop_front();
                     granted = true;
                 }
@@ -130,10 +146,33 @@ impl MonitorState {
         granted
     }
 
-    /// Whether the waiter `ticket`, still waiting, has been granted: every waiter before
-    /// it and itself have left the front of the queue.
-    fn is_granted(&self, ticket: u64) -> bool {
-        self.queue.front().is_none_or(|head| head.ticket > ticket)
+    /// The level right after the grant of the waiter `ticket`, if it was granted (and
+    /// forgets it: each waiter asks once).
+    fn take_grant(&mut self, ticket: u64) -> Option<StockLevel> {
+        let index = self
+            .granted
+            .iter()
+            .position(|(granted, _)| *granted == ticket)?;
+        Some(self.granted.swap_remove(index).1)
+    }
+
+    /// Applies the held-stock `change` (commit, release, restock) of `quantity` units, and
+    /// grants waiters; returns what moved (the crossing counts the grants too) and whether
+    /// waiters must be woken.
+    fn change_and_grant(
+        &mut self,
+        change: Change,
+        quantity: u64,
+    ) -> Result<(Moved, bool), Refusal> {
+        let before = self.level;
+        self.level = before.apply(change, quantity, 0, Limits::U64)?;
+        let level = self.level;
+        let granted = self.grant_waiters();
+        let moved = Moved {
+            level,
+            low_stock: LowStock::crossing(before, self.level, self.low_stock_threshold),
+        };
+        Ok((moved, granted))
     }
 }
 
@@ -145,28 +184,23 @@ impl Monitor {
         }
     }
 
-    /// Grants waiters after `state` freed stock, and wakes them.
-    fn hand_off(&self, state: &mut MonitorState) {
-        if state.grant_waiters() {
-            self.granted.notify_all();
-        }
-    }
-
-    /// Reserves `quantity` units, waiting in FIFO order until `deadline`.
+    /// Reserves `quantity` units, waiting in FIFO order until `deadline`; returns what
+    /// moved and whether it had to wait.
     fn reserve_waiting<K: Clone>(
         &self,
+        mut state: MutexGuard<'_, MonitorState>,
         sku: &K,
         quantity: u64,
         deadline: Option<Instant>,
-    ) -> Result<(), StockError<K>> {
-        let mut state = self.state.lock();
+    ) -> Result<(Moved, bool), StockError<K>> {
         if state.queue.is_empty() {
-            match state.level.apply(Change::Reserve, quantity, 0, Limits::U64) {
+            let before = state.level;
+            match before.apply(Change::Reserve, quantity, 0, Limits::U64) {
                 Ok(level) => {
                     state.level = level;
-                    return Ok(());
+                    return Ok((Moved::new(before, level, state.low_stock_threshold), false));
                 }
-                Err(refusal @ crate::level::Refusal::Overflow) => {
+                Err(refusal @ Refusal::Overflow) => {
                     return Err(refusal.into_error(sku.clone(), quantity));
                 }
                 Err(_) => {}
@@ -178,36 +212,62 @@ impl Monitor {
         loop {
             let timed_out;
             (state, timed_out) = self.granted.wait_until(state, deadline);
-            if state.is_granted(ticket) {
-                return Ok(());
+            if let Some(level) = state.take_grant(ticket) {
+                // The crossing, if any, was reported by the change that granted it.
+                let moved = Moved {
+                    level,
+                    low_stock: None,
+                };
+                return Ok((moved, true));
             }
             if timed_out || sync::deadline_passed(deadline) {
                 // Leave the queue; if this waiter was the head, the next may now be served.
                 state.queue.retain(|waiter| waiter.ticket != ticket);
-                self.hand_off(&mut state);
+                if state.grant_waiters() {
+                    self.granted.notify_all();
+                }
                 return Err(StockError::Timeout);
             }
         }
     }
 
     /// Changes held stock (`Release` or `Commit`) of `quantity` units, then hands off.
-    fn resolve(&self, quantity: u64, change: Change) {
-        let mut state = self.state.lock();
-        state.level = state
-            .level
-            .apply(change, quantity, 0, Limits::U64)
+    fn resolve(
+        &self,
+        mut state: MutexGuard<'_, MonitorState>,
+        quantity: u64,
+        change: Change,
+    ) -> Moved {
+        let (moved, granted) = state
+            .change_and_grant(change, quantity)
             .expect("an open hold can always be resolved");
-        self.hand_off(&mut state);
+        drop(state);
+        if granted {
+            self.granted.notify_all();
+        }
+        moved
     }
 }
 
 impl<K: Sku> MonitorStore<K> {
-    /// An empty store.
+    /// An empty store with the default settings: `MonitorStore::builder().build()`.
     pub fn new() -> Self {
-        Self {
-            slots: ShardedMap::new(),
-            holds: Registry::new(),
-        }
+        Self::builder().build()
+    }
+
+    /// A builder for a store with a clock, an event sink or idempotency settings of its own.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{ChannelSink, MonitorStore, StockStore};
+    ///
+    /// let (sink, _events) = ChannelSink::unbounded();
+    /// let store = MonitorStore::<String>::builder().event_sink(sink).build();
+    /// assert_eq!(store.stats().waits, 0);
+    /// ```
+    pub fn builder() -> StoreBuilder<K, Self> {
+        StoreBuilder::new(0)
     }
 
     /// Number of `reserve_timeout` callers queued on `sku` right now (0 for an unknown SKU).
@@ -232,6 +292,15 @@ impl<K: Sku> MonitorStore<K> {
             .map_or(0, |monitor| monitor.state.lock().queue.len())
     }
 
+    /// Locks `monitor`'s state, counting the lock as contended if it was held.
+    fn lock<'a>(&self, monitor: &'a Monitor) -> MutexGuard<'a, MonitorState> {
+        let (guard, contended) = sync::lock_noting_contention(&monitor.state);
+        if contended {
+            self.lifecycle.stats.count(Stat::Contended);
+        }
+        guard
+    }
+
     /// The monitors of merged `lines`, in the same order.
     fn monitors_of(&self, lines: &[(K, u64)]) -> Result<Vec<Arc<Monitor>>, StockError<K>> {
         lines
@@ -246,25 +315,50 @@ impl<K: Sku> MonitorStore<K> {
 
     /// Applies `change` to merged `lines` without waiting, all or nothing, locking in
     /// ascending SKU order.
-    fn apply(&self, lines: &[(K, u64)], change: Change) -> Result<(), StockError<K>> {
+    fn apply(&self, lines: &[(K, u64)], change: Change) -> Result<Vec<Moved>, StockError<K>> {
         let monitors = self.monitors_of(lines)?;
-        let mut guards: Vec<MutexGuard<'_, MonitorState>> = monitors
-            .iter()
-            .map(|monitor| monitor.state.lock())
-            .collect();
+        let mut guards: Vec<MutexGuard<'_, MonitorState>> =
+            monitors.iter().map(|monitor| self.lock(monitor)).collect();
         lines::apply_all(&mut guards, lines, change, Limits::U64)
     }
+}
 
-    /// Resolves the hold `id` with `change` (commit or release).
-    fn resolve(&self, id: ReservationId, change: Change) -> Result<Reservation<K>, StockError<K>> {
-        let reservation = self.holds.resolve(id)?;
-        let monitors = self
-            .monitors_of(reservation.lines())
-            .expect("a held SKU exists");
-        for (monitor, (_, quantity)) in monitors.iter().zip(reservation.lines()) {
-            monitor.resolve(*quantity, change);
+impl<K: Sku> StoreBuilder<K, MonitorStore<K>> {
+    /// Builds the monitor store with these settings.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{MonitorStore, StockStore};
+    ///
+    /// let store = MonitorStore::<&str>::builder().build();
+    /// assert_eq!(store.queued(&"anything"), 0);
+    /// ```
+    pub fn build(self) -> MonitorStore<K> {
+        MonitorStore {
+            slots: ShardedMap::new(),
+            lifecycle: self.lifecycle(),
         }
-        Ok(reservation)
+    }
+}
+
+impl<K: Sku> Backend<K> for MonitorStore<K> {
+    fn lifecycle(&self) -> &Lifecycle<K> {
+        &self.lifecycle
+    }
+
+    fn hold(&self, lines: &[(K, u64)]) -> Result<Vec<Moved>, StockError<K>> {
+        self.apply(lines, Change::Reserve)
+    }
+
+    /// Line by line, each SKU's monitor handing the freed stock to its waiters.
+    fn settle(&self, lines: &[(K, u64)], change: Change) -> Vec<Moved> {
+        let monitors = self.monitors_of(lines).expect("a held SKU exists");
+        monitors
+            .iter()
+            .zip(lines)
+            .map(|(monitor, (_, quantity))| monitor.resolve(self.lock(monitor), *quantity, change))
+            .collect()
     }
 }
 
@@ -276,14 +370,15 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
         let monitor = self
             .slots
             .get_or_insert_with(sku, || Arc::new(Monitor::new()));
-        let mut state = monitor.state.lock();
-        state.level = state
-            .level
-            .apply(Change::Restock, qty, 0, Limits::U64)
+        let (moved, granted) = self
+            .lock(&monitor)
+            .change_and_grant(Change::Restock, qty)
             .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
-        let level = state.level;
-        monitor.hand_off(&mut state);
-        Ok(level)
+        if granted {
+            monitor.granted.notify_all();
+        }
+        self.lifecycle.restocked(sku, qty, moved);
+        Ok(moved.level)
     }
 
     fn level(&self, sku: &K) -> Option<StockLevel> {
@@ -292,23 +387,49 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
             .map(|monitor| monitor.state.lock().level)
     }
 
-    fn reserve(&self, lines: &[(K, u64)]) -> Result<Reservation<K>, StockError<K>> {
-        let lines = lines::merge(lines)?;
-        self.apply(&lines, Change::Reserve)?;
-        Ok(self.holds.open(lines))
+    fn reserve_with(
+        &self,
+        lines: &[(K, u64)],
+        options: &ReserveOptions,
+    ) -> Result<Reservation<K>, StockError<K>> {
+        lifecycle::reserve_with(self, lines, options)
     }
 
     fn commit(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
-        self.resolve(id, Change::Commit)
+        lifecycle::resolve(self, id, Change::Commit)
     }
 
     fn release(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
-        self.resolve(id, Change::Release)
+        lifecycle::resolve(self, id, Change::Release)
+    }
+
+    fn extend(&self, id: ReservationId, ttl: Duration) -> Result<Reservation<K>, StockError<K>> {
+        lifecycle::extend(self, id, ttl)
+    }
+
+    fn expire_due(&self) -> Vec<Reservation<K>> {
+        lifecycle::expire_due(self)
+    }
+
+    fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {
+        let monitor = self
+            .slots
+            .get_cloned(sku)
+            .ok_or_else(|| StockError::UnknownSku(sku.clone()))?;
+        monitor.state.lock().low_stock_threshold = threshold;
+        Ok(())
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.lifecycle.stats.snapshot()
     }
 
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
         let lines = lines::merge(lines)?;
-        self.apply(&lines, Change::Sell)
+        let sold = self.apply(&lines, Change::Sell);
+        self.lifecycle.stats.count_refusal(&sold);
+        self.lifecycle.sold(&lines, &sold?);
+        Ok(())
     }
 }
 
@@ -322,15 +443,37 @@ impl<K: Sku> WaitingStore<K> for MonitorStore<K> {
         let monitors = self.monitors_of(&lines)?;
         // A timeout too long to represent never passes.
         let deadline = Instant::now().checked_add(timeout);
-        for (held, (monitor, (sku, quantity))) in monitors.iter().zip(&lines).enumerate() {
-            if let Err(error) = monitor.reserve_waiting(sku, *quantity, deadline) {
-                for (monitor, (_, quantity)) in monitors.iter().zip(&lines).take(held) {
-                    monitor.resolve(*quantity, Change::Release);
+        let mut moved = Vec::with_capacity(lines.len());
+        for (monitor, (sku, quantity)) in monitors.iter().zip(&lines) {
+            let state = self.lock(monitor);
+            match monitor.reserve_waiting(state, sku, *quantity, deadline) {
+                Ok((line, waited)) => {
+                    if waited {
+                        self.lifecycle.stats.count(Stat::Waits);
+                    }
+                    moved.push(line);
                 }
-                return Err(error);
+                Err(error) => {
+                    let held = moved.len();
+                    for (monitor, (_, quantity)) in monitors.iter().zip(&lines).take(held) {
+                        monitor.resolve(self.lock(monitor), *quantity, Change::Release);
+                    }
+                    if error == StockError::Timeout {
+                        self.lifecycle.stats.count(Stat::Timeouts);
+                    }
+                    return Err(error);
+                }
             }
         }
-        Ok(self.holds.open(lines))
+        let opened = self
+            .lifecycle
+            .registry
+            .reserve(lines, &ReserveOptions::new(), |_| Ok(()))?;
+        let crate::reservation::Opened::New(reservation, ()) = opened else {
+            unreachable!("a request without a key is never a replay");
+        };
+        self.lifecycle.opened(&reservation, &moved);
+        Ok(reservation)
     }
 }
 
@@ -342,9 +485,13 @@ impl<K: Sku> Default for MonitorStore<K> {
 
 impl<K: Sku> fmt::Debug for MonitorStore<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (keys, deadlines) = self.lifecycle.registry.index_sizes();
         f.debug_struct("MonitorStore")
             .field("skus", &self.slots.len())
-            .field("open_holds", &self.holds.len())
+            .field("open_holds", &self.lifecycle.registry.len())
+            .field("deadlines", &deadlines)
+            .field("idempotency_keys", &keys)
+            .field("events", &self.lifecycle.events)
             .finish()
     }
 }

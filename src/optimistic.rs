@@ -1,13 +1,18 @@
 //! Optimistic concurrency control: one versioned compare-and-swap word per SKU.
 
 use std::fmt;
+use std::time::Duration;
 
+use crate::builder::StoreBuilder;
 use crate::error::StockError;
-use crate::level::{Change, Limits, StockLevel};
+use crate::level::{Change, Limits, LowStock, Moved, StockLevel};
+use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines;
-use crate::reservation::{Registry, Reservation, ReservationId};
+use crate::options::ReserveOptions;
+use crate::reservation::{Reservation, ReservationId};
+use crate::stats::{Stat, StoreStats};
 use crate::store::{Sku, StockStore};
-use crate::sync::{Backoff, LockFreeMap, Ordering, Word};
+use crate::sync::{AtomicU64, Backoff, LockFreeMap, Ordering, Word};
 
 /// Bits of the word that hold `on_hand` (the lowest bits).
 const COUNT_BITS: u32 = 40;
@@ -50,7 +55,10 @@ fn unpack(word: u128) -> StockLevel {
 /// The single-SKU path is lock free and allocation free: a lookup in a lock-free map
 /// (papaya), one load, one `compare_exchange` (`cmpxchg16b` on x86_64), and on a lost race
 /// a retry with crossbeam's [`Backoff`](crossbeam_utils::Backoff), up to
-/// [`RETRIES_MAX`](Self::RETRIES_MAX) attempts, then [`StockError::Conflict`].
+/// [`RETRIES_MAX`](Self::RETRIES_MAX) attempts (or the builder's
+/// [`retries_max`](StoreBuilder::retries_max)), then [`StockError::Conflict`]. Without an
+/// event sink the single-line `sell` reads nothing else: no threshold, no shared counter
+/// (statistics count only lost races and refusals there, on per-thread stripes).
 ///
 /// A multi-line request reserves its SKUs one CAS at a time in ascending order; when a
 /// later line is refused, the earlier lines are released again (compensation). The
@@ -68,7 +76,9 @@ fn unpack(word: u128) -> StockLevel {
 ///
 /// # Locking behaviour
 ///
-/// No locks. Lookups pin papaya's epoch (thread-local); creating a SKU inserts into the map.
+/// No locks on the SKUs. Lookups pin papaya's epoch (thread-local); creating a SKU inserts
+/// into the map. The registry of holds (shared by every store) takes short internal locks,
+/// and a `reserve_with` with an idempotency key locks the key while it holds.
 ///
 /// # Examples
 ///
@@ -96,121 +106,224 @@ pub struct OptimisticStore<K> {
     /// | 0..40 | `on_hand` (`COUNT_BITS`) |
     /// | 40..80 | `reserved` (`RESERVED_SHIFT`) |
     /// | 80..128 | `version` (`VERSION_SHIFT`, `VERSION_BITS`) |
-    skus: LockFreeMap<K, Word>,
-    /// Open holds.
-    holds: Registry<K>,
+    skus: LockFreeMap<K, Slot>,
+    /// Open holds, events, counters.
+    lifecycle: Lifecycle<K>,
+    /// Compare-and-swap attempts per SKU update before [`StockError::Conflict`] (at least 1).
+    retries_max: u32,
+}
+
+/// One SKU: its counts word and its low-stock threshold.
+#[derive(Debug)]
+struct Slot {
+    /// `(on_hand, reserved, version)`, packed (see [`OptimisticStore::skus`]).
+    word: Word,
+    /// The low-stock threshold (0: none); read only when an event sink is set.
+    low_stock_threshold: AtomicU64,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Self {
+            word: Word::new(pack(StockLevel::default())),
+            low_stock_threshold: AtomicU64::new(0),
+        }
+    }
 }
 
 impl<K: Sku> OptimisticStore<K> {
     /// Compare-and-swap attempts on one SKU before a call gives up with
-    /// [`StockError::Conflict`]. Every lost attempt means another writer succeeded.
+    /// [`StockError::Conflict`], by default (set another with
+    /// [`StoreBuilder::retries_max`]). Every lost attempt means another writer succeeded.
     pub const RETRIES_MAX: u32 = 1024;
 
     /// The largest on hand of one SKU, in units: 2⁴⁰ − 1.
     pub const QUANTITY_MAX: u64 = LIMITS.count_max;
 
-    /// An empty store.
+    /// An empty store with the default settings: `OptimisticStore::builder().build()`.
     pub fn new() -> Self {
-        Self {
-            skus: LockFreeMap::new(),
-            holds: Registry::new(),
-        }
+        Self::builder().build()
     }
 
-    /// Applies `change` to one SKU's word with a CAS retry loop; returns the new level.
+    /// A builder for a store with a clock, an event sink, idempotency settings or a retry
+    /// bound of its own.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{OptimisticStore, StockStore};
+    ///
+    /// let store = OptimisticStore::<u32>::builder().retries_max(16).build();
+    /// store.restock(&1, 1)?;
+    /// # Ok::<(), stockledger::StockError<u32>>(())
+    /// ```
+    pub fn builder() -> StoreBuilder<K, Self> {
+        StoreBuilder::new(Self::RETRIES_MAX)
+    }
+
+    /// Applies `change` to one SKU's slot with a CAS retry loop; returns what moved (the
+    /// threshold crossing only when an event sink listens).
     fn update(
+        &self,
         sku: &K,
-        word: &Word,
+        slot: &Slot,
         change: Change,
         quantity: u64,
-    ) -> Result<StockLevel, StockError<K>> {
+    ) -> Result<Moved, StockError<K>> {
         let backoff = Backoff::new();
-        let mut current = word.load(Ordering::Acquire);
-        for _ in 0..Self::RETRIES_MAX {
-            let next = unpack(current)
+        let mut current = slot.word.load(Ordering::Acquire);
+        for attempt in 0..self.retries_max {
+            let before = unpack(current);
+            let after = before
                 .apply(change, quantity, 0, LIMITS)
-                .map_err(|refusal| refusal.into_error(sku.clone(), quantity))?;
-            match word.compare_exchange(current, pack(next), Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Ok(next),
+                .map_err(|refusal| refusal.into_error(sku.clone(), quantity));
+            let after = after.inspect_err(|_| self.count_lost(attempt))?;
+            match slot.word.compare_exchange(
+                current,
+                pack(after),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.count_lost(attempt);
+                    return Ok(self.moved(slot, before, after));
+                }
                 Err(actual) => {
                     current = actual;
                     backoff.spin();
                 }
             }
         }
+        self.count_lost(self.retries_max);
         Err(StockError::Conflict {
             sku: sku.clone(),
-            attempts: Self::RETRIES_MAX,
+            attempts: self.retries_max,
         })
     }
 
+    /// Counts `lost` compare-and-swap attempts of one update (nothing when none was lost:
+    /// the uncontended path touches no counter).
+    fn count_lost(&self, lost: u32) {
+        if lost > 0 {
+            self.lifecycle.stats.add(Stat::CasRetries, u64::from(lost));
+            self.lifecycle.stats.count(Stat::Contended);
+        }
+    }
+
+    /// What moved from `before` to `after` on `slot`; reads the threshold only when an
+    /// event sink listens.
+    fn moved(&self, slot: &Slot, before: StockLevel, after: StockLevel) -> Moved {
+        let threshold = if self.lifecycle.events.enabled() {
+            slot.low_stock_threshold.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        Moved::new(before, after, threshold)
+    }
+
     /// Applies `change` to the SKU `sku`.
-    fn update_sku(
-        &self,
-        sku: &K,
-        change: Change,
-        quantity: u64,
-    ) -> Result<StockLevel, StockError<K>> {
+    fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>> {
         self.skus
-            .with(sku, |word| Self::update(sku, word, change, quantity))
+            .with(sku, |slot| self.update(sku, slot, change, quantity))
             .unwrap_or_else(|| Err(StockError::UnknownSku(sku.clone())))
     }
 
     /// Reserves merged `lines` in ascending order; on a refusal, releases the lines already
     /// reserved and returns the refusal.
-    fn reserve_lines(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
+    fn reserve_lines(&self, lines: &[(K, u64)]) -> Result<Vec<Moved>, StockError<K>> {
         if let Some((sku, _)) = lines
             .iter()
             .find(|(sku, _)| self.skus.with(sku, |_| ()).is_none())
         {
             return Err(StockError::UnknownSku(sku.clone()));
         }
-        // Check every line against its current level before changing any, so a request
-        // refused without a race changes nothing, not even a version. A race after this
-        // check is still caught by the CAS below and compensated.
-        for (sku, quantity) in lines {
-            let level = self
-                .skus
-                .with(sku, |word| unpack(word.load(Ordering::Acquire)));
-            if let Some(Err(refusal)) =
-                level.map(|level| level.apply(Change::Reserve, *quantity, 0, LIMITS))
-            {
-                return Err(refusal.into_error(sku.clone(), *quantity));
-            }
-        }
+        let mut moved = Vec::with_capacity(lines.len());
         for (done, (sku, quantity)) in lines.iter().enumerate() {
-            if let Err(error) = self.update_sku(sku, Change::Reserve, *quantity) {
-                self.resolve_lines(&lines[..done], Change::Release);
-                return Err(error);
+            match self.update_sku(sku, Change::Reserve, *quantity) {
+                Ok(line) => moved.push(line),
+                Err(error) => {
+                    self.resolve_lines(&lines[..done], Change::Release);
+                    return Err(error);
+                }
             }
         }
-        Ok(())
+        Ok(moved)
     }
 
     /// Commits or releases merged `lines` that are held.
-    fn resolve_lines(&self, lines: &[(K, u64)], change: Change) {
-        for (sku, quantity) in lines {
-            self.resolve_line(sku, *quantity, change);
-        }
+    fn resolve_lines(&self, lines: &[(K, u64)], change: Change) -> Vec<Moved> {
+        lines
+            .iter()
+            .map(|(sku, quantity)| self.resolve_line(sku, *quantity, change))
+            .collect()
     }
 
     /// Commits or releases one held line. The version rule of [`StockLevel`] leaves room
     /// for it, and only lost races repeat it, so it retries until it wins.
-    fn resolve_line(&self, sku: &K, quantity: u64, change: Change) {
+    fn resolve_line(&self, sku: &K, quantity: u64, change: Change) -> Moved {
         loop {
             match self.update_sku(sku, change, quantity) {
-                Ok(_) => return,
+                Ok(moved) => return moved,
                 Err(StockError::Conflict { .. }) => continue,
                 Err(error) => unreachable!("a held line cannot be refused: {error:?}"),
             }
         }
     }
+}
 
-    /// Resolves the hold `id` with `change` (commit or release).
-    fn resolve(&self, id: ReservationId, change: Change) -> Result<Reservation<K>, StockError<K>> {
-        let reservation = self.holds.resolve(id)?;
-        self.resolve_lines(reservation.lines(), change);
-        Ok(reservation)
+impl<K: Sku> StoreBuilder<K, OptimisticStore<K>> {
+    /// Compare-and-swap attempts per SKU update before a call gives up with
+    /// [`StockError::Conflict`] (default: [`OptimisticStore::RETRIES_MAX`]). Commits and
+    /// releases of held stock never give up: they retry until they win.
+    ///
+    /// # Panics
+    ///
+    /// When `retries_max` is 0: no update could ever be attempted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::OptimisticStore;
+    ///
+    /// let impatient = OptimisticStore::<String>::builder().retries_max(1).build();
+    /// ```
+    pub fn retries_max(mut self, retries_max: u32) -> Self {
+        assert!(retries_max > 0, "retries_max must be at least 1");
+        self.retries_max = retries_max;
+        self
+    }
+
+    /// Builds the optimistic store with these settings.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{OptimisticStore, StockStore};
+    ///
+    /// let store = OptimisticStore::<&str>::builder().build();
+    /// assert_eq!(store.quantity_max(), OptimisticStore::<&str>::QUANTITY_MAX);
+    /// ```
+    pub fn build(self) -> OptimisticStore<K> {
+        let retries_max = self.retries_max;
+        OptimisticStore {
+            skus: LockFreeMap::new(),
+            lifecycle: self.lifecycle(),
+            retries_max,
+        }
+    }
+}
+
+impl<K: Sku> Backend<K> for OptimisticStore<K> {
+    fn lifecycle(&self) -> &Lifecycle<K> {
+        &self.lifecycle
+    }
+
+    fn hold(&self, lines: &[(K, u64)]) -> Result<Vec<Moved>, StockError<K>> {
+        self.reserve_lines(lines)
+    }
+
+    fn settle(&self, lines: &[(K, u64)], change: Change) -> Vec<Moved> {
+        self.resolve_lines(lines, change)
     }
 }
 
@@ -219,51 +332,89 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
-        if qty > Self::QUANTITY_MAX {
-            // Refused before the insert: a refused restock must not create the SKU.
-            return Err(StockError::Overflow { sku: sku.clone() });
-        }
-        self.skus.with_or_insert(
-            sku,
-            || Word::new(pack(StockLevel::default())),
-            |word| Self::update(sku, word, Change::Restock, qty),
-        )
+        let moved = self.skus.with_or_insert(sku, Slot::new, |slot| {
+            self.update(sku, slot, Change::Restock, qty)
+        })?;
+        self.lifecycle.restocked(sku, qty, moved);
+        Ok(moved.level)
     }
 
     fn level(&self, sku: &K) -> Option<StockLevel> {
         self.skus
-            .with(sku, |word| unpack(word.load(Ordering::Acquire)))
+            .with(sku, |slot| unpack(slot.word.load(Ordering::Acquire)))
     }
 
-    fn reserve(&self, lines: &[(K, u64)]) -> Result<Reservation<K>, StockError<K>> {
-        let lines = lines::merge(lines)?;
-        self.reserve_lines(&lines)?;
-        Ok(self.holds.open(lines))
+    fn reserve_with(
+        &self,
+        lines: &[(K, u64)],
+        options: &ReserveOptions,
+    ) -> Result<Reservation<K>, StockError<K>> {
+        lifecycle::reserve_with(self, lines, options)
     }
 
     fn commit(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
-        self.resolve(id, Change::Commit)
+        lifecycle::resolve(self, id, Change::Commit)
     }
 
     fn release(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
-        self.resolve(id, Change::Release)
+        lifecycle::resolve(self, id, Change::Release)
+    }
+
+    fn extend(&self, id: ReservationId, ttl: Duration) -> Result<Reservation<K>, StockError<K>> {
+        lifecycle::extend(self, id, ttl)
+    }
+
+    fn expire_due(&self) -> Vec<Reservation<K>> {
+        lifecycle::expire_due(self)
+    }
+
+    fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {
+        self.skus
+            .with(sku, |slot| {
+                slot.low_stock_threshold.store(threshold, Ordering::Relaxed);
+            })
+            .ok_or_else(|| StockError::UnknownSku(sku.clone()))
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.lifecycle.stats.snapshot()
     }
 
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
         if let [(sku, quantity)] = lines {
-            // The hot path: one CAS loop, no allocation.
+            // The hot path: one CAS loop, no allocation (an event sink adds its events).
             if *quantity == 0 {
                 return Err(StockError::InvalidQuantity { sku: sku.clone() });
             }
-            return self.update_sku(sku, Change::Sell, *quantity).map(|_| ());
+            let sold = self.update_sku(sku, Change::Sell, *quantity);
+            self.lifecycle.stats.count_refusal(&sold);
+            let moved = sold?;
+            if self.lifecycle.events.enabled() {
+                self.lifecycle.sold(&[(sku.clone(), *quantity)], &[moved]);
+            }
+            return Ok(());
         }
         let lines = lines::merge(lines)?;
-        if let [(sku, quantity)] = lines.as_slice() {
-            // Duplicate lines of one SKU: one change, as for a single line.
-            return self.update_sku(sku, Change::Sell, *quantity).map(|_| ());
+        let held = self.reserve_lines(&lines);
+        self.lifecycle.stats.count_refusal(&held);
+        let held = held?;
+        let committed = self.resolve_lines(&lines, Change::Commit);
+        if self.lifecycle.events.enabled() {
+            // Available fell at the hold; the commit leaves it as it is. Report the sale's
+            // levels with the crossing of the hold, at the sale's version.
+            let moved: Vec<Moved> = held
+                .iter()
+                .zip(&committed)
+                .map(|(held, committed)| Moved {
+                    level: committed.level,
+                    low_stock: held.low_stock.map(|low| LowStock {
+                        version: committed.level.version,
+                        ..low
+                    }),
+                })
+                .collect();
+            self.lifecycle.sold(&lines, &moved);
         }
-        self.reserve_lines(&lines)?;
-        self.resolve_lines(&lines, Change::Commit);
         Ok(())
     }
 
@@ -280,9 +431,14 @@ impl<K: Sku> Default for OptimisticStore<K> {
 
 impl<K: Sku> fmt::Debug for OptimisticStore<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (keys, deadlines) = self.lifecycle.registry.index_sizes();
         f.debug_struct("OptimisticStore")
             .field("skus", &self.skus.len())
-            .field("open_holds", &self.holds.len())
+            .field("open_holds", &self.lifecycle.registry.len())
+            .field("deadlines", &deadlines)
+            .field("idempotency_keys", &keys)
+            .field("events", &self.lifecycle.events)
+            .field("retries_max", &self.retries_max)
             .finish()
     }
 }

@@ -1,13 +1,18 @@
 //! Pessimistic concurrency control: one mutex per SKU.
 
 use std::fmt;
+use std::time::Duration;
 
+use crate::builder::StoreBuilder;
 use crate::error::StockError;
-use crate::level::{Change, Limits, StockLevel};
+use crate::level::{Change, Limits, Moved, StockLevel};
+use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell};
-use crate::reservation::{Registry, Reservation, ReservationId};
+use crate::options::ReserveOptions;
+use crate::reservation::{Reservation, ReservationId};
+use crate::stats::{Stat, StoreStats};
 use crate::store::{Sku, StockStore};
-use crate::sync::{Arc, Mutex, ShardedMap};
+use crate::sync::{self, Arc, Mutex, ShardedMap};
 
 /// A stock store with **pessimistic concurrency control**: every SKU has its own mutex
 /// (parking_lot), found in a sharded concurrent map (dashmap).
@@ -25,7 +30,8 @@ use crate::sync::{Arc, Mutex, ShardedMap};
 ///
 /// Every method locks the slots of the SKUs it touches, in ascending SKU order, for a
 /// few instructions; no lock is held while another is awaited out of order, and no user
-/// code runs under a lock.
+/// code runs under a lock (events reach the sink after every lock is released). A
+/// `reserve_with` with an idempotency key locks the key first (keys before SKUs).
 ///
 /// # Examples
 ///
@@ -41,15 +47,24 @@ use crate::sync::{Arc, Mutex, ShardedMap};
 /// # Ok::<(), StockError<&str>>(())
 /// ```
 pub struct PessimisticStore<K> {
-    /// SKU -> its slot; each slot's mutex guards that SKU's counts.
-    slots: ShardedMap<K, Arc<Mutex<StockLevel>>>,
-    /// Open holds.
-    holds: Registry<K>,
+    /// SKU -> its slot; each slot's mutex guards that SKU's counts and threshold.
+    slots: ShardedMap<K, Arc<Mutex<Slot>>>,
+    /// Open holds, events, counters.
+    lifecycle: Lifecycle<K>,
 }
 
-impl LevelCell for StockLevel {
+/// One SKU's state, guarded by its slot's mutex.
+#[derive(Debug, Default)]
+struct Slot {
+    /// The SKU's counts.
+    level: StockLevel,
+    /// Its low-stock threshold (0: none).
+    low_stock_threshold: u64,
+}
+
+impl LevelCell for Slot {
     fn level(&self) -> StockLevel {
-        *self
+        self.level
     }
 
     fn withheld(&self) -> u64 {
@@ -57,21 +72,39 @@ impl LevelCell for StockLevel {
     }
 
     fn set_level(&mut self, level: StockLevel) {
-        *self = level;
+        self.level = level;
+    }
+
+    fn low_stock_threshold(&self) -> u64 {
+        self.low_stock_threshold
     }
 }
 
 impl<K: Sku> PessimisticStore<K> {
-    /// An empty store.
+    /// An empty store with the default settings: `PessimisticStore::builder().build()`.
     pub fn new() -> Self {
-        Self {
-            slots: ShardedMap::new(),
-            holds: Registry::new(),
-        }
+        Self::builder().build()
+    }
+
+    /// A builder for a store with a clock, an event sink or idempotency settings of its own.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use stockledger::{ManualClock, PessimisticStore, StockStore};
+    ///
+    /// let store = PessimisticStore::<String>::builder()
+    ///     .clock(Arc::new(ManualClock::new()))
+    ///     .build();
+    /// assert_eq!(store.stats().reserves, 0);
+    /// ```
+    pub fn builder() -> StoreBuilder<K, Self> {
+        StoreBuilder::new(0)
     }
 
     /// The slots of merged `lines`, in the same order.
-    fn slots_of(&self, lines: &[(K, u64)]) -> Result<Vec<Arc<Mutex<StockLevel>>>, StockError<K>> {
+    fn slots_of(&self, lines: &[(K, u64)]) -> Result<Vec<Arc<Mutex<Slot>>>, StockError<K>> {
         lines
             .iter()
             .map(|(sku, _)| {
@@ -82,19 +115,54 @@ impl<K: Sku> PessimisticStore<K> {
             .collect()
     }
 
-    /// Applies `change` to merged `lines`, all or nothing, locking in ascending SKU order.
-    fn apply(&self, lines: &[(K, u64)], change: Change) -> Result<(), StockError<K>> {
-        let slots = self.slots_of(lines)?;
-        let mut guards: Vec<_> = slots.iter().map(|slot| slot.lock()).collect();
-        lines::apply_all(&mut guards, lines, change, Limits::U64)
+    /// Locks `slot`, counting the lock as contended if it was held.
+    fn lock<'a>(&self, slot: &'a Mutex<Slot>) -> crate::sync::MutexGuard<'a, Slot> {
+        let (guard, contended) = sync::lock_noting_contention(slot);
+        if contended {
+            self.lifecycle.stats.count(Stat::Contended);
+        }
+        guard
     }
 
-    /// Resolves the hold `id` with `change` (commit or release).
-    fn resolve(&self, id: ReservationId, change: Change) -> Result<Reservation<K>, StockError<K>> {
-        let reservation = self.holds.resolve(id)?;
-        self.apply(reservation.lines(), change)
-            .expect("an open hold can always be resolved");
-        Ok(reservation)
+    /// Applies `change` to merged `lines`, all or nothing, locking in ascending SKU order.
+    fn apply(&self, lines: &[(K, u64)], change: Change) -> Result<Vec<Moved>, StockError<K>> {
+        let slots = self.slots_of(lines)?;
+        let mut guards: Vec<_> = slots.iter().map(|slot| self.lock(slot)).collect();
+        lines::apply_all(&mut guards, lines, change, Limits::U64)
+    }
+}
+
+impl<K: Sku> StoreBuilder<K, PessimisticStore<K>> {
+    /// Builds the pessimistic store with these settings.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{PessimisticStore, StockStore};
+    ///
+    /// let store = PessimisticStore::<&str>::builder().build();
+    /// assert_eq!(store.level(&"anything"), None);
+    /// ```
+    pub fn build(self) -> PessimisticStore<K> {
+        PessimisticStore {
+            slots: ShardedMap::new(),
+            lifecycle: self.lifecycle(),
+        }
+    }
+}
+
+impl<K: Sku> Backend<K> for PessimisticStore<K> {
+    fn lifecycle(&self) -> &Lifecycle<K> {
+        &self.lifecycle
+    }
+
+    fn hold(&self, lines: &[(K, u64)]) -> Result<Vec<Moved>, StockError<K>> {
+        self.apply(lines, Change::Reserve)
+    }
+
+    fn settle(&self, lines: &[(K, u64)], change: Change) -> Vec<Moved> {
+        self.apply(lines, change)
+            .expect("an open hold can always be resolved")
     }
 }
 
@@ -105,35 +173,66 @@ impl<K: Sku> StockStore<K> for PessimisticStore<K> {
         }
         let slot = self
             .slots
-            .get_or_insert_with(sku, || Arc::new(Mutex::new(StockLevel::default())));
-        let mut level = slot.lock();
-        *level = level
-            .apply(Change::Restock, qty, 0, Limits::U64)
-            .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
-        Ok(*level)
+            .get_or_insert_with(sku, || Arc::new(Mutex::new(Slot::default())));
+        let moved = {
+            let mut slot = self.lock(&slot);
+            let before = slot.level;
+            slot.level = before
+                .apply(Change::Restock, qty, 0, Limits::U64)
+                .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
+            Moved::new(before, slot.level, slot.low_stock_threshold)
+        };
+        self.lifecycle.restocked(sku, qty, moved);
+        Ok(moved.level)
     }
 
     fn level(&self, sku: &K) -> Option<StockLevel> {
-        self.slots.get_cloned(sku).map(|slot| *slot.lock())
+        self.slots.get_cloned(sku).map(|slot| slot.lock().level)
     }
 
-    fn reserve(&self, lines: &[(K, u64)]) -> Result<Reservation<K>, StockError<K>> {
-        let lines = lines::merge(lines)?;
-        self.apply(&lines, Change::Reserve)?;
-        Ok(self.holds.open(lines))
+    fn reserve_with(
+        &self,
+        lines: &[(K, u64)],
+        options: &ReserveOptions,
+    ) -> Result<Reservation<K>, StockError<K>> {
+        lifecycle::reserve_with(self, lines, options)
     }
 
     fn commit(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
-        self.resolve(id, Change::Commit)
+        lifecycle::resolve(self, id, Change::Commit)
     }
 
     fn release(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
-        self.resolve(id, Change::Release)
+        lifecycle::resolve(self, id, Change::Release)
+    }
+
+    fn extend(&self, id: ReservationId, ttl: Duration) -> Result<Reservation<K>, StockError<K>> {
+        lifecycle::extend(self, id, ttl)
+    }
+
+    fn expire_due(&self) -> Vec<Reservation<K>> {
+        lifecycle::expire_due(self)
+    }
+
+    fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {
+        let slot = self
+            .slots
+            .get_cloned(sku)
+            .ok_or_else(|| StockError::UnknownSku(sku.clone()))?;
+        slot.lock().low_stock_threshold = threshold;
+        Ok(())
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.lifecycle.stats.snapshot()
     }
 
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
         let lines = lines::merge(lines)?;
-        self.apply(&lines, Change::Sell)
+        let sold = self.apply(&lines, Change::Sell);
+        self.lifecycle.stats.count_refusal(&sold);
+        self.lifecycle.sold(&lines, &sold?);
+        Ok(())
     }
 }
 
@@ -148,9 +247,13 @@ where
     K: Sku,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (keys, deadlines) = self.lifecycle.registry.index_sizes();
         f.debug_struct("PessimisticStore")
             .field("skus", &self.slots.len())
-            .field("open_holds", &self.holds.len())
+            .field("open_holds", &self.lifecycle.registry.len())
+            .field("deadlines", &deadlines)
+            .field("idempotency_keys", &keys)
+            .field("events", &self.lifecycle.events)
             .finish()
     }
 }

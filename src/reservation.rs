@@ -1,10 +1,15 @@
-//! Reservations (holds) and the registry that decides which resolution wins.
+//! Reservations (holds) and the registry that decides which resolution wins, with the
+//! expiry index and idempotency table of its holds.
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::clock::Clock;
 use crate::error::StockError;
+use crate::expiry::ExpiryIndex;
+use crate::idempotency::{KeySlot, KeyTable};
+use crate::options::ReserveOptions;
 use crate::sync::{self, ShardedMap};
 
 /// The id of a reservation (hold).
@@ -94,49 +99,248 @@ impl<K> Reservation<K> {
     }
 }
 
-/// The open holds of one store: reservation id -> its lines.
+/// An open hold as the registry keeps it.
+#[derive(Debug, Clone)]
+struct Hold<K> {
+    reservation: Reservation<K>,
+    /// The idempotency key that made it, if any.
+    key: Option<Arc<str>>,
+}
+
+/// A hold its caller removed from the registry and so won: the caller moves its stock,
+/// then calls [`Registry::finish`].
+#[derive(Debug)]
+pub(crate) struct Resolved<K> {
+    pub(crate) reservation: Reservation<K>,
+    key: Option<Arc<str>>,
+    /// Its deadline had passed when it was removed: it expires (its stock goes back)
+    /// whatever the caller asked for.
+    pub(crate) expired: bool,
+}
+
+/// What `reserve` found: a new hold, or the hold of an idempotency key already seen.
+#[derive(Debug)]
+pub(crate) enum Opened<K, M> {
+    /// A new hold, and what holding its stock returned.
+    New(Reservation<K>, M),
+    /// The reservation of a key already seen with the same lines; nothing more held.
+    Replay(Reservation<K>),
+}
+
+/// What `extend` did.
+#[derive(Debug)]
+pub(crate) enum Extension<K> {
+    /// The hold has its new deadline.
+    Extended(Reservation<K>),
+    /// The hold was past its deadline: removed, and the caller expires it.
+    Expired(Resolved<K>),
+}
+
+/// The open holds of one store: reservation id -> its lines and deadline, with the expiry
+/// index of their deadlines and the idempotency table of their keys.
 ///
-/// Removing an entry is what decides the single winner among racing commits and releases
-/// of one hold: exactly one `resolve` gets the reservation, every other gets
-/// [`StockError::UnknownReservation`], and only the winner moves stock.
+/// Removing an entry from `holds` is what decides the single winner among racing commits,
+/// releases and expiries of one hold: exactly one caller gets the hold, every other gets
+/// [`StockError::UnknownReservation`], and only the winner moves stock. Whether the winner
+/// commits or expires is decided by the clock **after** the removal: past the deadline the
+/// hold expires, never before it (TigerBeetle's pending-transfer timeouts).
 pub(crate) struct Registry<K> {
     /// Open holds; an entry is inserted after its stock is held and removed before its
     /// stock moves again.
-    holds: ShardedMap<ReservationId, Reservation<K>>,
+    holds: ShardedMap<ReservationId, Hold<K>>,
+    /// Deadlines of the open holds that have one.
+    expiry: ExpiryIndex,
+    /// Idempotency keys.
+    keys: KeyTable<K>,
+    /// The time source of deadlines and retention.
+    clock: Arc<dyn Clock>,
 }
 
-impl<K: Clone> Registry<K> {
-    pub(crate) fn new() -> Self {
+impl<K: Clone + PartialEq> Registry<K> {
+    pub(crate) fn new(
+        clock: Arc<dyn Clock>,
+        idempotency_retention: Duration,
+        idempotency_keys_max: usize,
+    ) -> Self {
         Self {
             holds: ShardedMap::new(),
+            expiry: ExpiryIndex::new(),
+            keys: KeyTable::new(idempotency_retention, idempotency_keys_max),
+            clock,
         }
     }
 
+    /// Holds merged `lines` with `hold` (which takes the stock, all or nothing) and records
+    /// the hold, or answers from the idempotency table when `options` has a key already
+    /// seen. With a key, the key's slot stays locked from the lookup until the hold is
+    /// recorded, so racing requests with one key hold once.
+    ///
+    /// # Errors
+    ///
+    /// What `hold` returns, or [`StockError::IdempotencyConflict`] for a key already seen
+    /// with other lines.
+    pub(crate) fn reserve<M>(
+        &self,
+        lines: Vec<(K, u64)>,
+        options: &ReserveOptions,
+        hold: impl FnOnce(&[(K, u64)]) -> Result<M, StockError<K>>,
+    ) -> Result<Opened<K, M>, StockError<K>> {
+        let Some(key) = &options.idempotency_key else {
+            let moved = hold(&lines)?;
+            return Ok(Opened::New(self.open(lines, options.ttl, None), moved));
+        };
+        self.keys.prune(self.clock.now());
+        self.keys.with_slot(key, |slot| {
+            if let Some(replay) = slot.replay(key, &lines) {
+                // While open, answer with the hold as it is now (`extend` may have moved it).
+                return replay.map(|first| {
+                    let current = self.holds.get_cloned(&first.id);
+                    Opened::Replay(current.map_or(first, |hold| hold.reservation))
+                });
+            }
+            let moved = hold(&lines)?;
+            let reservation = self.open(lines, options.ttl, Some(key.clone()));
+            *slot = KeySlot::Open(reservation.clone());
+            Ok(Opened::New(reservation, moved))
+        })
+    }
+
     /// Records a hold whose stock is already reserved and returns it.
-    pub(crate) fn open(&self, lines: Vec<(K, u64)>) -> Reservation<K> {
+    fn open(
+        &self,
+        lines: Vec<(K, u64)>,
+        ttl: Option<Duration>,
+        key: Option<Arc<str>>,
+    ) -> Reservation<K> {
+        let expires_at = ttl.and_then(|ttl| self.clock.now().checked_add(ttl));
         let reservation = Reservation {
             id: ReservationId(sync::next_reservation_id()),
             lines: lines.into(),
-            expires_at: None,
+            expires_at,
         };
-        self.holds.insert(reservation.id, reservation.clone());
+        let hold = Hold {
+            reservation: reservation.clone(),
+            key,
+        };
+        self.holds.insert(reservation.id, hold);
+        if let Some(deadline) = expires_at {
+            self.expiry.insert(deadline, reservation.id);
+        }
         reservation
     }
 
-    /// Removes the hold `id`; the caller, the single winner, then moves its stock.
+    /// Removes the hold `id`; the caller, the single winner, then moves its stock (a
+    /// release if the hold expired) and calls [`finish`](Self::finish).
     ///
     /// # Errors
     ///
     /// [`StockError::UnknownReservation`] when `id` is not open (never issued here, or
     /// already resolved).
-    pub(crate) fn resolve(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
-        self.holds
+    pub(crate) fn resolve(&self, id: ReservationId) -> Result<Resolved<K>, StockError<K>> {
+        let hold = self
+            .holds
             .remove(&id)
-            .ok_or(StockError::UnknownReservation(id))
+            .ok_or(StockError::UnknownReservation(id))?;
+        let expired = match hold.reservation.expires_at {
+            Some(deadline) => {
+                self.expiry.remove(deadline, id);
+                self.clock.now() >= deadline
+            }
+            None => false,
+        };
+        Ok(Resolved {
+            reservation: hold.reservation,
+            key: hold.key,
+            expired,
+        })
+    }
+
+    /// Gives the hold `id` the deadline `now + ttl`.
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::UnknownReservation`] when `id` is not open.
+    pub(crate) fn extend(
+        &self,
+        id: ReservationId,
+        ttl: Duration,
+    ) -> Result<Extension<K>, StockError<K>> {
+        let now = self.clock.now();
+        let deadline = now.checked_add(ttl);
+        let due = |hold: &Hold<K>| hold.reservation.expires_at.is_some_and(|at| at <= now);
+        let updated = self.holds.update(&id, |hold| {
+            if due(hold) {
+                return None;
+            }
+            let before = hold.reservation.expires_at;
+            hold.reservation.expires_at = deadline;
+            Some((before, hold.reservation.clone()))
+        });
+        match updated {
+            None => Err(StockError::UnknownReservation(id)),
+            Some(Some((before, reservation))) => {
+                // Index the new deadline before dropping the old one, so the hold is never
+                // missing from the index.
+                if let Some(deadline) = deadline {
+                    self.expiry.insert(deadline, id);
+                }
+                if let Some(before) = before.filter(|before| Some(*before) != deadline) {
+                    self.expiry.remove(before, id);
+                }
+                Ok(Extension::Extended(reservation))
+            }
+            Some(None) => {
+                let hold = self
+                    .holds
+                    .remove_if(&id, due)
+                    .ok_or(StockError::UnknownReservation(id))?;
+                if let Some(deadline) = hold.reservation.expires_at {
+                    self.expiry.remove(deadline, id);
+                }
+                Ok(Extension::Expired(Resolved {
+                    reservation: hold.reservation,
+                    key: hold.key,
+                    expired: true,
+                }))
+            }
+        }
+    }
+
+    /// Removes every hold due now, in deadline order. O(due · log n): only the due part
+    /// of the expiry index is visited.
+    pub(crate) fn take_due(&self) -> Vec<Resolved<K>> {
+        let now = self.clock.now();
+        self.keys.prune(now);
+        let due = |hold: &Hold<K>| hold.reservation.expires_at.is_some_and(|at| at <= now);
+        self.expiry
+            .take_due(now)
+            .into_iter()
+            .filter_map(|(_, id)| self.holds.remove_if(&id, due))
+            .map(|hold| Resolved {
+                reservation: hold.reservation,
+                key: hold.key,
+                expired: true,
+            })
+            .collect()
+    }
+
+    /// Records the end of a resolved hold whose stock has moved: its idempotency key, if
+    /// any, now answers with the resolved reservation until pruned.
+    pub(crate) fn finish(&self, resolved: &Resolved<K>) {
+        if let Some(key) = &resolved.key {
+            let now = self.clock.now();
+            self.keys.resolved(key, resolved.reservation.id, now);
+            self.keys.prune(now);
+        }
     }
 
     /// Number of open holds.
     pub(crate) fn len(&self) -> usize {
         self.holds.len()
+    }
+
+    /// Number of idempotency keys remembered and of expiry index entries.
+    pub(crate) fn index_sizes(&self) -> (usize, usize) {
+        (self.keys.len(), self.expiry.len())
     }
 }

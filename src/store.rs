@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use crate::error::StockError;
 use crate::level::StockLevel;
+use crate::options::ReserveOptions;
 use crate::reservation::{Reservation, ReservationId};
+use crate::stats::StoreStats;
 
 /// What a SKU type must be: cloned into errors and holds, hashed for lookup, ordered for
 /// deadlock-free acquisition, shared between threads.
@@ -25,8 +27,10 @@ impl<K: Clone + Eq + Hash + Ord + Debug + Send + Sync + 'static> Sku for K {}
 /// Rules every implementation obeys:
 /// - **All or nothing**: a refused call changes nothing, on any line.
 /// - **Lines are merged**: two lines of one SKU are one line of the summed quantity.
-/// - **A hold resolves exactly once**: of racing `commit`/`release` calls on one id exactly
-///   one wins; the others get [`StockError::UnknownReservation`].
+/// - **A hold resolves exactly once**: of racing `commit`/`release`/expiry calls on one id
+///   exactly one wins; the others get [`StockError::UnknownReservation`].
+/// - **Never expired early**: a hold with a TTL expires only once the store's
+///   [`Clock`](crate::Clock) reaches its deadline; from then on it cannot be committed.
 /// - **Deadlock free**: multi-line requests take SKUs in ascending `Ord` order.
 /// - **No blocking** beyond short internal critical sections.
 ///
@@ -62,7 +66,8 @@ pub trait StockStore<K>: Send + Sync {
     /// The current counts of `sku`; `None` for a SKU never restocked.
     fn level(&self, sku: &K) -> Option<StockLevel>;
 
-    /// Holds every line `(sku, units)`, all or nothing, and returns the hold.
+    /// Holds every line `(sku, units)`, all or nothing, and returns the hold: no deadline,
+    /// no idempotency key (`reserve_with(lines, &ReserveOptions::new())`).
     ///
     /// # Errors
     ///
@@ -74,15 +79,60 @@ pub trait StockStore<K>: Send + Sync {
     /// - [`StockError::Overflow`] when the lines of one SKU sum past `u64::MAX`, or a
     ///   version would pass its maximum.
     /// - [`StockError::Conflict`] (optimistic store only) after too many lost races.
-    fn reserve(&self, lines: &[(K, u64)]) -> Result<Reservation<K>, StockError<K>>;
+    fn reserve(&self, lines: &[(K, u64)]) -> Result<Reservation<K>, StockError<K>> {
+        self.reserve_with(lines, &ReserveOptions::new())
+    }
+
+    /// Holds every line `(sku, units)`, all or nothing, with `options`: a TTL after which
+    /// the hold expires, and an idempotency key that deduplicates retries.
+    ///
+    /// With a key already seen (its hold open, or resolved within the store's retention),
+    /// the same merged lines return that reservation and hold nothing more; a resolved
+    /// hold is returned as it resolved (committing it again is
+    /// [`StockError::UnknownReservation`]). Racing calls with one key hold once: the key
+    /// is locked from its lookup until its hold is recorded (keys are locked before SKUs).
+    ///
+    /// # Errors
+    ///
+    /// - The errors of [`reserve`](Self::reserve), for the same reasons (a refused request
+    ///   is not remembered: retrying it with its key may succeed).
+    /// - [`StockError::IdempotencyConflict`] when the key was seen with other lines.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stockledger::{PessimisticStore, ReserveOptions, StockError, StockStore};
+    ///
+    /// let store = PessimisticStore::new();
+    /// store.restock(&"SKU1005", 2)?;
+    /// let options = ReserveOptions::new().ttl(Duration::from_secs(900)).idempotency_key("cart-7");
+    /// let hold = store.reserve_with(&[("SKU1005", 1)], &options)?;
+    /// store.commit(hold.id())?;
+    /// // A retry after the commit holds nothing more:
+    /// assert_eq!(store.reserve_with(&[("SKU1005", 1)], &options)?.id(), hold.id());
+    /// assert!(matches!(
+    ///     store.reserve_with(&[("SKU1005", 2)], &options),
+    ///     Err(StockError::IdempotencyConflict { .. })
+    /// ));
+    /// assert_eq!(store.level(&"SKU1005").unwrap().on_hand, 1);
+    /// # Ok::<(), StockError<&str>>(())
+    /// ```
+    fn reserve_with(
+        &self,
+        lines: &[(K, u64)],
+        options: &ReserveOptions,
+    ) -> Result<Reservation<K>, StockError<K>>;
 
     /// Turns the hold `id` into a sale: `on_hand -= q` and `reserved -= q` on every line.
     /// Returns the resolved hold.
     ///
     /// # Errors
     ///
-    /// [`StockError::UnknownReservation`] when `id` is not an open hold of this store
-    /// (never issued, or already committed or released).
+    /// - [`StockError::UnknownReservation`] when `id` is not an open hold of this store
+    ///   (never issued, or already committed, released or expired).
+    /// - [`StockError::Expired`] when the hold is past its deadline: it expires now, its
+    ///   stock goes back, even if no sweep ran yet.
     fn commit(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>>;
 
     /// Gives the hold `id` back: `reserved -= q` on every line (the compensation step).
@@ -90,8 +140,99 @@ pub trait StockStore<K>: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`StockError::UnknownReservation`] when `id` is not an open hold of this store.
+    /// - [`StockError::UnknownReservation`] when `id` is not an open hold of this store.
+    /// - [`StockError::Expired`] when the hold is past its deadline: its stock goes back
+    ///   all the same, as an expiry.
     fn release(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>>;
+
+    /// Gives the open hold `id` the deadline `now + ttl` (on the store's clock), whether
+    /// it had one or not, and returns it. Shortening is allowed too.
+    ///
+    /// # Errors
+    ///
+    /// - [`StockError::UnknownReservation`] when `id` is not an open hold of this store.
+    /// - [`StockError::Expired`] when the hold is already past its deadline: it expires
+    ///   now and its stock goes back.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use stockledger::{ManualClock, MonitorStore, ReserveOptions, StockStore};
+    ///
+    /// let clock = Arc::new(ManualClock::new());
+    /// let store = MonitorStore::builder().clock(clock.clone()).build();
+    /// store.restock(&"tent", 1)?;
+    /// let minute = Duration::from_secs(60);
+    /// let hold = store.reserve_with(&[("tent", 1)], &ReserveOptions::new().ttl(minute))?;
+    /// clock.advance(Duration::from_secs(50));
+    /// store.extend(hold.id(), minute)?; // payment is slow: one more minute
+    /// clock.advance(Duration::from_secs(50));
+    /// assert!(store.expire_due().is_empty());
+    /// store.commit(hold.id())?;
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
+    fn extend(&self, id: ReservationId, ttl: Duration) -> Result<Reservation<K>, StockError<K>>;
+
+    /// Expires every hold whose deadline has passed, in deadline order, giving its stock
+    /// back (and waking waiters of a [`WaitingStore`]); returns the expired holds.
+    ///
+    /// Costs O(d · log n) for d holds due among n with a deadline: only the due part of
+    /// an ordered expiry index is visited, never every hold. A [`Reaper`](crate::Reaper)
+    /// calls it periodically.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use stockledger::{ManualClock, PessimisticStore, ReserveOptions, StockStore};
+    ///
+    /// let clock = Arc::new(ManualClock::new());
+    /// let store = PessimisticStore::builder().clock(clock.clone()).build();
+    /// store.restock(&"bike", 2)?;
+    /// let ttl = |seconds| ReserveOptions::new().ttl(Duration::from_secs(seconds));
+    /// let late = store.reserve_with(&[("bike", 1)], &ttl(20))?;
+    /// let early = store.reserve_with(&[("bike", 1)], &ttl(10))?;
+    /// clock.advance(Duration::from_secs(9));
+    /// assert!(store.expire_due().is_empty()); // never early
+    /// clock.advance(Duration::from_secs(11));
+    /// assert_eq!(store.expire_due(), vec![early, late]); // deadline order
+    /// assert_eq!(store.level(&"bike").unwrap().available(), 2);
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
+    fn expire_due(&self) -> Vec<Reservation<K>>;
+
+    /// Sets `sku`'s low-stock threshold: a [`StockEvent::LowStock`](crate::StockEvent::LowStock)
+    /// goes to the event sink each time a change takes `sku`'s available units from at
+    /// least `threshold` to below it (once per crossing; climbing back and falling again
+    /// is a new crossing). `0` removes the threshold. Setting it sends no event, even if
+    /// available is already below. Without an event sink it has no effect.
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::UnknownSku`] for a SKU never restocked.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{ChannelSink, OptimisticStore, StockEvent, StockStore};
+    ///
+    /// let (sink, events) = ChannelSink::unbounded();
+    /// let store = OptimisticStore::builder().event_sink(sink).build();
+    /// store.restock(&"SKU1004", 10)?;
+    /// store.set_low_stock_threshold(&"SKU1004", 3)?;
+    /// store.sell(&[("SKU1004", 8)])?;
+    /// let low = events.try_iter().find(|event| matches!(event, StockEvent::LowStock { .. }));
+    /// assert_eq!(
+    ///     low,
+    ///     Some(StockEvent::LowStock { sku: "SKU1004", available: 2, threshold: 3, version: 2 })
+    /// );
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
+    fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>>;
+
+    /// What this store counted since it was built (see [`StoreStats`]).
+    fn stats(&self) -> StoreStats;
 
     /// Sells every line without a hold, all or nothing: `on_hand -= q`.
     ///

@@ -16,6 +16,8 @@
 //! | [`Backoff`] | `crossbeam_utils::Backoff` | `loom::thread::yield_now` |
 //! | [`ShardedMap`] | `dashmap::DashMap` | `loom::sync::Mutex<HashMap>` |
 //! | [`LockFreeMap`] | `papaya::HashMap` | `loom::sync::Mutex<HashMap<K, Arc<V>>>` |
+//! | [`AtomicU64`] | `std::sync::atomic::AtomicU64` | `loom::sync::atomic::AtomicU64` |
+//! | [`StripedCounters`] | `std` atomics, one cache line per stripe | the same (not modelled) |
 
 pub(crate) use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -36,6 +38,65 @@ pub(crate) fn next_reservation_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Stripes of [`StripedCounters`]: a power of two, a few times the cores of a typical host,
+/// so threads seldom share a stripe.
+const STRIPES: usize = 16;
+
+/// The stripe of the calling thread: threads are dealt stripes round robin on first use.
+fn stripe() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    std::thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|stripe| *stripe)
+}
+
+/// `N` event counters striped over [`STRIPES`] cache lines (a `LongAdder`): a thread adds
+/// to its own stripe, so counting never makes threads share a written cache line; a read
+/// sums the stripes.
+///
+/// Plain `std` atomics with `Relaxed` ordering even under loom: the counts are statistics,
+/// no decision reads them, so they add nothing for the models to check (and would only
+/// multiply their interleavings). A sum taken while threads count is not a snapshot of one
+/// instant; a sum taken after the counting threads were joined is exact.
+pub(crate) struct StripedCounters<const N: usize> {
+    stripes: Box<[crossbeam_utils::CachePadded<[std::sync::atomic::AtomicU64; N]>]>,
+}
+
+impl<const N: usize> StripedCounters<N> {
+    pub(crate) fn new() -> Self {
+        let stripes = (0..STRIPES)
+            .map(|_| {
+                crossbeam_utils::CachePadded::new(std::array::from_fn(|_| {
+                    std::sync::atomic::AtomicU64::new(0)
+                }))
+            })
+            .collect();
+        Self { stripes }
+    }
+
+    /// Adds `amount` to counter `index` (`index < N`) on the calling thread's stripe.
+    pub(crate) fn add(&self, index: usize, amount: u64) {
+        self.stripes[stripe()][index].fetch_add(amount, Ordering::Relaxed);
+    }
+
+    /// The sum of counter `index` over every stripe (wrapping, like the counters).
+    pub(crate) fn sum(&self, index: usize) -> u64 {
+        self.stripes.iter().fold(0, |sum, stripe| {
+            sum.wrapping_add(stripe[index].load(Ordering::Relaxed))
+        })
+    }
+}
+
+/// Locks `mutex`; also returns whether it was contended (already locked, so this thread
+/// had to wait). Uncontended, this costs what `lock()` costs: one successful `try_lock`.
+pub(crate) fn lock_noting_contention<T>(mutex: &Mutex<T>) -> (MutexGuard<'_, T>, bool) {
+    match mutex.try_lock() {
+        Some(guard) => (guard, false),
+        None => (mutex.lock(), true),
+    }
+}
+
 /// Whether `deadline` has passed. `None` is a deadline that never passes.
 pub(crate) fn deadline_passed(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|deadline| Instant::now() >= deadline)
@@ -46,6 +107,7 @@ mod real {
     use std::hash::Hash;
     use std::time::Instant;
 
+    pub(crate) use std::sync::atomic::AtomicU64;
     pub(crate) use std::sync::Arc;
 
     pub(crate) use crossbeam_utils::Backoff;
@@ -114,6 +176,19 @@ mod real {
 
         pub(crate) fn remove(&self, key: &K) -> Option<V> {
             self.0.remove(key).map(|(_, value)| value)
+        }
+
+        /// Removes the value for `key` if `condition` holds for it, atomically.
+        pub(crate) fn remove_if(&self, key: &K, condition: impl FnOnce(&V) -> bool) -> Option<V> {
+            self.0
+                .remove_if(key, |_, value| condition(value))
+                .map(|(_, value)| value)
+        }
+
+        /// Calls `f` with the value for `key` under the map's lock of its shard; `None`
+        /// when absent. `f` must not touch the map.
+        pub(crate) fn update<R>(&self, key: &K, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+            self.0.get_mut(key).map(|mut value| f(&mut value))
         }
 
         pub(crate) fn len(&self) -> usize {
@@ -332,6 +407,19 @@ mod mocked {
 
         pub(crate) fn remove(&self, key: &K) -> Option<V> {
             self.map().remove(key)
+        }
+
+        pub(crate) fn remove_if(&self, key: &K, condition: impl FnOnce(&V) -> bool) -> Option<V> {
+            let mut map = self.map();
+            if map.get(key).is_some_and(condition) {
+                map.remove(key)
+            } else {
+                None
+            }
+        }
+
+        pub(crate) fn update<R>(&self, key: &K, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+            self.map().get_mut(key).map(f)
         }
 
         pub(crate) fn len(&self) -> usize {

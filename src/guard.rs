@@ -1,0 +1,144 @@
+//! An RAII hold: released when dropped unresolved.
+
+use std::fmt;
+
+use crate::error::StockError;
+use crate::options::ReserveOptions;
+use crate::reservation::{Reservation, ReservationId};
+use crate::store::StockStore;
+
+/// A hold that gives its stock back when dropped unless it was committed or released:
+/// the compensation step runs even on an early `?` return or a panic.
+///
+/// Works with any store, also through `dyn StockStore<K>`.
+///
+/// # Examples
+///
+/// ```
+/// use stockledger::{PessimisticStore, ReservationGuard, StockError, StockStore};
+///
+/// fn checkout(store: &PessimisticStore<&'static str>, pay: bool) -> Result<(), String> {
+///     let hold = ReservationGuard::new(store, &[("SKU1002", 1)]).map_err(|e| e.to_string())?;
+///     if !pay {
+///         return Err("payment declined".into()); // the hold is released here
+///     }
+///     hold.commit().map_err(|e| e.to_string())?;
+///     Ok(())
+/// }
+///
+/// let store = PessimisticStore::new();
+/// store.restock(&"SKU1002", 1)?;
+/// assert!(checkout(&store, false).is_err());
+/// assert_eq!(store.level(&"SKU1002").unwrap().available(), 1);
+/// checkout(&store, true).unwrap();
+/// assert_eq!(store.level(&"SKU1002").unwrap().on_hand, 0);
+/// # Ok::<(), StockError<&str>>(())
+/// ```
+#[must_use = "dropping the guard releases the hold at once"]
+pub struct ReservationGuard<'a, K, S: StockStore<K> + ?Sized> {
+    store: &'a S,
+    /// The hold.
+    reservation: Reservation<K>,
+    /// Whether dropping the guard releases the hold (false once `commit` or `release` ran).
+    armed: bool,
+}
+
+impl<'a, K, S: StockStore<K> + ?Sized> ReservationGuard<'a, K, S> {
+    /// Holds `lines` in `store` like [`StockStore::reserve`].
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`StockStore::reserve`]: nothing is held then.
+    pub fn new(store: &'a S, lines: &[(K, u64)]) -> Result<Self, StockError<K>> {
+        Self::with_options(store, lines, &ReserveOptions::new())
+    }
+
+    /// Holds `lines` in `store` like [`StockStore::reserve_with`] (a TTL, an idempotency
+    /// key). Note that a guard made from a replayed idempotency key releases the key's
+    /// hold when dropped, like any other.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`StockStore::reserve_with`]: nothing is held then.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stockledger::{MonitorStore, ReservationGuard, ReserveOptions, StockStore};
+    ///
+    /// let store = MonitorStore::new();
+    /// store.restock(&7_u32, 1)?;
+    /// let options = ReserveOptions::new().ttl(Duration::from_secs(30));
+    /// let hold = ReservationGuard::with_options(&store, &[(7, 1)], &options)?;
+    /// assert!(hold.reservation().expires_at().is_some());
+    /// drop(hold);
+    /// assert_eq!(store.level(&7).unwrap().reserved, 0);
+    /// # Ok::<(), stockledger::StockError<u32>>(())
+    /// ```
+    pub fn with_options(
+        store: &'a S,
+        lines: &[(K, u64)],
+        options: &ReserveOptions,
+    ) -> Result<Self, StockError<K>> {
+        let reservation = store.reserve_with(lines, options)?;
+        Ok(Self {
+            store,
+            reservation,
+            armed: true,
+        })
+    }
+
+    /// The id of the hold.
+    pub fn id(&self) -> ReservationId {
+        self.reservation.id()
+    }
+
+    /// The hold.
+    pub fn reservation(&self) -> &Reservation<K> {
+        &self.reservation
+    }
+
+    /// Commits the hold (payment succeeded); the guard is spent.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`StockStore::commit`]: [`StockError::Expired`] when the hold ran
+    /// past its deadline (its stock went back), [`StockError::UnknownReservation`] when it
+    /// was resolved behind the guard's back (for example by `expire_due`).
+    pub fn commit(mut self) -> Result<Reservation<K>, StockError<K>> {
+        self.armed = false;
+        self.store.commit(self.id())
+    }
+
+    /// Releases the hold now (payment failed); the guard is spent.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`StockStore::release`]: [`StockError::Expired`] or
+    /// [`StockError::UnknownReservation`] as for [`commit`](Self::commit); the stock is
+    /// back either way.
+    pub fn release(mut self) -> Result<Reservation<K>, StockError<K>> {
+        self.armed = false;
+        self.store.release(self.id())
+    }
+}
+
+impl<K, S: StockStore<K> + ?Sized> Drop for ReservationGuard<'_, K, S> {
+    /// Releases the hold if it is still unresolved. An error (the hold expired or was
+    /// resolved elsewhere) is ignored: its stock is back either way.
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.store.release(self.reservation.id());
+        }
+    }
+}
+
+impl<K: fmt::Debug, S: StockStore<K> + ?Sized> fmt::Debug for ReservationGuard<'_, K, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReservationGuard")
+            .field("reservation", &self.reservation)
+            .field("armed", &self.armed)
+            .finish_non_exhaustive()
+    }
+}

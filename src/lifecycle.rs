@@ -1,0 +1,212 @@
+//! The reservation lifecycle, written once for every store: holding with options, commit,
+//! release, expiry, extension, and the events and statistics of each.
+//!
+//! A store supplies only its stock movements ([`Backend::hold`] and [`Backend::settle`]);
+//! everything about holds (the registry that picks the single winner, deadlines,
+//! idempotency keys, events, counts) lives here and in the registry.
+
+use std::time::Duration;
+
+use crate::error::StockError;
+use crate::event::{EventLine, Events, StockEvent};
+use crate::level::{Change, Moved};
+use crate::lines;
+use crate::options::ReserveOptions;
+use crate::reservation::{Extension, Opened, Registry, Reservation, ReservationId, Resolved};
+use crate::stats::{Stat, Stats};
+use crate::store::Sku;
+
+/// The parts every store shares: its holds, its event sink, its counters.
+pub(crate) struct Lifecycle<K> {
+    /// Open holds, their deadlines and idempotency keys.
+    pub(crate) registry: Registry<K>,
+    /// Where events go.
+    pub(crate) events: Events<K>,
+    /// What the store counted.
+    pub(crate) stats: Stats,
+}
+
+/// The stock movements of one store, which the lifecycle drives.
+pub(crate) trait Backend<K: Sku> {
+    /// The store's shared parts.
+    fn lifecycle(&self) -> &Lifecycle<K>;
+
+    /// Reserves merged `lines` without waiting, all or nothing; returns what moved per line.
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::UnknownSku`], [`StockError::InsufficientStock`],
+    /// [`StockError::Overflow`] or [`StockError::Conflict`], with nothing held.
+    fn hold(&self, lines: &[(K, u64)]) -> Result<Vec<Moved>, StockError<K>>;
+
+    /// Commits or releases merged `lines` that an open hold owned; never refused.
+    fn settle(&self, lines: &[(K, u64)], change: Change) -> Vec<Moved>;
+}
+
+/// [`StockStore::reserve_with`](crate::StockStore::reserve_with) for any store.
+pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
+    store: &B,
+    lines: &[(K, u64)],
+    options: &ReserveOptions,
+) -> Result<Reservation<K>, StockError<K>> {
+    let life = store.lifecycle();
+    let lines = lines::merge(lines)?;
+    let opened = life
+        .registry
+        .reserve(lines, options, |lines| store.hold(lines));
+    life.stats.count_refusal(&opened);
+    match opened? {
+        Opened::New(reservation, moved) => {
+            life.opened(&reservation, &moved);
+            Ok(reservation)
+        }
+        Opened::Replay(reservation) => {
+            life.stats.count(Stat::Replays);
+            Ok(reservation)
+        }
+    }
+}
+
+/// [`StockStore::commit`](crate::StockStore::commit) (`change` = `Commit`) and
+/// [`StockStore::release`](crate::StockStore::release) (`Release`) for any store.
+pub(crate) fn resolve<K: Sku, B: Backend<K>>(
+    store: &B,
+    id: ReservationId,
+    change: Change,
+) -> Result<Reservation<K>, StockError<K>> {
+    let resolved = store.lifecycle().registry.resolve(id)?;
+    settle(store, resolved, change)
+}
+
+/// [`StockStore::extend`](crate::StockStore::extend) for any store.
+pub(crate) fn extend<K: Sku, B: Backend<K>>(
+    store: &B,
+    id: ReservationId,
+    ttl: Duration,
+) -> Result<Reservation<K>, StockError<K>> {
+    let life = store.lifecycle();
+    match life.registry.extend(id, ttl)? {
+        Extension::Extended(reservation) => {
+            life.stats.count(Stat::Extensions);
+            Ok(reservation)
+        }
+        Extension::Expired(resolved) => settle(store, resolved, Change::Release),
+    }
+}
+
+/// [`StockStore::expire_due`](crate::StockStore::expire_due) for any store.
+pub(crate) fn expire_due<K: Sku, B: Backend<K>>(store: &B) -> Vec<Reservation<K>> {
+    let due = store.lifecycle().registry.take_due();
+    due.into_iter()
+        .map(|resolved| {
+            let id = resolved.reservation.id();
+            let reservation = resolved.reservation.clone();
+            debug_assert!(resolved.expired);
+            let settled = settle(store, resolved, Change::Release);
+            debug_assert_eq!(settled, Err(StockError::Expired(id)));
+            reservation
+        })
+        .collect()
+}
+
+/// Moves the stock of a hold its caller won: `change`, or a release if it expired.
+///
+/// # Errors
+///
+/// [`StockError::Expired`] when the hold was past its deadline (its stock went back).
+fn settle<K: Sku, B: Backend<K>>(
+    store: &B,
+    resolved: Resolved<K>,
+    change: Change,
+) -> Result<Reservation<K>, StockError<K>> {
+    let life = store.lifecycle();
+    let change = if resolved.expired {
+        Change::Release
+    } else {
+        change
+    };
+    let reservation = &resolved.reservation;
+    let moved = store.settle(reservation.lines(), change);
+    life.registry.finish(&resolved);
+    let id = reservation.id();
+    let stat = match (resolved.expired, change) {
+        (true, _) => Stat::Expirations,
+        (false, Change::Commit) => Stat::Commits,
+        (false, _) => Stat::Releases,
+    };
+    life.stats.count(stat);
+    life.emit(reservation.lines(), &moved, |lines| match stat {
+        Stat::Expirations => StockEvent::Expired { id, lines },
+        Stat::Commits => StockEvent::Committed { id, lines },
+        _ => StockEvent::Released { id, lines },
+    });
+    if resolved.expired {
+        Err(StockError::Expired(id))
+    } else {
+        Ok(resolved.reservation)
+    }
+}
+
+impl<K: Sku> Lifecycle<K> {
+    /// Counts and reports a new hold whose stock moved as `moved`.
+    pub(crate) fn opened(&self, reservation: &Reservation<K>, moved: &[Moved]) {
+        self.stats.count(Stat::Reserves);
+        self.emit(reservation.lines(), moved, |lines| StockEvent::Reserved {
+            id: reservation.id(),
+            lines,
+            expires_at: reservation.expires_at(),
+        });
+    }
+
+    /// Reports a sale of merged `lines` that moved as `moved`.
+    pub(crate) fn sold(&self, lines: &[(K, u64)], moved: &[Moved]) {
+        self.emit(lines, moved, |lines| StockEvent::Sold { lines });
+    }
+
+    /// Reports a restock of `quantity` units of `sku` that moved as `moved`.
+    pub(crate) fn restocked(&self, sku: &K, quantity: u64, moved: Moved) {
+        if self.events.enabled() {
+            self.emit(&[(sku.clone(), quantity)], &[moved], |mut lines| {
+                StockEvent::Restocked {
+                    line: lines.remove(0),
+                }
+            });
+        }
+    }
+
+    /// Delivers the event `make` builds from the event lines of `lines` and `moved`, then a
+    /// `LowStock` event for every line that crossed its threshold. Builds nothing without
+    /// a sink. Call with no internal lock held.
+    pub(crate) fn emit(
+        &self,
+        lines: &[(K, u64)],
+        moved: &[Moved],
+        make: impl FnOnce(Vec<EventLine<K>>) -> StockEvent<K>,
+    ) {
+        if !self.events.enabled() {
+            return;
+        }
+        debug_assert_eq!(lines.len(), moved.len());
+        let event_lines = lines
+            .iter()
+            .zip(moved)
+            .map(|((sku, quantity), moved)| EventLine {
+                sku: sku.clone(),
+                quantity: *quantity,
+                level: moved.level,
+            })
+            .collect();
+        let mut events = vec![make(event_lines)];
+        for ((sku, _), moved) in lines.iter().zip(moved) {
+            if let Some(low) = moved.low_stock {
+                events.push(StockEvent::LowStock {
+                    sku: sku.clone(),
+                    available: low.available,
+                    threshold: low.threshold,
+                    version: low.version,
+                });
+            }
+        }
+        self.events.deliver(&events);
+    }
+}

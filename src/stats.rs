@@ -1,0 +1,165 @@
+//! Operation statistics, counted on striped counters so counting shares no hot cache line.
+
+use crate::sync::StripedCounters;
+
+/// Counts of what a store did since it was built, from [`StockStore::stats`](crate::StockStore::stats).
+///
+/// The counters are striped per thread (a `LongAdder`), so counting adds no cache line that
+/// every thread writes. A snapshot taken while other threads work sums stripes one by one
+/// and is not one instant's state; taken after they were joined, it is exact.
+///
+/// # Examples
+///
+/// ```
+/// use stockledger::{PessimisticStore, StockStore};
+///
+/// let store = PessimisticStore::new();
+/// store.restock(&"kettle", 1)?;
+/// let hold = store.reserve(&[("kettle", 1)])?;
+/// assert!(store.reserve(&[("kettle", 1)]).is_err()); // sold out: a refusal
+/// store.commit(hold.id())?;
+/// let stats = store.stats();
+/// assert_eq!((stats.reserves, stats.refusals, stats.commits), (1, 1, 1));
+/// # Ok::<(), stockledger::StockError<&str>>(())
+/// ```
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct StoreStats {
+    /// Holds opened (`reserve`, `reserve_with`, `reserve_timeout`; not idempotent replays).
+    pub reserves: u64,
+    /// Holds committed.
+    pub commits: u64,
+    /// Holds released (by `release` or a dropped [`ReservationGuard`](crate::ReservationGuard)).
+    pub releases: u64,
+    /// Holds expired (by `expire_due`, a [`Reaper`](crate::Reaper), or a `commit`, `release`
+    /// or `extend` that found the hold past its deadline).
+    pub expirations: u64,
+    /// Holds whose deadline was moved by `extend`.
+    pub extensions: u64,
+    /// `reserve_with` calls answered from the idempotency table (nothing more held).
+    pub replays: u64,
+    /// `reserve`, `reserve_with` and `sell` calls refused by a SKU's counts:
+    /// [`InsufficientStock`](crate::StockError::InsufficientStock),
+    /// [`Overflow`](crate::StockError::Overflow) of a count or version, or
+    /// [`Conflict`](crate::StockError::Conflict).
+    pub refusals: u64,
+    /// Compare-and-swap attempts lost to another writer (optimistic store; 0 elsewhere).
+    pub cas_retries: u64,
+    /// SKU updates that found the SKU busy: a mutex already locked (pessimistic and monitor
+    /// stores), or a compare-and-swap loop that lost at least once (optimistic store).
+    pub contended: u64,
+    /// `reserve_timeout` lines that had to queue and wait (monitor store; 0 elsewhere).
+    pub waits: u64,
+    /// `reserve_timeout` calls that ran out of time (monitor store; 0 elsewhere).
+    pub timeouts: u64,
+}
+
+/// One counter of [`StoreStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stat {
+    Reserves,
+    Commits,
+    Releases,
+    Expirations,
+    Extensions,
+    Replays,
+    Refusals,
+    CasRetries,
+    Contended,
+    Waits,
+    Timeouts,
+}
+
+/// Number of [`Stat`]s.
+const STAT_COUNT: usize = 11;
+
+/// The counters of one store.
+pub(crate) struct Stats {
+    counters: StripedCounters<STAT_COUNT>,
+}
+
+impl Stats {
+    pub(crate) fn new() -> Self {
+        Self {
+            counters: StripedCounters::new(),
+        }
+    }
+
+    /// Adds `amount` to `stat`.
+    pub(crate) fn add(&self, stat: Stat, amount: u64) {
+        self.counters.add(stat as usize, amount);
+    }
+
+    /// Adds one to `stat`.
+    pub(crate) fn count(&self, stat: Stat) {
+        self.add(stat, 1);
+    }
+
+    /// Counts a refusal when `result` is one.
+    pub(crate) fn count_refusal<T, K>(&self, result: &Result<T, crate::StockError<K>>) {
+        use crate::StockError::{Conflict, InsufficientStock, Overflow};
+        if let Err(InsufficientStock { .. } | Overflow { .. } | Conflict { .. }) = result {
+            self.count(Stat::Refusals);
+        }
+    }
+
+    /// The counts now.
+    pub(crate) fn snapshot(&self) -> StoreStats {
+        let sum = |stat: Stat| self.counters.sum(stat as usize);
+        StoreStats {
+            reserves: sum(Stat::Reserves),
+            commits: sum(Stat::Commits),
+            releases: sum(Stat::Releases),
+            expirations: sum(Stat::Expirations),
+            extensions: sum(Stat::Extensions),
+            replays: sum(Stat::Replays),
+            refusals: sum(Stat::Refusals),
+            cas_retries: sum(Stat::CasRetries),
+            contended: sum(Stat::Contended),
+            waits: sum(Stat::Waits),
+            timeouts: sum(Stat::Timeouts),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stat_has_its_own_counter() {
+        let stats = Stats::new();
+        let all = [
+            Stat::Reserves,
+            Stat::Commits,
+            Stat::Releases,
+            Stat::Expirations,
+            Stat::Extensions,
+            Stat::Replays,
+            Stat::Refusals,
+            Stat::CasRetries,
+            Stat::Contended,
+            Stat::Waits,
+            Stat::Timeouts,
+        ];
+        assert_eq!(all.len(), STAT_COUNT);
+        for (index, stat) in all.into_iter().enumerate() {
+            stats.add(stat, index as u64 + 1);
+        }
+        let snapshot = stats.snapshot();
+        let values = [
+            snapshot.reserves,
+            snapshot.commits,
+            snapshot.releases,
+            snapshot.expirations,
+            snapshot.extensions,
+            snapshot.replays,
+            snapshot.refusals,
+            snapshot.cas_retries,
+            snapshot.contended,
+            snapshot.waits,
+            snapshot.timeouts,
+        ];
+        assert_eq!(values, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    }
+}
