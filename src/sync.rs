@@ -237,6 +237,7 @@ mod mocked {
     use std::ops::{Deref, DerefMut};
     use std::time::Instant;
 
+    pub(crate) use loom::sync::atomic::AtomicU64;
     pub(crate) use loom::sync::Arc;
 
     use super::Ordering;
@@ -255,6 +256,14 @@ mod mocked {
                 mutex: &self.0,
                 guard: self.0.lock().expect("loom mutex poisoned"),
             }
+        }
+
+        pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+            let guard = self.0.try_lock().ok()?;
+            Some(MutexGuard {
+                mutex: &self.0,
+                guard,
+            })
         }
     }
 
