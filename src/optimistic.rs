@@ -237,6 +237,19 @@ impl<K: Sku> OptimisticStore<K> {
         {
             return Err(StockError::UnknownSku(sku.clone()));
         }
+        // Check every line against its current level before changing any, so a request
+        // refused without a race changes nothing, not even a version. A race after this
+        // check is still caught by the CAS below and compensated.
+        for (sku, quantity) in lines {
+            let level = self
+                .skus
+                .with(sku, |slot| unpack(slot.word.load(Ordering::Acquire)));
+            if let Some(Err(refusal)) =
+                level.map(|level| level.apply(Change::Reserve, *quantity, 0, LIMITS))
+            {
+                return Err(refusal.into_error(sku.clone(), *quantity));
+            }
+        }
         let mut moved = Vec::with_capacity(lines.len());
         for (done, (sku, quantity)) in lines.iter().enumerate() {
             match self.update_sku(sku, Change::Reserve, *quantity) {
@@ -332,6 +345,10 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
+        if qty > Self::QUANTITY_MAX {
+            // Refused before the insert: a refused restock must not create the SKU.
+            return Err(StockError::Overflow { sku: sku.clone() });
+        }
         let moved = self.skus.with_or_insert(sku, Slot::new, |slot| {
             self.update(sku, slot, Change::Restock, qty)
         })?;
@@ -395,6 +412,10 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
             return Ok(());
         }
         let lines = lines::merge(lines)?;
+        if lines.len() == 1 {
+            // Duplicate lines of one SKU: one change, as for a single line.
+            return self.sell(&lines);
+        }
         let held = self.reserve_lines(&lines);
         self.lifecycle.stats.count_refusal(&held);
         let held = held?;
