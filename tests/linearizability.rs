@@ -448,13 +448,16 @@ fn assert_linearizable_once(name: &str, subject: &dyn Subject, sharing: Sharing)
     }
 }
 
+/// Histories recorded and checked per store (each of at least 2,000 operations).
+const ROUNDS: usize = 4;
+
 #[test]
 fn pessimistic_store_is_linearizable() {
     assert_linearizable(
         "pessimistic",
         || Box::new(Real(PessimisticStore::new())),
         Sharing::Own,
-        1,
+        ROUNDS,
     );
 }
 
@@ -464,7 +467,7 @@ fn optimistic_store_single_line_calls_are_linearizable() {
         "optimistic",
         || Box::new(Real(OptimisticStore::new())),
         Sharing::Own,
-        1,
+        ROUNDS,
     );
 }
 
@@ -474,7 +477,7 @@ fn monitor_store_is_linearizable() {
         "monitor",
         || Box::new(Real(MonitorStore::new())),
         Sharing::Own,
-        1,
+        ROUNDS,
     );
 }
 
