@@ -11,10 +11,11 @@
 
 mod loom_common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use loom_common::{counts, on_every_store, spawn, Sku, SKU};
-use stockledger::{StockLevel, StockStore};
+use stockledger::{OptimisticStore, StockLevel, StockStore};
 
 /// On hand after the initial restock (version 1).
 const START: u64 = 4;
@@ -33,9 +34,13 @@ fn level_after(restocks: u64, sales: u64) -> StockLevel {
 /// One thread restocks 1 unit twice while another sells 1 unit, then holds 1 unit. Each
 /// restock returns its new level: it must be a level some interleaving reaches.
 fn versions_grow_by_one<S: StockStore<Sku> + 'static>(store: S) {
-    let store = Arc::new(store);
+    two_threads_two_operations(&Arc::new(store));
+}
+
+/// The body of [`versions_grow_by_one`] on a shared store.
+fn two_threads_two_operations<S: StockStore<Sku> + 'static>(store: &Arc<S>) {
     store.restock(&SKU, START).unwrap();
-    let restocker = spawn(&store, |store| {
+    let restocker = spawn(store, |store| {
         [
             store.restock(&SKU, 1).unwrap(),
             store.restock(&SKU, 1).unwrap(),
@@ -54,7 +59,24 @@ fn versions_grow_by_one<S: StockStore<Sku> + 'static>(store: S) {
         assert_eq!(level, level_after(restocks, sales), "{levels:?}");
     }
     assert!(levels[0].version < levels[1].version, "version went back");
-    assert_eq!(counts(&*store, SKU), (START + 1, 1, 5));
+    assert_eq!(counts(&**store, SKU), (START + 1, 1, 5));
+}
+
+/// The optimistic store's retry path runs in the model above: in some interleaving a
+/// compare-and-swap loses to the other thread's write (`StoreStats::cas_retries`), so
+/// [`versions_grow_by_one`] checks the levels the retries compute.
+#[test]
+fn retry_path_is_explored_optimistic() {
+    static LOST: AtomicU64 = AtomicU64::new(0);
+    loom::model(|| {
+        let store = Arc::new(OptimisticStore::new());
+        two_threads_two_operations(&store);
+        LOST.fetch_add(store.stats().cas_retries, Ordering::Relaxed);
+    });
+    assert!(
+        LOST.load(Ordering::Relaxed) > 0,
+        "no interleaving lost a compare-and-swap"
+    );
 }
 
 /// Two threads each sell 1 unit, then restock 1 unit: on hand ends where it started and

@@ -14,6 +14,7 @@
 
 mod loom_common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,11 +139,25 @@ fn orders_waiting(store: MonitorStore<Sku>) {
     for (sku, _) in RESTOCK {
         assert_eq!(store.queued(&sku), 0);
     }
+    let stats = store.stats();
+    WAITED.fetch_add(stats.waits, Ordering::Relaxed);
+    TIMED_OUT.fetch_add(stats.timeouts, Ordering::Relaxed);
 }
+
+/// Lines of `orders_waiting` that queued, and its orders that timed out, over all its
+/// interleavings.
+static WAITED: AtomicU64 = AtomicU64::new(0);
+static TIMED_OUT: AtomicU64 = AtomicU64::new(0);
 
 #[test]
 fn orders_waiting_monitor() {
     explore("orders_waiting::monitor", MonitorStore::new, orders_waiting);
+    // The model reached the waiting and the time-out paths.
+    assert!(WAITED.load(Ordering::Relaxed) > 0, "no order ever waited");
+    assert!(
+        TIMED_OUT.load(Ordering::Relaxed) > 0,
+        "no order ever timed out"
+    );
 }
 
 /// Negative control: row locks taken in request order, which loom must find deadlocking.

@@ -33,6 +33,9 @@ pub const SKU: Sku = "SKU1004";
 /// When `body` panics in some interleaving (loom reports it with the failing schedule),
 /// or when loom finds a deadlock.
 pub fn explore<S: 'static>(name: &str, new: fn() -> S, body: fn(S)) {
+    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+        eprintln!("{name}: LOOM_MAX_PREEMPTIONS is unset, so the exploration is unbounded");
+    }
     let runs = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&runs);
     loom::model(move || {
