@@ -621,7 +621,9 @@ impl Run {
                 found.push(format!("SKU {sku}: lost by the store (level is None)"));
             }
             if supplied != on_hand + sold {
-                found.push(format!("SKU {sku}: start + restocked = {supplied} but on hand + sold = {on_hand} + {sold}"));
+                found.push(format!(
+                    "SKU {sku}: start + restocked = {supplied}, on hand + sold = {on_hand} + {sold}"
+                ));
             }
             if reserved != 0 {
                 found.push(format!("SKU {sku}: {reserved} units still reserved"));
@@ -642,56 +644,55 @@ impl Run {
     }
 }
 
-const HEADER: [&str; 12] = [
-    "strategy",
-    "orders/s",
-    "committed",
-    "released",
-    "refused",
-    "conflicts",
-    "timeouts",
-    "units sold",
-    "restocked",
-    "on hand",
-    "reserved left",
-    "conservation",
+/// The table's columns and their widths; the first is left-aligned, the rest right-aligned.
+const COLUMNS: [(&str, usize); 12] = [
+    ("strategy", 12),
+    ("orders/s", 9),
+    ("committed", 9),
+    ("released", 8),
+    ("refused", 7),
+    ("conflicts", 9),
+    ("timeouts", 8),
+    ("units sold", 10),
+    ("restocked", 9),
+    ("on hand", 7),
+    ("reserved left", 13),
+    ("conservation", 12),
 ];
 
+fn print_cells(cells: &[String]) {
+    let line: Vec<String> = cells
+        .iter()
+        .zip(COLUMNS)
+        .enumerate()
+        .map(|(index, (cell, (_, width)))| match index {
+            0 => format!("{cell:<width$}"),
+            _ => format!("{cell:>width$}"),
+        })
+        .collect();
+    println!("{}", line.join(" "));
+}
+
 fn print_header() {
-    println!(
-        "{:<12} {:>9} {:>9} {:>8} {:>7} {:>9} {:>8} {:>10} {:>9} {:>7} {:>13} {:>12}",
-        HEADER[0],
-        HEADER[1],
-        HEADER[2],
-        HEADER[3],
-        HEADER[4],
-        HEADER[5],
-        HEADER[6],
-        HEADER[7],
-        HEADER[8],
-        HEADER[9],
-        HEADER[10],
-        HEADER[11],
-    );
+    print_cells(&COLUMNS.map(|(name, _)| name.to_string()));
 }
 
 fn print_row(run: &Run, orders: usize, sound: bool) {
     let orders_per_second = orders as f64 / run.elapsed.as_secs_f64();
-    println!(
-        "{:<12} {:>9.0} {:>9} {:>8} {:>7} {:>9} {:>8} {:>10} {:>9} {:>7} {:>13} {:>12}",
-        run.strategy.name(),
-        orders_per_second,
-        run.tally.committed,
-        run.tally.released,
-        run.tally.refused,
-        run.tally.conflicts,
-        run.tally.timeouts,
-        run.sold(),
-        run.restocked(),
-        run.on_hand(),
-        run.reserved(),
-        if sound { "ok" } else { "VIOLATED" },
-    );
+    print_cells(&[
+        run.strategy.name().to_string(),
+        format!("{orders_per_second:.0}"),
+        run.tally.committed.to_string(),
+        run.tally.released.to_string(),
+        run.tally.refused.to_string(),
+        run.tally.conflicts.to_string(),
+        run.tally.timeouts.to_string(),
+        run.sold().to_string(),
+        run.restocked().to_string(),
+        run.on_hand().to_string(),
+        run.reserved().to_string(),
+        if sound { "ok" } else { "VIOLATED" }.to_string(),
+    ]);
 }
 
 fn main() -> ExitCode {
@@ -764,9 +765,18 @@ fn shown_path(path: &Path) -> &Path {
 
 fn print_notes() {
     println!();
-    println!("refused = InsufficientStock + Conflict (optimistic retry bound) + Timeout (monitor, {MONITOR_TIMEOUT_MS} ms);");
-    println!("monitor: a restocker adds {RESTOCK_UNITS} units to a depleted SKU every {RESTOCK_INTERVAL_US} us during the run;");
-    println!("conservation: per SKU and in total, start + restocked = on hand + sold, and reserved left = 0.");
+    println!(
+        "refused = InsufficientStock + Conflict (optimistic retry bound) \
+         + Timeout (monitor, {MONITOR_TIMEOUT_MS} ms);"
+    );
+    println!(
+        "monitor: a restocker adds {RESTOCK_UNITS} units to a depleted SKU \
+         every {RESTOCK_INTERVAL_US} us during the run;"
+    );
+    println!(
+        "conservation: per SKU and in total, start + restocked = on hand + sold, \
+         and reserved left = 0."
+    );
 }
 
 #[cfg(test)]
@@ -832,7 +842,8 @@ mod tests {
         let blank = "SKU,Quantity,Order Status,Add-ons Purchased\n\nA,x,Completed,\n";
         let error = parse_orders(blank.as_bytes()).unwrap_err();
         assert!(error.starts_with("line 3: "), "{error:?}");
-        let quoted = "SKU,Quantity,Order Status,Add-ons Purchased\nA,1,Completed,\"X,\nY\"\nA,0,Completed,\n";
+        let quoted = "SKU,Quantity,Order Status,Add-ons Purchased\n\
+                      A,1,Completed,\"X,\nY\"\nA,0,Completed,\n";
         let error = parse_orders(quoted.as_bytes()).unwrap_err();
         assert!(error.starts_with("line 4: "), "{error:?}");
     }
