@@ -635,7 +635,7 @@ fn hot_targets(data: &Data, targets: &mut Vec<Target>) {
             String::new()
         };
         targets.push(Target {
-            target: format!("single-thread `sell`, 100k SKUs: {store} ≤ {limit}× DashMap peer"),
+            target: format!("single-thread `sell`, 100k SKUs: {store} ≤ {limit:.1}× DashMap peer"),
             measured: format!(
                 "{} time, {} instructions",
                 ratio(value),
@@ -940,7 +940,7 @@ fn main() {
     let _ = writeln!(
         report,
         "## Reproduce\n\n```sh\ncargo bench                              # full: ~11 min on 2 cores\n\
-         STOCKLEDGER_BENCH_QUICK=1 cargo bench    # quick mode: ~3 min, to check the pipeline\n\
+         STOCKLEDGER_BENCH_QUICK=1 cargo bench    # quick mode: ~2 min, to check the pipeline\n\
          cargo bench --bench scenarios -- S3_zipf # one group (criterion filter)\n\
          cargo run --release --example bench_report -- --note \"...\"   # writes BENCHMARKS.md\n```\n"
     );
