@@ -31,8 +31,9 @@ pub(crate) use mocked::*;
 /// Returns a reservation id never returned before in this process, so an id issued by one
 /// store is never mistaken for a hold in another.
 ///
-/// The counter starts at 1 and is a plain `std` atomic even under loom: its only property
-/// (uniqueness) does not depend on interleavings, and a loom atomic cannot live in a static.
+/// The counter starts at 1. Under loom its twin (module `mocked`) restarts with every
+/// execution of a model, so that every execution sees the same ids.
+#[cfg(not(loom))]
 pub(crate) fn next_reservation_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
@@ -241,6 +242,19 @@ mod mocked {
     pub(crate) use loom::sync::Arc;
 
     use super::Ordering;
+
+    /// The loom twin of the reservation id counter: a plain `std` atomic (uniqueness does
+    /// not depend on interleavings, so it adds no branch for loom to explore) in a loom lazy
+    /// static, which restarts at 1 with every execution of a model. A model must be
+    /// deterministic, and ids pick the expiry index's shard: with one process-wide counter
+    /// each execution (and each concurrently running test) would shift the ids and so the
+    /// shard mutexes a hold locks, and loom would replay a schedule on other objects.
+    pub(crate) fn next_reservation_id() -> u64 {
+        loom::lazy_static! {
+            static ref NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        }
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
 
     /// loom's mutex with parking_lot's signature: `lock()` returns the guard.
     #[derive(Debug)]

@@ -32,7 +32,11 @@ pub const SKU: Sku = "SKU1004";
 ///
 /// When `body` panics in some interleaving (loom reports it with the failing schedule),
 /// or when loom finds a deadlock.
-pub fn explore<S: 'static>(name: &str, new: fn() -> S, body: fn(S)) {
+pub fn explore<S: 'static>(
+    name: &str,
+    new: impl Fn() -> S + Send + Sync + 'static,
+    body: impl Fn(S) + Send + Sync + 'static,
+) {
     if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
         eprintln!("{name}: LOOM_MAX_PREEMPTIONS is unset, so the exploration is unbounded");
     }
@@ -45,6 +49,34 @@ pub fn explore<S: 'static>(name: &str, new: fn() -> S, body: fn(S)) {
     let runs = runs.load(Ordering::Relaxed);
     eprintln!("{name}: {runs} interleavings explored");
     assert!(runs > 1, "{name}: the model explored one interleaving only");
+}
+
+std::thread_local! {
+    /// Outcomes noted by the executions of the model running on this test thread (loom
+    /// runs a model's threads as coroutines on the thread that calls `loom::model`).
+    static NOTES: std::cell::RefCell<std::collections::BTreeSet<&'static str>> =
+        const { std::cell::RefCell::new(std::collections::BTreeSet::new()) };
+}
+
+/// Notes that an execution of the current model reached `outcome`.
+pub fn note(outcome: &'static str) {
+    NOTES.with(|notes| notes.borrow_mut().insert(outcome));
+}
+
+/// Checks that the executions of the model just explored on this thread reached every
+/// outcome in `expected` (so the model's branches were all explored), and forgets them.
+///
+/// # Panics
+///
+/// When an outcome was never reached.
+pub fn assert_noted(name: &str, expected: &[&'static str]) {
+    let noted = NOTES.with(|notes| std::mem::take(&mut *notes.borrow_mut()));
+    for outcome in expected {
+        assert!(
+            noted.contains(outcome),
+            "{name}: no interleaving reached `{outcome}`: {noted:?}"
+        );
+    }
 }
 
 /// Spawns a model thread that runs `call` on the shared `store`.

@@ -1,0 +1,271 @@
+#![cfg(loom)]
+//! Exactly-once resolution with the reservation lifecycle: a hold with a deadline is
+//! resolved once however commit, release, `extend` and `expire_due` race with the clock
+//! passing its deadline, and an idempotency key opens one hold however its retries race.
+//! Every store, with a [`ManualClock`] (its counter is a loom atomic under `--cfg loom`, so
+//! loom interleaves the clock's advance with the other steps).
+//!
+//! Run: `CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release --test loom_lifecycle`
+
+mod loom_common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use loom_common::{counts, spawn, Outcome, Sku, SKU};
+use stockledger::{
+    Clock, ManualClock, MonitorStore, OptimisticStore, PessimisticStore, Reservation,
+    ReserveOptions, StockError, StockStore, WaitingStore,
+};
+
+/// The time to live of the model's hold.
+const TTL: Duration = Duration::from_secs(10);
+/// How far the clock moves: past the hold's deadline.
+const PAST_THE_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Whether `outcome` resolved `hold`: it won (`Ok`) or found it past its deadline and
+/// expired it (`Expired`); `UnknownReservation` means another call resolved it.
+fn resolved(hold: &Reservation<Sku>, outcome: &Outcome<Reservation<Sku>>) -> bool {
+    match outcome {
+        Ok(reservation) => {
+            assert_eq!(reservation.id(), hold.id());
+            true
+        }
+        Err(StockError::Expired(id)) => {
+            assert_eq!(*id, hold.id());
+            true
+        }
+        Err(error) => {
+            assert_eq!(error, &StockError::UnknownReservation(hold.id()));
+            false
+        }
+    }
+}
+
+/// A commit, a release, and the clock passing the deadline followed by `expire_due`, race
+/// on one hold: exactly one of them resolves it, and stock moves once (sold only if the
+/// commit won before the deadline).
+fn commit_release_expiry_once<S: StockStore<Sku> + 'static>(store: S, clock: Arc<ManualClock>) {
+    let store = Arc::new(store);
+    store.restock(&SKU, 2).unwrap();
+    let hold = store
+        .reserve_with(&[(SKU, 1)], &ReserveOptions::new().ttl(TTL))
+        .unwrap();
+    let id = hold.id();
+    let committer = spawn(&store, move |store| store.commit(id));
+    let sweeper = spawn(&store, move |store| {
+        clock.advance(PAST_THE_DEADLINE);
+        store.expire_due()
+    });
+    let released = store.release(id);
+    let committed = committer.join().unwrap();
+    let swept = sweeper.join().unwrap();
+
+    let winners = usize::from(resolved(&hold, &committed))
+        + usize::from(resolved(&hold, &released))
+        + swept.len();
+    assert_eq!(winners, 1, "{committed:?} {released:?} {swept:?}");
+    assert!(swept.iter().all(|expired| *expired == hold));
+    let sold = u64::from(committed.is_ok());
+    assert_eq!(counts(&*store, SKU), (2 - sold, 0, 3));
+    loom_common::note(match (&committed, &released) {
+        (Ok(_), _) => "committed",
+        (_, Ok(_)) => "released",
+        _ => "expired",
+    });
+    let stats = store.stats();
+    assert_eq!(stats.commits, sold);
+    assert_eq!(stats.commits + stats.releases + stats.expirations, 1);
+}
+
+/// `extend` races the clock passing the deadline and `expire_due`: the hold is either
+/// extended (and still open, so it can be committed) or expired, once.
+fn extend_races_expiry<S: StockStore<Sku> + 'static>(store: S, clock: Arc<ManualClock>) {
+    let store = Arc::new(store);
+    store.restock(&SKU, 1).unwrap();
+    let hold = store
+        .reserve_with(&[(SKU, 1)], &ReserveOptions::new().ttl(TTL))
+        .unwrap();
+    let id = hold.id();
+    let extender = spawn(&store, move |store| store.extend(id, 6 * TTL));
+    clock.advance(PAST_THE_DEADLINE);
+    let swept = store.expire_due();
+    let extended = extender.join().unwrap();
+
+    let expired = !swept.is_empty() || extended == Err(StockError::Expired(id));
+    assert_eq!(usize::from(resolved(&hold, &extended)) + swept.len(), 1);
+    loom_common::note(if expired { "expired" } else { "extended" });
+    if expired {
+        assert_eq!(counts(&*store, SKU), (1, 0, 3));
+        assert_eq!(store.commit(id), Err(StockError::UnknownReservation(id)));
+    } else {
+        // Extended to `now + 60 s` with now at most 20 s: open, and not due.
+        assert_eq!(extended.unwrap().id(), id);
+        assert!(store.expire_due().is_empty());
+        assert_eq!(store.commit(id).unwrap().id(), id);
+        assert_eq!(counts(&*store, SKU), (0, 0, 3));
+    }
+    assert!(store.expire_due().is_empty(), "nothing left to expire");
+}
+
+/// Two retries of one checkout (same idempotency key) race, and the first caller commits
+/// what it got: one hold is opened in all, every call answers with it, one unit is sold.
+fn idempotent_retries_hold_once<S: StockStore<Sku> + 'static>(store: S, _: Arc<ManualClock>) {
+    let store = Arc::new(store);
+    store.restock(&SKU, 2).unwrap();
+    let checkout = || ReserveOptions::new().idempotency_key("cart-7");
+    let retry = spawn(&store, move |store| {
+        store.reserve_with(&[(SKU, 1)], &checkout()).unwrap()
+    });
+    let first = store.reserve_with(&[(SKU, 1)], &checkout()).unwrap();
+    store.commit(first.id()).unwrap();
+    let retried = retry.join().unwrap();
+    assert_eq!(retried.id(), first.id(), "a retry opened a second hold");
+    assert_eq!(counts(&*store, SKU), (1, 0, 3));
+    let stats = store.stats();
+    assert_eq!((stats.reserves, stats.replays, stats.commits), (1, 1, 1));
+}
+
+/// A waiter queues for the unit a hold with a deadline keeps; the clock passes the
+/// deadline and `expire_due` gives the unit back: the expiry wakes the waiter (monitor).
+fn expiry_wakes_the_waiter(store: MonitorStore<Sku>, clock: Arc<ManualClock>) {
+    let store = Arc::new(store);
+    store.restock(&SKU, 1).unwrap();
+    let hold = store
+        .reserve_with(&[(SKU, 1)], &ReserveOptions::new().ttl(TTL))
+        .unwrap();
+    let waiter = spawn(&store, |store| {
+        store.reserve_timeout(&[(SKU, 1)], Duration::MAX)
+    });
+    clock.advance(PAST_THE_DEADLINE);
+    assert_eq!(store.expire_due(), vec![hold]);
+    waiter.join().unwrap().unwrap();
+    assert_eq!(counts(&*store, SKU), (1, 1, 4));
+}
+
+#[test]
+fn expiry_wakes_the_waiter_monitor() {
+    clocked(
+        "expiry_wakes_the_waiter::monitor",
+        |clock| MonitorStore::builder().clock(clock).build(),
+        expiry_wakes_the_waiter,
+        &[],
+    );
+}
+
+/// Generates, for each body `fn name<S>(store: S, clock: Arc<ManualClock>)`, a module with
+/// one loom test per store, each store built on a fresh manual clock.
+macro_rules! on_every_clocked_store {
+    ($($name:ident => $outcomes:expr),+ $(,)?) => {
+        $(
+            mod $name {
+                use super::*;
+
+                #[test]
+                fn pessimistic() {
+                    clocked(concat!(stringify!($name), "::pessimistic"), |clock| {
+                        PessimisticStore::builder().clock(clock).build()
+                    }, super::$name, $outcomes);
+                }
+
+                #[test]
+                fn optimistic() {
+                    clocked(concat!(stringify!($name), "::optimistic"), |clock| {
+                        OptimisticStore::builder().clock(clock).build()
+                    }, super::$name, $outcomes);
+                }
+
+                #[test]
+                fn monitor() {
+                    clocked(concat!(stringify!($name), "::monitor"), |clock| {
+                        MonitorStore::builder().clock(clock).build()
+                    }, super::$name, $outcomes);
+                }
+            }
+        )+
+    };
+}
+
+/// Runs `body` on a store built by `build` on a fresh manual clock, in every interleaving,
+/// and checks that the interleavings reached every one of `outcomes`.
+fn clocked<S: 'static>(
+    name: &str,
+    build: fn(Arc<dyn Clock>) -> S,
+    body: fn(S, Arc<ManualClock>),
+    outcomes: &[&'static str],
+) {
+    let new = move || {
+        let clock = Arc::new(ManualClock::new());
+        (build(clock.clone()), clock)
+    };
+    loom_common::explore(name, new, move |(store, clock)| body(store, clock));
+    loom_common::assert_noted(name, outcomes);
+}
+
+on_every_clocked_store!(
+    commit_release_expiry_once => &["committed", "released", "expired"],
+    extend_races_expiry => &["extended", "expired"],
+    idempotent_retries_hold_once => &[],
+);
+
+/// Negative control: a commit and an expiry sweep that each find the hold, then remove it
+/// in a second step (check-then-act), which loom must catch resolving one hold twice.
+mod controls {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use loom::sync::atomic::{AtomicU64, Ordering};
+    use loom::sync::Mutex;
+    use loom::thread;
+
+    /// Open holds `id -> deadline` (in clock ticks), and the clock.
+    struct CheckThenRemove {
+        holds: Mutex<HashMap<u64, u64>>,
+        now: AtomicU64,
+    }
+
+    impl CheckThenRemove {
+        /// Commits `id` if it is open and not due.
+        fn commit(&self, id: u64) -> bool {
+            let deadline = self.holds.lock().unwrap().get(&id).copied();
+            if deadline.is_none_or(|deadline| self.now.load(Ordering::SeqCst) >= deadline) {
+                return false;
+            }
+            self.holds.lock().unwrap().remove(&id);
+            true
+        }
+
+        /// Expires the due holds; returns how many.
+        fn expire_due(&self) -> usize {
+            let now = self.now.load(Ordering::SeqCst);
+            let due: Vec<u64> = (self.holds.lock().unwrap().iter())
+                .filter(|(_, deadline)| **deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in &due {
+                self.holds.lock().unwrap().remove(id);
+            }
+            due.len()
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "resolved twice")]
+    fn commit_and_expiry_check_then_remove() {
+        loom::model(|| {
+            let store = Arc::new(CheckThenRemove {
+                holds: Mutex::new(HashMap::from([(7, 10)])),
+                now: AtomicU64::new(0),
+            });
+            let committer = {
+                let store = Arc::clone(&store);
+                thread::spawn(move || store.commit(7))
+            };
+            store.now.store(20, Ordering::SeqCst);
+            let expired = store.expire_due();
+            let committed = committer.join().unwrap();
+            let winners = expired + usize::from(committed);
+            assert_eq!(winners, 1, "resolved twice");
+        });
+    }
+}
