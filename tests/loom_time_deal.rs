@@ -74,10 +74,15 @@ fn assert_all_or_nothing<S: StockStore<Sku>>(
     for (_, outcome) in &orders {
         assert!(outcome.as_ref().err().is_none_or(refusal), "{outcome:?}");
     }
-    let (item, _, _) = counts(store, ITEM);
-    let (option_230, _, _) = counts(store, OPTION_230);
-    let (option_240, _, _) = counts(store, OPTION_240);
+    let (item, item_reserved, _) = counts(store, ITEM);
+    let (option_230, option_230_reserved, _) = counts(store, OPTION_230);
+    let (option_240, option_240_reserved, _) = counts(store, OPTION_240);
     assert_eq!(item, option_230 + option_240, "item = sum of its options");
+    assert_eq!(
+        item_reserved,
+        option_230_reserved + option_240_reserved,
+        "held items = sum of held options"
+    );
 }
 
 /// The three orders as direct sales.
