@@ -11,7 +11,7 @@ use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell};
 use crate::options::ReserveOptions;
 use crate::reservation::{Reservation, ReservationId};
-use crate::stats::{Stat, StoreStats};
+use crate::stats::{Stat, Stats, StoreStats};
 use crate::store::{Sku, StockStore, WaitingStore};
 use crate::sync::{self, Arc, Condvar, Mutex, MutexGuard, ShardedMap};
 
@@ -184,21 +184,21 @@ impl Monitor {
         }
     }
 
-    /// Reserves `quantity` units, waiting in FIFO order until `deadline`; returns what
-    /// moved and whether it had to wait.
+    /// Reserves `quantity` units, waiting in FIFO order until `deadline` (counted in
+    /// `stats` when it has to queue); returns what moved.
     fn reserve_waiting<K: Clone>(
         &self,
         mut state: MutexGuard<'_, MonitorState>,
-        sku: &K,
-        quantity: u64,
+        (sku, quantity): (&K, u64),
         deadline: Option<Instant>,
-    ) -> Result<(Moved, bool), StockError<K>> {
+        stats: &Stats,
+    ) -> Result<Moved, StockError<K>> {
         if state.queue.is_empty() {
             let before = state.level;
             match before.apply(Change::Reserve, quantity, 0, Limits::U64) {
                 Ok(level) => {
                     state.level = level;
-                    return Ok((Moved::new(before, level, state.low_stock_threshold), false));
+                    return Ok(Moved::new(before, level, state.low_stock_threshold));
                 }
                 Err(refusal @ Refusal::Overflow) => {
                     return Err(refusal.into_error(sku.clone(), quantity));
@@ -206,6 +206,7 @@ impl Monitor {
                 Err(_) => {}
             }
         }
+        stats.count(Stat::Waits);
         let ticket = state.next_ticket;
         state.next_ticket += 1;
         state.queue.push_back(Waiter { ticket, quantity });
@@ -214,11 +215,10 @@ impl Monitor {
             (state, timed_out) = self.granted.wait_until(state, deadline);
             if let Some(level) = state.take_grant(ticket) {
                 // The crossing, if any, was reported by the change that granted it.
-                let moved = Moved {
+                return Ok(Moved {
                     level,
                     low_stock: None,
-                };
-                return Ok((moved, true));
+                });
             }
             if timed_out || sync::deadline_passed(deadline) {
                 // Leave the queue; if this waiter was the head, the next may now be served.
@@ -446,13 +446,9 @@ impl<K: Sku> WaitingStore<K> for MonitorStore<K> {
         let mut moved = Vec::with_capacity(lines.len());
         for (monitor, (sku, quantity)) in monitors.iter().zip(&lines) {
             let state = self.lock(monitor);
-            match monitor.reserve_waiting(state, sku, *quantity, deadline) {
-                Ok((line, waited)) => {
-                    if waited {
-                        self.lifecycle.stats.count(Stat::Waits);
-                    }
-                    moved.push(line);
-                }
+            let stats = &self.lifecycle.stats;
+            match monitor.reserve_waiting(state, (sku, *quantity), deadline, stats) {
+                Ok(line) => moved.push(line),
                 Err(error) => {
                     let held = moved.len();
                     for (monitor, (_, quantity)) in monitors.iter().zip(&lines).take(held) {

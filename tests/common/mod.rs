@@ -41,3 +41,110 @@ pub fn counts(store: &dyn StockStore<String>, name: &str) -> (u64, u64) {
     let level = store.level(&sku(name)).expect("SKU exists");
     (level.on_hand, level.reserved)
 }
+
+/// What a lifecycle test needs beside its store: the store's manual clock and the events
+/// it sent.
+pub struct Rig {
+    /// The store's clock; time moves only when a test advances it.
+    pub clock: std::sync::Arc<stockledger::ManualClock>,
+    /// Every event the store sent, in the order the sink received them.
+    pub events: std::sync::Arc<Recorder>,
+}
+
+/// An event sink that records every event.
+#[derive(Default)]
+pub struct Recorder(std::sync::Mutex<Vec<stockledger::StockEvent<String>>>);
+
+impl Recorder {
+    /// Takes the events recorded so far.
+    pub fn take(&self) -> Vec<stockledger::StockEvent<String>> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl stockledger::EventSink<String> for Recorder {
+    fn on_event(&self, event: &stockledger::StockEvent<String>) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+/// Settings of the rigged stores beyond the clock and the recorder.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Settings {
+    /// The idempotency retention, when not the default.
+    pub idempotency_retention: Option<std::time::Duration>,
+    /// The bound of remembered resolved keys, when not the default.
+    pub idempotency_keys_max: Option<usize>,
+}
+
+impl Rig {
+    fn new() -> Self {
+        Self {
+            clock: std::sync::Arc::new(stockledger::ManualClock::new()),
+            events: std::sync::Arc::new(Recorder::default()),
+        }
+    }
+
+    /// `builder` with this rig's clock and recorder and `settings`.
+    fn configure<S>(
+        &self,
+        builder: stockledger::StoreBuilder<String, S>,
+        settings: Settings,
+    ) -> stockledger::StoreBuilder<String, S> {
+        let mut builder = builder
+            .clock(self.clock.clone())
+            .event_sink(self.events.clone());
+        if let Some(retention) = settings.idempotency_retention {
+            builder = builder.idempotency_retention(retention);
+        }
+        if let Some(keys_max) = settings.idempotency_keys_max {
+            builder = builder.idempotency_keys_max(keys_max);
+        }
+        builder
+    }
+}
+
+/// Every strategy, freshly built with a manual clock and an event recorder of its own.
+pub fn rigged_stores(settings: Settings) -> Vec<(&'static str, Store, Rig)> {
+    let (pessimistic, optimistic, monitor) = (Rig::new(), Rig::new(), Rig::new());
+    vec![
+        (
+            "pessimistic",
+            Box::new(
+                pessimistic
+                    .configure(PessimisticStore::builder(), settings)
+                    .build(),
+            ),
+            pessimistic,
+        ),
+        (
+            "optimistic",
+            Box::new(
+                optimistic
+                    .configure(OptimisticStore::builder(), settings)
+                    .build(),
+            ),
+            optimistic,
+        ),
+        (
+            "monitor",
+            Box::new(monitor.configure(MonitorStore::builder(), settings).build()),
+            monitor,
+        ),
+    ]
+}
+
+/// Runs `body` once on each strategy, each store with its own rig and default settings.
+pub fn with_rigged_stores(body: impl Fn(&'static str, &dyn StockStore<String>, &Rig)) {
+    with_rigged_stores_using(Settings::default(), body);
+}
+
+/// Runs `body` once on each strategy, each store with its own rig and `settings`.
+pub fn with_rigged_stores_using(
+    settings: Settings,
+    body: impl Fn(&'static str, &dyn StockStore<String>, &Rig),
+) {
+    for (name, store, rig) in rigged_stores(settings) {
+        body(name, store.as_ref(), &rig);
+    }
+}
