@@ -274,21 +274,23 @@ impl<K: Clone + PartialEq> Registry<K> {
             }
             let before = hold.reservation.expires_at;
             hold.reservation.expires_at = deadline;
-            Some((before, hold.reservation.clone()))
+            // Re-index while the hold's entry is locked, so that no resolve or other extend
+            // of this hold runs between the deadline change and the index change (a resolve
+            // there left the new deadline indexed for a hold gone: loom model
+            // `extend_races_commit`). Lock order: holds shard, then expiry shard; nothing
+            // takes them the other way round. The new deadline goes in before the old one
+            // comes out, so the hold is never missing from the index.
+            if let Some(deadline) = deadline {
+                self.expiry.insert(deadline, id);
+            }
+            if let Some(before) = before.filter(|before| Some(*before) != deadline) {
+                self.expiry.remove(before, id);
+            }
+            Some(hold.reservation.clone())
         });
         match updated {
             None => Err(StockError::UnknownReservation(id)),
-            Some(Some((before, reservation))) => {
-                // Index the new deadline before dropping the old one, so the hold is never
-                // missing from the index.
-                if let Some(deadline) = deadline {
-                    self.expiry.insert(deadline, id);
-                }
-                if let Some(before) = before.filter(|before| Some(*before) != deadline) {
-                    self.expiry.remove(before, id);
-                }
-                Ok(Extension::Extended(reservation))
-            }
+            Some(Some(reservation)) => Ok(Extension::Extended(reservation)),
             Some(None) => {
                 let hold = self
                     .holds

@@ -108,6 +108,69 @@ fn extend_races_expiry<S: StockStore<Sku> + 'static>(store: S, clock: Arc<Manual
     assert!(store.expire_due().is_empty(), "nothing left to expire");
 }
 
+/// `extend` races a commit: whichever wins, no deadline of the resolved hold stays in the
+/// expiry index (read from the store's `Debug`, which counts the indexed deadlines).
+fn extend_races_commit<S: StockStore<Sku> + std::fmt::Debug + 'static>(
+    store: S,
+    _: Arc<ManualClock>,
+) {
+    let store = Arc::new(store);
+    store.restock(&SKU, 1).unwrap();
+    let hold = store
+        .reserve_with(&[(SKU, 1)], &ReserveOptions::new().ttl(TTL))
+        .unwrap();
+    let id = hold.id();
+    let extender = spawn(&store, move |store| store.extend(id, 6 * TTL));
+    store.commit(id).unwrap();
+    let extended = extender.join().unwrap();
+    loom_common::note(if extended.is_ok() {
+        "extended"
+    } else {
+        "committed first"
+    });
+    let debug = format!("{store:?}");
+    assert!(
+        debug.contains("deadlines: 0"),
+        "a resolved hold's deadline stayed indexed: {debug}"
+    );
+}
+
+/// Two extensions of one hold race, one of them back to the hold's first deadline: the
+/// index keeps the deadline the hold ends with, so once the clock passes the first
+/// deadline, `expire_due` expires the hold if that is its deadline (a commit then finds it
+/// gone), and otherwise leaves it open (a commit succeeds). A hold past its deadline that
+/// the sweep missed would make the commit report `Expired`.
+fn extensions_race<S: StockStore<Sku> + 'static>(store: S, clock: Arc<ManualClock>) {
+    let store = Arc::new(store);
+    store.restock(&SKU, 1).unwrap();
+    let hold = store
+        .reserve_with(&[(SKU, 1)], &ReserveOptions::new().ttl(TTL))
+        .unwrap();
+    let id = hold.id();
+    let later = spawn(&store, move |store| store.extend(id, 6 * TTL).unwrap());
+    store.extend(id, TTL).unwrap(); // the first deadline again
+    later.join().unwrap();
+    clock.advance(PAST_THE_DEADLINE);
+    let swept = store.expire_due();
+    let committed = store.commit(id);
+    match swept.as_slice() {
+        [] => {
+            assert_eq!(
+                committed.unwrap().id(),
+                id,
+                "a due hold was missed by the sweep"
+            );
+            loom_common::note("ends with the later deadline");
+        }
+        [expired] => {
+            assert_eq!(expired.id(), id);
+            assert_eq!(committed, Err(StockError::UnknownReservation(id)));
+            loom_common::note("ends with the first deadline");
+        }
+        _ => panic!("one hold expired twice: {swept:?}"),
+    }
+}
+
 /// Two retries of one checkout (same idempotency key) race, and the first caller commits
 /// what it got: one hold is opened in all, every call answers with it, one unit is sold.
 fn idempotent_retries_hold_once<S: StockStore<Sku> + 'static>(store: S, _: Arc<ManualClock>) {
@@ -206,6 +269,8 @@ on_every_clocked_store!(
     commit_release_expiry_once => &["committed", "released", "expired"],
     extend_races_expiry => &["extended", "expired"],
     idempotent_retries_hold_once => &[],
+    extend_races_commit => &["extended", "committed first"],
+    extensions_race => &["ends with the later deadline", "ends with the first deadline"],
 );
 
 /// Negative control: a commit and an expiry sweep that each find the hold, then remove it
