@@ -273,6 +273,49 @@ on_every_clocked_store!(
     extensions_race => &["ends with the later deadline", "ends with the first deadline"],
 );
 
+/// With one compare-and-swap attempt per update (`retries_max(1)`), two sales of one unit
+/// race: some interleaving makes one lose its attempt and get `Conflict` (loom explores it
+/// deterministically, where a test on real threads can only wait for it), and whatever
+/// happens a refused sale changes nothing: on hand, the version and the statistics count
+/// the successful sales only.
+fn optimistic_conflict_changes_nothing(store: OptimisticStore<Sku>) {
+    let store = Arc::new(store);
+    store.restock(&SKU, 2).unwrap();
+    let racer = spawn(&store, |store| store.sell(&[(SKU, 1)]));
+    let mine = store.sell(&[(SKU, 1)]);
+    let theirs = racer.join().unwrap();
+    let mut sold = 0;
+    for outcome in [mine, theirs] {
+        match outcome {
+            Ok(()) => sold += 1,
+            Err(StockError::Conflict {
+                sku: SKU,
+                attempts: 1,
+            }) => loom_common::note("conflict"),
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    // A compare-and-swap fails only because another succeeded.
+    assert!(sold >= 1, "both sales lost");
+    if sold == 2 {
+        loom_common::note("both sold");
+    }
+    assert_eq!(counts(&*store, SKU), (2 - sold, 0, 1 + sold));
+    let stats = store.stats();
+    assert_eq!((stats.refusals, stats.cas_retries), (2 - sold, 2 - sold));
+}
+
+#[test]
+fn optimistic_conflict_changes_nothing_optimistic() {
+    let name = "optimistic_conflict_changes_nothing::optimistic";
+    loom_common::explore(
+        name,
+        || OptimisticStore::builder().retries_max(1).build(),
+        optimistic_conflict_changes_nothing,
+    );
+    loom_common::assert_noted(name, &["conflict", "both sold"]);
+}
+
 /// Negative control: a commit and an expiry sweep that each find the hold, then remove it
 /// in a second step (check-then-act), which loom must catch resolving one hold twice.
 mod controls {
