@@ -63,9 +63,10 @@ pub enum StockError<K> {
     /// ran out of time; every line it held was given back.
     #[error("timed out waiting for stock")]
     Timeout,
-    /// The optimistic store gave up after its retry bound
-    /// ([`OptimisticStore::RETRIES_MAX`](crate::OptimisticStore::RETRIES_MAX) compare-and-swap
-    /// attempts lost to other writers).
+    /// The optimistic store gave up after its retry bound: that many compare-and-swap
+    /// attempts lost to other writers
+    /// ([`OptimisticStore::RETRIES_MAX`](crate::OptimisticStore::RETRIES_MAX) by default, or
+    /// the builder's [`retries_max`](crate::StoreBuilder::retries_max)).
     #[error("conflict on SKU {sku:?}: gave up after {attempts} attempts")]
     Conflict {
         /// The SKU whose word kept changing.
