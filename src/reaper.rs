@@ -16,6 +16,11 @@ use crate::sync::{Arc, Condvar, Mutex};
 /// the stock of an untouched expired hold stays held: at most about `interval` past its
 /// deadline (plus scheduling delay). Its events reach the event sink on the reaper thread.
 ///
+/// # Blocking
+///
+/// Dropping a `Reaper` wakes its thread and joins it: it blocks until a sweep under way
+/// (and the event sink calls it makes) has finished, never for a whole `interval`.
+///
 /// # Examples
 ///
 /// ```

@@ -231,7 +231,20 @@ pub trait StockStore<K>: Send + Sync {
     /// ```
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>>;
 
-    /// What this store counted since it was built (see [`StoreStats`]).
+    /// What this store counted since it was built (see [`StoreStats`]). Sums per-thread
+    /// stripes; takes no lock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{MonitorStore, StockStore};
+    ///
+    /// let store = MonitorStore::new();
+    /// store.restock(&"pen", 1)?;
+    /// store.release(store.reserve(&[("pen", 1)])?.id())?;
+    /// assert_eq!((store.stats().reserves, store.stats().releases), (1, 1));
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     fn stats(&self) -> StoreStats;
 
     /// Sells every line without a hold, all or nothing: `on_hand -= q`.
