@@ -76,9 +76,11 @@ fn unpack(word: u128) -> StockLevel {
 ///
 /// # Locking behaviour
 ///
-/// No locks on the SKUs. Lookups pin papaya's epoch (thread-local); creating a SKU inserts
-/// into the map. The registry of holds (shared by every store) takes short internal locks,
-/// and a `reserve_with` with an idempotency key locks the key while it holds.
+/// No locks on the SKUs. Lookups pin papaya's epoch (thread-local) and never wait; creating
+/// a SKU inserts into the map, and the insert that fills the map's table copies it into a
+/// larger one before it returns (with any other inserting threads). The registry of holds
+/// (shared by every store) takes short internal locks, and a `reserve_with` with an
+/// idempotency key locks the key while it holds.
 ///
 /// # Examples
 ///
