@@ -5,7 +5,12 @@ use crate::reservation::ReservationId;
 /// Why a stock operation was refused.
 ///
 /// Every variant means **nothing changed**: a failed call leaves every count, every
-/// version and every open hold exactly as it was (all or nothing).
+/// version and every open hold exactly as it was (all or nothing). Two documented
+/// exceptions touch versions only, never counts: a
+/// [`WaitingStore::reserve_timeout`](crate::WaitingStore::reserve_timeout) that held some
+/// lines before it was refused gives them back (each such SKU's version grows by 2), and
+/// an [`OptimisticStore`](crate::OptimisticStore) multi-line request that lost a race after
+/// its first lines were held compensates them the same way.
 ///
 /// The type parameter `K` is the SKU type, so an error names the SKU that caused it.
 ///

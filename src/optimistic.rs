@@ -64,7 +64,8 @@ fn unpack(word: u128) -> StockLevel {
 /// later line is refused, the earlier lines are released again (compensation). The
 /// request is all or nothing, but **a concurrent reader may briefly see the partial
 /// hold**, and a concurrent request may be refused because of it. A multi-line `sell` is
-/// a hold on every line that then becomes a sale, so a refused sale never touches on hand.
+/// a hold on every line that then becomes a sale, so a refused sale never touches on hand,
+/// and each SKU's version grows by 2 (hold, then commit) where a single-line sale adds 1.
 ///
 /// Counts are 40-bit and versions 48-bit: on hand is at most
 /// [`QUANTITY_MAX`](Self::QUANTITY_MAX) (about 1.1 × 10¹² units), past which

@@ -10,7 +10,7 @@ use crate::error::StockError;
 use crate::expiry::ExpiryIndex;
 use crate::idempotency::{KeySlot, KeyTable};
 use crate::options::ReserveOptions;
-use crate::sync::{self, ShardedMap};
+use crate::sync::{self, Condvar, Mutex, ShardedMap};
 
 /// The id of a reservation (hold).
 ///
@@ -105,6 +105,23 @@ struct Hold<K> {
     reservation: Reservation<K>,
     /// The idempotency key that made it, if any.
     key: Option<Arc<str>>,
+    /// A caller won this hold and is moving its stock; the entry leaves `holds` when the
+    /// stock has moved ([`Registry::finish`]).
+    resolving: bool,
+    /// A racing call waits for the winner to finish (on [`Registry::settled`]).
+    waiters: bool,
+}
+
+impl<K: Clone> Hold<K> {
+    /// Marks the hold as won by the caller and returns what the caller needs to settle it.
+    fn claim(&mut self, expired: bool) -> Resolved<K> {
+        self.resolving = true;
+        Resolved {
+            reservation: self.reservation.clone(),
+            key: self.key.clone(),
+            expired,
+        }
+    }
 }
 
 /// A hold its caller removed from the registry and so won: the caller moves its stock,
@@ -139,14 +156,17 @@ pub(crate) enum Extension<K> {
 /// The open holds of one store: reservation id -> its lines and deadline, with the expiry
 /// index of their deadlines and the idempotency table of their keys.
 ///
-/// Removing an entry from `holds` is what decides the single winner among racing commits,
-/// releases and expiries of one hold: exactly one caller gets the hold, every other gets
-/// [`StockError::UnknownReservation`], and only the winner moves stock. Whether the winner
-/// commits or expires is decided by the clock **after** the removal: past the deadline the
+/// Claiming an entry of `holds` (marking it `resolving`, under its shard lock) is what
+/// decides the single winner among racing commits, releases and expiries of one hold:
+/// exactly one caller gets the hold, every other gets [`StockError::UnknownReservation`],
+/// and only the winner moves stock. The entry stays until the winner's stock has moved, and
+/// a racing call waits for that before it answers, so a call refused as unknown always
+/// comes after the stock moved: racing resolutions are linearizable. Whether the winner
+/// commits or expires is decided by the clock **after** the claim: past the deadline the
 /// hold expires, never before it (TigerBeetle's pending-transfer timeouts).
 pub(crate) struct Registry<K> {
-    /// Open holds; an entry is inserted after its stock is held and removed before its
-    /// stock moves again.
+    /// Open holds; an entry is inserted after its stock is held, claimed by the winner of
+    /// its resolution, and removed after the winner moved its stock.
     holds: ShardedMap<ReservationId, Hold<K>>,
     /// Deadlines of the open holds that have one.
     expiry: ExpiryIndex,
@@ -154,6 +174,11 @@ pub(crate) struct Registry<K> {
     keys: KeyTable<K>,
     /// The time source of deadlines and retention.
     clock: Arc<dyn Clock>,
+    /// Taken by a call that waits for a hold's winner, and by a winner that found waiters,
+    /// to wake them (guards nothing else; taken before a `holds` shard, never after).
+    settled_lock: Mutex<()>,
+    /// Notified when a hold with waiters leaves `holds`.
+    settled: Condvar,
 }
 
 impl<K: Clone + PartialEq> Registry<K> {
@@ -167,6 +192,8 @@ impl<K: Clone + PartialEq> Registry<K> {
             expiry: ExpiryIndex::new(),
             keys: KeyTable::new(idempotency_retention, idempotency_keys_max),
             clock,
+            settled_lock: Mutex::new(()),
+            settled: Condvar::new(),
         }
     }
 
@@ -221,6 +248,8 @@ impl<K: Clone + PartialEq> Registry<K> {
         let hold = Hold {
             reservation: reservation.clone(),
             key,
+            resolving: false,
+            waiters: false,
         };
         self.holds.insert(reservation.id, hold);
         if let Some(deadline) = expires_at {
@@ -229,7 +258,50 @@ impl<K: Clone + PartialEq> Registry<K> {
         reservation
     }
 
-    /// Removes the hold `id`; the caller, the single winner, then moves its stock (a
+    /// Runs `f` on the open hold `id` under its shard lock, once no other caller is
+    /// resolving it; `None` when `id` is not open.
+    ///
+    /// While another caller resolves the hold, this waits until that caller is done: it
+    /// is moving a few SKUs' stock and then removes the entry, so the wait is as short as
+    /// a critical section, and whoever finds the hold gone sees its stock moved.
+    ///
+    /// # Blocking
+    ///
+    /// Only when racing another resolution of the same hold.
+    fn with_unclaimed<R>(
+        &self,
+        id: ReservationId,
+        mut f: impl FnMut(&mut Hold<K>) -> R,
+    ) -> Option<R> {
+        loop {
+            let found = self.holds.update(&id, |hold| {
+                if hold.resolving {
+                    hold.waiters = true;
+                    None
+                } else {
+                    Some(f(hold))
+                }
+            });
+            match found {
+                None => return None,
+                Some(Some(result)) => return Some(result),
+                Some(None) => self.wait_settled(id),
+            }
+        }
+    }
+
+    /// Waits until the hold `id`, being resolved by another caller, leaves `holds`.
+    ///
+    /// No lost wake-up: the check runs under `settled_lock`, and a winner that saw
+    /// `waiters` removes the entry before it takes `settled_lock` to notify.
+    fn wait_settled(&self, id: ReservationId) {
+        let mut guard = self.settled_lock.lock();
+        while self.holds.update(&id, |hold| hold.resolving) == Some(true) {
+            guard = self.settled.wait_until(guard, None).0;
+        }
+    }
+
+    /// Claims the hold `id`; the caller, the single winner, then moves its stock (a
     /// release if the hold expired) and calls [`finish`](Self::finish).
     ///
     /// # Errors
@@ -237,22 +309,16 @@ impl<K: Clone + PartialEq> Registry<K> {
     /// [`StockError::UnknownReservation`] when `id` is not open (never issued here, or
     /// already resolved).
     pub(crate) fn resolve(&self, id: ReservationId) -> Result<Resolved<K>, StockError<K>> {
-        let hold = self
-            .holds
-            .remove(&id)
+        let resolved = self
+            .with_unclaimed(id, |hold| {
+                let deadline = hold.reservation.expires_at;
+                hold.claim(deadline.is_some_and(|deadline| self.clock.now() >= deadline))
+            })
             .ok_or(StockError::UnknownReservation(id))?;
-        let expired = match hold.reservation.expires_at {
-            Some(deadline) => {
-                self.expiry.remove(deadline, id);
-                self.clock.now() >= deadline
-            }
-            None => false,
-        };
-        Ok(Resolved {
-            reservation: hold.reservation,
-            key: hold.key,
-            expired,
-        })
+        if let Some(deadline) = resolved.reservation.expires_at {
+            self.expiry.remove(deadline, id);
+        }
+        Ok(resolved)
     }
 
     /// Gives the hold `id` the deadline `now + ttl`.
@@ -268,9 +334,9 @@ impl<K: Clone + PartialEq> Registry<K> {
         let now = self.clock.now();
         let deadline = now.checked_add(ttl);
         let due = |hold: &Hold<K>| hold.reservation.expires_at.is_some_and(|at| at <= now);
-        let updated = self.holds.update(&id, |hold| {
+        let updated = self.with_unclaimed(id, |hold| {
             if due(hold) {
-                return None;
+                return Err(hold.claim(true));
             }
             let before = hold.reservation.expires_at;
             hold.reservation.expires_at = deadline;
@@ -286,30 +352,23 @@ impl<K: Clone + PartialEq> Registry<K> {
             if let Some(before) = before.filter(|before| Some(*before) != deadline) {
                 self.expiry.remove(before, id);
             }
-            Some(hold.reservation.clone())
+            Ok(hold.reservation.clone())
         });
         match updated {
             None => Err(StockError::UnknownReservation(id)),
-            Some(Some(reservation)) => Ok(Extension::Extended(reservation)),
-            Some(None) => {
-                let hold = self
-                    .holds
-                    .remove_if(&id, due)
-                    .ok_or(StockError::UnknownReservation(id))?;
-                if let Some(deadline) = hold.reservation.expires_at {
+            Some(Ok(reservation)) => Ok(Extension::Extended(reservation)),
+            Some(Err(resolved)) => {
+                if let Some(deadline) = resolved.reservation.expires_at {
                     self.expiry.remove(deadline, id);
                 }
-                Ok(Extension::Expired(Resolved {
-                    reservation: hold.reservation,
-                    key: hold.key,
-                    expired: true,
-                }))
+                Ok(Extension::Expired(resolved))
             }
         }
     }
 
-    /// Removes every hold due now, in deadline order. O(due · log n): only the due part
-    /// of the expiry index is visited.
+    /// Claims every hold due now, in deadline order; the caller settles each and calls
+    /// [`finish`](Self::finish). O(due · log n): only the due part of the expiry index is
+    /// visited. A due hold that another caller is resolving is left to that caller.
     pub(crate) fn take_due(&self) -> Vec<Resolved<K>> {
         let now = self.clock.now();
         self.keys.prune(now);
@@ -317,18 +376,29 @@ impl<K: Clone + PartialEq> Registry<K> {
         self.expiry
             .take_due(now)
             .into_iter()
-            .filter_map(|(_, id)| self.holds.remove_if(&id, due))
-            .map(|hold| Resolved {
-                reservation: hold.reservation,
-                key: hold.key,
-                expired: true,
+            .filter_map(|(_, id)| {
+                self.holds
+                    .update(&id, |hold| {
+                        (due(hold) && !hold.resolving).then(|| hold.claim(true))
+                    })
+                    .flatten()
             })
             .collect()
     }
 
-    /// Records the end of a resolved hold whose stock has moved: its idempotency key, if
-    /// any, now answers with the resolved reservation until pruned.
+    /// Records the end of a resolved hold whose stock has moved: the hold leaves the
+    /// registry (racing calls waiting on it now answer `UnknownReservation`), and its
+    /// idempotency key, if any, answers with the resolved reservation until pruned.
     pub(crate) fn finish(&self, resolved: &Resolved<K>) {
+        let removed = self.holds.remove(&resolved.reservation.id);
+        debug_assert!(
+            removed.as_ref().is_some_and(|hold| hold.resolving),
+            "finished an unclaimed hold"
+        );
+        if removed.is_some_and(|hold| hold.waiters) {
+            let _guard = self.settled_lock.lock();
+            self.settled.notify_all();
+        }
         if let Some(key) = &resolved.key {
             let now = self.clock.now();
             self.keys.resolved(key, resolved.reservation.id, now);

@@ -28,7 +28,8 @@ impl<K: Clone + Eq + Hash + Ord + Debug + Send + Sync + 'static> Sku for K {}
 /// - **All or nothing**: a refused call changes nothing, on any line.
 /// - **Lines are merged**: two lines of one SKU are one line of the summed quantity.
 /// - **A hold resolves exactly once**: of racing `commit`/`release`/expiry calls on one id
-///   exactly one wins; the others get [`StockError::UnknownReservation`].
+///   exactly one wins; the others get [`StockError::UnknownReservation`], and only after
+///   the winner's stock has moved (racing resolutions are linearizable).
 /// - **Never expired early**: a hold with a TTL expires only once the store's
 ///   [`Clock`](crate::Clock) reaches its deadline; from then on it cannot be committed.
 /// - **Deadlock free**: multi-line requests take SKUs in ascending `Ord` order.
@@ -289,9 +290,12 @@ pub trait WaitingStore<K>: StockStore<K> {
     /// # Errors
     ///
     /// - [`StockError::Timeout`] when `timeout` passes first; nothing stays held.
-    /// - [`StockError::EmptyRequest`], [`StockError::InvalidQuantity`],
-    ///   [`StockError::UnknownSku`] and [`StockError::Overflow`] as for
-    ///   [`StockStore::reserve`], before any waiting.
+    /// - [`StockError::EmptyRequest`], [`StockError::InvalidQuantity`] and
+    ///   [`StockError::UnknownSku`] as for [`StockStore::reserve`], before any waiting.
+    /// - [`StockError::Overflow`] as for [`StockStore::reserve`], when the SKU is reached.
+    ///
+    /// On `Timeout` or `Overflow`, lines already held are given back: counts are as before,
+    /// and each such SKU's version has grown by 2 (its hold and its release).
     ///
     /// # Blocking
     ///

@@ -179,13 +179,6 @@ mod real {
             self.0.remove(key).map(|(_, value)| value)
         }
 
-        /// Removes the value for `key` if `condition` holds for it, atomically.
-        pub(crate) fn remove_if(&self, key: &K, condition: impl FnOnce(&V) -> bool) -> Option<V> {
-            self.0
-                .remove_if(key, |_, value| condition(value))
-                .map(|(_, value)| value)
-        }
-
         /// Calls `f` with the value for `key` under the map's lock of its shard; `None`
         /// when absent. `f` must not touch the map.
         pub(crate) fn update<R>(&self, key: &K, f: impl FnOnce(&mut V) -> R) -> Option<R> {
@@ -444,15 +437,6 @@ mod mocked {
 
         pub(crate) fn remove(&self, key: &K) -> Option<V> {
             self.map().remove(key)
-        }
-
-        pub(crate) fn remove_if(&self, key: &K, condition: impl FnOnce(&V) -> bool) -> Option<V> {
-            let mut map = self.map();
-            if map.get(key).is_some_and(condition) {
-                map.remove(key)
-            } else {
-                None
-            }
         }
 
         pub(crate) fn update<R>(&self, key: &K, f: impl FnOnce(&mut V) -> R) -> Option<R> {

@@ -486,7 +486,6 @@ fn monitor_store_is_linearizable() {
 const RACING_ROUNDS: usize = 40;
 
 #[test]
-#[ignore = "known store bug: a losing commit/release returns UnknownReservation before the winner moves the stock (README, Property tests)"]
 fn pessimistic_store_is_linearizable_with_racing_resolutions() {
     assert_linearizable(
         "pessimistic",
@@ -497,7 +496,6 @@ fn pessimistic_store_is_linearizable_with_racing_resolutions() {
 }
 
 #[test]
-#[ignore = "known store bug: a losing commit/release returns UnknownReservation before the winner moves the stock (README, Property tests)"]
 fn optimistic_store_is_linearizable_with_racing_resolutions() {
     assert_linearizable(
         "optimistic",
@@ -508,7 +506,6 @@ fn optimistic_store_is_linearizable_with_racing_resolutions() {
 }
 
 #[test]
-#[ignore = "known store bug: a losing commit/release returns UnknownReservation before the winner moves the stock (README, Property tests)"]
 fn monitor_store_is_linearizable_with_racing_resolutions() {
     assert_linearizable(
         "monitor",
