@@ -2,7 +2,6 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(clippy::missing_errors_doc, clippy::missing_panics_doc)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod builder;
 mod clock;
