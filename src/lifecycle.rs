@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::error::StockError;
 use crate::event::{EventLine, Events, StockEvent};
 use crate::level::{Change, Moved};
-use crate::lines;
+use crate::lines::{self, Moves};
 use crate::options::ReserveOptions;
 use crate::reservation::{Extension, Opened, Registry, Reservation, ReservationId, Resolved};
 use crate::stats::{Stat, Stats};
@@ -37,10 +37,10 @@ pub(crate) trait Backend<K: Sku> {
     ///
     /// [`StockError::UnknownSku`], [`StockError::InsufficientStock`],
     /// [`StockError::Overflow`] or [`StockError::Conflict`], with nothing held.
-    fn hold(&self, lines: &[(K, u64)]) -> Result<Vec<Moved>, StockError<K>>;
+    fn hold(&self, lines: &[(K, u64)]) -> Result<Moves, StockError<K>>;
 
     /// Commits or releases merged `lines` that an open hold owned; never refused.
-    fn settle(&self, lines: &[(K, u64)], change: Change) -> Vec<Moved>;
+    fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves;
 }
 
 /// [`StockStore::reserve_with`](crate::StockStore::reserve_with) for any store.
@@ -50,7 +50,7 @@ pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
     options: &ReserveOptions,
 ) -> Result<Reservation<K>, StockError<K>> {
     let life = store.lifecycle();
-    let lines = lines::merge(lines)?;
+    let lines = lines::merge(lines)?.into_owned();
     let opened = life
         .registry
         .reserve(lines, options, |lines| store.hold(lines));

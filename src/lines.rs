@@ -1,40 +1,165 @@
 //! Validation and merging of request lines, and the all-or-nothing batch over locked SKUs.
 
-use std::ops::DerefMut;
+use std::borrow::Cow;
+use std::ops::{Deref, DerefMut};
 
 use crate::error::StockError;
 use crate::level::{Change, Limits, Moved, StockLevel};
+use crate::stats::{Stat, Stats};
+use crate::sync::{self, Mutex, MutexGuard};
 
 /// Validates `lines` and merges them: one line per SKU with the summed quantity, sorted by
 /// SKU (the ascending order in which every store acquires SKUs, Havender's ordered
-/// acquisition).
+/// acquisition). A single line is already merged and is borrowed, not copied.
 ///
 /// # Errors
 ///
 /// - [`StockError::EmptyRequest`] when `lines` is empty.
 /// - [`StockError::InvalidQuantity`] for the first line with quantity 0.
-/// - [`StockError::Overflow`] when the lines of one SKU sum past `u64::MAX`.
-pub(crate) fn merge<K: Clone + Ord>(lines: &[(K, u64)]) -> Result<Vec<(K, u64)>, StockError<K>> {
+/// - [`StockError::Overflow`] when the lines of one SKU sum past `u64::MAX` (the first
+///   such SKU in ascending order).
+pub(crate) fn merge<K: Clone + Ord>(
+    lines: &[(K, u64)],
+) -> Result<Cow<'_, [(K, u64)]>, StockError<K>> {
     if lines.is_empty() {
         return Err(StockError::EmptyRequest);
     }
     if let Some((sku, _)) = lines.iter().find(|(_, quantity)| *quantity == 0) {
         return Err(StockError::InvalidQuantity { sku: sku.clone() });
     }
-    let mut sorted = lines.to_vec();
-    sorted.sort_by(|(a, _), (b, _)| a.cmp(b));
-    let mut merged: Vec<(K, u64)> = Vec::with_capacity(sorted.len());
-    for (sku, quantity) in sorted {
-        match merged.last_mut() {
-            Some((last, total)) if *last == sku => {
-                *total = total
-                    .checked_add(quantity)
-                    .ok_or_else(|| StockError::Overflow { sku: sku.clone() })?;
+    if lines.len() == 1 {
+        return Ok(Cow::Borrowed(lines));
+    }
+    // Sorted and merged in one `Vec`; equal SKUs are summed, so stability does not matter.
+    let mut merged = lines.to_vec();
+    merged.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+    let mut overflow = None;
+    merged.dedup_by(|(sku, quantity), (kept, total)| {
+        if sku != kept {
+            return false;
+        }
+        match total.checked_add(*quantity) {
+            Some(sum) => *total = sum,
+            None => {
+                overflow.get_or_insert_with(|| sku.clone());
             }
-            _ => merged.push((sku, quantity)),
+        }
+        true
+    });
+    match overflow {
+        Some(sku) => Err(StockError::Overflow { sku }),
+        None => Ok(Cow::Owned(merged)),
+    }
+}
+
+/// What moved on each line of a request, in the order of its lines. A request of one line
+/// (most requests) keeps its move inline: no allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Moves {
+    /// The move of a one-line request.
+    One(Moved),
+    /// The moves of any other number of lines.
+    Many(Vec<Moved>),
+}
+
+impl Deref for Moves {
+    type Target = [Moved];
+
+    fn deref(&self) -> &[Moved] {
+        match self {
+            Moves::One(moved) => std::slice::from_ref(moved),
+            Moves::Many(moves) => moves,
         }
     }
-    Ok(merged)
+}
+
+impl FromIterator<Moved> for Moves {
+    /// Collects without allocating when the iterator yields exactly one move.
+    fn from_iter<I: IntoIterator<Item = Moved>>(moves: I) -> Self {
+        let mut moves = moves.into_iter();
+        let Some(first) = moves.next() else {
+            return Moves::Many(Vec::new());
+        };
+        let Some(second) = moves.next() else {
+            return Moves::One(first);
+        };
+        let mut many = Vec::with_capacity(moves.size_hint().0 + 2);
+        many.extend([first, second]);
+        many.extend(moves);
+        Moves::Many(many)
+    }
+}
+
+/// A store that keeps each SKU's state behind a mutex of its own (the pessimistic and
+/// monitor stores), as [`apply`] locks it.
+pub(crate) trait LockedSkus<K> {
+    /// A handle on one SKU's mutex, cloned out of the store's map (an `Arc`).
+    type Slot;
+    /// The SKU's state, guarded by the slot's mutex.
+    type Cell: LevelCell;
+
+    /// The slot of `sku`; `None` for a SKU never restocked.
+    fn slot(&self, sku: &K) -> Option<Self::Slot>;
+
+    /// The mutex of `slot`.
+    fn mutex(slot: &Self::Slot) -> &Mutex<Self::Cell>;
+
+    /// The store's counters.
+    fn stats(&self) -> &Stats;
+
+    /// Locks `slot`, counting the lock as contended if it was held.
+    fn lock<'a>(&self, slot: &'a Self::Slot) -> MutexGuard<'a, Self::Cell> {
+        let (guard, contended) = sync::lock_noting_contention(Self::mutex(slot));
+        if contended {
+            self.stats().count(Stat::Contended);
+        }
+        guard
+    }
+}
+
+/// The slots of merged `lines`, in the same order.
+///
+/// # Errors
+///
+/// [`StockError::UnknownSku`] for the first SKU never restocked.
+pub(crate) fn slots<K: Clone, S: LockedSkus<K>>(
+    store: &S,
+    lines: &[(K, u64)],
+) -> Result<Vec<S::Slot>, StockError<K>> {
+    lines.iter().map(|(sku, _)| slot(store, sku)).collect()
+}
+
+/// The slot of `sku`, or [`StockError::UnknownSku`].
+fn slot<K: Clone, S: LockedSkus<K>>(store: &S, sku: &K) -> Result<S::Slot, StockError<K>> {
+    store
+        .slot(sku)
+        .ok_or_else(|| StockError::UnknownSku(sku.clone()))
+}
+
+/// Applies `change` to merged `lines` of a locking store without waiting, all or nothing:
+/// locks their slots in ascending SKU order, then [`apply_all`]. Counts are `u64`
+/// ([`Limits::U64`]). One line (most requests) takes no allocation: no `Vec` of slots,
+/// guards or moves.
+///
+/// # Errors
+///
+/// [`StockError::UnknownSku`] (before any lock is taken), [`StockError::InsufficientStock`]
+/// or [`StockError::Overflow`], with nothing changed.
+pub(crate) fn apply<K: Clone, S: LockedSkus<K>>(
+    store: &S,
+    lines: &[(K, u64)],
+    change: Change,
+) -> Result<Moves, StockError<K>> {
+    if let [line] = lines {
+        let slot = slot(store, &line.0)?;
+        let mut cell = store.lock(&slot);
+        let moved = next_move(&*cell, line, change, Limits::U64)?;
+        cell.set_level(moved.level);
+        return Ok(Moves::One(moved));
+    }
+    let slots = slots(store, lines)?;
+    let mut cells: Vec<_> = slots.iter().map(|slot| store.lock(slot)).collect();
+    apply_all(&mut cells, lines, change, Limits::U64)
 }
 
 /// A SKU's state behind its lock, as the batch below reads and writes it.
@@ -64,20 +189,35 @@ pub(crate) fn apply_all<K: Clone, C: LevelCell, G: DerefMut<Target = C>>(
     lines: &[(K, u64)],
     change: Change,
     limits: Limits,
-) -> Result<Vec<Moved>, StockError<K>> {
+) -> Result<Moves, StockError<K>> {
     debug_assert_eq!(cells.len(), lines.len());
-    let mut moved = Vec::with_capacity(lines.len());
-    for (cell, (sku, quantity)) in cells.iter().zip(lines) {
-        let before = cell.level();
-        let after = before
-            .apply(change, *quantity, cell.withheld(), limits)
-            .map_err(|refusal| refusal.into_error(sku.clone(), *quantity))?;
-        moved.push(Moved::new(before, after, cell.low_stock_threshold()));
-    }
-    for (cell, moved) in cells.iter_mut().zip(&moved) {
+    let moves = cells
+        .iter()
+        .zip(lines)
+        .map(|(cell, line)| next_move(&**cell, line, change, limits))
+        .collect::<Result<Moves, _>>()?;
+    for (cell, moved) in cells.iter_mut().zip(moves.iter()) {
         cell.set_level(moved.level);
     }
-    Ok(moved)
+    Ok(moves)
+}
+
+/// What `change` of `line` would move on `cell`, which holds `line`'s SKU; writes nothing.
+///
+/// # Errors
+///
+/// [`StockError::InsufficientStock`] or [`StockError::Overflow`] naming `line`'s SKU.
+fn next_move<K: Clone, C: LevelCell>(
+    cell: &C,
+    (sku, quantity): &(K, u64),
+    change: Change,
+    limits: Limits,
+) -> Result<Moved, StockError<K>> {
+    let before = cell.level();
+    let after = before
+        .apply(change, *quantity, cell.withheld(), limits)
+        .map_err(|refusal| refusal.into_error(sku.clone(), *quantity))?;
+    Ok(Moved::new(before, after, cell.low_stock_threshold()))
 }
 
 #[cfg(test)]
@@ -87,18 +227,32 @@ mod tests {
     #[test]
     fn merge_sorts_and_sums_duplicate_skus() {
         let merged = merge(&[("b", 1), ("a", 2), ("b", 3)]).unwrap();
-        assert_eq!(merged, vec![("a", 2), ("b", 4)]);
+        assert_eq!(*merged, [("a", 2), ("b", 4)]);
+        assert!(matches!(merge(&[("a", 1)]), Ok(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn moves_of_one_line_are_inline() {
+        let moved = Moved::new(StockLevel::default(), StockLevel::default(), 0);
+        assert_eq!(std::iter::once(moved).collect::<Moves>(), Moves::One(moved));
+        let three: Moves = [moved; 3].into_iter().collect();
+        assert_eq!(three, Moves::Many(vec![moved; 3]));
+        assert!(std::iter::empty().collect::<Moves>().is_empty());
     }
 
     #[test]
     fn merge_rejects_bad_requests() {
         assert_eq!(merge::<&str>(&[]), Err(StockError::EmptyRequest));
         assert_eq!(
+            merge(&[("a", 0)]),
+            Err(StockError::InvalidQuantity { sku: "a" })
+        );
+        assert_eq!(
             merge(&[("a", 1), ("b", 0)]),
             Err(StockError::InvalidQuantity { sku: "b" })
         );
         assert_eq!(
-            merge(&[("a", u64::MAX), ("a", 1)]),
+            merge(&[("b", u64::MAX), ("a", 1), ("b", 1), ("a", u64::MAX)]),
             Err(StockError::Overflow { sku: "a" })
         );
     }

@@ -8,7 +8,7 @@ use crate::builder::StoreBuilder;
 use crate::error::StockError;
 use crate::level::{Change, Limits, LowStock, Moved, Refusal, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
-use crate::lines::{self, LevelCell};
+use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::options::ReserveOptions;
 use crate::reservation::{Reservation, ReservationId};
 use crate::stats::{Stat, Stats, StoreStats};
@@ -68,7 +68,7 @@ pub struct MonitorStore<K> {
 
 /// One SKU's monitor.
 #[derive(Debug)]
-struct Monitor {
+pub(crate) struct Monitor {
     /// The SKU's counts and wait queue.
     state: Mutex<MonitorState>,
     /// Notified (all) whenever queued waiters were granted stock.
@@ -77,7 +77,7 @@ struct Monitor {
 
 /// The state of one SKU, guarded by [`Monitor::state`].
 #[derive(Debug, Default)]
-struct MonitorState {
+pub(crate) struct MonitorState {
     /// The SKU's counts; granted waiters' units are already in `reserved`.
     level: StockLevel,
     /// Waiters in arrival order, tickets ascending. A waiter is granted when it is popped
@@ -291,35 +291,22 @@ impl<K: Sku> MonitorStore<K> {
             .get_cloned(sku)
             .map_or(0, |monitor| monitor.state.lock().queue.len())
     }
+}
 
-    /// Locks `monitor`'s state, counting the lock as contended if it was held.
-    fn lock<'a>(&self, monitor: &'a Monitor) -> MutexGuard<'a, MonitorState> {
-        let (guard, contended) = sync::lock_noting_contention(&monitor.state);
-        if contended {
-            self.lifecycle.stats.count(Stat::Contended);
-        }
-        guard
+impl<K: Sku> LockedSkus<K> for MonitorStore<K> {
+    type Slot = Arc<Monitor>;
+    type Cell = MonitorState;
+
+    fn slot(&self, sku: &K) -> Option<Self::Slot> {
+        self.slots.get_cloned(sku)
     }
 
-    /// The monitors of merged `lines`, in the same order.
-    fn monitors_of(&self, lines: &[(K, u64)]) -> Result<Vec<Arc<Monitor>>, StockError<K>> {
-        lines
-            .iter()
-            .map(|(sku, _)| {
-                self.slots
-                    .get_cloned(sku)
-                    .ok_or_else(|| StockError::UnknownSku(sku.clone()))
-            })
-            .collect()
+    fn mutex(monitor: &Self::Slot) -> &Mutex<MonitorState> {
+        &monitor.state
     }
 
-    /// Applies `change` to merged `lines` without waiting, all or nothing, locking in
-    /// ascending SKU order.
-    fn apply(&self, lines: &[(K, u64)], change: Change) -> Result<Vec<Moved>, StockError<K>> {
-        let monitors = self.monitors_of(lines)?;
-        let mut guards: Vec<MutexGuard<'_, MonitorState>> =
-            monitors.iter().map(|monitor| self.lock(monitor)).collect();
-        lines::apply_all(&mut guards, lines, change, Limits::U64)
+    fn stats(&self) -> &Stats {
+        &self.lifecycle.stats
     }
 }
 
@@ -347,17 +334,18 @@ impl<K: Sku> Backend<K> for MonitorStore<K> {
         &self.lifecycle
     }
 
-    fn hold(&self, lines: &[(K, u64)]) -> Result<Vec<Moved>, StockError<K>> {
-        self.apply(lines, Change::Reserve)
+    fn hold(&self, lines: &[(K, u64)]) -> Result<Moves, StockError<K>> {
+        lines::apply(self, lines, Change::Reserve)
     }
 
     /// Line by line, each SKU's monitor handing the freed stock to its waiters.
-    fn settle(&self, lines: &[(K, u64)], change: Change) -> Vec<Moved> {
-        let monitors = self.monitors_of(lines).expect("a held SKU exists");
-        monitors
+    fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves {
+        lines
             .iter()
-            .zip(lines)
-            .map(|(monitor, (_, quantity))| monitor.resolve(self.lock(monitor), *quantity, change))
+            .map(|(sku, quantity)| {
+                let monitor = self.slot(sku).expect("a held SKU exists");
+                monitor.resolve(self.lock(&monitor), *quantity, change)
+            })
             .collect()
     }
 }
@@ -426,7 +414,7 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
 
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
         let lines = lines::merge(lines)?;
-        let sold = self.apply(&lines, Change::Sell);
+        let sold = lines::apply(self, &lines, Change::Sell);
         self.lifecycle.stats.count_refusal(&sold);
         self.lifecycle.sold(&lines, &sold?);
         Ok(())
@@ -439,8 +427,8 @@ impl<K: Sku> WaitingStore<K> for MonitorStore<K> {
         lines: &[(K, u64)],
         timeout: Duration,
     ) -> Result<Reservation<K>, StockError<K>> {
-        let lines = lines::merge(lines)?;
-        let monitors = self.monitors_of(&lines)?;
+        let lines = lines::merge(lines)?.into_owned();
+        let monitors = lines::slots(self, &lines)?;
         // A timeout too long to represent never passes.
         let deadline = Instant::now().checked_add(timeout);
         let mut moved = Vec::with_capacity(lines.len());

@@ -7,7 +7,7 @@ use crate::builder::StoreBuilder;
 use crate::error::StockError;
 use crate::level::{Change, Limits, LowStock, Moved, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
-use crate::lines;
+use crate::lines::{self, Moves};
 use crate::options::ReserveOptions;
 use crate::reservation::{Reservation, ReservationId};
 use crate::stats::{Stat, StoreStats};
@@ -233,7 +233,7 @@ impl<K: Sku> OptimisticStore<K> {
 
     /// Reserves merged `lines` in ascending order; on a refusal, releases the lines already
     /// reserved and returns the refusal.
-    fn reserve_lines(&self, lines: &[(K, u64)]) -> Result<Vec<Moved>, StockError<K>> {
+    fn reserve_lines(&self, lines: &[(K, u64)]) -> Result<Moves, StockError<K>> {
         if let Some((sku, _)) = lines
             .iter()
             .find(|(sku, _)| self.skus.with(sku, |_| ()).is_none())
@@ -253,21 +253,20 @@ impl<K: Sku> OptimisticStore<K> {
                 return Err(refusal.into_error(sku.clone(), *quantity));
             }
         }
-        let mut moved = Vec::with_capacity(lines.len());
-        for (done, (sku, quantity)) in lines.iter().enumerate() {
-            match self.update_sku(sku, Change::Reserve, *quantity) {
-                Ok(line) => moved.push(line),
-                Err(error) => {
-                    self.resolve_lines(&lines[..done], Change::Release);
-                    return Err(error);
-                }
-            }
-        }
-        Ok(moved)
+        lines
+            .iter()
+            .enumerate()
+            .map(|(done, (sku, quantity))| {
+                self.update_sku(sku, Change::Reserve, *quantity)
+                    .inspect_err(|_| {
+                        self.resolve_lines(&lines[..done], Change::Release);
+                    })
+            })
+            .collect()
     }
 
     /// Commits or releases merged `lines` that are held.
-    fn resolve_lines(&self, lines: &[(K, u64)], change: Change) -> Vec<Moved> {
+    fn resolve_lines(&self, lines: &[(K, u64)], change: Change) -> Moves {
         lines
             .iter()
             .map(|(sku, quantity)| self.resolve_line(sku, *quantity, change))
@@ -334,11 +333,11 @@ impl<K: Sku> Backend<K> for OptimisticStore<K> {
         &self.lifecycle
     }
 
-    fn hold(&self, lines: &[(K, u64)]) -> Result<Vec<Moved>, StockError<K>> {
+    fn hold(&self, lines: &[(K, u64)]) -> Result<Moves, StockError<K>> {
         self.reserve_lines(lines)
     }
 
-    fn settle(&self, lines: &[(K, u64)], change: Change) -> Vec<Moved> {
+    fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves {
         self.resolve_lines(lines, change)
     }
 }
@@ -428,7 +427,7 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
             // levels with the crossing of the hold, at the sale's version.
             let moved: Vec<Moved> = held
                 .iter()
-                .zip(&committed)
+                .zip(committed.iter())
                 .map(|(held, committed)| Moved {
                     level: committed.level,
                     low_stock: held.low_stock.map(|low| LowStock {

@@ -7,12 +7,12 @@ use crate::builder::StoreBuilder;
 use crate::error::StockError;
 use crate::level::{Change, Limits, Moved, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
-use crate::lines::{self, LevelCell};
+use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::options::ReserveOptions;
 use crate::reservation::{Reservation, ReservationId};
-use crate::stats::{Stat, StoreStats};
+use crate::stats::{Stats, StoreStats};
 use crate::store::{Sku, StockStore};
-use crate::sync::{self, Arc, Mutex, ShardedMap};
+use crate::sync::{Arc, Mutex, ShardedMap};
 
 /// A stock store with **pessimistic concurrency control**: every SKU has its own mutex
 /// (parking_lot), found in a sharded concurrent map (dashmap).
@@ -55,7 +55,7 @@ pub struct PessimisticStore<K> {
 
 /// One SKU's state, guarded by its slot's mutex.
 #[derive(Debug, Default)]
-struct Slot {
+pub(crate) struct Slot {
     /// The SKU's counts.
     level: StockLevel,
     /// Its low-stock threshold (0: none).
@@ -102,33 +102,22 @@ impl<K: Sku> PessimisticStore<K> {
     pub fn builder() -> StoreBuilder<K, Self> {
         StoreBuilder::new(0)
     }
+}
 
-    /// The slots of merged `lines`, in the same order.
-    fn slots_of(&self, lines: &[(K, u64)]) -> Result<Vec<Arc<Mutex<Slot>>>, StockError<K>> {
-        lines
-            .iter()
-            .map(|(sku, _)| {
-                self.slots
-                    .get_cloned(sku)
-                    .ok_or_else(|| StockError::UnknownSku(sku.clone()))
-            })
-            .collect()
+impl<K: Sku> LockedSkus<K> for PessimisticStore<K> {
+    type Slot = Arc<Mutex<Slot>>;
+    type Cell = Slot;
+
+    fn slot(&self, sku: &K) -> Option<Self::Slot> {
+        self.slots.get_cloned(sku)
     }
 
-    /// Locks `slot`, counting the lock as contended if it was held.
-    fn lock<'a>(&self, slot: &'a Mutex<Slot>) -> crate::sync::MutexGuard<'a, Slot> {
-        let (guard, contended) = sync::lock_noting_contention(slot);
-        if contended {
-            self.lifecycle.stats.count(Stat::Contended);
-        }
-        guard
+    fn mutex(slot: &Self::Slot) -> &Mutex<Slot> {
+        slot
     }
 
-    /// Applies `change` to merged `lines`, all or nothing, locking in ascending SKU order.
-    fn apply(&self, lines: &[(K, u64)], change: Change) -> Result<Vec<Moved>, StockError<K>> {
-        let slots = self.slots_of(lines)?;
-        let mut guards: Vec<_> = slots.iter().map(|slot| self.lock(slot)).collect();
-        lines::apply_all(&mut guards, lines, change, Limits::U64)
+    fn stats(&self) -> &Stats {
+        &self.lifecycle.stats
     }
 }
 
@@ -156,13 +145,12 @@ impl<K: Sku> Backend<K> for PessimisticStore<K> {
         &self.lifecycle
     }
 
-    fn hold(&self, lines: &[(K, u64)]) -> Result<Vec<Moved>, StockError<K>> {
-        self.apply(lines, Change::Reserve)
+    fn hold(&self, lines: &[(K, u64)]) -> Result<Moves, StockError<K>> {
+        lines::apply(self, lines, Change::Reserve)
     }
 
-    fn settle(&self, lines: &[(K, u64)], change: Change) -> Vec<Moved> {
-        self.apply(lines, change)
-            .expect("an open hold can always be resolved")
+    fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves {
+        lines::apply(self, lines, change).expect("an open hold can always be resolved")
     }
 }
 
@@ -229,7 +217,7 @@ impl<K: Sku> StockStore<K> for PessimisticStore<K> {
 
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
         let lines = lines::merge(lines)?;
-        let sold = self.apply(&lines, Change::Sell);
+        let sold = lines::apply(self, &lines, Change::Sell);
         self.lifecycle.stats.count_refusal(&sold);
         self.lifecycle.sold(&lines, &sold?);
         Ok(())
