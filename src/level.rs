@@ -135,6 +135,9 @@ impl LowStock {
     /// The crossing of `threshold` from `before` to `after`, if available went from at
     /// least `threshold` to below it. A threshold of 0 is never crossed (it is unset).
     pub(crate) fn crossing(before: StockLevel, after: StockLevel, threshold: u64) -> Option<Self> {
+        if threshold == 0 {
+            return None; // the common case: no threshold, nothing to compute
+        }
         let crossed = before.available() >= threshold && after.available() < threshold;
         crossed.then_some(LowStock {
             available: after.available(),
