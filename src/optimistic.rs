@@ -232,27 +232,15 @@ impl<K: Sku> OptimisticStore<K> {
     }
 
     /// Reserves merged `lines` in ascending order; on a refusal, releases the lines already
-    /// reserved and returns the refusal.
+    /// reserved and returns the refusal. One lookup a line for one line, two for several.
     fn reserve_lines(&self, lines: &[(K, u64)]) -> Result<Moves, StockError<K>> {
-        if let Some((sku, _)) = lines
-            .iter()
-            .find(|(sku, _)| self.skus.with(sku, |_| ()).is_none())
-        {
-            return Err(StockError::UnknownSku(sku.clone()));
+        if let [(sku, quantity)] = lines {
+            // One CAS loop, which writes nothing when it refuses: nothing to check first.
+            return self
+                .update_sku(sku, Change::Reserve, *quantity)
+                .map(Moves::One);
         }
-        // Check every line against its current level before changing any, so a request
-        // refused without a race changes nothing, not even a version. A race after this
-        // check is still caught by the CAS below and compensated.
-        for (sku, quantity) in lines {
-            let level = self
-                .skus
-                .with(sku, |slot| unpack(slot.word.load(Ordering::Acquire)));
-            if let Some(Err(refusal)) =
-                level.map(|level| level.apply(Change::Reserve, *quantity, 0, LIMITS))
-            {
-                return Err(refusal.into_error(sku.clone(), *quantity));
-            }
-        }
+        self.check_lines(lines)?;
         lines
             .iter()
             .enumerate()
@@ -263,6 +251,34 @@ impl<K: Sku> OptimisticStore<K> {
                     })
             })
             .collect()
+    }
+
+    /// Checks every line of a multi-line reserve against its SKU's current level before
+    /// any line changes, one lookup a line, so a request refused without a race changes
+    /// nothing, not even a version. A race after this check is still caught by the CAS of
+    /// [`reserve_lines`](Self::reserve_lines) and compensated.
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::UnknownSku`] for the first SKU never restocked, whatever the other
+    /// lines (as the locking stores, which look every SKU up before they lock any); else
+    /// [`StockError::InsufficientStock`] or [`StockError::Overflow`] for the first line
+    /// refused.
+    fn check_lines(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
+        let mut refused = Ok(());
+        for (sku, quantity) in lines {
+            let level = self
+                .skus
+                .with(sku, |slot| unpack(slot.word.load(Ordering::Acquire)))
+                .ok_or_else(|| StockError::UnknownSku(sku.clone()))?;
+            if refused.is_ok() {
+                refused = level
+                    .apply(Change::Reserve, *quantity, 0, LIMITS)
+                    .map(drop)
+                    .map_err(|refusal| refusal.into_error(sku.clone(), *quantity));
+            }
+        }
+        refused
     }
 
     /// Commits or releases merged `lines` that are held.
