@@ -54,7 +54,8 @@ fn unpack(word: u128) -> StockLevel {
 ///
 /// The single-SKU path is lock free and allocation free: a lookup in a lock-free map
 /// (papaya), one load, one `compare_exchange` (`cmpxchg16b` on x86_64), and on a lost race
-/// a retry with crossbeam's [`Backoff`](crossbeam_utils::Backoff), up to
+/// a back-off ([`Backoff::snooze`](crossbeam_utils::Backoff::snooze): spinning at first,
+/// then yielding the processor), a fresh load and a retry, up to
 /// [`RETRIES_MAX`](Self::RETRIES_MAX) attempts (or the builder's
 /// [`retries_max`](StoreBuilder::retries_max)), then [`StockError::Conflict`]. Without an
 /// event sink the single-line `sell` reads nothing else: no threshold, no shared counter
@@ -191,9 +192,15 @@ impl<K: Sku> OptimisticStore<K> {
                     self.count_lost(attempt);
                     return Ok(self.moved(slot, before, after));
                 }
-                Err(actual) => {
-                    current = actual;
-                    backoff.spin();
+                Err(_) => {
+                    // Lost to another writer. Back off, then read the word afresh: the
+                    // value the failed CAS returned is stale once we have waited, and
+                    // retrying from it (as this loop once did) lost every race to a
+                    // writer that did not wait, up to `Conflict` with stock to spare.
+                    // `snooze` spins for its first steps and then yields the processor,
+                    // which lets preempted writers run on an oversubscribed machine.
+                    backoff.snooze();
+                    current = slot.word.load(Ordering::Acquire);
                 }
             }
         }

@@ -406,7 +406,7 @@ mod mocked {
             Self
         }
 
-        pub(crate) fn spin(&self) {
+        pub(crate) fn snooze(&self) {
             loom::thread::yield_now();
         }
     }
