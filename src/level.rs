@@ -56,6 +56,7 @@ impl StockLevel {
     /// The version rule: `version + reserved <= limits.version_max` after every change.
     /// Each open hold owns at least one reserved unit, so this leaves room for the version
     /// bump of every commit or release still to come: those two can never be refused.
+    #[inline]
     pub(crate) fn apply(
         self,
         change: Change,
@@ -134,6 +135,7 @@ pub(crate) struct LowStock {
 impl LowStock {
     /// The crossing of `threshold` from `before` to `after`, if available went from at
     /// least `threshold` to below it. A threshold of 0 is never crossed (it is unset).
+    #[inline]
     pub(crate) fn crossing(before: StockLevel, after: StockLevel, threshold: u64) -> Option<Self> {
         if threshold == 0 {
             return None; // the common case: no threshold, nothing to compute
@@ -149,6 +151,7 @@ impl LowStock {
 
 impl Moved {
     /// The move from `before` to `after` under a SKU with low-stock `threshold`.
+    #[inline]
     pub(crate) fn new(before: StockLevel, after: StockLevel, threshold: u64) -> Self {
         Self {
             level: after,

@@ -21,14 +21,14 @@ use crate::sync::{self, Mutex, MutexGuard};
 pub(crate) fn merge<K: Clone + Ord>(
     lines: &[(K, u64)],
 ) -> Result<Cow<'_, [(K, u64)]>, StockError<K>> {
-    if lines.is_empty() {
-        return Err(StockError::EmptyRequest);
+    match lines {
+        [] => return Err(StockError::EmptyRequest),
+        [(sku, 0)] => return Err(StockError::InvalidQuantity { sku: sku.clone() }),
+        [_] => return Ok(Cow::Borrowed(lines)),
+        _ => {}
     }
     if let Some((sku, _)) = lines.iter().find(|(_, quantity)| *quantity == 0) {
         return Err(StockError::InvalidQuantity { sku: sku.clone() });
-    }
-    if lines.len() == 1 {
-        return Ok(Cow::Borrowed(lines));
     }
     // Sorted and merged in one `Vec`; equal SKUs are summed, so stability does not matter.
     let mut merged = lines.to_vec();
