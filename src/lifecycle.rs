@@ -43,6 +43,54 @@ pub(crate) trait Backend<K: Sku> {
     fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves;
 }
 
+/// The [`StockStore`](crate::StockStore) methods that every store answers from its
+/// [`Lifecycle`] alone, written once: `reserve_with`, `commit`, `release`, `extend`,
+/// `expire_due` and `stats`. Expanded inside each store's `impl StockStore<K>`; the store
+/// implements [`Backend`] and keeps its lifecycle in a field named `lifecycle`.
+macro_rules! lifecycle_methods {
+    () => {
+        fn reserve_with(
+            &self,
+            lines: &[(K, u64)],
+            options: &$crate::ReserveOptions,
+        ) -> Result<$crate::Reservation<K>, $crate::StockError<K>> {
+            $crate::lifecycle::reserve_with(self, lines, options)
+        }
+
+        fn commit(
+            &self,
+            id: $crate::ReservationId,
+        ) -> Result<$crate::Reservation<K>, $crate::StockError<K>> {
+            $crate::lifecycle::resolve(self, id, $crate::level::Change::Commit)
+        }
+
+        fn release(
+            &self,
+            id: $crate::ReservationId,
+        ) -> Result<$crate::Reservation<K>, $crate::StockError<K>> {
+            $crate::lifecycle::resolve(self, id, $crate::level::Change::Release)
+        }
+
+        fn extend(
+            &self,
+            id: $crate::ReservationId,
+            ttl: std::time::Duration,
+        ) -> Result<$crate::Reservation<K>, $crate::StockError<K>> {
+            $crate::lifecycle::extend(self, id, ttl)
+        }
+
+        fn expire_due(&self) -> Vec<$crate::Reservation<K>> {
+            $crate::lifecycle::expire_due(self)
+        }
+
+        fn stats(&self) -> $crate::StoreStats {
+            self.lifecycle.stats.snapshot()
+        }
+    };
+}
+
+pub(crate) use lifecycle_methods;
+
 /// [`StockStore::reserve_with`](crate::StockStore::reserve_with) for any store.
 pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
     store: &B,

@@ -10,8 +10,8 @@ use crate::level::{Change, Limits, LowStock, Moved, Refusal, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::options::ReserveOptions;
-use crate::reservation::{Reservation, ReservationId};
-use crate::stats::{Stat, Stats, StoreStats};
+use crate::reservation::Reservation;
+use crate::stats::{Stat, Stats};
 use crate::store::{Sku, StockStore, WaitingStore};
 use crate::sync::{self, Arc, Condvar, Mutex, MutexGuard, ShardedMap};
 
@@ -361,6 +361,8 @@ impl<K: Sku> Backend<K> for MonitorStore<K> {
 }
 
 impl<K: Sku> StockStore<K> for MonitorStore<K> {
+    lifecycle::lifecycle_methods!();
+
     fn restock(&self, sku: &K, qty: u64) -> Result<StockLevel, StockError<K>> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
@@ -385,30 +387,6 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
             .map(|monitor| monitor.state.lock().level)
     }
 
-    fn reserve_with(
-        &self,
-        lines: &[(K, u64)],
-        options: &ReserveOptions,
-    ) -> Result<Reservation<K>, StockError<K>> {
-        lifecycle::reserve_with(self, lines, options)
-    }
-
-    fn commit(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
-        lifecycle::resolve(self, id, Change::Commit)
-    }
-
-    fn release(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
-        lifecycle::resolve(self, id, Change::Release)
-    }
-
-    fn extend(&self, id: ReservationId, ttl: Duration) -> Result<Reservation<K>, StockError<K>> {
-        lifecycle::extend(self, id, ttl)
-    }
-
-    fn expire_due(&self) -> Vec<Reservation<K>> {
-        lifecycle::expire_due(self)
-    }
-
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {
         let monitor = self
             .slots
@@ -416,10 +394,6 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
             .ok_or_else(|| StockError::UnknownSku(sku.clone()))?;
         monitor.state.lock().low_stock_threshold = threshold;
         Ok(())
-    }
-
-    fn stats(&self) -> StoreStats {
-        self.lifecycle.stats.snapshot()
     }
 
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {

@@ -1,16 +1,13 @@
 //! Optimistic concurrency control: one versioned compare-and-swap word per SKU.
 
 use std::fmt;
-use std::time::Duration;
 
 use crate::builder::StoreBuilder;
 use crate::error::StockError;
 use crate::level::{Change, Limits, LowStock, Moved, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, Moves};
-use crate::options::ReserveOptions;
-use crate::reservation::{Reservation, ReservationId};
-use crate::stats::{Stat, StoreStats};
+use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
 use crate::sync::{AtomicU64, Backoff, LockFreeMap, Ordering, Word};
 
@@ -366,6 +363,8 @@ impl<K: Sku> Backend<K> for OptimisticStore<K> {
 }
 
 impl<K: Sku> StockStore<K> for OptimisticStore<K> {
+    lifecycle::lifecycle_methods!();
+
     fn restock(&self, sku: &K, qty: u64) -> Result<StockLevel, StockError<K>> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
@@ -386,40 +385,12 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
             .with(sku, |slot| unpack(slot.word.load(Ordering::Acquire)))
     }
 
-    fn reserve_with(
-        &self,
-        lines: &[(K, u64)],
-        options: &ReserveOptions,
-    ) -> Result<Reservation<K>, StockError<K>> {
-        lifecycle::reserve_with(self, lines, options)
-    }
-
-    fn commit(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
-        lifecycle::resolve(self, id, Change::Commit)
-    }
-
-    fn release(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
-        lifecycle::resolve(self, id, Change::Release)
-    }
-
-    fn extend(&self, id: ReservationId, ttl: Duration) -> Result<Reservation<K>, StockError<K>> {
-        lifecycle::extend(self, id, ttl)
-    }
-
-    fn expire_due(&self) -> Vec<Reservation<K>> {
-        lifecycle::expire_due(self)
-    }
-
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {
         self.skus
             .with(sku, |slot| {
                 slot.low_stock_threshold.store(threshold, Ordering::Relaxed);
             })
             .ok_or_else(|| StockError::UnknownSku(sku.clone()))
-    }
-
-    fn stats(&self) -> StoreStats {
-        self.lifecycle.stats.snapshot()
     }
 
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {

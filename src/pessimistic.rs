@@ -1,16 +1,13 @@
 //! Pessimistic concurrency control: one mutex per SKU.
 
 use std::fmt;
-use std::time::Duration;
 
 use crate::builder::StoreBuilder;
 use crate::error::StockError;
 use crate::level::{Change, Limits, Moved, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
-use crate::options::ReserveOptions;
-use crate::reservation::{Reservation, ReservationId};
-use crate::stats::{Stats, StoreStats};
+use crate::stats::Stats;
 use crate::store::{Sku, StockStore};
 use crate::sync::{Arc, Mutex, ShardedMap};
 
@@ -155,6 +152,8 @@ impl<K: Sku> Backend<K> for PessimisticStore<K> {
 }
 
 impl<K: Sku> StockStore<K> for PessimisticStore<K> {
+    lifecycle::lifecycle_methods!();
+
     fn restock(&self, sku: &K, qty: u64) -> Result<StockLevel, StockError<K>> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
@@ -178,30 +177,6 @@ impl<K: Sku> StockStore<K> for PessimisticStore<K> {
         self.slots.get_cloned(sku).map(|slot| slot.lock().level)
     }
 
-    fn reserve_with(
-        &self,
-        lines: &[(K, u64)],
-        options: &ReserveOptions,
-    ) -> Result<Reservation<K>, StockError<K>> {
-        lifecycle::reserve_with(self, lines, options)
-    }
-
-    fn commit(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
-        lifecycle::resolve(self, id, Change::Commit)
-    }
-
-    fn release(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
-        lifecycle::resolve(self, id, Change::Release)
-    }
-
-    fn extend(&self, id: ReservationId, ttl: Duration) -> Result<Reservation<K>, StockError<K>> {
-        lifecycle::extend(self, id, ttl)
-    }
-
-    fn expire_due(&self) -> Vec<Reservation<K>> {
-        lifecycle::expire_due(self)
-    }
-
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {
         let slot = self
             .slots
@@ -209,10 +184,6 @@ impl<K: Sku> StockStore<K> for PessimisticStore<K> {
             .ok_or_else(|| StockError::UnknownSku(sku.clone()))?;
         slot.lock().low_stock_threshold = threshold;
         Ok(())
-    }
-
-    fn stats(&self) -> StoreStats {
-        self.lifecycle.stats.snapshot()
     }
 
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
