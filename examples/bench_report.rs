@@ -950,7 +950,7 @@ fn main() {
     machine(&data, note.as_deref(), &mut report);
     let _ = writeln!(
         report,
-        "## Reproduce\n\n```sh\ncargo bench                              # full: ~11 min on 2 cores\n\
+        "## Reproduce\n\n```sh\ncargo bench                              # full: ~9 min on 2 cores\n\
          STOCKLEDGER_BENCH_QUICK=1 cargo bench    # quick mode: ~2 min, to check the pipeline\n\
          cargo bench --bench scenarios -- S3_zipf # one group (criterion filter)\n\
          cargo run --release --example bench_report -- --note \"...\"   # writes BENCHMARKS.md\n```\n"
