@@ -14,8 +14,8 @@
 //! | [`Condvar`] (`wait(guard) -> guard`) | `parking_lot::Condvar` | `loom::sync::Condvar` |
 //! | [`Word`] (128-bit CAS word) | `portable_atomic::AtomicU128` | a loom mutex with the same `load`/`compare_exchange` |
 //! | [`Backoff`] | `crossbeam_utils::Backoff` | `loom::thread::yield_now` |
-//! | [`ShardedMap`] | `dashmap::DashMap` | `loom::sync::Mutex<HashMap>` |
-//! | [`LockFreeMap`] | `papaya::HashMap` | `loom::sync::Mutex<HashMap<K, Arc<V>>>` |
+//! | [`ShardedMap`] | `dashmap::DashMap` (foldhash) | `loom::sync::Mutex<HashMap>` |
+//! | [`LockFreeMap`] | `papaya::HashMap` (foldhash) | `loom::sync::Mutex<HashMap<K, Arc<V>>>` |
 //! | [`AtomicU64`] | `std::sync::atomic::AtomicU64` | `loom::sync::atomic::AtomicU64` |
 //! | [`StripedCounters`] | `std` atomics, one cache line per stripe | the same (not modelled) |
 
@@ -150,13 +150,22 @@ mod real {
         }
     }
 
+    /// The hasher of every map: foldhash's fast hasher, randomly seeded per map.
+    ///
+    /// SipHash (std's default) cost about 100 of the ~400 instructions of a single-line
+    /// `sell` (callgrind, `benches/instructions.rs`). foldhash is only minimally
+    /// DoS-resistant; a flood of colliding keys needs many insertions, and keys are
+    /// inserted only by `restock` (SKUs) and by the store itself (reservation ids,
+    /// idempotency keys of successful holds), not by lookups of arbitrary keys.
+    type Hasher = foldhash::fast::RandomState;
+
     /// A sharded concurrent map (dashmap). Values are cloned out, so no map guard is ever
     /// held while the caller locks something else (dashmap issues 74 and 233).
-    pub(crate) struct ShardedMap<K, V>(dashmap::DashMap<K, V>);
+    pub(crate) struct ShardedMap<K, V>(dashmap::DashMap<K, V, Hasher>);
 
     impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
         pub(crate) fn new() -> Self {
-            Self(dashmap::DashMap::new())
+            Self(dashmap::DashMap::with_hasher(Hasher::default()))
         }
 
         pub(crate) fn get_cloned(&self, key: &K) -> Option<V> {
@@ -192,7 +201,7 @@ mod real {
 
     /// A lock-free concurrent map (papaya): lookups take no lock and write no shared
     /// cache line, which keeps the optimistic store's single-SKU path lock free.
-    pub(crate) struct LockFreeMap<K, V>(papaya::HashMap<K, V>);
+    pub(crate) struct LockFreeMap<K, V>(papaya::HashMap<K, V, Hasher>);
 
     impl<K: Hash + Eq + Clone + Send + Sync, V: Send + Sync> LockFreeMap<K, V> {
         /// An empty map that resizes in one go (`ResizeMode::Blocking`).
@@ -208,6 +217,7 @@ mod real {
         pub(crate) fn new() -> Self {
             Self(
                 papaya::HashMap::builder()
+                    .hasher(Hasher::default())
                     .resize_mode(papaya::ResizeMode::Blocking)
                     .build(),
             )
