@@ -28,14 +28,17 @@
 #[path = "support/wgl.rs"]
 mod wgl;
 
+#[path = "support/rendezvous.rs"]
+mod rendezvous;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 use std::thread;
-use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rendezvous::Rendezvous;
 use stockledger::{
     MonitorStore, OptimisticStore, PessimisticStore, ReservationId, StockError, StockLevel,
     StockStore,
@@ -624,28 +627,6 @@ fn negative_control_checker_refuses_a_double_resolution() {
         wgl::check::<SkuSpec>(initial(2), &history, 1_000),
         Err(Refusal::NotLinearizable { .. })
     ));
-}
-
-/// Two callers meet here once: the first waits (up to a bound) for the second.
-#[derive(Default)]
-struct Rendezvous {
-    arrived: Mutex<u32>,
-    met: Condvar,
-}
-
-impl Rendezvous {
-    fn meet(&self) {
-        let mut arrived = self.arrived.lock().unwrap();
-        if *arrived >= 2 {
-            return;
-        }
-        *arrived += 1;
-        self.met.notify_all();
-        let _met = self
-            .met
-            .wait_timeout_while(arrived, Duration::from_secs(10), |arrived| *arrived < 2)
-            .unwrap();
-    }
 }
 
 /// A naive store: each call reads the SKU's state, computes, and writes it back in a

@@ -19,15 +19,19 @@
 //! Every random choice comes from a seeded RNG per thread (the seed is in each failure
 //! message); the interleaving is up to the OS.
 
+#[path = "support/rendezvous.rs"]
+mod rendezvous;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
+use rendezvous::Rendezvous;
 use stockledger::{
     MonitorStore, OptimisticStore, PessimisticStore, ReservationId, StockError, StockLevel,
     StockStore, WaitingStore,
@@ -588,29 +592,6 @@ fn monitor_store_conserves_stock_with_waiting_reservations() {
 // ---------------------------------------------------------------------------------------
 // Negative control: a naive ledger with lost updates.
 // ---------------------------------------------------------------------------------------
-
-/// Two callers meet here once: the first waits (up to a bound) for the second, so both
-/// have read the old level before either writes it back.
-#[derive(Default)]
-struct Rendezvous {
-    arrived: Mutex<u32>,
-    met: Condvar,
-}
-
-impl Rendezvous {
-    fn meet(&self) {
-        let mut arrived = self.arrived.lock().unwrap();
-        if *arrived >= 2 {
-            return;
-        }
-        *arrived += 1;
-        self.met.notify_all();
-        let (_arrived, _timeout) = self
-            .met
-            .wait_timeout_while(arrived, Duration::from_secs(10), |arrived| *arrived < 2)
-            .unwrap();
-    }
-}
 
 /// A ledger that reads a level, computes, and writes the level back in a second critical
 /// section: a get-then-put with a lost update whenever two callers overlap. The first two
