@@ -93,4 +93,12 @@ pub enum StockError<K> {
         /// The reservation the key stands for.
         id: ReservationId,
     },
+    /// The idempotency key was empty or longer than
+    /// [`IDEMPOTENCY_KEY_BYTES_MAX`](crate::IDEMPOTENCY_KEY_BYTES_MAX) bytes; nothing was
+    /// held.
+    #[error("invalid idempotency key: {length_bytes} bytes (1 to 255 allowed)")]
+    InvalidIdempotencyKey {
+        /// The key's length in bytes of UTF-8.
+        length_bytes: usize,
+    },
 }

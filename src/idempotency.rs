@@ -35,6 +35,43 @@ pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// ```
 pub const IDEMPOTENCY_KEYS_MAX: usize = 100_000;
 
+/// The longest idempotency key a store accepts, in bytes of UTF-8: 255 (the limit of
+/// Stripe's `Idempotency-Key`). A longer key, or an empty one, is refused with
+/// [`StockError::InvalidIdempotencyKey`](crate::StockError::InvalidIdempotencyKey), so
+/// that remembered keys stay bounded in memory.
+///
+/// # Examples
+///
+/// ```
+/// use stockledger::{
+///     PessimisticStore, ReserveOptions, StockError, StockStore, IDEMPOTENCY_KEY_BYTES_MAX,
+/// };
+///
+/// let store = PessimisticStore::new();
+/// store.restock(&"SKU1003", 1)?;
+/// let too_long = ReserveOptions::new().idempotency_key("k".repeat(IDEMPOTENCY_KEY_BYTES_MAX + 1));
+/// assert_eq!(
+///     store.reserve_with(&[("SKU1003", 1)], &too_long),
+///     Err(StockError::InvalidIdempotencyKey { length_bytes: 256 }),
+/// );
+/// # Ok::<(), StockError<&str>>(())
+/// ```
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+
+/// Checks an idempotency key against [`IDEMPOTENCY_KEY_BYTES_MAX`].
+///
+/// # Errors
+///
+/// [`StockError::InvalidIdempotencyKey`] for an empty key or one longer than the limit.
+pub(crate) fn validate_key<K>(key: &str) -> Result<(), StockError<K>> {
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+        return Err(StockError::InvalidIdempotencyKey {
+            length_bytes: key.len(),
+        });
+    }
+    Ok(())
+}
+
 /// What a key stands for, guarded by its slot's mutex.
 #[derive(Debug)]
 pub(crate) enum KeySlot<K> {

@@ -28,7 +28,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::StockError;
 pub use event::{ChannelSink, EventLine, EventSink, StockEvent};
 pub use guard::ReservationGuard;
-pub use idempotency::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_RETENTION};
+pub use idempotency::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_KEY_BYTES_MAX, IDEMPOTENCY_RETENTION};
 pub use level::StockLevel;
 pub use monitor::MonitorStore;
 pub use optimistic::OptimisticStore;

@@ -99,6 +99,9 @@ pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
 ) -> Result<Reservation<K>, StockError<K>> {
     let life = store.lifecycle();
     let lines = lines::merge(lines)?.into_owned();
+    if let Some(key) = &options.idempotency_key {
+        crate::idempotency::validate_key(key)?;
+    }
     let opened = life
         .registry
         .reserve(lines, options, |lines| store.hold(lines));

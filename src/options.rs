@@ -60,7 +60,9 @@ impl ReserveOptions {
     }
 
     /// Deduplicates the request by `key` (for example an order id or an `Idempotency-Key`
-    /// header).
+    /// header): 1 to [`IDEMPOTENCY_KEY_BYTES_MAX`](crate::IDEMPOTENCY_KEY_BYTES_MAX) bytes,
+    /// else [`reserve_with`](crate::StockStore::reserve_with) refuses it with
+    /// [`StockError::InvalidIdempotencyKey`](crate::StockError::InvalidIdempotencyKey).
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(Arc::from(key.into()));
         self

@@ -98,6 +98,8 @@ pub trait StockStore<K>: Send + Sync {
     /// - The errors of [`reserve`](Self::reserve), for the same reasons (a refused request
     ///   is not remembered: retrying it with its key may succeed).
     /// - [`StockError::IdempotencyConflict`] when the key was seen with other lines.
+    /// - [`StockError::InvalidIdempotencyKey`] when the key is empty or longer than
+    ///   [`IDEMPOTENCY_KEY_BYTES_MAX`](crate::IDEMPOTENCY_KEY_BYTES_MAX) bytes.
     ///
     /// # Examples
     ///

@@ -14,6 +14,7 @@ use common::{
 use stockledger::{
     Clock, EventSink, ManualClock, MonitorStore, OptimisticStore, PessimisticStore, Reaper,
     ReservationGuard, ReserveOptions, StockError, StockEvent, StockLevel, StockStore, WaitingStore,
+    IDEMPOTENCY_KEY_BYTES_MAX,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -276,6 +277,35 @@ fn the_same_key_with_other_lines_is_a_conflict_that_changes_nothing() {
             "{name}"
         );
         assert_eq!(store.level(&sku("a")), before, "{name}");
+    });
+}
+
+#[test]
+fn an_empty_or_too_long_key_is_refused_and_changes_nothing() {
+    with_rigged_stores(|name, store, _| {
+        store.restock(&sku("a"), 5).unwrap();
+        let before = store.level(&sku("a"));
+        for length_bytes in [0, IDEMPOTENCY_KEY_BYTES_MAX + 1] {
+            let key = "k".repeat(length_bytes);
+            assert_eq!(
+                store.reserve_with(&lines(&[("a", 1)]), &keyed(&key)),
+                Err(StockError::InvalidIdempotencyKey { length_bytes }),
+                "{name}"
+            );
+        }
+        assert_eq!(store.level(&sku("a")), before, "{name}");
+        assert_eq!(store.stats().reserves, 0, "{name}");
+        // The longest key allowed holds, and deduplicates a retry.
+        let longest = "é".repeat(IDEMPOTENCY_KEY_BYTES_MAX / 2) + "k";
+        assert_eq!(longest.len(), IDEMPOTENCY_KEY_BYTES_MAX);
+        let hold = store
+            .reserve_with(&lines(&[("a", 1)]), &keyed(&longest))
+            .unwrap();
+        let retry = store
+            .reserve_with(&lines(&[("a", 1)]), &keyed(&longest))
+            .unwrap();
+        assert_eq!(retry.id(), hold.id(), "{name}");
+        assert_eq!(counts(store, "a"), (5, 1), "{name}");
     });
 }
 
