@@ -78,6 +78,16 @@ pub struct ManualClock {
 
 impl ManualClock {
     /// A clock standing at the current system instant.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stockledger::{Clock, ManualClock};
+    ///
+    /// let clock = ManualClock::new();
+    /// assert_eq!(clock.now(), clock.now()); // stands still until advanced
+    /// ```
     pub fn new() -> Self {
         Self {
             start: Instant::now(),
@@ -87,6 +97,18 @@ impl ManualClock {
 
     /// Moves the clock forward by `by`. The total advance saturates at `u64::MAX`
     /// nanoseconds (about 584 years) instead of wrapping.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stockledger::{Clock, ManualClock};
+    ///
+    /// let clock = ManualClock::new();
+    /// let start = clock.now();
+    /// clock.advance(Duration::from_secs(5));
+    /// assert_eq!(clock.now() - start, Duration::from_secs(5));
+    /// ```
     pub fn advance(&self, by: Duration) {
         let by_ns = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
         let mut elapsed_ns = self.elapsed_ns.load(Ordering::Acquire);
@@ -105,6 +127,18 @@ impl ManualClock {
     }
 
     /// How far the clock was advanced since it was created.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stockledger::ManualClock;
+    ///
+    /// let clock = ManualClock::new();
+    /// clock.advance(Duration::from_millis(250));
+    /// clock.advance(Duration::from_millis(750));
+    /// assert_eq!(clock.elapsed(), Duration::from_secs(1));
+    /// ```
     pub fn elapsed(&self) -> Duration {
         Duration::from_nanos(self.elapsed_ns.load(Ordering::Acquire))
     }

@@ -204,6 +204,19 @@ pub struct ChannelSink<K> {
 
 impl<K> ChannelSink<K> {
     /// A sink sending into `sender`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use stockledger::{ChannelSink, PessimisticStore, StockEvent, StockStore};
+    ///
+    /// let (sender, receiver) = crossbeam_channel::unbounded();
+    /// let store = PessimisticStore::builder().event_sink(Arc::new(ChannelSink::new(sender))).build();
+    /// store.restock(&"tv", 1)?;
+    /// assert!(matches!(receiver.try_recv(), Ok(StockEvent::Restocked { .. })));
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     pub fn new(sender: crossbeam_channel::Sender<StockEvent<K>>) -> Self {
         Self {
             sender,
@@ -213,6 +226,19 @@ impl<K> ChannelSink<K> {
 
     /// A sink on a new unbounded channel, and the channel's receiver. Nothing is dropped
     /// while the receiver lives; events pile up in memory if it is not drained.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{ChannelSink, OptimisticStore, StockStore};
+    ///
+    /// let (sink, events) = ChannelSink::unbounded();
+    /// let store = OptimisticStore::builder().event_sink(sink).build();
+    /// store.restock(&"tv", 3)?;
+    /// store.sell(&[("tv", 1)])?;
+    /// assert_eq!(events.try_iter().count(), 2); // Restocked, Sold
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     pub fn unbounded() -> (Arc<Self>, crossbeam_channel::Receiver<StockEvent<K>>) {
         let (sender, receiver) = crossbeam_channel::unbounded();
         (Arc::new(Self::new(sender)), receiver)
@@ -220,12 +246,38 @@ impl<K> ChannelSink<K> {
 
     /// A sink on a new channel of `capacity` events, and the channel's receiver. Events
     /// that find it full are dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{ChannelSink, MonitorStore, StockStore};
+    ///
+    /// let (sink, events) = ChannelSink::bounded(1);
+    /// let store = MonitorStore::builder().event_sink(sink.clone()).build();
+    /// store.restock(&"tv", 1)?;
+    /// store.restock(&"tv", 1)?; // the channel is full: dropped, never blocking
+    /// assert_eq!((events.len(), sink.dropped()), (1, 1));
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     pub fn bounded(capacity: usize) -> (Arc<Self>, crossbeam_channel::Receiver<StockEvent<K>>) {
         let (sender, receiver) = crossbeam_channel::bounded(capacity);
         (Arc::new(Self::new(sender)), receiver)
     }
 
     /// Events dropped so far because the channel was full or its receiver gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{ChannelSink, PessimisticStore, StockStore};
+    ///
+    /// let (sink, events) = ChannelSink::unbounded();
+    /// drop(events); // nobody listens any more
+    /// let store = PessimisticStore::builder().event_sink(sink.clone()).build();
+    /// store.restock(&"tv", 1)?;
+    /// assert_eq!(sink.dropped(), 1);
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }

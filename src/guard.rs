@@ -49,6 +49,20 @@ impl<'a, K, S: StockStore<K> + ?Sized> ReservationGuard<'a, K, S> {
     /// # Errors
     ///
     /// The errors of [`StockStore::reserve`]: nothing is held then.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{PessimisticStore, ReservationGuard, StockStore};
+    ///
+    /// let store = PessimisticStore::new();
+    /// store.restock(&"tv", 2)?;
+    /// let hold = ReservationGuard::new(&store, &[("tv", 1)])?;
+    /// assert_eq!(store.level(&"tv").unwrap().reserved, 1);
+    /// drop(hold); // unresolved: released
+    /// assert_eq!(store.level(&"tv").unwrap().reserved, 0);
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     pub fn new(store: &'a S, lines: &[(K, u64)]) -> Result<Self, StockError<K>> {
         Self::with_options(store, lines, &ReserveOptions::new())
     }
@@ -90,11 +104,36 @@ impl<'a, K, S: StockStore<K> + ?Sized> ReservationGuard<'a, K, S> {
     }
 
     /// The id of the hold.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{PessimisticStore, ReservationGuard, StockStore};
+    ///
+    /// let store = PessimisticStore::new();
+    /// store.restock(&"tv", 1)?;
+    /// let hold = ReservationGuard::new(&store, &[("tv", 1)])?;
+    /// assert_eq!(hold.id(), hold.reservation().id());
+    /// assert_eq!(hold.reservation().lines(), &[("tv", 1)]);
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     pub fn id(&self) -> ReservationId {
         self.reservation.id()
     }
 
     /// The hold.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{OptimisticStore, ReservationGuard, StockStore};
+    ///
+    /// let store = OptimisticStore::new();
+    /// store.restock(&"tv", 1)?;
+    /// let hold = ReservationGuard::new(&store, &[("tv", 1)])?;
+    /// assert_eq!(hold.reservation().expires_at(), None);
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     pub fn reservation(&self) -> &Reservation<K> {
         &self.reservation
     }
@@ -106,6 +145,18 @@ impl<'a, K, S: StockStore<K> + ?Sized> ReservationGuard<'a, K, S> {
     /// The errors of [`StockStore::commit`]: [`StockError::Expired`] when the hold ran
     /// past its deadline (its stock went back), [`StockError::UnknownReservation`] when it
     /// was resolved behind the guard's back (for example by `expire_due`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{MonitorStore, ReservationGuard, StockStore};
+    ///
+    /// let store = MonitorStore::new();
+    /// store.restock(&"tv", 1)?;
+    /// ReservationGuard::new(&store, &[("tv", 1)])?.commit()?; // payment succeeded
+    /// assert_eq!(store.level(&"tv").unwrap().on_hand, 0);
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     pub fn commit(mut self) -> Result<Reservation<K>, StockError<K>> {
         self.armed = false;
         self.store.commit(self.id())
@@ -118,6 +169,18 @@ impl<'a, K, S: StockStore<K> + ?Sized> ReservationGuard<'a, K, S> {
     /// The errors of [`StockStore::release`]: [`StockError::Expired`] or
     /// [`StockError::UnknownReservation`] as for [`commit`](Self::commit); the stock is
     /// back either way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{MonitorStore, ReservationGuard, StockStore};
+    ///
+    /// let store = MonitorStore::new();
+    /// store.restock(&"tv", 1)?;
+    /// ReservationGuard::new(&store, &[("tv", 1)])?.release()?; // payment failed
+    /// assert_eq!(store.level(&"tv").unwrap().available(), 1);
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     pub fn release(mut self) -> Result<Reservation<K>, StockError<K>> {
         self.armed = false;
         self.store.release(self.id())

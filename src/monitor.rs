@@ -261,6 +261,15 @@ impl Monitor {
 
 impl<K: Sku> MonitorStore<K> {
     /// An empty store with the default settings: `MonitorStore::builder().build()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{MonitorStore, StockStore};
+    ///
+    /// let store = MonitorStore::<String>::new();
+    /// assert_eq!(store.level(&"SKU1001".to_string()), None);
+    /// ```
     pub fn new() -> Self {
         Self::builder().build()
     }

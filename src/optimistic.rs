@@ -136,12 +136,43 @@ impl<K: Sku> OptimisticStore<K> {
     /// Compare-and-swap attempts on one SKU before a call gives up with
     /// [`StockError::Conflict`], by default (set another with
     /// [`StoreBuilder::retries_max`]). Every lost attempt means another writer succeeded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::OptimisticStore;
+    ///
+    /// assert_eq!(OptimisticStore::<u32>::RETRIES_MAX, 1024);
+    /// let patient = OptimisticStore::<u32>::builder().retries_max(4096).build();
+    /// # drop(patient);
+    /// ```
     pub const RETRIES_MAX: u32 = 1024;
 
     /// The largest on hand of one SKU, in units: 2⁴⁰ − 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{OptimisticStore, StockStore};
+    ///
+    /// let store = OptimisticStore::new();
+    /// assert_eq!(OptimisticStore::<u32>::QUANTITY_MAX, (1 << 40) - 1);
+    /// assert_eq!(store.quantity_max(), OptimisticStore::<u32>::QUANTITY_MAX);
+    /// store.restock(&1_u32, OptimisticStore::<u32>::QUANTITY_MAX)?;
+    /// # Ok::<(), stockledger::StockError<u32>>(())
+    /// ```
     pub const QUANTITY_MAX: u64 = LIMITS.count_max;
 
     /// An empty store with the default settings: `OptimisticStore::builder().build()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{OptimisticStore, StockStore};
+    ///
+    /// let store = OptimisticStore::<String>::new();
+    /// assert_eq!(store.level(&"SKU1001".to_string()), None);
+    /// ```
     pub fn new() -> Self {
         Self::builder().build()
     }

@@ -45,6 +45,18 @@ pub struct ReserveOptions {
 
 impl ReserveOptions {
     /// No deadline, no idempotency key: what [`reserve`](crate::StockStore::reserve) uses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{PessimisticStore, ReserveOptions, StockStore};
+    ///
+    /// let store = PessimisticStore::new();
+    /// store.restock(&"tv", 1)?;
+    /// let hold = store.reserve_with(&[("tv", 1)], &ReserveOptions::new())?;
+    /// assert_eq!(hold.expires_at(), None);
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     pub const fn new() -> Self {
         Self {
             ttl: None,
@@ -54,6 +66,19 @@ impl ReserveOptions {
 
     /// The hold expires `ttl` after it is opened (on the store's clock). A TTL too long
     /// for [`Instant`](std::time::Instant) to represent is a hold without a deadline.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stockledger::{OptimisticStore, ReserveOptions, StockStore};
+    ///
+    /// let store = OptimisticStore::new();
+    /// store.restock(&"tv", 1)?;
+    /// let hold = store.reserve_with(&[("tv", 1)], &ReserveOptions::new().ttl(Duration::from_secs(900)))?;
+    /// assert!(hold.expires_at().is_some());
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
@@ -63,6 +88,21 @@ impl ReserveOptions {
     /// header): 1 to [`IDEMPOTENCY_KEY_BYTES_MAX`](crate::IDEMPOTENCY_KEY_BYTES_MAX) bytes,
     /// else [`reserve_with`](crate::StockStore::reserve_with) refuses it with
     /// [`StockError::InvalidIdempotencyKey`](crate::StockError::InvalidIdempotencyKey).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{MonitorStore, ReserveOptions, StockStore};
+    ///
+    /// let store = MonitorStore::new();
+    /// store.restock(&"tv", 2)?;
+    /// let checkout = ReserveOptions::new().idempotency_key("order-9");
+    /// let first = store.reserve_with(&[("tv", 1)], &checkout)?;
+    /// let retry = store.reserve_with(&[("tv", 1)], &checkout)?; // the client retried
+    /// assert_eq!(retry.id(), first.id());
+    /// assert_eq!(store.level(&"tv").unwrap().reserved, 1);
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(Arc::from(key.into()));
         self

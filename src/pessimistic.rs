@@ -79,6 +79,15 @@ impl LevelCell for Slot {
 
 impl<K: Sku> PessimisticStore<K> {
     /// An empty store with the default settings: `PessimisticStore::builder().build()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{PessimisticStore, StockStore};
+    ///
+    /// let store = PessimisticStore::<String>::new();
+    /// assert_eq!(store.level(&"SKU1001".to_string()), None);
+    /// ```
     pub fn new() -> Self {
         Self::builder().build()
     }

@@ -55,6 +55,25 @@ impl Reaper {
     ///
     /// When `interval` is zero (the thread would spin), or when the operating system
     /// cannot start a thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use stockledger::{ManualClock, PessimisticStore, Reaper, ReserveOptions, StockStore};
+    ///
+    /// let clock = Arc::new(ManualClock::new());
+    /// let store = Arc::new(PessimisticStore::builder().clock(clock.clone()).build());
+    /// store.restock(&"tv", 1)?;
+    /// store.reserve_with(&[("tv", 1)], &ReserveOptions::new().ttl(Duration::from_secs(60)))?;
+    /// clock.advance(Duration::from_secs(60));
+    /// let reaper = Reaper::spawn(store.clone(), Duration::from_millis(1));
+    /// while store.level(&"tv").unwrap().reserved > 0 {
+    ///     std::thread::yield_now(); // the reaper's first sweep expires the cart
+    /// }
+    /// drop(reaper); // stops and joins the thread
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     pub fn spawn<K, S>(store: std::sync::Arc<S>, interval: Duration) -> Self
     where
         S: StockStore<K> + ?Sized + 'static,

@@ -39,11 +39,27 @@ impl ReservationId {
     ///
     /// An id that no store issued is simply unknown: resolving it returns
     /// [`StockError::UnknownReservation`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{PessimisticStore, ReservationId, StockError, StockStore};
+    ///
+    /// let store = PessimisticStore::<&str>::new();
+    /// let never_issued = ReservationId::from_u64(u64::MAX);
+    /// assert_eq!(store.release(never_issued), Err(StockError::UnknownReservation(never_issued)));
+    /// ```
     pub const fn from_u64(raw: u64) -> Self {
         Self(raw)
     }
 
     /// The raw value of this id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(stockledger::ReservationId::from_u64(42).get(), 42);
+    /// ```
     pub const fn get(self) -> u64 {
         self.0
     }
@@ -84,16 +100,53 @@ pub struct Reservation<K> {
 
 impl<K> Reservation<K> {
     /// The id to commit or release this hold with.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{PessimisticStore, StockStore};
+    ///
+    /// let store = PessimisticStore::new();
+    /// store.restock(&"tv", 1)?;
+    /// let hold = store.reserve(&[("tv", 1)])?;
+    /// store.commit(hold.id())?;
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     pub fn id(&self) -> ReservationId {
         self.id
     }
 
     /// The held lines `(sku, units)`: merged, sorted by SKU, every quantity at least 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{PessimisticStore, StockStore};
+    ///
+    /// let store = PessimisticStore::new();
+    /// store.restock(&"tv", 3)?;
+    /// let hold = store.reserve(&[("tv", 1), ("tv", 2)])?;
+    /// assert_eq!(hold.lines(), &[("tv", 3)]); // merged
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     pub fn lines(&self) -> &[(K, u64)] {
         &self.lines
     }
 
     /// When the hold expires; `None` for a hold without a deadline.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stockledger::{PessimisticStore, ReserveOptions, StockStore};
+    ///
+    /// let store = PessimisticStore::new();
+    /// store.restock(&"tv", 1)?;
+    /// let hold = store.reserve_with(&[("tv", 1)], &ReserveOptions::new().ttl(Duration::from_secs(60)))?;
+    /// assert!(hold.expires_at().is_some());
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
     pub fn expires_at(&self) -> Option<Instant> {
         self.expires_at
     }

@@ -14,6 +14,15 @@ use crate::stats::StoreStats;
 /// deadlock-free acquisition, shared between threads.
 ///
 /// Implemented for every type with these bounds (`String`, `&'static str`, integers, …).
+///
+/// # Examples
+///
+/// ```
+/// fn takes_a_sku<K: stockledger::Sku>(_sku: K) {}
+/// takes_a_sku("SKU1004");
+/// takes_a_sku(String::from("SKU1004"));
+/// takes_a_sku(1004_u64);
+/// ```
 pub trait Sku: Clone + Eq + Hash + Ord + Debug + Send + Sync + 'static {}
 
 impl<K: Clone + Eq + Hash + Ord + Debug + Send + Sync + 'static> Sku for K {}

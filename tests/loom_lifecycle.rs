@@ -42,15 +42,22 @@ fn resolved(hold: &Reservation<Sku>, outcome: &Outcome<Reservation<Sku>>) -> boo
     }
 }
 
+/// The store behind an `Arc`, with `on_hand` units of [`SKU`] and a hold of 1 unit
+/// expiring [`TTL`] from now.
+fn held_with_ttl<S: StockStore<Sku>>(store: S, on_hand: u64) -> (Arc<S>, Reservation<Sku>) {
+    let store = Arc::new(store);
+    store.restock(&SKU, on_hand).unwrap();
+    let hold = store
+        .reserve_with(&[(SKU, 1)], &ReserveOptions::new().ttl(TTL))
+        .unwrap();
+    (store, hold)
+}
+
 /// A commit, a release, and the clock passing the deadline followed by `expire_due`, race
 /// on one hold: exactly one of them resolves it, and stock moves once (sold only if the
 /// commit won before the deadline).
 fn commit_release_expiry_once<S: StockStore<Sku> + 'static>(store: S, clock: Arc<ManualClock>) {
-    let store = Arc::new(store);
-    store.restock(&SKU, 2).unwrap();
-    let hold = store
-        .reserve_with(&[(SKU, 1)], &ReserveOptions::new().ttl(TTL))
-        .unwrap();
+    let (store, hold) = held_with_ttl(store, 2);
     let id = hold.id();
     let committer = spawn(&store, move |store| store.commit(id));
     let sweeper = spawn(&store, move |store| {
@@ -81,11 +88,7 @@ fn commit_release_expiry_once<S: StockStore<Sku> + 'static>(store: S, clock: Arc
 /// `extend` races the clock passing the deadline and `expire_due`: the hold is either
 /// extended (and still open, so it can be committed) or expired, once.
 fn extend_races_expiry<S: StockStore<Sku> + 'static>(store: S, clock: Arc<ManualClock>) {
-    let store = Arc::new(store);
-    store.restock(&SKU, 1).unwrap();
-    let hold = store
-        .reserve_with(&[(SKU, 1)], &ReserveOptions::new().ttl(TTL))
-        .unwrap();
+    let (store, hold) = held_with_ttl(store, 1);
     let id = hold.id();
     let extender = spawn(&store, move |store| store.extend(id, 6 * TTL));
     clock.advance(PAST_THE_DEADLINE);
@@ -114,11 +117,7 @@ fn extend_races_commit<S: StockStore<Sku> + std::fmt::Debug + 'static>(
     store: S,
     _: Arc<ManualClock>,
 ) {
-    let store = Arc::new(store);
-    store.restock(&SKU, 1).unwrap();
-    let hold = store
-        .reserve_with(&[(SKU, 1)], &ReserveOptions::new().ttl(TTL))
-        .unwrap();
+    let (store, hold) = held_with_ttl(store, 1);
     let id = hold.id();
     let extender = spawn(&store, move |store| store.extend(id, 6 * TTL));
     store.commit(id).unwrap();
@@ -141,11 +140,7 @@ fn extend_races_commit<S: StockStore<Sku> + std::fmt::Debug + 'static>(
 /// gone), and otherwise leaves it open (a commit succeeds). A hold past its deadline that
 /// the sweep missed would make the commit report `Expired`.
 fn extensions_race<S: StockStore<Sku> + 'static>(store: S, clock: Arc<ManualClock>) {
-    let store = Arc::new(store);
-    store.restock(&SKU, 1).unwrap();
-    let hold = store
-        .reserve_with(&[(SKU, 1)], &ReserveOptions::new().ttl(TTL))
-        .unwrap();
+    let (store, hold) = held_with_ttl(store, 1);
     let id = hold.id();
     let later = spawn(&store, move |store| store.extend(id, 6 * TTL).unwrap());
     store.extend(id, TTL).unwrap(); // the first deadline again
@@ -192,11 +187,7 @@ fn idempotent_retries_hold_once<S: StockStore<Sku> + 'static>(store: S, _: Arc<M
 /// A waiter queues for the unit a hold with a deadline keeps; the clock passes the
 /// deadline and `expire_due` gives the unit back: the expiry wakes the waiter (monitor).
 fn expiry_wakes_the_waiter(store: MonitorStore<Sku>, clock: Arc<ManualClock>) {
-    let store = Arc::new(store);
-    store.restock(&SKU, 1).unwrap();
-    let hold = store
-        .reserve_with(&[(SKU, 1)], &ReserveOptions::new().ttl(TTL))
-        .unwrap();
+    let (store, hold) = held_with_ttl(store, 1);
     let waiter = spawn(&store, |store| {
         store.reserve_timeout(&[(SKU, 1)], Duration::MAX)
     });

@@ -33,8 +33,8 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use rendezvous::Rendezvous;
 use stockledger::{
-    MonitorStore, OptimisticStore, PessimisticStore, ReservationId, StockError, StockLevel,
-    StockStore, WaitingStore,
+    MonitorStore, OptimisticStore, PessimisticStore, Reservation, ReservationId, StockError,
+    StockLevel, StockStore, WaitingStore,
 };
 
 type Sku = u32;
@@ -90,60 +90,64 @@ trait Ledger: Sync {
     fn sell(&self, lines: &[(Sku, u64)]) -> Result<(), StockError<Sku>>;
 }
 
-/// A real store, driven without waiting.
-struct Plain<S>(S);
+/// A real store's `reserve_timeout`, for [`Real::wait`].
+type Wait<S> = fn(&S, &[(Sku, u64)]) -> Result<Reservation<Sku>, StockError<Sku>>;
 
-/// A real waiting store, whose `reserve_waiting` is `reserve_timeout`.
-struct Waiting<S>(S);
+/// A real store; with `wait`, its `reserve_waiting` is that store's `reserve_timeout`.
+struct Real<S> {
+    store: S,
+    wait: Option<Wait<S>>,
+}
 
-impl<S: StockStore<Sku>> Ledger for Plain<S> {
-    fn restock(&self, sku: Sku, qty: u64) -> Result<StockLevel, StockError<Sku>> {
-        self.0.restock(&sku, qty)
-    }
-    fn level(&self, sku: Sku) -> Option<StockLevel> {
-        self.0.level(&sku)
-    }
-    fn reserve(&self, lines: &[(Sku, u64)]) -> Result<(ReservationId, Lines), StockError<Sku>> {
-        let hold = self.0.reserve(lines)?;
-        Ok((hold.id(), hold.lines().to_vec()))
-    }
-    fn commit(&self, id: ReservationId) -> Result<Lines, StockError<Sku>> {
-        Ok(self.0.commit(id)?.lines().to_vec())
-    }
-    fn release(&self, id: ReservationId) -> Result<Lines, StockError<Sku>> {
-        Ok(self.0.release(id)?.lines().to_vec())
-    }
-    fn sell(&self, lines: &[(Sku, u64)]) -> Result<(), StockError<Sku>> {
-        self.0.sell(lines)
+impl<S: StockStore<Sku>> Real<S> {
+    /// The store driven without waiting.
+    fn plain(store: S) -> Self {
+        Self { store, wait: None }
     }
 }
 
-impl<S: WaitingStore<Sku>> Ledger for Waiting<S> {
+impl<S: WaitingStore<Sku>> Real<S> {
+    /// The store, whose waiting reservations wait up to [`WAIT_TIMEOUT`].
+    fn waiting(store: S) -> Self {
+        Self {
+            store,
+            wait: Some(|store, lines| store.reserve_timeout(lines, WAIT_TIMEOUT)),
+        }
+    }
+}
+
+/// A hold's id and lines.
+fn held(hold: Reservation<Sku>) -> (ReservationId, Lines) {
+    (hold.id(), hold.lines().to_vec())
+}
+
+impl<S: StockStore<Sku>> Ledger for Real<S> {
     fn restock(&self, sku: Sku, qty: u64) -> Result<StockLevel, StockError<Sku>> {
-        self.0.restock(&sku, qty)
+        self.store.restock(&sku, qty)
     }
     fn level(&self, sku: Sku) -> Option<StockLevel> {
-        self.0.level(&sku)
+        self.store.level(&sku)
     }
     fn reserve(&self, lines: &[(Sku, u64)]) -> Result<(ReservationId, Lines), StockError<Sku>> {
-        let hold = self.0.reserve(lines)?;
-        Ok((hold.id(), hold.lines().to_vec()))
+        self.store.reserve(lines).map(held)
     }
     fn reserve_waiting(
         &self,
         lines: &[(Sku, u64)],
     ) -> Result<(ReservationId, Lines), StockError<Sku>> {
-        let hold = self.0.reserve_timeout(lines, WAIT_TIMEOUT)?;
-        Ok((hold.id(), hold.lines().to_vec()))
+        match self.wait {
+            Some(wait) => wait(&self.store, lines).map(held),
+            None => self.reserve(lines),
+        }
     }
     fn commit(&self, id: ReservationId) -> Result<Lines, StockError<Sku>> {
-        Ok(self.0.commit(id)?.lines().to_vec())
+        Ok(self.store.commit(id)?.lines().to_vec())
     }
     fn release(&self, id: ReservationId) -> Result<Lines, StockError<Sku>> {
-        Ok(self.0.release(id)?.lines().to_vec())
+        Ok(self.store.release(id)?.lines().to_vec())
     }
     fn sell(&self, lines: &[(Sku, u64)]) -> Result<(), StockError<Sku>> {
-        self.0.sell(lines)
+        self.store.sell(lines)
     }
 }
 
@@ -567,25 +571,25 @@ fn assert_clean(name: &str, report: &Report) {
 
 #[test]
 fn pessimistic_store_conserves_stock_under_contention() {
-    let report = stress(&Plain(PessimisticStore::new()), false);
+    let report = stress(&Real::plain(PessimisticStore::new()), false);
     assert_clean("pessimistic", &report);
 }
 
 #[test]
 fn optimistic_store_conserves_stock_under_contention() {
-    let report = stress(&Plain(OptimisticStore::new()), false);
+    let report = stress(&Real::plain(OptimisticStore::new()), false);
     assert_clean("optimistic", &report);
 }
 
 #[test]
 fn monitor_store_conserves_stock_under_contention() {
-    let report = stress(&Plain(MonitorStore::new()), false);
+    let report = stress(&Real::plain(MonitorStore::new()), false);
     assert_clean("monitor", &report);
 }
 
 #[test]
 fn monitor_store_conserves_stock_with_waiting_reservations() {
-    let report = stress(&Waiting(MonitorStore::new()), true);
+    let report = stress(&Real::waiting(MonitorStore::new()), true);
     assert_clean("monitor with reserve_timeout", &report);
 }
 
