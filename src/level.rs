@@ -150,6 +150,19 @@ impl LowStock {
 }
 
 impl Moved {
+    /// The move of a SKU's first restock of `quantity` units: from nothing to
+    /// `quantity` on hand at version 1, no threshold yet. A store inserts the SKU already
+    /// holding this level, so the SKU never exists without its first restock.
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::Overflow`] when `quantity` passes `limits`.
+    pub(crate) fn first_restock(quantity: u64, limits: Limits) -> Result<Self, Refusal> {
+        let before = StockLevel::default();
+        let after = before.apply(Change::Restock, quantity, 0, limits)?;
+        Ok(Self::new(before, after, 0))
+    }
+
     /// The move from `before` to `after` under a SKU with low-stock `threshold`.
     #[inline]
     pub(crate) fn new(before: StockLevel, after: StockLevel, threshold: u64) -> Self {
