@@ -88,6 +88,36 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{StockError, StockEvent};
+
+    /// Does not compile once a variant is added (inside the crate, `#[non_exhaustive]`
+    /// does not apply): give the new variant a value in `every_error` or a change in
+    /// `events_of_every_kind` of `tests/serde.rs`, and its tag in that file's list.
+    #[allow(dead_code)]
+    fn every_variant_is_in_tests_serde(error: StockError<()>, event: StockEvent<()>) {
+        match error {
+            StockError::UnknownSku(_)
+            | StockError::InsufficientStock { .. }
+            | StockError::InvalidQuantity { .. }
+            | StockError::EmptyRequest
+            | StockError::Overflow { .. }
+            | StockError::UnknownReservation(_)
+            | StockError::Timeout
+            | StockError::Conflict { .. }
+            | StockError::Expired(_)
+            | StockError::IdempotencyConflict { .. }
+            | StockError::InvalidIdempotencyKey { .. } => {}
+        }
+        match event {
+            StockEvent::Restocked { .. }
+            | StockEvent::Reserved { .. }
+            | StockEvent::Committed { .. }
+            | StockEvent::Released { .. }
+            | StockEvent::Expired { .. }
+            | StockEvent::Sold { .. }
+            | StockEvent::LowStock { .. } => {}
+        }
+    }
 
     #[test]
     fn millis_round_up_and_saturate() {
