@@ -24,7 +24,10 @@ use crate::error::StockError;
 /// assert_eq!(level.version, 2); // restock, reserve
 /// # Ok::<(), stockledger::StockError<&str>>(())
 /// ```
+///
+/// With the `serde` feature it (de)serializes as `{"on_hand":5,"reserved":2,"version":2}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct StockLevel {
     /// Units physically in stock and not yet sold.
     pub on_hand: u64,
