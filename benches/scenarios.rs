@@ -15,7 +15,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use serde_json::json;
 
 use common::peers::{MutexCounter, PerThreadCounters};
-use common::{handoff, workload, Limits, SKUS, THREADS, UNITS_PER_SKU};
+use common::{handoff, workload, Limits, Peers, SKUS, THREADS, UNITS_PER_SKU};
 
 /// Units of one S1 sell-out.
 const SELL_OUT_UNITS: u64 = 10_000;
@@ -42,7 +42,7 @@ fn bench(
 fn hot_sell(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("hot_sell");
     let streams = workload::uniform_skus(1, SKUS);
-    common::for_each_ledger(SKUS, UNITS_PER_SKU, Limits::IdealVec, |name, subject| {
+    common::for_each_ledger(SKUS, UNITS_PER_SKU, Peers::Plain, Limits::IdealVec, |name, subject| {
         bench(&mut group, name, 1, 1, |iters| {
             subject.run_sells(1, iters, &streams)
         });
@@ -60,7 +60,7 @@ fn hot_sell(criterion: &mut Criterion) {
 fn hot_reserve_commit(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("hot_reserve_commit");
     let streams = workload::uniform_skus(1, SKUS);
-    common::for_each_ledger(SKUS, UNITS_PER_SKU, Limits::IdealVec, |name, subject| {
+    common::for_each_ledger(SKUS, UNITS_PER_SKU, Peers::WithHolds, Limits::IdealVec, |name, subject| {
         bench(&mut group, name, 1, 1, |iters| {
             subject.run_reserve_commits(1, iters, &streams)
         });
@@ -89,14 +89,14 @@ fn scaling_guard(criterion: &mut Criterion) {
 fn s1_flash_sale(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("S1_flash_sale");
     let hot = vec![vec![0_u64]; THREADS[THREADS.len() - 1]];
-    common::for_each_ledger(1, UNITS_PER_SKU, Limits::HotCounter, |name, subject| {
+    common::for_each_ledger(1, UNITS_PER_SKU, Peers::Plain, Limits::HotCounter, |name, subject| {
         for threads in THREADS {
             bench(&mut group, name, threads, threads as u64, |iters| {
                 subject.run_sells(threads, iters, &hot)
             });
         }
     });
-    common::for_each_ledger(1, 0, Limits::HotCounter, |name, subject| {
+    common::for_each_ledger(1, 0, Peers::Plain, Limits::HotCounter, |name, subject| {
         if name == "atomic_fetch_sub" {
             return; // blind: it would oversell past zero
         }
@@ -113,7 +113,7 @@ fn s1_flash_sale(criterion: &mut Criterion) {
 /// S2/S3: the request mix of `workload::Kind` on `streams`, at 1 and 2 threads.
 fn request_mix(criterion: &mut Criterion, group_name: &str, streams: &[Vec<workload::Request>]) {
     let mut group = criterion.benchmark_group(group_name);
-    common::for_each_ledger(SKUS, UNITS_PER_SKU, Limits::IdealVec, |name, subject| {
+    common::for_each_ledger(SKUS, UNITS_PER_SKU, Peers::WithHolds, Limits::IdealVec, |name, subject| {
         for threads in THREADS {
             bench(&mut group, name, threads, threads as u64, |iters| {
                 subject.run_requests(threads, iters, streams)
@@ -127,7 +127,7 @@ fn request_mix(criterion: &mut Criterion, group_name: &str, streams: &[Vec<workl
 fn s4_tpcc(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("S4_tpcc_new_order");
     let orders = workload::tpcc_orders(THREADS[THREADS.len() - 1]);
-    common::for_each_ledger(SKUS, UNITS_PER_SKU, Limits::IdealVec, |name, subject| {
+    common::for_each_ledger(SKUS, UNITS_PER_SKU, Peers::WithHolds, Limits::IdealVec, |name, subject| {
         for threads in THREADS {
             bench(&mut group, name, threads, threads as u64, |iters| {
                 subject.run_orders(threads, iters, &orders)
@@ -142,7 +142,7 @@ fn s5_oversubscription(criterion: &mut Criterion, zipf: &[Vec<workload::Request>
     let mut group = criterion.benchmark_group("S5_oversubscription");
     let oversubscribed = common::oversubscribed_threads();
     let hot = vec![vec![0_u64]; oversubscribed[1]];
-    common::for_each_ledger(1, UNITS_PER_SKU, Limits::HotCounter, |name, subject| {
+    common::for_each_ledger(1, UNITS_PER_SKU, Peers::Plain, Limits::HotCounter, |name, subject| {
         for threads in oversubscribed {
             bench(
                 &mut group,
@@ -153,7 +153,7 @@ fn s5_oversubscription(criterion: &mut Criterion, zipf: &[Vec<workload::Request>
             );
         }
     });
-    common::for_each_ledger(SKUS, UNITS_PER_SKU, Limits::IdealVec, |name, subject| {
+    common::for_each_ledger(SKUS, UNITS_PER_SKU, Peers::WithHolds, Limits::IdealVec, |name, subject| {
         for threads in oversubscribed {
             bench(
                 &mut group,
@@ -218,6 +218,13 @@ fn load_average() -> Option<String> {
     )
 }
 
+/// The CPU model (Linux), named in the report's tables and chart captions.
+fn cpu_model() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = text.lines().find(|line| line.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}
+
 fn unix_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -252,6 +259,8 @@ fn main() {
             "source_revision": common::source_revision(),
             "args": std::env::args().skip(1).collect::<Vec<_>>(),
             "oversubscribed_threads": common::oversubscribed_threads(),
+            "cpu": cpu_model(),
+            "logical_cpus": std::thread::available_parallelism().map_or(0, |cpus| cpus.get()),
             "refusals": common::REFUSALS.load(Ordering::Relaxed),
         }),
     );
