@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::json;
 
-use common::{AtomicVec, DashMapHolds, DashMapPeer, Ledger, MutexHashMap, MutexHashMapHolds, Sku, Store};
+use common::{
+    AtomicVec, DashMapHolds, DashMapPeer, Ledger, MutexHashMap, MutexHashMapHolds, Sku, Store,
+};
 
 /// Live bytes requested and not yet freed.
 static LIVE_BYTES: AtomicU64 = AtomicU64::new(0);

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use stockledger::{ReservationId, StockError, StockStore};
 
-pub use peers::{AtomicVec, DashMapHolds, DashMapPeer, HotCounter, MutexHashMap, MutexHashMapHolds};
+pub use peers::{
+    AtomicVec, DashMapHolds, DashMapPeer, HotCounter, MutexHashMap, MutexHashMapHolds,
+};
 
 /// SKUs are numbered, so the ideal ledger can index a `Vec` by SKU number.
 pub type Sku = u64;
@@ -301,7 +303,13 @@ pub fn for_each_ledger(
     if peers == Peers::WithHolds {
         let holds = MutexHashMapHolds::new();
         visit_one("mutex_hashmap_holds", holds, skus, units, &mut visit);
-        visit_one("dashmap_holds", DashMapHolds::new(), skus, units, &mut visit);
+        visit_one(
+            "dashmap_holds",
+            DashMapHolds::new(),
+            skus,
+            units,
+            &mut visit,
+        );
     }
     match limits {
         Limits::IdealVec => visit_one("ideal_vec", AtomicVec::new(skus), skus, units, &mut visit),

@@ -445,7 +445,11 @@ impl Ledger for MutexHashMapHolds {
         let mut books = self.0.lock();
         let lines = books.holds.remove(&hold).expect("commit an open hold");
         for (sku, units) in lines {
-            books.levels.get_mut(&sku).expect("a held SKU").commit(units);
+            books
+                .levels
+                .get_mut(&sku)
+                .expect("a held SKU")
+                .commit(units);
         }
     }
 
