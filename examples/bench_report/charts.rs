@@ -422,27 +422,31 @@ fn draw_bars(
     let root = SVGBackend::new(path, SIZE_PX).into_drawing_area();
     let upper = canvas(&root, caption)?;
     let high = bars.iter().map(|bar| bar.value).fold(0.0, f64::max) * 1.9;
-    // Segment `i` from the bottom holds bar `count - 1 - i`, so the first bar is on top.
+    // Row `count - 1 - i` (counted from the bottom) holds bar `i`, so the first bar is on
+    // top; the names are drawn beside the rows (plotters' label formatter has no
+    // categorical axis without an empty extra segment).
     let count = bars.len();
     let mut chart = ChartBuilder::on(&upper)
         .caption(title, (FONT, 20))
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(170)
-        .build_cartesian_2d(0.0..high, (0..count - 1).into_segmented())?;
+        .build_cartesian_2d(0.0..high, 0.0..count as f64)?;
     chart
         .configure_mesh()
         .disable_y_mesh()
+        .y_labels(0)
         .x_max_light_lines(2)
         .x_desc(axis)
-        .y_label_formatter(&|segment| match segment {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < count => {
-                bars[count - 1 - *i].name.clone()
-            }
-            _ => String::new(),
-        })
+        .x_label_formatter(&|value| format!("{value:.0}"))
         .label_style((FONT, 14))
         .draw()?;
+    let beside = |anchor: HPos, size: u32| {
+        (FONT, size)
+            .into_font()
+            .color(&BLACK)
+            .pos(Pos::new(anchor, VPos::Center))
+    };
     for (index, bar) in bars.iter().enumerate() {
         let color = color(&bar.name);
         let style = match kind(&bar.name) {
@@ -450,24 +454,16 @@ fn draw_bars(
             Kind::Peer => color.mix(0.45).filled(),
             Kind::Limit => color.mix(0.25).filled(),
         };
-        let segment = count - 1 - index;
-        let mut rectangle = Rectangle::new(
-            [
-                (0.0, SegmentValue::Exact(segment)),
-                (bar.value, SegmentValue::Exact(segment + 1)),
-            ],
-            style,
-        );
+        let row = (count - 1 - index) as f64;
+        let mut rectangle = Rectangle::new([(0.0, row), (bar.value, row + 1.0)], style);
         rectangle.set_margin(5, 5, 0, 0);
         chart.draw_series(std::iter::once(rectangle))?;
-        let style = (FONT, 15)
-            .into_font()
-            .color(&BLACK)
-            .pos(Pos::new(HPos::Left, VPos::Center));
-        chart.draw_series(std::iter::once(
-            EmptyElement::at((bar.value, SegmentValue::CenterOf(segment)))
-                + Text::new(bar.label.clone(), (6, 0), style),
-        ))?;
+        chart.draw_series([
+            EmptyElement::at((0.0, row + 0.5))
+                + Text::new(bar.name.clone(), (-8, 0), beside(HPos::Right, 15)),
+            EmptyElement::at((bar.value, row + 0.5))
+                + Text::new(bar.label.clone(), (6, 0), beside(HPos::Left, 15)),
+        ])?;
     }
     root.present()?;
     Ok(())
