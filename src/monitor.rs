@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::builder::StoreBuilder;
 use crate::error::StockError;
-use crate::level::{Change, Limits, LowStock, Moved, Refusal, StockLevel};
+use crate::level::{Change, Limits, Moved, Refusal, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::options::ReserveOptions;
@@ -95,9 +95,10 @@ pub(crate) struct MonitorState {
     /// Waiters in arrival order, tickets ascending. A waiter is granted when it is popped
     /// from the front with its units reserved.
     queue: VecDeque<Waiter>,
-    /// Granted waiters that have not woken yet: their ticket and the level right after
-    /// their grant (for their `Reserved` event). At most one entry per waiting thread.
-    granted: Vec<(u64, StockLevel)>,
+    /// Granted waiters that have not woken yet: their ticket and what their grant moved
+    /// (the level right after it, for their `Reserved` event, and the low-stock crossing
+    /// the grant caused, if any). At most one entry per waiting thread.
+    granted: Vec<(u64, Moved)>,
     /// The ticket of the next waiter to arrive.
     next_ticket: u64,
 }
@@ -136,17 +137,18 @@ impl LevelCell for MonitorState {
 
 impl MonitorState {
     /// Grants queued waiters from the front while stock covers them; returns whether any
-    /// was granted (the caller then notifies).
+    /// was granted (the caller then notifies). Each grant is a visible change of its own,
+    /// so each is judged for a low-stock crossing on its own (from the level before it),
+    /// and the granted waiter reports the crossing with its hold.
     fn grant_waiters(&mut self) -> bool {
         let mut granted = false;
         while let Some(head) = self.queue.front() {
-            match self
-                .level
-                .apply(Change::Reserve, head.quantity, 0, Limits::U64)
-            {
+            let before = self.level;
+            match before.apply(Change::Reserve, head.quantity, 0, Limits::U64) {
                 Ok(level) => {
                     self.level = level;
-                    self.granted.push((head.ticket, level));
+                    let moved = Moved::new(before, level, self.low_stock_threshold);
+                    self.granted.push((head.ticket, moved));
                     self.queue.pop_front();
                     granted = true;
                 }
@@ -156,9 +158,9 @@ impl MonitorState {
         granted
     }
 
-    /// The level right after the grant of the waiter `ticket`, if it was granted (and
-    /// forgets it: each waiter asks once).
-    fn take_grant(&mut self, ticket: u64) -> Option<StockLevel> {
+    /// What the grant of the waiter `ticket` moved, if it was granted (and forgets it:
+    /// each waiter asks once).
+    fn take_grant(&mut self, ticket: u64) -> Option<Moved> {
         let index = self
             .granted
             .iter()
@@ -167,8 +169,9 @@ impl MonitorState {
     }
 
     /// Applies the held-stock `change` (commit, release, restock) of `quantity` units, and
-    /// grants waiters; returns what moved (the crossing counts the grants too) and whether
-    /// waiters must be woken.
+    /// grants waiters; returns what the change moved and whether waiters must be woken.
+    /// The change and each grant are judged for a low-stock crossing on their own: a
+    /// restock handed straight to a waiter is a rise, then a fall, as the events show.
     fn change_and_grant(
         &mut self,
         change: Change,
@@ -176,12 +179,8 @@ impl MonitorState {
     ) -> Result<(Moved, bool), Refusal> {
         let before = self.level;
         self.level = before.apply(change, quantity, 0, Limits::U64)?;
-        let level = self.level;
+        let moved = Moved::new(before, self.level, self.low_stock_threshold);
         let granted = self.grant_waiters();
-        let moved = Moved {
-            level,
-            low_stock: LowStock::crossing(before, self.level, self.low_stock_threshold),
-        };
         Ok((moved, granted))
     }
 }
@@ -227,12 +226,9 @@ impl Monitor {
         loop {
             let timed_out;
             (state, timed_out) = self.granted.wait_until(state, deadline);
-            if let Some(level) = state.take_grant(ticket) {
-                // The crossing, if any, was reported by the change that granted it.
-                return Ok(Moved {
-                    level,
-                    low_stock: None,
-                });
+            if let Some(moved) = state.take_grant(ticket) {
+                // The grant's crossing, if any, goes out with this waiter's hold.
+                return Ok(moved);
             }
             if timed_out || sync::deadline_passed(deadline) {
                 // Leave the queue; if this waiter was the head, the next may now be served.
@@ -447,6 +443,9 @@ impl<K: Sku> WaitingStore<K> for MonitorStore<K> {
                     for (monitor, (_, quantity)) in monitors.iter().zip(&lines).take(held) {
                         monitor.resolve(self.lock(monitor), *quantity, Change::Release);
                     }
+                    // The lines held while waiting were visible, crossings included: report
+                    // those, though the hold is given back.
+                    self.lifecycle.crossings(&lines[..held], &moved);
                     if error == StockError::Timeout {
                         self.lifecycle.stats.count(Stat::Timeouts);
                     }

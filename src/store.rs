@@ -198,6 +198,16 @@ pub trait StockStore<K>: Send + Sync {
     /// an ordered expiry index is visited, never every hold. A [`Reaper`](crate::Reaper)
     /// calls it periodically.
     ///
+    /// # Panics
+    ///
+    /// Only when the event sink panics. The due holds are claimed one at a time and each
+    /// is expired (stock back, hold gone) before the next is claimed; the sink hears of
+    /// the sweep's `Expired` events only after every hold of the sweep is expired, with no
+    /// lock held. So a sink that panics, blocks, or resolves another hold of the same
+    /// sweep (which then answers [`StockError::UnknownReservation`]) leaves no hold
+    /// claimed and keeps no other caller waiting; a panic stops the delivery of the rest
+    /// of the sweep's events.
+    ///
     /// # Examples
     ///
     /// ```
