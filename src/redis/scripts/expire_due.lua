@@ -1,0 +1,7 @@
+-- expire_due.lua: expires up to BATCH_MAX holds due now, in deadline order, and forgets
+-- idempotency keys past their retention.
+-- ARGV: the common head of common.lua only.
+-- Reply: {"ok", {hold, ...}, events} with hold = {id, deadline_us, SKU, quantity, ...};
+-- fewer than BATCH_MAX holds means none is left due.
+prune_keys()
+return { 'ok', expire_due(), events }
