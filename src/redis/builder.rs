@@ -263,6 +263,7 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
             "events",
             "stats",
             "waiters",
+            "unclaimed",
         ]
         .map(|name| format!("{prefix}{name}"));
         let store = RedisStore {

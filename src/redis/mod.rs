@@ -100,8 +100,8 @@ pub struct RedisStore<K> {
     namespace: String,
     /// `{namespace}:`, the prefix of every key.
     prefix: String,
-    /// The nine keys every script gets (see `scripts/common.lua`).
-    keys: [String; 9],
+    /// The ten keys every script gets (see `scripts/common.lua`).
+    keys: [String; 10],
     /// The namespace's tag in the upper bits of its ids.
     tag: u64,
     clock: Arc<dyn Clock>,
@@ -236,7 +236,7 @@ impl<K: RedisSku> RedisStore<K> {
         finish(&mut link, answer)
     }
 
-    /// Runs `script` with the nine keys, the common head and `args`.
+    /// Runs `script` with the ten keys, the common head and `args`.
     fn run(&self, script: &Script, args: &[Vec<u8>]) -> Result<Reply, StockError<K>> {
         let mut invocation = script.prepare_invoke();
         for key in &self.keys {

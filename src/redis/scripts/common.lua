@@ -3,7 +3,7 @@
 -- Every key of one store sits under the hash tag {namespace}, so one script touches one
 -- slot (Redis Cluster shards by namespace).
 --
--- KEYS (the same nine for every script):
+-- KEYS (the same ten for every script):
 --   1 levels       hash  SKU -> "on_hand reserved version threshold" (decimal integers)
 --   2 holds        hash  id -> msgpack {deadline_us (0: none), idempotency key ("": none),
 --                        {SKU...}, {quantity...}}
@@ -16,6 +16,8 @@
 --   8 stats        hash  counter name -> count
 --   9 waiters      hash  waiter id -> msgpack {id, {SKU...}, {quantity...}, position,
 --                        lease_us, {on_hand, reserved, version per line taken}}
+--  10 unclaimed    zset  id of a hold granted to a waiter, scored by the server time (us)
+--                        by which its waiter must pick it up, else it goes back
 -- Keys named in scripts (same slot): prefix .. "queue:" .. SKU (list of waiter ids, FIFO),
 -- prefix .. "granted:" .. id (the levels of a granted wait), prefix .. "wake:" .. id.
 --
@@ -32,7 +34,7 @@
 -- Numbers are exact integers up to 2^53 - 1 (Lua numbers are doubles): QUANTITY_MAX.
 
 local K_LEVELS, K_HOLDS, K_DEADLINES, K_KEYS, K_RETIRED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local K_SEQUENCE, K_EVENTS, K_STATS, K_WAITERS = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local K_SEQUENCE, K_EVENTS, K_STATS, K_WAITERS, K_UNCLAIMED = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local PREFIX = ARGV[1]
 local NOW = tonumber(ARGV[2])
 local EVENTS_MAX = ARGV[3]
@@ -215,6 +217,9 @@ local function advance(w)
   redis.call('HDEL', K_WAITERS, int(w[1]))
   redis.call('HSET', K_HOLDS, int(w[1]), cmsgpack.pack({ 0, '', skus, qtys }))
   count('reserves')
+  -- A waiter whose process died cannot take its grant: unclaimed within a lease, it goes
+  -- back (reclaim).
+  redis.call('ZADD', K_UNCLAIMED, int(server_now() + LEASE_US), int(w[1]))
   local granted = PREFIX .. 'granted:' .. int(w[1])
   redis.call('SET', granted, cmsgpack.pack(w[6]), 'PX', 86400000)
   local wake = PREFIX .. 'wake:' .. int(w[1])
@@ -313,6 +318,7 @@ local function settle(id, h, change, kind)
   local skus, qtys = h[3], h[4]
   redis.call('HDEL', K_HOLDS, int(id))
   redis.call('ZREM', K_DEADLINES, int(id))
+  redis.call('ZREM', K_UNCLAIMED, int(id))
   local before = {}
   for i, sku in ipairs(skus) do
     local l = level_of(sku)
@@ -339,6 +345,20 @@ local function settle(id, h, change, kind)
     end
   end
   count(kind == 'expired' and 'expirations' or (change == 'commit' and 'commits' or 'releases'))
+end
+
+-- Gives back the holds granted to waiters that did not pick them up within their lease
+-- (their process died after it queued), as expiries; their stock goes to the next waiters.
+local function reclaim()
+  local lost = redis.call('ZRANGEBYSCORE', K_UNCLAIMED, '-inf', int(server_now()), 'LIMIT', 0, BATCH_MAX)
+  for _, member in ipairs(lost) do
+    redis.call('ZREM', K_UNCLAIMED, member)
+    redis.call('DEL', PREFIX .. 'granted:' .. member, PREFIX .. 'wake:' .. member)
+    local h = hold_of(tonumber(member))
+    if h then
+      settle(tonumber(member), h, 'release', 'expired')
+    end
+  end
 end
 
 -- Expires up to BATCH_MAX holds due now, in deadline order; returns them as hold replies.
@@ -379,6 +399,7 @@ local function check_lines(skus, qtys, change)
       return { 'unknown_sku', { i } }
     end
   end
+  reclaim()
   local waiting = {}
   for _, sku in ipairs(skus) do
     if queued(sku) > 0 then

@@ -9,6 +9,7 @@ if not l then
 end
 store_level(sku, l)
 record('restocked', 0, sku, q, l, true)
+reclaim()
 serve({ sku })
 low_stock(sku, before.o - before.r)
 return { 'ok', { l.o, l.r, l.v }, events }

@@ -13,6 +13,7 @@ for i, sku in ipairs(skus) do
     return { 'unknown_sku', { i }, {} }
   end
 end
+reclaim()
 local id = redis.call('INCR', K_SEQUENCE)
 local w = { id, skus, qtys, 1, server_now() + LEASE_US, {} }
 local outcome = advance(w)
@@ -25,6 +26,7 @@ if outcome == 'granted' then
   local granted = PREFIX .. 'granted:' .. int(id)
   local levels = cmsgpack.unpack(redis.call('GET', granted))
   redis.call('DEL', granted, PREFIX .. 'wake:' .. int(id))
+  redis.call('ZREM', K_UNCLAIMED, int(id))
   table.insert(levels, 1, id)
   return { 'granted', levels, events }
 end

@@ -14,6 +14,7 @@ local function take_grant()
     return nil
   end
   redis.call('DEL', granted, PREFIX .. 'wake:' .. int(id))
+  redis.call('ZREM', K_UNCLAIMED, int(id))
   local levels = cmsgpack.unpack(packed)
   table.insert(levels, 1, id)
   return { 'granted', levels, events }
@@ -34,5 +35,6 @@ if action == 'cancel' then
 end
 w[5] = server_now() + LEASE_US
 store_waiter(w)
+reclaim()
 serve({ w[2][w[4]] })
 return take_grant() or { 'queued', { id }, events }
