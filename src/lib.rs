@@ -39,7 +39,8 @@ pub use pessimistic::PessimisticStore;
 pub use reaper::Reaper;
 #[cfg(feature = "redis")]
 pub use redis::{
-    RedisSku, RedisStore, RedisStoreBuilder, COMMAND_TIMEOUT, EVENTS_MAX, POOL_SIZE, SKU_KEY_BYTES_MAX,
+    RedisSku, RedisStore, RedisStoreBuilder, COMMAND_TIMEOUT, EVENTS_MAX, POOL_SIZE,
+    SKU_KEY_BYTES_MAX,
 };
 pub use reservation::{Reservation, ReservationId};
 pub use stats::StoreStats;

@@ -29,7 +29,10 @@ fn sku(name: &str) -> String {
 }
 
 fn lines(request: &[(&str, u64)]) -> Vec<(String, u64)> {
-    request.iter().map(|(name, units)| (sku(name), *units)).collect()
+    request
+        .iter()
+        .map(|(name, units)| (sku(name), *units))
+        .collect()
 }
 
 /// A store in a fresh namespace of the shared server.
@@ -75,7 +78,9 @@ fn wait_for(
 fn available_stock_is_taken_at_once() {
     let store = store();
     store.restock(&sku("a"), 2).unwrap();
-    let hold = store.reserve_timeout(&lines(&[("a", 2)]), Duration::ZERO).unwrap();
+    let hold = store
+        .reserve_timeout(&lines(&[("a", 2)]), Duration::ZERO)
+        .unwrap();
     assert_eq!(hold.lines(), &lines(&[("a", 2)])[..]);
     assert_eq!(counts(&store, "a"), (2, 2));
 }
@@ -172,7 +177,14 @@ fn a_timed_out_head_passes_the_turn_on() {
     let store = store();
     let other = peer(&store);
     store.restock(&sku("a"), 1).unwrap();
-    let head = wait_for(&store, &store, &[("a", 2)], Duration::from_millis(300), "a", 1);
+    let head = wait_for(
+        &store,
+        &store,
+        &[("a", 2)],
+        Duration::from_millis(300),
+        "a",
+        1,
+    );
     let next = wait_for(&other, &store, &[("a", 1)], NEVER, "a", 2);
     assert_eq!(head.join().unwrap().unwrap_err(), StockError::Timeout);
     // The unit the head was entitled to goes to the next waiter without any new stock.
@@ -227,7 +239,10 @@ fn odd_sku_keys_round_trip_and_bad_input_is_a_typed_error_that_changes_nothing()
     let mut sorted: Vec<String> = odd.iter().map(|name| sku(name)).collect();
     sorted.sort();
     assert_eq!(
-        hold.lines().iter().map(|(sku, _)| sku.clone()).collect::<Vec<_>>(),
+        hold.lines()
+            .iter()
+            .map(|(sku, _)| sku.clone())
+            .collect::<Vec<_>>(),
         sorted
     );
     assert_eq!(store.commit(hold.id()).unwrap(), hold);
@@ -262,25 +277,33 @@ fn odd_sku_keys_round_trip_and_bad_input_is_a_typed_error_that_changes_nothing()
         (
             "restock u64::MAX",
             store.restock(&braces, u64::MAX).unwrap_err(),
-            StockError::Overflow { sku: braces.clone() },
+            StockError::Overflow {
+                sku: braces.clone(),
+            },
         ),
         (
             "restock past QUANTITY_MAX",
             store
                 .restock(&braces, RedisStore::<String>::QUANTITY_MAX - 28)
                 .unwrap_err(),
-            StockError::Overflow { sku: braces.clone() },
+            StockError::Overflow {
+                sku: braces.clone(),
+            },
         ),
         (
             "lines summing past u64::MAX",
             store
                 .reserve(&[(braces.clone(), u64::MAX), (braces.clone(), 1)])
                 .unwrap_err(),
-            StockError::Overflow { sku: braces.clone() },
+            StockError::Overflow {
+                sku: braces.clone(),
+            },
         ),
         (
             "unknown odd SKU",
-            store.reserve(&[(braces.clone(), 1), (sku("{nope} \""), 1)]).unwrap_err(),
+            store
+                .reserve(&[(braces.clone(), 1), (sku("{nope} \""), 1)])
+                .unwrap_err(),
             StockError::UnknownSku(sku("{nope} \"")),
         ),
         (
@@ -335,8 +358,7 @@ fn peer_in_other_namespace_hold() -> ReservationId {
 
 #[test]
 fn integer_skus_round_trip_and_a_namespace_with_braces_is_refused() {
-    let store =
-        RedisStore::<i64>::connect(&shared().url(), &fresh_namespace("integers")).unwrap();
+    let store = RedisStore::<i64>::connect(&shared().url(), &fresh_namespace("integers")).unwrap();
     store.restock(&-7, 3).unwrap();
     store.restock(&i64::MAX, 3).unwrap();
     let hold = store.reserve(&[(i64::MAX, 1), (-7, 2)]).unwrap();
@@ -443,7 +465,9 @@ fn calls_during_an_outage_are_unavailable_and_a_keyed_retry_holds_once() {
     let store = store_on(&server, "outage");
     store.restock(&sku("a"), 10).unwrap();
     let keyed = |key: &str| ReserveOptions::new().idempotency_key(key);
-    let before = store.reserve_with(&lines(&[("a", 1)]), &keyed("order-1")).unwrap();
+    let before = store
+        .reserve_with(&lines(&[("a", 1)]), &keyed("order-1"))
+        .unwrap();
 
     server.kill();
     let unavailable = |result: Result<(), StockError<String>>| {
@@ -452,7 +476,11 @@ fn calls_during_an_outage_are_unavailable_and_a_keyed_retry_holds_once() {
             "{result:?}"
         );
     };
-    unavailable(store.reserve_with(&lines(&[("a", 2)]), &keyed("order-2")).map(drop));
+    unavailable(
+        store
+            .reserve_with(&lines(&[("a", 2)]), &keyed("order-2"))
+            .map(drop),
+    );
     unavailable(store.sell(&lines(&[("a", 1)])));
     unavailable(store.commit(before.id()).map(drop));
     unavailable(store.try_level(&sku("a")).map(drop));
@@ -466,11 +494,17 @@ fn calls_during_an_outage_are_unavailable_and_a_keyed_retry_holds_once() {
     // A restart loses nothing acknowledged (appendfsync always) and flushes the script
     // cache: the next calls load their scripts again (NOSCRIPT, then SCRIPT LOAD).
     server.restart();
-    let retried = store.reserve_with(&lines(&[("a", 2)]), &keyed("order-2")).unwrap();
-    let again = store.reserve_with(&lines(&[("a", 2)]), &keyed("order-2")).unwrap();
+    let retried = store
+        .reserve_with(&lines(&[("a", 2)]), &keyed("order-2"))
+        .unwrap();
+    let again = store
+        .reserve_with(&lines(&[("a", 2)]), &keyed("order-2"))
+        .unwrap();
     assert_eq!(again, retried, "a second retry holds nothing more");
     assert_eq!(
-        store.reserve_with(&lines(&[("a", 1)]), &keyed("order-1")).unwrap(),
+        store
+            .reserve_with(&lines(&[("a", 1)]), &keyed("order-1"))
+            .unwrap(),
         before
     );
     assert_eq!(counts_of(&store, "a"), (10, 3));

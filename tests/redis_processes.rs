@@ -49,7 +49,10 @@ struct Order {
 
 /// The first `ORDERS_MAX` orders of the bundled log.
 fn orders() -> Vec<Order> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/electronic_sales.csv");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/data/electronic_sales.csv"
+    );
     let mut reader = csv::Reader::from_path(path).unwrap();
     let headers = reader.headers().unwrap().clone();
     let column = |name: &str| headers.iter().position(|header| header == name).unwrap();
@@ -108,9 +111,7 @@ struct Ledger {
 fn violations(ledgers: &BTreeMap<String, Ledger>) -> Vec<String> {
     ledgers
         .iter()
-        .filter(|(_, ledger)| {
-            ledger.start != ledger.on_hand + ledger.sold || ledger.reserved != 0
-        })
+        .filter(|(_, ledger)| ledger.start != ledger.on_hand + ledger.sold || ledger.reserved != 0)
         .map(|(sku, ledger)| format!("{sku}: {ledger:?}"))
         .collect()
 }
@@ -183,7 +184,10 @@ fn run_threads(
                 })
             })
             .collect();
-        workers.into_iter().map(|worker| worker.join().unwrap()).collect()
+        workers
+            .into_iter()
+            .map(|worker| worker.join().unwrap())
+            .collect()
     });
     let mut sold = BTreeMap::new();
     for tally in tallies {
@@ -266,7 +270,14 @@ fn naive_order(
 /// Starts the worker process `index` in `mode`.
 fn spawn_worker(mode: &str, url: &str, namespace: &str, index: usize, ttl: Duration) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["worker", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
+        .args([
+            "worker",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env(MODE, mode)
         .env(URL, url)
         .env(NAMESPACE, namespace)
@@ -385,9 +396,18 @@ fn assert_one_entry_per_change(
 ) {
     let mut changes = 0;
     for sku in start.keys() {
-        let Some(level) = store.level(sku) else { continue };
-        let versions = stream.get(sku).map(|(versions, _)| versions.clone()).unwrap_or_default();
-        assert_eq!(versions, (1..=level.version).collect::<Vec<_>>(), "stream of {sku}");
+        let Some(level) = store.level(sku) else {
+            continue;
+        };
+        let versions = stream
+            .get(sku)
+            .map(|(versions, _)| versions.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            versions,
+            (1..=level.version).collect::<Vec<_>>(),
+            "stream of {sku}"
+        );
         changes += versions.len();
     }
     eprintln!("stream: {changes} entries, one per change");
@@ -434,7 +454,10 @@ fn the_naive_get_set_peer_oversells_and_is_caught() {
     let orders = orders();
     let namespace = fresh_namespace("naive");
     let start = start_stock(&orders);
-    let mut connection = redis::Client::open(server.url()).unwrap().get_connection().unwrap();
+    let mut connection = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
     for (sku, units) in &start {
         redis::cmd("SET")
             .arg(naive_key(&namespace, sku))
@@ -457,7 +480,15 @@ fn the_naive_get_set_peer_oversells_and_is_caught() {
                 .query(&mut connection)
                 .unwrap();
             let sold = sold.get(sku).copied().unwrap_or_default();
-            (sku.clone(), Ledger { start: *start, on_hand, reserved: 0, sold })
+            (
+                sku.clone(),
+                Ledger {
+                    start: *start,
+                    on_hand,
+                    reserved: 0,
+                    sold,
+                },
+            )
         })
         .collect();
     let caught = violations(&ledgers);
@@ -465,8 +496,14 @@ fn the_naive_get_set_peer_oversells_and_is_caught() {
         .values()
         .map(|ledger| (ledger.on_hand + ledger.sold).saturating_sub(ledger.start))
         .sum();
-    eprintln!("naive peer: {} SKUs broke conservation, {oversold} units sold twice", caught.len());
-    assert!(!caught.is_empty(), "the checker missed the naive peer's lost updates");
+    eprintln!(
+        "naive peer: {} SKUs broke conservation, {oversold} units sold twice",
+        caught.len()
+    );
+    assert!(
+        !caught.is_empty(),
+        "the checker missed the naive peer's lost updates"
+    );
 }
 
 #[test]
@@ -490,21 +527,33 @@ fn a_client_killed_mid_run_leaves_holds_that_expire_by_ttl() {
     // The victim's tally is lost with it: what it sold is read from the outbox, and the
     // survivors' tallies must be part of it.
     let reserved = |store: &RedisStore<String>| -> u64 {
-        start.keys().filter_map(|sku| store.level(sku)).map(|level| level.reserved).sum()
+        start
+            .keys()
+            .filter_map(|sku| store.level(sku))
+            .map(|level| level.reserved)
+            .sum()
     };
     let open_at_kill = reserved(&store);
     let waited = Instant::now();
     let mut expired = 0;
     while reserved(&store) > 0 {
-        assert!(waited.elapsed() < PATIENCE, "holds of the killed client never expired");
+        assert!(
+            waited.elapsed() < PATIENCE,
+            "holds of the killed client never expired"
+        );
         expired += store.expire_due().len();
         thread::sleep(Duration::from_millis(100));
     }
     let stream = stream_per_sku(&server.url(), store.events_stream());
-    let streamed: BTreeMap<String, u64> =
-        stream.iter().map(|(sku, (_, sold))| (sku.clone(), *sold)).collect();
+    let streamed: BTreeMap<String, u64> = stream
+        .iter()
+        .map(|(sku, (_, sold))| (sku.clone(), *sold))
+        .collect();
     for (sku, units) in &sold {
-        assert!(streamed.get(sku).copied().unwrap_or_default() >= *units, "{sku}");
+        assert!(
+            streamed.get(sku).copied().unwrap_or_default() >= *units,
+            "{sku}"
+        );
     }
     let ledgers = ledgers(&store, &start, &streamed);
     assert_eq!(violations(&ledgers), Vec::<String>::new());
@@ -543,12 +592,19 @@ fn a_waiter_whose_process_died_leaves_the_queue_and_passes_the_turn() {
     // The dead head still holds the turn until its lease runs out: no barging meanwhile.
     assert_eq!(
         store.sell(&[(w.clone(), 1)]),
-        Err(StockError::InsufficientStock { sku: w.clone(), requested: 1, available: 0 })
+        Err(StockError::InsufficientStock {
+            sku: w.clone(),
+            requested: 1,
+            available: 0
+        })
     );
     let hold = next.join().unwrap().expect("the live waiter was served");
     assert_eq!(store.queued(&w).unwrap(), 0);
     let level = store.level(&w).unwrap();
     assert_eq!((level.on_hand, level.reserved), (1, 1));
     store.commit(hold.id()).unwrap();
-    eprintln!("vanished waiter: the next waiter was served after {:?}", waited.elapsed());
+    eprintln!(
+        "vanished waiter: the next waiter was served after {:?}",
+        waited.elapsed()
+    );
 }

@@ -308,9 +308,11 @@ impl<K: RedisSku> RedisStore<K> {
 /// The namespace's tag in the upper 20 bits of its ids: FNV-1a of its bytes, never 0 (the
 /// in-memory stores' ids are small numbers, tag 0).
 fn namespace_tag(namespace: &str) -> u64 {
-    let hash = namespace.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = namespace
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
     hash % ((1 << (64 - super::COUNTER_BITS)) - 1) + 1
 }
 

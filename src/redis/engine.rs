@@ -26,7 +26,9 @@ impl r2d2::ManageConnection for Connector {
     type Error = redis::RedisError;
 
     fn connect(&self) -> Result<Link, redis::RedisError> {
-        let connection = self.client.get_connection_with_timeout(self.command_timeout)?;
+        let connection = self
+            .client
+            .get_connection_with_timeout(self.command_timeout)?;
         connection.set_read_timeout(Some(self.command_timeout))?;
         connection.set_write_timeout(Some(self.command_timeout))?;
         Ok(Link {

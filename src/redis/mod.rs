@@ -361,11 +361,13 @@ impl<K: RedisSku> RedisStore<K> {
             };
             let group = (kind, field(1));
             if open.as_ref() == Some(&group) {
-                if let Some(StockEvent::Reserved { lines, .. }
-                | StockEvent::Committed { lines, .. }
-                | StockEvent::Released { lines, .. }
-                | StockEvent::Expired { lines, .. }
-                | StockEvent::Sold { lines }) = events.last_mut()
+                if let Some(
+                    StockEvent::Reserved { lines, .. }
+                    | StockEvent::Committed { lines, .. }
+                    | StockEvent::Released { lines, .. }
+                    | StockEvent::Expired { lines, .. }
+                    | StockEvent::Sold { lines },
+                ) = events.last_mut()
                 {
                     lines.push(line);
                 }
@@ -458,7 +460,11 @@ impl<K: RedisSku> RedisStore<K> {
 
     /// Finishes a waiting reservation of merged `lines` the server granted: the hold and
     /// its `Reserved` event with the levels `payload` gives per line.
-    fn granted(&self, lines: Vec<(K, u64)>, payload: &[Value]) -> Result<Reservation<K>, StockError<K>> {
+    fn granted(
+        &self,
+        lines: Vec<(K, u64)>,
+        payload: &[Value],
+    ) -> Result<Reservation<K>, StockError<K>> {
         let malformed = |reason: String| StockError::Unavailable { reason };
         let counter = engine::number(payload.first()).map_err(malformed)?;
         let hold = Reservation::from_parts(self.id_of(counter), lines, None);
@@ -488,7 +494,8 @@ impl<K: RedisSku> RedisStore<K> {
         let wake = format!("{}wake:{counter}", self.prefix);
         let slice_max = WAIT_SLICE.min(self.command_timeout / 2);
         loop {
-            let remaining = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+            let remaining =
+                deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
             let action = if remaining == Some(Duration::ZERO) {
                 "cancel"
             } else {
@@ -512,7 +519,10 @@ impl<K: RedisSku> RedisStore<K> {
 }
 
 /// The answer of one call on `link`; a failure below the script level breaks the link.
-fn finish<T, K>(link: &mut engine::Link, answer: redis::RedisResult<T>) -> Result<T, StockError<K>> {
+fn finish<T, K>(
+    link: &mut engine::Link,
+    answer: redis::RedisResult<T>,
+) -> Result<T, StockError<K>> {
     answer.map_err(|error| {
         if !matches!(error.kind(), redis::ErrorKind::Server(_)) {
             link.broken = true;
@@ -573,7 +583,8 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
     }
 
     fn try_level(&self, sku: &K) -> Result<Option<StockLevel>, StockError<K>> {
-        let packed: Option<String> = self.command(redis::cmd("HGET").arg(&self.keys[0]).arg(self.key_of(sku)?))?;
+        let packed: Option<String> =
+            self.command(redis::cmd("HGET").arg(&self.keys[0]).arg(self.key_of(sku)?))?;
         packed
             .map(|packed| {
                 parse_level(&packed).ok_or_else(|| StockError::Unavailable {
@@ -636,7 +647,10 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
         let deadline = self.deadline_us(Some(ttl));
         let reply = self.run(
             &SCRIPTS.extend,
-            &[counter.to_string().into_bytes(), deadline.to_string().into_bytes()],
+            &[
+                counter.to_string().into_bytes(),
+                deadline.to_string().into_bytes(),
+            ],
         )?;
         self.settled(id, reply)
     }

@@ -86,7 +86,10 @@ mod tests {
         for sku in [0_i64, -1, i64::MIN, i64::MAX] {
             assert_eq!(i64::from_redis_key(&sku.to_redis_key()), Some(sku));
         }
-        assert_eq!(u128::from_redis_key(&u128::MAX.to_redis_key()), Some(u128::MAX));
+        assert_eq!(
+            u128::from_redis_key(&u128::MAX.to_redis_key()),
+            Some(u128::MAX)
+        );
         for odd in [&b"007"[..], b"+7", b" 7", b"7a", b"", b"\xff"] {
             assert_eq!(u64::from_redis_key(odd), None, "{odd:?}");
         }

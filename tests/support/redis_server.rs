@@ -116,8 +116,20 @@ impl RedisServer {
         let port = self.port.to_string();
         let dir = self.dir.display().to_string();
         let mut args = vec![
-            "--port", &port, "--bind", "127.0.0.1", "--dir", &dir, "--save", "",
-            "--daemonize", "no", "--logfile", "redis.log", "--protected-mode", "no",
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir,
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "redis.log",
+            "--protected-mode",
+            "no",
         ];
         if self.durability == Durability::AppendFsyncAlways {
             args.extend(["--appendonly", "yes", "--appendfsync", "always"]);
