@@ -101,7 +101,7 @@ pub enum StockError<K> {
         /// The key's length in bytes of UTF-8.
         length_bytes: usize,
     },
-    /// The shared engine ([`RedisStore`](crate::RedisStore), feature `redis`) could not be
+    /// The shared engine (`RedisStore`, feature `redis`) could not be
     /// reached, timed out or failed. **The call may or may not have taken effect**: retry a
     /// hold with an [`idempotency_key`](crate::ReserveOptions::idempotency_key), so that a
     /// retry never holds twice, and read the level back before retrying a sale.
@@ -111,7 +111,7 @@ pub enum StockError<K> {
         reason: String,
     },
     /// The SKU cannot be a key of the shared engine: its key is longer than
-    /// [`SKU_KEY_BYTES_MAX`](crate::SKU_KEY_BYTES_MAX) bytes (feature `redis`). Nothing
+    /// `SKU_KEY_BYTES_MAX` bytes (feature `redis`). Nothing
     /// changed.
     #[error("SKU {0:?} cannot be a key of the shared engine")]
     InvalidSku(K),

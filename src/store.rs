@@ -269,7 +269,7 @@ pub trait StockStore<K>: Send + Sync {
     /// [`level`](Self::level), telling an engine failure apart from an unknown SKU.
     ///
     /// The in-memory stores never fail: their answer is `Ok(self.level(sku))` (the default).
-    /// A shared engine ([`RedisStore`](crate::RedisStore)) answers
+    /// A shared engine (`RedisStore`) answers
     /// [`StockError::Unavailable`] when it cannot be reached, where the infallible
     /// [`level`](Self::level) answers `None`.
     ///
