@@ -534,3 +534,20 @@ impl<K: Clone + PartialEq> Registry<K> {
         (self.keys.len(), self.expiry.len())
     }
 }
+
+impl<K> Reservation<K> {
+    /// A hold with these parts, for a store that keeps its holds outside this registry
+    /// (the shared engine, feature `redis`): `lines` merged and sorted by SKU.
+    #[cfg(feature = "redis")]
+    pub(crate) fn from_parts(
+        id: ReservationId,
+        lines: Vec<(K, u64)>,
+        expires_at: Option<Instant>,
+    ) -> Self {
+        Self {
+            id,
+            lines: lines.into(),
+            expires_at,
+        }
+    }
+}
