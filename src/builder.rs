@@ -16,7 +16,8 @@ use crate::store::Sku;
 /// Settings of a new store of type `S` with SKU type `K`, from `S::builder()`
 /// ([`PessimisticStore::builder`](crate::PessimisticStore::builder),
 /// [`OptimisticStore::builder`](crate::OptimisticStore::builder),
-/// [`MonitorStore::builder`](crate::MonitorStore::builder)); `.build()` makes the store.
+/// [`MonitorStore::builder`](crate::MonitorStore::builder),
+/// [`AdaptiveStore::builder`](crate::AdaptiveStore::builder)); `.build()` makes the store.
 ///
 /// The settings here are shared by every store;
 /// [`retries_max`](StoreBuilder::retries_max) is the optimistic store's own. `S::new()` is
@@ -54,6 +55,8 @@ pub struct StoreBuilder<K, S> {
     idempotency_keys_max: usize,
     /// Compare-and-swap attempts per SKU update (optimistic store only).
     pub(crate) retries_max: u32,
+    /// When a SKU turns hot or cold (adaptive store only).
+    pub(crate) temperature: crate::adaptive::Temperature,
     store: PhantomData<fn() -> S>,
 }
 
@@ -66,6 +69,7 @@ impl<K: Sku, S> StoreBuilder<K, S> {
             idempotency_retention: IDEMPOTENCY_RETENTION,
             idempotency_keys_max: IDEMPOTENCY_KEYS_MAX,
             retries_max,
+            temperature: crate::adaptive::Temperature::DEFAULT,
             store: PhantomData,
         }
     }
@@ -168,6 +172,7 @@ impl<K, S> fmt::Debug for StoreBuilder<K, S> {
             .field("idempotency_retention", &self.idempotency_retention)
             .field("idempotency_keys_max", &self.idempotency_keys_max)
             .field("retries_max", &self.retries_max)
+            .field("temperature", &self.temperature)
             .finish_non_exhaustive()
     }
 }

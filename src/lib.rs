@@ -3,6 +3,7 @@
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(clippy::missing_errors_doc, clippy::missing_panics_doc)]
 
+mod adaptive;
 mod builder;
 mod clock;
 mod error;
@@ -27,6 +28,7 @@ mod stats;
 mod store;
 mod sync;
 
+pub use adaptive::AdaptiveStore;
 pub use builder::StoreBuilder;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::StockError;

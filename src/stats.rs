@@ -57,6 +57,13 @@ pub struct StoreStats {
     pub waits: u64,
     /// `reserve_timeout` calls that ran out of time (monitor store; 0 elsewhere).
     pub timeouts: u64,
+    /// SKUs that are hot (pessimistic) now (adaptive store; 0 elsewhere). Counted as
+    /// switches to hot minus switches to cold, so a snapshot taken while SKUs switch may
+    /// be off by the switches in flight.
+    pub hot_skus: u64,
+    /// Switches of a SKU between cold (optimistic) and hot (pessimistic), both ways
+    /// (adaptive store; 0 elsewhere).
+    pub switches: u64,
 }
 
 /// One counter of [`StoreStats`].
@@ -73,10 +80,12 @@ pub(crate) enum Stat {
     Contended,
     Waits,
     Timeouts,
+    TurnedHot,
+    TurnedCold,
 }
 
 /// Number of [`Stat`]s.
-const STAT_COUNT: usize = 11;
+const STAT_COUNT: usize = 13;
 
 /// The counters of one store.
 pub(crate) struct Stats {
@@ -123,6 +132,8 @@ impl Stats {
             contended: sum(Stat::Contended),
             waits: sum(Stat::Waits),
             timeouts: sum(Stat::Timeouts),
+            hot_skus: sum(Stat::TurnedHot).saturating_sub(sum(Stat::TurnedCold)),
+            switches: sum(Stat::TurnedHot).wrapping_add(sum(Stat::TurnedCold)),
         }
     }
 }
@@ -146,6 +157,8 @@ mod tests {
             Stat::Contended,
             Stat::Waits,
             Stat::Timeouts,
+            Stat::TurnedHot,
+            Stat::TurnedCold,
         ];
         assert_eq!(all.len(), STAT_COUNT);
         for (index, stat) in all.into_iter().enumerate() {
@@ -164,7 +177,10 @@ mod tests {
             snapshot.contended,
             snapshot.waits,
             snapshot.timeouts,
+            snapshot.hot_skus,
+            snapshot.switches,
         ];
-        assert_eq!(values, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+        // 12 turned hot and 13 turned cold: none hot now (never below 0), 25 switches.
+        assert_eq!(values, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0, 25]);
     }
 }

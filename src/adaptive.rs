@@ -1,0 +1,784 @@
+//! Adaptive concurrency control: per SKU optimistic while it is cold, locked while it is hot
+//! (MOCC, Wang & Kimura, VLDB 2016).
+
+use std::fmt;
+
+use crate::builder::StoreBuilder;
+use crate::error::StockError;
+use crate::level::{Change, Limits, LowStock, Moved, Refusal, StockLevel};
+use crate::lifecycle::{self, Backend, Lifecycle};
+use crate::lines::{self, Moves};
+use crate::stats::Stat;
+use crate::store::{Sku, StockStore};
+use crate::sync::{
+    lock_noting_contention, AtomicBool, AtomicU64, Backoff, LockFreeMap, Mutex, Ordering, Tally,
+    Word,
+};
+
+/// Bits of the word that hold `on_hand` (the lowest bits).
+const COUNT_BITS: u32 = 40;
+/// Bits of the word that hold `version` (the highest bits).
+const VERSION_BITS: u32 = 128 - 2 * COUNT_BITS;
+/// Where `reserved` starts in the word.
+const RESERVED_SHIFT: u32 = COUNT_BITS;
+/// Where `version` starts in the word.
+const VERSION_SHIFT: u32 = 2 * COUNT_BITS;
+/// Mask of one count field, before shifting.
+const COUNT_MASK: u128 = (1 << COUNT_BITS) - 1;
+/// The limits the packed word can hold.
+const LIMITS: Limits = Limits {
+    count_max: (1 << COUNT_BITS) - 1,
+    version_max: (1 << VERSION_BITS) - 1,
+};
+
+/// Compare-and-swap attempts of a cold SKU's update before it takes the SKU's lock (it
+/// then waits its turn instead of racing on; the update is never refused for contention).
+const OPTIMISTIC_ATTEMPTS_MAX: u32 = 64;
+
+/// Packs a level into a word (see the layout on [`AdaptiveStore::skus`]).
+fn pack(level: StockLevel) -> u128 {
+    debug_assert!(level.on_hand <= LIMITS.count_max && level.version <= LIMITS.version_max);
+    u128::from(level.on_hand)
+        | u128::from(level.reserved) << RESERVED_SHIFT
+        | u128::from(level.version) << VERSION_SHIFT
+}
+
+/// Unpacks a word into a level.
+fn unpack(word: u128) -> StockLevel {
+    // Each field is masked to at most 64 bits before the narrowing casts.
+    StockLevel {
+        on_hand: (word & COUNT_MASK) as u64,
+        reserved: ((word >> RESERVED_SHIFT) & COUNT_MASK) as u64,
+        version: (word >> VERSION_SHIFT) as u64,
+    }
+}
+
+/// When a SKU turns hot or cold: the builder's settings of the temperature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Temperature {
+    /// Operations per window; the mode is decided at the end of each window.
+    window_ops: u64,
+    /// A cold SKU turns hot when its conflicts per 1000 operations reach this.
+    hot_per_mille: u64,
+    /// A hot SKU turns cold when its conflicts per 1000 operations fall to this.
+    cold_per_mille: u64,
+}
+
+impl Temperature {
+    /// The defaults: [`AdaptiveStore::WINDOW_OPS`], [`AdaptiveStore::HOT_THRESHOLD_PER_MILLE`]
+    /// and [`AdaptiveStore::COLD_THRESHOLD_PER_MILLE`].
+    pub(crate) const DEFAULT: Self = Self {
+        window_ops: 64,
+        hot_per_mille: 100,
+        cold_per_mille: 20,
+    };
+
+    /// The mode a SKU in mode `hot` takes after a window of `ops` operations with
+    /// `conflicts` conflicts: hot at or above the hot threshold, cold at or below the cold
+    /// one, unchanged in between (hysteresis).
+    fn next_mode(&self, hot: bool, ops: u64, conflicts: u64) -> bool {
+        let per_mille = conflicts.saturating_mul(1000) / ops.max(1);
+        if per_mille >= self.hot_per_mille {
+            true
+        } else if per_mille <= self.cold_per_mille {
+            false
+        } else {
+            hot
+        }
+    }
+}
+
+/// A stock store with **adaptive concurrency control**: each SKU is optimistic
+/// (versioned compare-and-swap) while it is cold and pessimistic (a lock) while it is hot,
+/// and turns from one to the other by its own temperature, after MOCC ("Mostly-Optimistic
+/// Concurrency Control for Highly Contended Dynamic Workloads on a Thousand Cores", Wang
+/// and Kimura, VLDB 2016).
+///
+/// Each SKU keeps its `(on_hand, reserved, version)` in one 128-bit word, as the
+/// [`OptimisticStore`](crate::OptimisticStore) does, and beside it a mutex, a mode flag
+/// (cold or hot) and its temperature. Every writer, in either mode, changes the word only
+/// by compare-and-swap; the word is the single source of truth:
+///
+/// - **Cold**: read, compute, CAS, back off and retry, as the optimistic store. After
+///   [`OPTIMISTIC_ATTEMPTS_MAX`] (64) lost races, or when it sees the SKU turned hot,
+///   the update takes the SKU's lock instead, so it is never refused for contention
+///   (this store never returns [`StockError::Conflict`]).
+/// - **Hot**: lock the SKU's mutex, then read, compute, CAS. Writers queue on the mutex
+///   instead of racing, so the CAS wins at once, unless a cold writer that started
+///   before the switch is still in flight; then it retries, still under the lock, until it
+///   wins.
+///
+/// So a switch needs no handshake for correctness: the mode decides only whether writers
+/// queue on the mutex, and the CAS on the word applies each change exactly once whatever
+/// mode each writer saw (model-checked in `tests/loom_adaptive.rs`, with a negative
+/// control whose hot writers store the word blindly under the lock and lose an update).
+/// Only the mutex is a lock, held around one SKU's CAS and never while another is taken,
+/// so the store is deadlock free.
+///
+/// **Temperature** (MOCC's per-record temperature, simplified): every update counts one
+/// operation on its SKU, and a conflict for each lost CAS race and for a mutex found
+/// locked. When a SKU's window reaches [`WINDOW_OPS`](Self::WINDOW_OPS) operations, it
+/// turns hot if its conflicts per 1000 operations reach
+/// [`HOT_THRESHOLD_PER_MILLE`](Self::HOT_THRESHOLD_PER_MILLE), cold if they are at most
+/// [`COLD_THRESHOLD_PER_MILLE`](Self::COLD_THRESHOLD_PER_MILLE), and keeps its mode in
+/// between (hysteresis); then the window starts again (the decay: only the last window
+/// counts). MOCC decays a logarithmic temperature by time and locks per transaction; here
+/// one window of operations per SKU plays that part. [`StockStore::stats`] reports the
+/// hot SKUs now (`hot_skus`) and the switches so far (`switches`).
+///
+/// A multi-line request checks every line first, then reserves its SKUs one at a time in
+/// ascending order (each by its own mode); when a later line is refused, the earlier
+/// lines are released again (compensation). The request is all or nothing, but **a
+/// concurrent reader may briefly see the partial hold**, as with the optimistic store.
+/// A multi-line `sell` is a hold on every line that then becomes a sale.
+///
+/// Counts are 40-bit and versions 48-bit: on hand is at most
+/// [`QUANTITY_MAX`](Self::QUANTITY_MAX), past which [`StockError::Overflow`] is returned.
+///
+/// Pick it for a catalogue with a few hot SKUs (a flash sale) among many cold ones.
+///
+/// # Locking behaviour
+///
+/// A cold SKU takes no lock. A hot SKU's update locks that SKU's mutex for one
+/// compare-and-swap (retried only against a cold writer still in flight); a
+/// multi-line request holds at most one SKU's mutex at a time. No user code runs under a
+/// lock. Lookups pin papaya's epoch and never wait; the registry of holds takes short
+/// internal locks, and a `reserve_with` with an idempotency key locks the key while it
+/// holds.
+///
+/// # Examples
+///
+/// ```
+/// use stockledger::{AdaptiveStore, StockError, StockStore};
+///
+/// let store = AdaptiveStore::new();
+/// store.restock(&"flash-sale", 2)?;
+/// store.sell(&[("flash-sale", 2)])?;
+/// assert_eq!(
+///     store.sell(&[("flash-sale", 1)]),
+///     Err(StockError::InsufficientStock { sku: "flash-sale", requested: 1, available: 0 }),
+/// );
+/// assert_eq!(store.stats().hot_skus, 0); // one thread never conflicts
+/// # Ok::<(), StockError<&str>>(())
+/// ```
+pub struct AdaptiveStore<K> {
+    /// SKU -> its slot. The word's layout, from the lowest bit:
+    ///
+    /// | bits | field |
+    /// |---|---|
+    /// | 0..40 | `on_hand` (`COUNT_BITS`) |
+    /// | 40..80 | `reserved` (`RESERVED_SHIFT`) |
+    /// | 80..128 | `version` (`VERSION_SHIFT`, `VERSION_BITS`) |
+    ///
+    /// The slot's mode, from its `hot` flag:
+    ///
+    /// | `hot` | writers | conflicts counted |
+    /// |---|---|---|
+    /// | `false` (cold) | CAS loop with back-off, lock after 64 lost races | lost races |
+    /// | `true` (hot) | lock the mutex, then CAS until it wins | mutex found locked, lost races |
+    skus: LockFreeMap<K, Slot>,
+    /// Open holds, events, counters.
+    lifecycle: Lifecycle<K>,
+    /// When a SKU turns hot or cold.
+    temperature: Temperature,
+}
+
+/// One SKU: its counts word, its lock and mode, its temperature, its low-stock threshold.
+#[derive(Debug)]
+struct Slot {
+    /// `(on_hand, reserved, version)`, packed (see [`AdaptiveStore::skus`]); changed only
+    /// by compare-and-swap, in either mode.
+    word: Word,
+    /// Hot writers queue here; it guards no data (the word is changed by CAS alone).
+    lock: Mutex<()>,
+    /// Whether the SKU is hot (writers lock `lock` first) or cold.
+    hot: AtomicBool,
+    /// Operations in the current window (a heuristic: read by no correctness decision).
+    window_ops: Tally,
+    /// Conflicts in the current window.
+    window_conflicts: Tally,
+    /// The low-stock threshold (0: none); read only when an event sink is set.
+    low_stock_threshold: AtomicU64,
+}
+
+impl Slot {
+    /// A cold SKU's slot starting at `level` (its first restock), with no threshold.
+    fn new(level: StockLevel) -> Self {
+        Self {
+            word: Word::new(pack(level)),
+            lock: Mutex::new(()),
+            hot: AtomicBool::new(false),
+            window_ops: Tally::new(0),
+            window_conflicts: Tally::new(0),
+            low_stock_threshold: AtomicU64::new(0),
+        }
+    }
+}
+
+/// How one attempt at a SKU's word went.
+enum Attempt {
+    /// The change is in the word.
+    Won(Moved),
+    /// The change was refused by the counts (nothing written).
+    Refused(Refusal),
+}
+
+impl<K: Sku> AdaptiveStore<K> {
+    /// The largest on hand of one SKU, in units: 2⁴⁰ − 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{AdaptiveStore, StockStore};
+    ///
+    /// let store = AdaptiveStore::new();
+    /// assert_eq!(AdaptiveStore::<u32>::QUANTITY_MAX, (1 << 40) - 1);
+    /// assert_eq!(store.quantity_max(), AdaptiveStore::<u32>::QUANTITY_MAX);
+    /// store.restock(&1_u32, AdaptiveStore::<u32>::QUANTITY_MAX)?;
+    /// # Ok::<(), stockledger::StockError<u32>>(())
+    /// ```
+    pub const QUANTITY_MAX: u64 = LIMITS.count_max;
+
+    /// Operations of one SKU per temperature window, by default (set another with
+    /// [`StoreBuilder::window_ops`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::AdaptiveStore;
+    ///
+    /// assert_eq!(AdaptiveStore::<u32>::WINDOW_OPS, 64);
+    /// ```
+    pub const WINDOW_OPS: u64 = Temperature::DEFAULT.window_ops;
+
+    /// Conflicts per 1000 operations of a window at which a cold SKU turns hot, by default
+    /// (set another with [`StoreBuilder::hot_threshold_per_mille`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::AdaptiveStore;
+    ///
+    /// assert_eq!(AdaptiveStore::<u32>::HOT_THRESHOLD_PER_MILLE, 100);
+    /// ```
+    pub const HOT_THRESHOLD_PER_MILLE: u64 = Temperature::DEFAULT.hot_per_mille;
+
+    /// Conflicts per 1000 operations of a window at or below which a hot SKU turns cold,
+    /// by default (set another with [`StoreBuilder::cold_threshold_per_mille`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::AdaptiveStore;
+    ///
+    /// assert_eq!(AdaptiveStore::<u32>::COLD_THRESHOLD_PER_MILLE, 20);
+    /// ```
+    pub const COLD_THRESHOLD_PER_MILLE: u64 = Temperature::DEFAULT.cold_per_mille;
+
+    /// An empty store with the default settings: `AdaptiveStore::builder().build()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{AdaptiveStore, StockStore};
+    ///
+    /// let store = AdaptiveStore::<String>::new();
+    /// assert_eq!(store.level(&"SKU1001".to_string()), None);
+    /// ```
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder for a store with a clock, an event sink, idempotency settings or a
+    /// temperature of its own.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{AdaptiveStore, StockStore};
+    ///
+    /// let store = AdaptiveStore::<u32>::builder().hot_threshold_per_mille(200).build();
+    /// store.restock(&1, 1)?;
+    /// # Ok::<(), stockledger::StockError<u32>>(())
+    /// ```
+    pub fn builder() -> StoreBuilder<K, Self> {
+        StoreBuilder::new(OPTIMISTIC_ATTEMPTS_MAX)
+    }
+
+    /// Turns `sku` hot or cold now, as its temperature would (for tests and models of a
+    /// switch); `false` when `sku` is unknown.
+    #[doc(hidden)]
+    pub fn force_mode(&self, sku: &K, hot: bool) -> bool {
+        self.skus
+            .with(sku, |slot| self.set_mode(slot, hot))
+            .is_some()
+    }
+
+    /// Sets `slot`'s mode to `hot`, counting a switch when it changed.
+    fn set_mode(&self, slot: &Slot, hot: bool) {
+        if slot.hot.swap(hot, Ordering::AcqRel) != hot {
+            let stat = if hot {
+                Stat::TurnedHot
+            } else {
+                Stat::TurnedCold
+            };
+            self.lifecycle.stats.count(stat);
+        }
+    }
+
+    /// Counts one operation with `conflicts` conflicts on `slot`; the operation that ends a
+    /// window (exactly one per window: `fetch_add` hands out each count once) decides the
+    /// SKU's mode and starts the next window.
+    fn tick(&self, slot: &Slot, conflicts: u64) {
+        if conflicts > 0 {
+            slot.window_conflicts
+                .fetch_add(conflicts, Ordering::Relaxed);
+        }
+        let window = self.temperature.window_ops;
+        let ops = slot.window_ops.fetch_add(1, Ordering::Relaxed) + 1;
+        if ops == window {
+            let conflicts = slot.window_conflicts.swap(0, Ordering::Relaxed);
+            slot.window_ops.fetch_sub(window, Ordering::Relaxed);
+            let hot = slot.hot.load(Ordering::Relaxed);
+            let next = self.temperature.next_mode(hot, window, conflicts);
+            if next != hot {
+                self.set_mode(slot, next);
+            }
+        }
+    }
+
+    /// One compare-and-swap of `change` on `slot` from the word `current`: `Ok` with the
+    /// outcome, or `Err` with the word that beat it.
+    fn attempt(
+        &self,
+        slot: &Slot,
+        current: u128,
+        change: Change,
+        quantity: u64,
+    ) -> Result<Attempt, u128> {
+        let before = unpack(current);
+        let after = match before.apply(change, quantity, 0, LIMITS) {
+            Ok(after) => after,
+            Err(refusal) => return Ok(Attempt::Refused(refusal)),
+        };
+        slot.word
+            .compare_exchange(current, pack(after), Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| Attempt::Won(self.moved(slot, before, after)))
+    }
+
+    /// Applies `change` to one SKU's slot by its mode; never refused for contention.
+    fn update(
+        &self,
+        sku: &K,
+        slot: &Slot,
+        change: Change,
+        quantity: u64,
+    ) -> Result<Moved, StockError<K>> {
+        let (attempt, conflicts) = if slot.hot.load(Ordering::Acquire) {
+            self.update_locked(slot, change, quantity, 0)
+        } else {
+            self.update_optimistic(slot, change, quantity)
+        };
+        self.tick(slot, conflicts);
+        self.count_lost(conflicts);
+        match attempt {
+            Attempt::Won(moved) => Ok(moved),
+            Attempt::Refused(refusal) => Err(refusal.into_error(sku.clone(), quantity)),
+        }
+    }
+
+    /// The cold path: a CAS loop with back-off; after [`OPTIMISTIC_ATTEMPTS_MAX`] lost
+    /// races, or once the SKU turned hot, the locked path. Returns the outcome and the
+    /// conflicts met.
+    fn update_optimistic(&self, slot: &Slot, change: Change, quantity: u64) -> (Attempt, u64) {
+        let backoff = Backoff::new();
+        let mut current = slot.word.load(Ordering::Acquire);
+        for lost in 0..OPTIMISTIC_ATTEMPTS_MAX {
+            match self.attempt(slot, current, change, quantity) {
+                Ok(attempt) => return (attempt, u64::from(lost)),
+                Err(_) => {
+                    // Lost to another writer. If the SKU turned hot meanwhile, queue on
+                    // its lock; else back off and read the word afresh (see the
+                    // optimistic store for why not the stale value the CAS returned).
+                    if slot.hot.load(Ordering::Acquire) {
+                        return self.update_locked(slot, change, quantity, u64::from(lost) + 1);
+                    }
+                    backoff.snooze();
+                    current = slot.word.load(Ordering::Acquire);
+                }
+            }
+        }
+        self.update_locked(slot, change, quantity, u64::from(OPTIMISTIC_ATTEMPTS_MAX))
+    }
+
+    /// The hot path: lock the SKU, then CAS until the change wins or is refused (a loss
+    /// under the lock can only be to a cold writer that started before the SKU turned
+    /// hot, so each loss is another change applied). Returns the outcome and the conflicts
+    /// met, `conflicts` before it included.
+    fn update_locked(
+        &self,
+        slot: &Slot,
+        change: Change,
+        quantity: u64,
+        mut conflicts: u64,
+    ) -> (Attempt, u64) {
+        let (guard, contended) = lock_noting_contention(&slot.lock);
+        conflicts += u64::from(contended);
+        let backoff = Backoff::new();
+        let mut current = slot.word.load(Ordering::Acquire);
+        let attempt = loop {
+            match self.attempt(slot, current, change, quantity) {
+                Ok(attempt) => break attempt,
+                Err(_) => {
+                    conflicts += 1;
+                    backoff.snooze();
+                    current = slot.word.load(Ordering::Acquire);
+                }
+            }
+        };
+        drop(guard);
+        (attempt, conflicts)
+    }
+
+    /// Counts the `lost` conflicts of one update in the store's statistics (nothing when
+    /// none was lost: the uncontended path touches no counter).
+    fn count_lost(&self, lost: u64) {
+        if lost > 0 {
+            self.lifecycle.stats.add(Stat::CasRetries, lost);
+            self.lifecycle.stats.count(Stat::Contended);
+        }
+    }
+
+    /// What moved from `before` to `after` on `slot`; reads the threshold only when an
+    /// event sink listens.
+    fn moved(&self, slot: &Slot, before: StockLevel, after: StockLevel) -> Moved {
+        let threshold = if self.lifecycle.events.enabled() {
+            slot.low_stock_threshold.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        Moved::new(before, after, threshold)
+    }
+
+    /// Applies `change` to the SKU `sku`.
+    fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>> {
+        self.skus
+            .with(sku, |slot| self.update(sku, slot, change, quantity))
+            .unwrap_or_else(|| Err(StockError::UnknownSku(sku.clone())))
+    }
+
+    /// Reserves merged `lines` in ascending order, each by its SKU's mode; on a refusal,
+    /// releases the lines already reserved and returns the refusal.
+    fn reserve_lines(&self, lines: &[(K, u64)]) -> Result<Moves, StockError<K>> {
+        if let [(sku, quantity)] = lines {
+            // One update, which writes nothing when it refuses: nothing to check first.
+            return self
+                .update_sku(sku, Change::Reserve, *quantity)
+                .map(Moves::One);
+        }
+        self.check_lines(lines)?;
+        let mut moves = Vec::with_capacity(lines.len());
+        for (sku, quantity) in lines {
+            match self.update_sku(sku, Change::Reserve, *quantity) {
+                Ok(moved) => moves.push(moved),
+                Err(refusal) => {
+                    let held = &lines[..moves.len()];
+                    self.resolve_lines(held, Change::Release);
+                    // The partial hold was visible, crossings included: report those.
+                    self.lifecycle.crossings(held, &moves);
+                    return Err(refusal);
+                }
+            }
+        }
+        Ok(Moves::Many(moves))
+    }
+
+    /// Checks every line of a multi-line reserve against its SKU's current level before
+    /// any line changes, so a request refused without a race changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::UnknownSku`] for the first SKU never restocked, whatever the other
+    /// lines; else [`StockError::InsufficientStock`] or [`StockError::Overflow`] for the
+    /// first line refused.
+    fn check_lines(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
+        let mut refused = Ok(());
+        for (sku, quantity) in lines {
+            let level = self
+                .level(sku)
+                .ok_or_else(|| StockError::UnknownSku(sku.clone()))?;
+            if refused.is_ok() {
+                refused = level
+                    .apply(Change::Reserve, *quantity, 0, LIMITS)
+                    .map(drop)
+                    .map_err(|refusal| refusal.into_error(sku.clone(), *quantity));
+            }
+        }
+        refused
+    }
+
+    /// Commits or releases merged `lines` that are held.
+    fn resolve_lines(&self, lines: &[(K, u64)], change: Change) -> Moves {
+        lines
+            .iter()
+            .map(
+                |(sku, quantity)| match self.update_sku(sku, change, *quantity) {
+                    Ok(moved) => moved,
+                    Err(error) => unreachable!("a held line cannot be refused: {error:?}"),
+                },
+            )
+            .collect()
+    }
+}
+
+impl<K: Sku> StoreBuilder<K, AdaptiveStore<K>> {
+    /// Operations of one SKU per temperature window (default:
+    /// [`AdaptiveStore::WINDOW_OPS`]); at the end of each window the SKU's mode is decided
+    /// from that window's conflicts alone.
+    ///
+    /// # Panics
+    ///
+    /// When `window_ops` is 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::AdaptiveStore;
+    ///
+    /// let quick = AdaptiveStore::<String>::builder().window_ops(16).build();
+    /// ```
+    pub fn window_ops(mut self, window_ops: u64) -> Self {
+        assert!(window_ops > 0, "window_ops must be at least 1");
+        self.temperature.window_ops = window_ops;
+        self
+    }
+
+    /// Conflicts per 1000 operations of a window at which a cold SKU turns hot (default:
+    /// [`AdaptiveStore::HOT_THRESHOLD_PER_MILLE`]). Must stay above the cold threshold
+    /// (checked at `build`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::AdaptiveStore;
+    ///
+    /// let reluctant = AdaptiveStore::<String>::builder().hot_threshold_per_mille(500).build();
+    /// ```
+    pub fn hot_threshold_per_mille(mut self, per_mille: u64) -> Self {
+        self.temperature.hot_per_mille = per_mille;
+        self
+    }
+
+    /// Conflicts per 1000 operations of a window at or below which a hot SKU turns cold
+    /// (default: [`AdaptiveStore::COLD_THRESHOLD_PER_MILLE`]). Must stay below the hot
+    /// threshold (checked at `build`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::AdaptiveStore;
+    ///
+    /// let sticky = AdaptiveStore::<String>::builder().cold_threshold_per_mille(0).build();
+    /// ```
+    pub fn cold_threshold_per_mille(mut self, per_mille: u64) -> Self {
+        self.temperature.cold_per_mille = per_mille;
+        self
+    }
+
+    /// Builds the adaptive store with these settings; every SKU starts cold.
+    ///
+    /// # Panics
+    ///
+    /// When the cold threshold is not below the hot one (no hysteresis).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{AdaptiveStore, StockStore};
+    ///
+    /// let store = AdaptiveStore::<&str>::builder().build();
+    /// assert_eq!(store.quantity_max(), AdaptiveStore::<&str>::QUANTITY_MAX);
+    /// ```
+    pub fn build(self) -> AdaptiveStore<K> {
+        let temperature = self.temperature;
+        assert!(
+            temperature.cold_per_mille < temperature.hot_per_mille,
+            "the cold threshold must be below the hot threshold"
+        );
+        AdaptiveStore {
+            skus: LockFreeMap::new(),
+            lifecycle: self.lifecycle(),
+            temperature,
+        }
+    }
+}
+
+impl<K: Sku> Backend<K> for AdaptiveStore<K> {
+    fn lifecycle(&self) -> &Lifecycle<K> {
+        &self.lifecycle
+    }
+
+    fn hold(&self, lines: &[(K, u64)]) -> Result<Moves, StockError<K>> {
+        self.reserve_lines(lines)
+    }
+
+    fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves {
+        self.resolve_lines(lines, change)
+    }
+}
+
+impl<K: Sku> StockStore<K> for AdaptiveStore<K> {
+    lifecycle::lifecycle_methods!();
+
+    fn restock(&self, sku: &K, qty: u64) -> Result<StockLevel, StockError<K>> {
+        if qty == 0 {
+            return Err(StockError::InvalidQuantity { sku: sku.clone() });
+        }
+        // A new SKU is inserted already holding its first restock (creation is
+        // linearizable).
+        let first = Moved::first_restock(qty, LIMITS)
+            .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
+        let moved = self.skus.with_or_insert(
+            sku,
+            || Slot::new(first.level),
+            |slot, created| {
+                if created {
+                    Ok(first)
+                } else {
+                    self.update(sku, slot, Change::Restock, qty)
+                }
+            },
+        )?;
+        self.lifecycle.restocked(sku, qty, moved);
+        Ok(moved.level)
+    }
+
+    fn level(&self, sku: &K) -> Option<StockLevel> {
+        self.skus
+            .with(sku, |slot| unpack(slot.word.load(Ordering::Acquire)))
+    }
+
+    fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {
+        self.skus
+            .with(sku, |slot| {
+                slot.low_stock_threshold.store(threshold, Ordering::Relaxed);
+            })
+            .ok_or_else(|| StockError::UnknownSku(sku.clone()))
+    }
+
+    fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
+        if let [(sku, quantity)] = lines {
+            if *quantity == 0 {
+                return Err(StockError::InvalidQuantity { sku: sku.clone() });
+            }
+            let sold = self.update_sku(sku, Change::Sell, *quantity);
+            self.lifecycle.stats.count_refusal(&sold);
+            let moved = sold?;
+            if self.lifecycle.events.enabled() {
+                self.lifecycle.sold(&[(sku.clone(), *quantity)], &[moved]);
+            }
+            return Ok(());
+        }
+        let lines = lines::merge(lines)?;
+        if lines.len() == 1 {
+            return self.sell(&lines);
+        }
+        let held = self.reserve_lines(&lines);
+        self.lifecycle.stats.count_refusal(&held);
+        let held = held?;
+        let committed = self.resolve_lines(&lines, Change::Commit);
+        if self.lifecycle.events.enabled() {
+            // Available fell at the hold; report the sale's levels with the hold's
+            // crossing, at the sale's version (as the optimistic store).
+            let moved: Vec<Moved> = held
+                .iter()
+                .zip(committed.iter())
+                .map(|(held, committed)| Moved {
+                    level: committed.level,
+                    low_stock: held.low_stock.map(|low| LowStock {
+                        version: committed.level.version,
+                        ..low
+                    }),
+                })
+                .collect();
+            self.lifecycle.sold(&lines, &moved);
+        }
+        Ok(())
+    }
+
+    fn quantity_max(&self) -> u64 {
+        Self::QUANTITY_MAX
+    }
+}
+
+impl<K: Sku> Default for AdaptiveStore<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Sku> fmt::Debug for AdaptiveStore<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (keys, deadlines) = self.lifecycle.registry.index_sizes();
+        f.debug_struct("AdaptiveStore")
+            .field("skus", &self.skus.len())
+            .field("hot_skus", &self.lifecycle.stats.snapshot().hot_skus)
+            .field("open_holds", &self.lifecycle.registry.len())
+            .field("deadlines", &deadlines)
+            .field("idempotency_keys", &keys)
+            .field("events", &self.lifecycle.events)
+            .field("temperature", &self.temperature)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_round_trips_the_extremes() {
+        for level in [
+            StockLevel::default(),
+            StockLevel {
+                on_hand: LIMITS.count_max,
+                reserved: LIMITS.count_max,
+                version: LIMITS.version_max,
+            },
+        ] {
+            assert_eq!(unpack(pack(level)), level);
+        }
+    }
+
+    #[test]
+    fn the_mode_follows_the_thresholds_with_hysteresis() {
+        let temperature = Temperature::DEFAULT;
+        // 100 per mille and above: hot; 20 and below: cold; in between: unchanged.
+        assert!(temperature.next_mode(false, 100, 10));
+        assert!(!temperature.next_mode(false, 100, 9));
+        assert!(temperature.next_mode(true, 100, 3));
+        assert!(!temperature.next_mode(true, 100, 2));
+        assert!(!temperature.next_mode(false, 100, 5));
+    }
+
+    #[test]
+    fn a_window_of_conflicts_turns_a_sku_hot_and_a_quiet_one_cold() {
+        let store = AdaptiveStore::<u32>::builder().window_ops(2).build();
+        store.restock(&1, 10).unwrap(); // creation: no operation counted
+        let slot_hot = || store.skus.with(&1, |slot| slot.hot.load(Ordering::Relaxed));
+        store.skus.with(&1, |slot| store.tick(slot, 1)).unwrap();
+        assert_eq!(slot_hot(), Some(false), "mid-window: no decision yet");
+        store.skus.with(&1, |slot| store.tick(slot, 0)).unwrap();
+        assert_eq!(
+            slot_hot(),
+            Some(true),
+            "1 conflict in 2 operations: 500 per mille"
+        );
+        assert_eq!((store.stats().hot_skus, store.stats().switches), (1, 1));
+        store.sell(&[(1, 1)]).unwrap();
+        store.sell(&[(1, 1)]).unwrap();
+        assert_eq!(slot_hot(), Some(false), "a quiet window cools it");
+        assert_eq!((store.stats().hot_skus, store.stats().switches), (0, 2));
+        assert_eq!(store.level(&1).unwrap().on_hand, 8);
+    }
+}
