@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::{lines, sku};
 use stockledger::{
-    Clock, EventSink, ManualClock, MonitorStore, OptimisticStore, PessimisticStore, Reaper,
-    Reservation, ReserveOptions, StockError, StockEvent, StockStore, StoreBuilder, WaitingStore,
+    AdaptiveStore, Clock, EventSink, ManualClock, MonitorStore, OptimisticStore, PessimisticStore,
+    Reaper, Reservation, ReserveOptions, StockError, StockEvent, StockStore, StoreBuilder,
+    WaitingStore,
 };
 
 /// How long a call may take before [`finishes`] calls it a deadlock.
@@ -109,10 +110,14 @@ fn stores(
     let (monitor, monitor_sink) = build(MonitorStore::builder(), &clock, sink(), |builder| {
         builder.build()
     });
+    let (adaptive, adaptive_sink) = build(AdaptiveStore::builder(), &clock, sink(), |builder| {
+        builder.build()
+    });
     vec![
         ("pessimistic", pessimistic, pessimistic_sink),
         ("optimistic", optimistic, optimistic_sink),
         ("monitor", monitor, monitor_sink),
+        ("adaptive", adaptive, adaptive_sink),
     ]
 }
 
@@ -387,6 +392,9 @@ fn a_clock_that_looks_at_the_store_does_not_deadlock() {
         builder.build()
     });
     check("monitor", MonitorStore::builder(), |builder| {
+        builder.build()
+    });
+    check("adaptive", AdaptiveStore::builder(), |builder| {
         builder.build()
     });
 }

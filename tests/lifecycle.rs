@@ -607,7 +607,11 @@ fn low_stock_is_sent_once_per_crossing() {
             .iter()
             .filter(|event| event.starts_with("LowStock"))
             .collect();
-        let multi_line_sale = if name == "optimistic" { 9 } else { 8 };
+        let multi_line_sale = if matches!(name, "optimistic" | "adaptive") {
+            9
+        } else {
+            8
+        };
         assert_eq!(
             low,
             [

@@ -40,8 +40,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rendezvous::Rendezvous;
 use stockledger::{
-    MonitorStore, OptimisticStore, PessimisticStore, ReservationId, StockError, StockLevel,
-    StockStore, WaitingStore,
+    AdaptiveStore, MonitorStore, OptimisticStore, PessimisticStore, ReservationId, StockError,
+    StockLevel, StockStore, WaitingStore,
 };
 use wgl::{Event, Refusal, Specification};
 
@@ -548,6 +548,37 @@ fn optimistic_store_single_line_calls_are_linearizable() {
 }
 
 #[test]
+fn adaptive_store_single_line_calls_are_linearizable() {
+    assert_linearizable(
+        "adaptive",
+        || Box::new(Real(AdaptiveStore::new())),
+        Sharing::Own,
+        ROUNDS,
+    );
+}
+
+/// The adaptive store tuned to switch all the time (see [`switching_adaptive`]).
+#[test]
+fn adaptive_store_is_linearizable_while_switching() {
+    assert_linearizable(
+        "adaptive switching",
+        || Box::new(Real(switching_adaptive())),
+        Sharing::Own,
+        ROUNDS,
+    );
+}
+
+/// An adaptive store with a window of one operation that turns hot after any conflict and
+/// cold after an operation without one: its SKUs switch modes under the racing calls.
+fn switching_adaptive() -> AdaptiveStore<Sku> {
+    AdaptiveStore::builder()
+        .window_ops(1)
+        .hot_threshold_per_mille(1)
+        .cold_threshold_per_mille(0)
+        .build()
+}
+
+#[test]
 fn monitor_store_is_linearizable() {
     assert_linearizable(
         "monitor",
@@ -576,6 +607,16 @@ fn optimistic_store_is_linearizable_with_racing_resolutions() {
     assert_linearizable(
         "optimistic",
         || Box::new(Real(OptimisticStore::new())),
+        Sharing::Racing,
+        RACING_ROUNDS,
+    );
+}
+
+#[test]
+fn adaptive_store_is_linearizable_with_racing_resolutions() {
+    assert_linearizable(
+        "adaptive",
+        || Box::new(Real(switching_adaptive())),
         Sharing::Racing,
         RACING_ROUNDS,
     );
@@ -916,6 +957,11 @@ fn optimistic_store_creation_is_linearizable() {
         &|| Box::new(Real(OptimisticStore::new())),
         false,
     );
+}
+
+#[test]
+fn adaptive_store_creation_is_linearizable() {
+    assert_creation_linearizable("adaptive", &|| Box::new(Real(AdaptiveStore::new())), false);
 }
 
 #[test]

@@ -138,6 +138,7 @@ macro_rules! subject {
 subject!(PessimisticStore<Sku>, version_max: u64::MAX, sell_holds_first: false, waits: false);
 subject!(OptimisticStore<Sku>, version_max: (1 << 48) - 1, sell_holds_first: true, waits: false);
 subject!(MonitorStore<Sku>, version_max: u64::MAX, sell_holds_first: false, waits: true);
+subject!(stockledger::AdaptiveStore<Sku>, version_max: (1 << 48) - 1, sell_holds_first: true, waits: false);
 #[cfg(feature = "redis")]
 subject!(
     stockledger::RedisStore<Sku>,
@@ -742,6 +743,11 @@ fn optimistic_store_follows_the_model() {
 #[test]
 fn monitor_store_follows_the_model() {
     run::<MonitorStore<Sku>>(config()).unwrap();
+}
+
+#[test]
+fn adaptive_store_follows_the_model() {
+    run::<stockledger::AdaptiveStore<Sku>>(config()).unwrap();
 }
 
 /// Fewer cases on Redis: every call is a round trip to a real server.

@@ -33,8 +33,8 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use rendezvous::Rendezvous;
 use stockledger::{
-    MonitorStore, OptimisticStore, PessimisticStore, Reservation, ReservationId, StockError,
-    StockLevel, StockStore, WaitingStore,
+    AdaptiveStore, MonitorStore, OptimisticStore, PessimisticStore, Reservation, ReservationId,
+    StockError, StockLevel, StockStore, WaitingStore,
 };
 
 type Sku = u32;
@@ -579,6 +579,25 @@ fn pessimistic_store_conserves_stock_under_contention() {
 fn optimistic_store_conserves_stock_under_contention() {
     let report = stress(&Real::plain(OptimisticStore::new()), false);
     assert_clean("optimistic", &report);
+}
+
+#[test]
+fn adaptive_store_conserves_stock_under_contention() {
+    let report = stress(&Real::plain(AdaptiveStore::new()), false);
+    assert_clean("adaptive", &report);
+}
+
+/// The adaptive store tuned to switch all the time (a window of one operation, hot after
+/// any conflict, cold after an operation without one): switches race every operation.
+#[test]
+fn adaptive_store_conserves_stock_while_switching() {
+    let store = AdaptiveStore::builder()
+        .window_ops(1)
+        .hot_threshold_per_mille(1)
+        .cold_threshold_per_mille(0)
+        .build();
+    let report = stress(&Real::plain(store), false);
+    assert_clean("adaptive, switching", &report);
 }
 
 #[test]

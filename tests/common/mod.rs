@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use stockledger::{MonitorStore, OptimisticStore, PessimisticStore, StockStore};
+use stockledger::{AdaptiveStore, MonitorStore, OptimisticStore, PessimisticStore, StockStore};
 
 /// The real `redis-server` the `RedisStore` runs of these tests use (feature `redis`).
 #[cfg(feature = "redis")]
@@ -18,6 +18,7 @@ pub fn stores() -> Vec<(&'static str, Store)> {
         ("pessimistic", Box::new(PessimisticStore::<String>::new())),
         ("optimistic", Box::new(OptimisticStore::<String>::new())),
         ("monitor", Box::new(MonitorStore::<String>::new())),
+        ("adaptive", Box::new(AdaptiveStore::<String>::new())),
         #[cfg(feature = "redis")]
         ("redis", Box::new(redis_store())),
     ]
@@ -122,6 +123,7 @@ impl Rig {
 /// Every strategy, freshly built with a manual clock and an event recorder of its own.
 pub fn rigged_stores(settings: Settings) -> Vec<(&'static str, Store, Rig)> {
     let (pessimistic, optimistic, monitor) = (Rig::new(), Rig::new(), Rig::new());
+    let adaptive = Rig::new();
     vec![
         (
             "pessimistic",
@@ -145,6 +147,15 @@ pub fn rigged_stores(settings: Settings) -> Vec<(&'static str, Store, Rig)> {
             "monitor",
             Box::new(monitor.configure(MonitorStore::builder(), settings).build()),
             monitor,
+        ),
+        (
+            "adaptive",
+            Box::new(
+                adaptive
+                    .configure(AdaptiveStore::builder(), settings)
+                    .build(),
+            ),
+            adaptive,
         ),
         #[cfg(feature = "redis")]
         {
