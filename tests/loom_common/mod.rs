@@ -1,7 +1,8 @@
 //! Shared parts of the loom models (`tests/loom_*.rs`): one model body, run on every store.
 //!
 //! A model body is a generic `fn(store)`; [`on_every_store!`] turns it into one `#[test]`
-//! per store (`<body>::pessimistic`, `<body>::optimistic`, `<body>::monitor`), each an
+//! per store (`<body>::pessimistic`, `<body>::optimistic`, `<body>::monitor`,
+//! `<body>::adaptive`, the adaptive store tuned to switch modes all the time), each an
 //! exhaustive `loom::model` of the body with the bound of `LOOM_MAX_PREEMPTIONS`.
 //!
 //! The stores are shared between model threads through `std::sync::Arc`, not loom's: the
@@ -98,6 +99,17 @@ pub fn counts<S: StockStore<Sku> + ?Sized>(store: &S, sku: Sku) -> (u64, u64, u6
     (level.on_hand, level.reserved, level.version)
 }
 
+/// The adaptive store of the models: a window of one operation, hot after any conflict
+/// (a lost race or a locked mutex), cold after an operation without one, so its SKUs
+/// switch modes in the middle of the races every model sets up.
+pub fn switching_adaptive() -> stockledger::AdaptiveStore<Sku> {
+    stockledger::AdaptiveStore::builder()
+        .window_ops(1)
+        .hot_threshold_per_mille(1)
+        .cold_threshold_per_mille(0)
+        .build()
+}
+
 /// Generates, for each generic model body `fn name<S: StockStore<Sku>>(store: S)`, a
 /// module `name` with one loom test per store.
 #[allow(unused_macros)] // not every file runs a model on every store
@@ -128,6 +140,15 @@ macro_rules! on_every_store {
                     $crate::loom_common::explore(
                         concat!(stringify!($name), "::monitor"),
                         stockledger::MonitorStore::new,
+                        super::$name,
+                    );
+                }
+
+                #[test]
+                fn adaptive() {
+                    $crate::loom_common::explore(
+                        concat!(stringify!($name), "::adaptive"),
+                        $crate::loom_common::switching_adaptive,
                         super::$name,
                     );
                 }
