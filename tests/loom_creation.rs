@@ -103,6 +103,7 @@ fn every_outcome_is_reached() {
         ("pessimistic", run_on(stockledger::PessimisticStore::new)),
         ("optimistic", run_on(stockledger::OptimisticStore::new)),
         ("monitor", run_on(stockledger::MonitorStore::new)),
+        ("adaptive", run_on(loom_common::switching_adaptive)),
     ] {
         run();
         assert_noted(

@@ -143,6 +143,20 @@ fn panicking_sweep_leaves_both_resolved_monitor() {
     );
 }
 
+#[test]
+fn panicking_sweep_leaves_both_resolved_adaptive() {
+    sweep_model(
+        "panicking_sweep::adaptive",
+        |b| {
+            b.window_ops(1)
+                .hot_threshold_per_mille(1)
+                .cold_threshold_per_mille(0)
+                .build()
+        },
+        stockledger::AdaptiveStore::builder,
+    );
+}
+
 /// An optimistic two-line hold races a sale of its second line's last unit. When the hold
 /// passed its check and then lost the unit, it gives its first line back (compensation);
 /// that first line was visibly held, taking `a` from 3 to 1 available, below the threshold

@@ -235,6 +235,18 @@ macro_rules! on_every_clocked_store {
                         MonitorStore::builder().clock(clock).build()
                     }, super::$name, $outcomes);
                 }
+
+                #[test]
+                fn adaptive() {
+                    clocked(concat!(stringify!($name), "::adaptive"), |clock| {
+                        stockledger::AdaptiveStore::builder()
+                            .clock(clock)
+                            .window_ops(1)
+                            .hot_threshold_per_mille(1)
+                            .cold_threshold_per_mille(0)
+                            .build()
+                    }, super::$name, $outcomes);
+                }
             }
         )+
     };
