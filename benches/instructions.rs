@@ -38,10 +38,11 @@ const OPERATIONS: [(&str, Operation); 3] = [
     ("level", Operation::Level),
 ];
 
-const SUBJECTS: [&str; 8] = [
+const SUBJECTS: [&str; 9] = [
     "pessimistic",
     "optimistic",
     "monitor",
+    "adaptive",
     "mutex_hashmap",
     "dashmap",
     "mutex_hashmap_holds",
@@ -110,6 +111,12 @@ fn run_workload(workload: &str, ops: u64) {
         ),
         "monitor" => run_ledger(
             Store(stockledger::MonitorStore::new()),
+            operation,
+            ops,
+            skus,
+        ),
+        "adaptive" => run_ledger(
+            Store(stockledger::AdaptiveStore::new()),
             operation,
             ops,
             skus,

@@ -1,4 +1,4 @@
-//! Criterion scenarios: the three stores side by side with the naive peers and the
+//! Criterion scenarios: the four stores side by side with the naive peers and the
 //! hardware limits, one group per scenario, variants as function names, thread count as
 //! the parameter (`<group>/<variant>/<threads>`).
 //!
@@ -250,6 +250,60 @@ fn s6_handoff(criterion: &mut Criterion) {
     common::write_side_file("handoff_latency", &serde_json::Value::Object(latency));
 }
 
+/// Threads of S7: the 2, 8 and 32 (4 and 16 per core on the 2-core machine).
+const S7_THREADS: [usize; 3] = [2, 8, 32];
+
+/// S7 hot and cold: 1 hot SKU taking half of the requests and 100k uniform cold SKUs,
+/// every request a reserve then commit, at 2, 8 and 32 threads. Then one fixed run of the
+/// adaptive store per thread count, for its switch counts (side file
+/// `hot_and_cold_switches`).
+fn s7_hot_and_cold(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("S7_hot_and_cold");
+    let streams = workload::hot_and_cold_requests(S7_THREADS[S7_THREADS.len() - 1], SKUS);
+    let ran = std::cell::Cell::new(false);
+    common::for_each_ledger(
+        SKUS + 1,
+        UNITS_PER_SKU,
+        Peers::WithHolds,
+        Limits::IdealVec,
+        |name, subject| {
+            for threads in S7_THREADS {
+                bench(&mut group, name, threads, threads as u64, |iters| {
+                    ran.set(true);
+                    subject.run_requests(threads, iters, &streams)
+                });
+            }
+        },
+    );
+    group.finish();
+    if !ran.get() {
+        return; // filtered out
+    }
+    let requests_per_thread = if common::quick() { 20_000 } else { 200_000 };
+    let mut switches = serde_json::Map::new();
+    for threads in S7_THREADS {
+        let subject = common::Subject(common::Store(stockledger::AdaptiveStore::<u64>::new()));
+        common::fill(&subject.0, SKUS + 1, UNITS_PER_SKU);
+        let elapsed = common::Visit::run_requests(&subject, threads, requests_per_thread, &streams);
+        let stats = stockledger::StockStore::stats(&subject.0 .0);
+        switches.insert(
+            threads.to_string(),
+            json!({
+                "requests": requests_per_thread * threads as u64,
+                "elapsed_ms": elapsed.as_millis(),
+                "switches": stats.switches,
+                "hot_skus": stats.hot_skus,
+                "contended": stats.contended,
+                "cas_retries": stats.cas_retries,
+            }),
+        );
+    }
+    common::write_side_file(
+        "hot_and_cold_switches",
+        &serde_json::Value::Object(switches),
+    );
+}
+
 /// The 1-, 5- and 15-minute load averages (Linux), to show how busy the machine was.
 fn load_average() -> Option<String> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
@@ -290,6 +344,7 @@ fn main() {
     s4_tpcc(&mut criterion);
     s5_oversubscription(&mut criterion, &zipf);
     s6_handoff(&mut criterion);
+    s7_hot_and_cold(&mut criterion);
     criterion.final_summary();
     common::write_side_file(
         "scenarios_run",

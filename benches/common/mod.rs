@@ -293,6 +293,13 @@ pub fn for_each_ledger(
         &mut visit,
     );
     visit_one(
+        "adaptive",
+        Store(stockledger::AdaptiveStore::new()),
+        skus,
+        units,
+        &mut visit,
+    );
+    visit_one(
         "mutex_hashmap",
         MutexHashMap::new(),
         skus,

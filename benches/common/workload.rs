@@ -89,6 +89,26 @@ pub fn uniform_requests(threads: usize, skus: u64) -> Vec<Vec<Request>> {
         .collect()
 }
 
+/// S7 hot and cold: every request a hold of 1 unit then its commit; half of them on the
+/// hot SKU 0, the other half uniform over the cold SKUs `1..=cold_skus`.
+pub fn hot_and_cold_requests(threads: usize, cold_skus: u64) -> Vec<Vec<Request>> {
+    (0..threads)
+        .map(|thread| {
+            let mut rng = rng(thread, 7);
+            (0..STREAM_LEN)
+                .map(|_| Request {
+                    sku: if rng.gen_bool(0.5) {
+                        0
+                    } else {
+                        rng.gen_range(1..=cold_skus)
+                    },
+                    kind: Kind::ReserveCommit,
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// FNV-1a of the 8 bytes of `value`, as YCSB's `ScrambledZipfianGenerator` uses.
 fn fnv1a_64(value: u64) -> u64 {
     let mut hash: u64 = 0xCBF2_9CE4_8422_2325;

@@ -122,6 +122,12 @@ pub fn draw_all(data: &Data, dir: &Path) -> Result<Vec<Drawn>, Box<dyn Error>> {
         "orders",
         lines(data, "S4_tpcc_new_order", |_| true, None),
     )?;
+    line_chart(
+        "S7_hot_and_cold",
+        "S7 hot and cold: 1 hot SKU (50 %) + 100k cold, reserve+commit",
+        "requests",
+        lines(data, "S7_hot_and_cold", |_| true, None),
+    )?;
     for (stem, title, axis, bars) in bar_charts(data) {
         if bars.is_empty() {
             continue;
@@ -268,6 +274,7 @@ fn color(name: &str) -> RGBColor {
         "pessimistic" => RGBColor(31, 119, 180),
         "optimistic" => RGBColor(255, 127, 14),
         "monitor" => RGBColor(44, 160, 44),
+        "adaptive" => RGBColor(0, 0, 0),
         "mutex_hashmap" => RGBColor(214, 39, 40),
         "dashmap" => RGBColor(148, 103, 189),
         "mutex_hashmap_holds" => RGBColor(140, 86, 75),

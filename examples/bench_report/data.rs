@@ -12,16 +12,17 @@ use serde_json::Value;
 pub const GUARD_MIN: f64 = 1.8;
 
 /// The stores, in table order.
-pub const STORES: [&str; 3] = ["pessimistic", "optimistic", "monitor"];
+pub const STORES: [&str; 4] = ["pessimistic", "optimistic", "monitor", "adaptive"];
 
 /// The naive peers that keep open holds by id (the fair peers of reserve+commit).
 pub const HOLD_PEERS: [&str; 2] = ["mutex_hashmap_holds", "dashmap_holds"];
 
 /// Every subject in table order: stores, naive peers, hardware limits.
-const ORDER: [&str; 12] = [
+const ORDER: [&str; 13] = [
     "pessimistic",
     "optimistic",
     "monitor",
+    "adaptive",
     "mutex_hashmap",
     "dashmap",
     "mutex_hashmap_holds",

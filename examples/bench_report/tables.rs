@@ -290,6 +290,11 @@ const SECTIONS: [(&str, &str, &str); 8] = [
         "S6 wait-queue handoff: 1 unit restocked to a queued waiter",
         "",
     ),
+    (
+        "S7_hot_and_cold",
+        "S7 hot and cold: 1 hot SKU taking 50 % of requests + 100k uniform cold SKUs, reserve+commit, 2/8/32 threads",
+        "request",
+    ),
 ];
 
 /// Reference columns of the scenarios that hold and commit: the plain and hold peers and
@@ -398,7 +403,7 @@ pub fn scenarios_section(data: &Data, charts: &Charts<'_>, report: &mut String) 
                 report,
             ),
             "S6_wait_queue_handoff" => s6_table(data, report),
-            "S2_uniform" | "S3_zipf" | "S4_tpcc_new_order" => {
+            "S2_uniform" | "S3_zipf" | "S4_tpcc_new_order" | "S7_hot_and_cold" => {
                 scenario_table(data, group, |_| true, HOLDS, unit, report);
             }
             _ => {}
