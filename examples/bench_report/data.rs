@@ -109,6 +109,9 @@ pub struct Data {
     pub instructions: Value,
     /// `stockledger/handoff_latency.json`: S6 handoff percentiles.
     pub latency: Value,
+    /// `stockledger/hot_and_cold_switches.json`: the adaptive store's switches in S7, by
+    /// thread count.
+    pub switches: Value,
 }
 
 impl Data {
@@ -120,6 +123,7 @@ impl Data {
             memory: read_json(&side.join("memory.json")),
             instructions: read_json(&side.join("instructions.json")),
             latency: read_json(&side.join("handoff_latency.json")),
+            switches: read_json(&side.join("hot_and_cold_switches.json")),
             ..Data::default()
         };
         let since = data.run["started_unix_s"]

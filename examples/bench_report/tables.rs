@@ -161,6 +161,41 @@ fn s6_table(data: &Data, report: &mut String) {
     let _ = writeln!(report);
 }
 
+/// S7: the adaptive store's switches in one fixed run per thread count (nothing when the
+/// run has no such side file).
+fn s7_switches_table(data: &Data, report: &mut String) {
+    let Some(runs) = data.switches.as_object() else {
+        return;
+    };
+    let _ = writeln!(
+        report,
+        "The adaptive store in one more run of the same requests per thread count, for its \
+         statistics (`StoreStats::switches`, `hot_skus` at the end, `contended`):\n"
+    );
+    let _ = writeln!(
+        report,
+        "| threads | requests | switches | hot SKUs at the end | contended updates |"
+    );
+    let _ = writeln!(report, "|---:|---:|---:|---:|---:|");
+    let mut rows: Vec<(u64, &serde_json::Value)> = runs
+        .iter()
+        .filter_map(|(threads, run)| Some((threads.parse().ok()?, run)))
+        .collect();
+    rows.sort_by_key(|(threads, _)| *threads);
+    let cell = |value: &serde_json::Value| value.as_u64().map_or("–".into(), |n| n.to_string());
+    for (threads, run) in rows {
+        let _ = writeln!(
+            report,
+            "| {threads} | {} | {} | {} | {} |",
+            cell(&run["requests"]),
+            cell(&run["switches"]),
+            cell(&run["hot_skus"]),
+            cell(&run["contended"]),
+        );
+    }
+    let _ = writeln!(report);
+}
+
 /// Bytes per SKU and allocations per operation of every subject of the memory bench.
 pub fn memory_table(data: &Data, report: &mut String) {
     let skus = data.memory["pessimistic"]["skus"].as_u64().unwrap_or(0);
@@ -249,7 +284,7 @@ pub fn embed(drawn: &[Drawn], stem: &str, link_dir: &str, caption: &str, report:
 }
 
 /// The scenarios and their titles, in report order: `(group, title, unit)`.
-const SECTIONS: [(&str, &str, &str); 8] = [
+const SECTIONS: [(&str, &str, &str); 9] = [
     (
         "hot_sell",
         "Single-thread `sell` of 1 unit, 100k SKUs (uniform)",
@@ -403,8 +438,12 @@ pub fn scenarios_section(data: &Data, charts: &Charts<'_>, report: &mut String) 
                 report,
             ),
             "S6_wait_queue_handoff" => s6_table(data, report),
-            "S2_uniform" | "S3_zipf" | "S4_tpcc_new_order" | "S7_hot_and_cold" => {
+            "S2_uniform" | "S3_zipf" | "S4_tpcc_new_order" => {
                 scenario_table(data, group, |_| true, HOLDS, unit, report);
+            }
+            "S7_hot_and_cold" => {
+                scenario_table(data, group, |_| true, HOLDS, unit, report);
+                s7_switches_table(data, report);
             }
             _ => {}
         }
