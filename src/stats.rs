@@ -24,7 +24,7 @@ use crate::sync::StripedCounters;
 /// ```
 ///
 /// With the `serde` feature it (de)serializes as an object of its counters,
-/// `{"reserves":1,"commits":1,…,"timeouts":0}`; a counter missing on reading is 0.
+/// `{"reserves":1,"commits":1,…,"switches":0}`; a counter missing on reading is 0.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]

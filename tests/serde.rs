@@ -425,7 +425,7 @@ fn json_shapes_are_the_documented_ones() {
     );
     assert_eq!(
         text(&StoreStats::default()),
-        r#"{"reserves":0,"commits":0,"releases":0,"expirations":0,"extensions":0,"replays":0,"refusals":0,"cas_retries":0,"contended":0,"waits":0,"timeouts":0}"#
+        r#"{"reserves":0,"commits":0,"releases":0,"expirations":0,"extensions":0,"replays":0,"refusals":0,"cas_retries":0,"contended":0,"waits":0,"timeouts":0,"hot_skus":0,"switches":0}"#
     );
     let reservation = r#"{"id":7,"lines":[["a",2],["b",2]],"ttl_ms":null}"#;
     assert_eq!(reparse::<Reservation<String>>(reservation), reservation);
