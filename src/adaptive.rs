@@ -193,7 +193,8 @@ struct Slot {
     lock: Mutex<()>,
     /// Whether the SKU is hot (writers lock `lock` first) or cold.
     hot: AtomicBool,
-    /// Operations in the current window (a heuristic: read by no correctness decision).
+    /// Operations since the SKU was created (wrapping); a window ends at each multiple of
+    /// the window size (a heuristic: read by no correctness decision).
     window_ops: Tally,
     /// Conflicts in the current window.
     window_conflicts: Tally,
@@ -327,18 +328,22 @@ impl<K: Sku> AdaptiveStore<K> {
     }
 
     /// Counts one operation with `conflicts` conflicts on `slot`; the operation that ends a
-    /// window (exactly one per window: `fetch_add` hands out each count once) decides the
-    /// SKU's mode and starts the next window.
+    /// window decides the SKU's mode and starts the next window. The operation count only
+    /// grows and `fetch_add` hands out each value once, so exactly one operation ends each
+    /// window, however many race (a counter reset to 0 by the deciding operation could be
+    /// overtaken by racing increments and never meet the window's end again).
     fn tick(&self, slot: &Slot, conflicts: u64) {
         if conflicts > 0 {
             slot.window_conflicts
                 .fetch_add(conflicts, Ordering::Relaxed);
         }
         let window = self.temperature.window_ops;
-        let ops = slot.window_ops.fetch_add(1, Ordering::Relaxed) + 1;
-        if ops == window {
+        let ops = slot
+            .window_ops
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
+        if ops % window == 0 {
             let conflicts = slot.window_conflicts.swap(0, Ordering::Relaxed);
-            slot.window_ops.fetch_sub(window, Ordering::Relaxed);
             let hot = slot.hot.load(Ordering::Relaxed);
             let next = self.temperature.next_mode(hot, window, conflicts);
             if next != hot {
@@ -759,6 +764,25 @@ mod tests {
         assert!(temperature.next_mode(true, 100, 3));
         assert!(!temperature.next_mode(true, 100, 2));
         assert!(!temperature.next_mode(false, 100, 5));
+    }
+
+    #[test]
+    fn every_window_end_decides_even_after_racing_operations_overshot_it() {
+        let store = AdaptiveStore::<u32>::builder().window_ops(2).build();
+        store.restock(&1, 10).unwrap();
+        store
+            .skus
+            .with(&1, |slot| {
+                // As if racing operations had counted past window ends: 7 so far.
+                slot.window_ops.store(7, Ordering::Relaxed);
+                store.tick(slot, 1); // the 8th ends a window: 1 conflict in 2, hot
+                assert!(slot.hot.load(Ordering::Relaxed));
+                store.tick(slot, 0);
+                store.tick(slot, 0); // the 10th ends the next: quiet, cold
+                assert!(!slot.hot.load(Ordering::Relaxed));
+            })
+            .unwrap();
+        assert_eq!(store.stats().switches, 2);
     }
 
     #[test]
