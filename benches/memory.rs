@@ -129,6 +129,10 @@ fn main() {
         "monitor",
         measure("monitor", || Store(stockledger::MonitorStore::new())),
     );
+    add(
+        "adaptive",
+        measure("adaptive", || Store(stockledger::AdaptiveStore::new())),
+    );
     add("mutex_hashmap", measure("mutex_hashmap", MutexHashMap::new));
     add("dashmap", measure("dashmap", DashMapPeer::new));
     add(

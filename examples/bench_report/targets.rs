@@ -213,6 +213,56 @@ fn memory_targets(data: &Data, targets: &mut Vec<Target>) {
     }
 }
 
+/// The throughput of `function` at `threads` over the better of the same function of the
+/// pessimistic and optimistic stores (`function` names the adaptive store).
+fn over_better_fixed(data: &Data, group: &str, function: &str, threads: usize) -> Option<f64> {
+    let adaptive = data.ops(group, function, threads)?;
+    let better = ["pessimistic", "optimistic"]
+        .into_iter()
+        .filter_map(|store| data.ops(group, &function.replace("adaptive", store), threads))
+        .reduce(f64::max)?;
+    divide(Some(adaptive), Some(better))
+}
+
+/// Issue 13: adaptive ≥ 1.2× the better fixed strategy in S7 at 8 and 32 threads, and
+/// ≥ 0.9× it in every row of S1–S5 (one target per scenario, judged on its worst row).
+fn adaptive_targets(data: &Data, targets: &mut Vec<Target>) {
+    for threads in [8, 32] {
+        let value = over_better_fixed(data, "S7_hot_and_cold", "adaptive", threads);
+        targets.push(Target {
+            target: format!("adaptive: S7 at {threads} threads ≥ 1.2× the better fixed store"),
+            measured: ratio(value),
+            met: judged(value, 1.2, false),
+            multi_thread: true,
+        });
+    }
+    for group in [
+        "S1_flash_sale",
+        "S2_uniform",
+        "S3_zipf",
+        "S4_tpcc_new_order",
+        "S5_oversubscription",
+    ] {
+        let worst = data
+            .functions(group)
+            .into_iter()
+            .filter(|function| crate::data::base_name(function) == "adaptive")
+            .flat_map(|function| {
+                data.threads(group, &function)
+                    .into_iter()
+                    .filter_map(|threads| over_better_fixed(data, group, &function, threads))
+                    .collect::<Vec<_>>()
+            })
+            .reduce(f64::min);
+        targets.push(Target {
+            target: format!("adaptive: every {group} row ≥ 0.9× the better fixed store"),
+            measured: ratio(worst),
+            met: judged(worst, 0.9, false),
+            multi_thread: true,
+        });
+    }
+}
+
 /// Every target of issue 10, judged on `data`.
 pub fn targets(data: &Data) -> Vec<Target> {
     let mut targets = Vec::new();
@@ -221,6 +271,7 @@ pub fn targets(data: &Data) -> Vec<Target> {
     scaling_targets(data, &mut targets);
     oversubscription_targets(data, &mut targets);
     memory_targets(data, &mut targets);
+    adaptive_targets(data, &mut targets);
     targets
 }
 
