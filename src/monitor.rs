@@ -19,7 +19,9 @@ pub use waiting::ReserveWait;
 /// A stock store built from **monitors**: each SKU has a mutex, a condition variable and a
 /// FIFO queue of waiting reservations (wait/notify).
 ///
-/// [`reserve_timeout`](WaitingStore::reserve_timeout) waits its turn; stock freed by a
+/// [`reserve_timeout`](crate::WaitingStore::reserve_timeout) (blocking) and
+/// [`reserve_wait`](MonitorStore::reserve_wait) (a future) wait their turn in one FIFO
+/// queue per SKU; stock freed by a
 /// restock, a release or an expiry goes to the waiters in arrival order. There is no barging: while
 /// a waiter is queued on a SKU, that SKU offers **0 units** to non-waiting `reserve` and
 /// `sell` calls, because the head of the queue is entitled to everything up to its need and
@@ -37,7 +39,9 @@ pub use waiting::ReserveWait;
 ///
 /// Every method locks the monitors of the SKUs it touches in ascending SKU order, for a
 /// few instructions. Only `reserve_timeout` waits, and it waits on one SKU's condition
-/// variable at a time with that SKU's mutex released. No user code runs under a lock
+/// variable at a time with that SKU's mutex released; a `reserve_wait` future waits with
+/// no lock held, its waker kept in its queue entry and woken after the granting change
+/// released the lock. No user code runs under a lock
 /// (events reach the sink after every lock is released). A `reserve_with` with an
 /// idempotency key locks the key first (keys before SKUs).
 ///
