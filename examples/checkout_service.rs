@@ -397,10 +397,7 @@ async fn release(
     Ok(Json(hold.into()))
 }
 
-async fn sell(
-    State(app): State<App>,
-    Json(body): Json<LinesBody>,
-) -> Result<StatusCode, ApiError> {
+async fn sell(State(app): State<App>, Json(body): Json<LinesBody>) -> Result<StatusCode, ApiError> {
     app.store.sell(&to_lines(body.lines))?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -414,12 +411,32 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
         ("releases", "Holds released.", stats.releases),
         ("expirations", "Holds expired.", stats.expirations),
         ("extensions", "Holds extended.", stats.extensions),
-        ("replays", "Requests answered from the idempotency table.", stats.replays),
-        ("refusals", "Requests refused by a SKU's counts.", stats.refusals),
-        ("cas_retries", "Compare-and-swap attempts lost.", stats.cas_retries),
-        ("contended", "SKU updates that found the SKU busy.", stats.contended),
+        (
+            "replays",
+            "Requests answered from the idempotency table.",
+            stats.replays,
+        ),
+        (
+            "refusals",
+            "Requests refused by a SKU's counts.",
+            stats.refusals,
+        ),
+        (
+            "cas_retries",
+            "Compare-and-swap attempts lost.",
+            stats.cas_retries,
+        ),
+        (
+            "contended",
+            "SKU updates that found the SKU busy.",
+            stats.contended,
+        ),
         ("waits", "Waiting lines that had to queue.", stats.waits),
-        ("timeouts", "Blocking waits that ran out of time.", stats.timeouts),
+        (
+            "timeouts",
+            "Blocking waits that ran out of time.",
+            stats.timeouts,
+        ),
     ];
     let strategy = app.strategy.name();
     let mut text = String::new();
@@ -447,13 +464,17 @@ async fn naive_restock(
     Path(sku): Path<String>,
     Json(body): Json<RestockBody>,
 ) -> StatusCode {
-    let naive = app.naive.expect("naive routes are only routed with a ledger");
+    let naive = app
+        .naive
+        .expect("naive routes are only routed with a ledger");
     *naive.available.lock().unwrap().entry(sku).or_default() += body.qty;
     StatusCode::NO_CONTENT
 }
 
 async fn naive_sell(State(app): State<App>, Json(body): Json<LinesBody>) -> Response {
-    let naive = app.naive.expect("naive routes are only routed with a ledger");
+    let naive = app
+        .naive
+        .expect("naive routes are only routed with a ledger");
     let Some(line) = body.lines.first() else {
         return StatusCode::UNPROCESSABLE_ENTITY.into_response();
     };
@@ -567,7 +588,12 @@ async fn flash_sale(
     let started = Instant::now();
     let workers: Vec<_> = (0..connections)
         .map(|_| {
-            let (http, base, sku, next) = (http.clone(), base.to_string(), sku.to_string(), Arc::clone(&next));
+            let (http, base, sku, next) = (
+                http.clone(),
+                base.to_string(),
+                sku.to_string(),
+                Arc::clone(&next),
+            );
             tokio::spawn(async move {
                 let mut report = SaleReport::default();
                 while next.fetch_add(1, Ordering::Relaxed) < buyers {
@@ -632,15 +658,26 @@ async fn buy(http: &reqwest::Client, base: &str, sku: &str, naive: bool, report:
 /// # Errors
 ///
 /// What broke.
-fn check_sale(report: &SaleReport, units: u64, buyers: usize, left: Option<LevelBody>) -> Result<(), String> {
+fn check_sale(
+    report: &SaleReport,
+    units: u64,
+    buyers: usize,
+    left: Option<LevelBody>,
+) -> Result<(), String> {
     if let Some(unexpected) = report.unexpected.first() {
-        return Err(format!("{} unexpected answers, e.g. {unexpected}", report.unexpected.len()));
+        return Err(format!(
+            "{} unexpected answers, e.g. {unexpected}",
+            report.unexpected.len()
+        ));
     }
     if report.sold != units {
         return Err(format!("sold {} of {units} units", report.sold));
     }
     if report.sold + report.refused != buyers as u64 {
-        return Err(format!("{} sold + {} refused != {buyers} buyers", report.sold, report.refused));
+        return Err(format!(
+            "{} sold + {} refused != {buyers} buyers",
+            report.sold, report.refused
+        ));
     }
     if let Some(left) = left {
         if (left.on_hand, left.reserved) != (0, 0) {
@@ -651,13 +688,22 @@ fn check_sale(report: &SaleReport, units: u64, buyers: usize, left: Option<Level
 }
 
 async fn get_level(http: &reqwest::Client, running: &Running, sku: &str) -> LevelBody {
-    let answer = http.get(running.url(&format!("/stock/{sku}"))).send().await.unwrap();
+    let answer = http
+        .get(running.url(&format!("/stock/{sku}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer.status(), StatusCode::OK, "GET /stock/{sku}");
     answer.json().await.unwrap()
 }
 
 async fn put_stock(http: &reqwest::Client, url: String, qty: u64) -> StatusCode {
-    let answer = http.put(url).json(&RestockBody { qty }).send().await.unwrap();
+    let answer = http
+        .put(url)
+        .json(&RestockBody { qty })
+        .send()
+        .await
+        .unwrap();
     answer.status()
 }
 
@@ -667,10 +713,23 @@ async fn put_stock(http: &reqwest::Client, url: String, qty: u64) -> StatusCode 
 ///
 /// What the sale's check found.
 async fn run_flash_sale(strategy: Strategy, args: &SaleArgs) -> Result<SaleReport, String> {
-    let running = Running::start(App::new(strategy), localhost(), reap()).await.unwrap();
+    let running = Running::start(App::new(strategy), localhost(), reap())
+        .await
+        .unwrap();
     let http = client(args.connections);
-    assert_eq!(put_stock(&http, running.url("/stock/flash"), args.units).await, StatusCode::OK);
-    let report = flash_sale(&http, &running.url(""), "flash", args.buyers, args.connections, false).await;
+    assert_eq!(
+        put_stock(&http, running.url("/stock/flash"), args.units).await,
+        StatusCode::OK
+    );
+    let report = flash_sale(
+        &http,
+        &running.url(""),
+        "flash",
+        args.buyers,
+        args.connections,
+        false,
+    )
+    .await;
     let left = get_level(&http, &running, "flash").await;
     running.stop().await.unwrap();
     check_sale(&report, args.units, args.buyers, Some(left))?;
@@ -689,7 +748,15 @@ async fn naive_is_caught(args: &SaleArgs) -> Result<String, String> {
     let http = client(args.connections);
     let status = put_stock(&http, running.url("/naive/stock/flash"), args.units).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let report = flash_sale(&http, &running.url(""), "flash", args.buyers, args.connections, true).await;
+    let report = flash_sale(
+        &http,
+        &running.url(""),
+        "flash",
+        args.buyers,
+        args.connections,
+        true,
+    )
+    .await;
     running.stop().await.unwrap();
     match check_sale(&report, args.units, args.buyers, None) {
         Err(caught) => Ok(caught),
@@ -704,7 +771,9 @@ async fn naive_is_caught(args: &SaleArgs) -> Result<String, String> {
 ///
 /// What broke.
 async fn retries_hold_once(strategy: Strategy) -> Result<(), String> {
-    let running = Running::start(App::new(strategy), localhost(), reap()).await.unwrap();
+    let running = Running::start(App::new(strategy), localhost(), reap())
+        .await
+        .unwrap();
     let http = client(16);
     put_stock(&http, running.url("/stock/retry"), 10).await;
     let body = serde_json::json!({ "lines": [{ "sku": "retry", "qty": 2 }], "ttl_ms": 60_000 });
@@ -728,19 +797,26 @@ async fn retries_hold_once(strategy: Strategy) -> Result<(), String> {
     ids.dedup();
     let held = get_level(&http, &running, "retry").await.reserved;
     if ids.len() != 1 || held != 2 {
-        return Err(format!("8 retries with one key: ids {ids:?}, {held} units held"));
+        return Err(format!(
+            "8 retries with one key: ids {ids:?}, {held} units held"
+        ));
     }
     let url = running.url(&format!("/reservations/{}", ids[0]));
     let first = http.delete(&url).send().await.unwrap().status();
     let second = http.delete(&url).send().await.unwrap();
-    let (status, kind) = (second.status(), second.headers()[header::CONTENT_TYPE].clone());
+    let (status, kind) = (
+        second.status(),
+        second.headers()[header::CONTENT_TYPE].clone(),
+    );
     let problem: Problem = second.json().await.unwrap();
     running.stop().await.unwrap();
     if (first, status) != (StatusCode::OK, StatusCode::NOT_FOUND)
         || kind != "application/problem+json"
         || !problem.kind.ends_with("/unknown-reservation")
     {
-        return Err(format!("release twice: {first}, then {status} {kind:?} {problem:?}"));
+        return Err(format!(
+            "release twice: {first}, then {status} {kind:?} {problem:?}"
+        ));
     }
     Ok(())
 }
@@ -751,14 +827,24 @@ async fn retries_hold_once(strategy: Strategy) -> Result<(), String> {
 ///
 /// What broke.
 async fn abandoned_holds_expire(strategy: Strategy) -> Result<(), String> {
-    let running = Running::start(App::new(strategy), localhost(), reap()).await.unwrap();
+    let running = Running::start(App::new(strategy), localhost(), reap())
+        .await
+        .unwrap();
     let http = client(16);
     put_stock(&http, running.url("/stock/cart"), 5).await;
     let body = serde_json::json!({ "lines": [{ "sku": "cart", "qty": 1 }], "ttl_ms": 20 });
     for _ in 0..5 {
-        let answer = http.post(running.url("/reservations")).json(&body).send().await.unwrap();
+        let answer = http
+            .post(running.url("/reservations"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         if answer.status() != StatusCode::CREATED {
-            return Err(format!("an abandoned cart was answered {}", answer.status()));
+            return Err(format!(
+                "an abandoned cart was answered {}",
+                answer.status()
+            ));
         }
     }
     // Only a hang guard: the reaper runs every few milliseconds.
@@ -769,9 +855,19 @@ async fn abandoned_holds_expire(strategy: Strategy) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let metrics = http.get(running.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = http
+        .get(running.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     running.stop().await.unwrap();
-    let expired = format!("stockledger_expirations_total{{strategy=\"{}\"}} 5", strategy.name());
+    let expired = format!(
+        "stockledger_expirations_total{{strategy=\"{}\"}} 5",
+        strategy.name()
+    );
     if !metrics.contains(&expired) {
         return Err(format!("/metrics lacks `{expired}`:\n{metrics}"));
     }
@@ -785,17 +881,29 @@ async fn abandoned_holds_expire(strategy: Strategy) -> Result<(), String> {
 ///
 /// What broke.
 async fn waiting_request_is_served() -> Result<(), String> {
-    let running = Running::start(App::new(Strategy::Monitor), localhost(), reap()).await.unwrap();
+    let running = Running::start(App::new(Strategy::Monitor), localhost(), reap())
+        .await
+        .unwrap();
     let http = client(16);
     put_stock(&http, running.url("/stock/console"), 1).await;
     let sale = serde_json::json!({ "lines": [{ "sku": "console", "qty": 1 }] });
-    http.post(running.url("/sales")).json(&sale).send().await.unwrap();
+    http.post(running.url("/sales"))
+        .json(&sale)
+        .send()
+        .await
+        .unwrap();
     let short = serde_json::json!({ "lines": [{ "sku": "console", "qty": 1 }], "wait_ms": 10 });
-    let ran_out = http.post(running.url("/reservations")).json(&short).send().await.unwrap();
+    let ran_out = http
+        .post(running.url("/reservations"))
+        .json(&short)
+        .send()
+        .await
+        .unwrap();
     if ran_out.status() != StatusCode::CONFLICT {
         return Err(format!("a wait that nothing served: {}", ran_out.status()));
     }
-    let long = serde_json::json!({ "lines": [{ "sku": "console", "qty": 1 }], "wait_ms": WAIT_MS_MAX });
+    let long =
+        serde_json::json!({ "lines": [{ "sku": "console", "qty": 1 }], "wait_ms": WAIT_MS_MAX });
     let waiter = tokio::spawn(http.post(running.url("/reservations")).json(&long).send());
     let store = Arc::clone(&running.app.store);
     // The waiter is queued once the store counted its second wait (the first ran out).
@@ -844,17 +952,25 @@ struct SaleArgs {
 async fn smoke(sale: &SaleArgs) -> Result<(), String> {
     for strategy in STRATEGIES {
         let name = strategy.name();
-        let report = run_flash_sale(strategy, sale).await.map_err(|e| format!("{name}: flash sale: {e}"))?;
+        let report = run_flash_sale(strategy, sale)
+            .await
+            .map_err(|e| format!("{name}: flash sale: {e}"))?;
         println!(
             "{name}: flash sale sold {} of {} units to {} buyers ({} refused) over {} connections",
             report.sold, sale.units, sale.buyers, report.refused, sale.connections
         );
-        retries_hold_once(strategy).await.map_err(|e| format!("{name}: retries: {e}"))?;
+        retries_hold_once(strategy)
+            .await
+            .map_err(|e| format!("{name}: retries: {e}"))?;
         println!("{name}: 8 retries with one Idempotency-Key held once");
-        abandoned_holds_expire(strategy).await.map_err(|e| format!("{name}: expiry: {e}"))?;
+        abandoned_holds_expire(strategy)
+            .await
+            .map_err(|e| format!("{name}: expiry: {e}"))?;
         println!("{name}: 5 abandoned holds expired");
     }
-    waiting_request_is_served().await.map_err(|e| format!("monitor: waiting: {e}"))?;
+    waiting_request_is_served()
+        .await
+        .map_err(|e| format!("monitor: waiting: {e}"))?;
     println!("monitor: a request with wait_ms was served by a restock; one with nothing coming ran out (409)");
     let caught = naive_is_caught(sale).await?;
     println!("negative control: the naive read-then-write handler was caught: {caught}");
@@ -868,7 +984,8 @@ async fn load(sale: &SaleArgs) -> Result<(), String> {
     for strategy in STRATEGIES {
         let mut report = run_flash_sale(strategy, sale).await?;
         report.latencies.sort();
-        let quantile = |q: f64| report.latencies[((report.latencies.len() - 1) as f64 * q) as usize];
+        let quantile =
+            |q: f64| report.latencies[((report.latencies.len() - 1) as f64 * q) as usize];
         let requests = report.latencies.len();
         println!(
             "| {} | {} | {} | {requests} | {:.0} | {:.2?} | {:.2?} |",
@@ -955,9 +1072,28 @@ mod tests {
         let cases = [
             (StockError::UnknownSku(sku()), 404),
             (StockError::UnknownReservation(id), 404),
-            (StockError::InsufficientStock { sku: sku(), requested: 2, available: 1 }, 409),
-            (StockError::Conflict { sku: sku(), attempts: 3 }, 409),
-            (StockError::IdempotencyConflict { key: "k".into(), id }, 409),
+            (
+                StockError::InsufficientStock {
+                    sku: sku(),
+                    requested: 2,
+                    available: 1,
+                },
+                409,
+            ),
+            (
+                StockError::Conflict {
+                    sku: sku(),
+                    attempts: 3,
+                },
+                409,
+            ),
+            (
+                StockError::IdempotencyConflict {
+                    key: "k".into(),
+                    id,
+                },
+                409,
+            ),
             (StockError::Timeout, 409),
             (StockError::Expired(id), 410),
             (StockError::InvalidQuantity { sku: sku() }, 422),
@@ -968,7 +1104,10 @@ mod tests {
         for (error, status) in cases {
             let response = ApiError::from(error.clone()).into_response();
             assert_eq!(response.status().as_u16(), status, "{error:?}");
-            assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "application/problem+json"
+            );
         }
         let too_long = ApiError::BadInput("wait_ms".into()).into_response();
         assert_eq!(too_long.status(), StatusCode::UNPROCESSABLE_ENTITY);

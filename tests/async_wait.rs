@@ -1,3 +1,4 @@
+#![cfg(not(loom))]
 //! `reserve_wait` on a tokio multi-thread runtime: FIFO service of async waiters (and of
 //! async and blocking waiters mixed in one queue), and cancel safety: a future dropped at
 //! any point leaves the queue, passes the turn on and gives back every unit it held.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use loom::future::block_on;
-use loom_common::{counts, explore, spawn, Sku, SKU};
+use loom_common::{assert_noted, counts, explore, note, spawn, Sku, SKU};
 use stockledger::{MonitorStore, ReserveOptions, StockStore};
 
 /// A store holding `SKU` with nothing on hand (restocked once, sold out).
@@ -76,36 +76,98 @@ fn dropped_head_passes_the_turn_on() {
 /// the unit reaches the waiter behind, and nothing is lost.
 #[test]
 fn grant_racing_a_drop_reaches_the_next_waiter() {
-    explore("grant_racing_a_drop_reaches_the_next_waiter", sold_out, |store| {
-        let mut head = store.reserve_wait(&[(SKU, 1)], &ReserveOptions::new());
-        assert!(pending_after_one_poll(&mut head));
-        let mut behind = store.reserve_wait(&[(SKU, 1)], &ReserveOptions::new());
-        assert!(pending_after_one_poll(&mut behind));
-        let restocker = spawn(&store, |store| store.restock(&SKU, 1).map(|_| ()));
-        drop(head);
-        restocker.join().unwrap().unwrap();
-        // `behind` was granted by the restock or by the drop; it picks the grant up.
-        let hold = block_on(behind).unwrap();
-        assert_eq!(hold.lines(), &[(SKU, 1)]);
-        assert_eq!(counts(&*store, SKU).1, 1);
-        assert_eq!(store.queued(&SKU), 0);
-    });
+    explore(
+        "grant_racing_a_drop_reaches_the_next_waiter",
+        sold_out,
+        |store| {
+            let mut head = store.reserve_wait(&[(SKU, 1)], &ReserveOptions::new());
+            assert!(pending_after_one_poll(&mut head));
+            let mut behind = store.reserve_wait(&[(SKU, 1)], &ReserveOptions::new());
+            assert!(pending_after_one_poll(&mut behind));
+            let restocker = spawn(&store, |store| store.restock(&SKU, 1).map(|_| ()));
+            drop(head);
+            restocker.join().unwrap().unwrap();
+            // `behind` was granted by the restock or by the drop; it picks the grant up.
+            let hold = block_on(behind).unwrap();
+            assert_eq!(hold.lines(), &[(SKU, 1)]);
+            let (_, reserved, version) = counts(&*store, SKU);
+            assert_eq!(reserved, 1);
+            assert_eq!(store.queued(&SKU), 0);
+            // Versions: sold out at 2, restock 3, then a grant to `behind` (4), or a grant
+            // to the head, its release by the drop and a grant to `behind` (6).
+            match version {
+                4 => note("dropped before the grant"),
+                6 => note("granted, then dropped"),
+                other => panic!("version {other}"),
+            }
+        },
+    );
+    assert_noted(
+        "grant_racing_a_drop_reaches_the_next_waiter",
+        &["dropped before the grant", "granted, then dropped"],
+    );
 }
 
 /// A restock grants the only waiter while its future is dropped: the unit goes back to
 /// available, whichever comes first.
 #[test]
 fn grant_racing_a_drop_gives_the_units_back() {
-    explore("grant_racing_a_drop_gives_the_units_back", sold_out, |store| {
-        let mut waiter = store.reserve_wait(&[(SKU, 1)], &ReserveOptions::new());
-        assert!(pending_after_one_poll(&mut waiter));
-        let restocker = spawn(&store, |store| store.restock(&SKU, 1).map(|_| ()));
-        drop(waiter);
-        restocker.join().unwrap().unwrap();
-        let level = store.level(&SKU).unwrap();
-        assert_eq!((level.on_hand, level.reserved), (1, 0), "the unit was lost");
-        assert_eq!(store.queued(&SKU), 0);
-    });
+    explore(
+        "grant_racing_a_drop_gives_the_units_back",
+        sold_out,
+        |store| {
+            let mut waiter = store.reserve_wait(&[(SKU, 1)], &ReserveOptions::new());
+            assert!(pending_after_one_poll(&mut waiter));
+            let restocker = spawn(&store, |store| store.restock(&SKU, 1).map(|_| ()));
+            drop(waiter);
+            restocker.join().unwrap().unwrap();
+            let level = store.level(&SKU).unwrap();
+            assert_eq!((level.on_hand, level.reserved), (1, 0), "the unit was lost");
+            assert_eq!(store.queued(&SKU), 0);
+            // Versions: sold out at 2, restock 3, or also a grant (4) and its release (5).
+            match level.version {
+                3 => note("dropped before the grant"),
+                5 => note("granted, then dropped"),
+                other => panic!("version {other}"),
+            }
+        },
+    );
+    assert_noted(
+        "grant_racing_a_drop_gives_the_units_back",
+        &["dropped before the grant", "granted, then dropped"],
+    );
+}
+
+/// A two-line waiter holds `cable` while it waits for `dock`, and is dropped: it gives
+/// `cable` back, and a task waiting for `cable` gets it (a drop that kept the line would
+/// leave that task parked: a deadlock).
+#[test]
+fn dropped_multi_line_wait_gives_back_held_lines() {
+    const CABLE: Sku = "cable";
+    const DOCK: Sku = "dock";
+    let two_skus = || {
+        let store = Arc::new(MonitorStore::new());
+        store.restock(&CABLE, 1).unwrap();
+        store.restock(&DOCK, 1).unwrap();
+        store.sell(&[(DOCK, 1)]).unwrap();
+        store
+    };
+    explore(
+        "dropped_multi_line_wait_gives_back_held_lines",
+        two_skus,
+        |store| {
+            let mut both = store.reserve_wait(&[(DOCK, 1), (CABLE, 1)], &ReserveOptions::new());
+            assert!(pending_after_one_poll(&mut both));
+            let cable = spawn(&store, |store| {
+                block_on(store.reserve_wait(&[(CABLE, 1)], &ReserveOptions::new()))
+            });
+            drop(both);
+            cable.join().unwrap().unwrap();
+            assert_eq!(counts(&*store, CABLE).1, 1);
+            assert_eq!(counts(&*store, DOCK).1, 0);
+            assert_eq!(store.queued(&CABLE) + store.queued(&DOCK), 0);
+        },
+    );
 }
 
 /// Negative controls: naive async waiters with the classic bugs, which loom must catch.
@@ -156,6 +218,29 @@ mod controls {
         waker.into_iter().for_each(Waker::wake);
     }
 
+    /// Wakes a loom thread parked in [`block_on`].
+    struct Unpark(thread::Thread);
+
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    /// `loom::future::block_on` with a waker behind `std::sync::Arc`: loom's own waker is a
+    /// loom `Arc`, and dropping one while loom unwinds from the deadlock it reports aborts
+    /// the process (loom issue 291), so `should_panic` would never see the panic.
+    fn block_on<F: Future>(future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let waker = Waker::from(Arc::new(Unpark(thread::current())));
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut Context::from_waker(&waker)) {
+                return output;
+            }
+            thread::park();
+        }
+    }
+
     #[test]
     #[should_panic(expected = "deadlock")]
     fn check_then_register_loses_the_wake_up() {
@@ -163,7 +248,7 @@ mod controls {
             let state = Arc::new(Mutex::new(State::default()));
             let waiter = {
                 let state = Arc::clone(&state);
-                thread::spawn(move || loom::future::block_on(CheckThenRegister(state)))
+                thread::spawn(move || block_on(CheckThenRegister(state)))
             };
             restock(&state);
             waiter.join().unwrap();
@@ -214,7 +299,11 @@ mod controls {
             cancel(&queue);
             restocker.join().unwrap();
             let queue = queue.lock().unwrap();
-            assert_eq!((queue.available, queue.reserved), (1, 0), "the unit was lost");
+            assert_eq!(
+                (queue.available, queue.reserved),
+                (1, 0),
+                "the unit was lost"
+            );
         });
     }
 }
