@@ -12,9 +12,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use stockledger::{
-    MonitorStore, Reservation, ReserveOptions, StockError, StockStore, WaitingStore,
-};
+use stockledger::{MonitorStore, ReserveOptions, StockError, StockStore, WaitingStore};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -174,9 +172,7 @@ async fn arrival_order_check_catches_waiters_without_a_queue() {
     };
     let arrived = move |_: &Store, count| tried.load(Ordering::SeqCst) >= count;
     let checked = served_in_arrival_order(&store, 64, 32, spinner, arrived).await;
-    let error = checked
-        .err()
-        .expect("waiters without a queue kept arrival order");
+    let error = checked.expect_err("waiters without a queue kept arrival order");
     assert!(error.starts_with("unit "), "{error}");
 }
 
