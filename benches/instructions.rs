@@ -16,7 +16,10 @@ use std::process::Command;
 use serde_json::json;
 
 use common::peers::MutexCounter;
-use common::{AtomicVec, DashMapPeer, Ledger, MutexHashMap, Sku, Store, SKUS, UNITS_PER_SKU};
+use common::{
+    AtomicVec, DashMapHolds, DashMapPeer, Ledger, MutexHashMap, MutexHashMapHolds, Sku, Store,
+    SKUS, UNITS_PER_SKU,
+};
 
 /// The operations of one workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,12 +38,14 @@ const OPERATIONS: [(&str, Operation); 3] = [
     ("level", Operation::Level),
 ];
 
-const SUBJECTS: [&str; 6] = [
+const SUBJECTS: [&str; 8] = [
     "pessimistic",
     "optimistic",
     "monitor",
     "mutex_hashmap",
     "dashmap",
+    "mutex_hashmap_holds",
+    "dashmap_holds",
     "ideal_vec",
 ];
 
@@ -111,6 +116,8 @@ fn run_workload(workload: &str, ops: u64) {
         ),
         "mutex_hashmap" => run_ledger(MutexHashMap::new(), operation, ops, skus),
         "dashmap" => run_ledger(DashMapPeer::new(), operation, ops, skus),
+        "mutex_hashmap_holds" => run_ledger(MutexHashMapHolds::new(), operation, ops, skus),
+        "dashmap_holds" => run_ledger(DashMapHolds::new(), operation, ops, skus),
         "ideal_vec" => run_ledger(AtomicVec::new(SKUS), operation, ops, skus),
         _ => panic!("unknown subject {subject}"),
     }

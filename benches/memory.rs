@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::json;
 
-use common::{AtomicVec, DashMapPeer, Ledger, MutexHashMap, Sku, Store};
+use common::{
+    AtomicVec, DashMapHolds, DashMapPeer, Ledger, MutexHashMap, MutexHashMapHolds, Sku, Store,
+};
 
 /// Live bytes requested and not yet freed.
 static LIVE_BYTES: AtomicU64 = AtomicU64::new(0);
@@ -129,6 +131,11 @@ fn main() {
     );
     add("mutex_hashmap", measure("mutex_hashmap", MutexHashMap::new));
     add("dashmap", measure("dashmap", DashMapPeer::new));
+    add(
+        "mutex_hashmap_holds",
+        measure("mutex_hashmap_holds", MutexHashMapHolds::new),
+    );
+    add("dashmap_holds", measure("dashmap_holds", DashMapHolds::new));
     add(
         "ideal_vec",
         measure("ideal_vec", || AtomicVec::new(SKUS_MEMORY)),

@@ -2,9 +2,10 @@
 //! hardware limits, one group per scenario, variants as function names, thread count as
 //! the parameter (`<group>/<variant>/<threads>`).
 //!
-//! Run: `cargo bench --bench scenarios` (about 9 minutes); quick mode:
-//! `STOCKLEDGER_BENCH_QUICK=1 cargo bench --bench scenarios` (about 1.5 minutes). Then
-//! `cargo run --release --example bench_report` writes `BENCHMARKS.md`.
+//! Run: `cargo bench --bench scenarios` (about 10 minutes); quick mode:
+//! `STOCKLEDGER_BENCH_QUICK=1 cargo bench --bench scenarios` (about 2 minutes). Then
+//! `cargo run --release --example bench_report` writes `BENCHMARKS.md` and its charts
+//! (`benches/charts/`).
 
 mod common;
 
@@ -15,7 +16,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use serde_json::json;
 
 use common::peers::{MutexCounter, PerThreadCounters};
-use common::{handoff, workload, Limits, SKUS, THREADS, UNITS_PER_SKU};
+use common::{handoff, workload, Limits, Peers, SKUS, THREADS, UNITS_PER_SKU};
 
 /// Units of one S1 sell-out.
 const SELL_OUT_UNITS: u64 = 10_000;
@@ -42,11 +43,17 @@ fn bench(
 fn hot_sell(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("hot_sell");
     let streams = workload::uniform_skus(1, SKUS);
-    common::for_each_ledger(SKUS, UNITS_PER_SKU, Limits::IdealVec, |name, subject| {
-        bench(&mut group, name, 1, 1, |iters| {
-            subject.run_sells(1, iters, &streams)
-        });
-    });
+    common::for_each_ledger(
+        SKUS,
+        UNITS_PER_SKU,
+        Peers::Plain,
+        Limits::IdealVec,
+        |name, subject| {
+            bench(&mut group, name, 1, 1, |iters| {
+                subject.run_sells(1, iters, &streams)
+            });
+        },
+    );
     let counter = MutexCounter::new(u64::MAX);
     bench(&mut group, "mutex_u64", 1, 1, |iters| {
         common::run_threads(1, iters, &|_, _| {
@@ -60,11 +67,17 @@ fn hot_sell(criterion: &mut Criterion) {
 fn hot_reserve_commit(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("hot_reserve_commit");
     let streams = workload::uniform_skus(1, SKUS);
-    common::for_each_ledger(SKUS, UNITS_PER_SKU, Limits::IdealVec, |name, subject| {
-        bench(&mut group, name, 1, 1, |iters| {
-            subject.run_reserve_commits(1, iters, &streams)
-        });
-    });
+    common::for_each_ledger(
+        SKUS,
+        UNITS_PER_SKU,
+        Peers::WithHolds,
+        Limits::IdealVec,
+        |name, subject| {
+            bench(&mut group, name, 1, 1, |iters| {
+                subject.run_reserve_commits(1, iters, &streams)
+            });
+        },
+    );
     group.finish();
 }
 
@@ -89,14 +102,20 @@ fn scaling_guard(criterion: &mut Criterion) {
 fn s1_flash_sale(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("S1_flash_sale");
     let hot = vec![vec![0_u64]; THREADS[THREADS.len() - 1]];
-    common::for_each_ledger(1, UNITS_PER_SKU, Limits::HotCounter, |name, subject| {
-        for threads in THREADS {
-            bench(&mut group, name, threads, threads as u64, |iters| {
-                subject.run_sells(threads, iters, &hot)
-            });
-        }
-    });
-    common::for_each_ledger(1, 0, Limits::HotCounter, |name, subject| {
+    common::for_each_ledger(
+        1,
+        UNITS_PER_SKU,
+        Peers::Plain,
+        Limits::HotCounter,
+        |name, subject| {
+            for threads in THREADS {
+                bench(&mut group, name, threads, threads as u64, |iters| {
+                    subject.run_sells(threads, iters, &hot)
+                });
+            }
+        },
+    );
+    common::for_each_ledger(1, 0, Peers::Plain, Limits::HotCounter, |name, subject| {
         if name == "atomic_fetch_sub" {
             return; // blind: it would oversell past zero
         }
@@ -113,13 +132,19 @@ fn s1_flash_sale(criterion: &mut Criterion) {
 /// S2/S3: the request mix of `workload::Kind` on `streams`, at 1 and 2 threads.
 fn request_mix(criterion: &mut Criterion, group_name: &str, streams: &[Vec<workload::Request>]) {
     let mut group = criterion.benchmark_group(group_name);
-    common::for_each_ledger(SKUS, UNITS_PER_SKU, Limits::IdealVec, |name, subject| {
-        for threads in THREADS {
-            bench(&mut group, name, threads, threads as u64, |iters| {
-                subject.run_requests(threads, iters, streams)
-            });
-        }
-    });
+    common::for_each_ledger(
+        SKUS,
+        UNITS_PER_SKU,
+        Peers::WithHolds,
+        Limits::IdealVec,
+        |name, subject| {
+            for threads in THREADS {
+                bench(&mut group, name, threads, threads as u64, |iters| {
+                    subject.run_requests(threads, iters, streams)
+                });
+            }
+        },
+    );
     group.finish();
 }
 
@@ -127,13 +152,19 @@ fn request_mix(criterion: &mut Criterion, group_name: &str, streams: &[Vec<workl
 fn s4_tpcc(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("S4_tpcc_new_order");
     let orders = workload::tpcc_orders(THREADS[THREADS.len() - 1]);
-    common::for_each_ledger(SKUS, UNITS_PER_SKU, Limits::IdealVec, |name, subject| {
-        for threads in THREADS {
-            bench(&mut group, name, threads, threads as u64, |iters| {
-                subject.run_orders(threads, iters, &orders)
-            });
-        }
-    });
+    common::for_each_ledger(
+        SKUS,
+        UNITS_PER_SKU,
+        Peers::WithHolds,
+        Limits::IdealVec,
+        |name, subject| {
+            for threads in THREADS {
+                bench(&mut group, name, threads, threads as u64, |iters| {
+                    subject.run_orders(threads, iters, &orders)
+                });
+            }
+        },
+    );
     group.finish();
 }
 
@@ -142,28 +173,40 @@ fn s5_oversubscription(criterion: &mut Criterion, zipf: &[Vec<workload::Request>
     let mut group = criterion.benchmark_group("S5_oversubscription");
     let oversubscribed = common::oversubscribed_threads();
     let hot = vec![vec![0_u64]; oversubscribed[1]];
-    common::for_each_ledger(1, UNITS_PER_SKU, Limits::HotCounter, |name, subject| {
-        for threads in oversubscribed {
-            bench(
-                &mut group,
-                &format!("S1_{name}"),
-                threads,
-                threads as u64,
-                |iters| subject.run_sells(threads, iters, &hot),
-            );
-        }
-    });
-    common::for_each_ledger(SKUS, UNITS_PER_SKU, Limits::IdealVec, |name, subject| {
-        for threads in oversubscribed {
-            bench(
-                &mut group,
-                &format!("S3_{name}"),
-                threads,
-                threads as u64,
-                |iters| subject.run_requests(threads, iters, zipf),
-            );
-        }
-    });
+    common::for_each_ledger(
+        1,
+        UNITS_PER_SKU,
+        Peers::Plain,
+        Limits::HotCounter,
+        |name, subject| {
+            for threads in oversubscribed {
+                bench(
+                    &mut group,
+                    &format!("S1_{name}"),
+                    threads,
+                    threads as u64,
+                    |iters| subject.run_sells(threads, iters, &hot),
+                );
+            }
+        },
+    );
+    common::for_each_ledger(
+        SKUS,
+        UNITS_PER_SKU,
+        Peers::WithHolds,
+        Limits::IdealVec,
+        |name, subject| {
+            for threads in oversubscribed {
+                bench(
+                    &mut group,
+                    &format!("S3_{name}"),
+                    threads,
+                    threads as u64,
+                    |iters| subject.run_requests(threads, iters, zipf),
+                );
+            }
+        },
+    );
     group.finish();
 }
 
@@ -218,6 +261,13 @@ fn load_average() -> Option<String> {
     )
 }
 
+/// The CPU model (Linux), named in the report's tables and chart captions.
+fn cpu_model() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = text.lines().find(|line| line.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}
+
 fn unix_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -252,6 +302,8 @@ fn main() {
             "source_revision": common::source_revision(),
             "args": std::env::args().skip(1).collect::<Vec<_>>(),
             "oversubscribed_threads": common::oversubscribed_threads(),
+            "cpu": cpu_model(),
+            "logical_cpus": std::thread::available_parallelism().map_or(0, |cpus| cpus.get()),
             "refusals": common::REFUSALS.load(Ordering::Relaxed),
         }),
     );

@@ -25,8 +25,16 @@ use crate::reservation::ReservationId;
 /// assert_eq!(err, StockError::InsufficientStock { sku: "apple", requested: 2, available: 1 });
 /// # Ok::<(), StockError<&str>>(())
 /// ```
+///
+/// With the `serde` feature it (de)serializes tagged by variant name, its fields (in
+/// `snake_case`) or value under `detail`:
+/// `{"error":"InsufficientStock","detail":{"sku":"apple","requested":2,"available":1}}`,
+/// `{"error":"UnknownReservation","detail":7}`, `{"error":"Timeout"}`. A variant unknown
+/// to the reader is an error.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "error", content = "detail"))]
 pub enum StockError<K> {
     /// The SKU was never restocked in this store.
     #[error("unknown SKU {0:?}")]

@@ -19,7 +19,11 @@ use crate::sync::{AtomicU64, Ordering};
 /// let line = EventLine { sku: "cable", quantity: 2, level: StockLevel { on_hand: 8, reserved: 0, version: 3 } };
 /// assert_eq!(line.level.available(), 8);
 /// ```
+///
+/// With the `serde` feature it (de)serializes as
+/// `{"sku":"cable","quantity":2,"level":{"on_hand":8,"reserved":0,"version":3}}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct EventLine<K> {
     /// The SKU that changed.
     pub sku: K,
@@ -54,8 +58,15 @@ pub struct EventLine<K> {
 /// assert_eq!(versions, [1, 2]);
 /// # Ok::<(), stockledger::StockError<&str>>(())
 /// ```
+///
+/// With the `serde` feature it (de)serializes tagged by variant name, its fields under
+/// `detail`: `{"event":"Restocked","detail":{"line":{"sku":"lamp","quantity":2,"level":…}}}`.
+/// `Reserved`'s deadline is `ttl_ms`, the milliseconds left to live, as in
+/// [`Reservation`](crate::Reservation). A variant unknown to the reader is an error.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "event", content = "detail"))]
 pub enum StockEvent<K> {
     /// Units were added to on hand.
     Restocked {
@@ -69,6 +80,8 @@ pub enum StockEvent<K> {
         /// Its lines, merged and sorted by SKU.
         lines: Vec<EventLine<K>>,
         /// Its deadline, if it has a TTL.
+        #[cfg_attr(feature = "serde", serde(rename = "ttl_ms", default))]
+        #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::deadline_ttl_ms"))]
         expires_at: Option<Instant>,
     },
     /// A hold became a sale.

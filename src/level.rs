@@ -24,7 +24,10 @@ use crate::error::StockError;
 /// assert_eq!(level.version, 2); // restock, reserve
 /// # Ok::<(), stockledger::StockError<&str>>(())
 /// ```
+///
+/// With the `serde` feature it (de)serializes as `{"on_hand":5,"reserved":2,"version":2}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct StockLevel {
     /// Units physically in stock and not yet sold.
     pub on_hand: u64,
@@ -150,6 +153,19 @@ impl LowStock {
 }
 
 impl Moved {
+    /// The move of a SKU's first restock of `quantity` units: from nothing to
+    /// `quantity` on hand at version 1, no threshold yet. A store inserts the SKU already
+    /// holding this level, so the SKU never exists without its first restock.
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::Overflow`] when `quantity` passes `limits`.
+    pub(crate) fn first_restock(quantity: u64, limits: Limits) -> Result<Self, Refusal> {
+        let before = StockLevel::default();
+        let after = before.apply(Change::Restock, quantity, 0, limits)?;
+        Ok(Self::new(before, after, 0))
+    }
+
     /// The move from `before` to `after` under a SKU with low-stock `threshold`.
     #[inline]
     pub(crate) fn new(before: StockLevel, after: StockLevel, threshold: u64) -> Self {

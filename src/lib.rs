@@ -19,6 +19,8 @@ mod options;
 mod pessimistic;
 mod reaper;
 mod reservation;
+#[cfg(feature = "serde")]
+mod serde_impls;
 mod stats;
 mod store;
 mod sync;

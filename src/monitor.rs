@@ -164,9 +164,13 @@ impl MonitorState {
 }
 
 impl Monitor {
-    fn new() -> Self {
+    /// A monitor whose SKU starts at `level` (its first restock), with no waiter.
+    fn new(level: StockLevel) -> Self {
         Self {
-            state: Mutex::new(MonitorState::default()),
+            state: Mutex::new(MonitorState {
+                level,
+                ..MonitorState::default()
+            }),
             granted: Condvar::new(),
         }
     }
@@ -316,9 +320,17 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
-        let monitor = self
+        // A new SKU is inserted already holding its first restock (and with no waiter to
+        // grant: a waiter needs the SKU to exist), so creation is linearizable.
+        let first = Moved::first_restock(qty, Limits::U64)
+            .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
+        let (monitor, created) = self
             .slots
-            .get_or_insert_with(sku, || Arc::new(Monitor::new()));
+            .get_or_create(sku, || Arc::new(Monitor::new(first.level)));
+        if created {
+            self.lifecycle.restocked(sku, qty, first);
+            return Ok(first.level);
+        }
         let mut state = self.lock(&monitor);
         let (moved, granted) = state
             .change_and_grant(Change::Restock, qty)

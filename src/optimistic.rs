@@ -124,9 +124,10 @@ struct Slot {
 }
 
 impl Slot {
-    fn new() -> Self {
+    /// A SKU's slot starting at `level` (its first restock), with no threshold.
+    fn new(level: StockLevel) -> Self {
         Self {
-            word: Word::new(pack(StockLevel::default())),
+            word: Word::new(pack(level)),
             low_stock_threshold: AtomicU64::new(0),
         }
     }
@@ -316,6 +317,19 @@ impl<K: Sku> OptimisticStore<K> {
         refused
     }
 
+    /// Restocks `quantity` units on an existing SKU's `slot`. A restock is never refused
+    /// for contention: like a commit or a release it retries until it wins (every lost
+    /// race is another writer's win, so the loop is lock free), and only
+    /// [`StockError::Overflow`] refuses it.
+    fn restock_slot(&self, sku: &K, slot: &Slot, quantity: u64) -> Result<Moved, StockError<K>> {
+        loop {
+            match self.update(sku, slot, Change::Restock, quantity) {
+                Err(StockError::Conflict { .. }) => continue,
+                moved => return moved,
+            }
+        }
+    }
+
     /// Commits or releases merged `lines` that are held.
     fn resolve_lines(&self, lines: &[(K, u64)], change: Change) -> Moves {
         lines
@@ -339,8 +353,8 @@ impl<K: Sku> OptimisticStore<K> {
 
 impl<K: Sku> StoreBuilder<K, OptimisticStore<K>> {
     /// Compare-and-swap attempts per SKU update before a call gives up with
-    /// [`StockError::Conflict`] (default: [`OptimisticStore::RETRIES_MAX`]). Commits and
-    /// releases of held stock never give up: they retry until they win.
+    /// [`StockError::Conflict`] (default: [`OptimisticStore::RETRIES_MAX`]). Restocks, and
+    /// commits and releases of held stock, never give up: they retry until they win.
     ///
     /// # Panics
     ///
@@ -400,13 +414,21 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
-        if qty > Self::QUANTITY_MAX {
-            // Refused before the insert: a refused restock must not create the SKU.
-            return Err(StockError::Overflow { sku: sku.clone() });
-        }
-        let moved = self.skus.with_or_insert(sku, Slot::new, |slot| {
-            self.update(sku, slot, Change::Restock, qty)
-        })?;
+        // A new SKU is inserted already holding its first restock, so no reader ever sees
+        // it exist with nothing restocked (creation is linearizable).
+        let first = Moved::first_restock(qty, LIMITS)
+            .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
+        let moved = self.skus.with_or_insert(
+            sku,
+            || Slot::new(first.level),
+            |slot, created| {
+                if created {
+                    Ok(first)
+                } else {
+                    self.restock_slot(sku, slot, qty)
+                }
+            },
+        )?;
         self.lifecycle.restocked(sku, qty, moved);
         Ok(moved.level)
     }

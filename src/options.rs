@@ -35,9 +35,18 @@ use std::time::Duration;
 /// assert_eq!(store.level(&"SKU1003").unwrap().reserved, 1);
 /// # Ok::<(), stockledger::StockError<&str>>(())
 /// ```
+///
+/// With the `serde` feature it (de)serializes as `{"ttl_ms":900000,"idempotency_key":"order-42"}`:
+/// the TTL in whole milliseconds (rounded up), `null` or missing for none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 pub struct ReserveOptions {
     /// Time to live of the hold; `None` for a hold without a deadline.
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "ttl_ms", with = "crate::serde_impls::ttl_ms")
+    )]
     pub(crate) ttl: Option<Duration>,
     /// The idempotency key; `None` for a request that is not deduplicated.
     pub(crate) idempotency_key: Option<Arc<str>>,

@@ -167,10 +167,19 @@ impl<K: Sku> StockStore<K> for PessimisticStore<K> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
-        let slot = self
-            .slots
-            .get_or_insert_with(sku, || Arc::new(Mutex::new(Slot::default())));
-        let moved = {
+        // A new SKU is inserted already holding its first restock, so no reader ever sees
+        // it exist with nothing restocked (creation is linearizable).
+        let first = Moved::first_restock(qty, Limits::U64)
+            .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
+        let (slot, created) = self.slots.get_or_create(sku, || {
+            Arc::new(Mutex::new(Slot {
+                level: first.level,
+                low_stock_threshold: 0,
+            }))
+        });
+        let moved = if created {
+            first
+        } else {
             let mut slot = self.lock(&slot);
             let before = slot.level;
             slot.level = before

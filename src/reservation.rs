@@ -31,7 +31,11 @@ use crate::sync::{self, Condvar, Mutex, ShardedMap};
 /// assert_eq!(store.commit(id), Err(StockError::UnknownReservation(id)));
 /// # Ok::<(), StockError<u32>>(())
 /// ```
+///
+/// With the `serde` feature it (de)serializes as its number: `42`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(transparent))]
 pub struct ReservationId(u64);
 
 impl ReservationId {
@@ -89,12 +93,30 @@ impl fmt::Display for ReservationId {
 /// assert_eq!(hold.expires_at(), None);
 /// # Ok::<(), stockledger::StockError<&str>>(())
 /// ```
+///
+/// With the `serde` feature it (de)serializes as `{"id":7,"lines":[["a",2],["b",2]],"ttl_ms":null}`:
+/// the deadline goes out as `ttl_ms`, the milliseconds left to live at serialization
+/// (measured from `Instant::now()`, rounded up; 0 once past; `null` without a deadline), and
+/// comes back as `Instant::now() + ttl_ms`. With a [`ManualClock`](crate::ManualClock)
+/// that was advanced, it is off by the advance. Reading one back checks that it has lines
+/// and no zero quantity; the store still decides by id alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(bound(deserialize = "K: serde::Deserialize<'de>"))
+)]
 pub struct Reservation<K> {
     id: ReservationId,
     /// Immutable once the hold is open, so a plain `std` `Arc` even under loom: there is
     /// no interleaving to model (and loom's `Arc` has no `From<Vec>` nor `PartialEq`).
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::serde_impls::hold_lines")
+    )]
     lines: Arc<[(K, u64)]>,
+    #[cfg_attr(feature = "serde", serde(rename = "ttl_ms", default))]
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::deadline_ttl_ms"))]
     expires_at: Option<Instant>,
 }
 

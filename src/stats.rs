@@ -22,8 +22,13 @@ use crate::sync::StripedCounters;
 /// assert_eq!((stats.reserves, stats.refusals, stats.commits), (1, 1, 1));
 /// # Ok::<(), stockledger::StockError<&str>>(())
 /// ```
+///
+/// With the `serde` feature it (de)serializes as an object of its counters,
+/// `{"reserves":1,"commits":1,…,"timeouts":0}`; a counter missing on reading is 0.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 pub struct StoreStats {
     /// Holds opened (`reserve`, `reserve_with`, `reserve_timeout`; not idempotent replays).
     pub reserves: u64,

@@ -69,6 +69,11 @@ pub trait StockStore<K>: Send + Sync {
     /// Adds `qty` units to `sku`'s on hand, creating the SKU when absent; returns the new
     /// level. Wakes waiters of a [`WaitingStore`].
     ///
+    /// Creation is linearizable: a SKU becomes visible already holding its first restock
+    /// (`level` never shows it with nothing restocked, and a concurrent `reserve` or `sell`
+    /// finds it either unknown or restocked). A restock is never refused for contention:
+    /// the optimistic store retries it until it wins, as it does commits and releases.
+    ///
     /// # Errors
     ///
     /// - [`StockError::InvalidQuantity`] when `qty` is 0.

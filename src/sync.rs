@@ -180,6 +180,25 @@ mod real {
             self.0.entry(key.clone()).or_insert_with(init).clone()
         }
 
+        /// Returns the value for `key` and `false`, or inserts `init()` and returns it and
+        /// `true`: the caller knows whether its value is the one in the map, so a value can
+        /// be inserted already complete (a SKU visible with its first restock).
+        pub(crate) fn get_or_create(&self, key: &K, init: impl FnOnce() -> V) -> (V, bool) {
+            if let Some(value) = self.0.get(key) {
+                return (value.clone(), false);
+            }
+            let mut created = false;
+            let value = self
+                .0
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    created = true;
+                    init()
+                })
+                .clone();
+            (value, created)
+        }
+
         pub(crate) fn insert(&self, key: K, value: V) {
             self.0.insert(key, value);
         }
@@ -228,17 +247,24 @@ mod real {
             self.0.pin().get(key).map(f)
         }
 
-        /// Calls `f` with the value for `key`, inserting `init()` first when absent.
+        /// Calls `f` with the value for `key` and `false`; when absent, inserts `init()`
+        /// and calls `f` with it and `true` (the caller's value is the one in the map, so
+        /// it can be inserted already complete: a SKU visible with its first restock).
         pub(crate) fn with_or_insert<R>(
             &self,
             key: &K,
             init: impl FnOnce() -> V,
-            f: impl FnOnce(&V) -> R,
+            f: impl FnOnce(&V, bool) -> R,
         ) -> R {
             let map = self.0.pin();
-            match map.get(key) {
-                Some(value) => f(value),
-                None => f(map.get_or_insert_with(key.clone(), init)),
+            if let Some(value) = map.get(key) {
+                return f(value, false);
+            }
+            // `try_insert_with` says whether this call's value went in; `init` may run and
+            // lose a race to another insert, so a flag set inside `init` would not.
+            match map.try_insert_with(key.clone(), init) {
+                Ok(inserted) => f(inserted, true),
+                Err(current) => f(current, false),
             }
         }
 
@@ -441,6 +467,19 @@ mod mocked {
             self.map().entry(key.clone()).or_insert_with(init).clone()
         }
 
+        pub(crate) fn get_or_create(&self, key: &K, init: impl FnOnce() -> V) -> (V, bool) {
+            let mut created = false;
+            let value = self
+                .map()
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    created = true;
+                    init()
+                })
+                .clone();
+            (value, created)
+        }
+
         pub(crate) fn insert(&self, key: K, value: V) {
             self.map().insert(key, value);
         }
@@ -480,14 +519,18 @@ mod mocked {
             &self,
             key: &K,
             init: impl FnOnce() -> V,
-            f: impl FnOnce(&V) -> R,
+            f: impl FnOnce(&V, bool) -> R,
         ) -> R {
+            let mut created = false;
             let value = self
                 .map()
                 .entry(key.clone())
-                .or_insert_with(|| Arc::new(init()))
+                .or_insert_with(|| {
+                    created = true;
+                    Arc::new(init())
+                })
                 .clone();
-            f(&value)
+            f(&value, created)
         }
 
         pub(crate) fn len(&self) -> usize {

@@ -41,7 +41,7 @@ use rand::{Rng, SeedableRng};
 use rendezvous::Rendezvous;
 use stockledger::{
     MonitorStore, OptimisticStore, PessimisticStore, ReservationId, StockError, StockLevel,
-    StockStore,
+    StockStore, WaitingStore,
 };
 use wgl::{Event, Refusal, Specification};
 
@@ -77,6 +77,8 @@ enum Operation {
     Release(ReservationId),
     Sell(u64),
     Level,
+    /// A waiting reserve (`reserve_timeout` of the monitor store) with a short timeout.
+    ReserveWait(u64),
 }
 
 /// What the operation returned (the SKU and lines are left out: always this SKU, one line).
@@ -94,11 +96,14 @@ enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct SkuState {
     sku: Sku,
+    /// Whether the SKU was restocked yet: before its first restock it is unknown.
+    exists: bool,
     level: StockLevel,
     open: BTreeMap<ReservationId, u64>,
 }
 
-/// The sequential spec of DESIGN.md for single-line calls on one existing SKU.
+/// The sequential spec of DESIGN.md for single-line calls on one SKU, absent until its
+/// first restock.
 struct SkuSpec;
 
 impl SkuState {
@@ -127,16 +132,27 @@ impl Specification for SkuSpec {
     type Result = Outcome;
 
     fn step(state: &SkuState, operation: &Operation, outcome: &Outcome) -> Option<SkuState> {
+        if !state.exists {
+            return SkuSpec::step_absent(state, operation, outcome);
+        }
         let level = state.level;
         let mut next = state.clone();
         match (operation, outcome) {
-            // The optimistic store may give up after its retry bound: nothing changed.
+            // The optimistic store may give up a hold or a sale after its retry bound:
+            // nothing changed. A restock never gives up.
             (
-                Operation::Restock(_) | Operation::Reserve(_) | Operation::Sell(_),
-                Outcome::Restocked(Err(StockError::Conflict { .. }))
-                | Outcome::Reserved(Err(StockError::Conflict { .. }))
+                Operation::Reserve(_) | Operation::Sell(_),
+                Outcome::Reserved(Err(StockError::Conflict { .. }))
                 | Outcome::Sold(Err(StockError::Conflict { .. })),
             ) => {}
+            // A waiting reserve may run out of time: nothing changed.
+            (Operation::ReserveWait(_), Outcome::Reserved(Err(StockError::Timeout))) => {}
+            (Operation::ReserveWait(qty), Outcome::Reserved(Ok(id)))
+                if state.short(*qty).is_none() && !state.open.contains_key(id) =>
+            {
+                next.level = state.bumped(level.on_hand, level.reserved + qty);
+                next.open.insert(*id, *qty);
+            }
             (Operation::Level, Outcome::Level(seen)) => {
                 if *seen != Some(level) {
                     return None;
@@ -183,6 +199,36 @@ impl Specification for SkuSpec {
     }
 }
 
+impl SkuSpec {
+    /// A step on a SKU never restocked: reads see nothing, holds and sales name it
+    /// unknown, and its first restock creates it at version 1 with exactly those units.
+    fn step_absent(state: &SkuState, operation: &Operation, outcome: &Outcome) -> Option<SkuState> {
+        let unknown = StockError::UnknownSku(state.sku);
+        let mut next = state.clone();
+        match (operation, outcome) {
+            (Operation::Level, Outcome::Level(None)) => {}
+            (Operation::Reserve(_) | Operation::ReserveWait(_), Outcome::Reserved(Err(error)))
+            | (Operation::Sell(_), Outcome::Sold(Err(error)))
+                if *error == unknown => {}
+            (Operation::Commit(id) | Operation::Release(id), Outcome::Resolved(Err(error)))
+                if *error == StockError::UnknownReservation(*id) => {}
+            (Operation::Restock(qty), Outcome::Restocked(Ok(level)))
+                if *level
+                    == StockLevel {
+                        on_hand: *qty,
+                        reserved: 0,
+                        version: 1,
+                    } =>
+            {
+                next.exists = true;
+                next.level = *level;
+            }
+            _ => return None,
+        }
+        Some(next)
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Subjects and recording.
 // ---------------------------------------------------------------------------------------
@@ -198,7 +244,13 @@ struct Real<S>(S);
 
 impl<S: StockStore<Sku>> Subject for Real<S> {
     fn call(&self, sku: Sku, operation: Operation) -> Outcome {
-        let store = &self.0;
+        Real::call_on(&self.0, sku, operation)
+    }
+}
+
+impl Real<()> {
+    /// Makes the single-line call `operation` on `store`.
+    fn call_on(store: &dyn StockStore<Sku>, sku: Sku, operation: Operation) -> Outcome {
         let units = |hold: stockledger::Reservation<Sku>| {
             assert_eq!(hold.lines().len(), 1, "a single-line hold");
             hold.lines()[0].1
@@ -212,6 +264,26 @@ impl<S: StockStore<Sku>> Subject for Real<S> {
             Operation::Release(id) => Outcome::Resolved(store.release(id).map(units)),
             Operation::Sell(qty) => Outcome::Sold(store.sell(&[(sku, qty)])),
             Operation::Level => Outcome::Level(store.level(&sku)),
+            Operation::ReserveWait(_) => unreachable!("only the monitor store waits"),
+        }
+    }
+}
+
+/// The monitor store, which also answers waiting reserves.
+struct Waiting(MonitorStore<Sku>);
+
+/// How long a recorded waiting reserve waits at most.
+const WAIT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(2);
+
+impl Subject for Waiting {
+    fn call(&self, sku: Sku, operation: Operation) -> Outcome {
+        match operation {
+            Operation::ReserveWait(qty) => Outcome::Reserved(
+                self.0
+                    .reserve_timeout(&[(sku, qty)], WAIT_TIMEOUT)
+                    .map(|hold| hold.id()),
+            ),
+            operation => Real::call_on(&self.0, sku, operation),
         }
     }
 }
@@ -389,6 +461,7 @@ fn check(histories: &Histories) -> Vec<(Sku, usize, Refusal)> {
         .filter_map(|(sku, history)| {
             let initial = SkuState {
                 sku: *sku,
+                exists: true,
                 level: StockLevel {
                     on_hand: INITIAL_ON_HAND,
                     reserved: 0,
@@ -547,6 +620,7 @@ fn level(on_hand: u64, reserved: u64, version: u64) -> StockLevel {
 fn initial(on_hand: u64) -> SkuState {
     SkuState {
         sku: 0,
+        exists: true,
         level: level(on_hand, 0, 1),
         open: BTreeMap::new(),
     }
@@ -648,11 +722,13 @@ impl Subject for LostUpdateStore {
         let read = self.skus.lock().unwrap().get(&sku).cloned();
         let mut state = read.unwrap_or(SkuState {
             sku,
+            exists: true,
             level: StockLevel::default(),
             open: BTreeMap::new(),
         });
         let outcome = match operation {
             Operation::Level => Outcome::Level(Some(state.level)),
+            Operation::ReserveWait(_) => unreachable!("the control never waits"),
             Operation::Restock(qty) => {
                 if sku == 0 && self.restocks.fetch_add(1, Ordering::Relaxed) > 0 {
                     self.overlap.meet();
@@ -694,5 +770,291 @@ fn negative_control_lost_update_store_is_not_linearizable() {
             .iter()
             .any(|(_, _, refusal)| matches!(refusal, Refusal::NotLinearizable { .. })),
         "the lost update store passed: {refusals:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Creation: a SKU's first restock races reads, holds and sales of the SKU (issue 14).
+// ---------------------------------------------------------------------------------------
+
+/// Rounds of the creation race per store, each on a fresh store.
+const CREATION_ROUNDS: usize = 3_000;
+/// Threads racing in one creation round (more than 2 cores, so some are preempted
+/// mid-call).
+const CREATION_THREADS: usize = 4;
+/// Calls each thread makes in one creation round.
+const CREATION_CALLS: usize = 6;
+/// The SKU of the creation races.
+const NEW_SKU: Sku = 7;
+
+/// The operations of a creation round: mostly reads and first restocks, plus holds and
+/// sales that must find the SKU unknown or restocked, never empty (and waiting holds on
+/// the monitor store).
+fn creation_operation(rng: &mut StdRng, waits: bool) -> Operation {
+    match rng.gen_range(0..100) {
+        0..=29 => Operation::Level,
+        30..=54 => Operation::Restock(rng.gen_range(1..=3)),
+        55..=74 if waits => Operation::ReserveWait(1),
+        55..=74 => Operation::Reserve(rng.gen_range(1..=2)),
+        _ => Operation::Sell(1),
+    }
+}
+
+/// Records one creation round on `subject`: `CREATION_THREADS` threads start together on
+/// a SKU nobody restocked and make `CREATION_CALLS` calls each, the first thread opening
+/// with a restock. Returns the SKU's history.
+fn record_creation(
+    subject: &dyn Subject,
+    round: usize,
+    waits: bool,
+) -> Vec<Event<Operation, Outcome>> {
+    let clock = AtomicU64::new(0);
+    let start = std::sync::Barrier::new(CREATION_THREADS);
+    thread::scope(|scope| {
+        let threads: Vec<_> = (0..CREATION_THREADS)
+            .map(|index| {
+                let (clock, start) = (&clock, &start);
+                let seed = SEED ^ (round * CREATION_THREADS + index) as u64;
+                scope.spawn(move || {
+                    let mut rng = StdRng::seed_from_u64(seed);
+                    start.wait();
+                    (0..CREATION_CALLS)
+                        .map(|call| {
+                            let operation = if index == 0 && call == 0 {
+                                Operation::Restock(INITIAL_ON_HAND)
+                            } else {
+                                creation_operation(&mut rng, waits)
+                            };
+                            let invoked_at = clock.fetch_add(1, Ordering::SeqCst);
+                            let result = subject.call(NEW_SKU, operation);
+                            let returned_at = clock.fetch_add(1, Ordering::SeqCst);
+                            Event {
+                                invoked_at,
+                                returned_at,
+                                operation,
+                                result,
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|thread| thread.join().expect("creation recorder panicked"))
+            .collect()
+    })
+}
+
+/// The state of a SKU nobody restocked yet.
+fn absent() -> SkuState {
+    SkuState {
+        sku: NEW_SKU,
+        exists: false,
+        level: StockLevel::default(),
+        open: BTreeMap::new(),
+    }
+}
+
+/// Runs `rounds` creation rounds, each on a fresh subject; returns the first refusal with
+/// its round, and how many rounds had a read that found the SKU absent and one that found
+/// it restocked (so the races really overlapped creation).
+fn creation_refusal(
+    new_subject: &dyn Fn() -> Box<dyn Subject>,
+    rounds: usize,
+    waits: bool,
+) -> (Option<(usize, Refusal)>, usize) {
+    let mut raced = 0;
+    for round in 0..rounds {
+        let history = record_creation(&*new_subject(), round, waits);
+        let unknown = history.iter().any(|event| {
+            matches!(
+                event.result,
+                Outcome::Level(None)
+                    | Outcome::Reserved(Err(StockError::UnknownSku(_)))
+                    | Outcome::Sold(Err(StockError::UnknownSku(_)))
+            )
+        });
+        raced += usize::from(unknown);
+        if let Err(refusal) = wgl::check::<SkuSpec>(absent(), &history, STEPS_MAX) {
+            return (Some((round, refusal)), raced);
+        }
+    }
+    (None, raced)
+}
+
+/// Asserts that every creation round of the store from `new_subject` is linearizable, and
+/// that enough rounds raced creation to mean something.
+fn assert_creation_linearizable(
+    name: &str,
+    new_subject: &dyn Fn() -> Box<dyn Subject>,
+    waits: bool,
+) {
+    let (refusal, raced) = creation_refusal(new_subject, CREATION_ROUNDS, waits);
+    if let Some((round, refusal)) = refusal {
+        panic!("{name}: creation round {round} is not linearizable: {refusal:?}");
+    }
+    assert!(
+        raced >= CREATION_ROUNDS / 10,
+        "{name}: only {raced} of {CREATION_ROUNDS} rounds saw the SKU unknown"
+    );
+}
+
+#[test]
+fn pessimistic_store_creation_is_linearizable() {
+    assert_creation_linearizable(
+        "pessimistic",
+        &|| Box::new(Real(PessimisticStore::new())),
+        false,
+    );
+}
+
+#[test]
+fn optimistic_store_creation_is_linearizable() {
+    assert_creation_linearizable(
+        "optimistic",
+        &|| Box::new(Real(OptimisticStore::new())),
+        false,
+    );
+}
+
+#[test]
+fn monitor_store_creation_is_linearizable() {
+    assert_creation_linearizable("monitor", &|| Box::new(Real(MonitorStore::new())), false);
+}
+
+#[test]
+fn monitor_store_creation_is_linearizable_with_waiting_holds() {
+    assert_creation_linearizable(
+        "monitor waiting",
+        &|| Box::new(Waiting(MonitorStore::new())),
+        true,
+    );
+}
+
+/// A store that creates a SKU as the stores did before issue 14: it inserts an empty slot
+/// (nothing on hand, version 0) and only then applies the first restock. Every call is
+/// otherwise atomic and correct. The creating restock waits (up to 1 s) for another call
+/// to find the empty slot, so the control does not depend on luck.
+#[derive(Default)]
+struct ZeroSlotStore {
+    skus: Mutex<BTreeMap<Sku, SkuState>>,
+    next_id: AtomicU64,
+    /// Set when a call found an empty slot.
+    seen_empty: Mutex<bool>,
+    seen: std::sync::Condvar,
+}
+
+impl ZeroSlotStore {
+    /// What a correct store answers to `operation` on `state` (atomically, under the
+    /// map's lock).
+    fn answer(&self, state: &SkuState, operation: Operation) -> Outcome {
+        let unknown = || StockError::UnknownSku(state.sku);
+        match operation {
+            Operation::Level => Outcome::Level(state.exists.then_some(state.level)),
+            Operation::Restock(qty) => Outcome::Restocked(Ok(
+                state.bumped(state.level.on_hand + qty, state.level.reserved)
+            )),
+            Operation::Reserve(qty) | Operation::ReserveWait(qty) => {
+                Outcome::Reserved(match (state.exists, state.short(qty)) {
+                    (false, _) => Err(unknown()),
+                    (true, Some(refusal)) => Err(refusal),
+                    (true, None) => Ok(ReservationId::from_u64(
+                        u64::MAX / 2 + self.next_id.fetch_add(1, Ordering::Relaxed),
+                    )),
+                })
+            }
+            Operation::Sell(qty) => Outcome::Sold(match (state.exists, state.short(qty)) {
+                (false, _) => Err(unknown()),
+                (true, refusal) => refusal.map_or(Ok(()), Err),
+            }),
+            Operation::Commit(id) | Operation::Release(id) => Outcome::Resolved(
+                state
+                    .open
+                    .get(&id)
+                    .copied()
+                    .ok_or(StockError::UnknownReservation(id)),
+            ),
+        }
+    }
+}
+
+impl Subject for ZeroSlotStore {
+    fn call(&self, sku: Sku, operation: Operation) -> Outcome {
+        let mut skus = self.skus.lock().unwrap();
+        if let (Operation::Restock(_), None) = (operation, skus.get(&sku)) {
+            // Create the empty slot, let the others see it, then restock it.
+            let mut empty = absent();
+            empty.sku = sku;
+            empty.exists = true;
+            skus.insert(sku, empty);
+            drop(skus);
+            let seen = self.seen_empty.lock().unwrap();
+            drop(
+                self.seen
+                    .wait_timeout_while(seen, std::time::Duration::from_secs(1), |seen| !*seen)
+                    .unwrap(),
+            );
+            skus = self.skus.lock().unwrap();
+        }
+        let mut state = skus
+            .get(&sku)
+            .cloned()
+            .unwrap_or_else(|| SkuState { sku, ..absent() });
+        if state.exists && state.level.version == 0 {
+            *self.seen_empty.lock().unwrap() = true;
+            self.seen.notify_all();
+        }
+        let outcome = self.answer(&state, operation);
+        if let Some(next) = SkuSpec::step(&state, &operation, &outcome) {
+            state = next;
+        }
+        if let Operation::Restock(_) = operation {
+            state.exists = true;
+        }
+        skus.insert(sku, state);
+        outcome
+    }
+}
+
+#[test]
+fn negative_control_zero_slot_creation_is_not_linearizable() {
+    let (refusal, _) = creation_refusal(&|| Box::new(ZeroSlotStore::default()), 20, false);
+    assert!(
+        matches!(refusal, Some((_, Refusal::NotLinearizable { .. }))),
+        "the zero-slot store passed 20 creation rounds: {refusal:?}"
+    );
+}
+
+#[test]
+fn negative_control_checker_refuses_an_empty_new_sku() {
+    // A read that overlaps the first restock sees the SKU with nothing restocked.
+    let history = [
+        event(
+            0,
+            3,
+            Operation::Restock(2),
+            Outcome::Restocked(Ok(level(2, 0, 1))),
+        ),
+        event(1, 2, Operation::Level, Outcome::Level(Some(level(0, 0, 0)))),
+    ];
+    assert!(matches!(
+        wgl::check::<SkuSpec>(SkuState { sku: 0, ..absent() }, &history, 1_000),
+        Err(Refusal::NotLinearizable { .. })
+    ));
+    // ... while unknown then restocked is one order of the same calls.
+    let history = [
+        event(
+            0,
+            3,
+            Operation::Restock(2),
+            Outcome::Restocked(Ok(level(2, 0, 1))),
+        ),
+        event(1, 2, Operation::Level, Outcome::Level(None)),
+        event(4, 5, Operation::Sell(1), Outcome::Sold(Ok(()))),
+    ];
+    assert_eq!(
+        wgl::check::<SkuSpec>(SkuState { sku: 0, ..absent() }, &history, 1_000),
+        Ok(())
     );
 }

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use stockledger::{ReservationId, StockError, StockStore};
 
-pub use peers::{AtomicVec, DashMapPeer, HotCounter, MutexHashMap};
+pub use peers::{
+    AtomicVec, DashMapHolds, DashMapPeer, HotCounter, MutexHashMap, MutexHashMapHolds,
+};
 
 /// SKUs are numbered, so the ideal ledger can index a `Vec` by SKU number.
 pub type Sku = u64;
@@ -250,11 +252,22 @@ pub enum Limits {
     HotCounter,
 }
 
-/// Calls `visit(name, ledger)` on every store and naive peer and on `limits`, each freshly
+/// Which naive peers [`for_each_ledger`] visits beside the stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peers {
+    /// The plain peers (`mutex_hashmap`, `dashmap`): available units only, free holds.
+    Plain,
+    /// The plain peers and the hold peers (`mutex_hashmap_holds`, `dashmap_holds`), which
+    /// keep open holds by id as a store does: for every scenario that reserves and commits.
+    WithHolds,
+}
+
+/// Calls `visit(name, ledger)` on every store, on `peers` and on `limits`, each freshly
 /// made and filled with SKUs `0..skus` of `units` units.
 pub fn for_each_ledger(
     skus: u64,
     units: u64,
+    peers: Peers,
     limits: Limits,
     mut visit: impl FnMut(&str, &dyn Visit),
 ) {
@@ -287,6 +300,17 @@ pub fn for_each_ledger(
         &mut visit,
     );
     visit_one("dashmap", DashMapPeer::new(), skus, units, &mut visit);
+    if peers == Peers::WithHolds {
+        let holds = MutexHashMapHolds::new();
+        visit_one("mutex_hashmap_holds", holds, skus, units, &mut visit);
+        visit_one(
+            "dashmap_holds",
+            DashMapHolds::new(),
+            skus,
+            units,
+            &mut visit,
+        );
+    }
     match limits {
         Limits::IdealVec => visit_one("ideal_vec", AtomicVec::new(skus), skus, units, &mut visit),
         Limits::HotCounter => {

@@ -1,0 +1,407 @@
+//! The tables of the report: one per scenario, the instruction counts and the memory
+//! figures, each below its chart.
+
+use std::fmt::Write as _;
+
+use crate::charts::Drawn;
+use crate::data::Data;
+use crate::format::{divide, duration_ns, number, rate, ratio};
+
+/// The reference columns of a scenario table: (column title, function to divide by).
+type References<'a> = &'a [(&'a str, &'a str)];
+
+/// A scenario table: every function and thread count of `group`, with ops/s, time per
+/// operation, each reference ratio at the same thread count and the scaling vs 1 thread.
+pub fn scenario_table(
+    data: &Data,
+    group: &str,
+    filter: impl Fn(&str) -> bool,
+    references: References<'_>,
+    unit: &str,
+    report: &mut String,
+) {
+    let mut header = format!("| variant | threads | {unit}/s | time/{unit} |");
+    let mut rule = "|---|---:|---:|---:|".to_string();
+    for (title, _) in references {
+        let _ = write!(header, " × {title} |");
+        rule.push_str("---:|");
+    }
+    header.push_str(if group == "S5_oversubscription" {
+        " × itself at 2 threads |"
+    } else {
+        " × itself at 1 thread |"
+    });
+    rule.push_str("---:|");
+    let _ = writeln!(report, "{header}\n{rule}");
+    let meaningful = data.multi_thread_meaningful();
+    for function in data.functions(group).iter().filter(|f| filter(f)) {
+        for threads in data.threads(group, function) {
+            let Some(measurement) = data.get(group, function, threads) else {
+                continue;
+            };
+            let ops = measurement.ops_per_s();
+            let mark = if threads > 1 && !meaningful {
+                " †"
+            } else {
+                ""
+            };
+            let _ = write!(
+                report,
+                "| {function} | {threads}{mark} | {} | {} |",
+                rate(ops),
+                duration_ns(measurement.ns_per_op())
+            );
+            let suffix = function
+                .strip_prefix("S1_")
+                .or_else(|| function.strip_prefix("S3_"))
+                .map(|_| &function[..3])
+                .unwrap_or("");
+            let sell_out = function.ends_with("_sell_out");
+            for (_, reference) in references {
+                let reference = format!(
+                    "{suffix}{reference}{}",
+                    if sell_out { "_sell_out" } else { "" }
+                );
+                let value = divide(Some(ops), data.ops(group, &reference, threads));
+                let _ = write!(report, " {} |", ratio(value));
+            }
+            let own = match function.split_once('_') {
+                Some(("S1", store)) if group == "S5_oversubscription" => {
+                    divide(Some(ops), data.ops("S1_flash_sale", store, 2))
+                }
+                Some(("S3", store)) if group == "S5_oversubscription" => {
+                    divide(Some(ops), data.ops("S3_zipf", store, 2))
+                }
+                _ if threads == 1 => None,
+                _ => divide(Some(ops), data.ops(group, function, 1)),
+            };
+            let _ = writeln!(report, " {} |", ratio(own));
+        }
+    }
+    let _ = writeln!(report);
+}
+
+/// Single-thread hot path: time, cost ratios to `references`, callgrind instructions and
+/// allocations per op.
+fn hot_table(data: &Data, group: &str, operation: &str, references: &[&str], report: &mut String) {
+    let mut header = "| variant | time/op | ops/s |".to_string();
+    let mut rule = "|---|---:|---:|".to_string();
+    for reference in references {
+        let _ = write!(header, " cost × {reference} |");
+        rule.push_str("---:|");
+    }
+    header
+        .push_str(" instructions/op (callgrind) | instructions × dashmap | heap allocations/op |");
+    rule.push_str("---:|---:|---:|");
+    let _ = writeln!(report, "{header}\n{rule}");
+    let instructions_of = |subject: &str| {
+        let workload = if subject == "mutex_u64" {
+            "mutex_u64/sell".to_string()
+        } else {
+            format!("{subject}/{operation}")
+        };
+        data.instructions_per_op(&workload)
+    };
+    for function in data.functions(group) {
+        let Some(measurement) = data.get(group, &function, 1) else {
+            continue;
+        };
+        let ns = measurement.ns_per_op();
+        let instructions = instructions_of(&function);
+        let _ = write!(
+            report,
+            "| {function} | {} | {} |",
+            duration_ns(ns),
+            rate(measurement.ops_per_s()),
+        );
+        for reference in references {
+            let _ = write!(
+                report,
+                " {} |",
+                ratio(divide(Some(ns), data.cost(group, reference)))
+            );
+        }
+        let _ = writeln!(
+            report,
+            " {} | {} | {} |",
+            number(instructions, 0),
+            ratio(divide(instructions, instructions_of("dashmap"))),
+            number(data.allocations(&function, operation), 2),
+        );
+    }
+    let _ = writeln!(report);
+}
+
+/// S6: criterion's round trip and the handoff latency percentiles.
+fn s6_table(data: &Data, report: &mut String) {
+    let _ = writeln!(
+        report,
+        "| variant | round trip (criterion) | handoffs | p50 handoff | p99 handoff | max | \
+         p50 × condvar_pingpong |"
+    );
+    let _ = writeln!(report, "|---|---:|---:|---:|---:|---:|---:|");
+    let base = data.latency["condvar_pingpong"]["p50_ns"].as_f64();
+    for name in ["monitor", "condvar_pingpong"] {
+        let latency = &data.latency[name];
+        let round_trip = data
+            .get("S6_wait_queue_handoff", name, 2)
+            .map_or("–".into(), |m| duration_ns(m.ns));
+        let _ = writeln!(
+            report,
+            "| {name} | {round_trip} | {} | {} | {} | {} | {} |",
+            latency["handoffs"]
+                .as_u64()
+                .map_or("–".into(), |n| n.to_string()),
+            latency["p50_ns"].as_f64().map_or("–".into(), duration_ns),
+            latency["p99_ns"].as_f64().map_or("–".into(), duration_ns),
+            latency["max_ns"].as_f64().map_or("–".into(), duration_ns),
+            ratio(divide(latency["p50_ns"].as_f64(), base)),
+        );
+    }
+    let _ = writeln!(report);
+}
+
+/// Bytes per SKU and allocations per operation of every subject of the memory bench.
+pub fn memory_table(data: &Data, report: &mut String) {
+    let skus = data.memory["pessimistic"]["skus"].as_u64().unwrap_or(0);
+    let _ = writeln!(
+        report,
+        "Bytes requested from the allocator and still live after restocking {skus} SKUs \
+         (`u64` keys), divided by {skus}; the allocator's own headers and rounding are not \
+         included. Allocations per operation over 100k single-line operations.\n"
+    );
+    let _ = writeln!(
+        report,
+        "| subject | bytes/SKU | allocations/sell | allocations/reserve+commit | allocations/level |"
+    );
+    let _ = writeln!(report, "|---|---:|---:|---:|---:|");
+    for name in data.memory_subjects() {
+        let subject = &data.memory[&name];
+        let _ = writeln!(
+            report,
+            "| {name} | {} | {} | {} | {} |",
+            number(subject["bytes_per_sku"].as_f64(), 1),
+            number(subject["allocations_per_sell"].as_f64(), 2),
+            number(subject["allocations_per_reserve_commit"].as_f64(), 2),
+            number(subject["allocations_per_level"].as_f64(), 2),
+        );
+    }
+    let _ = writeln!(report);
+}
+
+/// Callgrind instructions per `sell`, `reserve` + `commit` and `level` of every subject.
+pub fn instructions_table(data: &Data, report: &mut String) {
+    if data.instructions["available"].as_bool() != Some(true) {
+        let _ = writeln!(
+            report,
+            "valgrind was not available: no instruction counts.\n"
+        );
+        return;
+    }
+    let _ = writeln!(
+        report,
+        "{}; single thread, {} ops a workload over {} SKUs (uniform), only the measured loop \
+         counted (`{}`). Includes about {} instructions/op of loop overhead (`empty_loop`).\n",
+        data.instructions["valgrind"].as_str().unwrap_or("valgrind"),
+        data.instructions["workloads"]["empty_loop/none"]["ops"]
+            .as_u64()
+            .unwrap_or(0),
+        data.instructions["skus"].as_u64().unwrap_or(0),
+        data.instructions["command"].as_str().unwrap_or(""),
+        number(data.instructions_per_op("empty_loop/none"), 0),
+    );
+    let _ = writeln!(report, "| subject | sell | reserve+commit | level |");
+    let _ = writeln!(report, "|---|---:|---:|---:|");
+    for name in [
+        "pessimistic",
+        "optimistic",
+        "monitor",
+        "mutex_hashmap",
+        "dashmap",
+        "mutex_hashmap_holds",
+        "dashmap_holds",
+        "ideal_vec",
+        "mutex_u64",
+    ] {
+        let cell =
+            |operation: &str| number(data.instructions_per_op(&format!("{name}/{operation}")), 0);
+        let _ = writeln!(
+            report,
+            "| {name} | {} | {} | {} |",
+            cell("sell"),
+            cell("reserve_commit"),
+            cell("level")
+        );
+    }
+    let _ = writeln!(report);
+}
+
+/// `![title](link)` and its caption, for the chart `stem` when it was drawn.
+pub fn embed(drawn: &[Drawn], stem: &str, link_dir: &str, caption: &str, report: &mut String) {
+    let Some(chart) = drawn.iter().find(|chart| chart.stem == stem) else {
+        return;
+    };
+    let _ = writeln!(
+        report,
+        "![{}]({link_dir}/{stem}.svg)\n\n*{}; {caption}.*\n",
+        chart.title, chart.title
+    );
+}
+
+/// The scenarios and their titles, in report order: `(group, title, unit)`.
+const SECTIONS: [(&str, &str, &str); 8] = [
+    (
+        "hot_sell",
+        "Single-thread `sell` of 1 unit, 100k SKUs (uniform)",
+        "",
+    ),
+    (
+        "hot_reserve_commit",
+        "Single-thread `reserve` + `commit` of 1 unit, 100k SKUs",
+        "",
+    ),
+    (
+        "S1_flash_sale",
+        "S1 flash sale: one SKU, 1 unit a sale",
+        "sale",
+    ),
+    (
+        "S2_uniform",
+        "S2 uniform: 100k SKUs, 20 % level, 50 % reserve+commit, 30 % reserve+release",
+        "request",
+    ),
+    (
+        "S3_zipf",
+        "S3 Zipf(0.99), scrambled (YCSB), 100k SKUs, same mix as S2",
+        "request",
+    ),
+    (
+        "S4_tpcc_new_order",
+        "S4 TPC-C NewOrder stock: 5–15 lines, NURand(8191, 1, 100000), 1–10 units, 1 % rollback",
+        "order",
+    ),
+    (
+        "S5_oversubscription",
+        "S5 oversubscription: S1 (unbounded) and S3 at 4× and 16× threads per core",
+        "request",
+    ),
+    (
+        "S6_wait_queue_handoff",
+        "S6 wait-queue handoff: 1 unit restocked to a queued waiter",
+        "",
+    ),
+];
+
+/// Reference columns of the scenarios that hold and commit: the plain and hold peers and
+/// the ideal ledger.
+const HOLDS: References<'static> = &[
+    ("mutex_hashmap", "mutex_hashmap"),
+    ("dashmap", "dashmap"),
+    ("mutex_hashmap_holds", "mutex_hashmap_holds"),
+    ("dashmap_holds", "dashmap_holds"),
+    ("ideal_vec", "ideal_vec"),
+];
+
+/// Reference columns of the one-SKU scenarios: the plain peers and the CAS loop.
+const HOT: References<'static> = &[
+    ("mutex_hashmap", "mutex_hashmap"),
+    ("dashmap", "dashmap"),
+    ("atomic_cas", "atomic_cas"),
+];
+
+/// S1: the unbounded table and the sell-out table, each below its chart.
+fn s1_tables(data: &Data, charts: &Charts<'_>, report: &mut String) {
+    let group = "S1_flash_sale";
+    charts.embed("S1_flash_sale", report);
+    let _ = writeln!(report, "Unbounded stock (one sale = one op):\n");
+    scenario_table(
+        data,
+        group,
+        |f| !f.ends_with("_sell_out"),
+        HOT,
+        "sale",
+        report,
+    );
+    let _ = writeln!(
+        report,
+        "Sell-outs of 10,000 units (threads sell until refused; a unit sold = one op; time \
+         includes the barrier release of each round):\n"
+    );
+    charts.embed("S1_flash_sale_sell_out", report);
+    scenario_table(
+        data,
+        group,
+        |f| f.ends_with("_sell_out"),
+        HOT,
+        "unit",
+        report,
+    );
+}
+
+/// S5: its figures are drawn in the S1 and S3 charts (8 and 32 threads).
+fn s5_tables(data: &Data, report: &mut String) {
+    let group = "S5_oversubscription";
+    let _ = writeln!(
+        report,
+        "Drawn at 8 and 32 threads in the S1 and S3 charts above. Peer and limit ratios are \
+         at the same thread count; the last column compares with the same variant at 2 \
+         threads in S1 or S3 (the S5 target).\n"
+    );
+    scenario_table(data, group, |f| f.starts_with("S1_"), HOT, "sale", report);
+    scenario_table(
+        data,
+        group,
+        |f| f.starts_with("S3_"),
+        HOLDS,
+        "request",
+        report,
+    );
+}
+
+/// The charts drawn for this report and how to link them.
+pub struct Charts<'a> {
+    /// What was drawn.
+    pub drawn: &'a [Drawn],
+    /// The directory of the charts as the report links it (`benches/charts`).
+    pub link_dir: &'a str,
+    /// The caption of every chart (commit, machine).
+    pub caption: &'a str,
+}
+
+impl Charts<'_> {
+    fn embed(&self, stem: &str, report: &mut String) {
+        embed(self.drawn, stem, self.link_dir, self.caption, report);
+    }
+}
+
+/// Every scenario: its chart, then its table.
+pub fn scenarios_section(data: &Data, charts: &Charts<'_>, report: &mut String) {
+    for (group, title, unit) in SECTIONS {
+        let _ = writeln!(report, "### {title}\n");
+        match group {
+            "S1_flash_sale" => s1_tables(data, charts, report),
+            "S5_oversubscription" => s5_tables(data, report),
+            _ => charts.embed(group, report),
+        }
+        match group {
+            "hot_sell" => hot_table(data, group, "sell", &["dashmap", "mutex_hashmap"], report),
+            "hot_reserve_commit" => hot_table(
+                data,
+                group,
+                "reserve_commit",
+                &[
+                    "dashmap",
+                    "mutex_hashmap",
+                    "mutex_hashmap_holds",
+                    "dashmap_holds",
+                ],
+                report,
+            ),
+            "S6_wait_queue_handoff" => s6_table(data, report),
+            "S2_uniform" | "S3_zipf" | "S4_tpcc_new_order" => {
+                scenario_table(data, group, |_| true, HOLDS, unit, report);
+            }
+            _ => {}
+        }
+    }
+}
