@@ -35,11 +35,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Router;
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 use stockledger::{
@@ -210,9 +211,40 @@ struct Problem {
 #[derive(Debug)]
 enum ApiError {
     Stock(StockError<String>),
-    /// `wait_ms` past [`WAIT_MS_MAX`], or a request the store does not model.
+    /// `wait_ms` past [`WAIT_MS_MAX`], or an `Idempotency-Key` that is not text.
     BadInput(String),
+    /// A body or path axum could not read (its status: 400 bad JSON, 415 not JSON, 422
+    /// JSON of the wrong shape, 400 a path segment that is not a number).
+    Unreadable(StatusCode, String),
 }
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        Self::Unreadable(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::Unreadable(rejection.status(), rejection.body_text())
+    }
+}
+
+/// axum's `Json`, with a problem body when the request's body cannot be read.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+struct Json<T>(T);
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// axum's `Path`, with a problem body when a path segment cannot be read.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+struct Path<T>(T);
 
 impl From<StockError<String>> for ApiError {
     fn from(error: StockError<String>) -> Self {
@@ -226,6 +258,7 @@ impl ApiError {
         use StockError as E;
         match self {
             Self::BadInput(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad-input"),
+            Self::Unreadable(status, _) => (*status, "unreadable-request"),
             Self::Stock(error) => match error {
                 E::UnknownSku(_) => (StatusCode::NOT_FOUND, "unknown-sku"),
                 E::UnknownReservation(_) => (StatusCode::NOT_FOUND, "unknown-reservation"),
@@ -253,7 +286,7 @@ impl IntoResponse for ApiError {
         let (status, kind) = self.status();
         let detail = match &self {
             Self::Stock(error) => error.to_string(),
-            Self::BadInput(detail) => detail.clone(),
+            Self::BadInput(detail) | Self::Unreadable(_, detail) => detail.clone(),
         };
         let problem = Problem {
             kind: format!("https://stockledger.invalid/problems/{kind}"),
@@ -821,6 +854,74 @@ async fn retries_hold_once(strategy: Strategy) -> Result<(), String> {
     Ok(())
 }
 
+/// Bad requests are answered with a problem body and their status: unknown SKU and
+/// reservation 404, a zero quantity 422, a `wait_ms` past the maximum 422, a body that is
+/// not JSON 400, a path id that is not a number 400.
+///
+/// # Errors
+///
+/// The first answer that was not the expected problem.
+async fn bad_requests_are_problems(strategy: Strategy) -> Result<(), String> {
+    let running = Running::start(App::new(strategy), localhost(), reap())
+        .await
+        .unwrap();
+    let http = client(4);
+    put_stock(&http, running.url("/stock/tv"), 1).await;
+    let zero = serde_json::json!({ "lines": [{ "sku": "tv", "qty": 0 }] });
+    let long =
+        serde_json::json!({ "lines": [{ "sku": "tv", "qty": 1 }], "wait_ms": WAIT_MS_MAX + 1 });
+    let json = |body: &serde_json::Value| body.to_string();
+    let cases = [
+        (http.get(running.url("/stock/radio")), 404, "unknown-sku"),
+        (
+            http.post(running.url("/reservations/99/commit")),
+            404,
+            "unknown-reservation",
+        ),
+        (
+            http.post(running.url("/reservations")).body(json(&zero)),
+            422,
+            "invalid-quantity",
+        ),
+        (
+            http.post(running.url("/reservations")).body(json(&long)),
+            422,
+            "bad-input",
+        ),
+        (
+            http.post(running.url("/reservations")).body("{lines"),
+            400,
+            "unreadable-request",
+        ),
+        (
+            http.delete(running.url("/reservations/tv")),
+            400,
+            "unreadable-request",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (request, status, kind) in cases {
+        let request = request.header(header::CONTENT_TYPE, "application/json");
+        let answer = request.send().await.map_err(|error| error.to_string())?;
+        let got = answer.status().as_u16();
+        let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+        let problem = answer.json::<Problem>().await.ok();
+        let fits = got == status
+            && content_type.is_some_and(|value| value == "application/problem+json")
+            && problem.as_ref().is_some_and(|problem| {
+                problem.status == status && problem.kind.ends_with(&format!("/{kind}"))
+            });
+        if !fits {
+            failures.push(format!("expected {status} {kind}, got {got} {problem:?}"));
+        }
+    }
+    running.stop().await.unwrap();
+    match failures.first() {
+        None => Ok(()),
+        Some(failure) => Err(failure.clone()),
+    }
+}
+
 /// Abandoned holds (a short TTL, never resolved) expire: the reaper gives their stock back.
 ///
 /// # Errors
@@ -963,6 +1064,10 @@ async fn smoke(sale: &SaleArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("{name}: retries: {e}"))?;
         println!("{name}: 8 retries with one Idempotency-Key held once");
+        bad_requests_are_problems(strategy)
+            .await
+            .map_err(|e| format!("{name}: problems: {e}"))?;
+        println!("{name}: bad requests answered with problem bodies (404, 422, 400)");
         abandoned_holds_expire(strategy)
             .await
             .map_err(|e| format!("{name}: expiry: {e}"))?;
@@ -1050,6 +1155,13 @@ mod tests {
     async fn retries_with_one_key_hold_once_on_every_strategy() {
         for strategy in STRATEGIES {
             retries_hold_once(strategy).await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_requests_are_problems_on_every_strategy() {
+        for strategy in STRATEGIES {
+            bad_requests_are_problems(strategy).await.unwrap();
         }
     }
 

@@ -145,21 +145,20 @@ impl<'a, K: Sku> Request<'a, K> {
             let opened = life
                 .registry
                 .reserve(lines.clone(), options, |lines| store.hold(lines));
-            match opened {
-                Ok(Opened::New(reservation, moved)) => {
-                    life.opened(&reservation, &moved);
-                    return Ok(Start::Done(reservation));
-                }
-                Ok(Opened::Replay(reservation)) => {
-                    life.stats.count(Stat::Replays);
-                    return Ok(Start::Done(reservation));
-                }
-                Err(StockError::InsufficientStock { .. }) => {}
-                Err(error) => {
-                    life.stats.count_refusal::<(), K>(&Err(error.clone()));
-                    return Err(error);
-                }
+            if !matches!(opened, Err(StockError::InsufficientStock { .. })) {
+                life.stats.count_refusal(&opened);
+                return match opened? {
+                    Opened::New(reservation, moved) => {
+                        life.opened(&reservation, &moved);
+                        Ok(Start::Done(reservation))
+                    }
+                    Opened::Replay(reservation) => {
+                        life.stats.count(Stat::Replays);
+                        Ok(Start::Done(reservation))
+                    }
+                };
             }
+            // Short of stock: wait for it below.
         }
         let monitors = lines::slots(store, &lines)?;
         Ok(Start::Wait(Self {
