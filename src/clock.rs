@@ -12,6 +12,11 @@ use crate::sync::{AtomicU64, Ordering};
 /// the store builder's [`clock`](crate::StoreBuilder::clock); the default is
 /// [`SystemClock`]. The clock must never go back.
 ///
+/// A clock is user code: a store reads it before it takes any internal lock and never
+/// while a hold is claimed, so a clock may log, trace, or look at the store (format
+/// `{store:?}`, read a level). Holds without a deadline or an idempotency key read no clock
+/// at all.
+///
 /// # Examples
 ///
 /// ```

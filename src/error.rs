@@ -109,4 +109,18 @@ pub enum StockError<K> {
         /// The key's length in bytes of UTF-8.
         length_bytes: usize,
     },
+    /// The shared engine (`RedisStore`, feature `redis`) could not be
+    /// reached, timed out or failed. **The call may or may not have taken effect**: retry a
+    /// hold with an [`idempotency_key`](crate::ReserveOptions::idempotency_key), so that a
+    /// retry never holds twice, and read the level back before retrying a sale.
+    #[error("the stock engine is unavailable: {reason}")]
+    Unavailable {
+        /// What failed (the client's or the server's message).
+        reason: String,
+    },
+    /// The SKU cannot be a key of the shared engine: its key is longer than
+    /// `SKU_KEY_BYTES_MAX` bytes (feature `redis`). Nothing
+    /// changed.
+    #[error("SKU {0:?} cannot be a key of the shared engine")]
+    InvalidSku(K),
 }

@@ -162,6 +162,14 @@ impl<K> StockEvent<K> {
 /// carry. A sink that blocks delays only the caller whose change it reports; a sink that
 /// panics unwinds into that caller after the change is complete.
 ///
+/// What a sink may do: anything. It runs with no internal lock held and with no hold
+/// claimed, so it may panic, block, log the store (`{store:?}`), or call back into the
+/// store, including resolving other holds; an expiry sweep
+/// ([`expire_due`](crate::StockStore::expire_due), a [`Reaper`](crate::Reaper)) expires
+/// every hold of the sweep before the sink hears of any. A `LowStock` event follows every
+/// visible crossing of the threshold (available from at or above it to below it): by a
+/// sale, a hold, a grant to a waiter, or a partial multi-line hold that is then given back.
+///
 /// # Examples
 ///
 /// ```

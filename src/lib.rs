@@ -18,6 +18,8 @@ mod optimistic;
 mod options;
 mod pessimistic;
 mod reaper;
+#[cfg(feature = "redis")]
+mod redis;
 mod reservation;
 #[cfg(feature = "serde")]
 mod serde_impls;
@@ -38,6 +40,11 @@ pub use optimistic::OptimisticStore;
 pub use options::ReserveOptions;
 pub use pessimistic::PessimisticStore;
 pub use reaper::Reaper;
+#[cfg(feature = "redis")]
+pub use redis::{
+    RedisSku, RedisStore, RedisStoreBuilder, COMMAND_TIMEOUT, EVENTS_MAX, POOL_SIZE,
+    SKU_KEY_BYTES_MAX,
+};
 pub use reservation::{Reservation, ReservationId};
 pub use stats::StoreStats;
 pub use store::{Sku, StockStore, WaitFuture, WaitingStore};

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::error::StockError;
 use crate::event::{EventLine, Events, StockEvent};
-use crate::level::{Change, Moved};
+use crate::level::{Change, LowStock, Moved};
 use crate::lines::{self, Moves};
 use crate::options::ReserveOptions;
 use crate::reservation::{Extension, Opened, Registry, Reservation, ReservationId, Resolved};
@@ -146,18 +146,38 @@ pub(crate) fn extend<K: Sku, B: Backend<K>>(
 }
 
 /// [`StockStore::expire_due`](crate::StockStore::expire_due) for any store.
+///
+/// Claims the due holds one at a time, and settles and finishes each before claiming the
+/// next; only when every hold of the sweep is resolved does the event sink hear of any.
+/// So whatever the sink does (panic, block, resolve another hold of the sweep), no hold is
+/// left claimed and no caller of another hold waits for it.
 pub(crate) fn expire_due<K: Sku, B: Backend<K>>(store: &B) -> Vec<Reservation<K>> {
-    let due = store.lifecycle().registry.take_due();
-    due.into_iter()
-        .map(|resolved| {
-            let id = resolved.reservation.id();
-            let reservation = resolved.reservation.clone();
-            debug_assert!(resolved.expired);
-            let settled = settle(store, resolved, Change::Release);
-            debug_assert_eq!(settled, Err(StockError::Expired(id)));
-            reservation
-        })
-        .collect()
+    let life = store.lifecycle();
+    let (now, due) = life.registry.take_due();
+    let mut expired = Vec::with_capacity(due.len());
+    let mut moves = Vec::new();
+    for id in due {
+        let Some(resolved) = life.registry.claim_due(id, now) else {
+            continue;
+        };
+        debug_assert!(resolved.expired);
+        let moved = store.settle(resolved.reservation.lines(), Change::Release);
+        life.registry.finish(&resolved);
+        life.stats.count(Stat::Expirations);
+        if life.events.enabled() {
+            moves.push(moved);
+        }
+        expired.push(resolved.reservation);
+    }
+    // User code last, with nothing claimed and no lock held.
+    for (reservation, moved) in expired.iter().zip(&moves) {
+        let id = reservation.id();
+        life.emit(reservation.lines(), moved, |lines| StockEvent::Expired {
+            id,
+            lines,
+        });
+    }
+    expired
 }
 
 /// Moves the stock of a hold its caller won: `change`, or a release if it expired.
@@ -241,6 +261,24 @@ impl<K: Sku> Lifecycle<K> {
         }
     }
 
+    /// Delivers a `LowStock` event for every line of `lines` whose move in `moved` crossed
+    /// its threshold, and nothing else: for a hold that was visible and then given back (a
+    /// timed-out waiting hold, a compensated optimistic hold). Call with no internal lock
+    /// held.
+    pub(crate) fn crossings(&self, lines: &[(K, u64)], moved: &[Moved]) {
+        if !self.events.enabled() {
+            return;
+        }
+        let events: Vec<_> = lines
+            .iter()
+            .zip(moved)
+            .filter_map(|((sku, _), moved)| Some(low_stock_event(sku, moved.low_stock?)))
+            .collect();
+        if !events.is_empty() {
+            self.events.deliver(&events);
+        }
+    }
+
     /// [`emit`](Self::emit) when a sink listens.
     fn build_and_deliver(
         &self,
@@ -261,14 +299,19 @@ impl<K: Sku> Lifecycle<K> {
         let mut events = vec![make(event_lines)];
         for ((sku, _), moved) in lines.iter().zip(moved) {
             if let Some(low) = moved.low_stock {
-                events.push(StockEvent::LowStock {
-                    sku: sku.clone(),
-                    available: low.available,
-                    threshold: low.threshold,
-                    version: low.version,
-                });
+                events.push(low_stock_event(sku, low));
             }
         }
         self.events.deliver(&events);
+    }
+}
+
+/// The `LowStock` event of the crossing `low` on `sku`.
+fn low_stock_event<K: Clone>(sku: &K, low: LowStock) -> StockEvent<K> {
+    StockEvent::LowStock {
+        sku: sku.clone(),
+        available: low.available,
+        threshold: low.threshold,
+        version: low.version,
     }
 }

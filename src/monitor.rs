@@ -6,7 +6,7 @@ use std::fmt;
 
 use crate::builder::StoreBuilder;
 use crate::error::StockError;
-use crate::level::{Change, Limits, LowStock, Moved, Refusal, StockLevel};
+use crate::level::{Change, Limits, Moved, Refusal, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::stats::Stats;
@@ -127,14 +127,18 @@ impl LevelCell for MonitorState {
 impl MonitorState {
     /// Grants queued waiters from the front while stock covers them (tasks' wakers go to
     /// the wake list); returns whether any was granted (the caller then notifies, with
-    /// [`Monitor::notify`]).
+    /// [`Monitor::notify`]). Each grant is a visible change of its own, so each is judged
+    /// for a low-stock crossing on its own (from the level before it), and the granted
+    /// waiter reports the crossing with its hold.
     fn grant_waiters(&mut self) -> bool {
         let mut granted = false;
         while let Some(quantity) = self.waiters.head_quantity() {
-            match self.level.apply(Change::Reserve, quantity, 0, Limits::U64) {
+            let before = self.level;
+            match before.apply(Change::Reserve, quantity, 0, Limits::U64) {
                 Ok(level) => {
                     self.level = level;
-                    self.waiters.grant_head(level);
+                    let moved = Moved::new(before, level, self.low_stock_threshold);
+                    self.waiters.grant_head(moved);
                     granted = true;
                 }
                 Err(_) => break,
@@ -144,8 +148,9 @@ impl MonitorState {
     }
 
     /// Applies the held-stock `change` (commit, release, restock) of `quantity` units, and
-    /// grants waiters; returns what moved (the crossing counts the grants too) and whether
-    /// waiters must be woken.
+    /// grants waiters; returns what the change moved and whether waiters must be woken.
+    /// The change and each grant are judged for a low-stock crossing on their own: a
+    /// restock handed straight to a waiter is a rise, then a fall, as the events show.
     fn change_and_grant(
         &mut self,
         change: Change,
@@ -153,12 +158,8 @@ impl MonitorState {
     ) -> Result<(Moved, bool), Refusal> {
         let before = self.level;
         self.level = before.apply(change, quantity, 0, Limits::U64)?;
-        let level = self.level;
+        let moved = Moved::new(before, self.level, self.low_stock_threshold);
         let granted = self.grant_waiters();
-        let moved = Moved {
-            level,
-            low_stock: LowStock::crossing(before, self.level, self.low_stock_threshold),
-        };
         Ok((moved, granted))
     }
 }

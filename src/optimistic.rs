@@ -277,16 +277,21 @@ impl<K: Sku> OptimisticStore<K> {
                 .map(Moves::One);
         }
         self.check_lines(lines)?;
-        lines
-            .iter()
-            .enumerate()
-            .map(|(done, (sku, quantity))| {
-                self.update_sku(sku, Change::Reserve, *quantity)
-                    .inspect_err(|_| {
-                        self.resolve_lines(&lines[..done], Change::Release);
-                    })
-            })
-            .collect()
+        let mut moves = Vec::with_capacity(lines.len());
+        for (sku, quantity) in lines {
+            match self.update_sku(sku, Change::Reserve, *quantity) {
+                Ok(moved) => moves.push(moved),
+                Err(refusal) => {
+                    let held = &lines[..moves.len()];
+                    self.resolve_lines(held, Change::Release);
+                    // The partial hold was visible, crossings included: report those,
+                    // though it is given back (a sale in between may keep a SKU low).
+                    self.lifecycle.crossings(held, &moves);
+                    return Err(refusal);
+                }
+            }
+        }
+        Ok(Moves::Many(moves))
     }
 
     /// Checks every line of a multi-line reserve against its SKU's current level before

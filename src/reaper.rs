@@ -5,7 +5,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::store::StockStore;
-use crate::sync::{Arc, Condvar, Mutex};
+use crate::sync::{Arc, AtomicU64, Condvar, Mutex, Ordering};
 
 /// A background thread that calls [`StockStore::expire_due`] every `interval`, so
 /// abandoned holds give their stock back (and wake monitor waiters) without anyone
@@ -15,6 +15,11 @@ use crate::sync::{Arc, Condvar, Mutex};
 /// ([`StockError::Expired`](crate::StockError::Expired)). The reaper only bounds how long
 /// the stock of an untouched expired hold stays held: at most about `interval` past its
 /// deadline (plus scheduling delay). Its events reach the event sink on the reaper thread.
+///
+/// A sweep whose event sink panics does not stop the reaper: every hold of that sweep is
+/// already expired when the sink hears of it (see [`StockStore::expire_due`]), the panic is
+/// caught (the panic hook still reports it, on stderr by default), counted in
+/// [`sweeps_panicked`](Self::sweeps_panicked), and the reaper keeps sweeping.
 ///
 /// # Blocking
 ///
@@ -45,6 +50,8 @@ pub struct Reaper {
     stop: Arc<(Mutex<bool>, Condvar)>,
     /// The reaper thread; `None` once joined.
     thread: Option<JoinHandle<()>>,
+    /// Sweeps that panicked (in the event sink) so far.
+    panicked: Arc<AtomicU64>,
 }
 
 impl Reaper {
@@ -80,25 +87,55 @@ impl Reaper {
     {
         assert!(!interval.is_zero(), "a reaper needs a non-zero interval");
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let signal = Arc::clone(&stop);
+        let panicked = Arc::new(AtomicU64::new(0));
+        let (signal, count) = (Arc::clone(&stop), Arc::clone(&panicked));
         let thread = thread::Builder::new()
             .name("stockledger-reaper".into())
-            .spawn(move || Self::run(store.as_ref(), &signal, interval))
+            .spawn(move || Self::run(store.as_ref(), &signal, &count, interval))
             .expect("failed to start the reaper thread");
         Self {
             stop,
             thread: Some(thread),
+            panicked,
         }
     }
 
+    /// Number of sweeps so far whose [`StockStore::expire_due`] panicked (an event sink
+    /// that panicked on an `Expired` event); the reaper caught each and kept sweeping.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use stockledger::{PessimisticStore, Reaper, StockStore};
+    ///
+    /// let store = Arc::new(PessimisticStore::<&str>::new());
+    /// let reaper = Reaper::spawn(Arc::clone(&store), Duration::from_millis(1));
+    /// assert_eq!(reaper.sweeps_panicked(), 0);
+    /// ```
+    pub fn sweeps_panicked(&self) -> u64 {
+        self.panicked.load(Ordering::Relaxed)
+    }
+
     /// The reaper loop: expire, then sleep `interval` or until stopped.
-    fn run<K, S>(store: &S, signal: &(Mutex<bool>, Condvar), interval: Duration)
-    where
+    fn run<K, S>(
+        store: &S,
+        signal: &(Mutex<bool>, Condvar),
+        panicked: &AtomicU64,
+        interval: Duration,
+    ) where
         S: StockStore<K> + ?Sized,
     {
         let (stopped, wake) = signal;
         loop {
-            store.expire_due();
+            // A panic can only come from the event sink, after every hold of the sweep was
+            // expired (nothing is left claimed or locked), so the store is consistent.
+            let sweep = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                store.expire_due();
+            }));
+            if sweep.is_err() {
+                panicked.fetch_add(1, Ordering::Relaxed);
+            }
             let deadline = Instant::now().checked_add(interval);
             let mut stopped = stopped.lock();
             loop {
@@ -130,6 +167,7 @@ impl fmt::Debug for Reaper {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reaper")
             .field("running", &self.thread.is_some())
+            .field("sweeps_panicked", &self.sweeps_panicked())
             .finish()
     }
 }

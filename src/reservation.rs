@@ -10,7 +10,7 @@ use crate::error::StockError;
 use crate::expiry::ExpiryIndex;
 use crate::idempotency::{KeySlot, KeyTable};
 use crate::options::ReserveOptions;
-use crate::sync::{self, Condvar, Mutex, ShardedMap};
+use crate::sync::{self, AtomicBool, Condvar, Mutex, Ordering, ShardedMap};
 
 /// The id of a reservation (hold).
 ///
@@ -188,14 +188,25 @@ struct Hold<K> {
 }
 
 impl<K: Clone> Hold<K> {
-    /// Marks the hold as won by the caller and returns what the caller needs to settle it.
-    fn claim(&mut self, expired: bool) -> Resolved<K> {
+    /// Marks the hold as won by the caller and returns what the caller needs to settle it;
+    /// `now` is the clock read before the claim (`None` only for a hold that needs none).
+    fn claim(&mut self, now: Option<Instant>) -> Resolved<K> {
         self.resolving = true;
+        let deadline = self.reservation.expires_at;
         Resolved {
             reservation: self.reservation.clone(),
             key: self.key.clone(),
-            expired,
+            expired: deadline
+                .zip(now)
+                .is_some_and(|(deadline, now)| now >= deadline),
+            now,
         }
+    }
+
+    /// Whether resolving the hold needs the time: for its deadline, or for its idempotency
+    /// key's retention.
+    fn needs_clock(&self) -> bool {
+        self.reservation.expires_at.is_some() || self.key.is_some()
     }
 }
 
@@ -208,6 +219,10 @@ pub(crate) struct Resolved<K> {
     /// Its deadline had passed when it was removed: it expires (its stock goes back)
     /// whatever the caller asked for.
     pub(crate) expired: bool,
+    /// The clock, read before the claim (never between the claim and
+    /// [`Registry::finish`]: the clock is user code); `Some` whenever the hold has a
+    /// deadline or an idempotency key.
+    now: Option<Instant>,
 }
 
 /// What `reserve` found: a new hold, or the hold of an idempotency key already seen.
@@ -247,8 +262,12 @@ pub(crate) struct Registry<K> {
     expiry: ExpiryIndex,
     /// Idempotency keys.
     keys: KeyTable<K>,
-    /// The time source of deadlines and retention.
+    /// The time source of deadlines and retention: user code, so it is read before any
+    /// internal lock is taken and never between a claim and its finish.
     clock: Arc<dyn Clock>,
+    /// Set (for good) once a hold with a deadline or an idempotency key was opened: until
+    /// then no resolution reads the clock.
+    timed: AtomicBool,
     /// Taken by a call that waits for a hold's winner, and by a winner that found waiters,
     /// to wake them (guards nothing else; taken before a `holds` shard, never after).
     settled_lock: Mutex<()>,
@@ -267,6 +286,7 @@ impl<K: Clone + PartialEq> Registry<K> {
             expiry: ExpiryIndex::new(),
             keys: KeyTable::new(idempotency_retention, idempotency_keys_max),
             clock,
+            timed: AtomicBool::new(false),
             settled_lock: Mutex::new(()),
             settled: Condvar::new(),
         }
@@ -287,11 +307,18 @@ impl<K: Clone + PartialEq> Registry<K> {
         options: &ReserveOptions,
         hold: impl FnOnce(&[(K, u64)]) -> Result<M, StockError<K>>,
     ) -> Result<Opened<K, M>, StockError<K>> {
-        let Some(key) = &options.idempotency_key else {
+        // The clock is read here, before any lock, and only when a deadline or a key needs it.
+        let key = options.idempotency_key.as_ref();
+        let now = (options.ttl.is_some() || key.is_some()).then(|| self.clock.now());
+        let expires_at = options
+            .ttl
+            .zip(now)
+            .and_then(|(ttl, now)| now.checked_add(ttl));
+        let (Some(key), Some(now)) = (key, now) else {
             let moved = hold(&lines)?;
-            return Ok(Opened::New(self.open(lines, options.ttl, None), moved));
+            return Ok(Opened::New(self.open(lines, expires_at, None), moved));
         };
-        self.keys.prune(self.clock.now());
+        self.keys.prune(now);
         self.keys.with_slot(key, |slot| {
             if let Some(replay) = slot.replay(key, &lines) {
                 // While open, answer with the hold as it is now (`extend` may have moved it).
@@ -301,7 +328,7 @@ impl<K: Clone + PartialEq> Registry<K> {
                 });
             }
             let moved = hold(&lines)?;
-            let reservation = self.open(lines, options.ttl, Some(key.clone()));
+            let reservation = self.open(lines, expires_at, Some(key.clone()));
             *slot = KeySlot::Open(reservation.clone());
             Ok(Opened::New(reservation, moved))
         })
@@ -311,10 +338,14 @@ impl<K: Clone + PartialEq> Registry<K> {
     fn open(
         &self,
         lines: Vec<(K, u64)>,
-        ttl: Option<Duration>,
+        expires_at: Option<Instant>,
         key: Option<Arc<str>>,
     ) -> Reservation<K> {
-        let expires_at = ttl.and_then(|ttl| self.clock.now().checked_add(ttl));
+        if (expires_at.is_some() || key.is_some()) && !self.timed.load(Ordering::Relaxed) {
+            // Before the hold is visible: whoever finds the hold (under its shard lock)
+            // sees the flag too.
+            self.timed.store(true, Ordering::Release);
+        }
         let reservation = Reservation {
             id: ReservationId(sync::next_reservation_id()),
             lines: lines.into(),
@@ -384,16 +415,25 @@ impl<K: Clone + PartialEq> Registry<K> {
     /// [`StockError::UnknownReservation`] when `id` is not open (never issued here, or
     /// already resolved).
     pub(crate) fn resolve(&self, id: ReservationId) -> Result<Resolved<K>, StockError<K>> {
-        let resolved = self
-            .with_unclaimed(id, |hold| {
-                let deadline = hold.reservation.expires_at;
-                hold.claim(deadline.is_some_and(|deadline| self.clock.now() >= deadline))
-            })
-            .ok_or(StockError::UnknownReservation(id))?;
-        if let Some(deadline) = resolved.reservation.expires_at {
-            self.expiry.remove(deadline, id);
+        // The clock is user code: read it before the hold's shard is locked, and only once
+        // some hold needed it. A hold found needing it without a reading sends us back for
+        // one (the flag was raised before that hold was opened).
+        let mut now = self.timed.load(Ordering::Acquire).then(|| self.clock.now());
+        loop {
+            let claimed = self
+                .with_unclaimed(id, |hold| {
+                    (now.is_some() || !hold.needs_clock()).then(|| hold.claim(now))
+                })
+                .ok_or(StockError::UnknownReservation(id))?;
+            let Some(resolved) = claimed else {
+                now = Some(self.clock.now());
+                continue;
+            };
+            if let Some(deadline) = resolved.reservation.expires_at {
+                self.expiry.remove(deadline, id);
+            }
+            return Ok(resolved);
         }
-        Ok(resolved)
     }
 
     /// Gives the hold `id` the deadline `now + ttl`.
@@ -411,7 +451,7 @@ impl<K: Clone + PartialEq> Registry<K> {
         let due = |hold: &Hold<K>| hold.reservation.expires_at.is_some_and(|at| at <= now);
         let updated = self.with_unclaimed(id, |hold| {
             if due(hold) {
-                return Err(hold.claim(true));
+                return Err(hold.claim(Some(now)));
             }
             let before = hold.reservation.expires_at;
             hold.reservation.expires_at = deadline;
@@ -441,24 +481,27 @@ impl<K: Clone + PartialEq> Registry<K> {
         }
     }
 
-    /// Claims every hold due now, in deadline order; the caller settles each and calls
-    /// [`finish`](Self::finish). O(due · log n): only the due part of the expiry index is
-    /// visited. A due hold that another caller is resolving is left to that caller.
-    pub(crate) fn take_due(&self) -> Vec<Resolved<K>> {
+    /// The ids of the holds due now, in deadline order, taken out of the expiry index, and
+    /// the clock reading they are due at. The caller claims them **one at a time** with
+    /// [`claim_due`](Self::claim_due), settles and [`finish`](Self::finish)es each, so no
+    /// more than one hold of a sweep is ever claimed at once. O(due · log n): only the due
+    /// part of the expiry index is visited.
+    pub(crate) fn take_due(&self) -> (Instant, Vec<ReservationId>) {
         let now = self.clock.now();
         self.keys.prune(now);
+        let due = self.expiry.take_due(now);
+        (now, due.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// Claims the hold `id` if it is due at `now` and nobody else is resolving it (a hold
+    /// being resolved is left to its winner; a hold extended since is not due).
+    pub(crate) fn claim_due(&self, id: ReservationId, now: Instant) -> Option<Resolved<K>> {
         let due = |hold: &Hold<K>| hold.reservation.expires_at.is_some_and(|at| at <= now);
-        self.expiry
-            .take_due(now)
-            .into_iter()
-            .filter_map(|(_, id)| {
-                self.holds
-                    .update(&id, |hold| {
-                        (due(hold) && !hold.resolving).then(|| hold.claim(true))
-                    })
-                    .flatten()
+        self.holds
+            .update(&id, |hold| {
+                (due(hold) && !hold.resolving).then(|| hold.claim(Some(now)))
             })
-            .collect()
+            .flatten()
     }
 
     /// Records the end of a resolved hold whose stock has moved: the hold leaves the
@@ -474,8 +517,8 @@ impl<K: Clone + PartialEq> Registry<K> {
             let _guard = self.settled_lock.lock();
             self.settled.notify_all();
         }
-        if let Some(key) = &resolved.key {
-            let now = self.clock.now();
+        if let Some((key, now)) = resolved.key.as_ref().zip(resolved.now) {
+            // `now` was read before the claim: no user code runs between claim and finish.
             self.keys.resolved(key, resolved.reservation.id, now);
             self.keys.prune(now);
         }
@@ -489,5 +532,22 @@ impl<K: Clone + PartialEq> Registry<K> {
     /// Number of idempotency keys remembered and of expiry index entries.
     pub(crate) fn index_sizes(&self) -> (usize, usize) {
         (self.keys.len(), self.expiry.len())
+    }
+}
+
+impl<K> Reservation<K> {
+    /// A hold with these parts, for a store that keeps its holds outside this registry
+    /// (the shared engine, feature `redis`): `lines` merged and sorted by SKU.
+    #[cfg(feature = "redis")]
+    pub(crate) fn from_parts(
+        id: ReservationId,
+        lines: Vec<(K, u64)>,
+        expires_at: Option<Instant>,
+    ) -> Self {
+        Self {
+            id,
+            lines: lines.into(),
+            expires_at,
+        }
     }
 }

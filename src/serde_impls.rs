@@ -106,7 +106,9 @@ mod tests {
             | StockError::Conflict { .. }
             | StockError::Expired(_)
             | StockError::IdempotencyConflict { .. }
-            | StockError::InvalidIdempotencyKey { .. } => {}
+            | StockError::InvalidIdempotencyKey { .. }
+            | StockError::Unavailable { .. }
+            | StockError::InvalidSku(_) => {}
         }
         match event {
             StockEvent::Restocked { .. }

@@ -200,6 +200,16 @@ pub trait StockStore<K>: Send + Sync {
     /// an ordered expiry index is visited, never every hold. A [`Reaper`](crate::Reaper)
     /// calls it periodically.
     ///
+    /// # Panics
+    ///
+    /// Only when the event sink panics. The due holds are claimed one at a time and each
+    /// is expired (stock back, hold gone) before the next is claimed; the sink hears of
+    /// the sweep's `Expired` events only after every hold of the sweep is expired, with no
+    /// lock held. So a sink that panics, blocks, or resolves another hold of the same
+    /// sweep (which then answers [`StockError::UnknownReservation`]) leaves no hold
+    /// claimed and keeps no other caller waiting; a panic stops the delivery of the rest
+    /// of the sweep's events.
+    ///
     /// # Examples
     ///
     /// ```
@@ -272,6 +282,81 @@ pub trait StockStore<K>: Send + Sync {
     ///
     /// The errors of [`reserve`](Self::reserve), for the same reasons.
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>>;
+
+    /// [`level`](Self::level), telling an engine failure apart from an unknown SKU.
+    ///
+    /// The in-memory stores never fail: their answer is `Ok(self.level(sku))` (the default).
+    /// A shared engine (`RedisStore`) answers
+    /// [`StockError::Unavailable`] when it cannot be reached, where the infallible
+    /// [`level`](Self::level) answers `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::Unavailable`] (shared engine only) when the engine fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{PessimisticStore, StockStore};
+    ///
+    /// let store = PessimisticStore::new();
+    /// assert_eq!(store.try_level(&"lamp")?, None);
+    /// store.restock(&"lamp", 2)?;
+    /// assert_eq!(store.try_level(&"lamp")?.map(|level| level.on_hand), Some(2));
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
+    fn try_level(&self, sku: &K) -> Result<Option<StockLevel>, StockError<K>> {
+        Ok(self.level(sku))
+    }
+
+    /// [`expire_due`](Self::expire_due), reporting an engine failure.
+    ///
+    /// The in-memory stores never fail (the default calls `expire_due`). A shared engine
+    /// answers [`StockError::Unavailable`] when it cannot be reached, where the infallible
+    /// [`expire_due`](Self::expire_due) expires nothing and returns an empty list; holds
+    /// expired before the failure stay expired.
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::Unavailable`] (shared engine only) when the engine fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{MonitorStore, StockStore};
+    ///
+    /// let store = MonitorStore::<&str>::new();
+    /// assert!(store.try_expire_due()?.is_empty());
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
+    fn try_expire_due(&self) -> Result<Vec<Reservation<K>>, StockError<K>> {
+        Ok(self.expire_due())
+    }
+
+    /// [`stats`](Self::stats), reporting an engine failure.
+    ///
+    /// The in-memory stores never fail (the default calls `stats`). A shared engine answers
+    /// [`StockError::Unavailable`] when it cannot be reached, where the infallible
+    /// [`stats`](Self::stats) answers all zeros.
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::Unavailable`] (shared engine only) when the engine fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{OptimisticStore, StockStore};
+    ///
+    /// let store = OptimisticStore::new();
+    /// store.restock(&"cable", 1)?;
+    /// store.reserve(&[("cable", 1)])?;
+    /// assert_eq!(store.try_stats()?.reserves, 1);
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
+    fn try_stats(&self) -> Result<StoreStats, StockError<K>> {
+        Ok(self.stats())
+    }
 
     /// The largest on hand (in units) this store can keep for one SKU: `u64::MAX`, or
     /// less when the store packs its counts (see

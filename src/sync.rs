@@ -16,7 +16,7 @@
 //! | [`Backoff`] | `crossbeam_utils::Backoff` | `loom::thread::yield_now` |
 //! | [`ShardedMap`] | `dashmap::DashMap` (foldhash) | `loom::sync::Mutex<HashMap>` |
 //! | [`LockFreeMap`] | `papaya::HashMap` (foldhash) | `loom::sync::Mutex<HashMap<K, Arc<V>>>` |
-//! | [`AtomicU64`] | `std::sync::atomic::AtomicU64` | `loom::sync::atomic::AtomicU64` |
+//! | [`AtomicU64`], [`AtomicBool`] | `std::sync::atomic` | `loom::sync::atomic` |
 //! | [`StripedCounters`] | `std` atomics, one cache line per stripe | the same (not modelled) |
 
 pub(crate) use std::sync::atomic::Ordering;
@@ -108,7 +108,7 @@ mod real {
     use std::hash::Hash;
     use std::time::Instant;
 
-    pub(crate) use std::sync::atomic::AtomicU64;
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64};
     pub(crate) use std::sync::Arc;
 
     pub(crate) use crossbeam_utils::Backoff;
@@ -281,7 +281,7 @@ mod mocked {
     use std::ops::{Deref, DerefMut};
     use std::time::Instant;
 
-    pub(crate) use loom::sync::atomic::AtomicU64;
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64};
     pub(crate) use loom::sync::Arc;
 
     use super::Ordering;

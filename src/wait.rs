@@ -10,13 +10,14 @@
 //! released, so a woken task never runs into the lock its waker still holds.
 //!
 //! A waiter that leaves (a timeout, a dropped future) calls [`WaitQueue::cancel`]: either it
-//! was granted meanwhile and must give its units back, or it is unlinked and the waiters
-//! behind it may now be served (the caller grants again).
+//! was granted meanwhile and must give its units back (and report the grant's low-stock
+//! crossing, which was visible), or it is unlinked and the waiters behind it may now be
+//! served (the caller grants again).
 
 use std::collections::VecDeque;
 use std::task::Waker;
 
-use crate::level::StockLevel;
+use crate::level::Moved;
 
 /// The waiters of one SKU, in arrival order, and the grants they have not picked up yet.
 ///
@@ -26,9 +27,10 @@ pub(crate) struct WaitQueue {
     /// Waiters in arrival order, tickets ascending. A waiter leaves from the front when it
     /// is granted (its units reserved), or from anywhere when it cancels.
     queue: VecDeque<Waiter>,
-    /// Granted waiters that have not picked up their grant yet: their ticket and the level
-    /// right after their grant (for their `Reserved` event). At most one entry per waiting
-    /// request (a request waits on one SKU at a time).
+    /// Granted waiters that have not picked up their grant yet: their ticket and what their
+    /// grant moved (the level right after it, for their `Reserved` event, and the low-stock
+    /// crossing it caused, if any). At most one entry per waiting request (a request waits
+    /// on one SKU at a time).
     granted: Vec<Grant>,
     /// Wakers of the tasks granted under the current lock, to wake once it is released.
     wake_list: Vec<Waker>,
@@ -52,16 +54,7 @@ struct Waiter {
 #[derive(Debug, Clone, Copy)]
 struct Grant {
     ticket: u64,
-    level: StockLevel,
-}
-
-/// What [`WaitQueue::cancel`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Cancelled {
-    /// The waiter had been granted: its units are reserved, and the caller gives them back.
-    Granted,
-    /// The waiter was unlinked from the queue; waiters behind it may be served now.
-    Unlinked,
+    moved: Moved,
 }
 
 impl WaitQueue {
@@ -95,29 +88,29 @@ impl WaitQueue {
         self.queue.front().map(|waiter| waiter.quantity)
     }
 
-    /// Grants the head of the queue, whose units the caller has just reserved, leaving the
-    /// SKU at `level`; its waker (if a task) goes to the wake list.
+    /// Grants the head of the queue, whose units the caller has just reserved, as `moved`;
+    /// its waker (if a task) goes to the wake list.
     ///
     /// # Panics
     ///
     /// When nobody waits (a bug in the caller).
-    pub(crate) fn grant_head(&mut self, level: StockLevel) {
+    pub(crate) fn grant_head(&mut self, moved: Moved) {
         let head = self.queue.pop_front().expect("a waiter to grant");
         self.granted.push(Grant {
             ticket: head.ticket,
-            level,
+            moved,
         });
         self.wake_list.extend(head.waker);
     }
 
-    /// The level right after the grant of the waiter `ticket`, if it was granted (and
-    /// forgets the grant: each waiter picks it up once).
-    pub(crate) fn take_grant(&mut self, ticket: u64) -> Option<StockLevel> {
+    /// What the grant of the waiter `ticket` moved, if it was granted (and forgets the
+    /// grant: each waiter picks it up once).
+    pub(crate) fn take_grant(&mut self, ticket: u64) -> Option<Moved> {
         let index = self
             .granted
             .iter()
             .position(|grant| grant.ticket == ticket)?;
-        Some(self.granted.swap_remove(index).level)
+        Some(self.granted.swap_remove(index).moved)
     }
 
     /// Keeps `waker` as the one to wake the queued waiter `ticket` (a task polled again,
@@ -131,19 +124,20 @@ impl WaitQueue {
         }
     }
 
-    /// Takes the waiter `ticket` out: it was granted meanwhile (the caller gives its units
-    /// back) or it is unlinked from the queue (the caller grants the waiters behind it).
+    /// Takes the waiter `ticket` out: `Some` with what its grant moved if it was granted
+    /// meanwhile (the caller holds those units and gives them back), `None` when it is
+    /// unlinked from the queue (the caller grants the waiters behind it).
     ///
     /// # Panics
     ///
     /// When `ticket` is neither queued nor granted (a bug in the caller).
-    pub(crate) fn cancel(&mut self, ticket: u64) -> Cancelled {
-        if self.take_grant(ticket).is_some() {
-            return Cancelled::Granted;
+    pub(crate) fn cancel(&mut self, ticket: u64) -> Option<Moved> {
+        if let Some(moved) = self.take_grant(ticket) {
+            return Some(moved);
         }
         let index = self.position(ticket).expect("a queued waiter");
         self.queue.remove(index);
-        Cancelled::Unlinked
+        None
     }
 
     /// The wakers of the tasks granted since the last call, to wake after the lock is
@@ -164,13 +158,19 @@ impl WaitQueue {
 mod tests {
     use super::*;
 
+    use crate::level::StockLevel;
+
+    fn moved() -> Moved {
+        Moved::new(StockLevel::default(), StockLevel::default(), 0)
+    }
+
     #[test]
     fn grants_go_to_the_head_in_arrival_order() {
         let mut queue = WaitQueue::default();
         let first = queue.push(2, None);
         let second = queue.push(1, None);
         assert_eq!(queue.head_quantity(), Some(2));
-        queue.grant_head(StockLevel::default());
+        queue.grant_head(moved());
         assert_eq!(queue.head_quantity(), Some(1));
         assert_eq!(queue.take_grant(second), None);
         assert!(queue.take_grant(first).is_some());
@@ -183,11 +183,11 @@ mod tests {
         let head = queue.push(1, None);
         let middle = queue.push(1, None);
         let tail = queue.push(1, None);
-        queue.grant_head(StockLevel::default());
-        assert_eq!(queue.cancel(head), Cancelled::Granted);
-        assert_eq!(queue.cancel(tail), Cancelled::Unlinked);
+        queue.grant_head(moved());
+        assert_eq!(queue.cancel(head), Some(moved()));
+        assert_eq!(queue.cancel(tail), None);
         assert_eq!(queue.len(), 1);
-        assert_eq!(queue.cancel(middle), Cancelled::Unlinked);
+        assert_eq!(queue.cancel(middle), None);
         assert!(queue.is_empty());
     }
 }

@@ -87,13 +87,16 @@ trait Subject: Debug {
 /// Implements [`Subject`] for a real store by delegating to its `StockStore` methods.
 macro_rules! subject {
     ($store:ty, version_max: $version_max:expr, sell_holds_first: $holds:expr, waits: $waits:tt) => {
+        subject!($store, new: <$store>::new(), version_max: $version_max, sell_holds_first: $holds, waits: $waits);
+    };
+    ($store:ty, new: $new:expr, version_max: $version_max:expr, sell_holds_first: $holds:expr, waits: $waits:tt) => {
         impl Subject for $store {
             const WAITS: bool = $waits;
             const VERSION_MAX: u64 = $version_max;
             const SELL_HOLDS_FIRST: bool = $holds;
 
             fn new() -> Self {
-                <$store>::new()
+                $new
             }
             fn quantity_max(&self) -> u64 {
                 StockStore::quantity_max(self)
@@ -135,6 +138,21 @@ macro_rules! subject {
 subject!(PessimisticStore<Sku>, version_max: u64::MAX, sell_holds_first: false, waits: false);
 subject!(OptimisticStore<Sku>, version_max: (1 << 48) - 1, sell_holds_first: true, waits: false);
 subject!(MonitorStore<Sku>, version_max: u64::MAX, sell_holds_first: false, waits: true);
+#[cfg(feature = "redis")]
+subject!(
+    stockledger::RedisStore<Sku>,
+    new: {
+        let url = redis_server::shared().url();
+        stockledger::RedisStore::connect(&url, &redis_server::fresh_namespace("model")).unwrap()
+    },
+    version_max: stockledger::RedisStore::<Sku>::QUANTITY_MAX,
+    sell_holds_first: false,
+    waits: true
+);
+
+#[cfg(feature = "redis")]
+#[path = "support/redis_server.rs"]
+mod redis_server;
 
 // ---------------------------------------------------------------------------------------
 // The reference model: the sequential spec.
@@ -724,6 +742,15 @@ fn optimistic_store_follows_the_model() {
 #[test]
 fn monitor_store_follows_the_model() {
     run::<MonitorStore<Sku>>(config()).unwrap();
+}
+
+/// Fewer cases on Redis: every call is a round trip to a real server.
+#[cfg(feature = "redis")]
+#[test]
+fn redis_store_follows_the_model() {
+    let config = config();
+    let cases = config.cases.min(64);
+    run::<stockledger::RedisStore<Sku>>(Config { cases, ..config }).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------

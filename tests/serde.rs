@@ -82,10 +82,14 @@ fn every_error() -> Vec<StockError<String>> {
             id,
         },
         StockError::InvalidIdempotencyKey { length_bytes: 256 },
+        StockError::Unavailable {
+            reason: "connection refused".to_owned(),
+        },
+        StockError::InvalidSku(sku()),
     ]
 }
 
-const ERROR_VARIANTS: [&str; 11] = [
+const ERROR_VARIANTS: [&str; 13] = [
     "UnknownSku",
     "InsufficientStock",
     "InvalidQuantity",
@@ -97,6 +101,8 @@ const ERROR_VARIANTS: [&str; 11] = [
     "Expired",
     "IdempotencyConflict",
     "InvalidIdempotencyKey",
+    "Unavailable",
+    "InvalidSku",
 ];
 
 const EVENT_VARIANTS: [&str; 7] = [

@@ -21,7 +21,6 @@ use crate::reservation::{Opened, Reservation};
 use crate::stats::{Stat, Stats};
 use crate::store::{Sku, WaitFuture, WaitingStore};
 use crate::sync::{self, Arc, MutexGuard};
-use crate::wait::Cancelled;
 
 /// Where one waiting line stands after its turn at its SKU's monitor.
 enum Turn {
@@ -48,11 +47,10 @@ impl MonitorState {
         stats: &Stats,
     ) -> Result<Turn, StockError<K>> {
         if let Some(queued) = *ticket {
-            if let Some(level) = self.waiters.take_grant(queued) {
+            if let Some(moved) = self.waiters.take_grant(queued) {
                 *ticket = None;
-                // The crossing, if any, was reported by the change that granted it.
-                let low_stock = None;
-                return Ok(Turn::Held(Moved { level, low_stock }));
+                // The grant's crossing, if any, goes out with this request's hold.
+                return Ok(Turn::Held(moved));
             }
             if let Some(waker) = waker {
                 self.waiters.register(queued, waker);
@@ -80,20 +78,17 @@ impl MonitorState {
 }
 
 impl Monitor {
-    /// Takes the waiter `ticket` (waiting for `quantity` units) out of this SKU's queue,
-    /// under `state`'s lock: when it was granted meanwhile, its units go back (to the
-    /// waiters behind it, or to available); otherwise the waiters behind it may be served
-    /// now. Either way the turn passes on, and whoever was granted is woken.
-    fn leave(&self, mut state: MutexGuard<'_, MonitorState>, ticket: u64, quantity: u64) {
-        match state.waiters.cancel(ticket) {
-            Cancelled::Granted => {
-                self.resolve(state, quantity, Change::Release);
-            }
-            Cancelled::Unlinked => {
-                let granted = state.grant_waiters();
-                self.notify(state, granted);
-            }
+    /// Takes the waiter `ticket` out of this SKU's queue, under `state`'s lock. When it
+    /// was granted meanwhile, returns what the grant moved: the caller holds those units
+    /// and gives them back (which passes them on). Otherwise the waiters behind it may be
+    /// served now: grants them and wakes whoever was granted.
+    fn leave(&self, mut state: MutexGuard<'_, MonitorState>, ticket: u64) -> Option<Moved> {
+        let granted = state.waiters.cancel(ticket);
+        if granted.is_none() {
+            let served = state.grant_waiters();
+            self.notify(state, served);
         }
+        granted
     }
 }
 
@@ -239,18 +234,42 @@ impl<'a, K: Sku> Request<'a, K> {
     }
 }
 
+impl<K: Sku> Request<'_, K> {
+    /// Leaves the queue of the line waited for, if it is queued; a grant it had not picked
+    /// up joins the held lines (to be given back with them).
+    fn leave(&mut self) {
+        if self.ticket.is_some() {
+            let monitor = Arc::clone(&self.monitors[self.held.len()]);
+            let state = self.store.lock(&monitor);
+            self.leave_locked(&monitor, state);
+        }
+    }
+
+    /// [`leave`](Self::leave) under `state`, the lock of `monitor`, the queued line's SKU.
+    fn leave_locked(&mut self, monitor: &Monitor, state: MutexGuard<'_, MonitorState>) {
+        if let Some(ticket) = self.ticket.take() {
+            let granted = monitor.leave(state, ticket);
+            self.held.extend(granted);
+        }
+    }
+}
+
 impl<K: Sku> Drop for Request<'_, K> {
     /// Leaves the queue, then gives back the lines held, each waking whoever it serves.
     fn drop(&mut self) {
-        if let Some(ticket) = self.ticket.take() {
-            let index = self.held.len();
-            let monitor = &self.monitors[index];
-            monitor.leave(self.store.lock(monitor), ticket, self.lines[index].1);
+        self.leave();
+        if self.held.is_empty() {
+            return;
         }
-        let lines = self.monitors.iter().zip(&self.lines);
-        for ((monitor, (_, quantity)), _) in lines.zip(self.held.drain(..)) {
+        let held = self.monitors.iter().zip(&self.lines).zip(&self.held);
+        for ((monitor, (_, quantity)), _) in held {
             monitor.resolve(self.store.lock(monitor), *quantity, Change::Release);
         }
+        // The lines held were visible, crossings included: report those, though the hold
+        // is given back.
+        let life = &self.store.lifecycle;
+        life.crossings(&self.lines[..self.held.len()], &self.held);
+        self.held.clear();
     }
 }
 
@@ -274,8 +293,7 @@ impl<K: Sku> WaitingStore<K> for MonitorStore<K> {
             let mut timed_out = false;
             while !request.take_turn(&mut state, None)? {
                 if timed_out || sync::deadline_passed(deadline) {
-                    let ticket = request.ticket.take().expect("a queued line");
-                    monitor.leave(state, ticket, request.lines[index].1);
+                    request.leave_locked(&monitor, state);
                     self.lifecycle.stats.count(Stat::Timeouts);
                     return Err(StockError::Timeout); // dropping `request` gives back the rest
                 }

@@ -4,6 +4,11 @@
 
 use stockledger::{MonitorStore, OptimisticStore, PessimisticStore, StockStore};
 
+/// The real `redis-server` the `RedisStore` runs of these tests use (feature `redis`).
+#[cfg(feature = "redis")]
+#[path = "../support/redis_server.rs"]
+pub mod redis_server;
+
 /// A store under test, with its strategy name for failure messages.
 pub type Store = Box<dyn StockStore<String>>;
 
@@ -13,7 +18,17 @@ pub fn stores() -> Vec<(&'static str, Store)> {
         ("pessimistic", Box::new(PessimisticStore::<String>::new())),
         ("optimistic", Box::new(OptimisticStore::<String>::new())),
         ("monitor", Box::new(MonitorStore::<String>::new())),
+        #[cfg(feature = "redis")]
+        ("redis", Box::new(redis_store())),
     ]
+}
+
+/// A `RedisStore` on the shared test server, in a namespace of its own.
+#[cfg(feature = "redis")]
+pub fn redis_store() -> stockledger::RedisStore<String> {
+    let server = redis_server::shared();
+    stockledger::RedisStore::connect(&server.url(), &redis_server::fresh_namespace("contract"))
+        .expect("the test server answers")
 }
 
 /// Runs `body` once on each strategy.
@@ -131,7 +146,33 @@ pub fn rigged_stores(settings: Settings) -> Vec<(&'static str, Store, Rig)> {
             Box::new(monitor.configure(MonitorStore::builder(), settings).build()),
             monitor,
         ),
+        #[cfg(feature = "redis")]
+        {
+            let redis = Rig::new();
+            let store = redis.configure_redis(settings);
+            ("redis", Box::new(store), redis)
+        },
     ]
+}
+
+#[cfg(feature = "redis")]
+impl Rig {
+    /// A `RedisStore` on the shared test server with this rig's clock and recorder and
+    /// `settings`, in a namespace of its own.
+    fn configure_redis(&self, settings: Settings) -> stockledger::RedisStore<String> {
+        let url = redis_server::shared().url();
+        let namespace = redis_server::fresh_namespace("lifecycle");
+        let mut builder = stockledger::RedisStore::builder(&url, &namespace)
+            .clock(self.clock.clone())
+            .event_sink(self.events.clone());
+        if let Some(retention) = settings.idempotency_retention {
+            builder = builder.idempotency_retention(retention);
+        }
+        if let Some(keys_max) = settings.idempotency_keys_max {
+            builder = builder.idempotency_keys_max(keys_max);
+        }
+        builder.build().expect("the test server answers")
+    }
 }
 
 /// Runs `body` once on each strategy, each store with its own rig and default settings.

@@ -1,0 +1,331 @@
+//! The builder of a [`RedisStore`]: pool size, command timeout, clock, event sink,
+//! idempotency settings, stream cap.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::engine::{Connector, Timebase};
+use super::{RedisSku, RedisStore};
+use crate::clock::{Clock, SystemClock};
+use crate::error::StockError;
+use crate::event::{EventSink, Events};
+use crate::idempotency::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_RETENTION};
+
+/// Connections a [`RedisStore`] keeps open by default (its pool's maximum): one per
+/// thread that calls it at once; more threads wait for a free connection.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(stockledger::POOL_SIZE, 16);
+/// ```
+pub const POOL_SIZE: u32 = 16;
+
+/// How long a [`RedisStore`] waits for a connection, for the server to answer one call,
+/// or for a free pooled connection, by default; then the call is
+/// [`StockError::Unavailable`].
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(stockledger::COMMAND_TIMEOUT, std::time::Duration::from_secs(5));
+/// ```
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cap of the namespace's event stream by default: each script trims it to about this
+/// many entries (`XADD ... MAXLEN ~`), so consumers should keep up within it.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(stockledger::EVENTS_MAX, 1_000_000);
+/// ```
+pub const EVENTS_MAX: usize = 1_000_000;
+
+/// Most bytes of a namespace.
+const NAMESPACE_BYTES_MAX: usize = 256;
+
+/// Builds a [`RedisStore`]; from [`RedisStore::builder`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::{sync::Arc, time::Duration};
+/// use stockledger::{ChannelSink, RedisStore, StockStore};
+///
+/// let (sink, events) = ChannelSink::unbounded();
+/// let store = RedisStore::<String>::builder("redis://127.0.0.1/", "shop")
+///     .pool_size(8)
+///     .command_timeout(Duration::from_millis(500))
+///     .event_sink(sink)
+///     .idempotency_retention(Duration::from_secs(3600))
+///     .build()?;
+/// store.restock(&"SKU1004".to_string(), 1)?;
+/// assert_eq!(events.try_iter().count(), 1);
+/// # Ok::<(), stockledger::StockError<String>>(())
+/// ```
+#[must_use = "a builder does nothing until `.build()`"]
+pub struct RedisStoreBuilder<K> {
+    url: String,
+    namespace: String,
+    pool_size: u32,
+    command_timeout: Duration,
+    clock: Arc<dyn Clock>,
+    event_sink: Option<Arc<dyn EventSink<K>>>,
+    idempotency_retention: Duration,
+    idempotency_keys_max: usize,
+    events_max: usize,
+    sku: PhantomData<fn() -> K>,
+}
+
+impl<K: RedisSku> RedisStoreBuilder<K> {
+    pub(crate) fn new(url: &str, namespace: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            namespace: namespace.to_string(),
+            pool_size: POOL_SIZE,
+            command_timeout: COMMAND_TIMEOUT,
+            clock: Arc::new(SystemClock),
+            event_sink: None,
+            idempotency_retention: IDEMPOTENCY_RETENTION,
+            idempotency_keys_max: IDEMPOTENCY_KEYS_MAX,
+            events_max: EVENTS_MAX,
+            sku: PhantomData,
+        }
+    }
+
+    /// At most `pool_size` connections (at least 1; default [`POOL_SIZE`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let store = stockledger::RedisStore::<u64>::builder("redis://127.0.0.1/", "shop")
+    ///     .pool_size(4)
+    ///     .build()?;
+    /// # Ok::<(), stockledger::StockError<u64>>(())
+    /// ```
+    pub fn pool_size(mut self, pool_size: u32) -> Self {
+        self.pool_size = pool_size.max(1);
+        self
+    }
+
+    /// The command timeout (default [`COMMAND_TIMEOUT`]; at least 10 ms).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// let store = stockledger::RedisStore::<u64>::builder("redis://127.0.0.1/", "shop")
+    ///     .command_timeout(Duration::from_secs(1))
+    ///     .build()?;
+    /// # Ok::<(), stockledger::StockError<u64>>(())
+    /// ```
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The time source of hold deadlines and idempotency retention (default
+    /// [`SystemClock`]). Its readings are mapped onto the wall clock at `build` time.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use stockledger::{ManualClock, RedisStore};
+    ///
+    /// let clock = Arc::new(ManualClock::new());
+    /// let store = RedisStore::<u64>::builder("redis://127.0.0.1/", "test").clock(clock).build()?;
+    /// # Ok::<(), stockledger::StockError<u64>>(())
+    /// ```
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Where the events of the calls made through this store go, after each call.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let (sink, _events) = stockledger::ChannelSink::unbounded();
+    /// let store = stockledger::RedisStore::<u64>::builder("redis://127.0.0.1/", "shop")
+    ///     .event_sink(sink)
+    ///     .build()?;
+    /// # Ok::<(), stockledger::StockError<u64>>(())
+    /// ```
+    pub fn event_sink(mut self, sink: Arc<dyn EventSink<K>>) -> Self {
+        self.event_sink = Some(sink);
+        self
+    }
+
+    /// How long a resolved hold's idempotency key is remembered (default
+    /// [`IDEMPOTENCY_RETENTION`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// let store = stockledger::RedisStore::<u64>::builder("redis://127.0.0.1/", "shop")
+    ///     .idempotency_retention(Duration::from_secs(600))
+    ///     .build()?;
+    /// # Ok::<(), stockledger::StockError<u64>>(())
+    /// ```
+    pub fn idempotency_retention(mut self, retention: Duration) -> Self {
+        self.idempotency_retention = retention;
+        self
+    }
+
+    /// How many resolved idempotency keys are remembered at most, oldest forgotten first
+    /// (default [`IDEMPOTENCY_KEYS_MAX`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let store = stockledger::RedisStore::<u64>::builder("redis://127.0.0.1/", "shop")
+    ///     .idempotency_keys_max(1_000)
+    ///     .build()?;
+    /// # Ok::<(), stockledger::StockError<u64>>(())
+    /// ```
+    pub fn idempotency_keys_max(mut self, keys_max: usize) -> Self {
+        self.idempotency_keys_max = keys_max;
+        self
+    }
+
+    /// The approximate cap of the event stream (default [`EVENTS_MAX`]; at least 1).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let store = stockledger::RedisStore::<u64>::builder("redis://127.0.0.1/", "shop")
+    ///     .events_max(10_000)
+    ///     .build()?;
+    /// # Ok::<(), stockledger::StockError<u64>>(())
+    /// ```
+    pub fn events_max(mut self, events_max: usize) -> Self {
+        self.events_max = events_max.max(1);
+        self
+    }
+
+    /// Connects and returns the store.
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::Unavailable`] when the URL is invalid, the server cannot be reached
+    /// within the command timeout or is older than Redis 7, or the namespace is empty,
+    /// longer than 256 bytes or contains `{` or `}`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let store = stockledger::RedisStore::<u64>::builder("redis://127.0.0.1/", "shop").build()?;
+    /// # Ok::<(), stockledger::StockError<u64>>(())
+    /// ```
+    ///
+    /// # Blocking
+    ///
+    /// Blocks while it connects (up to the command timeout).
+    pub fn build(self) -> Result<RedisStore<K>, StockError<K>> {
+        let namespace = &self.namespace;
+        if namespace.is_empty()
+            || namespace.len() > NAMESPACE_BYTES_MAX
+            || namespace.contains(['{', '}'])
+        {
+            return Err(StockError::Unavailable {
+                reason: format!(
+                    "invalid namespace {namespace:?}: 1 to {NAMESPACE_BYTES_MAX} bytes without '{{' or '}}'"
+                ),
+            });
+        }
+        let client = redis::Client::open(self.url.as_str()).map_err(super::unavailable)?;
+        let pool = r2d2::Pool::builder()
+            .max_size(self.pool_size)
+            .min_idle(Some(1))
+            .connection_timeout(self.command_timeout)
+            .test_on_check_out(false)
+            .build(Connector {
+                client,
+                command_timeout: self.command_timeout,
+            })
+            .map_err(super::unavailable)?;
+        let prefix = format!("{{{namespace}}}:");
+        let keys = [
+            "levels",
+            "holds",
+            "deadlines",
+            "idempotency",
+            "retired",
+            "sequence",
+            "events",
+            "stats",
+            "waiters",
+            "unclaimed",
+        ]
+        .map(|name| format!("{prefix}{name}"));
+        let store = RedisStore {
+            pool,
+            namespace: namespace.clone(),
+            prefix,
+            keys,
+            tag: namespace_tag(namespace),
+            timebase: Timebase::new(self.clock.now()),
+            clock: self.clock,
+            events: Events::new(self.event_sink),
+            idempotency_retention_us: u64::try_from(self.idempotency_retention.as_micros())
+                .unwrap_or(u64::MAX)
+                .min(super::engine::TIME_US_MAX),
+            idempotency_keys_max: self.idempotency_keys_max,
+            events_max: self.events_max,
+            command_timeout: self.command_timeout,
+        };
+        store.check_version()?;
+        Ok(store)
+    }
+}
+
+impl<K: RedisSku> RedisStore<K> {
+    /// Refuses a server older than Redis 7 (the scripts need 7.0's commands).
+    fn check_version(&self) -> Result<(), StockError<K>> {
+        let info: String = self.command(redis::cmd("INFO").arg("server"))?;
+        let major = info
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_version:"))
+            .and_then(|version| version.split('.').next())
+            .and_then(|major| major.trim().parse::<u32>().ok());
+        match major {
+            Some(major) if major >= 7 => Ok(()),
+            _ => Err(StockError::Unavailable {
+                reason: format!("the server is not Redis 7 or later ({major:?})"),
+            }),
+        }
+    }
+}
+
+/// The namespace's tag in the upper 20 bits of its ids: FNV-1a of its bytes, never 0 (the
+/// in-memory stores' ids are small numbers, tag 0).
+fn namespace_tag(namespace: &str) -> u64 {
+    let hash = namespace
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    hash % ((1 << (64 - super::COUNTER_BITS)) - 1) + 1
+}
+
+impl<K> fmt::Debug for RedisStoreBuilder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("namespace", &self.namespace)
+            .field("pool_size", &self.pool_size)
+            .field("command_timeout", &self.command_timeout)
+            .field("event_sink", &self.event_sink.is_some())
+            .field("idempotency_retention", &self.idempotency_retention)
+            .field("idempotency_keys_max", &self.idempotency_keys_max)
+            .field("events_max", &self.events_max)
+            .finish_non_exhaustive()
+    }
+}

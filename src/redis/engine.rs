@@ -1,0 +1,203 @@
+//! The wire: a pool of blocking connections with timeouts, the Lua scripts, the replies
+//! they send, and the store's timebase (its clock in microseconds).
+
+use std::sync::LazyLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::{ConnectionLike, Script, Value};
+
+/// One pooled connection; `broken` once a call on it failed below the script level, so
+/// the pool drops it instead of handing out a connection with a stale reply in flight.
+pub(crate) struct Link {
+    pub(crate) connection: redis::Connection,
+    pub(crate) broken: bool,
+}
+
+/// Opens connections for the r2d2 pool: connect timeout, then read and write timeouts
+/// (the command timeout) on the socket.
+#[derive(Debug)]
+pub(crate) struct Connector {
+    pub(crate) client: redis::Client,
+    pub(crate) command_timeout: Duration,
+}
+
+impl r2d2::ManageConnection for Connector {
+    type Connection = Link;
+    type Error = redis::RedisError;
+
+    fn connect(&self) -> Result<Link, redis::RedisError> {
+        let connection = self
+            .client
+            .get_connection_with_timeout(self.command_timeout)?;
+        connection.set_read_timeout(Some(self.command_timeout))?;
+        connection.set_write_timeout(Some(self.command_timeout))?;
+        Ok(Link {
+            connection,
+            broken: false,
+        })
+    }
+
+    fn is_valid(&self, link: &mut Link) -> Result<(), redis::RedisError> {
+        redis::cmd("PING").query::<()>(&mut link.connection)
+    }
+
+    fn has_broken(&self, link: &mut Link) -> bool {
+        link.broken || !link.connection.is_open()
+    }
+}
+
+/// The shared helpers, prepended to every script.
+const COMMON: &str = include_str!("scripts/common.lua");
+
+/// A script: the shared helpers, then its own body. `Script` runs it with `EVALSHA` and
+/// loads it again when the server answers `NOSCRIPT` (after a restart or a failover).
+fn script(body: &str) -> Script {
+    Script::new(&format!("{COMMON}\n{body}"))
+}
+
+/// Every script of the store, built once per process.
+pub(crate) struct Scripts {
+    pub(crate) restock: Script,
+    pub(crate) reserve: Script,
+    pub(crate) sell: Script,
+    pub(crate) resolve: Script,
+    pub(crate) extend: Script,
+    pub(crate) expire_due: Script,
+    pub(crate) threshold: Script,
+    pub(crate) wait_begin: Script,
+    pub(crate) wait_poll: Script,
+}
+
+pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    restock: script(include_str!("scripts/restock.lua")),
+    reserve: script(include_str!("scripts/reserve.lua")),
+    sell: script(include_str!("scripts/sell.lua")),
+    resolve: script(include_str!("scripts/resolve.lua")),
+    extend: script(include_str!("scripts/extend.lua")),
+    expire_due: script(include_str!("scripts/expire_due.lua")),
+    threshold: script(include_str!("scripts/threshold.lua")),
+    wait_begin: script(include_str!("scripts/wait_begin.lua")),
+    wait_poll: script(include_str!("scripts/wait_poll.lua")),
+});
+
+/// What a script answered: `{status, payload, events}` (see `scripts/common.lua`).
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: String,
+    pub(crate) payload: Vec<Value>,
+    pub(crate) events: Vec<Value>,
+}
+
+/// A reply that does not have the shape the scripts send.
+pub(crate) fn malformed(what: &str) -> String {
+    format!("malformed reply from the server: {what}")
+}
+
+impl Reply {
+    pub(crate) fn parse(value: Value) -> Result<Reply, String> {
+        let Value::Array(mut parts) = value else {
+            return Err(malformed("not an array"));
+        };
+        if parts.len() != 3 {
+            return Err(malformed("not {status, payload, events}"));
+        }
+        let events = array(parts.pop())?;
+        let payload = array(parts.pop())?;
+        let status = text(parts.pop().as_ref())?;
+        Ok(Reply {
+            status,
+            payload,
+            events,
+        })
+    }
+}
+
+fn array(value: Option<Value>) -> Result<Vec<Value>, String> {
+    match value {
+        Some(Value::Array(items)) => Ok(items),
+        // An empty Lua table comes back as an empty array; be lenient with nil too.
+        Some(Value::Nil) => Ok(Vec::new()),
+        _ => Err(malformed("expected an array")),
+    }
+}
+
+/// The bytes of a string reply.
+pub(crate) fn bytes(value: Option<&Value>) -> Result<&[u8], String> {
+    match value {
+        Some(Value::BulkString(bytes)) => Ok(bytes),
+        Some(Value::SimpleString(text)) => Ok(text.as_bytes()),
+        _ => Err(malformed("expected a string")),
+    }
+}
+
+pub(crate) fn text(value: Option<&Value>) -> Result<String, String> {
+    Ok(String::from_utf8_lossy(bytes(value)?).into_owned())
+}
+
+/// A count in a reply (scripts send integers; never negative).
+pub(crate) fn number(value: Option<&Value>) -> Result<u64, String> {
+    match value {
+        Some(Value::Int(n)) => u64::try_from(*n).map_err(|_| malformed("negative count")),
+        Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| malformed("not a count")),
+        _ => Err(malformed("expected an integer")),
+    }
+}
+
+/// The store's clock in microseconds on a shared timebase: the wall clock when the store
+/// was built, moved on by the store's [`Clock`](crate::Clock). Hosts that share a Redis
+/// server should keep their wall clocks in step (NTP): deadlines are compared across them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timebase {
+    /// The store clock's reading when the store was built.
+    anchor: Instant,
+    /// Microseconds since the Unix epoch at `anchor`.
+    anchor_us: u64,
+}
+
+/// The largest time the scripts keep exactly (2^53 - 1 us, about 285 years after 1970).
+pub(crate) const TIME_US_MAX: u64 = (1 << 53) - 1;
+
+impl Timebase {
+    pub(crate) fn new(anchor: Instant) -> Self {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            anchor,
+            anchor_us: u64::try_from(since_epoch.as_micros()).unwrap_or(TIME_US_MAX),
+        }
+    }
+
+    /// `now` in microseconds, rounded down (so a deadline is never reached early).
+    pub(crate) fn now_us(&self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.anchor).as_micros();
+        self.anchor_us
+            .saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX))
+            .min(TIME_US_MAX)
+    }
+
+    /// A deadline in microseconds, rounded up (so it is never reached early); at most
+    /// [`TIME_US_MAX`].
+    pub(crate) fn deadline_us(&self, deadline: Instant) -> u64 {
+        let after = deadline.saturating_duration_since(self.anchor);
+        let whole = u64::try_from(after.as_micros()).unwrap_or(u64::MAX);
+        let rounded = whole.saturating_add(u64::from(after.subsec_nanos() % 1_000 != 0));
+        self.anchor_us.saturating_add(rounded).clamp(1, TIME_US_MAX)
+    }
+
+    /// The instant of a deadline in microseconds; `None` for 0 (no deadline).
+    pub(crate) fn instant(&self, deadline_us: u64) -> Option<Instant> {
+        if deadline_us == 0 {
+            return None;
+        }
+        match deadline_us.checked_sub(self.anchor_us) {
+            Some(after) => self.anchor.checked_add(Duration::from_micros(after)),
+            None => self
+                .anchor
+                .checked_sub(Duration::from_micros(self.anchor_us - deadline_us)),
+        }
+    }
+}

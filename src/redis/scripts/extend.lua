@@ -1,0 +1,22 @@
+-- extend.lua: gives an open hold a new deadline, or expires it when already past its own.
+-- ARGV (after the common head of common.lua): 6 id, 7 new deadline (us, 0: none).
+-- Reply: {"ok", hold, {}} | {"expired", hold, events} | {"unknown_reservation", {}, {}}
+-- with hold = {id, deadline_us, SKU, quantity, ...}.
+local id, deadline = tonumber(ARGV[6]), tonumber(ARGV[7])
+local h = hold_of(id)
+if not h then
+  return { 'unknown_reservation', {}, {} }
+end
+if h[1] > 0 and NOW >= h[1] then
+  settle(id, h, 'release', 'expired')
+  return { 'expired', hold_reply(id, h[1], h[3], h[4]), events }
+end
+h[1] = deadline
+redis.call('HSET', K_HOLDS, int(id), cmsgpack.pack(h))
+if deadline > 0 then
+  redis.call('ZADD', K_DEADLINES, int(deadline), int(id))
+else
+  redis.call('ZREM', K_DEADLINES, int(id))
+end
+count('extensions')
+return { 'ok', hold_reply(id, deadline, h[3], h[4]), {} }

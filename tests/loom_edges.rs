@@ -1,0 +1,202 @@
+#![cfg(loom)]
+//! User code at the edges (issue 9): an event sink that panics in an expiry sweep leaves
+//! every hold of the sweep resolved, however a commit of one of them races the sweep; and
+//! an optimistic multi-line hold that is compensated still reports the low-stock crossing
+//! its partial hold made visible.
+//!
+//! Run: `CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release --test loom_edges`
+
+mod loom_common;
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use loom_common::{assert_noted, counts, explore, note, spawn, Sku};
+use stockledger::{
+    Clock, EventSink, ManualClock, MonitorStore, OptimisticStore, PessimisticStore, ReserveOptions,
+    StockError, StockEvent, StockStore, StoreBuilder,
+};
+
+/// The panic message of the panicking sink.
+const SINK_BUG: &str = "sink bug";
+
+/// Keeps the panicking sink's panics (one per interleaving) off stderr; every other panic
+/// is reported as usual.
+fn quiet_sink_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let report = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&SINK_BUG) {
+                report(info);
+            }
+        }));
+    });
+}
+
+/// A sink that records every event and, when `panics`, panics on the `Expired` event of
+/// SKU `a` (the first hold of the sweep below).
+#[derive(Default)]
+struct Sink {
+    panics: bool,
+    events: Mutex<Vec<StockEvent<Sku>>>,
+}
+
+impl EventSink<Sku> for Sink {
+    fn on_event(&self, event: &StockEvent<Sku>) {
+        self.events.lock().unwrap().push(event.clone());
+        let expired_a = matches!(event, StockEvent::Expired { lines, .. } if lines[0].sku == "a");
+        if self.panics && expired_a {
+            std::panic::panic_any(SINK_BUG);
+        }
+    }
+}
+
+/// A sweep of two due holds whose sink panics races a commit of the second hold: both
+/// holds end resolved (expired by the sweep, or the second expired by the commit, which
+/// finds it past its deadline), no stock stays reserved, and nothing is left to sweep.
+fn panicking_sweep_leaves_both_resolved<S: StockStore<Sku> + 'static>(
+    store: S,
+    clock: Arc<ManualClock>,
+) {
+    let store = Arc::new(store);
+    store.restock(&"a", 1).unwrap();
+    store.restock(&"b", 1).unwrap();
+    let ttl = ReserveOptions::new().ttl(Duration::from_secs(10));
+    let first = store.reserve_with(&[("a", 1)], &ttl).unwrap();
+    let second = store.reserve_with(&[("b", 1)], &ttl).unwrap();
+    clock.advance(Duration::from_secs(10));
+    let id = second.id();
+    let committer = spawn(&store, move |store| store.commit(id));
+    let swept = panic::catch_unwind(AssertUnwindSafe(|| store.expire_due()));
+    let committed = committer.join().unwrap();
+    match committed {
+        Err(StockError::Expired(expired)) if expired == id => note("the commit expired it"),
+        Err(StockError::UnknownReservation(unknown)) if unknown == id => {
+            note("the sweep expired it")
+        }
+        other => panic!("a commit past the deadline returned {other:?}"),
+    }
+    assert!(
+        swept.is_err(),
+        "the sweep expired the first hold, and its sink panicked"
+    );
+    for hold in [&first, &second] {
+        assert_eq!(
+            store.release(hold.id()),
+            Err(StockError::UnknownReservation(hold.id()))
+        );
+    }
+    assert_eq!(counts(&*store, "a").1, 0, "a stays reserved");
+    assert_eq!(counts(&*store, "b").1, 0, "b stays reserved");
+    assert!(store.expire_due().is_empty());
+    assert_eq!(store.stats().expirations, 2);
+}
+
+/// Runs [`panicking_sweep_leaves_both_resolved`] on the store `build` makes.
+fn sweep_model<S: StockStore<Sku> + 'static>(
+    name: &str,
+    build: fn(StoreBuilder<Sku, S>) -> S,
+    builder: fn() -> StoreBuilder<Sku, S>,
+) {
+    quiet_sink_panics();
+    let new = move || {
+        let clock = Arc::new(ManualClock::new());
+        let sink = Arc::new(Sink {
+            panics: true,
+            ..Sink::default()
+        });
+        let dyn_clock: Arc<dyn Clock> = clock.clone();
+        (build(builder().clock(dyn_clock).event_sink(sink)), clock)
+    };
+    explore(name, new, |(store, clock)| {
+        panicking_sweep_leaves_both_resolved(store, clock)
+    });
+    assert_noted(name, &["the commit expired it", "the sweep expired it"]);
+}
+
+#[test]
+fn panicking_sweep_leaves_both_resolved_pessimistic() {
+    sweep_model(
+        "panicking_sweep::pessimistic",
+        |b| b.build(),
+        PessimisticStore::builder,
+    );
+}
+
+#[test]
+fn panicking_sweep_leaves_both_resolved_optimistic() {
+    sweep_model(
+        "panicking_sweep::optimistic",
+        |b| b.build(),
+        OptimisticStore::builder,
+    );
+}
+
+#[test]
+fn panicking_sweep_leaves_both_resolved_monitor() {
+    sweep_model(
+        "panicking_sweep::monitor",
+        |b| b.build(),
+        MonitorStore::builder,
+    );
+}
+
+/// An optimistic two-line hold races a sale of its second line's last unit. When the hold
+/// passed its check and then lost the unit, it gives its first line back (compensation);
+/// that first line was visibly held, taking `a` from 3 to 1 available, below the threshold
+/// 2, so a `LowStock` for `a` must have gone out. Whatever the order, one `LowStock` per
+/// crossing of `a`, and none when `a` never crossed.
+#[test]
+fn optimistic_compensation_reports_its_crossing() {
+    let name = "optimistic_compensation_reports_its_crossing";
+    let new = || {
+        let sink = Arc::new(Sink::default());
+        let store = OptimisticStore::builder().event_sink(sink.clone()).build();
+        (store, sink)
+    };
+    explore(
+        name,
+        new,
+        |(store, sink): (OptimisticStore<Sku>, Arc<Sink>)| {
+            let store = Arc::new(store);
+            store.restock(&"a", 3).unwrap();
+            store.set_low_stock_threshold(&"a", 2).unwrap();
+            store.restock(&"b", 1).unwrap();
+            let seller = spawn(&store, |store| store.sell(&[("b", 1)]));
+            let held = store.reserve(&[("a", 2), ("b", 1)]);
+            let sold = seller.join().unwrap();
+            assert!(
+                held.is_ok() != sold.is_ok(),
+                "exactly one gets b: {held:?} {sold:?}"
+            );
+            let crossings = sink
+                .events
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|event| matches!(event, StockEvent::LowStock { sku: "a", .. }))
+                .count();
+            let (_, reserved, version) = counts(&*store, "a");
+            match (held.is_ok(), version) {
+                (true, 2) => {
+                    assert_eq!(reserved, 2);
+                    note("held");
+                }
+                (false, 1) => note("refused at the check: a never moved"),
+                (false, 3) => note("compensated"),
+                other => panic!("unexpected {other:?}"),
+            }
+            let expected = usize::from(version > 1);
+            assert_eq!(
+                crossings, expected,
+                "LowStock events for a, version {version}"
+            );
+        },
+    );
+    assert_noted(
+        name,
+        &["held", "refused at the check: a never moved", "compensated"],
+    );
+}
