@@ -12,7 +12,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use stockledger::{MonitorStore, ReserveOptions, StockError, StockStore, WaitingStore};
+use stockledger::{
+    ChannelSink, MonitorStore, ReserveOptions, StockError, StockEvent, StockStore, WaitingStore,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -415,4 +417,50 @@ fn the_trait_future_is_send_and_boxed() {
     let future = store.reserve_wait(&[(SKU, 1)], &ReserveOptions::new());
     is_send(&future);
     assert!(futures_executor::block_on(future).is_ok());
+}
+
+/// The `(sku, available)` of every `LowStock` event sent so far.
+fn low_stock(events: &crossbeam_channel::Receiver<StockEvent<Sku>>) -> Vec<(Sku, u64)> {
+    events
+        .try_iter()
+        .filter_map(|event| match event {
+            StockEvent::LowStock { sku, available, .. } => Some((sku, available)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_dropped_partial_hold_reports_its_crossing() {
+    let (sink, events) = ChannelSink::unbounded();
+    let store = MonitorStore::builder().event_sink(sink).build();
+    store.restock(&"a", 3).unwrap();
+    store.set_low_stock_threshold(&"a", 2).unwrap();
+    store.restock(&"b", 1).unwrap();
+    store.sell(&[("b", 1)]).unwrap();
+    // Holds a (3 -> 1, visible to every reader), waits for b, is dropped, gives a back.
+    let mut both = store.reserve_wait(&[("a", 2), ("b", 1)], &ReserveOptions::new());
+    assert!(poll_once(&mut both).is_none());
+    drop(both);
+    assert_eq!(store.level(&"a").unwrap().available(), 3);
+    assert_eq!(low_stock(&events), [("a", 1)]);
+}
+
+#[test]
+fn a_dropped_grant_reports_its_crossing() {
+    let (sink, events) = ChannelSink::unbounded();
+    let store = MonitorStore::builder().event_sink(sink).build();
+    store.restock(&"a", 1).unwrap();
+    store.sell(&[("a", 1)]).unwrap();
+    store.set_low_stock_threshold(&"a", 2).unwrap();
+    let mut waiting = store.reserve_wait(&[("a", 3)], &ReserveOptions::new());
+    assert!(poll_once(&mut waiting).is_none());
+    store.restock(&"a", 4).unwrap(); // available 0 -> 4, then the grant: 4 -> 1
+    assert!(
+        low_stock(&events).is_empty(),
+        "the grant's waiter reports it"
+    );
+    drop(waiting); // never picked up: the grant goes back, its crossing was visible
+    assert_eq!(store.level(&"a").unwrap().available(), 4);
+    assert_eq!(low_stock(&events), [("a", 1)]);
 }
