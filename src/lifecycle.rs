@@ -98,7 +98,12 @@ pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
     options: &ReserveOptions,
 ) -> Result<Reservation<K>, StockError<K>> {
     let life = store.lifecycle();
-    let lines = lines::merge(lines)?.into_owned();
+    // Straight into the shared allocation of the hold's lines: no intermediate `Vec` for
+    // a single line (one allocation per hold).
+    let lines: std::sync::Arc<[(K, u64)]> = match lines::merge(lines)? {
+        std::borrow::Cow::Borrowed(line) => line.into(),
+        std::borrow::Cow::Owned(merged) => merged.into(),
+    };
     if let Some(key) = &options.idempotency_key {
         crate::idempotency::validate_key(key)?;
     }

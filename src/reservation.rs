@@ -303,10 +303,13 @@ impl<K: Clone + PartialEq> Registry<K> {
     /// with other lines.
     pub(crate) fn reserve<M>(
         &self,
-        lines: Vec<(K, u64)>,
+        lines: impl Into<Arc<[(K, u64)]>>,
         options: &ReserveOptions,
         hold: impl FnOnce(&[(K, u64)]) -> Result<M, StockError<K>>,
     ) -> Result<Opened<K, M>, StockError<K>> {
+        // The hold's lines are allocated once, here, and shared by every copy of the
+        // reservation (the registry's, the caller's, an idempotency key's).
+        let lines = lines.into();
         // The clock is read here, before any lock, and only when a deadline or a key needs it.
         let key = options.idempotency_key.as_ref();
         let now = (options.ttl.is_some() || key.is_some()).then(|| self.clock.now());
@@ -337,7 +340,7 @@ impl<K: Clone + PartialEq> Registry<K> {
     /// Records a hold whose stock is already reserved and returns it.
     fn open(
         &self,
-        lines: Vec<(K, u64)>,
+        lines: Arc<[(K, u64)]>,
         expires_at: Option<Instant>,
         key: Option<Arc<str>>,
     ) -> Reservation<K> {
@@ -348,7 +351,7 @@ impl<K: Clone + PartialEq> Registry<K> {
         }
         let reservation = Reservation {
             id: ReservationId(sync::next_reservation_id()),
-            lines: lines.into(),
+            lines,
             expires_at,
         };
         let hold = Hold {
