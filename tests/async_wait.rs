@@ -409,6 +409,16 @@ fn conservation_check_catches_a_leaked_waiter() {
     assert!(error.starts_with("cable"), "{error}");
 }
 
+/// The named future is `Send` (a tokio task can hold it across `.await`) and `Unpin`, for
+/// any SKU type, and so is the trait's boxed one.
+#[test]
+fn the_futures_are_send() {
+    fn send_and_unpin<T: Send + Unpin>() {}
+    send_and_unpin::<stockledger::ReserveWait<'static, String>>();
+    send_and_unpin::<stockledger::ReserveWait<'static, &'static str>>();
+    send_and_unpin::<stockledger::WaitFuture<'static, String>>();
+}
+
 #[test]
 fn the_trait_future_is_send_and_boxed() {
     fn is_send<T: Send>(_: &T) {}
