@@ -27,6 +27,7 @@ mod serde_impls;
 mod stats;
 mod store;
 mod sync;
+mod wait;
 
 pub use adaptive::AdaptiveStore;
 pub use builder::StoreBuilder;
@@ -36,7 +37,7 @@ pub use event::{ChannelSink, EventLine, EventSink, StockEvent};
 pub use guard::ReservationGuard;
 pub use idempotency::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_KEY_BYTES_MAX, IDEMPOTENCY_RETENTION};
 pub use level::StockLevel;
-pub use monitor::MonitorStore;
+pub use monitor::{MonitorStore, ReserveWait};
 pub use optimistic::OptimisticStore;
 pub use options::ReserveOptions;
 pub use pessimistic::PessimisticStore;
@@ -48,4 +49,4 @@ pub use redis::{
 };
 pub use reservation::{Reservation, ReservationId};
 pub use stats::StoreStats;
-pub use store::{Sku, StockStore, WaitingStore};
+pub use store::{Sku, StockStore, WaitFuture, WaitingStore};

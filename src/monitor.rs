@@ -1,24 +1,27 @@
 //! A monitor per SKU (mutex + condition variable) with a FIFO queue of waiters.
 
-use std::collections::VecDeque;
+mod waiting;
+
 use std::fmt;
-use std::time::{Duration, Instant};
 
 use crate::builder::StoreBuilder;
 use crate::error::StockError;
 use crate::level::{Change, Limits, Moved, Refusal, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
-use crate::options::ReserveOptions;
-use crate::reservation::Reservation;
-use crate::stats::{Stat, Stats};
-use crate::store::{Sku, StockStore, WaitingStore};
-use crate::sync::{self, Arc, Condvar, Mutex, MutexGuard, ShardedMap};
+use crate::stats::Stats;
+use crate::store::{Sku, StockStore};
+use crate::sync::{Arc, Condvar, Mutex, MutexGuard, ShardedMap};
+use crate::wait::WaitQueue;
+
+pub use waiting::ReserveWait;
 
 /// A stock store built from **monitors**: each SKU has a mutex, a condition variable and a
 /// FIFO queue of waiting reservations (wait/notify).
 ///
-/// [`reserve_timeout`](WaitingStore::reserve_timeout) waits its turn; stock freed by a
+/// [`reserve_timeout`](crate::WaitingStore::reserve_timeout) (blocking) and
+/// [`reserve_wait`](MonitorStore::reserve_wait) (a future) wait their turn in one FIFO
+/// queue per SKU; stock freed by a
 /// restock, a release or an expiry goes to the waiters in arrival order. There is no barging: while
 /// a waiter is queued on a SKU, that SKU offers **0 units** to non-waiting `reserve` and
 /// `sell` calls, because the head of the queue is entitled to everything up to its need and
@@ -36,7 +39,9 @@ use crate::sync::{self, Arc, Condvar, Mutex, MutexGuard, ShardedMap};
 ///
 /// Every method locks the monitors of the SKUs it touches in ascending SKU order, for a
 /// few instructions. Only `reserve_timeout` waits, and it waits on one SKU's condition
-/// variable at a time with that SKU's mutex released. No user code runs under a lock
+/// variable at a time with that SKU's mutex released; a `reserve_wait` future waits with
+/// no lock held, its waker kept in its queue entry and woken after the granting change
+/// released the lock. No user code runs under a lock
 /// (events reach the sink after every lock is released). A `reserve_with` with an
 /// idempotency key locks the key first (keys before SKUs).
 ///
@@ -92,24 +97,8 @@ pub(crate) struct MonitorState {
     level: StockLevel,
     /// The low-stock threshold (0: none).
     low_stock_threshold: u64,
-    /// Waiters in arrival order, tickets ascending. A waiter is granted when it is popped
-    /// from the front with its units reserved.
-    queue: VecDeque<Waiter>,
-    /// Granted waiters that have not woken yet: their ticket and what their grant moved
-    /// (the level right after it, for their `Reserved` event, and the low-stock crossing
-    /// the grant caused, if any). At most one entry per waiting thread.
-    granted: Vec<(u64, Moved)>,
-    /// The ticket of the next waiter to arrive.
-    next_ticket: u64,
-}
-
-/// A queued waiting request for one SKU.
-#[derive(Debug, Clone, Copy)]
-struct Waiter {
-    /// Arrival order on this SKU.
-    ticket: u64,
-    /// Units it waits for (its merged line).
-    quantity: u64,
+    /// Waiters (threads and tasks) in arrival order, and their grants not picked up yet.
+    waiters: WaitQueue,
 }
 
 impl LevelCell for MonitorState {
@@ -119,7 +108,7 @@ impl LevelCell for MonitorState {
 
     /// Everything, while a waiter is queued (no barging).
     fn withheld(&self) -> u64 {
-        if self.queue.is_empty() {
+        if self.waiters.is_empty() {
             0
         } else {
             u64::MAX
@@ -136,36 +125,26 @@ impl LevelCell for MonitorState {
 }
 
 impl MonitorState {
-    /// Grants queued waiters from the front while stock covers them; returns whether any
-    /// was granted (the caller then notifies). Each grant is a visible change of its own,
-    /// so each is judged for a low-stock crossing on its own (from the level before it),
-    /// and the granted waiter reports the crossing with its hold.
+    /// Grants queued waiters from the front while stock covers them (tasks' wakers go to
+    /// the wake list); returns whether any was granted (the caller then notifies, with
+    /// [`Monitor::notify`]). Each grant is a visible change of its own, so each is judged
+    /// for a low-stock crossing on its own (from the level before it), and the granted
+    /// waiter reports the crossing with its hold.
     fn grant_waiters(&mut self) -> bool {
         let mut granted = false;
-        while let Some(head) = self.queue.front() {
+        while let Some(quantity) = self.waiters.head_quantity() {
             let before = self.level;
-            match before.apply(Change::Reserve, head.quantity, 0, Limits::U64) {
+            match before.apply(Change::Reserve, quantity, 0, Limits::U64) {
                 Ok(level) => {
                     self.level = level;
                     let moved = Moved::new(before, level, self.low_stock_threshold);
-                    self.granted.push((head.ticket, moved));
-                    self.queue.pop_front();
+                    self.waiters.grant_head(moved);
                     granted = true;
                 }
                 Err(_) => break,
             }
         }
         granted
-    }
-
-    /// What the grant of the waiter `ticket` moved, if it was granted (and forgets it:
-    /// each waiter asks once).
-    fn take_grant(&mut self, ticket: u64) -> Option<Moved> {
-        let index = self
-            .granted
-            .iter()
-            .position(|(granted, _)| *granted == ticket)?;
-        Some(self.granted.swap_remove(index).1)
     }
 
     /// Applies the held-stock `change` (commit, release, restock) of `quantity` units, and
@@ -197,50 +176,6 @@ impl Monitor {
         }
     }
 
-    /// Reserves `quantity` units, waiting in FIFO order until `deadline` (counted in
-    /// `stats` when it has to queue); returns what moved.
-    fn reserve_waiting<K: Clone>(
-        &self,
-        mut state: MutexGuard<'_, MonitorState>,
-        (sku, quantity): (&K, u64),
-        deadline: Option<Instant>,
-        stats: &Stats,
-    ) -> Result<Moved, StockError<K>> {
-        if state.queue.is_empty() {
-            let before = state.level;
-            match before.apply(Change::Reserve, quantity, 0, Limits::U64) {
-                Ok(level) => {
-                    state.level = level;
-                    return Ok(Moved::new(before, level, state.low_stock_threshold));
-                }
-                Err(refusal @ Refusal::Overflow) => {
-                    return Err(refusal.into_error(sku.clone(), quantity));
-                }
-                Err(_) => {}
-            }
-        }
-        stats.count(Stat::Waits);
-        let ticket = state.next_ticket;
-        state.next_ticket += 1;
-        state.queue.push_back(Waiter { ticket, quantity });
-        loop {
-            let timed_out;
-            (state, timed_out) = self.granted.wait_until(state, deadline);
-            if let Some(moved) = state.take_grant(ticket) {
-                // The grant's crossing, if any, goes out with this waiter's hold.
-                return Ok(moved);
-            }
-            if timed_out || sync::deadline_passed(deadline) {
-                // Leave the queue; if this waiter was the head, the next may now be served.
-                state.queue.retain(|waiter| waiter.ticket != ticket);
-                if state.grant_waiters() {
-                    self.granted.notify_all();
-                }
-                return Err(StockError::Timeout);
-            }
-        }
-    }
-
     /// Changes held stock (`Release` or `Commit`) of `quantity` units, then hands off.
     fn resolve(
         &self,
@@ -251,11 +186,20 @@ impl Monitor {
         let (moved, granted) = state
             .change_and_grant(change, quantity)
             .expect("an open hold can always be resolved");
+        self.notify(state, granted);
+        moved
+    }
+
+    /// Releases `state`'s lock, then wakes the waiters granted under it: blocked threads
+    /// (if `granted`) and the tasks on the wake list, after the lock is released (tokio's
+    /// `WakeList`), so that no woken waiter runs into the lock.
+    fn notify(&self, mut state: MutexGuard<'_, MonitorState>, granted: bool) {
+        let wakers = state.waiters.take_wakers();
         drop(state);
         if granted {
             self.granted.notify_all();
         }
-        moved
+        wakers.into_iter().for_each(std::task::Waker::wake);
     }
 }
 
@@ -289,7 +233,8 @@ impl<K: Sku> MonitorStore<K> {
         StoreBuilder::new(0)
     }
 
-    /// Number of `reserve_timeout` callers queued on `sku` right now (0 for an unknown SKU).
+    /// Number of waiters (`reserve_timeout` and `reserve_wait` lines) queued on `sku` right
+    /// now (0 for an unknown SKU).
     ///
     /// # Locking behaviour
     ///
@@ -308,7 +253,7 @@ impl<K: Sku> MonitorStore<K> {
     pub fn queued(&self, sku: &K) -> usize {
         self.slots
             .get_cloned(sku)
-            .map_or(0, |monitor| monitor.state.lock().queue.len())
+            .map_or(0, |monitor| monitor.state.lock().waiters.len())
     }
 }
 
@@ -387,13 +332,11 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
             self.lifecycle.restocked(sku, qty, first);
             return Ok(first.level);
         }
-        let (moved, granted) = self
-            .lock(&monitor)
+        let mut state = self.lock(&monitor);
+        let (moved, granted) = state
             .change_and_grant(Change::Restock, qty)
             .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
-        if granted {
-            monitor.granted.notify_all();
-        }
+        monitor.notify(state, granted);
         self.lifecycle.restocked(sku, qty, moved);
         Ok(moved.level)
     }
@@ -419,49 +362,6 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
         self.lifecycle.stats.count_refusal(&sold);
         self.lifecycle.sold(&lines, &sold?);
         Ok(())
-    }
-}
-
-impl<K: Sku> WaitingStore<K> for MonitorStore<K> {
-    fn reserve_timeout(
-        &self,
-        lines: &[(K, u64)],
-        timeout: Duration,
-    ) -> Result<Reservation<K>, StockError<K>> {
-        let lines = lines::merge(lines)?.into_owned();
-        let monitors = lines::slots(self, &lines)?;
-        // A timeout too long to represent never passes.
-        let deadline = Instant::now().checked_add(timeout);
-        let mut moved = Vec::with_capacity(lines.len());
-        for (monitor, (sku, quantity)) in monitors.iter().zip(&lines) {
-            let state = self.lock(monitor);
-            let stats = &self.lifecycle.stats;
-            match monitor.reserve_waiting(state, (sku, *quantity), deadline, stats) {
-                Ok(line) => moved.push(line),
-                Err(error) => {
-                    let held = moved.len();
-                    for (monitor, (_, quantity)) in monitors.iter().zip(&lines).take(held) {
-                        monitor.resolve(self.lock(monitor), *quantity, Change::Release);
-                    }
-                    // The lines held while waiting were visible, crossings included: report
-                    // those, though the hold is given back.
-                    self.lifecycle.crossings(&lines[..held], &moved);
-                    if error == StockError::Timeout {
-                        self.lifecycle.stats.count(Stat::Timeouts);
-                    }
-                    return Err(error);
-                }
-            }
-        }
-        let opened = self
-            .lifecycle
-            .registry
-            .reserve(lines, &ReserveOptions::new(), |_| Ok(()))?;
-        let crate::reservation::Opened::New(reservation, ()) = opened else {
-            unreachable!("a request without a key is never a replay");
-        };
-        self.lifecycle.opened(&reservation, &moved);
-        Ok(reservation)
     }
 }
 

@@ -53,7 +53,8 @@ pub struct StoreStats {
     /// SKU updates that found the SKU busy: a mutex already locked (pessimistic and monitor
     /// stores), or a compare-and-swap loop that lost at least once (optimistic store).
     pub contended: u64,
-    /// `reserve_timeout` lines that had to queue and wait (monitor store; 0 elsewhere).
+    /// `reserve_timeout` and `reserve_wait` lines that had to queue and wait (monitor
+    /// store; 0 elsewhere).
     pub waits: u64,
     /// `reserve_timeout` calls that ran out of time (monitor store; 0 elsewhere).
     pub timeouts: u64,

@@ -1,7 +1,9 @@
 //! The `StockStore` trait every strategy implements, and `WaitingStore` for the monitor.
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
 use std::time::Duration;
 
 use crate::error::StockError;
@@ -364,7 +366,16 @@ pub trait StockStore<K>: Send + Sync {
     }
 }
 
-/// A store whose callers can wait, in FIFO order, for stock to arrive.
+/// The future of [`WaitingStore::reserve_wait`] through the trait: boxed, so that the trait
+/// stays object safe (`Box<dyn WaitingStore<K>>` works). A store may also offer its own
+/// named future ([`MonitorStore::reserve_wait`](crate::MonitorStore::reserve_wait) returns a
+/// [`ReserveWait`](crate::ReserveWait)).
+pub type WaitFuture<'a, K> =
+    Pin<Box<dyn Future<Output = Result<Reservation<K>, StockError<K>>> + Send + 'a>>;
+
+/// A store whose callers can wait, in FIFO order, for stock to arrive: blocking a thread
+/// ([`reserve_timeout`](Self::reserve_timeout)) or as a future
+/// ([`reserve_wait`](Self::reserve_wait)), both in one queue per SKU.
 ///
 /// # Examples
 ///
@@ -381,22 +392,15 @@ pub trait StockStore<K>: Send + Sync {
 /// # Ok::<(), StockError<&str>>(())
 /// ```
 pub trait WaitingStore<K>: StockStore<K> {
-    /// Holds every line like [`StockStore::reserve`], waiting up to `timeout` for stock.
-    ///
-    /// Waiters are served in arrival order per SKU, with no barging: while a waiter is
-    /// queued on a SKU, non-waiting calls cannot take the units it is entitled to. SKUs
-    /// are taken in ascending order, holding the earlier lines while waiting for later
-    /// ones; on timeout every held line is given back.
+    /// Holds every line like [`StockStore::reserve`], waiting up to `timeout` for stock:
+    /// [`reserve_timeout_with`](Self::reserve_timeout_with) with `ReserveOptions::new()`
+    /// (no TTL, no idempotency key).
     ///
     /// # Errors
     ///
-    /// - [`StockError::Timeout`] when `timeout` passes first; nothing stays held.
-    /// - [`StockError::EmptyRequest`], [`StockError::InvalidQuantity`] and
-    ///   [`StockError::UnknownSku`] as for [`StockStore::reserve`], before any waiting.
-    /// - [`StockError::Overflow`] as for [`StockStore::reserve`], when the SKU is reached.
-    ///
-    /// On `Timeout` or `Overflow`, lines already held are given back: counts are as before,
-    /// and each such SKU's version has grown by 2 (its hold and its release).
+    /// The errors of [`reserve_timeout_with`](Self::reserve_timeout_with) but the
+    /// idempotency ones: [`StockError::Timeout`], [`StockError::EmptyRequest`],
+    /// [`StockError::InvalidQuantity`], [`StockError::UnknownSku`], [`StockError::Overflow`].
     ///
     /// # Blocking
     ///
@@ -405,5 +409,90 @@ pub trait WaitingStore<K>: StockStore<K> {
         &self,
         lines: &[(K, u64)],
         timeout: Duration,
+    ) -> Result<Reservation<K>, StockError<K>> {
+        self.reserve_timeout_with(lines, timeout, &ReserveOptions::new())
+    }
+
+    /// Holds every line like [`StockStore::reserve_with`] (TTL and idempotency key from
+    /// `options`), waiting up to `timeout` for stock.
+    ///
+    /// Waiters are served in arrival order per SKU, with no barging: while a waiter is
+    /// queued on a SKU, non-waiting calls cannot take the units it is entitled to. SKUs
+    /// are taken in ascending order, holding the earlier lines while waiting for later
+    /// ones; on timeout every held line is given back. The TTL runs from when the hold is
+    /// opened (after the wait). With an idempotency key, a key already seen answers at
+    /// once, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// - [`StockError::Timeout`] when `timeout` passes first; nothing stays held.
+    /// - [`StockError::EmptyRequest`], [`StockError::InvalidQuantity`],
+    ///   [`StockError::UnknownSku`], [`StockError::InvalidIdempotencyKey`] and
+    ///   [`StockError::IdempotencyConflict`] as for [`StockStore::reserve_with`], before
+    ///   any waiting.
+    /// - [`StockError::Overflow`] as for [`StockStore::reserve`], when the SKU is reached.
+    ///
+    /// On `Timeout` or `Overflow`, lines already held are given back: counts are as before,
+    /// and each such SKU's version has grown by 2 (its hold and its release).
+    ///
+    /// # Blocking
+    ///
+    /// Blocks the calling thread up to `timeout` (plus scheduling delay).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stockledger::{MonitorStore, ReserveOptions, StockStore, WaitingStore};
+    ///
+    /// let store = MonitorStore::new();
+    /// store.restock(&"gpu", 1)?;
+    /// let options = ReserveOptions::new().ttl(Duration::from_secs(900)).idempotency_key("order-1");
+    /// let hold = store.reserve_timeout_with(&[("gpu", 1)], Duration::from_secs(1), &options)?;
+    /// let retry = store.reserve_timeout_with(&[("gpu", 1)], Duration::from_secs(1), &options)?;
+    /// assert_eq!(retry.id(), hold.id()); // held once
+    /// assert!(hold.expires_at().is_some());
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
+    fn reserve_timeout_with(
+        &self,
+        lines: &[(K, u64)],
+        timeout: Duration,
+        options: &ReserveOptions,
     ) -> Result<Reservation<K>, StockError<K>>;
+
+    /// Holds every line like [`StockStore::reserve_with`], waiting asynchronously, in the
+    /// same FIFO queue as [`reserve_timeout`](Self::reserve_timeout), for stock.
+    ///
+    /// Runtime agnostic (any executor), and **cancel safe**: dropping the future at any
+    /// point leaves the queue, passes the turn on and gives back every line it held. So
+    /// the timeout is the runtime's: `tokio::time::timeout(d, store.reserve_wait(..))`.
+    /// See [`MonitorStore::reserve_wait`](crate::MonitorStore::reserve_wait).
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`reserve_timeout_with`](Self::reserve_timeout_with) but
+    /// [`StockError::Timeout`] (the future waits until it is dropped).
+    ///
+    /// # Locking behaviour
+    ///
+    /// Never blocks the executor: a poll locks one SKU at a time for a few instructions.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{MonitorStore, ReserveOptions, StockStore, WaitingStore};
+    ///
+    /// let store: Box<dyn WaitingStore<&str>> = Box::new(MonitorStore::new());
+    /// store.restock(&"gpu", 2)?;
+    /// let hold = futures_executor::block_on(store.reserve_wait(&[("gpu", 2)], &ReserveOptions::new()))?;
+    /// assert_eq!(store.level(&"gpu").unwrap().reserved, 2);
+    /// store.release(hold.id())?;
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
+    fn reserve_wait<'a>(
+        &'a self,
+        lines: &[(K, u64)],
+        options: &ReserveOptions,
+    ) -> WaitFuture<'a, K>;
 }

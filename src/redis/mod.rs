@@ -28,7 +28,7 @@ use crate::level::StockLevel;
 use crate::options::ReserveOptions;
 use crate::reservation::{Reservation, ReservationId};
 use crate::stats::StoreStats;
-use crate::store::{StockStore, WaitingStore};
+use crate::store::{StockStore, WaitFuture, WaitingStore};
 use engine::{Connector, Reply, Timebase, SCRIPTS};
 
 /// Bits of a [`ReservationId`] that count the holds of one namespace; the bits above them
@@ -718,19 +718,72 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
 
 impl<K: RedisSku> WaitingStore<K> for RedisStore<K> {
     /// Holds every line, waiting up to `timeout` in the SKUs' server-side queues (FIFO
-    /// across every process, no barging), as [`WaitingStore::reserve_timeout`] describes.
+    /// across every process, no barging), as [`WaitingStore::reserve_timeout_with`]
+    /// describes, with two limits of this store for now:
+    ///
+    /// - a TTL is given to the hold once it is granted (an [`extend`](StockStore::extend)
+    ///   right after the grant, so it runs from the grant); if that fails, the hold is
+    ///   released (best effort) and the error returned;
+    /// - a request with an idempotency key does **not wait**: it is answered at once, as
+    ///   [`reserve_with`](StockStore::reserve_with) answers it (a replay, a new hold, or
+    ///   [`StockError::InsufficientStock`]), so that the key stays exact.
     ///
     /// # Errors
     ///
-    /// Those of [`WaitingStore::reserve_timeout`], [`StockError::InvalidSku`] for a SKU
-    /// longer than [`SKU_KEY_BYTES_MAX`], and [`StockError::Unavailable`] when the server
-    /// fails meanwhile: lines held then go back once the waiter's lease runs out.
+    /// Those of [`WaitingStore::reserve_timeout_with`], [`StockError::InvalidSku`] for a
+    /// SKU longer than [`SKU_KEY_BYTES_MAX`], [`StockError::InsufficientStock`] for a keyed
+    /// request short of stock, and [`StockError::Unavailable`] when the server fails
+    /// meanwhile: lines held then go back once the waiter's lease runs out.
     ///
     /// # Blocking
     ///
     /// Blocks the calling thread up to `timeout`, in slices of at most half a second
     /// (`BLPOP` on the waiter's wake-up list), renewing its lease after each.
-    fn reserve_timeout(
+    fn reserve_timeout_with(
+        &self,
+        lines: &[(K, u64)],
+        timeout: Duration,
+        options: &ReserveOptions,
+    ) -> Result<Reservation<K>, StockError<K>> {
+        if options.idempotency_key.is_some() {
+            return self.reserve_with(lines, options);
+        }
+        let hold = self.wait_for(lines, timeout)?;
+        let Some(ttl) = options.ttl else {
+            return Ok(hold);
+        };
+        self.extend(hold.id(), ttl).inspect_err(|_| {
+            let _ = self.release(hold.id());
+        })
+    }
+
+    /// **Does not wait yet** on this store: the future answers on its first poll like
+    /// [`reserve_timeout_with`](Self::reserve_timeout_with) with a zero timeout (a hold
+    /// when the stock is there and nobody queues before it, else
+    /// [`StockError::Timeout`]). Its waits block on `BLPOP`, which an executor's poll must
+    /// not do; an async wake-up path is future work.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`reserve_timeout_with`](Self::reserve_timeout_with).
+    ///
+    /// # Blocking
+    ///
+    /// Its one poll makes the server round trips of a zero-timeout wait.
+    fn reserve_wait<'a>(
+        &'a self,
+        lines: &[(K, u64)],
+        options: &ReserveOptions,
+    ) -> WaitFuture<'a, K> {
+        let answer = self.reserve_timeout_with(lines, Duration::ZERO, options);
+        Box::pin(std::future::ready(answer))
+    }
+}
+
+impl<K: RedisSku> RedisStore<K> {
+    /// The waiting hold of [`reserve_timeout_with`](WaitingStore::reserve_timeout_with)
+    /// without options.
+    fn wait_for(
         &self,
         lines: &[(K, u64)],
         timeout: Duration,

@@ -1,0 +1,193 @@
+//! The FIFO queue of waiting reservations on one SKU, shared by blocking waiters
+//! ([`reserve_timeout`](crate::WaitingStore::reserve_timeout), woken through the monitor's
+//! condition variable) and async waiters ([`reserve_wait`](crate::WaitingStore::reserve_wait),
+//! woken through the [`Waker`] kept in their queue entry).
+//!
+//! The hand-off is tokio's batch semaphore's: stock goes to the **head** of the queue first,
+//! in arrival order; a granted waiter's units are reserved for it before it wakes, so nobody
+//! can take them in between (no barging); the wakers of granted tasks are collected under the
+//! SKU's lock ([`WaitQueue::take_wakers`], tokio's `WakeList`) and woken after it is
+//! released, so a woken task never runs into the lock its waker still holds.
+//!
+//! A waiter that leaves (a timeout, a dropped future) calls [`WaitQueue::cancel`]: either it
+//! was granted meanwhile and must give its units back (and report the grant's low-stock
+//! crossing, which was visible), or it is unlinked and the waiters behind it may now be
+//! served (the caller grants again).
+
+use std::collections::VecDeque;
+use std::task::Waker;
+
+use crate::level::Moved;
+
+/// The waiters of one SKU, in arrival order, and the grants they have not picked up yet.
+///
+/// Guarded by the SKU's monitor mutex (a field of `MonitorState`), like every field here.
+#[derive(Debug, Default)]
+pub(crate) struct WaitQueue {
+    /// Waiters in arrival order, tickets ascending. A waiter leaves from the front when it
+    /// is granted (its units reserved), or from anywhere when it cancels.
+    queue: VecDeque<Waiter>,
+    /// Granted waiters that have not picked up their grant yet: their ticket and what their
+    /// grant moved (the level right after it, for their `Reserved` event, and the low-stock
+    /// crossing it caused, if any). At most one entry per waiting request (a request waits
+    /// on one SKU at a time).
+    granted: Vec<Grant>,
+    /// Wakers of the tasks granted under the current lock, to wake once it is released.
+    wake_list: Vec<Waker>,
+    /// The ticket of the next waiter to arrive.
+    next_ticket: u64,
+}
+
+/// A queued waiting line.
+#[derive(Debug)]
+struct Waiter {
+    /// Arrival order on this SKU.
+    ticket: u64,
+    /// Units it waits for (its merged line).
+    quantity: u64,
+    /// How to wake it: `None` for a blocked thread (woken by the monitor's condition
+    /// variable), the task's waker for an async waiter (the latest one it was polled with).
+    waker: Option<Waker>,
+}
+
+/// A grant not picked up yet.
+#[derive(Debug, Clone, Copy)]
+struct Grant {
+    ticket: u64,
+    moved: Moved,
+}
+
+impl WaitQueue {
+    /// Whether nobody waits.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Number of queued waiters (granted ones not counted).
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Queues a waiter for `quantity` units, woken by `waker` (`None`: a blocked thread);
+    /// returns its ticket.
+    pub(crate) fn push(&mut self, quantity: u64, waker: Option<&Waker>) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.queue.push_back(Waiter {
+            ticket,
+            quantity,
+            waker: waker.cloned(),
+        });
+        ticket
+    }
+
+    /// Units the head of the queue waits for; `None` when nobody waits.
+    #[inline]
+    pub(crate) fn head_quantity(&self) -> Option<u64> {
+        self.queue.front().map(|waiter| waiter.quantity)
+    }
+
+    /// Grants the head of the queue, whose units the caller has just reserved, as `moved`;
+    /// its waker (if a task) goes to the wake list.
+    ///
+    /// # Panics
+    ///
+    /// When nobody waits (a bug in the caller).
+    pub(crate) fn grant_head(&mut self, moved: Moved) {
+        let head = self.queue.pop_front().expect("a waiter to grant");
+        self.granted.push(Grant {
+            ticket: head.ticket,
+            moved,
+        });
+        self.wake_list.extend(head.waker);
+    }
+
+    /// What the grant of the waiter `ticket` moved, if it was granted (and forgets the
+    /// grant: each waiter picks it up once).
+    pub(crate) fn take_grant(&mut self, ticket: u64) -> Option<Moved> {
+        let index = self
+            .granted
+            .iter()
+            .position(|grant| grant.ticket == ticket)?;
+        Some(self.granted.swap_remove(index).moved)
+    }
+
+    /// Keeps `waker` as the one to wake the queued waiter `ticket` (a task polled again,
+    /// perhaps by another executor thread). Nothing to do if it was granted meanwhile.
+    pub(crate) fn register(&mut self, ticket: u64, waker: &Waker) {
+        if let Ok(index) = self.position(ticket) {
+            match &mut self.queue[index].waker {
+                Some(kept) if kept.will_wake(waker) => {}
+                kept => *kept = Some(waker.clone()),
+            }
+        }
+    }
+
+    /// Takes the waiter `ticket` out: `Some` with what its grant moved if it was granted
+    /// meanwhile (the caller holds those units and gives them back), `None` when it is
+    /// unlinked from the queue (the caller grants the waiters behind it).
+    ///
+    /// # Panics
+    ///
+    /// When `ticket` is neither queued nor granted (a bug in the caller).
+    pub(crate) fn cancel(&mut self, ticket: u64) -> Option<Moved> {
+        if let Some(moved) = self.take_grant(ticket) {
+            return Some(moved);
+        }
+        let index = self.position(ticket).expect("a queued waiter");
+        self.queue.remove(index);
+        None
+    }
+
+    /// The wakers of the tasks granted since the last call, to wake after the lock is
+    /// released. No allocation when no task was granted.
+    #[inline]
+    pub(crate) fn take_wakers(&mut self) -> Vec<Waker> {
+        std::mem::take(&mut self.wake_list)
+    }
+
+    /// The index of the queued waiter `ticket` (tickets ascend along the queue).
+    fn position(&self, ticket: u64) -> Result<usize, usize> {
+        self.queue
+            .binary_search_by_key(&ticket, |waiter| waiter.ticket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::level::StockLevel;
+
+    fn moved() -> Moved {
+        Moved::new(StockLevel::default(), StockLevel::default(), 0)
+    }
+
+    #[test]
+    fn grants_go_to_the_head_in_arrival_order() {
+        let mut queue = WaitQueue::default();
+        let first = queue.push(2, None);
+        let second = queue.push(1, None);
+        assert_eq!(queue.head_quantity(), Some(2));
+        queue.grant_head(moved());
+        assert_eq!(queue.head_quantity(), Some(1));
+        assert_eq!(queue.take_grant(second), None);
+        assert!(queue.take_grant(first).is_some());
+        assert_eq!(queue.take_grant(first), None, "a grant is picked up once");
+    }
+
+    #[test]
+    fn cancel_unlinks_or_reports_the_grant() {
+        let mut queue = WaitQueue::default();
+        let head = queue.push(1, None);
+        let middle = queue.push(1, None);
+        let tail = queue.push(1, None);
+        queue.grant_head(moved());
+        assert_eq!(queue.cancel(head), Some(moved()));
+        assert_eq!(queue.cancel(tail), None);
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue.cancel(middle), None);
+        assert!(queue.is_empty());
+    }
+}
