@@ -45,8 +45,8 @@ use axum::Router;
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 use stockledger::{
-    MonitorStore, OptimisticStore, PessimisticStore, Reaper, Reservation, ReservationId,
-    ReserveOptions, StockError, StockLevel, StockStore, WaitingStore,
+    AdaptiveStore, MonitorStore, OptimisticStore, PessimisticStore, Reaper, Reservation,
+    ReservationId, ReserveOptions, StockError, StockLevel, StockStore, WaitingStore,
 };
 
 /// The longest `wait_ms` a request may ask for.
@@ -59,12 +59,14 @@ enum Strategy {
     Pessimistic,
     Optimistic,
     Monitor,
+    Adaptive,
 }
 
-const STRATEGIES: [Strategy; 3] = [
+const STRATEGIES: [Strategy; 4] = [
     Strategy::Pessimistic,
     Strategy::Optimistic,
     Strategy::Monitor,
+    Strategy::Adaptive,
 ];
 
 impl Strategy {
@@ -73,6 +75,7 @@ impl Strategy {
             Strategy::Pessimistic => "pessimistic",
             Strategy::Optimistic => "optimistic",
             Strategy::Monitor => "monitor",
+            Strategy::Adaptive => "adaptive",
         }
     }
 }
@@ -321,6 +324,7 @@ impl App {
         let (store, waiting): (Arc<dyn StockStore<String>>, _) = match strategy {
             Strategy::Pessimistic => (Arc::new(PessimisticStore::new()), None),
             Strategy::Optimistic => (Arc::new(OptimisticStore::new()), None),
+            Strategy::Adaptive => (Arc::new(AdaptiveStore::new()), None),
             Strategy::Monitor => {
                 let monitor = Arc::new(MonitorStore::new());
                 let waiting: Arc<dyn WaitingStore<String>> = monitor.clone();
