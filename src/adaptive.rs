@@ -100,7 +100,7 @@ impl Temperature {
 /// by compare-and-swap; the word is the single source of truth:
 ///
 /// - **Cold**: read, compute, CAS, back off and retry, as the optimistic store. After
-///   [`OPTIMISTIC_ATTEMPTS_MAX`] (64) lost races, or when it sees the SKU turned hot,
+///   64 lost races, or when it sees the SKU turned hot,
 ///   the update takes the SKU's lock instead, so it is never refused for contention
 ///   (this store never returns [`StockError::Conflict`]).
 /// - **Hot**: lock the SKU's mutex, then read, compute, CAS. Writers queue on the mutex
