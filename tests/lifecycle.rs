@@ -653,8 +653,8 @@ fn events_reach_the_sink_after_the_change_with_no_lock_held() {
         }
     }
     let clock = Arc::new(ManualClock::new());
-    let sinks = [(); 3].map(|_| Arc::new(ReadBack::default()));
-    let stores: [Arc<dyn StockStore<String>>; 3] = [
+    let sinks = [(); 4].map(|_| Arc::new(ReadBack::default()));
+    let stores: [Arc<dyn StockStore<String>>; 4] = [
         Arc::new(
             PessimisticStore::builder()
                 .event_sink(sinks[0].clone())
@@ -673,12 +673,18 @@ fn events_reach_the_sink_after_the_change_with_no_lock_held() {
                 .clock(clock.clone())
                 .build(),
         ),
+        Arc::new(
+            stockledger::AdaptiveStore::builder()
+                .event_sink(sinks[3].clone())
+                .clock(clock.clone())
+                .build(),
+        ),
     ];
     for ((sink, store), name) in
         sinks
             .iter()
             .zip(&stores)
-            .zip(["pessimistic", "optimistic", "monitor"])
+            .zip(["pessimistic", "optimistic", "monitor", "adaptive"])
     {
         sink.store.set(Arc::downgrade(store)).ok().unwrap();
         store.restock(&sku("a"), 2).unwrap();

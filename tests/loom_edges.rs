@@ -170,47 +170,68 @@ fn optimistic_compensation_reports_its_crossing() {
         let store = OptimisticStore::builder().event_sink(sink.clone()).build();
         (store, sink)
     };
-    explore(
-        name,
-        new,
-        |(store, sink): (OptimisticStore<Sku>, Arc<Sink>)| {
-            let store = Arc::new(store);
-            store.restock(&"a", 3).unwrap();
-            store.set_low_stock_threshold(&"a", 2).unwrap();
-            store.restock(&"b", 1).unwrap();
-            let seller = spawn(&store, |store| store.sell(&[("b", 1)]));
-            let held = store.reserve(&[("a", 2), ("b", 1)]);
-            let sold = seller.join().unwrap();
-            assert!(
-                held.is_ok() != sold.is_ok(),
-                "exactly one gets b: {held:?} {sold:?}"
-            );
-            let crossings = sink
-                .events
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|event| matches!(event, StockEvent::LowStock { sku: "a", .. }))
-                .count();
-            let (_, reserved, version) = counts(&*store, "a");
-            match (held.is_ok(), version) {
-                (true, 2) => {
-                    assert_eq!(reserved, 2);
-                    note("held");
-                }
-                (false, 1) => note("refused at the check: a never moved"),
-                (false, 3) => note("compensated"),
-                other => panic!("unexpected {other:?}"),
-            }
-            let expected = usize::from(version > 1);
-            assert_eq!(
-                crossings, expected,
-                "LowStock events for a, version {version}"
-            );
-        },
-    );
+    explore(name, new, compensation_reports_its_crossing);
     assert_noted(
         name,
         &["held", "refused at the check: a never moved", "compensated"],
+    );
+}
+
+/// The same on the adaptive store, which compensates as the optimistic one does, built to
+/// switch modes on every operation.
+#[test]
+fn adaptive_compensation_reports_its_crossing() {
+    let name = "adaptive_compensation_reports_its_crossing";
+    let new = || {
+        let sink = Arc::new(Sink::default());
+        let store = stockledger::AdaptiveStore::builder()
+            .event_sink(sink.clone())
+            .window_ops(1)
+            .hot_threshold_per_mille(1)
+            .cold_threshold_per_mille(0)
+            .build();
+        (store, sink)
+    };
+    explore(name, new, compensation_reports_its_crossing);
+    assert_noted(
+        name,
+        &["held", "refused at the check: a never moved", "compensated"],
+    );
+}
+
+/// The body of the compensation models.
+fn compensation_reports_its_crossing<S: StockStore<Sku> + 'static>((store, sink): (S, Arc<Sink>)) {
+    let store = Arc::new(store);
+    store.restock(&"a", 3).unwrap();
+    store.set_low_stock_threshold(&"a", 2).unwrap();
+    store.restock(&"b", 1).unwrap();
+    let seller = spawn(&store, |store| store.sell(&[("b", 1)]));
+    let held = store.reserve(&[("a", 2), ("b", 1)]);
+    let sold = seller.join().unwrap();
+    assert!(
+        held.is_ok() != sold.is_ok(),
+        "exactly one gets b: {held:?} {sold:?}"
+    );
+    let crossings = sink
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|event| matches!(event, StockEvent::LowStock { sku: "a", .. }))
+        .count();
+    let (_, reserved, version) = counts(&*store, "a");
+    match (held.is_ok(), version) {
+        (true, 2) => {
+            assert_eq!(reserved, 2);
+            note("held");
+        }
+        (false, 1) => note("refused at the check: a never moved"),
+        (false, 3) => note("compensated"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let expected = usize::from(version > 1);
+    assert_eq!(
+        crossings, expected,
+        "LowStock events for a, version {version}"
     );
 }
