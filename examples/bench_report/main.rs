@@ -69,6 +69,13 @@ impl Options {
                 "--out" => options.out = PathBuf::from(value()),
                 "--charts-dir" => options.charts_dir = PathBuf::from(value()),
                 "--note" => options.note = Some(value()),
+                "--help" | "-h" => {
+                    println!(
+                        "usage: cargo run --release --example bench_report -- \
+                         [--criterion-dir DIR] [--out FILE] [--charts-dir DIR] [--note TEXT]"
+                    );
+                    std::process::exit(0);
+                }
                 other => panic!("unknown argument {other}; see the doc comment of bench_report"),
             }
         }
