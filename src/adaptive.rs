@@ -5,7 +5,7 @@ use std::fmt;
 
 use crate::builder::StoreBuilder;
 use crate::error::StockError;
-use crate::level::{Change, Limits, LowStock, Moved, Refusal, StockLevel};
+use crate::level::{Change, LowStock, Moved, Refusal, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, Moves};
 use crate::stats::Stat;
@@ -14,44 +14,11 @@ use crate::sync::{
     lock_noting_contention, AtomicBool, AtomicU64, Backoff, LockFreeMap, Mutex, Ordering, Tally,
     Word,
 };
-
-/// Bits of the word that hold `on_hand` (the lowest bits).
-const COUNT_BITS: u32 = 40;
-/// Bits of the word that hold `version` (the highest bits).
-const VERSION_BITS: u32 = 128 - 2 * COUNT_BITS;
-/// Where `reserved` starts in the word.
-const RESERVED_SHIFT: u32 = COUNT_BITS;
-/// Where `version` starts in the word.
-const VERSION_SHIFT: u32 = 2 * COUNT_BITS;
-/// Mask of one count field, before shifting.
-const COUNT_MASK: u128 = (1 << COUNT_BITS) - 1;
-/// The limits the packed word can hold.
-const LIMITS: Limits = Limits {
-    count_max: (1 << COUNT_BITS) - 1,
-    version_max: (1 << VERSION_BITS) - 1,
-};
+use crate::word::{pack, unpack, LIMITS};
 
 /// Compare-and-swap attempts of a cold SKU's update before it takes the SKU's lock (it
 /// then waits its turn instead of racing on; the update is never refused for contention).
 const OPTIMISTIC_ATTEMPTS_MAX: u32 = 64;
-
-/// Packs a level into a word (see the layout on [`AdaptiveStore::skus`]).
-fn pack(level: StockLevel) -> u128 {
-    debug_assert!(level.on_hand <= LIMITS.count_max && level.version <= LIMITS.version_max);
-    u128::from(level.on_hand)
-        | u128::from(level.reserved) << RESERVED_SHIFT
-        | u128::from(level.version) << VERSION_SHIFT
-}
-
-/// Unpacks a word into a level.
-fn unpack(word: u128) -> StockLevel {
-    // Each field is masked to at most 64 bits before the narrowing casts.
-    StockLevel {
-        on_hand: (word & COUNT_MASK) as u64,
-        reserved: ((word >> RESERVED_SHIFT) & COUNT_MASK) as u64,
-        version: (word >> VERSION_SHIFT) as u64,
-    }
-}
 
 /// When a SKU turns hot or cold: the builder's settings of the temperature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +133,7 @@ pub struct AdaptiveStore<K> {
     ///
     /// | bits | field |
     /// |---|---|
-    /// | 0..40 | `on_hand` (`COUNT_BITS`) |
+    /// | 0..40 | `on_hand` (`COUNT_BITS`, in `word.rs`, shared with the other CAS store) |
     /// | 40..80 | `reserved` (`RESERVED_SHIFT`) |
     /// | 80..128 | `version` (`VERSION_SHIFT`, `VERSION_BITS`) |
     ///
@@ -740,20 +707,6 @@ impl<K: Sku> fmt::Debug for AdaptiveStore<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pack_round_trips_the_extremes() {
-        for level in [
-            StockLevel::default(),
-            StockLevel {
-                on_hand: LIMITS.count_max,
-                reserved: LIMITS.count_max,
-                version: LIMITS.version_max,
-            },
-        ] {
-            assert_eq!(unpack(pack(level)), level);
-        }
-    }
 
     #[test]
     fn the_mode_follows_the_thresholds_with_hysteresis() {

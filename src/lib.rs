@@ -28,6 +28,7 @@ mod stats;
 mod store;
 mod sync;
 mod wait;
+mod word;
 
 pub use adaptive::AdaptiveStore;
 pub use builder::StoreBuilder;

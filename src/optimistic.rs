@@ -4,46 +4,13 @@ use std::fmt;
 
 use crate::builder::StoreBuilder;
 use crate::error::StockError;
-use crate::level::{Change, Limits, LowStock, Moved, StockLevel};
+use crate::level::{Change, LowStock, Moved, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, Moves};
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
 use crate::sync::{AtomicU64, Backoff, LockFreeMap, Ordering, Word};
-
-/// Bits of the word that hold `on_hand` (the lowest bits).
-const COUNT_BITS: u32 = 40;
-/// Bits of the word that hold `version` (the highest bits).
-const VERSION_BITS: u32 = 128 - 2 * COUNT_BITS;
-/// Where `reserved` starts in the word.
-const RESERVED_SHIFT: u32 = COUNT_BITS;
-/// Where `version` starts in the word.
-const VERSION_SHIFT: u32 = 2 * COUNT_BITS;
-/// Mask of one count field, before shifting.
-const COUNT_MASK: u128 = (1 << COUNT_BITS) - 1;
-/// The limits the packed word can hold.
-const LIMITS: Limits = Limits {
-    count_max: (1 << COUNT_BITS) - 1,
-    version_max: (1 << VERSION_BITS) - 1,
-};
-
-/// Packs a level into a word (see the layout on [`OptimisticStore::skus`]).
-fn pack(level: StockLevel) -> u128 {
-    debug_assert!(level.on_hand <= LIMITS.count_max && level.version <= LIMITS.version_max);
-    u128::from(level.on_hand)
-        | u128::from(level.reserved) << RESERVED_SHIFT
-        | u128::from(level.version) << VERSION_SHIFT
-}
-
-/// Unpacks a word into a level.
-fn unpack(word: u128) -> StockLevel {
-    // Each field is masked to at most 64 bits before the narrowing casts.
-    StockLevel {
-        on_hand: (word & COUNT_MASK) as u64,
-        reserved: ((word >> RESERVED_SHIFT) & COUNT_MASK) as u64,
-        version: (word >> VERSION_SHIFT) as u64,
-    }
-}
+use crate::word::{pack, unpack, LIMITS};
 
 /// A stock store with **optimistic concurrency control**: each SKU's
 /// `(on_hand, reserved, version)` lives in one 128-bit atomic word, changed by
@@ -104,7 +71,7 @@ pub struct OptimisticStore<K> {
     ///
     /// | bits | field |
     /// |---|---|
-    /// | 0..40 | `on_hand` (`COUNT_BITS`) |
+    /// | 0..40 | `on_hand` (`COUNT_BITS`, in `word.rs`, shared with the other CAS store) |
     /// | 40..80 | `reserved` (`RESERVED_SHIFT`) |
     /// | 80..128 | `version` (`VERSION_SHIFT`, `VERSION_BITS`) |
     skus: LockFreeMap<K, Slot>,
@@ -515,29 +482,5 @@ impl<K: Sku> fmt::Debug for OptimisticStore<K> {
             .field("events", &self.lifecycle.events)
             .field("retries_max", &self.retries_max)
             .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pack_round_trips_the_extremes() {
-        for level in [
-            StockLevel::default(),
-            StockLevel {
-                on_hand: LIMITS.count_max,
-                reserved: LIMITS.count_max,
-                version: LIMITS.version_max,
-            },
-            StockLevel {
-                on_hand: 5,
-                reserved: 3,
-                version: 9,
-            },
-        ] {
-            assert_eq!(unpack(pack(level)), level);
-        }
     }
 }

@@ -28,15 +28,41 @@ const TTL: Duration = Duration::from_secs(10);
 /// Runs `call` on another thread and returns its result, or fails the test naming `what`
 /// when it has not returned within [`DEADLOCK`] (the thread is left behind).
 fn finishes<T: Send + 'static>(what: &str, call: impl FnOnce() -> T + Send + 'static) -> T {
+    finishes_within(what, DEADLOCK, call)
+}
+
+/// [`finishes`] with the limit `limit`.
+fn finishes_within<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    call: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (sender, receiver) = std::sync::mpsc::channel();
     thread::spawn(move || {
         let _ = sender.send(panic::catch_unwind(AssertUnwindSafe(call)));
     });
-    match receiver.recv_timeout(DEADLOCK) {
+    match receiver.recv_timeout(limit) {
         Ok(Ok(value)) => value,
         Ok(Err(panicked)) => panic::resume_unwind(panicked),
-        Err(_) => panic!("deadlock: {what} did not return within {DEADLOCK:?}"),
+        Err(_) => panic!("deadlock: {what} did not return within {limit:?}"),
     }
+}
+
+/// The liveness check catches a call that never returns (one that waits for a message
+/// nobody sends).
+#[test]
+#[should_panic(expected = "deadlock: a self-deadlocking call")]
+fn negative_control_finishes_reports_a_call_that_never_returns() {
+    finishes_within(
+        "a self-deadlocking call",
+        Duration::from_millis(100),
+        || {
+            let mutex = Mutex::new(());
+            let _held = mutex.lock().unwrap();
+            let (_sender, receiver) = std::sync::mpsc::channel::<()>();
+            let _never = receiver.recv(); // nobody sends: the call never returns
+        },
+    );
 }
 
 type Store = dyn StockStore<String>;

@@ -744,6 +744,38 @@ fn negative_control_checker_refuses_a_double_resolution() {
     ));
 }
 
+/// What a correct store answers to `operation` on `state`, taking new hold ids from
+/// `next_id` (the negative controls answer with it, atomically or not).
+fn answer(state: &SkuState, operation: Operation, next_id: &AtomicU64) -> Outcome {
+    let unknown = || StockError::UnknownSku(state.sku);
+    match operation {
+        Operation::Level => Outcome::Level(state.exists.then_some(state.level)),
+        Operation::Restock(qty) => Outcome::Restocked(Ok(
+            state.bumped(state.level.on_hand + qty, state.level.reserved)
+        )),
+        Operation::Reserve(qty) | Operation::ReserveWait(qty) => {
+            Outcome::Reserved(match (state.exists, state.short(qty)) {
+                (false, _) => Err(unknown()),
+                (true, Some(refusal)) => Err(refusal),
+                (true, None) => Ok(ReservationId::from_u64(
+                    u64::MAX / 2 + next_id.fetch_add(1, Ordering::Relaxed),
+                )),
+            })
+        }
+        Operation::Sell(qty) => Outcome::Sold(match (state.exists, state.short(qty)) {
+            (false, _) => Err(unknown()),
+            (true, refusal) => refusal.map_or(Ok(()), Err),
+        }),
+        Operation::Commit(id) | Operation::Release(id) => Outcome::Resolved(
+            state
+                .open
+                .get(&id)
+                .copied()
+                .ok_or(StockError::UnknownReservation(id)),
+        ),
+    }
+}
+
 /// A naive store: each call reads the SKU's state, computes, and writes it back in a
 /// second critical section (get-then-put), so overlapping calls lose updates. The first
 /// two recorded restocks of SKU 0 are made to overlap, so the control does not depend on
@@ -767,32 +799,12 @@ impl Subject for LostUpdateStore {
             level: StockLevel::default(),
             open: BTreeMap::new(),
         });
-        let outcome = match operation {
-            Operation::Level => Outcome::Level(Some(state.level)),
-            Operation::ReserveWait(_) => unreachable!("the control never waits"),
-            Operation::Restock(qty) => {
-                if sku == 0 && self.restocks.fetch_add(1, Ordering::Relaxed) > 0 {
-                    self.overlap.meet();
-                }
-                Outcome::Restocked(Ok(
-                    state.bumped(state.level.on_hand + qty, state.level.reserved)
-                ))
+        if let (Operation::Restock(_), 0) = (operation, sku) {
+            if self.restocks.fetch_add(1, Ordering::Relaxed) > 0 {
+                self.overlap.meet();
             }
-            Operation::Reserve(qty) => Outcome::Reserved(match state.short(qty) {
-                Some(refusal) => Err(refusal),
-                None => Ok(ReservationId::from_u64(
-                    u64::MAX / 2 + self.next_id.fetch_add(1, Ordering::Relaxed),
-                )),
-            }),
-            Operation::Sell(qty) => Outcome::Sold(state.short(qty).map_or(Ok(()), Err)),
-            Operation::Commit(id) | Operation::Release(id) => Outcome::Resolved(
-                state
-                    .open
-                    .get(&id)
-                    .copied()
-                    .ok_or(StockError::UnknownReservation(id)),
-            ),
-        };
+        }
+        let outcome = answer(&state, operation, &self.next_id);
         // The spec computes the new state from the (possibly stale) state read above.
         if let Some(next) = SkuSpec::step(&state, &operation, &outcome) {
             state = next;
@@ -991,40 +1003,6 @@ struct ZeroSlotStore {
     seen: std::sync::Condvar,
 }
 
-impl ZeroSlotStore {
-    /// What a correct store answers to `operation` on `state` (atomically, under the
-    /// map's lock).
-    fn answer(&self, state: &SkuState, operation: Operation) -> Outcome {
-        let unknown = || StockError::UnknownSku(state.sku);
-        match operation {
-            Operation::Level => Outcome::Level(state.exists.then_some(state.level)),
-            Operation::Restock(qty) => Outcome::Restocked(Ok(
-                state.bumped(state.level.on_hand + qty, state.level.reserved)
-            )),
-            Operation::Reserve(qty) | Operation::ReserveWait(qty) => {
-                Outcome::Reserved(match (state.exists, state.short(qty)) {
-                    (false, _) => Err(unknown()),
-                    (true, Some(refusal)) => Err(refusal),
-                    (true, None) => Ok(ReservationId::from_u64(
-                        u64::MAX / 2 + self.next_id.fetch_add(1, Ordering::Relaxed),
-                    )),
-                })
-            }
-            Operation::Sell(qty) => Outcome::Sold(match (state.exists, state.short(qty)) {
-                (false, _) => Err(unknown()),
-                (true, refusal) => refusal.map_or(Ok(()), Err),
-            }),
-            Operation::Commit(id) | Operation::Release(id) => Outcome::Resolved(
-                state
-                    .open
-                    .get(&id)
-                    .copied()
-                    .ok_or(StockError::UnknownReservation(id)),
-            ),
-        }
-    }
-}
-
 impl Subject for ZeroSlotStore {
     fn call(&self, sku: Sku, operation: Operation) -> Outcome {
         let mut skus = self.skus.lock().unwrap();
@@ -1051,7 +1029,7 @@ impl Subject for ZeroSlotStore {
             *self.seen_empty.lock().unwrap() = true;
             self.seen.notify_all();
         }
-        let outcome = self.answer(&state, operation);
+        let outcome = answer(&state, operation, &self.next_id);
         if let Some(next) = SkuSpec::step(&state, &operation, &outcome) {
             state = next;
         }
