@@ -101,6 +101,12 @@ pub(crate) trait LockedSkus<K> {
     /// The slot of `sku`; `None` for a SKU never restocked.
     fn slot(&self, sku: &K) -> Option<Self::Slot>;
 
+    /// The slot of `sku` where it sits in the map, found without cloning its handle (no
+    /// reference count written: the map's shard stays read-locked while the guard lives,
+    /// see `ShardedMap::get`); `None` for a SKU never restocked. Under the guard the
+    /// caller may lock this one slot, and must not look up another SKU nor run user code.
+    fn slot_in_place(&self, sku: &K) -> Option<impl Deref<Target = Self::Slot> + '_>;
+
     /// The mutex of `slot`.
     fn mutex(slot: &Self::Slot) -> &Mutex<Self::Cell>;
 
@@ -137,9 +143,12 @@ fn slot<K: Clone, S: LockedSkus<K>>(store: &S, sku: &K) -> Result<S::Slot, Stock
 }
 
 /// Applies `change` to merged `lines` of a locking store without waiting, all or nothing:
-/// locks their slots in ascending SKU order, then [`apply_all`]. Counts are `u64`
-/// ([`Limits::U64`]). One line (most requests) takes no allocation: no `Vec` of slots,
-/// guards or moves.
+/// looks up every slot, then locks them in ascending SKU order, then [`apply_all`]. Counts
+/// are `u64` ([`Limits::U64`]). One line (most requests) takes no allocation and writes no
+/// reference count: its slot is locked where it sits in the map
+/// ([`LockedSkus::slot_in_place`]). Several lines look up (clone) every slot before the first
+/// lock, so no thread ever waits for the map while holding a slot's mutex: the rule that
+/// makes the one-line path deadlock free.
 ///
 /// # Errors
 ///
@@ -151,15 +160,35 @@ pub(crate) fn apply<K: Clone, S: LockedSkus<K>>(
     change: Change,
 ) -> Result<Moves, StockError<K>> {
     if let [line] = lines {
-        let slot = slot(store, &line.0)?;
-        let mut cell = store.lock(&slot);
-        let moved = next_move(&*cell, line, change, Limits::U64)?;
-        cell.set_level(moved.level);
-        return Ok(Moves::One(moved));
+        return apply_one(store, line, change).map(Moves::One);
     }
     let slots = slots(store, lines)?;
     let mut cells: Vec<_> = slots.iter().map(|slot| store.lock(slot)).collect();
     apply_all(&mut cells, lines, change, Limits::U64)
+}
+
+/// Applies `change` to one validated line (quantity at least 1) of a locking store
+/// without waiting: the single-line fast path of [`apply`], and of the stores' `sell`.
+/// Allocates nothing and writes no reference count: the slot is locked where it sits in
+/// the map ([`LockedSkus::slot_in_place`]).
+///
+/// # Errors
+///
+/// [`StockError::UnknownSku`], [`StockError::InsufficientStock`] or
+/// [`StockError::Overflow`], with nothing changed.
+#[inline]
+pub(crate) fn apply_one<K: Clone, S: LockedSkus<K>>(
+    store: &S,
+    line: &(K, u64),
+    change: Change,
+) -> Result<Moved, StockError<K>> {
+    let Some(slot) = store.slot_in_place(&line.0) else {
+        return Err(StockError::UnknownSku(line.0.clone()));
+    };
+    let mut cell = store.lock(&*slot);
+    let moved = next_move(&*cell, line, change, Limits::U64)?;
+    cell.set_level(moved.level);
+    Ok(moved)
 }
 
 /// A SKU's state behind its lock, as the batch below reads and writes it.

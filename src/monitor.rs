@@ -3,6 +3,7 @@
 mod waiting;
 
 use std::fmt;
+use std::ops::Deref;
 
 use crate::builder::StoreBuilder;
 use crate::error::StockError;
@@ -265,6 +266,10 @@ impl<K: Sku> LockedSkus<K> for MonitorStore<K> {
         self.slots.get_cloned(sku)
     }
 
+    fn slot_in_place(&self, sku: &K) -> Option<impl Deref<Target = Self::Slot> + '_> {
+        self.slots.get(sku)
+    }
+
     fn mutex(monitor: &Self::Slot) -> &Mutex<MonitorState> {
         &monitor.state
     }
@@ -343,7 +348,7 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
 
     fn level(&self, sku: &K) -> Option<StockLevel> {
         self.slots
-            .get_cloned(sku)
+            .get(sku)
             .map(|monitor| monitor.state.lock().level)
     }
 
@@ -357,6 +362,16 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
     }
 
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
+        if let [line @ (sku, quantity)] = lines {
+            // One line (most sales): nothing to merge, nothing to allocate.
+            if *quantity == 0 {
+                return Err(StockError::InvalidQuantity { sku: sku.clone() });
+            }
+            let sold = lines::apply_one(self, line, Change::Sell);
+            self.lifecycle.stats.count_refusal(&sold);
+            self.lifecycle.sold(lines, &[sold?]);
+            return Ok(());
+        }
         let lines = lines::merge(lines)?;
         let sold = lines::apply(self, &lines, Change::Sell);
         self.lifecycle.stats.count_refusal(&sold);

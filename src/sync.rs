@@ -15,6 +15,7 @@
 //! | [`Word`] (128-bit CAS word) | `portable_atomic::AtomicU128` | a loom mutex with the same `load`/`compare_exchange` |
 //! | [`Backoff`] | `crossbeam_utils::Backoff` | `loom::thread::yield_now` |
 //! | [`ShardedMap`] | `dashmap::DashMap` (foldhash) | `loom::sync::Mutex<HashMap>` |
+//! | [`MapRef`] (a value read-locked in place) | `dashmap::mapref::one::Ref` | the map's guard and the key |
 //! | [`LockFreeMap`] | `papaya::HashMap` (foldhash) | `loom::sync::Mutex<HashMap<K, Arc<V>>>` |
 //! | [`AtomicU64`], [`AtomicBool`] | `std::sync::atomic` | `loom::sync::atomic` |
 //! | [`StripedCounters`] | `std` atomics, one cache line per stripe | the same (not modelled) |
@@ -62,17 +63,29 @@ pub(crate) fn next_reservation_id() -> u64 {
 #[cfg(not(loom))]
 const ID_BLOCK: u64 = 1024;
 
-/// Stripes of [`StripedCounters`]: a power of two, a few times the cores of a typical host,
-/// so threads seldom share a stripe.
+/// Stripes of [`StripedCounters`]: a power of two (a thread's stripe is a mask away), a
+/// few times the cores of a typical host, so threads seldom share a stripe.
 const STRIPES: usize = 16;
+const _: () = assert!(STRIPES.is_power_of_two());
 
 /// The stripe of the calling thread: threads are dealt stripes round robin on first use.
+///
+/// A `const` thread-local with no destructor (so no lazy-initialisation state to check on
+/// every access), `usize::MAX` until the thread's first count; masked, so indexing a
+/// stripe needs no bounds check.
 fn stripe() -> usize {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     std::thread_local! {
-        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        static STRIPE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
     }
-    STRIPE.with(|stripe| *stripe)
+    STRIPE.with(|stripe| {
+        let mut index = stripe.get();
+        if index == usize::MAX {
+            index = NEXT.fetch_add(1, Ordering::Relaxed);
+            stripe.set(index);
+        }
+        index & (STRIPES - 1)
+    })
 }
 
 /// `N` event counters striped over [`STRIPES`] cache lines (a `LongAdder`): a thread adds
@@ -84,18 +97,16 @@ fn stripe() -> usize {
 /// multiply their interleavings). A sum taken while threads count is not a snapshot of one
 /// instant; a sum taken after the counting threads were joined is exact.
 pub(crate) struct StripedCounters<const N: usize> {
-    stripes: Box<[crossbeam_utils::CachePadded<[std::sync::atomic::AtomicU64; N]>]>,
+    stripes: Box<[crossbeam_utils::CachePadded<[std::sync::atomic::AtomicU64; N]>; STRIPES]>,
 }
 
 impl<const N: usize> StripedCounters<N> {
     pub(crate) fn new() -> Self {
-        let stripes = (0..STRIPES)
-            .map(|_| {
-                crossbeam_utils::CachePadded::new(std::array::from_fn(|_| {
-                    std::sync::atomic::AtomicU64::new(0)
-                }))
-            })
-            .collect();
+        let stripes = Box::new(std::array::from_fn(|_| {
+            crossbeam_utils::CachePadded::new(std::array::from_fn(|_| {
+                std::sync::atomic::AtomicU64::new(0)
+            }))
+        }));
         Self { stripes }
     }
 
@@ -189,6 +200,9 @@ mod real {
     /// idempotency keys of successful holds), not by lookups of arbitrary keys.
     type Hasher = foldhash::fast::RandomState;
 
+    /// A value of a [`ShardedMap`], read-locked in place.
+    pub(crate) type MapRef<'a, K, V> = dashmap::mapref::one::Ref<'a, K, V>;
+
     /// A sharded concurrent map (dashmap). Values are cloned out, so no map guard is ever
     /// held while the caller locks something else (dashmap issues 74 and 233).
     pub(crate) struct ShardedMap<K, V>(dashmap::DashMap<K, V, Hasher>);
@@ -227,6 +241,20 @@ mod real {
                 })
                 .clone();
             (value, created)
+        }
+
+        /// The value for `key`, read-locked in place (its shard stays read-locked while the
+        /// returned guard lives); `None` when absent. No reference count is touched,
+        /// unlike [`get_cloned`](Self::get_cloned).
+        ///
+        /// While the guard lives, the caller may lock a mutex inside the value only if no
+        /// thread ever waits for a shard of this map while holding such a mutex: dashmap's
+        /// shard lock lets a waiting writer (an insert) block new readers, so a reader
+        /// waiting for a mutex whose holder waits for the shard would deadlock (dashmap
+        /// issues 74 and 233). The stores keep that rule by looking up every slot of a
+        /// multi-line request (cloning its handle) before they lock the first one.
+        pub(crate) fn get(&self, key: &K) -> Option<MapRef<'_, K, V>> {
+            self.0.get(key)
         }
 
         pub(crate) fn insert(&self, key: K, value: V) {
@@ -477,6 +505,22 @@ mod mocked {
         }
     }
 
+    /// The loom twin of a value read-locked in place: the map's guard and the key.
+    pub(crate) struct MapRef<'a, K, V> {
+        map: loom::sync::MutexGuard<'a, HashMap<K, V>>,
+        key: K,
+    }
+
+    impl<K: Hash + Eq, V> Deref for MapRef<'_, K, V> {
+        type Target = V;
+
+        fn deref(&self) -> &V {
+            self.map
+                .get(&self.key)
+                .expect("the key was present under this guard")
+        }
+    }
+
     /// The loom twin of the sharded map: one loom mutex around a `HashMap`.
     pub(crate) struct ShardedMap<K, V>(loom::sync::Mutex<HashMap<K, V>>);
 
@@ -508,6 +552,17 @@ mod mocked {
                 })
                 .clone();
             (value, created)
+        }
+
+        /// The map's (exclusive) mutex stays locked while the guard lives: stricter than
+        /// the real twin's shard read lock, so a model reports as a deadlock any wait under
+        /// the guard whose holder waits for the map.
+        pub(crate) fn get(&self, key: &K) -> Option<MapRef<'_, K, V>> {
+            let map = self.map();
+            map.contains_key(key).then(|| MapRef {
+                map,
+                key: key.clone(),
+            })
         }
 
         pub(crate) fn insert(&self, key: K, value: V) {
