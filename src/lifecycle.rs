@@ -12,7 +12,9 @@ use crate::event::{EventLine, Events, StockEvent};
 use crate::level::{Change, LowStock, Moved};
 use crate::lines::{self, Moves};
 use crate::options::ReserveOptions;
-use crate::reservation::{Extension, Opened, Registry, Reservation, ReservationId, Resolved};
+use crate::reservation::{
+    Extension, HoldLines, Opened, Registry, Reservation, ReservationId, Resolved,
+};
 use crate::stats::{Stat, Stats};
 use crate::store::Sku;
 
@@ -98,12 +100,9 @@ pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
     options: &ReserveOptions,
 ) -> Result<Reservation<K>, StockError<K>> {
     let life = store.lifecycle();
-    // Straight into the shared allocation of the hold's lines: no intermediate `Vec` for
-    // a single line (one allocation per hold).
-    let lines: std::sync::Arc<[(K, u64)]> = match lines::merge(lines)? {
-        std::borrow::Cow::Borrowed(line) => line.into(),
-        std::borrow::Cow::Owned(merged) => merged.into(),
-    };
+    // A single line stays inline (no allocation for the hold's lines); several go into
+    // one shared allocation.
+    let lines: HoldLines<K> = lines::merge(lines)?.into();
     if let Some(key) = &options.idempotency_key {
         crate::idempotency::validate_key(key)?;
     }

@@ -78,7 +78,8 @@ impl fmt::Display for ReservationId {
 /// An all-or-nothing hold on one or more lines `(sku, units)`.
 ///
 /// The lines are merged (one line per SKU, quantities summed) and sorted by SKU. Cloning
-/// is cheap: the lines are shared.
+/// is cheap: a single line is kept inline (cloning clones its SKU), several lines are
+/// shared.
 ///
 /// # Examples
 ///
@@ -108,13 +109,11 @@ impl fmt::Display for ReservationId {
 )]
 pub struct Reservation<K> {
     id: ReservationId,
-    /// Immutable once the hold is open, so a plain `std` `Arc` even under loom: there is
-    /// no interleaving to model (and loom's `Arc` has no `From<Vec>` nor `PartialEq`).
     #[cfg_attr(
         feature = "serde",
         serde(deserialize_with = "crate::serde_impls::hold_lines")
     )]
-    lines: Arc<[(K, u64)]>,
+    lines: HoldLines<K>,
     #[cfg_attr(feature = "serde", serde(rename = "ttl_ms", default))]
     #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::deadline_ttl_ms"))]
     expires_at: Option<Instant>,
@@ -174,15 +173,69 @@ impl<K> Reservation<K> {
     }
 }
 
+/// The lines of a hold, merged and sorted by SKU: one line inline (a single-line hold,
+/// most holds, takes no allocation of its own), or several in one shared allocation.
+///
+/// Immutable once the hold is open, so a plain `std` `Arc` even under loom: there is no
+/// interleaving to model.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum HoldLines<K> {
+    /// A single line.
+    One([(K, u64); 1]),
+    /// Two or more lines, shared by every copy of the reservation.
+    Many(Arc<[(K, u64)]>),
+}
+
+impl<K> std::ops::Deref for HoldLines<K> {
+    type Target = [(K, u64)];
+
+    fn deref(&self) -> &[(K, u64)] {
+        match self {
+            HoldLines::One(line) => line,
+            HoldLines::Many(lines) => lines,
+        }
+    }
+}
+
+impl<K: fmt::Debug> fmt::Debug for HoldLines<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<K: Clone> From<std::borrow::Cow<'_, [(K, u64)]>> for HoldLines<K> {
+    /// One line is cloned inline; several move into one shared allocation.
+    fn from(lines: std::borrow::Cow<'_, [(K, u64)]>) -> Self {
+        match &*lines {
+            [line] => HoldLines::One([line.clone()]),
+            _ => HoldLines::Many(lines.into_owned().into()),
+        }
+    }
+}
+
+impl<K> From<Vec<(K, u64)>> for HoldLines<K> {
+    /// One line moves inline; several move into one shared allocation.
+    fn from(mut lines: Vec<(K, u64)>) -> Self {
+        match lines.pop() {
+            Some(line) if lines.is_empty() => HoldLines::One([line]),
+            Some(last) => {
+                lines.push(last);
+                HoldLines::Many(lines.into())
+            }
+            None => HoldLines::Many(lines.into()),
+        }
+    }
+}
+
 /// An open hold as the registry keeps it.
 #[derive(Debug, Clone)]
 struct Hold<K> {
-    reservation: Reservation<K>,
+    /// The hold; taken by the caller that claims it (a claim moves it out rather than
+    /// cloning its lines). `None`: a caller won this hold and is moving its stock; the
+    /// entry leaves `holds` when the stock has moved ([`Registry::finish`]).
+    reservation: Option<Reservation<K>>,
     /// The idempotency key that made it, if any.
     key: Option<Arc<str>>,
-    /// A caller won this hold and is moving its stock; the entry leaves `holds` when the
-    /// stock has moved ([`Registry::finish`]).
-    resolving: bool,
     /// A racing call waits for the winner to finish (on [`Registry::settled`]).
     waiters: bool,
 }
@@ -190,23 +243,34 @@ struct Hold<K> {
 impl<K: Clone> Hold<K> {
     /// Marks the hold as won by the caller and returns what the caller needs to settle it;
     /// `now` is the clock read before the claim (`None` only for a hold that needs none).
-    fn claim(&mut self, now: Option<Instant>) -> Resolved<K> {
-        self.resolving = true;
-        let deadline = self.reservation.expires_at;
-        Resolved {
-            reservation: self.reservation.clone(),
+    /// `None` when it was already claimed.
+    fn claim(&mut self, now: Option<Instant>) -> Option<Resolved<K>> {
+        let reservation = self.reservation.take()?;
+        let deadline = reservation.expires_at;
+        Some(Resolved {
+            reservation,
             key: self.key.clone(),
             expired: deadline
                 .zip(now)
                 .is_some_and(|(deadline, now)| now >= deadline),
             now,
-        }
+        })
+    }
+
+    /// Whether a caller won this hold and is moving its stock.
+    fn is_claimed(&self) -> bool {
+        self.reservation.is_none()
+    }
+
+    /// The hold's deadline; `None` without one, or once claimed.
+    fn expires_at(&self) -> Option<Instant> {
+        self.reservation.as_ref()?.expires_at
     }
 
     /// Whether resolving the hold needs the time: for its deadline, or for its idempotency
     /// key's retention.
     fn needs_clock(&self) -> bool {
-        self.reservation.expires_at.is_some() || self.key.is_some()
+        self.expires_at().is_some() || self.key.is_some()
     }
 }
 
@@ -246,7 +310,7 @@ pub(crate) enum Extension<K> {
 /// The open holds of one store: reservation id -> its lines and deadline, with the expiry
 /// index of their deadlines and the idempotency table of their keys.
 ///
-/// Claiming an entry of `holds` (marking it `resolving`, under its shard lock) is what
+/// Claiming an entry of `holds` (taking its reservation out, under its shard lock) is what
 /// decides the single winner among racing commits, releases and expiries of one hold:
 /// exactly one caller gets the hold, every other gets [`StockError::UnknownReservation`],
 /// and only the winner moves stock. The entry stays until the winner's stock has moved, and
@@ -303,12 +367,12 @@ impl<K: Clone + PartialEq> Registry<K> {
     /// with other lines.
     pub(crate) fn reserve<M>(
         &self,
-        lines: impl Into<Arc<[(K, u64)]>>,
+        lines: impl Into<HoldLines<K>>,
         options: &ReserveOptions,
         hold: impl FnOnce(&[(K, u64)]) -> Result<M, StockError<K>>,
     ) -> Result<Opened<K, M>, StockError<K>> {
-        // The hold's lines are allocated once, here, and shared by every copy of the
-        // reservation (the registry's, the caller's, an idempotency key's).
+        // The hold's lines, made once, here: one line inline, several shared by every copy
+        // of the reservation (the registry's, the caller's, an idempotency key's).
         let lines = lines.into();
         // The clock is read here, before any lock, and only when a deadline or a key needs it.
         let key = options.idempotency_key.as_ref();
@@ -326,8 +390,9 @@ impl<K: Clone + PartialEq> Registry<K> {
             if let Some(replay) = slot.replay(key, &lines) {
                 // While open, answer with the hold as it is now (`extend` may have moved it).
                 return replay.map(|first| {
-                    let current = self.holds.get_cloned(&first.id);
-                    Opened::Replay(current.map_or(first, |hold| hold.reservation))
+                    let current = self.holds.get(&first.id);
+                    let current = current.and_then(|hold| hold.reservation.clone());
+                    Opened::Replay(current.unwrap_or(first))
                 });
             }
             let moved = hold(&lines)?;
@@ -340,7 +405,7 @@ impl<K: Clone + PartialEq> Registry<K> {
     /// Records a hold whose stock is already reserved and returns it.
     fn open(
         &self,
-        lines: Arc<[(K, u64)]>,
+        lines: HoldLines<K>,
         expires_at: Option<Instant>,
         key: Option<Arc<str>>,
     ) -> Reservation<K> {
@@ -355,9 +420,8 @@ impl<K: Clone + PartialEq> Registry<K> {
             expires_at,
         };
         let hold = Hold {
-            reservation: reservation.clone(),
+            reservation: Some(reservation.clone()),
             key,
-            resolving: false,
             waiters: false,
         };
         self.holds.insert(reservation.id, hold);
@@ -384,7 +448,7 @@ impl<K: Clone + PartialEq> Registry<K> {
     ) -> Option<R> {
         loop {
             let found = self.holds.update(&id, |hold| {
-                if hold.resolving {
+                if hold.is_claimed() {
                     hold.waiters = true;
                     None
                 } else {
@@ -405,7 +469,7 @@ impl<K: Clone + PartialEq> Registry<K> {
     /// `waiters` removes the entry before it takes `settled_lock` to notify.
     fn wait_settled(&self, id: ReservationId) {
         let mut guard = self.settled_lock.lock();
-        while self.holds.update(&id, |hold| hold.resolving) == Some(true) {
+        while self.holds.update(&id, |hold| hold.is_claimed()) == Some(true) {
             guard = self.settled.wait_until(guard, None).0;
         }
     }
@@ -423,14 +487,21 @@ impl<K: Clone + PartialEq> Registry<K> {
         // one (the flag was raised before that hold was opened).
         let mut now = self.timed.load(Ordering::Acquire).then(|| self.clock.now());
         loop {
-            let claimed = self
-                .with_unclaimed(id, |hold| {
-                    (now.is_some() || !hold.needs_clock()).then(|| hold.claim(now))
-                })
-                .ok_or(StockError::UnknownReservation(id))?;
-            let Some(resolved) = claimed else {
-                now = Some(self.clock.now());
-                continue;
+            // `Err`: the hold needs a clock reading first.
+            let claimed = self.with_unclaimed(id, |hold| {
+                if now.is_none() && hold.needs_clock() {
+                    return Err(());
+                }
+                Ok(hold.claim(now))
+            });
+            let resolved = match claimed {
+                Some(Err(())) => {
+                    now = Some(self.clock.now());
+                    continue;
+                }
+                Some(Ok(Some(resolved))) => resolved,
+                // Not open (an unclaimed hold always has its reservation to claim).
+                None | Some(Ok(None)) => return Err(StockError::UnknownReservation(id)),
             };
             if let Some(deadline) = resolved.reservation.expires_at {
                 self.expiry.remove(deadline, id);
@@ -451,13 +522,14 @@ impl<K: Clone + PartialEq> Registry<K> {
     ) -> Result<Extension<K>, StockError<K>> {
         let now = self.clock.now();
         let deadline = now.checked_add(ttl);
-        let due = |hold: &Hold<K>| hold.reservation.expires_at.is_some_and(|at| at <= now);
+        let due = |hold: &Hold<K>| hold.expires_at().is_some_and(|at| at <= now);
         let updated = self.with_unclaimed(id, |hold| {
             if due(hold) {
-                return Err(hold.claim(Some(now)));
+                return hold.claim(Some(now)).map(Err);
             }
-            let before = hold.reservation.expires_at;
-            hold.reservation.expires_at = deadline;
+            let reservation = hold.reservation.as_mut()?;
+            let before = reservation.expires_at;
+            reservation.expires_at = deadline;
             // Re-index while the hold's entry is locked, so that no resolve or other extend
             // of this hold runs between the deadline change and the index change (a resolve
             // there left the new deadline indexed for a hold gone: loom model
@@ -470,9 +542,9 @@ impl<K: Clone + PartialEq> Registry<K> {
             if let Some(before) = before.filter(|before| Some(*before) != deadline) {
                 self.expiry.remove(before, id);
             }
-            Ok(hold.reservation.clone())
+            Some(Ok(reservation.clone()))
         });
-        match updated {
+        match updated.flatten() {
             None => Err(StockError::UnknownReservation(id)),
             Some(Ok(reservation)) => Ok(Extension::Extended(reservation)),
             Some(Err(resolved)) => {
@@ -499,10 +571,11 @@ impl<K: Clone + PartialEq> Registry<K> {
     /// Claims the hold `id` if it is due at `now` and nobody else is resolving it (a hold
     /// being resolved is left to its winner; a hold extended since is not due).
     pub(crate) fn claim_due(&self, id: ReservationId, now: Instant) -> Option<Resolved<K>> {
-        let due = |hold: &Hold<K>| hold.reservation.expires_at.is_some_and(|at| at <= now);
+        let due = |hold: &Hold<K>| hold.expires_at().is_some_and(|at| at <= now);
         self.holds
             .update(&id, |hold| {
-                (due(hold) && !hold.resolving).then(|| hold.claim(Some(now)))
+                // A claimed hold has no deadline left to be due.
+                due(hold).then(|| hold.claim(Some(now))).flatten()
             })
             .flatten()
     }
@@ -513,7 +586,7 @@ impl<K: Clone + PartialEq> Registry<K> {
     pub(crate) fn finish(&self, resolved: &Resolved<K>) {
         let removed = self.holds.remove(&resolved.reservation.id);
         debug_assert!(
-            removed.as_ref().is_some_and(|hold| hold.resolving),
+            removed.as_ref().is_some_and(Hold::is_claimed),
             "finished an unclaimed hold"
         );
         if removed.is_some_and(|hold| hold.waiters) {

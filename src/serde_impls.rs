@@ -5,7 +5,7 @@
 //! write: a deadline as the time left to live in milliseconds, a TTL in milliseconds, and
 //! the checked lines of a reservation.
 
-use std::sync::Arc;
+use crate::reservation::HoldLines;
 use std::time::{Duration, Instant};
 
 use serde::de::{Error as _, Unexpected};
@@ -64,10 +64,17 @@ pub(crate) mod ttl_ms {
     }
 }
 
+impl<K: Serialize> Serialize for HoldLines<K> {
+    /// A sequence of `[sku, units]` pairs, one line or several alike.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
 /// The lines of a [`Reservation`](crate::Reservation), read back: at least one line, every
 /// quantity at least 1, else a deserialization error. Their order and merging are taken as
 /// written (checking them would need `K: Ord`).
-pub(crate) fn hold_lines<'de, D, K>(deserializer: D) -> Result<Arc<[(K, u64)]>, D::Error>
+pub(crate) fn hold_lines<'de, D, K>(deserializer: D) -> Result<HoldLines<K>, D::Error>
 where
     D: Deserializer<'de>,
     K: Deserialize<'de>,
