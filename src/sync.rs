@@ -305,6 +305,20 @@ mod real {
             self.0.pin().get(key).map(f)
         }
 
+        /// Calls `f` with the value for `key`, or `absent()` when there is none: as
+        /// [`with`](Self::with), without wrapping a large result in an `Option`.
+        pub(crate) fn with_or_else<R>(
+            &self,
+            key: &K,
+            f: impl FnOnce(&V) -> R,
+            absent: impl FnOnce() -> R,
+        ) -> R {
+            match self.0.pin().get(key) {
+                Some(value) => f(value),
+                None => absent(),
+            }
+        }
+
         /// Calls `f` with the value for `key` and `false`; when absent, inserts `init()`
         /// and calls `f` with it and `true` (the caller's value is the one in the map, so
         /// it can be inserted already complete: a SKU visible with its first restock).
@@ -598,6 +612,18 @@ mod mocked {
         pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
             let value = self.map().get(key).cloned();
             value.map(|value| f(&value))
+        }
+
+        pub(crate) fn with_or_else<R>(
+            &self,
+            key: &K,
+            f: impl FnOnce(&V) -> R,
+            absent: impl FnOnce() -> R,
+        ) -> R {
+            match self.map().get(key).cloned() {
+                Some(value) => f(&value),
+                None => absent(),
+            }
         }
 
         pub(crate) fn with_or_insert<R>(
