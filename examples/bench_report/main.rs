@@ -5,7 +5,8 @@
 //! allocations and callgrind instructions per operation, handoff latency percentiles),
 //! then writes one chart (SVG, `benches/charts/`) and one table per scenario with
 //! operations per second and the ratio to each naive peer and hardware limit measured in
-//! the same run, the scaling guard, and the targets of issue 10, each met or missed.
+//! the same run, the scaling guard, and the targets of issue 10, each met or missed; with
+//! the results of `cargo bench --features redis --bench redis`, a Redis section too.
 //!
 //! ```text
 //! cargo bench                                   # or STOCKLEDGER_BENCH_QUICK=1 cargo bench
@@ -15,12 +16,14 @@
 //!
 //! Only results written by the latest `scenarios` run are used (older files in the
 //! criterion directory are ignored), so every ratio and every chart compares numbers of
-//! one run. Modules: [`data`] (what is read), [`tables`], [`charts`], [`targets`], [`run`]
-//! (machine and scaling guard), [`format`].
+//! one run (the Redis groups: of the latest `redis` run). Modules: [`data`] (what is read),
+//! [`tables`], [`charts`], [`targets`], [`run`] (machine and scaling guard),
+//! [`redis_section`], [`format`].
 
 mod charts;
 mod data;
 mod format;
+mod redis_section;
 mod run;
 mod tables;
 mod targets;
@@ -125,6 +128,7 @@ fn report(data: &Data, drawn: &[charts::Drawn], link_dir: &str, note: Option<&st
     run::guard_section(data, &mut report);
     let _ = writeln!(report, "## Scenarios\n");
     tables::scenarios_section(data, &charts, &mut report);
+    redis_section::section(data, &mut report);
     let _ = writeln!(report, "## Instructions per operation (callgrind)\n");
     tables::instructions_table(data, &mut report);
     let _ = writeln!(report, "## Memory\n");
