@@ -79,7 +79,7 @@ fn run_line(data: &Data, report: &mut String) {
          size). `bare_script` is one `EVALSHA` of a Lua script that `DECRBY`s a counter when \
          it holds enough, the least a correct server-side sale costs; `get_set_oversells` \
          reads with `GET` and writes the difference with `SET`, the lost update; \
-         `pessimistic` is the in-memory store, for scale.\n",
+         `pessimistic` is the in-memory store, for scale. A reserve+commit op is the pair.\n",
         text("source_revision"),
         run["started_unix_s"].as_u64().map_or("?".into(), utc),
         text("load_average_at_start"),
@@ -133,7 +133,7 @@ pub fn section(data: &Data, report: &mut String) {
         let _ = writeln!(
             report,
             "`get_set_oversells` acknowledged {sold} sales in the run but took {} units off its \
-             counters: {lost_units} units sold twice (lost updates).",
+             counters: oversold by {lost_units} units (lost updates).",
             sold.saturating_sub(lost_units.unsigned_abs()),
         );
     }
