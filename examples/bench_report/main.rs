@@ -108,6 +108,7 @@ const REPRODUCE: &str = "## Reproduce\n\n```sh\n\
     cargo bench                              # full: ~11 min on 2 cores\n\
     STOCKLEDGER_BENCH_QUICK=1 cargo bench    # quick mode: ~3 min, to check the pipeline\n\
     cargo bench --bench scenarios -- S3_zipf # one group (criterion filter)\n\
+    cargo bench --features redis --bench redis   # the Redis section (~1 min, own redis-server)\n\
     cargo run --release --example bench_report -- --note \"...\"   # BENCHMARKS.md + benches/charts\n\
     ```\n";
 
