@@ -12,8 +12,14 @@
 //! After each run the ledger is checked per SKU: `start + restocked = on hand + sold` and
 //! nothing left reserved. Any violation makes the example exit non-zero.
 //!
+//! With the cargo feature `redis`, `--strategy redis --redis-url URL` replays the same
+//! orders on a `RedisStore<String>` in a fresh namespace of that server, waiting like the
+//! monitor run (in the server's per-SKU queues) beside the same restocker.
+//!
 //! ```text
 //! cargo run --release --example replay -- --threads 8 --strategy all
+//! cargo run --release --features redis --example replay -- \
+//!     --strategy redis --redis-url redis://127.0.0.1:6379/
 //! ```
 
 use std::collections::BTreeMap;
@@ -37,7 +43,7 @@ const ORDERS_DEFAULT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/examples/data/electronic_sales.csv"
 );
-/// How long a monitor-run order waits for stock before it is refused.
+/// How long an order of a waiting run (monitor, redis) waits for stock before it is refused.
 const MONITOR_TIMEOUT_MS: u64 = 2;
 /// Units the restocker adds to one SKU at a time during the monitor run.
 const RESTOCK_UNITS: u64 = 3;
@@ -52,7 +58,7 @@ const REPORT_LINES_MAX: usize = 10;
 
 /// Replays a real order log against each stock strategy.
 #[derive(Debug, Parser)]
-#[command(about)]
+#[command(name = "replay", about)]
 struct Args {
     /// The order log (CSV with columns SKU, Quantity, Order Status, Add-ons Purchased).
     #[arg(long, default_value = ORDERS_DEFAULT)]
@@ -67,6 +73,27 @@ struct Args {
     /// The strategy to replay against.
     #[arg(long, value_enum, default_value_t = Strategy::All)]
     strategy: Strategy,
+    /// The Redis server of `--strategy redis` (`redis://host:port/`), required with it and
+    /// only used by it; each run opens a fresh namespace `replay-<pid>-<nanos>` there.
+    #[cfg(feature = "redis")]
+    #[arg(long, value_name = "URL", required_if_eq("strategy", "redis"))]
+    redis_url: Option<String>,
+}
+
+impl Args {
+    /// The command-line errors clap's attributes cannot express: `--redis-url` without
+    /// `--strategy redis`.
+    fn check(&self) -> Result<(), clap::Error> {
+        #[cfg(feature = "redis")]
+        if self.redis_url.is_some() && self.strategy != Strategy::Redis {
+            use clap::CommandFactory;
+            return Err(Args::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--redis-url is only used with --strategy redis",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn parse_threads(text: &str) -> Result<NonZeroUsize, String> {
@@ -92,6 +119,10 @@ enum Strategy {
     Optimistic,
     Monitor,
     Adaptive,
+    /// `RedisStore<String>` on the server of `--redis-url` (cargo feature `redis`; not part
+    /// of `all`).
+    #[cfg(feature = "redis")]
+    Redis,
     All,
 }
 
@@ -115,7 +146,20 @@ impl Strategy {
             Strategy::Optimistic => "optimistic",
             Strategy::Monitor => "monitor",
             Strategy::Adaptive => "adaptive",
+            #[cfg(feature = "redis")]
+            Strategy::Redis => "redis",
             Strategy::All => "all",
+        }
+    }
+
+    /// Whether the run's orders wait for stock (beside a restocker) instead of being
+    /// refused at once.
+    fn waits(self) -> bool {
+        match self {
+            Strategy::Monitor => true,
+            #[cfg(feature = "redis")]
+            Strategy::Redis => true,
+            _ => false,
         }
     }
 }
@@ -338,16 +382,56 @@ impl<S: WaitingStore<String>> Checkout for Waiting<S> {
     }
 }
 
-fn checkout_for(strategy: Strategy) -> Box<dyn Checkout> {
-    match strategy {
+/// Where the stores of a run live: in this process, or on a Redis server.
+#[derive(Debug, Clone, Default)]
+struct Engine {
+    /// `--redis-url`, for [`Strategy::Redis`].
+    #[cfg(feature = "redis")]
+    redis_url: Option<String>,
+}
+
+fn checkout_for(
+    strategy: Strategy,
+    engine: &Engine,
+    threads: usize,
+) -> Result<Box<dyn Checkout>, String> {
+    let _ = (engine, threads); // used by the Redis run only
+    Ok(match strategy {
         Strategy::Pessimistic => Box::new(Immediate(PessimisticStore::new())),
         Strategy::Optimistic => Box::new(Immediate(OptimisticStore::new())),
         Strategy::Adaptive => Box::new(Immediate(AdaptiveStore::new())),
+        #[cfg(feature = "redis")]
+        Strategy::Redis => Box::new(Waiting {
+            store: redis_store(engine, threads)?,
+            timeout: Duration::from_millis(MONITOR_TIMEOUT_MS),
+        }),
         Strategy::Monitor | Strategy::All => Box::new(Waiting {
             store: MonitorStore::new(),
             timeout: Duration::from_millis(MONITOR_TIMEOUT_MS),
         }),
-    }
+    })
+}
+
+/// A `RedisStore` in a namespace of its own on the server of `--redis-url`, with a pooled
+/// connection for each order thread and the restocker (a waiting order holds its
+/// connection while it blocks on the server).
+#[cfg(feature = "redis")]
+fn redis_store(engine: &Engine, threads: usize) -> Result<stockledger::RedisStore<String>, String> {
+    let url = engine
+        .redis_url
+        .as_deref()
+        .ok_or("--strategy redis needs --redis-url URL")?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    let namespace = format!("replay-{}-{nanos}", std::process::id());
+    let connections = u32::try_from(threads + 1).unwrap_or(u32::MAX);
+    let store = stockledger::RedisStore::builder(url, &namespace)
+        .pool_size(connections)
+        .build()
+        .map_err(|error| format!("--redis-url {url}: {error}"))?;
+    println!("redis: namespace {namespace} on {url}, {connections} pooled connections");
+    Ok(store)
 }
 
 /// What happened to one order.
@@ -505,12 +589,13 @@ struct Run {
 /// Stocks a fresh store, replays `orders` on `threads` threads, and reads the final levels.
 fn run(
     strategy: Strategy,
+    engine: &Engine,
     orders: &[Order],
     catalog: &Catalog,
     start: &[u64],
     threads: usize,
 ) -> Result<Run, String> {
-    let checkout = checkout_for(strategy);
+    let checkout = checkout_for(strategy, engine, threads)?;
     let store = checkout.store();
     for (sku, &units) in catalog.skus.iter().zip(start) {
         if units > 0 {
@@ -519,7 +604,7 @@ fn run(
                 .map_err(|error| format!("start stock: {error}"))?;
         }
     }
-    let restocker = strategy == Strategy::Monitor;
+    let restocker = strategy.waits();
     let began = Instant::now();
     let (tally, restocks) =
         place_on_threads(checkout.as_ref(), orders, catalog, threads, restocker)?;
@@ -528,11 +613,12 @@ fn run(
         .skus
         .iter()
         .map(|sku| {
-            store
-                .level(sku)
-                .map(|level| (level.on_hand, level.reserved))
+            let level = store
+                .try_level(sku)
+                .map_err(|error| format!("final level of {sku}: {error}"))?;
+            Ok(level.map(|level| (level.on_hand, level.reserved)))
         })
-        .collect();
+        .collect::<Result<_, String>>()?;
     Ok(Run {
         strategy,
         elapsed,
@@ -700,7 +786,11 @@ fn print_row(run: &Run, orders: usize, sound: bool) {
 }
 
 fn main() -> ExitCode {
-    match replay(Args::parse()) {
+    let args = Args::parse();
+    if let Err(error) = args.check() {
+        error.exit();
+    }
+    match replay(args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
@@ -719,10 +809,16 @@ fn replay(args: Args) -> Result<bool, String> {
     let start = start_stock(&catalog, args.stock_ratio);
     let threads = args.threads.map_or_else(default_threads, NonZeroUsize::get);
     print_intro(&args, &orders, &catalog, &start, threads);
-    print_header();
+    let engine = Engine {
+        #[cfg(feature = "redis")]
+        redis_url: args.redis_url.clone(),
+    };
     let mut sound = true;
-    for strategy in args.strategy.runs() {
-        let run = run(strategy, &orders, &catalog, &start, threads)?;
+    for (index, strategy) in args.strategy.runs().into_iter().enumerate() {
+        let run = run(strategy, &engine, &orders, &catalog, &start, threads)?;
+        if index == 0 {
+            print_header();
+        }
         let violations = run.violations(&catalog, orders.len());
         print_row(&run, orders.len(), violations.is_empty());
         for violation in violations.iter().take(REPORT_LINES_MAX) {
@@ -730,7 +826,7 @@ fn replay(args: Args) -> Result<bool, String> {
         }
         sound &= violations.is_empty();
     }
-    print_notes();
+    print_notes(args.strategy);
     Ok(sound)
 }
 
@@ -767,16 +863,26 @@ fn shown_path(path: &Path) -> &Path {
         .unwrap_or(path)
 }
 
-fn print_notes() {
+fn print_notes(strategy: Strategy) {
     println!();
     println!(
         "refused = InsufficientStock + Conflict (optimistic retry bound) \
-         + Timeout (monitor, {MONITOR_TIMEOUT_MS} ms);"
+         + Timeout (monitor and redis waits, {MONITOR_TIMEOUT_MS} ms);"
     );
     println!(
         "monitor: a restocker adds {RESTOCK_UNITS} units to a depleted SKU \
          every {RESTOCK_INTERVAL_US} us during the run;"
     );
+    if strategy
+        .runs()
+        .iter()
+        .any(|run| run.waits() && *run != Strategy::Monitor)
+    {
+        println!(
+            "redis: the same restocker; orders wait with reserve_timeout in the server's \
+             per-SKU FIFO queues;"
+        );
+    }
     println!(
         "conservation: per SKU and in total, start + restocked = on hand + sold, \
          and reserved left = 0."

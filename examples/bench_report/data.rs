@@ -1,5 +1,6 @@
 //! What the report reads: criterion's `new/{benchmark,estimates}.json` of the latest
-//! `scenarios` run and the side files of the benches (`stockledger/*.json`).
+//! `scenarios` run (and of the latest `redis` run for the Redis groups) and the side files
+//! of the benches (`stockledger/*.json`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,6 +14,10 @@ pub const GUARD_MIN: f64 = 1.8;
 
 /// The stores, in table order.
 pub const STORES: [&str; 4] = ["pessimistic", "optimistic", "monitor", "adaptive"];
+
+/// The groups of `benches/redis.rs` (feature `redis`), judged by that bench's own run
+/// (`stockledger/redis_run.json`), since it runs apart from `scenarios`.
+pub const REDIS_GROUPS: [&str; 2] = ["R1_redis_sell", "R2_redis_reserve_commit"];
 
 /// The naive peers that keep open holds by id (the fair peers of reserve+commit).
 pub const HOLD_PEERS: [&str; 2] = ["mutex_hashmap_holds", "dashmap_holds"];
@@ -112,10 +117,14 @@ pub struct Data {
     /// `stockledger/hot_and_cold_switches.json`: the adaptive store's switches in S7, by
     /// thread count.
     pub switches: Value,
+    /// `stockledger/redis_run.json`: when, where and how the Redis bench ran (`Null`
+    /// without one).
+    pub redis_run: Value,
 }
 
 impl Data {
-    /// Reads the criterion directory `dir` (results of the latest `scenarios` run only).
+    /// Reads the criterion directory `dir`: results of the latest `scenarios` run, and of
+    /// the latest `redis` run for the [`REDIS_GROUPS`].
     pub fn load(dir: &Path) -> Self {
         let side = dir.join("stockledger");
         let mut data = Data {
@@ -124,13 +133,31 @@ impl Data {
             instructions: read_json(&side.join("instructions.json")),
             latency: read_json(&side.join("handoff_latency.json")),
             switches: read_json(&side.join("hot_and_cold_switches.json")),
+            redis_run: read_json(&side.join("redis_run.json")),
             ..Data::default()
         };
-        let since = data.run["started_unix_s"]
-            .as_u64()
-            .map(|s| UNIX_EPOCH + Duration::from_secs(s));
-        collect(dir, since, &mut data);
+        let start = |run: &Value| {
+            run["started_unix_s"]
+                .as_u64()
+                .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+        };
+        let (scenarios_since, redis_since) = (start(&data.run), start(&data.redis_run));
+        let since = |group: &str| {
+            if REDIS_GROUPS.contains(&group) {
+                redis_since
+            } else {
+                scenarios_since
+            }
+        };
+        collect(dir, &since, &mut data);
         data
+    }
+
+    /// Whether the run holds results of the Redis groups.
+    pub fn has_redis(&self) -> bool {
+        self.results
+            .keys()
+            .any(|(group, _, _)| REDIS_GROUPS.contains(&group.as_str()))
     }
 
     /// The result of `group/function/threads`.
@@ -258,8 +285,8 @@ fn is_new_benchmark(path: &Path) -> bool {
 }
 
 /// Collects every `new/benchmark.json` under `dir` whose estimates were written at or
-/// after `since`.
-fn collect(dir: &Path, since: Option<SystemTime>, out: &mut Data) {
+/// after `since(group)` (its run's start; every one when `None`).
+fn collect(dir: &Path, since: &dyn Fn(&str) -> Option<SystemTime>, out: &mut Data) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -273,15 +300,16 @@ fn collect(dir: &Path, since: Option<SystemTime>, out: &mut Data) {
             continue;
         }
         let estimates_path = path.with_file_name("estimates.json");
+        let Some((key, measurement)) = parse(&read_json(&path), &read_json(&estimates_path)) else {
+            continue;
+        };
         let modified = std::fs::metadata(&estimates_path).and_then(|meta| meta.modified());
-        if let (Some(since), Ok(modified)) = (since, modified) {
+        if let (Some(since), Ok(modified)) = (since(&key.0), modified) {
             if modified < since {
                 continue;
             }
         }
-        if let Some((key, measurement)) = parse(&read_json(&path), &read_json(&estimates_path)) {
-            out.results.insert(key, measurement);
-        }
+        out.results.insert(key, measurement);
     }
 }
 

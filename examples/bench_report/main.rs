@@ -5,7 +5,8 @@
 //! allocations and callgrind instructions per operation, handoff latency percentiles),
 //! then writes one chart (SVG, `benches/charts/`) and one table per scenario with
 //! operations per second and the ratio to each naive peer and hardware limit measured in
-//! the same run, the scaling guard, and the targets of issue 10, each met or missed.
+//! the same run, the scaling guard, and the targets of issue 10, each met or missed; with
+//! the results of `cargo bench --features redis --bench redis`, a Redis section too.
 //!
 //! ```text
 //! cargo bench                                   # or STOCKLEDGER_BENCH_QUICK=1 cargo bench
@@ -15,12 +16,14 @@
 //!
 //! Only results written by the latest `scenarios` run are used (older files in the
 //! criterion directory are ignored), so every ratio and every chart compares numbers of
-//! one run. Modules: [`data`] (what is read), [`tables`], [`charts`], [`targets`], [`run`]
-//! (machine and scaling guard), [`format`].
+//! one run (the Redis groups: of the latest `redis` run). Modules: [`data`] (what is read),
+//! [`tables`], [`charts`], [`targets`], [`run`] (machine and scaling guard),
+//! [`redis_section`], [`format`].
 
 mod charts;
 mod data;
 mod format;
+mod redis_section;
 mod run;
 mod tables;
 mod targets;
@@ -105,6 +108,7 @@ const REPRODUCE: &str = "## Reproduce\n\n```sh\n\
     cargo bench                              # full: ~11 min on 2 cores\n\
     STOCKLEDGER_BENCH_QUICK=1 cargo bench    # quick mode: ~3 min, to check the pipeline\n\
     cargo bench --bench scenarios -- S3_zipf # one group (criterion filter)\n\
+    cargo bench --features redis --bench redis   # the Redis section (~1 min, own redis-server)\n\
     cargo run --release --example bench_report -- --note \"...\"   # BENCHMARKS.md + benches/charts\n\
     ```\n";
 
@@ -125,6 +129,7 @@ fn report(data: &Data, drawn: &[charts::Drawn], link_dir: &str, note: Option<&st
     run::guard_section(data, &mut report);
     let _ = writeln!(report, "## Scenarios\n");
     tables::scenarios_section(data, &charts, &mut report);
+    redis_section::section(data, &mut report);
     let _ = writeln!(report, "## Instructions per operation (callgrind)\n");
     tables::instructions_table(data, &mut report);
     let _ = writeln!(report, "## Memory\n");

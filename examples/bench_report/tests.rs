@@ -217,3 +217,134 @@ fn the_targets_are_judged_from_the_run() {
         None
     );
 }
+
+/// `data` with the Redis groups at 1, 8 and 32 threads: the bare script at `bare` ops/s,
+/// `RedisStore::sell` at `sell_share` of it, the other subjects at fixed rates.
+fn with_redis(data: &Data, bare: f64, sell_share: f64) -> Data {
+    let mut data = data.clone();
+    let subjects = [
+        ("R1_redis_sell", "redis_store", bare * sell_share),
+        ("R1_redis_sell", "bare_script", bare),
+        ("R1_redis_sell", "get_set_oversells", bare * 0.6),
+        ("R1_redis_sell", "pessimistic", bare * 100.0),
+        ("R2_redis_reserve_commit", "redis_store", bare * 0.4),
+        ("R2_redis_reserve_commit", "pessimistic", bare * 50.0),
+    ];
+    for threads in [1, 8, 32] {
+        for (group, function, ops) in subjects {
+            let elements = threads as u64;
+            data.results.insert(
+                (group.to_string(), function.to_string(), threads),
+                crate::data::Measurement {
+                    ns: elements as f64 * 1e9 / ops,
+                    elements,
+                },
+            );
+        }
+    }
+    data
+}
+
+/// The report of `data`, without charts.
+fn report_of(data: &Data) -> String {
+    crate::report(data, &[], "charts", None)
+}
+
+#[test]
+fn the_redis_section_is_written_only_with_redis_results() {
+    let data = Data::load(&fixture());
+    assert!(!data.has_redis(), "the recorded run has no Redis groups");
+    assert!(!report_of(&data).contains("## Redis"));
+    let report = report_of(&with_redis(&data, 20_000.0, 0.8));
+    let section = &report[report.find("## Redis").expect("a Redis section")..];
+    let end = section.find("\n## ").unwrap_or(section.len());
+    let section = &section[..end];
+    let rows: Vec<&str> = section
+        .lines()
+        .filter(|line| {
+            ["| 1 |", "| 8 |", "| 32 |"]
+                .iter()
+                .any(|row| line.starts_with(row))
+        })
+        .collect();
+    assert_eq!(rows.len(), 3, "one row per thread count:\n{section}");
+    for row in rows {
+        assert!(row.contains("| 20.0 k |"), "the bare script's ops/s: {row}");
+        assert!(row.contains("| 16.0 k |"), "RedisStore sell's ops/s: {row}");
+        assert!(row.ends_with("| 0.80× | met |"), "{row}");
+    }
+    assert!(section.contains("met at 3 of 3 thread counts"));
+}
+
+#[test]
+fn the_redis_target_follows_the_data() {
+    let data = Data::load(&fixture());
+    let met = with_redis(&data, 10_000.0, 0.75);
+    let missed = with_redis(&data, 10_000.0, 0.5);
+    for threads in [1, 8, 32] {
+        let (value, verdict) = crate::redis_section::sell_over_bare(&met, threads);
+        assert!((value.expect("a ratio") - 0.75).abs() < 1e-9);
+        assert_eq!(verdict, Some(true));
+        assert_eq!(
+            crate::redis_section::sell_over_bare(&missed, threads).1,
+            Some(false),
+            "the negative control: half the bare script misses the target"
+        );
+    }
+    let report = report_of(&missed);
+    assert!(report.contains("| 0.50× | **missed** |"));
+    assert!(report.contains("met at 0 of 3 thread counts"));
+    assert_eq!(crate::redis_section::sell_over_bare(&data, 8), (None, None));
+}
+
+/// Writes one criterion result `group/function/threads` of `ns` per iteration into the
+/// criterion directory `dir`.
+fn write_result(dir: &Path, group: &str, function: &str, threads: usize, ns: f64) {
+    let new = dir
+        .join(group)
+        .join(function)
+        .join(threads.to_string())
+        .join("new");
+    std::fs::create_dir_all(&new).expect("create a result directory");
+    let benchmark = serde_json::json!({
+        "group_id": group,
+        "function_id": function,
+        "value_str": threads.to_string(),
+        "throughput": { "Elements": threads },
+    });
+    let estimates = serde_json::json!({ "mean": { "point_estimate": ns } });
+    std::fs::write(new.join("benchmark.json"), benchmark.to_string()).expect("write");
+    std::fs::write(new.join("estimates.json"), estimates.to_string()).expect("write");
+}
+
+/// Writes `stockledger/<name>.json` with a run started `started_unix_s`.
+fn write_run(dir: &Path, name: &str, started_unix_s: u64) {
+    let side = dir.join("stockledger");
+    std::fs::create_dir_all(&side).expect("create the side-file directory");
+    let run = serde_json::json!({ "started_unix_s": started_unix_s });
+    std::fs::write(side.join(format!("{name}.json")), run.to_string()).expect("write");
+}
+
+#[test]
+fn the_redis_groups_are_judged_by_the_redis_run() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let dir = scratch("redis-run");
+    write_result(&dir, "R1_redis_sell", "redis_store", 8, 1e6);
+    write_result(&dir, "S3_zipf", "pessimistic", 2, 1e3);
+    // The scenarios ran after these results were written (stale for them); the Redis
+    // bench ran before (fresh for it).
+    write_run(&dir, "scenarios_run", now + 3_600);
+    write_run(&dir, "redis_run", now - 3_600);
+    let data = Data::load(&dir);
+    assert!(data.get("R1_redis_sell", "redis_store", 8).is_some());
+    assert!(data.get("S3_zipf", "pessimistic", 2).is_none());
+    assert!(data.has_redis());
+    // The negative control: a Redis run that started later makes the result stale.
+    write_run(&dir, "redis_run", now + 3_600);
+    let data = Data::load(&dir);
+    assert!(data.get("R1_redis_sell", "redis_store", 8).is_none());
+    assert!(!data.has_redis());
+}
