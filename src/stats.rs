@@ -101,11 +101,13 @@ impl Stats {
     }
 
     /// Adds `amount` to `stat`.
+    #[inline]
     pub(crate) fn add(&self, stat: Stat, amount: u64) {
         self.counters.add(stat as usize, amount);
     }
 
     /// Adds one to `stat`.
+    #[inline]
     pub(crate) fn count(&self, stat: Stat) {
         self.add(stat, 1);
     }

@@ -73,6 +73,7 @@ const _: () = assert!(STRIPES.is_power_of_two());
 /// A `const` thread-local with no destructor (so no lazy-initialisation state to check on
 /// every access), `usize::MAX` until the thread's first count; masked, so indexing a
 /// stripe needs no bounds check.
+#[inline]
 fn stripe() -> usize {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     std::thread_local! {
@@ -111,6 +112,7 @@ impl<const N: usize> StripedCounters<N> {
     }
 
     /// Adds `amount` to counter `index` (`index < N`) on the calling thread's stripe.
+    #[inline]
     pub(crate) fn add(&self, index: usize, amount: u64) {
         self.stripes[stripe()][index].fetch_add(amount, Ordering::Relaxed);
     }
