@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::error::StockError;
 use crate::event::{EventLine, Events, StockEvent};
 use crate::level::{Change, LowStock, Moved};
-use crate::lines::{self, Moves};
+use crate::lines::{self, LockedSkus, Moves};
 use crate::options::ReserveOptions;
 use crate::reservation::{
     Extension, HoldLines, Opened, Registry, Reservation, ReservationId, Resolved,
@@ -120,6 +120,30 @@ pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
             Ok(reservation)
         }
     }
+}
+
+/// [`StockStore::sell`](crate::StockStore::sell) for a store that locks its SKUs (the
+/// pessimistic and monitor stores): all or nothing, without waiting. One line (most
+/// sales) is neither merged nor batched, and allocates nothing.
+pub(crate) fn sell_locked<K: Sku, S: LockedSkus<K>>(
+    store: &S,
+    life: &Lifecycle<K>,
+    lines: &[(K, u64)],
+) -> Result<(), StockError<K>> {
+    if let [line @ (sku, quantity)] = lines {
+        if *quantity == 0 {
+            return Err(StockError::InvalidQuantity { sku: sku.clone() });
+        }
+        let sold = lines::apply_one(store, line, Change::Sell);
+        life.stats.count_refusal(&sold);
+        life.sold(lines, &[sold?]);
+        return Ok(());
+    }
+    let lines = lines::merge(lines)?;
+    let sold = lines::apply(store, &lines, Change::Sell);
+    life.stats.count_refusal(&sold);
+    life.sold(&lines, &sold?);
+    Ok(())
 }
 
 /// [`StockStore::commit`](crate::StockStore::commit) (`change` = `Commit`) and

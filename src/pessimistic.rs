@@ -217,21 +217,7 @@ impl<K: Sku> StockStore<K> for PessimisticStore<K> {
     }
 
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
-        if let [line @ (sku, quantity)] = lines {
-            // One line (most sales): nothing to merge, nothing to allocate.
-            if *quantity == 0 {
-                return Err(StockError::InvalidQuantity { sku: sku.clone() });
-            }
-            let sold = lines::apply_one(self, line, Change::Sell);
-            self.lifecycle.stats.count_refusal(&sold);
-            self.lifecycle.sold(lines, &[sold?]);
-            return Ok(());
-        }
-        let lines = lines::merge(lines)?;
-        let sold = lines::apply(self, &lines, Change::Sell);
-        self.lifecycle.stats.count_refusal(&sold);
-        self.lifecycle.sold(&lines, &sold?);
-        Ok(())
+        lifecycle::sell_locked(self, &self.lifecycle, lines)
     }
 }
 
