@@ -192,12 +192,14 @@ impl Slot {
     }
 }
 
-/// How one attempt at a SKU's word went.
+/// How one compare-and-swap of a change on a SKU's word went.
 enum Attempt {
-    /// The change is in the word.
-    Won(Moved),
+    /// The change is in the word: the levels before and after it.
+    Won(StockLevel, StockLevel),
     /// The change was refused by the counts (nothing written).
     Refused(Refusal),
+    /// Another writer changed the word first (nothing written).
+    Lost,
 }
 
 impl<K: Sku> AdaptiveStore<K> {
@@ -303,13 +305,13 @@ impl<K: Sku> AdaptiveStore<K> {
         }
     }
 
-    /// Counts one update's `conflicts` in `slot`'s window (nothing when none: the
-    /// conflict-free update writes only its word). A locked update counts before it
-    /// unlocks, on the cache line its lock and compare-and-swap just made its own.
+    /// Counts one update's `conflicts` in `slot`'s window and in the store's statistics
+    /// (nothing when none: the conflict-free update writes only its word).
     fn count_conflicts(&self, slot: &Slot, conflicts: u64) {
         if conflicts > 0 {
             slot.window_conflicts
                 .fetch_add(conflicts, Ordering::Relaxed);
+            self.count_lost(conflicts);
         }
     }
 
@@ -328,23 +330,22 @@ impl<K: Sku> AdaptiveStore<K> {
         }
     }
 
-    /// One compare-and-swap of `change` on `slot` from the word `current`: `Ok` with the
-    /// outcome, or `Err` with the word that beat it.
-    fn attempt(
-        &self,
-        slot: &Slot,
-        current: u128,
-        change: Change,
-        quantity: u64,
-    ) -> Result<Attempt, u128> {
+    /// One compare-and-swap of `change` on `slot` from the word `current`.
+    #[inline]
+    fn attempt(slot: &Slot, current: u128, change: Change, quantity: u64) -> Attempt {
         let before = unpack(current);
-        let after = match before.apply(change, quantity, 0, LIMITS) {
-            Ok(after) => after,
-            Err(refusal) => return Ok(Attempt::Refused(refusal)),
-        };
-        slot.word
-            .compare_exchange(current, pack(after), Ordering::AcqRel, Ordering::Acquire)
-            .map(|_| Attempt::Won(self.moved(slot, before, after)))
+        match before.apply(change, quantity, 0, LIMITS) {
+            Err(refusal) => Attempt::Refused(refusal),
+            Ok(after) => match slot.word.compare_exchange(
+                current,
+                pack(after),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => Attempt::Won(before, after),
+                Err(_) => Attempt::Lost,
+            },
+        }
     }
 
     /// Applies `change` to one SKU's slot by its mode; never refused for contention.
@@ -355,42 +356,41 @@ impl<K: Sku> AdaptiveStore<K> {
         change: Change,
         quantity: u64,
     ) -> Result<Moved, StockError<K>> {
-        let (attempt, conflicts) = if slot.hot.load(Ordering::Acquire) {
-            self.update_locked(slot, change, quantity, 0)
+        if slot.hot.load(Ordering::Acquire) {
+            self.update_locked(sku, slot, change, quantity, 0)
         } else {
-            self.update_optimistic(slot, change, quantity)
-        };
-        self.count_lost(conflicts);
-        match attempt {
-            Attempt::Won(moved) => {
-                if self.temperature.ends_window(moved.level.version) {
-                    self.end_window(slot);
-                }
-                Ok(moved)
-            }
-            Attempt::Refused(refusal) => Err(refusal.into_error(sku.clone(), quantity)),
+            self.update_optimistic(sku, slot, change, quantity)
         }
     }
 
-    /// The cold path: a CAS loop with back-off; after [`OPTIMISTIC_ATTEMPTS_MAX`] lost
-    /// races, or once the SKU turned hot, the locked path. Counts the conflicts in the
-    /// window; returns the outcome and the conflicts met.
-    fn update_optimistic(&self, slot: &Slot, change: Change, quantity: u64) -> (Attempt, u64) {
+    /// The cold path: a CAS loop with back-off, as the optimistic store's; after
+    /// [`OPTIMISTIC_ATTEMPTS_MAX`] lost races, or once the SKU turned hot, the locked path.
+    fn update_optimistic(
+        &self,
+        sku: &K,
+        slot: &Slot,
+        change: Change,
+        quantity: u64,
+    ) -> Result<Moved, StockError<K>> {
         let backoff = Backoff::new();
         let mut current = slot.word.load(Ordering::Acquire);
         for lost in 0..OPTIMISTIC_ATTEMPTS_MAX {
-            match self.attempt(slot, current, change, quantity) {
-                Ok(attempt) => {
+            match Self::attempt(slot, current, change, quantity) {
+                Attempt::Won(before, after) => {
                     self.count_conflicts(slot, u64::from(lost));
-                    return (attempt, u64::from(lost));
+                    return Ok(self.won(slot, before, after));
                 }
-                Err(_) => {
+                Attempt::Refused(refusal) => {
+                    self.count_conflicts(slot, u64::from(lost));
+                    return Err(refusal.into_error(sku.clone(), quantity));
+                }
+                Attempt::Lost => {
                     // Lost to another writer. If the SKU turned hot meanwhile, queue on
                     // its lock; else back off and read the word afresh (see the
                     // optimistic store for why not the stale value the CAS returned).
                     if slot.hot.load(Ordering::Acquire) {
                         let lost = u64::from(lost) + 1;
-                        return self.update_locked(slot, change, quantity, lost);
+                        return self.update_locked(sku, slot, change, quantity, lost);
                     }
                     backoff.snooze();
                     current = slot.word.load(Ordering::Acquire);
@@ -398,47 +398,64 @@ impl<K: Sku> AdaptiveStore<K> {
             }
         }
         let lost = u64::from(OPTIMISTIC_ATTEMPTS_MAX);
-        self.update_locked(slot, change, quantity, lost)
+        self.update_locked(sku, slot, change, quantity, lost)
     }
 
     /// The hot path: lock the SKU, then CAS until the change wins or is refused (a loss
     /// under the lock can only be to a cold writer that started before the SKU turned
-    /// hot, so each loss is another change applied). Counts the conflicts in the window
-    /// before it unlocks; returns the outcome and the conflicts met, `conflicts` before it
-    /// included.
+    /// hot, so each loss is another change applied). `conflicts` were met before.
     fn update_locked(
         &self,
+        sku: &K,
         slot: &Slot,
         change: Change,
         quantity: u64,
         mut conflicts: u64,
-    ) -> (Attempt, u64) {
+    ) -> Result<Moved, StockError<K>> {
         let (guard, contended) = lock_noting_contention(&slot.lock);
         conflicts += u64::from(contended);
         let backoff = Backoff::new();
         let mut current = slot.word.load(Ordering::Acquire);
-        let attempt = loop {
-            match self.attempt(slot, current, change, quantity) {
-                Ok(attempt) => break attempt,
-                Err(_) => {
+        let outcome = loop {
+            match Self::attempt(slot, current, change, quantity) {
+                Attempt::Won(before, after) => break Ok((before, after)),
+                Attempt::Refused(refusal) => break Err(refusal),
+                Attempt::Lost => {
                     conflicts += 1;
                     backoff.snooze();
                     current = slot.word.load(Ordering::Acquire);
                 }
             }
         };
-        self.count_conflicts(slot, conflicts);
+        if conflicts > 0 {
+            // Under the lock, on the cache line its lock and CAS just made this writer's;
+            // the statistics (per-thread stripes) after it.
+            slot.window_conflicts
+                .fetch_add(conflicts, Ordering::Relaxed);
+        }
+        let outcome = outcome.map(|(before, after)| self.won(slot, before, after));
         drop(guard);
-        (attempt, conflicts)
+        if conflicts > 0 {
+            self.count_lost(conflicts);
+        }
+        outcome.map_err(|refusal| refusal.into_error(sku.clone(), quantity))
     }
 
-    /// Counts the `lost` conflicts of one update in the store's statistics (nothing when
-    /// none was lost: the uncontended path touches no counter).
-    fn count_lost(&self, lost: u64) {
-        if lost > 0 {
-            self.lifecycle.stats.add(Stat::CasRetries, lost);
-            self.lifecycle.stats.count(Stat::Contended);
+    /// What a won change from `before` to `after` on `slot` moved; ends the SKU's window
+    /// when the change's version does ([`Temperature::ends_window`]).
+    #[inline]
+    fn won(&self, slot: &Slot, before: StockLevel, after: StockLevel) -> Moved {
+        if self.temperature.ends_window(after.version) {
+            self.end_window(slot);
         }
+        self.moved(slot, before, after)
+    }
+
+    /// Counts the `lost` conflicts (at least 1) of one update in the store's statistics.
+    #[cold]
+    fn count_lost(&self, lost: u64) {
+        self.lifecycle.stats.add(Stat::CasRetries, lost);
+        self.lifecycle.stats.count(Stat::Contended);
     }
 
     /// What moved from `before` to `after` on `slot`; reads the threshold only when an
