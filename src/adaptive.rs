@@ -23,7 +23,8 @@ const OPTIMISTIC_ATTEMPTS_MAX: u32 = 64;
 /// When a SKU turns hot or cold: the builder's settings of the temperature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Temperature {
-    /// Operations per window; the mode is decided at the end of each window.
+    /// Operations per window, a power of two; the mode is decided at the end of each
+    /// window, when a change brings the SKU's version to a multiple of it.
     window_ops: u64,
     /// A cold SKU turns hot when its conflicts per 1000 operations reach this.
     hot_per_mille: u64,
@@ -39,6 +40,12 @@ impl Temperature {
         hot_per_mille: 100,
         cold_per_mille: 20,
     };
+
+    /// Whether a change that brought its SKU to `version` ends a window: each version is
+    /// reached by exactly one change, so exactly one change ends each window.
+    fn ends_window(&self, version: u64) -> bool {
+        version & (self.window_ops - 1) == 0
+    }
 
     /// The mode a SKU in mode `hot` takes after a window of `ops` operations with
     /// `conflicts` conflicts: hot at or above the hot threshold, cold at or below the cold
@@ -82,10 +89,15 @@ impl Temperature {
 /// Only the mutex is a lock, held around one SKU's CAS and never while another is taken,
 /// so the store is deadlock free.
 ///
-/// **Temperature** (MOCC's per-record temperature, simplified): every update counts one
-/// operation on its SKU, and a conflict for each lost CAS race and for a mutex found
-/// locked. When a SKU's window reaches [`WINDOW_OPS`](Self::WINDOW_OPS) operations, it
-/// turns hot if its conflicts per 1000 operations reach
+/// **Temperature** (MOCC's per-record temperature, simplified): each SKU counts a
+/// conflict for each lost CAS race and for a mutex found locked, and needs no counter of
+/// its operations: its version, which every change bumps by one, is that count. So a
+/// conflict-free update of a cold SKU writes nothing but its word (no second shared write
+/// beside the compare-and-swap), and a hot SKU's update counts its conflicts under the
+/// lock it already holds. The change that brings a SKU's version to a multiple of
+/// [`WINDOW_OPS`](Self::WINDOW_OPS) ends a window (one change reaches each version, so
+/// exactly one ends each window, however many race): the SKU
+/// turns hot if the window's conflicts per 1000 operations reach
 /// [`HOT_THRESHOLD_PER_MILLE`](Self::HOT_THRESHOLD_PER_MILLE), cold if they are at most
 /// [`COLD_THRESHOLD_PER_MILLE`](Self::COLD_THRESHOLD_PER_MILLE), and keeps its mode in
 /// between (hysteresis); then the window starts again (the decay: only the last window
@@ -160,10 +172,8 @@ struct Slot {
     lock: Mutex<()>,
     /// Whether the SKU is hot (writers lock `lock` first) or cold.
     hot: AtomicBool,
-    /// Operations since the SKU was created (wrapping); a window ends at each multiple of
-    /// the window size (a heuristic: read by no correctness decision).
-    window_ops: Tally,
-    /// Conflicts in the current window.
+    /// Conflicts in the current window (a heuristic: read by no correctness decision).
+    /// The window's operations need no counter: the version in `word` counts them.
     window_conflicts: Tally,
     /// The low-stock threshold (0: none); read only when an event sink is set.
     low_stock_threshold: AtomicU64,
@@ -176,19 +186,20 @@ impl Slot {
             word: Word::new(pack(level)),
             lock: Mutex::new(()),
             hot: AtomicBool::new(false),
-            window_ops: Tally::new(0),
             window_conflicts: Tally::new(0),
             low_stock_threshold: AtomicU64::new(0),
         }
     }
 }
 
-/// How one attempt at a SKU's word went.
+/// How one compare-and-swap of a change on a SKU's word went.
 enum Attempt {
-    /// The change is in the word.
-    Won(Moved),
+    /// The change is in the word: the levels before and after it.
+    Won(StockLevel, StockLevel),
     /// The change was refused by the counts (nothing written).
     Refused(Refusal),
+    /// Another writer changed the word first (nothing written).
+    Lost,
 }
 
 impl<K: Sku> AdaptiveStore<K> {
@@ -294,48 +305,47 @@ impl<K: Sku> AdaptiveStore<K> {
         }
     }
 
-    /// Counts one operation with `conflicts` conflicts on `slot`; the operation that ends a
-    /// window decides the SKU's mode and starts the next window. The operation count only
-    /// grows and `fetch_add` hands out each value once, so exactly one operation ends each
-    /// window, however many race (a counter reset to 0 by the deciding operation could be
-    /// overtaken by racing increments and never meet the window's end again).
-    fn tick(&self, slot: &Slot, conflicts: u64) {
+    /// Counts one update's `conflicts` in `slot`'s window and in the store's statistics
+    /// (nothing when none: the conflict-free update writes only its word).
+    fn count_conflicts(&self, slot: &Slot, conflicts: u64) {
         if conflicts > 0 {
             slot.window_conflicts
                 .fetch_add(conflicts, Ordering::Relaxed);
-        }
-        let window = self.temperature.window_ops;
-        let ops = slot
-            .window_ops
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_add(1);
-        if ops % window == 0 {
-            let conflicts = slot.window_conflicts.swap(0, Ordering::Relaxed);
-            let hot = slot.hot.load(Ordering::Relaxed);
-            let next = self.temperature.next_mode(hot, window, conflicts);
-            if next != hot {
-                self.set_mode(slot, next);
-            }
+            self.count_lost(conflicts);
         }
     }
 
-    /// One compare-and-swap of `change` on `slot` from the word `current`: `Ok` with the
-    /// outcome, or `Err` with the word that beat it.
-    fn attempt(
-        &self,
-        slot: &Slot,
-        current: u128,
-        change: Change,
-        quantity: u64,
-    ) -> Result<Attempt, u128> {
+    /// Ends `slot`'s window: decides the SKU's mode from the window's conflicts and starts
+    /// the next window. Called by the one change whose version ends the window
+    /// ([`Temperature::ends_window`]); conflicts of racing updates may land on either side.
+    #[cold]
+    fn end_window(&self, slot: &Slot) {
+        let conflicts = slot.window_conflicts.swap(0, Ordering::Relaxed);
+        let hot = slot.hot.load(Ordering::Relaxed);
+        let next = self
+            .temperature
+            .next_mode(hot, self.temperature.window_ops, conflicts);
+        if next != hot {
+            self.set_mode(slot, next);
+        }
+    }
+
+    /// One compare-and-swap of `change` on `slot` from the word `current`.
+    #[inline]
+    fn attempt(slot: &Slot, current: u128, change: Change, quantity: u64) -> Attempt {
         let before = unpack(current);
-        let after = match before.apply(change, quantity, 0, LIMITS) {
-            Ok(after) => after,
-            Err(refusal) => return Ok(Attempt::Refused(refusal)),
-        };
-        slot.word
-            .compare_exchange(current, pack(after), Ordering::AcqRel, Ordering::Acquire)
-            .map(|_| Attempt::Won(self.moved(slot, before, after)))
+        match before.apply(change, quantity, 0, LIMITS) {
+            Err(refusal) => Attempt::Refused(refusal),
+            Ok(after) => match slot.word.compare_exchange(
+                current,
+                pack(after),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => Attempt::Won(before, after),
+                Err(_) => Attempt::Lost,
+            },
+        }
     }
 
     /// Applies `change` to one SKU's slot by its mode; never refused for contention.
@@ -346,79 +356,106 @@ impl<K: Sku> AdaptiveStore<K> {
         change: Change,
         quantity: u64,
     ) -> Result<Moved, StockError<K>> {
-        let (attempt, conflicts) = if slot.hot.load(Ordering::Acquire) {
-            self.update_locked(slot, change, quantity, 0)
+        if slot.hot.load(Ordering::Acquire) {
+            self.update_locked(sku, slot, change, quantity, 0)
         } else {
-            self.update_optimistic(slot, change, quantity)
-        };
-        self.tick(slot, conflicts);
-        self.count_lost(conflicts);
-        match attempt {
-            Attempt::Won(moved) => Ok(moved),
-            Attempt::Refused(refusal) => Err(refusal.into_error(sku.clone(), quantity)),
+            self.update_optimistic(sku, slot, change, quantity)
         }
     }
 
-    /// The cold path: a CAS loop with back-off; after [`OPTIMISTIC_ATTEMPTS_MAX`] lost
-    /// races, or once the SKU turned hot, the locked path. Returns the outcome and the
-    /// conflicts met.
-    fn update_optimistic(&self, slot: &Slot, change: Change, quantity: u64) -> (Attempt, u64) {
+    /// The cold path: a CAS loop with back-off, as the optimistic store's; after
+    /// [`OPTIMISTIC_ATTEMPTS_MAX`] lost races, or once the SKU turned hot, the locked path.
+    fn update_optimistic(
+        &self,
+        sku: &K,
+        slot: &Slot,
+        change: Change,
+        quantity: u64,
+    ) -> Result<Moved, StockError<K>> {
         let backoff = Backoff::new();
         let mut current = slot.word.load(Ordering::Acquire);
         for lost in 0..OPTIMISTIC_ATTEMPTS_MAX {
-            match self.attempt(slot, current, change, quantity) {
-                Ok(attempt) => return (attempt, u64::from(lost)),
-                Err(_) => {
+            match Self::attempt(slot, current, change, quantity) {
+                Attempt::Won(before, after) => {
+                    self.count_conflicts(slot, u64::from(lost));
+                    return Ok(self.won(slot, before, after));
+                }
+                Attempt::Refused(refusal) => {
+                    self.count_conflicts(slot, u64::from(lost));
+                    return Err(refusal.into_error(sku.clone(), quantity));
+                }
+                Attempt::Lost => {
                     // Lost to another writer. If the SKU turned hot meanwhile, queue on
                     // its lock; else back off and read the word afresh (see the
                     // optimistic store for why not the stale value the CAS returned).
                     if slot.hot.load(Ordering::Acquire) {
-                        return self.update_locked(slot, change, quantity, u64::from(lost) + 1);
+                        let lost = u64::from(lost) + 1;
+                        return self.update_locked(sku, slot, change, quantity, lost);
                     }
                     backoff.snooze();
                     current = slot.word.load(Ordering::Acquire);
                 }
             }
         }
-        self.update_locked(slot, change, quantity, u64::from(OPTIMISTIC_ATTEMPTS_MAX))
+        let lost = u64::from(OPTIMISTIC_ATTEMPTS_MAX);
+        self.update_locked(sku, slot, change, quantity, lost)
     }
 
     /// The hot path: lock the SKU, then CAS until the change wins or is refused (a loss
     /// under the lock can only be to a cold writer that started before the SKU turned
-    /// hot, so each loss is another change applied). Returns the outcome and the conflicts
-    /// met, `conflicts` before it included.
+    /// hot, so each loss is another change applied). `conflicts` were met before.
     fn update_locked(
         &self,
+        sku: &K,
         slot: &Slot,
         change: Change,
         quantity: u64,
         mut conflicts: u64,
-    ) -> (Attempt, u64) {
+    ) -> Result<Moved, StockError<K>> {
         let (guard, contended) = lock_noting_contention(&slot.lock);
         conflicts += u64::from(contended);
         let backoff = Backoff::new();
         let mut current = slot.word.load(Ordering::Acquire);
-        let attempt = loop {
-            match self.attempt(slot, current, change, quantity) {
-                Ok(attempt) => break attempt,
-                Err(_) => {
+        let outcome = loop {
+            match Self::attempt(slot, current, change, quantity) {
+                Attempt::Won(before, after) => break Ok((before, after)),
+                Attempt::Refused(refusal) => break Err(refusal),
+                Attempt::Lost => {
                     conflicts += 1;
                     backoff.snooze();
                     current = slot.word.load(Ordering::Acquire);
                 }
             }
         };
+        if conflicts > 0 {
+            // Under the lock, on the cache line its lock and CAS just made this writer's;
+            // the statistics (per-thread stripes) after it.
+            slot.window_conflicts
+                .fetch_add(conflicts, Ordering::Relaxed);
+        }
+        let outcome = outcome.map(|(before, after)| self.won(slot, before, after));
         drop(guard);
-        (attempt, conflicts)
+        if conflicts > 0 {
+            self.count_lost(conflicts);
+        }
+        outcome.map_err(|refusal| refusal.into_error(sku.clone(), quantity))
     }
 
-    /// Counts the `lost` conflicts of one update in the store's statistics (nothing when
-    /// none was lost: the uncontended path touches no counter).
-    fn count_lost(&self, lost: u64) {
-        if lost > 0 {
-            self.lifecycle.stats.add(Stat::CasRetries, lost);
-            self.lifecycle.stats.count(Stat::Contended);
+    /// What a won change from `before` to `after` on `slot` moved; ends the SKU's window
+    /// when the change's version does ([`Temperature::ends_window`]).
+    #[inline]
+    fn won(&self, slot: &Slot, before: StockLevel, after: StockLevel) -> Moved {
+        if self.temperature.ends_window(after.version) {
+            self.end_window(slot);
         }
+        self.moved(slot, before, after)
+    }
+
+    /// Counts the `lost` conflicts (at least 1) of one update in the store's statistics.
+    #[cold]
+    fn count_lost(&self, lost: u64) {
+        self.lifecycle.stats.add(Stat::CasRetries, lost);
+        self.lifecycle.stats.count(Stat::Contended);
     }
 
     /// What moved from `before` to `after` on `slot`; reads the threshold only when an
@@ -506,7 +543,10 @@ impl<K: Sku> AdaptiveStore<K> {
 impl<K: Sku> StoreBuilder<K, AdaptiveStore<K>> {
     /// Operations of one SKU per temperature window (default:
     /// [`AdaptiveStore::WINDOW_OPS`]); at the end of each window the SKU's mode is decided
-    /// from that window's conflicts alone.
+    /// from that window's conflicts alone. A window's operations are the changes to the
+    /// SKU (updates refused for its counts change nothing and are not counted), counted by
+    /// its version: a window ends when a change brings the version to a multiple of
+    /// `window_ops`, so `window_ops` is rounded up to a power of two (the test is a mask).
     ///
     /// # Panics
     ///
@@ -521,7 +561,9 @@ impl<K: Sku> StoreBuilder<K, AdaptiveStore<K>> {
     /// ```
     pub fn window_ops(mut self, window_ops: u64) -> Self {
         assert!(window_ops > 0, "window_ops must be at least 1");
-        self.temperature.window_ops = window_ops;
+        self.temperature.window_ops = window_ops
+            .checked_next_power_of_two()
+            .unwrap_or(1 << (u64::BITS - 1));
         self
     }
 
@@ -720,32 +762,33 @@ mod tests {
     }
 
     #[test]
-    fn every_window_end_decides_even_after_racing_operations_overshot_it() {
-        let store = AdaptiveStore::<u32>::builder().window_ops(2).build();
-        store.restock(&1, 10).unwrap();
-        store
-            .skus
-            .with(&1, |slot| {
-                // As if racing operations had counted past window ends: 7 so far.
-                slot.window_ops.store(7, Ordering::Relaxed);
-                store.tick(slot, 1); // the 8th ends a window: 1 conflict in 2, hot
-                assert!(slot.hot.load(Ordering::Relaxed));
-                store.tick(slot, 0);
-                store.tick(slot, 0); // the 10th ends the next: quiet, cold
-                assert!(!slot.hot.load(Ordering::Relaxed));
-            })
-            .unwrap();
-        assert_eq!(store.stats().switches, 2);
+    fn windows_round_up_to_a_power_of_two_and_end_at_multiples_of_the_version() {
+        let temperature = |window_ops| {
+            AdaptiveStore::<u32>::builder()
+                .window_ops(window_ops)
+                .build()
+                .temperature
+        };
+        assert_eq!(temperature(1).window_ops, 1);
+        assert_eq!(temperature(48).window_ops, 64);
+        assert_eq!(temperature(u64::MAX).window_ops, 1 << 63);
+        let window = temperature(4);
+        let ends: Vec<u64> = (1..=12).filter(|&v| window.ends_window(v)).collect();
+        assert_eq!(ends, [4, 8, 12]);
+        assert!((1..=5).all(|version| temperature(1).ends_window(version)));
     }
 
     #[test]
     fn a_window_of_conflicts_turns_a_sku_hot_and_a_quiet_one_cold() {
         let store = AdaptiveStore::<u32>::builder().window_ops(2).build();
-        store.restock(&1, 10).unwrap(); // creation: no operation counted
+        store.restock(&1, 10).unwrap(); // version 1: no window ends
         let slot_hot = || store.skus.with(&1, |slot| slot.hot.load(Ordering::Relaxed));
-        store.skus.with(&1, |slot| store.tick(slot, 1)).unwrap();
+        store
+            .skus
+            .with(&1, |slot| store.count_conflicts(slot, 1))
+            .unwrap();
         assert_eq!(slot_hot(), Some(false), "mid-window: no decision yet");
-        store.skus.with(&1, |slot| store.tick(slot, 0)).unwrap();
+        store.sell(&[(1, 1)]).unwrap(); // version 2 ends the window
         assert_eq!(
             slot_hot(),
             Some(true),
@@ -753,9 +796,23 @@ mod tests {
         );
         assert_eq!((store.stats().hot_skus, store.stats().switches), (1, 1));
         store.sell(&[(1, 1)]).unwrap();
-        store.sell(&[(1, 1)]).unwrap();
+        assert_eq!(slot_hot(), Some(true), "mid-window again");
+        store.sell(&[(1, 1)]).unwrap(); // version 4: a quiet window
         assert_eq!(slot_hot(), Some(false), "a quiet window cools it");
         assert_eq!((store.stats().hot_skus, store.stats().switches), (0, 2));
-        assert_eq!(store.level(&1).unwrap().on_hand, 8);
+        assert_eq!(store.level(&1).unwrap().on_hand, 7);
+        assert_eq!(
+            store.sell(&[(1, 8)]),
+            Err(StockError::InsufficientStock {
+                sku: 1,
+                requested: 8,
+                available: 7
+            })
+        );
+        assert_eq!(
+            store.level(&1).unwrap().version,
+            4,
+            "a refusal is no change"
+        );
     }
 }
