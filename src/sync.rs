@@ -622,7 +622,10 @@ mod mocked {
             f: impl FnOnce(&V) -> R,
             absent: impl FnOnce() -> R,
         ) -> R {
-            match self.map().get(key).cloned() {
+            // The map's guard is dropped here, before `f` runs (in the `match` scrutinee
+            // it would live through `f` and serialize every caller).
+            let value = self.map().get(key).cloned();
+            match value {
                 Some(value) => f(&value),
                 None => absent(),
             }
