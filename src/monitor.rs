@@ -3,7 +3,6 @@
 mod waiting;
 
 use std::fmt;
-use std::ops::Deref;
 
 use crate::builder::StoreBuilder;
 use crate::error::StockError;
@@ -264,10 +263,6 @@ impl<K: Sku> LockedSkus<K> for MonitorStore<K> {
 
     fn slot(&self, sku: &K) -> Option<Self::Slot> {
         self.slots.get_cloned(sku)
-    }
-
-    fn slot_in_place(&self, sku: &K) -> Option<impl Deref<Target = Self::Slot> + '_> {
-        self.slots.get(sku)
     }
 
     fn mutex(monitor: &Self::Slot) -> &Mutex<MonitorState> {

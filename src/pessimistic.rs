@@ -1,7 +1,6 @@
 //! Pessimistic concurrency control: one mutex per SKU.
 
 use std::fmt;
-use std::ops::Deref;
 
 use crate::builder::StoreBuilder;
 use crate::error::StockError;
@@ -15,18 +14,15 @@ use crate::sync::{Arc, Mutex, ShardedMap};
 /// A stock store with **pessimistic concurrency control**: every SKU has its own mutex
 /// (parking_lot), found in a sharded concurrent map (dashmap).
 ///
-/// The lock is the SKU's own slot in the map, never a temporary value. A one-line request
-/// (most requests) locks the slot where it sits, under the map shard's read lock, so no
-/// reference count is written; a multi-line request first clones every slot's handle out
-/// of the map (dropping each map guard), then locks. So no thread ever waits for a map
-/// shard while holding a slot, which is what keeps the one-line path deadlock free
-/// (holding a dashmap guard while waiting for a lock whose holder waits for the shard
-/// deadlocks: dashmap issues 74 and 233). (Slots inline in a lock-free map, found under a
-/// papaya pin, were measured and lost: 376 instead of 280 instructions per single-line
-/// `sell`, and S1 at 1 and 2 threads 0.6× of this layout, on the 2-core development
-/// machine.) A multi-line
-/// request locks its SKUs in ascending order (Havender's ordered acquisition, 1968), checks
-/// every line, then writes every line, so it is all or nothing and deadlock free.
+/// The lock is the SKU's own slot in the map, never a temporary value: the slot handle is
+/// cloned out of the map and the map guard dropped before the slot is locked (holding a
+/// dashmap guard while waiting for a lock can deadlock, dashmap issues 74 and 233, and
+/// starves a restock that creates a SKU in that shard: see `lines::apply_one`). (Slots
+/// inline in a lock-free map, found under a papaya pin, were measured and lost: 376
+/// instead of 280 instructions per single-line `sell`, and S1 at 1 and 2 threads 0.6× of
+/// this layout, on the 2-core development machine.) A multi-line request locks its SKUs
+/// in ascending order (Havender's ordered acquisition, 1968), checks every line, then
+/// writes every line, so it is all or nothing and deadlock free.
 ///
 /// Pick it as the every-day default: it never retries and never refuses for contention,
 /// and its critical sections are a few instructions long.
@@ -126,10 +122,6 @@ impl<K: Sku> LockedSkus<K> for PessimisticStore<K> {
         self.slots.get_cloned(sku)
     }
 
-    fn slot_in_place(&self, sku: &K) -> Option<impl Deref<Target = Self::Slot> + '_> {
-        self.slots.get(sku)
-    }
-
     fn mutex(slot: &Self::Slot) -> &Mutex<Slot> {
         slot
     }
@@ -204,7 +196,7 @@ impl<K: Sku> StockStore<K> for PessimisticStore<K> {
     }
 
     fn level(&self, sku: &K) -> Option<StockLevel> {
-        self.slots.get(sku).map(|slot| slot.lock().level)
+        lines::read_one(self, sku, |slot| slot.level)
     }
 
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {

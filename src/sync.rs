@@ -249,12 +249,13 @@ mod real {
         /// returned guard lives); `None` when absent. No reference count is touched,
         /// unlike [`get_cloned`](Self::get_cloned).
         ///
-        /// While the guard lives, the caller may lock a mutex inside the value only if no
-        /// thread ever waits for a shard of this map while holding such a mutex: dashmap's
-        /// shard lock lets a waiting writer (an insert) block new readers, so a reader
-        /// waiting for a mutex whose holder waits for the shard would deadlock (dashmap
-        /// issues 74 and 233). The stores keep that rule by looking up every slot of a
-        /// multi-line request (cloning its handle) before they lock the first one.
+        /// While the guard lives, the caller must not wait for anything, nor hold it for
+        /// long: dashmap lets readers in while a writer waits, so a writer (an insert)
+        /// waits until no reader is left, and overlapping readers that linger starve it;
+        /// and a wait for a lock whose holder waits for the shard deadlocks (dashmap
+        /// issues 74 and 233). For a short read of a value (the registry's idempotent
+        /// replay); slots are cloned out ([`get_cloned`](Self::get_cloned)) and locked
+        /// after the guard is dropped.
         pub(crate) fn get(&self, key: &K) -> Option<MapRef<'_, K, V>> {
             self.0.get(key)
         }
