@@ -1,7 +1,7 @@
 //! The server-side cost of `RedisStore`'s scripts (feature `redis`): microseconds of
 //! server time per call from `INFO commandstats` and of server CPU from `INFO cpu`, which,
-//! unlike wall-clock throughput, move little with the load of the machine. Redis runs scripts one at a time, so at 8 and
-//! more client threads this cost bounds the throughput.
+//! unlike wall-clock throughput, move little with the load of the machine. Redis runs
+//! scripts one at a time, so at 8 and more client threads this cost bounds the throughput.
 //!
 //! It starts its own `redis-server` (from `PATH`, in memory, on a free port), then, each
 //! after a `CONFIG RESETSTAT`, runs on 1,000 SKUs (one client thread):

@@ -1,12 +1,13 @@
 //! `RedisStore`: the [`StockStore`] contract on a shared Redis 7 server (feature `redis`).
 //!
-//! Every operation is one Lua script (`scripts/*.lua`, each prepended with
-//! `scripts/common.lua`) that checks every line before its first write, so it is atomic on
-//! the server: all or nothing, merged lines, typed errors, per-SKU versions, exactly-once
-//! resolution (the first script to find a hold removes it), deadlines in a sorted set,
-//! idempotency keys, low-stock crossings and statistics, as in memory. Each change is also
-//! appended to a Redis stream of the namespace by the same script (the transactional
-//! outbox). Waiters queue per SKU on the server, in FIFO order across processes.
+//! Every operation is one Lua function (`scripts/*.lua`, in one Redis function library
+//! whose head is `scripts/common.lua`) that checks every line before its first write, so
+//! it is atomic on the server: all or nothing, merged lines, typed errors, per-SKU
+//! versions, exactly-once resolution (the first script to find a hold removes it),
+//! deadlines in a sorted set, idempotency keys, low-stock crossings and statistics, as in
+//! memory. Each change is also appended to a Redis stream of the namespace by the same
+//! script (the transactional outbox). Waiters queue per SKU on the server, in FIFO order
+//! across processes.
 
 mod builder;
 mod engine;
@@ -46,8 +47,9 @@ const WAIT_SLICE: Duration = Duration::from_millis(500);
 /// Every key of one store sits under the hash tag `{namespace}` (`{shop}:levels`,
 /// `{shop}:holds`, `{shop}:events`, ...), so each script touches one slot and Redis Cluster
 /// shards by namespace. Every operation is one atomic server-side script that validates
-/// every line before its first write; scripts run with `EVALSHA` and are loaded again when
-/// the server answers `NOSCRIPT` (after a restart or failover).
+/// every line before its first write; the scripts are one function library run with
+/// `FCALL` and loaded again when the server lacks it (flushed, or a fresh server after a
+/// failover).
 ///
 /// - **Counts** are exact integers up to [`QUANTITY_MAX`](Self::QUANTITY_MAX) (2^53 - 1,
 ///   the integers Lua's numbers keep exactly); past it a change is
@@ -61,7 +63,7 @@ const WAIT_SLICE: Duration = Duration::from_millis(500);
 ///   short while holds are due (those expire first, then the request is checked again).
 /// - **Events** of every change go to the stream `{namespace}:events` in the same script
 ///   (one entry per SKU and change: `kind`, `id`, `sku`, `quantity`, `on_hand`, `reserved`,
-///   `version`; a `low_stock` entry per crossing), capped near
+///   `version`; a `low_stock` entry per crossing), trimmed approximately to at least
 ///   [`EVENTS_MAX`] entries; this store's own [`EventSink`](crate::EventSink) gets the
 ///   events of the calls made through it, after the call, with no connection held.
 /// - **Statistics** are the namespace's, shared by every process.
