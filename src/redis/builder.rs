@@ -34,8 +34,10 @@ pub const POOL_SIZE: u32 = 16;
 /// ```
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The cap of the namespace's event stream by default: each script trims it to about this
-/// many entries (`XADD ... MAXLEN ~`), so consumers should keep up within it.
+/// The cap of the namespace's event stream by default: each script trims it approximately
+/// (`XADD ... MAXLEN ~`), so the stream keeps at least this many entries (a little more
+/// until Redis can drop a whole node of them, which is what keeps trimming cheap);
+/// consumers should keep up within it.
 ///
 /// # Examples
 ///

@@ -46,39 +46,94 @@ impl r2d2::ManageConnection for Connector {
     }
 }
 
-/// The shared helpers, prepended to every script.
+/// The shared helpers: the head of the function library.
 const COMMON: &str = include_str!("scripts/common.lua");
 
-/// A script: the shared helpers, then its own body. `Script` runs it with `EVALSHA` and
-/// loads it again when the server answers `NOSCRIPT` (after a restart or a failover).
-fn script(body: &str) -> Script {
-    Script::new(&format!("{COMMON}\n{body}"))
+/// The scripts, by name: each the body of one function of the library.
+const BODIES: [(&str, &str); 9] = [
+    ("restock", include_str!("scripts/restock.lua")),
+    ("reserve", include_str!("scripts/reserve.lua")),
+    ("sell", include_str!("scripts/sell.lua")),
+    ("resolve", include_str!("scripts/resolve.lua")),
+    ("extend", include_str!("scripts/extend.lua")),
+    ("expire_due", include_str!("scripts/expire_due.lua")),
+    ("threshold", include_str!("scripts/threshold.lua")),
+    ("wait_begin", include_str!("scripts/wait_begin.lua")),
+    ("wait_poll", include_str!("scripts/wait_poll.lua")),
+];
+
+/// The placeholder of the library's version in [`BODIES`]' function names.
+const VERSION: &str = "@VERSION@";
+
+/// The scripts as one Redis function library (`FUNCTION LOAD`): the helpers of
+/// `common.lua` are defined once when the library loads, not on every call as an `EVAL`
+/// script's prelude would be (that alone cost about as much as a bare one-command script).
+/// The library and its functions are named after the SHA-1 of its code
+/// (`stockledger_<16 hex digits>`, `stockledger_<16 hex digits>_sell`, ...), so processes
+/// of different versions share a server as `EVALSHA` scripts would. Functions persist with
+/// the data (RDB, AOF) and replicate; a server that lost them (a flush, a fresh server
+/// after a failover) answers "Function not found", and [`call`] loads the library again.
+pub(crate) struct Library {
+    /// `FUNCTION LOAD`'s argument.
+    code: String,
+    /// The name of each function, `stockledger_<version>_<script>`.
+    pub(crate) restock: String,
+    pub(crate) reserve: String,
+    pub(crate) sell: String,
+    pub(crate) resolve: String,
+    pub(crate) extend: String,
+    pub(crate) expire_due: String,
+    pub(crate) threshold: String,
+    pub(crate) wait_begin: String,
+    pub(crate) wait_poll: String,
 }
 
-/// Every script of the store, built once per process.
-pub(crate) struct Scripts {
-    pub(crate) restock: Script,
-    pub(crate) reserve: Script,
-    pub(crate) sell: Script,
-    pub(crate) resolve: Script,
-    pub(crate) extend: Script,
-    pub(crate) expire_due: Script,
-    pub(crate) threshold: Script,
-    pub(crate) wait_begin: Script,
-    pub(crate) wait_poll: Script,
-}
-
-pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    restock: script(include_str!("scripts/restock.lua")),
-    reserve: script(include_str!("scripts/reserve.lua")),
-    sell: script(include_str!("scripts/sell.lua")),
-    resolve: script(include_str!("scripts/resolve.lua")),
-    extend: script(include_str!("scripts/extend.lua")),
-    expire_due: script(include_str!("scripts/expire_due.lua")),
-    threshold: script(include_str!("scripts/threshold.lua")),
-    wait_begin: script(include_str!("scripts/wait_begin.lua")),
-    wait_poll: script(include_str!("scripts/wait_poll.lua")),
+pub(crate) static SCRIPTS: LazyLock<Library> = LazyLock::new(|| {
+    let mut code = format!("{COMMON}\n");
+    for (name, body) in BODIES {
+        code.push_str(&format!(
+            "redis.register_function('stockledger_{VERSION}_{name}', function(keys, args)\n\
+             begin(keys, args)\n{body}\nend)\n"
+        ));
+    }
+    let version = Script::new(&code).get_hash()[..16].to_string();
+    let name = |script: &str| format!("stockledger_{version}_{script}");
+    Library {
+        code: format!(
+            "#!lua name=stockledger_{version}\n{}",
+            code.replace(VERSION, &version)
+        ),
+        restock: name("restock"),
+        reserve: name("reserve"),
+        sell: name("sell"),
+        resolve: name("resolve"),
+        extend: name("extend"),
+        expire_due: name("expire_due"),
+        threshold: name("threshold"),
+        wait_begin: name("wait_begin"),
+        wait_poll: name("wait_poll"),
+    }
 });
+
+/// Runs `fcall` (an `FCALL` of one of [`SCRIPTS`]' functions) on `connection`; when the
+/// server does not have the library (a fresh or flushed server), loads it and runs
+/// `fcall` again.
+pub(crate) fn call(
+    connection: &mut redis::Connection,
+    fcall: &redis::Cmd,
+) -> redis::RedisResult<Value> {
+    match fcall.query(connection) {
+        Err(error) if error.to_string().contains("Function not found") => {
+            let _: Value = redis::cmd("FUNCTION")
+                .arg("LOAD")
+                .arg("REPLACE")
+                .arg(&SCRIPTS.code)
+                .query(connection)?;
+            fcall.query(connection)
+        }
+        answer => answer,
+    }
+}
 
 /// What a script answered: `{status, payload, events}` (see `scripts/common.lua`).
 #[derive(Debug)]

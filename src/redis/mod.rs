@@ -1,12 +1,13 @@
 //! `RedisStore`: the [`StockStore`] contract on a shared Redis 7 server (feature `redis`).
 //!
-//! Every operation is one Lua script (`scripts/*.lua`, each prepended with
-//! `scripts/common.lua`) that checks every line before its first write, so it is atomic on
-//! the server: all or nothing, merged lines, typed errors, per-SKU versions, exactly-once
-//! resolution (the first script to find a hold removes it), deadlines in a sorted set,
-//! idempotency keys, low-stock crossings and statistics, as in memory. Each change is also
-//! appended to a Redis stream of the namespace by the same script (the transactional
-//! outbox). Waiters queue per SKU on the server, in FIFO order across processes.
+//! Every operation is one Lua function (`scripts/*.lua`, in one Redis function library
+//! whose head is `scripts/common.lua`) that checks every line before its first write, so
+//! it is atomic on the server: all or nothing, merged lines, typed errors, per-SKU
+//! versions, exactly-once resolution (the first script to find a hold removes it),
+//! deadlines in a sorted set, idempotency keys, low-stock crossings and statistics, as in
+//! memory. Each change is also appended to a Redis stream of the namespace by the same
+//! script (the transactional outbox). Waiters queue per SKU on the server, in FIFO order
+//! across processes.
 
 mod builder;
 mod engine;
@@ -16,7 +17,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::{Script, Value};
+use redis::Value;
 
 pub use builder::{RedisStoreBuilder, COMMAND_TIMEOUT, EVENTS_MAX, POOL_SIZE};
 pub use sku::{RedisSku, SKU_KEY_BYTES_MAX};
@@ -46,8 +47,9 @@ const WAIT_SLICE: Duration = Duration::from_millis(500);
 /// Every key of one store sits under the hash tag `{namespace}` (`{shop}:levels`,
 /// `{shop}:holds`, `{shop}:events`, ...), so each script touches one slot and Redis Cluster
 /// shards by namespace. Every operation is one atomic server-side script that validates
-/// every line before its first write; scripts run with `EVALSHA` and are loaded again when
-/// the server answers `NOSCRIPT` (after a restart or failover).
+/// every line before its first write; the scripts are one function library run with
+/// `FCALL` and loaded again when the server lacks it (flushed, or a fresh server after a
+/// failover).
 ///
 /// - **Counts** are exact integers up to [`QUANTITY_MAX`](Self::QUANTITY_MAX) (2^53 - 1,
 ///   the integers Lua's numbers keep exactly); past it a change is
@@ -61,7 +63,7 @@ const WAIT_SLICE: Duration = Duration::from_millis(500);
 ///   short while holds are due (those expire first, then the request is checked again).
 /// - **Events** of every change go to the stream `{namespace}:events` in the same script
 ///   (one entry per SKU and change: `kind`, `id`, `sku`, `quantity`, `on_hand`, `reserved`,
-///   `version`; a `low_stock` entry per crossing), capped near
+///   `version`; a `low_stock` entry per crossing), trimmed approximately to at least
 ///   [`EVENTS_MAX`] entries; this store's own [`EventSink`](crate::EventSink) gets the
 ///   events of the calls made through it, after the call, with no connection held.
 /// - **Statistics** are the namespace's, shared by every process.
@@ -100,7 +102,9 @@ pub struct RedisStore<K> {
     namespace: String,
     /// `{namespace}:`, the prefix of every key.
     prefix: String,
-    /// The ten keys every script gets (see `scripts/common.lua`).
+    /// The namespace's main keys (see `scripts/common.lua`): levels, which every call
+    /// declares, holds, deadlines, idempotency, retired, sequence, events, stats, waiters,
+    /// unclaimed.
     keys: [String; 10],
     /// The namespace's tag in the upper bits of its ids.
     tag: u64,
@@ -236,23 +240,25 @@ impl<K: RedisSku> RedisStore<K> {
         finish(&mut link, answer)
     }
 
-    /// Runs `script` with the ten keys, the common head and `args`.
-    fn run(&self, script: &Script, args: &[Vec<u8>]) -> Result<Reply, StockError<K>> {
-        let mut invocation = script.prepare_invoke();
-        for key in &self.keys {
-            invocation.key(key);
-        }
-        invocation
-            .arg(&self.prefix)
+    /// Runs the library function `function` (one of [`SCRIPTS`]' names) with its one
+    /// declared key (the levels hash, which routes the call to the namespace's slot; the
+    /// scripts name the other keys after it), the common head and `args`.
+    fn run(&self, function: &str, args: &[Vec<u8>]) -> Result<Reply, StockError<K>> {
+        let mut fcall = redis::cmd("FCALL");
+        fcall
+            .arg(function)
+            .arg(1)
+            .arg(&self.keys[0])
+            .arg(if self.events.enabled() { "1" } else { "0" })
             .arg(self.timebase.now_us(self.clock.now()))
             .arg(self.events_max)
             .arg(self.idempotency_retention_us)
             .arg(self.idempotency_keys_max);
         for arg in args {
-            invocation.arg(arg.as_slice());
+            fcall.arg(arg.as_slice());
         }
         let mut link = self.pool.get().map_err(unavailable)?;
-        let answer = invocation.invoke::<Value>(&mut link.connection);
+        let answer = engine::call(&mut link.connection, &fcall);
         let value = finish(&mut link, answer)?;
         drop(link);
         Reply::parse(value).map_err(|reason| StockError::Unavailable { reason })
@@ -538,10 +544,19 @@ fn unavailable<K>(error: impl fmt::Display) -> StockError<K> {
     }
 }
 
-/// A level from its packed form `"on_hand reserved version threshold"`.
-fn parse_level(packed: &str) -> Option<StockLevel> {
-    let mut fields = packed.split(' ').map(str::parse::<u64>);
-    let (Some(Ok(on_hand)), Some(Ok(reserved)), Some(Ok(version))) =
+/// A level from its packed form: on hand, reserved, version and threshold as four
+/// little-endian doubles holding integers (`struct.pack('<dddd', ...)` in the scripts).
+fn parse_level(packed: &[u8]) -> Option<StockLevel> {
+    if packed.len() != 32 {
+        return None;
+    }
+    let mut fields = packed.chunks_exact(8).map(|bytes| {
+        let value = f64::from_le_bytes(bytes.try_into().ok()?);
+        // Integers up to 2^53 are exact in a double; anything else is not a level.
+        (value.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(&value))
+            .then_some(value as u64)
+    });
+    let (Some(Some(on_hand)), Some(Some(reserved)), Some(Some(version))) =
         (fields.next(), fields.next(), fields.next())
     else {
         return None;
@@ -583,7 +598,7 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
     }
 
     fn try_level(&self, sku: &K) -> Result<Option<StockLevel>, StockError<K>> {
-        let packed: Option<String> =
+        let packed: Option<Vec<u8>> =
             self.command(redis::cmd("HGET").arg(&self.keys[0]).arg(self.key_of(sku)?))?;
         packed
             .map(|packed| {

@@ -1,45 +1,81 @@
--- common.lua: the helpers every stockledger script shares; prepended to each script.
+-- common.lua: the helpers every stockledger script shares. The scripts form one Redis
+-- function library (engine.rs builds it: this file, then each script's body as the body of
+-- one function), loaded once with FUNCTION LOAD: the helpers are defined once per server,
+-- not once per call. Each function starts with `begin(keys, args)`, which sets the call's
+-- state below; Redis runs one function at a time, so that state is the running call's.
 --
--- Every key of one store sits under the hash tag {namespace}, so one script touches one
--- slot (Redis Cluster shards by namespace).
+-- Every key of one store sits under the hash tag {namespace}, so one call touches one
+-- slot (Redis Cluster shards by namespace). A call declares one key, the levels hash, which
+-- routes it to the namespace's slot; the other keys are named after it (the prefix
+-- "{namespace}:" and a suffix), in the same slot:
+--   levels       hash  SKU -> struct '<dddd': on_hand, reserved, version, threshold
+--                      (little-endian doubles holding integers; engine.rs reads it too)
+--   holds        hash  id -> msgpack {deadline_us (0: none), idempotency key ("": none),
+--                      {SKU...}, {quantity...}, granted to a waiter (true | nil)}
+--   deadlines    zset  id scored by deadline_us: the expiry index; a hold is in it exactly
+--                      when its deadline_us is not 0
+--   idempotency  hash  key -> msgpack {id, "open" | "resolved", deadline_us, {SKU...},
+--                      {quantity...}}
+--   retired      zset  idempotency key scored by the time its hold resolved (us)
+--   sequence     string  the last id issued (INCR)
+--   events       stream  one entry per change per SKU, and one per low-stock crossing
+--   stats        hash  counter name -> count
+--   waiters      hash  waiter id -> msgpack {id, {SKU...}, {quantity...}, position,
+--                      lease_us, {on_hand, reserved, version per line taken}}
+--   unclaimed    zset  id of a hold granted to a waiter, scored by the server time (us)
+--                      by which its waiter must pick it up, else it goes back
+--   queue:SKU    list  of waiter ids, FIFO
+--   granted:id   string  the levels of a granted wait; wake:id  list  a waiter's wake-up
 --
--- KEYS (the same ten for every script):
---   1 levels       hash  SKU -> "on_hand reserved version threshold" (decimal integers)
---   2 holds        hash  id -> msgpack {deadline_us (0: none), idempotency key ("": none),
---                        {SKU...}, {quantity...}}
---   3 deadlines    zset  id scored by deadline_us: the expiry index
---   4 idempotency  hash  key -> msgpack {id, "open" | "resolved", deadline_us, {SKU...},
---                        {quantity...}}
---   5 retired      zset  idempotency key scored by the time its hold resolved (us)
---   6 sequence     string  the last id issued (INCR)
---   7 events       stream  one entry per change per SKU, and one per low-stock crossing
---   8 stats        hash  counter name -> count
---   9 waiters      hash  waiter id -> msgpack {id, {SKU...}, {quantity...}, position,
---                        lease_us, {on_hand, reserved, version per line taken}}
---  10 unclaimed    zset  id of a hold granted to a waiter, scored by the server time (us)
---                        by which its waiter must pick it up, else it goes back
--- Keys named in scripts (same slot): prefix .. "queue:" .. SKU (list of waiter ids, FIFO),
--- prefix .. "granted:" .. id (the levels of a granted wait), prefix .. "wake:" .. id.
---
--- ARGV (common head): 1 key prefix "{namespace}:", 2 now (us on the store's clock),
--- 3 stream cap (entries, approximate trimming), 4 idempotency retention (us),
--- 5 idempotency keys max; then each script's own from ARGV[6].
+-- ARGV (common head): 1 "1" when the caller wants its events back, else "0", 2 now (us on
+-- the store's clock), 3 stream cap (entries, approximate trimming), 4 idempotency
+-- retention (us), 5 idempotency keys max; then each script's own from ARGV[6].
 --
 -- Every script answers {status, payload, events}:
 --   status   a string: "ok", or the name of a refusal
 --   payload  an array whose shape the script's header gives
---   events   flat 7-tuples for the caller's event sink: kind, id, SKU, quantity, on_hand,
---            reserved, version; a "low_stock" tuple carries available, threshold, 0 in the
---            quantity, on_hand and reserved places.
+--   events   flat 7-tuples for the caller's event sink (empty unless ARGV[1] is "1"): kind,
+--            id, SKU, quantity, on_hand, reserved, version; a "low_stock" tuple carries
+--            available, threshold, 0 in the quantity, on_hand and reserved places.
 -- Numbers are exact integers up to 2^53 - 1 (Lua numbers are doubles): QUANTITY_MAX.
 
-local K_LEVELS, K_HOLDS, K_DEADLINES, K_KEYS, K_RETIRED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local K_SEQUENCE, K_EVENTS, K_STATS, K_WAITERS, K_UNCLAIMED = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local PREFIX = ARGV[1]
-local NOW = tonumber(ARGV[2])
-local EVENTS_MAX = ARGV[3]
-local RETENTION = tonumber(ARGV[4])
-local KEYS_MAX = tonumber(ARGV[5])
+local KEYS, ARGV
+-- The decimal strings of 0 to 1023 (quantities, id 0, small counts), made by the first
+-- call (the library's loading sees no `string`) and kept.
+local SMALL = nil
+-- The key names of the namespace of the last call, kept between calls: a call of the same
+-- namespace (its levels key is the same interned string) names no key again.
+local K_LEVELS, K_HOLDS, K_DEADLINES, K_KEYS, K_RETIRED
+local K_SEQUENCE, K_EVENTS, K_STATS, K_WAITERS, K_UNCLAIMED
+local PREFIX
+-- Now (us) and the stream cap as the caller sent them (decimal text: a conversion to a
+-- number costs, and most calls only pass them on to commands).
+local NOW, EVENTS_MAX
+-- The events this call answers with (see above): empty unless `replied`, whether the
+-- caller wants them (ARGV[1]); NONE, a shared empty table, when it wants none.
+local events, replied
+local NONE = {}
+
+local function begin(keys, args)
+  KEYS, ARGV = keys, args
+  if keys[1] ~= K_LEVELS then
+    K_LEVELS = keys[1]
+    PREFIX = string.sub(K_LEVELS, 1, -7)
+    K_HOLDS, K_DEADLINES = PREFIX .. 'holds', PREFIX .. 'deadlines'
+    K_KEYS, K_RETIRED = PREFIX .. 'idempotency', PREFIX .. 'retired'
+    K_SEQUENCE, K_EVENTS, K_STATS = PREFIX .. 'sequence', PREFIX .. 'events', PREFIX .. 'stats'
+    K_WAITERS, K_UNCLAIMED = PREFIX .. 'waiters', PREFIX .. 'unclaimed'
+  end
+  NOW, EVENTS_MAX = args[2], args[3]
+  replied = args[1] == '1'
+  events = replied and {} or NONE
+  if not SMALL then
+    SMALL = {}
+    for n = 0, 1023 do
+      SMALL[n] = string.format('%d', n)
+    end
+  end
+end
 
 local QUANTITY_MAX = 9007199254740991
 -- Most due holds one call expires, most retired keys one call forgets, most queue heads
@@ -48,24 +84,26 @@ local BATCH_MAX = 256
 -- A waiter that did not renew its lease for this long (its process died) leaves its queue.
 local LEASE_US = 10000000
 
-local events = {}
 
--- A count as a decimal string (Lua's tostring would print 1e+15 for large counts).
+-- A count as a decimal string (Lua's tostring would print 1e+15 for large counts). '%d'
+-- formats the count as a C long (exact below 2^53), at about half the cost of '%.0f'.
 local function int(n)
-  return string.format('%.0f', n)
+  return SMALL[n] or string.format('%d', n)
 end
 
+-- A level is packed as four little-endian doubles (struct '<dddd'): about a third of the
+-- cost of formatting and matching decimal text.
 local function level_of(sku)
   local packed = redis.call('HGET', K_LEVELS, sku)
   if not packed then
     return nil
   end
-  local o, r, v, t = string.match(packed, '^(%d+) (%d+) (%d+) (%d+)$')
-  return { o = tonumber(o), r = tonumber(r), v = tonumber(v), t = tonumber(t) }
+  local o, r, v, t = struct.unpack('<dddd', packed)
+  return { o = o, r = r, v = v, t = t }
 end
 
 local function store_level(sku, l)
-  redis.call('HSET', K_LEVELS, sku, int(l.o) .. ' ' .. int(l.r) .. ' ' .. int(l.v) .. ' ' .. int(l.t))
+  redis.call('HSET', K_LEVELS, sku, struct.pack('<dddd', l.o, l.r, l.v, l.t))
 end
 
 local function count(stat, amount)
@@ -118,26 +156,33 @@ end
 
 -- Appends the change to the stream (the transactional outbox) and, when `to_caller`, to
 -- the events this call answers with.
+-- The stream is trimmed approximately ('MAXLEN ~'): Redis drops whole nodes of entries
+-- only, so the stream keeps at least EVENTS_MAX entries (a little more) and trimming costs
+-- next to nothing, where an exact cap would cut into a node on every append.
 local function record(kind, id, sku, q, l, to_caller)
   redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'kind', kind, 'id', int(id),
     'sku', sku, 'quantity', int(q), 'on_hand', int(l.o), 'reserved', int(l.r), 'version', int(l.v))
-  if to_caller then
-    for _, field in ipairs({ kind, id, sku, q, l.o, l.r, l.v }) do
-      events[#events + 1] = field
-    end
+  if to_caller and replied then
+    local n = #events
+    events[n + 1], events[n + 2], events[n + 3], events[n + 4] = kind, id, sku, q
+    events[n + 5], events[n + 6], events[n + 7] = l.o, l.r, l.v
   end
 end
 
--- Sends a LowStock when available went from at least the threshold to below it.
-local function low_stock(sku, available_before)
-  local l = level_of(sku)
+-- Sends a LowStock when available went from at least the threshold to below it. `l` is
+-- the SKU's level now when the caller has it, else (nil) it is read.
+local function low_stock(sku, available_before, l)
+  l = l or level_of(sku)
   local available = l.o - l.r
   if l.t > 0 and available_before >= l.t and available < l.t then
     redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'kind', 'low_stock', 'sku', sku,
       'available', int(available), 'threshold', int(l.t), 'version', int(l.v))
-    for _, field in ipairs({ 'low_stock', 0, sku, available, l.t, 0, l.v }) do
-      events[#events + 1] = field
+    if not replied then
+      return
     end
+    local n = #events
+    events[n + 1], events[n + 2], events[n + 3], events[n + 4] = 'low_stock', 0, sku, available
+    events[n + 5], events[n + 6], events[n + 7] = l.t, 0, l.v
   end
 end
 
@@ -202,7 +247,7 @@ local function advance(w)
         levels[#levels + 1], levels[#levels + 2], levels[#levels + 3] = l.o, l.r, l.v
         w[4] = position + 1
         taken = true
-        low_stock(sku, before.o - before.r)
+        low_stock(sku, before.o - before.r, l)
       elseif why == 'overflow' then
         return 'overflow'
       end
@@ -215,7 +260,8 @@ local function advance(w)
     end
   end
   redis.call('HDEL', K_WAITERS, int(w[1]))
-  redis.call('HSET', K_HOLDS, int(w[1]), cmsgpack.pack({ 0, '', skus, qtys }))
+  -- The fifth field marks a hold that may sit in the unclaimed set.
+  redis.call('HSET', K_HOLDS, int(w[1]), cmsgpack.pack({ 0, '', skus, qtys, true }))
   count('reserves')
   -- A waiter whose process died cannot take its grant: unclaimed within a lease, it goes
   -- back (reclaim).
@@ -298,12 +344,13 @@ end
 
 -- Forgets resolved idempotency keys past the retention, then the oldest past the bound.
 local function prune_keys()
-  local old = redis.call('ZRANGEBYSCORE', K_RETIRED, '-inf', int(NOW - RETENTION), 'LIMIT', 0, BATCH_MAX)
+  local retention, keys_max = tonumber(ARGV[4]), tonumber(ARGV[5])
+  local old = redis.call('ZRANGEBYSCORE', K_RETIRED, '-inf', int(tonumber(NOW) - retention), 'LIMIT', 0, BATCH_MAX)
   for _, key in ipairs(old) do
     redis.call('HDEL', K_KEYS, key)
     redis.call('ZREM', K_RETIRED, key)
   end
-  local excess = redis.call('ZCARD', K_RETIRED) - KEYS_MAX
+  local excess = redis.call('ZCARD', K_RETIRED) - keys_max
   if excess > 0 then
     local popped = redis.call('ZPOPMIN', K_RETIRED, math.min(excess, BATCH_MAX))
     for i = 1, #popped, 2 do
@@ -314,24 +361,34 @@ end
 
 -- Moves the stock of the open hold `id` (`change` "commit" or "release"), removes it and
 -- records it as `kind`; serves the queues it freed stock for. Never refused.
+-- A hold is in the deadlines set exactly when its deadline (h[1]) is set, and may be in
+-- the unclaimed set only when a waiter was granted it (h[5]).
 local function settle(id, h, change, kind)
   local skus, qtys = h[3], h[4]
-  redis.call('HDEL', K_HOLDS, int(id))
-  redis.call('ZREM', K_DEADLINES, int(id))
-  redis.call('ZREM', K_UNCLAIMED, int(id))
-  local before = {}
+  local member = int(id)
+  redis.call('HDEL', K_HOLDS, member)
+  if h[1] > 0 then
+    redis.call('ZREM', K_DEADLINES, member)
+  end
+  if h[5] then
+    redis.call('ZREM', K_UNCLAIMED, member)
+  end
+  local before, after = {}, {}
   for i, sku in ipairs(skus) do
     local l = level_of(sku)
     before[i] = l.o - l.r
     l = apply(l, change, qtys[i], 0)
     store_level(sku, l)
     record(kind, id, sku, qtys[i], l, true)
+    after[i] = l
   end
   if change == 'release' then
     serve(skus)
+    -- Waiters served may have taken some of it: read the levels again.
+    after = {}
   end
   for i, sku in ipairs(skus) do
-    low_stock(sku, before[i])
+    low_stock(sku, before[i], after[i])
   end
   if h[2] ~= '' then
     local packed = redis.call('HGET', K_KEYS, h[2])
@@ -340,7 +397,7 @@ local function settle(id, h, change, kind)
       if entry[1] == id then
         entry[2], entry[3] = 'resolved', h[1]
         redis.call('HSET', K_KEYS, h[2], cmsgpack.pack(entry))
-        redis.call('ZADD', K_RETIRED, int(NOW), h[2])
+        redis.call('ZADD', K_RETIRED, NOW, h[2])
       end
     end
   end
@@ -349,6 +406,7 @@ end
 
 -- Gives back the holds granted to waiters that did not pick them up within their lease
 -- (their process died after it queued), as expiries; their stock goes to the next waiters.
+-- Returns how many it gave back.
 local function reclaim()
   local lost = redis.call('ZRANGEBYSCORE', K_UNCLAIMED, '-inf', int(server_now()), 'LIMIT', 0, BATCH_MAX)
   for _, member in ipairs(lost) do
@@ -359,11 +417,12 @@ local function reclaim()
       settle(tonumber(member), h, 'release', 'expired')
     end
   end
+  return #lost
 end
 
 -- Expires up to BATCH_MAX holds due now, in deadline order; returns them as hold replies.
 local function expire_due()
-  local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', int(NOW), 'LIMIT', 0, BATCH_MAX)
+  local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', NOW, 'LIMIT', 0, BATCH_MAX)
   local expired = {}
   for _, member in ipairs(due) do
     local id = tonumber(member)
@@ -390,43 +449,62 @@ local function read_lines(first)
   return skus, qtys
 end
 
--- Checks every line for `change` ("reserve" or "sell") without writing, serving the
--- queues of the request's SKUs first; when stock is short while holds are due, expires
--- them and checks again. Returns nil, or the refusal reply {status, {line index, ...}}.
+-- Checks every line for `change` ("reserve" or "sell") without writing. Waiters come
+-- first: when a SKU of the request has a queue, the grants no waiter picked up go back
+-- (reclaim), its queue is served, and a SKU with waiters left offers nothing (no barging).
+-- When stock is short, the same and the due holds' expiry run once, then every line is
+-- checked again. The common case (no queue, stock enough) reads each level and each queue
+-- length once. Returns the lines' levels, or nil and the refusal reply
+-- {status, {line index, ...}}.
 local function check_lines(skus, qtys, change)
+  local levels = {}
   for i, sku in ipairs(skus) do
-    if not level_of(sku) then
-      return { 'unknown_sku', { i } }
+    levels[i] = level_of(sku)
+    if not levels[i] then
+      return nil, { 'unknown_sku', { i } }
     end
-  end
-  reclaim()
-  local waiting = {}
-  for _, sku in ipairs(skus) do
-    if queued(sku) > 0 then
-      waiting[#waiting + 1] = sku
-    end
-  end
-  if #waiting > 0 then
-    serve(waiting)
   end
   local swept = false
-  local i = 1
-  while i <= #skus do
-    local sku = skus[i]
-    local withheld = queued(sku) > 0 and QUANTITY_MAX or 0
-    local l, why, available = apply(level_of(sku), change, qtys[i], withheld)
-    if not l then
-      if why == 'insufficient' and not swept and
-          #redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', int(NOW), 'LIMIT', 0, 1) > 0 then
-        swept = true
-        expire_due()
-        i = 0
-      else
-        count('refusals')
-        return { why, { i, available or 0 } }
+  while true do
+    local waiting = nil
+    for _, sku in ipairs(skus) do
+      if queued(sku) > 0 then
+        waiting = waiting or {}
+        waiting[#waiting + 1] = sku
       end
     end
-    i = i + 1
+    local withheld = {}
+    if waiting then
+      reclaim()
+      serve(waiting)
+      for i, sku in ipairs(skus) do
+        levels[i] = level_of(sku)
+        withheld[i] = queued(sku) > 0 and QUANTITY_MAX or 0
+      end
+    end
+    local refusal = nil
+    for i = 1, #skus do
+      local l, why, available = apply(levels[i], change, qtys[i], withheld[i] or 0)
+      if not l then
+        refusal = { why, { i, available or 0 } }
+        break
+      end
+    end
+    if not refusal then
+      return levels
+    end
+    local retry = false
+    if refusal[1] == 'insufficient' and not swept then
+      -- Short: give back what is due; check again when anything came back.
+      swept = true
+      retry = reclaim() + #expire_due() > 0
+    end
+    if not retry then
+      count('refusals')
+      return nil, refusal
+    end
+    for i, sku in ipairs(skus) do
+      levels[i] = level_of(sku)
+    end
   end
-  return nil
 end

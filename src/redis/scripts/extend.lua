@@ -7,7 +7,7 @@ local h = hold_of(id)
 if not h then
   return { 'unknown_reservation', {}, {} }
 end
-if h[1] > 0 and NOW >= h[1] then
+if h[1] > 0 and tonumber(NOW) >= h[1] then
   settle(id, h, 'release', 'expired')
   return { 'expired', hold_reply(id, h[1], h[3], h[4]), events }
 end

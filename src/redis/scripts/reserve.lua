@@ -27,22 +27,23 @@ if key ~= '' then
     return { 'replay', hold_reply(entry[1], at, entry[4], entry[5]), {} }
   end
 end
-local refused = check_lines(skus, qtys, 'reserve')
-if refused then
+local levels, refused = check_lines(skus, qtys, 'reserve')
+if not levels then
   refused[3] = events
   return refused
 end
 local id = redis.call('INCR', K_SEQUENCE)
 local before = {}
 for i, sku in ipairs(skus) do
-  local l = level_of(sku)
+  local l = levels[i]
   before[i] = l.o - l.r
   l = apply(l, 'reserve', qtys[i], 0)
   store_level(sku, l)
   record('reserved', id, sku, qtys[i], l, true)
+  levels[i] = l
 end
 for i, sku in ipairs(skus) do
-  low_stock(sku, before[i])
+  low_stock(sku, before[i], levels[i])
 end
 redis.call('HSET', K_HOLDS, int(id), cmsgpack.pack({ deadline, key, skus, qtys }))
 if deadline > 0 then

@@ -8,7 +8,7 @@ if not h then
   return { 'unknown_reservation', {}, {} }
 end
 local reply = hold_reply(id, h[1], h[3], h[4])
-if h[1] > 0 and NOW >= h[1] then
+if h[1] > 0 and tonumber(NOW) >= h[1] then
   settle(id, h, 'release', 'expired')
   return { 'expired', reply, events }
 end
