@@ -993,7 +993,10 @@ fn monitor_store_creation_is_linearizable_with_waiting_holds() {
 /// A store that creates a SKU as the stores did before issue 14: it inserts an empty slot
 /// (nothing on hand, version 0) and only then applies the first restock. Every call is
 /// otherwise atomic and correct. The creating restock waits (up to 1 s) for another call
-/// to find the empty slot, so the control does not depend on luck.
+/// to find the empty slot, and every other call waits (up to 1 s) for the slot to exist,
+/// so the control does not depend on luck: even on a loaded machine, where the creating
+/// thread may start after the others have finished, a call overlaps the half-done
+/// creation and sees it.
 #[derive(Default)]
 struct ZeroSlotStore {
     skus: Mutex<BTreeMap<Sku, SkuState>>,
@@ -1001,10 +1004,23 @@ struct ZeroSlotStore {
     /// Set when a call found an empty slot.
     seen_empty: Mutex<bool>,
     seen: std::sync::Condvar,
+    /// Set when the empty slot was inserted.
+    inserted: Mutex<bool>,
+    inserted_cv: std::sync::Condvar,
 }
 
 impl Subject for ZeroSlotStore {
     fn call(&self, sku: Sku, operation: Operation) -> Outcome {
+        if !matches!(operation, Operation::Restock(_)) {
+            let inserted = self.inserted.lock().unwrap();
+            drop(
+                self.inserted_cv
+                    .wait_timeout_while(inserted, std::time::Duration::from_secs(1), |inserted| {
+                        !*inserted
+                    })
+                    .unwrap(),
+            );
+        }
         let mut skus = self.skus.lock().unwrap();
         if let (Operation::Restock(_), None) = (operation, skus.get(&sku)) {
             // Create the empty slot, let the others see it, then restock it.
@@ -1013,6 +1029,8 @@ impl Subject for ZeroSlotStore {
             empty.exists = true;
             skus.insert(sku, empty);
             drop(skus);
+            *self.inserted.lock().unwrap() = true;
+            self.inserted_cv.notify_all();
             let seen = self.seen_empty.lock().unwrap();
             drop(
                 self.seen
