@@ -43,17 +43,9 @@ const SKUS: u64 = 1_000;
 /// Units of each SKU before a run: no benchmark sells out.
 const UNITS_PER_SKU: u64 = 1 << 36;
 
-/// The bare peer's script: `DECRBY` when the counter holds enough.
-/// KEYS[1] the SKU's counter; ARGV[1] units. Reply: 1 sold, 0 refused.
-const BARE_SCRIPT: &str = r"
-local available = tonumber(redis.call('GET', KEYS[1]) or '0')
-local units = tonumber(ARGV[1])
-if available < units then
-  return 0
-end
-redis.call('DECRBY', KEYS[1], units)
-return 1
-";
+/// The bare peer's script, shared with `examples/redis_script_cost.rs`: `DECRBY` when the
+/// counter holds enough (KEYS[1] the counter, ARGV[1] units; reply 1 sold, 0 refused).
+const BARE_SCRIPT: &str = include_str!("bare_decrby.lua");
 
 /// Benchmarks `run(iters)` as `<group>/<name>/<threads>`: `iters` operations per thread,
 /// so one iteration is `threads` operations.

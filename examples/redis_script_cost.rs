@@ -36,16 +36,9 @@ const SKUS: u64 = 1_000;
 /// Units of each SKU before the runs: nothing sells out.
 const UNITS_PER_SKU: u64 = 1 << 36;
 
-/// The bench's bare peer script (as `benches/redis.rs`).
-const BARE_SCRIPT: &str = r"
-local available = tonumber(redis.call('GET', KEYS[1]) or '0')
-local units = tonumber(ARGV[1])
-if available < units then
-  return 0
-end
-redis.call('DECRBY', KEYS[1], units)
-return 1
-";
+/// The bare peer's script, shared with `benches/redis.rs`: `DECRBY` when the
+/// counter holds enough (KEYS[1] the counter, ARGV[1] units; reply 1 sold, 0 refused).
+const BARE_SCRIPT: &str = include_str!("../benches/bare_decrby.lua");
 
 /// Calls, server microseconds per call (`usec` / `calls` of `INFO commandstats`, summed
 /// over `commands`) and server CPU microseconds per call (`used_cpu_user` +
