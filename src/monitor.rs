@@ -342,9 +342,7 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
     }
 
     fn level(&self, sku: &K) -> Option<StockLevel> {
-        self.slots
-            .get(sku)
-            .map(|monitor| monitor.state.lock().level)
+        lines::read_one(self, sku, |state| state.level)
     }
 
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {
