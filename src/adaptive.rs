@@ -479,9 +479,11 @@ impl<K: Sku> AdaptiveStore<K> {
 
     /// Applies `change` to the SKU `sku`.
     fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>> {
-        self.skus
-            .with(sku, |slot| self.update(sku, slot, change, quantity))
-            .unwrap_or_else(|| Err(StockError::UnknownSku(sku.clone())))
+        self.skus.with_or_else(
+            sku,
+            |slot| self.update(sku, slot, change, quantity),
+            || Err(StockError::UnknownSku(sku.clone())),
+        )
     }
 
     /// Reserves merged `lines` in ascending order, each by its SKU's mode; on a refusal,
