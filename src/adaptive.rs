@@ -5,9 +5,9 @@ use std::fmt;
 
 use crate::builder::StoreBuilder;
 use crate::error::StockError;
-use crate::level::{Change, LowStock, Moved, Refusal, StockLevel};
+use crate::level::{Change, Moved, Refusal, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
-use crate::lines::{self, Moves};
+use crate::lines::Moves;
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
 use crate::sync::{
@@ -15,6 +15,7 @@ use crate::sync::{
     Word,
 };
 use crate::word::{pack, unpack, LIMITS};
+use crate::word_lines::WordStore;
 
 /// Compare-and-swap attempts of a cold SKU's update before it takes the SKU's lock (it
 /// then waits its turn instead of racing on; the update is never refused for contention).
@@ -476,78 +477,6 @@ impl<K: Sku> AdaptiveStore<K> {
         };
         Moved::new(before, after, threshold)
     }
-
-    /// Applies `change` to the SKU `sku`.
-    fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>> {
-        self.skus.with_or_else(
-            sku,
-            |slot| self.update(sku, slot, change, quantity),
-            || Err(StockError::UnknownSku(sku.clone())),
-        )
-    }
-
-    /// Reserves merged `lines` in ascending order, each by its SKU's mode; on a refusal,
-    /// releases the lines already reserved and returns the refusal.
-    fn reserve_lines(&self, lines: &[(K, u64)]) -> Result<Moves, StockError<K>> {
-        if let [(sku, quantity)] = lines {
-            // One update, which writes nothing when it refuses: nothing to check first.
-            return self
-                .update_sku(sku, Change::Reserve, *quantity)
-                .map(Moves::One);
-        }
-        self.check_lines(lines)?;
-        let mut moves = Vec::with_capacity(lines.len());
-        for (sku, quantity) in lines {
-            match self.update_sku(sku, Change::Reserve, *quantity) {
-                Ok(moved) => moves.push(moved),
-                Err(refusal) => {
-                    let held = &lines[..moves.len()];
-                    self.resolve_lines(held, Change::Release);
-                    // The partial hold was visible, crossings included: report those.
-                    self.lifecycle.crossings(held, &moves);
-                    return Err(refusal);
-                }
-            }
-        }
-        Ok(Moves::Many(moves))
-    }
-
-    /// Checks every line of a multi-line reserve against its SKU's current level before
-    /// any line changes, so a request refused without a race changes nothing.
-    ///
-    /// # Errors
-    ///
-    /// [`StockError::UnknownSku`] for the first SKU never restocked, whatever the other
-    /// lines; else [`StockError::InsufficientStock`] or [`StockError::Overflow`] for the
-    /// first line refused.
-    fn check_lines(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
-        let mut refused = Ok(());
-        for (sku, quantity) in lines {
-            let level = self
-                .level(sku)
-                .ok_or_else(|| StockError::UnknownSku(sku.clone()))?;
-            if refused.is_ok() {
-                refused = level
-                    .apply(Change::Reserve, *quantity, 0, LIMITS)
-                    .map(drop)
-                    .map_err(|refusal| refusal.into_error(sku.clone(), *quantity));
-            }
-        }
-        refused
-    }
-
-    /// Commits or releases merged `lines` that are held.
-    fn resolve_lines(&self, lines: &[(K, u64)], change: Change) -> Moves {
-        lines
-            .iter()
-            .map(
-                |(sku, quantity)| match self.update_sku(sku, change, *quantity) {
-                    Ok(moved) => moved,
-                    Err(error) => unreachable!("a held line cannot be refused: {error:?}"),
-                },
-            )
-            .collect()
-    }
 }
 
 impl<K: Sku> StoreBuilder<K, AdaptiveStore<K>> {
@@ -637,6 +566,16 @@ impl<K: Sku> StoreBuilder<K, AdaptiveStore<K>> {
     }
 }
 
+impl<K: Sku> WordStore<K> for AdaptiveStore<K> {
+    fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>> {
+        self.skus.with_or_else(
+            sku,
+            |slot| self.update(sku, slot, change, quantity),
+            || Err(StockError::UnknownSku(sku.clone())),
+        )
+    }
+}
+
 impl<K: Sku> Backend<K> for AdaptiveStore<K> {
     fn lifecycle(&self) -> &Lifecycle<K> {
         &self.lifecycle
@@ -691,43 +630,7 @@ impl<K: Sku> StockStore<K> for AdaptiveStore<K> {
     }
 
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
-        if let [(sku, quantity)] = lines {
-            if *quantity == 0 {
-                return Err(StockError::InvalidQuantity { sku: sku.clone() });
-            }
-            let sold = self.update_sku(sku, Change::Sell, *quantity);
-            self.lifecycle.stats.count_refusal(&sold);
-            let moved = sold?;
-            if self.lifecycle.events.enabled() {
-                self.lifecycle.sold(&[(sku.clone(), *quantity)], &[moved]);
-            }
-            return Ok(());
-        }
-        let lines = lines::merge(lines)?;
-        if lines.len() == 1 {
-            return self.sell(&lines);
-        }
-        let held = self.reserve_lines(&lines);
-        self.lifecycle.stats.count_refusal(&held);
-        let held = held?;
-        let committed = self.resolve_lines(&lines, Change::Commit);
-        if self.lifecycle.events.enabled() {
-            // Available fell at the hold; report the sale's levels with the hold's
-            // crossing, at the sale's version (as the optimistic store).
-            let moved: Vec<Moved> = held
-                .iter()
-                .zip(committed.iter())
-                .map(|(held, committed)| Moved {
-                    level: committed.level,
-                    low_stock: held.low_stock.map(|low| LowStock {
-                        version: committed.level.version,
-                        ..low
-                    }),
-                })
-                .collect();
-            self.lifecycle.sold(&lines, &moved);
-        }
-        Ok(())
+        self.sell_lines(lines)
     }
 
     fn quantity_max(&self) -> u64 {

@@ -29,6 +29,7 @@ mod store;
 mod sync;
 mod wait;
 mod word;
+mod word_lines;
 
 pub use adaptive::AdaptiveStore;
 pub use builder::StoreBuilder;

@@ -4,13 +4,14 @@ use std::fmt;
 
 use crate::builder::StoreBuilder;
 use crate::error::StockError;
-use crate::level::{Change, LowStock, Moved, StockLevel};
+use crate::level::{Change, Moved, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
-use crate::lines::{self, Moves};
+use crate::lines::Moves;
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
 use crate::sync::{AtomicU64, Backoff, LockFreeMap, Ordering, Word};
 use crate::word::{pack, unpack, LIMITS};
+use crate::word_lines::WordStore;
 
 /// A stock store with **optimistic concurrency control**: each SKU's
 /// `(on_hand, reserved, version)` lives in one 128-bit atomic word, changed by
@@ -227,70 +228,6 @@ impl<K: Sku> OptimisticStore<K> {
         Moved::new(before, after, threshold)
     }
 
-    /// Applies `change` to the SKU `sku`.
-    fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>> {
-        self.skus.with_or_else(
-            sku,
-            |slot| self.update(sku, slot, change, quantity),
-            || Err(StockError::UnknownSku(sku.clone())),
-        )
-    }
-
-    /// Reserves merged `lines` in ascending order; on a refusal, releases the lines already
-    /// reserved and returns the refusal. One lookup a line for one line, two for several.
-    fn reserve_lines(&self, lines: &[(K, u64)]) -> Result<Moves, StockError<K>> {
-        if let [(sku, quantity)] = lines {
-            // One CAS loop, which writes nothing when it refuses: nothing to check first.
-            return self
-                .update_sku(sku, Change::Reserve, *quantity)
-                .map(Moves::One);
-        }
-        self.check_lines(lines)?;
-        let mut moves = Vec::with_capacity(lines.len());
-        for (sku, quantity) in lines {
-            match self.update_sku(sku, Change::Reserve, *quantity) {
-                Ok(moved) => moves.push(moved),
-                Err(refusal) => {
-                    let held = &lines[..moves.len()];
-                    self.resolve_lines(held, Change::Release);
-                    // The partial hold was visible, crossings included: report those,
-                    // though it is given back (a sale in between may keep a SKU low).
-                    self.lifecycle.crossings(held, &moves);
-                    return Err(refusal);
-                }
-            }
-        }
-        Ok(Moves::Many(moves))
-    }
-
-    /// Checks every line of a multi-line reserve against its SKU's current level before
-    /// any line changes, one lookup a line, so a request refused without a race changes
-    /// nothing, not even a version. A race after this check is still caught by the CAS of
-    /// [`reserve_lines`](Self::reserve_lines) and compensated.
-    ///
-    /// # Errors
-    ///
-    /// [`StockError::UnknownSku`] for the first SKU never restocked, whatever the other
-    /// lines (as the locking stores, which look every SKU up before they lock any); else
-    /// [`StockError::InsufficientStock`] or [`StockError::Overflow`] for the first line
-    /// refused.
-    fn check_lines(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
-        let mut refused = Ok(());
-        for (sku, quantity) in lines {
-            let level = self
-                .skus
-                .with(sku, |slot| unpack(slot.word.load(Ordering::Acquire)))
-                .ok_or_else(|| StockError::UnknownSku(sku.clone()))?;
-            if refused.is_ok() {
-                refused = level
-                    .apply(Change::Reserve, *quantity, 0, LIMITS)
-                    .map(drop)
-                    .map_err(|refusal| refusal.into_error(sku.clone(), *quantity));
-            }
-        }
-        refused
-    }
-
     /// Restocks `quantity` units on an existing SKU's `slot`. A restock is never refused
     /// for contention: like a commit or a release it retries until it wins (every lost
     /// race is another writer's win, so the loop is lock free), and only
@@ -300,26 +237,6 @@ impl<K: Sku> OptimisticStore<K> {
             match self.update(sku, slot, Change::Restock, quantity) {
                 Err(StockError::Conflict { .. }) => continue,
                 moved => return moved,
-            }
-        }
-    }
-
-    /// Commits or releases merged `lines` that are held.
-    fn resolve_lines(&self, lines: &[(K, u64)], change: Change) -> Moves {
-        lines
-            .iter()
-            .map(|(sku, quantity)| self.resolve_line(sku, *quantity, change))
-            .collect()
-    }
-
-    /// Commits or releases one held line. The version rule of [`StockLevel`] leaves room
-    /// for it, and only lost races repeat it, so it retries until it wins.
-    fn resolve_line(&self, sku: &K, quantity: u64, change: Change) -> Moved {
-        loop {
-            match self.update_sku(sku, change, quantity) {
-                Ok(moved) => return moved,
-                Err(StockError::Conflict { .. }) => continue,
-                Err(error) => unreachable!("a held line cannot be refused: {error:?}"),
             }
         }
     }
@@ -364,6 +281,16 @@ impl<K: Sku> StoreBuilder<K, OptimisticStore<K>> {
             lifecycle: self.lifecycle(),
             retries_max,
         }
+    }
+}
+
+impl<K: Sku> WordStore<K> for OptimisticStore<K> {
+    fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>> {
+        self.skus.with_or_else(
+            sku,
+            |slot| self.update(sku, slot, change, quantity),
+            || Err(StockError::UnknownSku(sku.clone())),
+        )
     }
 }
 
@@ -421,45 +348,7 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
     }
 
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
-        if let [(sku, quantity)] = lines {
-            // The hot path: one CAS loop, no allocation (an event sink adds its events).
-            if *quantity == 0 {
-                return Err(StockError::InvalidQuantity { sku: sku.clone() });
-            }
-            let sold = self.update_sku(sku, Change::Sell, *quantity);
-            self.lifecycle.stats.count_refusal(&sold);
-            let moved = sold?;
-            if self.lifecycle.events.enabled() {
-                self.lifecycle.sold(&[(sku.clone(), *quantity)], &[moved]);
-            }
-            return Ok(());
-        }
-        let lines = lines::merge(lines)?;
-        if lines.len() == 1 {
-            // Duplicate lines of one SKU: one change, as for a single line.
-            return self.sell(&lines);
-        }
-        let held = self.reserve_lines(&lines);
-        self.lifecycle.stats.count_refusal(&held);
-        let held = held?;
-        let committed = self.resolve_lines(&lines, Change::Commit);
-        if self.lifecycle.events.enabled() {
-            // Available fell at the hold; the commit leaves it as it is. Report the sale's
-            // levels with the crossing of the hold, at the sale's version.
-            let moved: Vec<Moved> = held
-                .iter()
-                .zip(committed.iter())
-                .map(|(held, committed)| Moved {
-                    level: committed.level,
-                    low_stock: held.low_stock.map(|low| LowStock {
-                        version: committed.level.version,
-                        ..low
-                    }),
-                })
-                .collect();
-            self.lifecycle.sold(&lines, &moved);
-        }
-        Ok(())
+        self.sell_lines(lines)
     }
 
     fn quantity_max(&self) -> u64 {

@@ -1,0 +1,156 @@
+//! The request lines of a store whose SKUs each change by one compare-and-swap of their own
+//! packed word (the optimistic and adaptive stores, [`crate::word`]): one line is one
+//! update; several are checked first, then applied one at a time in ascending SKU order
+//! and compensated on a refusal.
+
+use crate::error::StockError;
+use crate::level::{Change, LowStock, Moved};
+use crate::lifecycle::Backend;
+use crate::lines::{self, Moves};
+use crate::store::{Sku, StockStore};
+use crate::word::LIMITS;
+
+/// A store whose SKUs each change by one compare-and-swap of their own word. It gives the
+/// single-SKU update and answers `level`; the multi-line logic, written once here, does the
+/// rest.
+///
+/// A multi-line request is all or nothing, but not isolated: between its first line and
+/// its last, a concurrent reader may see the lines already held (the compensation of a
+/// refused request gives them back).
+pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
+    /// Applies `change` of `quantity` units to `sku`; writes nothing when refused.
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::UnknownSku`], [`StockError::InsufficientStock`],
+    /// [`StockError::Overflow`], or [`StockError::Conflict`] when the store gives up on
+    /// contention (the optimistic store, after its retries; the adaptive store never does).
+    fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>>;
+
+    /// Reserves merged `lines` in ascending order; on a refusal, releases the lines already
+    /// reserved and returns the refusal. One lookup a line for one line, two for several.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_lines`](Self::check_lines), or what the first refused update returns.
+    fn reserve_lines(&self, lines: &[(K, u64)]) -> Result<Moves, StockError<K>> {
+        if let [(sku, quantity)] = lines {
+            // One update, which writes nothing when it refuses: nothing to check first.
+            return self
+                .update_sku(sku, Change::Reserve, *quantity)
+                .map(Moves::One);
+        }
+        self.check_lines(lines)?;
+        let mut moves = Vec::with_capacity(lines.len());
+        for (sku, quantity) in lines {
+            match self.update_sku(sku, Change::Reserve, *quantity) {
+                Ok(moved) => moves.push(moved),
+                Err(refusal) => {
+                    let held = &lines[..moves.len()];
+                    self.resolve_lines(held, Change::Release);
+                    // The partial hold was visible, crossings included: report those,
+                    // though it is given back (a sale in between may keep a SKU low).
+                    self.lifecycle().crossings(held, &moves);
+                    return Err(refusal);
+                }
+            }
+        }
+        Ok(Moves::Many(moves))
+    }
+
+    /// Checks every line of a multi-line reserve against its SKU's current level before
+    /// any line changes, one lookup a line, so a request refused without a race changes
+    /// nothing, not even a version. A race after this check is still caught by the
+    /// compare-and-swap of [`reserve_lines`](Self::reserve_lines) and compensated.
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::UnknownSku`] for the first SKU never restocked, whatever the other
+    /// lines (as the locking stores, which look every SKU up before they lock any); else
+    /// [`StockError::InsufficientStock`] or [`StockError::Overflow`] for the first line
+    /// refused.
+    fn check_lines(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
+        let mut refused = Ok(());
+        for (sku, quantity) in lines {
+            let level = self
+                .level(sku)
+                .ok_or_else(|| StockError::UnknownSku(sku.clone()))?;
+            if refused.is_ok() {
+                refused = level
+                    .apply(Change::Reserve, *quantity, 0, LIMITS)
+                    .map(drop)
+                    .map_err(|refusal| refusal.into_error(sku.clone(), *quantity));
+            }
+        }
+        refused
+    }
+
+    /// Commits or releases merged `lines` that are held. The version rule of
+    /// [`StockLevel`](crate::StockLevel) leaves room for each, and only lost races repeat
+    /// one, so a line that meets [`StockError::Conflict`] retries until it wins.
+    ///
+    /// # Panics
+    ///
+    /// When a held line is refused by its counts (a broken invariant of the store).
+    fn resolve_lines(&self, lines: &[(K, u64)], change: Change) -> Moves {
+        lines
+            .iter()
+            .map(|(sku, quantity)| loop {
+                match self.update_sku(sku, change, *quantity) {
+                    Ok(moved) => break moved,
+                    Err(StockError::Conflict { .. }) => continue,
+                    Err(error) => unreachable!("a held line cannot be refused: {error:?}"),
+                }
+            })
+            .collect()
+    }
+
+    /// [`StockStore::sell`]: one line is one update with no allocation (an event sink adds
+    /// its events); several are a hold on every line that then becomes a sale.
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::EmptyRequest`], [`StockError::InvalidQuantity`], or what
+    /// [`reserve_lines`](Self::reserve_lines) returns, with nothing sold.
+    fn sell_lines(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
+        let life = self.lifecycle();
+        if let [(sku, quantity)] = lines {
+            if *quantity == 0 {
+                return Err(StockError::InvalidQuantity { sku: sku.clone() });
+            }
+            let sold = self.update_sku(sku, Change::Sell, *quantity);
+            life.stats.count_refusal(&sold);
+            let moved = sold?;
+            if life.events.enabled() {
+                life.sold(&[(sku.clone(), *quantity)], &[moved]);
+            }
+            return Ok(());
+        }
+        let lines = lines::merge(lines)?;
+        if lines.len() == 1 {
+            // Duplicate lines of one SKU: one change, as for a single line.
+            return self.sell_lines(&lines);
+        }
+        let held = self.reserve_lines(&lines);
+        life.stats.count_refusal(&held);
+        let held = held?;
+        let committed = self.resolve_lines(&lines, Change::Commit);
+        if life.events.enabled() {
+            // Available fell at the hold; the commit leaves it as it is. Report the sale's
+            // levels with the crossing of the hold, at the sale's version.
+            let moved: Vec<Moved> = held
+                .iter()
+                .zip(committed.iter())
+                .map(|(held, committed)| Moved {
+                    level: committed.level,
+                    low_stock: held.low_stock.map(|low| LowStock {
+                        version: committed.level.version,
+                        ..low
+                    }),
+                })
+                .collect();
+            life.sold(&lines, &moved);
+        }
+        Ok(())
+    }
+}
