@@ -181,8 +181,10 @@ struct Slot {
     lock: Mutex<()>,
     /// Whether the SKU is hot (writers lock `lock` first) or cold.
     hot: AtomicBool,
-    /// Conflicts in the current window (a heuristic: read by no correctness decision).
-    /// The window's operations need no counter: the version in `word` counts them.
+    /// Conflicts in the current window (a heuristic: read by no correctness decision),
+    /// saturating at `u32::MAX`. The window's operations need no counter: the version in
+    /// `word` counts them. 32 bits, so that the slot fits in 32 bytes (a papaya entry of
+    /// 48 bytes with its key, as the optimistic store's).
     window_conflicts: Tally,
     /// The low-stock threshold (0: none); read only when an event sink is set.
     low_stock_threshold: AtomicU64,
@@ -198,6 +200,18 @@ impl Slot {
             window_conflicts: Tally::new(0),
             low_stock_threshold: AtomicU64::new(0),
         }
+    }
+
+    /// Adds one update's `conflicts` (at least 1) to the window, saturating.
+    #[cold]
+    fn add_conflicts(&self, conflicts: u64) {
+        let conflicts = u32::try_from(conflicts).unwrap_or(u32::MAX);
+        // `fetch_update` never fails with a closure that always returns `Some`.
+        let _ = self
+            .window_conflicts
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |window| {
+                Some(window.saturating_add(conflicts))
+            });
     }
 }
 
@@ -318,8 +332,7 @@ impl<K: Sku> AdaptiveStore<K> {
     /// (nothing when none: the conflict-free update writes only its word).
     fn count_conflicts(&self, slot: &Slot, conflicts: u64) {
         if conflicts > 0 {
-            slot.window_conflicts
-                .fetch_add(conflicts, Ordering::Relaxed);
+            slot.add_conflicts(conflicts);
             self.count_lost(conflicts);
         }
     }
@@ -329,7 +342,7 @@ impl<K: Sku> AdaptiveStore<K> {
     /// ([`Temperature::ends_window`]); conflicts of racing updates may land on either side.
     #[cold]
     fn end_window(&self, slot: &Slot) {
-        let conflicts = slot.window_conflicts.swap(0, Ordering::Relaxed);
+        let conflicts = u64::from(slot.window_conflicts.swap(0, Ordering::Relaxed));
         let hot = slot.hot.load(Ordering::Relaxed);
         let next = self
             .temperature
@@ -439,8 +452,7 @@ impl<K: Sku> AdaptiveStore<K> {
         if conflicts > 0 {
             // Under the lock, on the cache line its lock and CAS just made this writer's;
             // the statistics (per-thread stripes) after it.
-            slot.window_conflicts
-                .fetch_add(conflicts, Ordering::Relaxed);
+            slot.add_conflicts(conflicts);
         }
         let outcome = outcome.map(|(before, after)| self.won(slot, before, after));
         drop(guard);
@@ -666,12 +678,27 @@ mod tests {
     #[test]
     fn the_mode_follows_the_thresholds_with_hysteresis() {
         let temperature = Temperature::DEFAULT;
-        // 100 per mille and above: hot; 20 and below: cold; in between: unchanged.
-        assert!(temperature.next_mode(false, 100, 10));
-        assert!(!temperature.next_mode(false, 100, 9));
-        assert!(temperature.next_mode(true, 100, 3));
-        assert!(!temperature.next_mode(true, 100, 2));
-        assert!(!temperature.next_mode(false, 100, 5));
+        // 500 per mille and above: hot; 100 and below: cold; in between: unchanged.
+        assert!(temperature.next_mode(false, 100, 50));
+        assert!(!temperature.next_mode(false, 100, 49));
+        assert!(temperature.next_mode(true, 100, 11));
+        assert!(!temperature.next_mode(true, 100, 10));
+        assert!(!temperature.next_mode(false, 100, 30));
+    }
+
+    #[test]
+    #[cfg(not(loom))]
+    fn a_slot_fits_in_32_bytes() {
+        // With its 8-byte key, a papaya entry of 48 bytes, as the optimistic store's.
+        assert!(std::mem::size_of::<Slot>() <= 32, "{}", std::mem::size_of::<Slot>());
+    }
+
+    #[test]
+    fn window_conflicts_saturate() {
+        let slot = Slot::new(StockLevel::default());
+        slot.add_conflicts(u64::MAX);
+        slot.add_conflicts(1);
+        assert_eq!(slot.window_conflicts.load(Ordering::Relaxed), u32::MAX);
     }
 
     #[test]

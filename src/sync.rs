@@ -19,7 +19,7 @@
 //! | [`LockFreeMap`] | `papaya::HashMap` (foldhash) | `loom::sync::Mutex<HashMap<K, Arc<V>>>` |
 //! | [`AtomicU64`], [`AtomicBool`] | `std::sync::atomic` | `loom::sync::atomic` |
 //! | [`StripedCounters`] | `std` atomics, one cache line per stripe | the same (not modelled) |
-//! | [`Tally`] | `std::sync::atomic::AtomicU64` | the same (not modelled) |
+//! | [`Tally`] | `std::sync::atomic::AtomicU32` | the same (not modelled) |
 
 pub(crate) use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -130,7 +130,7 @@ impl<const N: usize> StripedCounters<N> {
 /// decision (whether a SKU's writers queue on its lock), never a count's correctness, so
 /// it adds nothing for the models to check and would only multiply their interleavings.
 /// Under loom its values still follow the explored schedule, so models stay deterministic.
-pub(crate) type Tally = std::sync::atomic::AtomicU64;
+pub(crate) type Tally = std::sync::atomic::AtomicU32;
 
 /// Locks `mutex`; also returns whether it was contended (already locked, so this thread
 /// had to wait). Uncontended, this costs what `lock()` costs: one successful `try_lock`.
