@@ -207,11 +207,11 @@ impl Slot {
     fn add_conflicts(&self, conflicts: u64) {
         let conflicts = u32::try_from(conflicts).unwrap_or(u32::MAX);
         // `fetch_update` never fails with a closure that always returns `Some`.
-        let _ = self
-            .window_conflicts
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |window| {
-                Some(window.saturating_add(conflicts))
-            });
+        let _ =
+            self.window_conflicts
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |window| {
+                    Some(window.saturating_add(conflicts))
+                });
     }
 }
 
@@ -690,7 +690,11 @@ mod tests {
     #[cfg(not(loom))]
     fn a_slot_fits_in_32_bytes() {
         // With its 8-byte key, a papaya entry of 48 bytes, as the optimistic store's.
-        assert!(std::mem::size_of::<Slot>() <= 32, "{}", std::mem::size_of::<Slot>());
+        assert!(
+            std::mem::size_of::<Slot>() <= 32,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
     }
 
     #[test]

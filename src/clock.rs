@@ -13,7 +13,7 @@ use crate::sync::{AtomicU64, Ordering};
 /// [`SystemClock`]. The clock must never go back.
 ///
 /// A clock is user code: a store reads it before it takes any internal lock and never
-/// while a hold is claimed, so a clock may log, trace, or look at the store (format
+/// while a hold is half resolved, so a clock may log, trace, or look at the store (format
 /// `{store:?}`, read a level). Holds without a deadline or an idempotency key read no clock
 /// at all.
 ///

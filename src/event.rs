@@ -163,7 +163,7 @@ impl<K> StockEvent<K> {
 /// panics unwinds into that caller after the change is complete.
 ///
 /// What a sink may do: anything. It runs with no internal lock held and with no hold
-/// claimed, so it may panic, block, log the store (`{store:?}`), or call back into the
+/// half resolved, so it may panic, block, log the store (`{store:?}`), or call back into the
 /// store, including resolving other holds; an expiry sweep
 /// ([`expire_due`](crate::StockStore::expire_due), a [`Reaper`](crate::Reaper)) expires
 /// every hold of the sweep before the sink hears of any. A `LowStock` event follows every

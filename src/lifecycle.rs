@@ -153,8 +153,17 @@ pub(crate) fn resolve<K: Sku, B: Backend<K>>(
     id: ReservationId,
     change: Change,
 ) -> Result<Reservation<K>, StockError<K>> {
-    let resolved = store.lifecycle().registry.resolve(id)?;
-    settle(store, resolved, change)
+    let resolved = store.lifecycle().registry.resolve(id, |lines, expired| {
+        // Past its deadline, a hold's stock goes back whatever the caller asked for.
+        let change = if expired { Change::Release } else { change };
+        store.settle(lines, change)
+    })?;
+    let stat = match (resolved.expired, change) {
+        (true, _) => Stat::Expirations,
+        (false, Change::Commit) => Stat::Commits,
+        (false, _) => Stat::Releases,
+    };
+    report(store.lifecycle(), resolved, stat)
 }
 
 /// [`StockStore::extend`](crate::StockStore::extend) for any store.
@@ -164,40 +173,44 @@ pub(crate) fn extend<K: Sku, B: Backend<K>>(
     ttl: Duration,
 ) -> Result<Reservation<K>, StockError<K>> {
     let life = store.lifecycle();
-    match life.registry.extend(id, ttl)? {
+    let extension = life
+        .registry
+        .extend(id, ttl, |lines| store.settle(lines, Change::Release))?;
+    match extension {
         Extension::Extended(reservation) => {
             life.stats.count(Stat::Extensions);
             Ok(reservation)
         }
-        Extension::Expired(resolved) => settle(store, resolved, Change::Release),
+        Extension::Expired(resolved) => report(life, resolved, Stat::Expirations),
     }
 }
 
 /// [`StockStore::expire_due`](crate::StockStore::expire_due) for any store.
 ///
-/// Claims the due holds one at a time, and settles and finishes each before claiming the
-/// next; only when every hold of the sweep is resolved does the event sink hear of any.
-/// So whatever the sink does (panic, block, resolve another hold of the sweep), no hold is
-/// left claimed and no caller of another hold waits for it.
+/// Expires the due holds one at a time, each in one step (its stock moved back and the
+/// hold removed under the hold's shard lock); only when every hold of the sweep is
+/// expired does the event sink hear of any. So whatever the sink does (panic, block,
+/// resolve another hold of the sweep), no hold is left half done and no caller of another
+/// hold waits for it.
 pub(crate) fn expire_due<K: Sku, B: Backend<K>>(store: &B) -> Vec<Reservation<K>> {
     let life = store.lifecycle();
     let (now, due) = life.registry.take_due();
     let mut expired = Vec::with_capacity(due.len());
     let mut moves = Vec::new();
     for id in due {
-        let Some(resolved) = life.registry.claim_due(id, now) else {
+        let Some(resolved) = life
+            .registry
+            .expire(id, now, |lines| store.settle(lines, Change::Release))
+        else {
             continue;
         };
-        debug_assert!(resolved.expired);
-        let moved = store.settle(resolved.reservation.lines(), Change::Release);
-        life.registry.finish(&resolved);
         life.stats.count(Stat::Expirations);
         if life.events.enabled() {
-            moves.push(moved);
+            moves.push(resolved.moved);
         }
         expired.push(resolved.reservation);
     }
-    // User code last, with nothing claimed and no lock held.
+    // User code last, with no lock held.
     for (reservation, moved) in expired.iter().zip(&moves) {
         let id = reservation.id();
         life.emit(reservation.lines(), moved, |lines| StockEvent::Expired {
@@ -208,33 +221,20 @@ pub(crate) fn expire_due<K: Sku, B: Backend<K>>(store: &B) -> Vec<Reservation<K>
     expired
 }
 
-/// Moves the stock of a hold its caller won: `change`, or a release if it expired.
+/// Counts and reports a hold resolved as `stat` (its stock already moved, the hold gone).
 ///
 /// # Errors
 ///
 /// [`StockError::Expired`] when the hold was past its deadline (its stock went back).
-fn settle<K: Sku, B: Backend<K>>(
-    store: &B,
-    resolved: Resolved<K>,
-    change: Change,
+fn report<K: Sku>(
+    life: &Lifecycle<K>,
+    resolved: Resolved<K, Moves>,
+    stat: Stat,
 ) -> Result<Reservation<K>, StockError<K>> {
-    let life = store.lifecycle();
-    let change = if resolved.expired {
-        Change::Release
-    } else {
-        change
-    };
-    let reservation = &resolved.reservation;
-    let moved = store.settle(reservation.lines(), change);
-    life.registry.finish(&resolved);
+    let reservation = resolved.reservation;
     let id = reservation.id();
-    let stat = match (resolved.expired, change) {
-        (true, _) => Stat::Expirations,
-        (false, Change::Commit) => Stat::Commits,
-        (false, _) => Stat::Releases,
-    };
     life.stats.count(stat);
-    life.emit(reservation.lines(), &moved, |lines| match stat {
+    life.emit(reservation.lines(), &resolved.moved, |lines| match stat {
         Stat::Expirations => StockEvent::Expired { id, lines },
         Stat::Commits => StockEvent::Committed { id, lines },
         _ => StockEvent::Released { id, lines },
@@ -242,7 +242,7 @@ fn settle<K: Sku, B: Backend<K>>(
     if resolved.expired {
         Err(StockError::Expired(id))
     } else {
-        Ok(resolved.reservation)
+        Ok(reservation)
     }
 }
 

@@ -129,7 +129,7 @@ impl Reaper {
         let (stopped, wake) = signal;
         loop {
             // A panic can only come from the event sink, after every hold of the sweep was
-            // expired (nothing is left claimed or locked), so the store is consistent.
+            // expired (nothing is left half done or locked), so the store is consistent.
             let sweep = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 store.expire_due();
             }));

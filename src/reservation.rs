@@ -10,7 +10,7 @@ use crate::error::StockError;
 use crate::expiry::ExpiryIndex;
 use crate::idempotency::{KeySlot, KeyTable};
 use crate::options::ReserveOptions;
-use crate::sync::{self, AtomicBool, Condvar, Mutex, Ordering, ShardedMap};
+use crate::sync::{self, AtomicBool, Ordering, ShardedMap};
 
 /// The id of a reservation (hold).
 ///
@@ -230,63 +230,38 @@ impl<K> From<Vec<(K, u64)>> for HoldLines<K> {
 /// An open hold as the registry keeps it.
 #[derive(Debug, Clone)]
 struct Hold<K> {
-    /// The hold; taken by the caller that claims it (a claim moves it out rather than
-    /// cloning its lines). `None`: a caller won this hold and is moving its stock; the
-    /// entry leaves `holds` when the stock has moved ([`Registry::finish`]).
-    reservation: Option<Reservation<K>>,
+    /// The hold.
+    reservation: Reservation<K>,
     /// The idempotency key that made it, if any.
     key: Option<Arc<str>>,
-    /// A racing call waits for the winner to finish (on [`Registry::settled`]).
-    waiters: bool,
 }
 
-impl<K: Clone> Hold<K> {
-    /// Marks the hold as won by the caller and returns what the caller needs to settle it;
-    /// `now` is the clock read before the claim (`None` only for a hold that needs none).
-    /// `None` when it was already claimed.
-    fn claim(&mut self, now: Option<Instant>) -> Option<Resolved<K>> {
-        let reservation = self.reservation.take()?;
-        let deadline = reservation.expires_at;
-        Some(Resolved {
-            reservation,
-            key: self.key.clone(),
-            expired: deadline
-                .zip(now)
-                .is_some_and(|(deadline, now)| now >= deadline),
-            now,
-        })
-    }
-
-    /// Whether a caller won this hold and is moving its stock.
-    fn is_claimed(&self) -> bool {
-        self.reservation.is_none()
-    }
-
-    /// The hold's deadline; `None` without one, or once claimed.
-    fn expires_at(&self) -> Option<Instant> {
-        self.reservation.as_ref()?.expires_at
+impl<K> Hold<K> {
+    /// Whether the hold is past its deadline at `now` (never without a deadline or a
+    /// reading).
+    fn is_due(&self, now: Option<Instant>) -> bool {
+        self.reservation
+            .expires_at
+            .zip(now)
+            .is_some_and(|(deadline, now)| now >= deadline)
     }
 
     /// Whether resolving the hold needs the time: for its deadline, or for its idempotency
     /// key's retention.
     fn needs_clock(&self) -> bool {
-        self.expires_at().is_some() || self.key.is_some()
+        self.reservation.expires_at.is_some() || self.key.is_some()
     }
 }
 
-/// A hold its caller removed from the registry and so won: the caller moves its stock,
-/// then calls [`Registry::finish`].
+/// A hold that left the registry with its stock moved: by its resolution, or by its expiry.
 #[derive(Debug)]
-pub(crate) struct Resolved<K> {
+pub(crate) struct Resolved<K, M> {
     pub(crate) reservation: Reservation<K>,
-    key: Option<Arc<str>>,
-    /// Its deadline had passed when it was removed: it expires (its stock goes back)
+    /// Its deadline had passed when it was resolved: it expired (its stock went back)
     /// whatever the caller asked for.
     pub(crate) expired: bool,
-    /// The clock, read before the claim (never between the claim and
-    /// [`Registry::finish`]: the clock is user code); `Some` whenever the hold has a
-    /// deadline or an idempotency key.
-    now: Option<Instant>,
+    /// What moving its stock returned.
+    pub(crate) moved: M,
 }
 
 /// What `reserve` found: a new hold, or the hold of an idempotency key already seen.
@@ -300,43 +275,42 @@ pub(crate) enum Opened<K, M> {
 
 /// What `extend` did.
 #[derive(Debug)]
-pub(crate) enum Extension<K> {
+pub(crate) enum Extension<K, M> {
     /// The hold has its new deadline.
     Extended(Reservation<K>),
-    /// The hold was past its deadline: removed, and the caller expires it.
-    Expired(Resolved<K>),
+    /// The hold was past its deadline: it expired (its stock went back) and left.
+    Expired(Resolved<K, M>),
 }
 
 /// The open holds of one store: reservation id -> its lines and deadline, with the expiry
 /// index of their deadlines and the idempotency table of their keys.
 ///
-/// Claiming an entry of `holds` (taking its reservation out, under its shard lock) is what
-/// decides the single winner among racing commits, releases and expiries of one hold:
-/// exactly one caller gets the hold, every other gets [`StockError::UnknownReservation`],
-/// and only the winner moves stock. The entry stays until the winner's stock has moved, and
-/// a racing call waits for that before it answers, so a call refused as unknown always
-/// comes after the stock moved: racing resolutions are linearizable. Whether the winner
-/// commits or expires is decided by the clock **after** the claim: past the deadline the
-/// hold expires, never before it (TigerBeetle's pending-transfer timeouts).
+/// A hold is resolved (committed, released or expired) in one step on its entry of
+/// `holds`, under the map's write lock of the entry's shard: the entry is found, its stock
+/// moved, and the entry removed, all in one lookup. So exactly one of racing commits,
+/// releases and expiries of one hold moves its stock; every other waits for the shard lock
+/// and then finds the hold gone ([`StockError::UnknownReservation`]), after the stock
+/// moved: racing resolutions are linearizable. Whether the hold commits or expires is
+/// decided by the clock, read before the lock: past the deadline the hold expires, never
+/// before it (TigerBeetle's pending-transfer timeouts).
+///
+/// Moving stock under the shard lock waits for the SKUs' own locks (pessimistic and
+/// monitor stores) and never the other way round: no code holds a SKU's lock while it
+/// touches `holds`. No user code (clock, sink) runs under it.
 pub(crate) struct Registry<K> {
-    /// Open holds; an entry is inserted after its stock is held, claimed by the winner of
-    /// its resolution, and removed after the winner moved its stock.
+    /// Open holds; an entry is inserted after its stock is held, and removed by the call
+    /// that moves its stock back or on (under the entry's shard lock).
     holds: ShardedMap<ReservationId, Hold<K>>,
     /// Deadlines of the open holds that have one.
     expiry: ExpiryIndex,
     /// Idempotency keys.
     keys: KeyTable<K>,
     /// The time source of deadlines and retention: user code, so it is read before any
-    /// internal lock is taken and never between a claim and its finish.
+    /// internal lock is taken.
     clock: Arc<dyn Clock>,
     /// Set (for good) once a hold with a deadline or an idempotency key was opened: until
     /// then no resolution reads the clock.
     timed: AtomicBool,
-    /// Taken by a call that waits for a hold's winner, and by a winner that found waiters,
-    /// to wake them (guards nothing else; taken before a `holds` shard, never after).
-    settled_lock: Mutex<()>,
-    /// Notified when a hold with waiters leaves `holds`.
-    settled: Condvar,
 }
 
 impl<K: Clone + PartialEq> Registry<K> {
@@ -351,8 +325,6 @@ impl<K: Clone + PartialEq> Registry<K> {
             keys: KeyTable::new(idempotency_retention, idempotency_keys_max),
             clock,
             timed: AtomicBool::new(false),
-            settled_lock: Mutex::new(()),
-            settled: Condvar::new(),
         }
     }
 
@@ -391,7 +363,7 @@ impl<K: Clone + PartialEq> Registry<K> {
                 // While open, answer with the hold as it is now (`extend` may have moved it).
                 return replay.map(|first| {
                     let current = self.holds.get(&first.id);
-                    let current = current.and_then(|hold| hold.reservation.clone());
+                    let current = current.map(|hold| hold.reservation.clone());
                     Opened::Replay(current.unwrap_or(first))
                 });
             }
@@ -420,9 +392,8 @@ impl<K: Clone + PartialEq> Registry<K> {
             expires_at,
         };
         let hold = Hold {
-            reservation: Some(reservation.clone()),
+            reservation: reservation.clone(),
             key,
-            waiters: false,
         };
         self.holds.insert(reservation.id, hold);
         if let Some(deadline) = expires_at {
@@ -431,103 +402,78 @@ impl<K: Clone + PartialEq> Registry<K> {
         reservation
     }
 
-    /// Runs `f` on the open hold `id` under its shard lock, once no other caller is
-    /// resolving it; `None` when `id` is not open.
-    ///
-    /// While another caller resolves the hold, this waits until that caller is done: it
-    /// is moving a few SKUs' stock and then removes the entry, so the wait is as short as
-    /// a critical section, and whoever finds the hold gone sees its stock moved.
-    ///
-    /// # Blocking
-    ///
-    /// Only when racing another resolution of the same hold.
-    fn with_unclaimed<R>(
-        &self,
-        id: ReservationId,
-        mut f: impl FnMut(&mut Hold<K>) -> R,
-    ) -> Option<R> {
-        loop {
-            let found = self.holds.update(&id, |hold| {
-                if hold.is_claimed() {
-                    hold.waiters = true;
-                    None
-                } else {
-                    Some(f(hold))
-                }
-            });
-            match found {
-                None => return None,
-                Some(Some(result)) => return Some(result),
-                Some(None) => self.wait_settled(id),
-            }
-        }
-    }
-
-    /// Waits until the hold `id`, being resolved by another caller, leaves `holds`.
-    ///
-    /// No lost wake-up: the check runs under `settled_lock`, and a winner that saw
-    /// `waiters` removes the entry before it takes `settled_lock` to notify.
-    fn wait_settled(&self, id: ReservationId) {
-        let mut guard = self.settled_lock.lock();
-        while self.holds.update(&id, |hold| hold.is_claimed()) == Some(true) {
-            guard = self.settled.wait_until(guard, None).0;
-        }
-    }
-
-    /// Claims the hold `id`; the caller, the single winner, then moves its stock (a
-    /// release if the hold expired) and calls [`finish`](Self::finish).
+    /// Resolves the open hold `id`: under its shard lock, moves its stock with
+    /// `settle(lines, expired)` (`expired`: its deadline had passed, so its stock goes
+    /// back whatever the caller asked for) and removes it; then forgets its deadline and
+    /// records its idempotency key as resolved. One lookup.
     ///
     /// # Errors
     ///
     /// [`StockError::UnknownReservation`] when `id` is not open (never issued here, or
-    /// already resolved).
-    pub(crate) fn resolve(&self, id: ReservationId) -> Result<Resolved<K>, StockError<K>> {
+    /// already resolved), with `settle` never called.
+    ///
+    /// # Blocking
+    ///
+    /// `settle` runs under the map's write lock of the hold's shard: calls on holds of
+    /// that shard wait for it.
+    pub(crate) fn resolve<M>(
+        &self,
+        id: ReservationId,
+        settle: impl FnOnce(&[(K, u64)], bool) -> M,
+    ) -> Result<Resolved<K, M>, StockError<K>> {
         // The clock is user code: read it before the hold's shard is locked, and only once
         // some hold needed it. A hold found needing it without a reading sends us back for
         // one (the flag was raised before that hold was opened).
         let mut now = self.timed.load(Ordering::Acquire).then(|| self.clock.now());
+        let mut settle = Some(settle);
         loop {
-            // `Err`: the hold needs a clock reading first.
-            let claimed = self.with_unclaimed(id, |hold| {
+            let mut outcome = None;
+            let mut needs_clock = false;
+            let removed = self.holds.remove_if(&id, |hold| {
                 if now.is_none() && hold.needs_clock() {
-                    return Err(());
+                    needs_clock = true;
+                    return false;
                 }
-                Ok(hold.claim(now))
+                let expired = hold.is_due(now);
+                let settle = settle.take().expect("a hold is settled once");
+                outcome = Some((expired, settle(hold.reservation.lines(), expired)));
+                true
             });
-            let resolved = match claimed {
-                Some(Err(())) => {
-                    now = Some(self.clock.now());
-                    continue;
-                }
-                Some(Ok(Some(resolved))) => resolved,
-                // Not open (an unclaimed hold always has its reservation to claim).
-                None | Some(Ok(None)) => return Err(StockError::UnknownReservation(id)),
-            };
-            if let Some(deadline) = resolved.reservation.expires_at {
-                self.expiry.remove(deadline, id);
+            if needs_clock {
+                now = Some(self.clock.now());
+                continue;
             }
-            return Ok(resolved);
+            let (Some(hold), Some((expired, moved))) = (removed, outcome) else {
+                return Err(StockError::UnknownReservation(id));
+            };
+            return Ok(self.finish(hold, now, expired, moved));
         }
     }
 
-    /// Gives the hold `id` the deadline `now + ttl`.
+    /// Gives the hold `id` the deadline `now + ttl`; a hold already past its deadline
+    /// expires instead, its stock moved back by `settle(lines)` under its shard lock (as
+    /// [`resolve`](Self::resolve)).
     ///
     /// # Errors
     ///
     /// [`StockError::UnknownReservation`] when `id` is not open.
-    pub(crate) fn extend(
+    pub(crate) fn extend<M>(
         &self,
         id: ReservationId,
         ttl: Duration,
-    ) -> Result<Extension<K>, StockError<K>> {
+        settle: impl FnOnce(&[(K, u64)]) -> M,
+    ) -> Result<Extension<K, M>, StockError<K>> {
         let now = self.clock.now();
         let deadline = now.checked_add(ttl);
-        let due = |hold: &Hold<K>| hold.expires_at().is_some_and(|at| at <= now);
-        let updated = self.with_unclaimed(id, |hold| {
-            if due(hold) {
-                return hold.claim(Some(now)).map(Err);
+        let mut settle = Some(settle);
+        let mut outcome = None;
+        let removed = self.holds.remove_if(&id, |hold| {
+            if hold.is_due(Some(now)) {
+                let settle = settle.take().expect("a hold is settled once");
+                outcome = Some(Err(settle(hold.reservation.lines())));
+                return true;
             }
-            let reservation = hold.reservation.as_mut()?;
+            let reservation = &mut hold.reservation;
             let before = reservation.expires_at;
             reservation.expires_at = deadline;
             // Re-index while the hold's entry is locked, so that no resolve or other extend
@@ -542,25 +488,26 @@ impl<K: Clone + PartialEq> Registry<K> {
             if let Some(before) = before.filter(|before| Some(*before) != deadline) {
                 self.expiry.remove(before, id);
             }
-            Some(Ok(reservation.clone()))
+            outcome = Some(Ok(reservation.clone()));
+            false
         });
-        match updated.flatten() {
-            None => Err(StockError::UnknownReservation(id)),
-            Some(Ok(reservation)) => Ok(Extension::Extended(reservation)),
-            Some(Err(resolved)) => {
-                if let Some(deadline) = resolved.reservation.expires_at {
-                    self.expiry.remove(deadline, id);
-                }
-                Ok(Extension::Expired(resolved))
-            }
+        match (removed, outcome) {
+            (_, None) => Err(StockError::UnknownReservation(id)),
+            (_, Some(Ok(reservation))) => Ok(Extension::Extended(reservation)),
+            (Some(hold), Some(Err(moved))) => Ok(Extension::Expired(self.finish(
+                hold,
+                Some(now),
+                true,
+                moved,
+            ))),
+            (None, Some(Err(_))) => unreachable!("an expired hold is removed"),
         }
     }
 
     /// The ids of the holds due now, in deadline order, taken out of the expiry index, and
-    /// the clock reading they are due at. The caller claims them **one at a time** with
-    /// [`claim_due`](Self::claim_due), settles and [`finish`](Self::finish)es each, so no
-    /// more than one hold of a sweep is ever claimed at once. O(due · log n): only the due
-    /// part of the expiry index is visited.
+    /// the clock reading they are due at. The caller expires them one at a time with
+    /// [`expire`](Self::expire). O(due · log n): only the due part of the expiry index is
+    /// visited.
     pub(crate) fn take_due(&self) -> (Instant, Vec<ReservationId>) {
         let now = self.clock.now();
         self.keys.prune(now);
@@ -568,35 +515,52 @@ impl<K: Clone + PartialEq> Registry<K> {
         (now, due.into_iter().map(|(_, id)| id).collect())
     }
 
-    /// Claims the hold `id` if it is due at `now` and nobody else is resolving it (a hold
-    /// being resolved is left to its winner; a hold extended since is not due).
-    pub(crate) fn claim_due(&self, id: ReservationId, now: Instant) -> Option<Resolved<K>> {
-        let due = |hold: &Hold<K>| hold.expires_at().is_some_and(|at| at <= now);
-        self.holds
-            .update(&id, |hold| {
-                // A claimed hold has no deadline left to be due.
-                due(hold).then(|| hold.claim(Some(now))).flatten()
-            })
-            .flatten()
+    /// Expires the hold `id` if it is still open and due at `now` (a hold resolved or
+    /// extended since is left alone): moves its stock back with `settle(lines)` under its
+    /// shard lock and removes it, as [`resolve`](Self::resolve).
+    pub(crate) fn expire<M>(
+        &self,
+        id: ReservationId,
+        now: Instant,
+        settle: impl FnOnce(&[(K, u64)]) -> M,
+    ) -> Option<Resolved<K, M>> {
+        let mut settle = Some(settle);
+        let mut moved = None;
+        let removed = self.holds.remove_if(&id, |hold| {
+            if !hold.is_due(Some(now)) {
+                return false;
+            }
+            let settle = settle.take().expect("a hold is settled once");
+            moved = Some(settle(hold.reservation.lines()));
+            true
+        })?;
+        let moved = moved.expect("a removed hold was settled");
+        Some(self.finish(removed, Some(now), true, moved))
     }
 
-    /// Records the end of a resolved hold whose stock has moved: the hold leaves the
-    /// registry (racing calls waiting on it now answer `UnknownReservation`), and its
-    /// idempotency key, if any, answers with the resolved reservation until pruned.
-    pub(crate) fn finish(&self, resolved: &Resolved<K>) {
-        let removed = self.holds.remove(&resolved.reservation.id);
-        debug_assert!(
-            removed.as_ref().is_some_and(Hold::is_claimed),
-            "finished an unclaimed hold"
-        );
-        if removed.is_some_and(|hold| hold.waiters) {
-            let _guard = self.settled_lock.lock();
-            self.settled.notify_all();
+    /// Records the end of a hold removed with its stock moved: its deadline leaves the
+    /// expiry index, and its idempotency key, if any, answers with the resolved
+    /// reservation until pruned. `now` is the clock reading taken before the hold's shard
+    /// was locked (`Some` whenever the hold has a deadline or a key).
+    fn finish<M>(
+        &self,
+        hold: Hold<K>,
+        now: Option<Instant>,
+        expired: bool,
+        moved: M,
+    ) -> Resolved<K, M> {
+        let reservation = hold.reservation;
+        if let Some(deadline) = reservation.expires_at {
+            self.expiry.remove(deadline, reservation.id);
         }
-        if let Some((key, now)) = resolved.key.as_ref().zip(resolved.now) {
-            // `now` was read before the claim: no user code runs between claim and finish.
-            self.keys.resolved(key, resolved.reservation.id, now);
+        if let Some((key, now)) = hold.key.as_ref().zip(now) {
+            self.keys.resolved(key, reservation.id, now);
             self.keys.prune(now);
+        }
+        Resolved {
+            reservation,
+            expired,
+            moved,
         }
     }
 

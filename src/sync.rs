@@ -268,10 +268,14 @@ mod real {
             self.0.remove(key).map(|(_, value)| value)
         }
 
-        /// Calls `f` with the value for `key` under the map's lock of its shard; `None`
-        /// when absent. `f` must not touch the map.
-        pub(crate) fn update<R>(&self, key: &K, f: impl FnOnce(&mut V) -> R) -> Option<R> {
-            self.0.get_mut(key).map(|mut value| f(&mut value))
+        /// Calls `f` with the value for `key` under the map's write lock of its shard, and
+        /// removes and returns the value when `f` returns `true`: one lookup. `None` when
+        /// absent (`f` not called) or kept. `f` must not touch this map, and may wait only
+        /// for locks whose holders never wait for this map.
+        pub(crate) fn remove_if(&self, key: &K, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
+            self.0
+                .remove_if_mut(key, |_, value| f(value))
+                .map(|(_, value)| value)
         }
 
         pub(crate) fn len(&self) -> usize {
@@ -590,8 +594,14 @@ mod mocked {
             self.map().remove(key)
         }
 
-        pub(crate) fn update<R>(&self, key: &K, f: impl FnOnce(&mut V) -> R) -> Option<R> {
-            self.map().get_mut(key).map(f)
+        pub(crate) fn remove_if(&self, key: &K, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
+            let mut map = self.map();
+            let remove = f(map.get_mut(key)?);
+            if remove {
+                map.remove(key)
+            } else {
+                None
+            }
         }
 
         pub(crate) fn len(&self) -> usize {
