@@ -134,6 +134,12 @@ pub(crate) fn sell_locked<K: Sku, S: LockedSkus<K>>(
         if *quantity == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
+        if !life.events.enabled() {
+            // Nobody listens: no move to report, so none is built.
+            let sold = lines::apply_one_quiet(store, line, Change::Sell);
+            life.stats.count_refusal(&sold);
+            return sold;
+        }
         let sold = lines::apply_one(store, line, Change::Sell);
         life.stats.count_refusal(&sold);
         life.sold(lines, &[sold?]);
