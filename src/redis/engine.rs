@@ -149,30 +149,35 @@ pub(crate) fn malformed(what: &str) -> String {
 }
 
 impl Reply {
+    /// A reply as the scripts send it (`answer` in `scripts/common.lua`): the status alone
+    /// (no payload, no events), or one flat array `{status, payload length, payload...,
+    /// events...}`.
     pub(crate) fn parse(value: Value) -> Result<Reply, String> {
-        let Value::Array(mut parts) = value else {
-            return Err(malformed("not an array"));
+        let mut parts = match value {
+            Value::Array(parts) => parts,
+            status @ (Value::BulkString(_) | Value::SimpleString(_)) => {
+                return Ok(Reply {
+                    status: text(Some(&status))?,
+                    payload: Vec::new(),
+                    events: Vec::new(),
+                });
+            }
+            _ => return Err(malformed("neither a status nor an array")),
         };
-        if parts.len() != 3 {
-            return Err(malformed("not {status, payload, events}"));
-        }
-        let events = array(parts.pop())?;
-        let payload = array(parts.pop())?;
-        let status = text(parts.pop().as_ref())?;
+        let status = text(parts.first())?;
+        let length = number(parts.get(1))?;
+        let end = usize::try_from(length)
+            .ok()
+            .and_then(|length| length.checked_add(2))
+            .filter(|end| *end <= parts.len())
+            .ok_or_else(|| malformed("a payload longer than the reply"))?;
+        let events = parts.split_off(end);
+        let payload = parts.split_off(2);
         Ok(Reply {
             status,
             payload,
             events,
         })
-    }
-}
-
-fn array(value: Option<Value>) -> Result<Vec<Value>, String> {
-    match value {
-        Some(Value::Array(items)) => Ok(items),
-        // An empty Lua table comes back as an empty array; be lenient with nil too.
-        Some(Value::Nil) => Ok(Vec::new()),
-        _ => Err(malformed("expected an array")),
     }
 }
 

@@ -251,9 +251,7 @@ impl<K: RedisSku> RedisStore<K> {
             .arg(&self.keys[0])
             .arg(if self.events.enabled() { "1" } else { "0" })
             .arg(self.timebase.now_us(self.clock.now()))
-            .arg(self.events_max)
-            .arg(self.idempotency_retention_us)
-            .arg(self.idempotency_keys_max);
+            .arg(self.events_max);
         for arg in args {
             fcall.arg(arg.as_slice());
         }
@@ -264,10 +262,10 @@ impl<K: RedisSku> RedisStore<K> {
         Reply::parse(value).map_err(|reason| StockError::Unavailable { reason })
     }
 
-    /// The script arguments of merged `lines`: their number, then SKU key and quantity.
+    /// The script arguments of merged `lines`: SKU key and quantity of each (the scripts
+    /// take the lines from their position to the end).
     fn line_args(&self, lines: &[(K, u64)]) -> Result<Vec<Vec<u8>>, StockError<K>> {
-        let mut args = Vec::with_capacity(1 + 2 * lines.len());
-        args.push(lines.len().to_string().into_bytes());
+        let mut args = Vec::with_capacity(2 * lines.len());
         for (sku, quantity) in lines {
             args.push(self.key_of(sku)?);
             args.push(quantity.to_string().into_bytes());
@@ -446,7 +444,13 @@ impl<K: RedisSku> RedisStore<K> {
     fn expire_all_due(&self) -> Result<Vec<Reservation<K>>, StockError<K>> {
         let mut expired = Vec::new();
         loop {
-            let reply = self.run(&SCRIPTS.expire_due, &[])?;
+            let reply = self.run(
+                &SCRIPTS.expire_due,
+                &[
+                    self.idempotency_retention_us.to_string().into_bytes(),
+                    self.idempotency_keys_max.to_string().into_bytes(),
+                ],
+            )?;
             self.deliver(&reply.events, None);
             let batch = reply.payload.len();
             for hold in &reply.payload {
@@ -544,10 +548,11 @@ fn unavailable<K>(error: impl fmt::Display) -> StockError<K> {
     }
 }
 
-/// A level from its packed form: on hand, reserved, version and threshold as four
-/// little-endian doubles holding integers (`struct.pack('<dddd', ...)` in the scripts).
+/// A level from its packed form: on hand, reserved, version, threshold and waiters queued
+/// as five little-endian doubles holding integers (`struct.pack('<ddddd', ...)` in the
+/// scripts).
 fn parse_level(packed: &[u8]) -> Option<StockLevel> {
-    if packed.len() != 32 {
+    if packed.len() != 40 {
         return None;
     }
     let mut fields = packed.chunks_exact(8).map(|bytes| {
@@ -623,6 +628,11 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
             self.deadline_us(options.ttl).to_string().into_bytes(),
             key.as_bytes().to_vec(),
         ];
+        if options.idempotency_key.is_some() {
+            // Only a keyed hold forgets old keys: the others do not send the settings.
+            args.push(self.idempotency_retention_us.to_string().into_bytes());
+            args.push(self.idempotency_keys_max.to_string().into_bytes());
+        }
         args.extend(self.line_args(&lines)?);
         let reply = self.run(&SCRIPTS.reserve, &args)?;
         match reply.status.as_str() {

@@ -8,8 +8,10 @@
 -- slot (Redis Cluster shards by namespace). A call declares one key, the levels hash, which
 -- routes it to the namespace's slot; the other keys are named after it (the prefix
 -- "{namespace}:" and a suffix), in the same slot:
---   levels       hash  SKU -> struct '<dddd': on_hand, reserved, version, threshold
---                      (little-endian doubles holding integers; engine.rs reads it too)
+--   levels       hash  SKU -> struct '<ddddd': on_hand, reserved, version, threshold,
+--                      waiters queued (the length of queue:SKU, kept here so that a call
+--                      needs no LLEN per line); little-endian doubles holding integers;
+--                      mod.rs reads it too
 --   holds        hash  id -> msgpack {deadline_us (0: none), idempotency key ("": none),
 --                      {SKU...}, {quantity...}, granted to a waiter (true | nil)}
 --   deadlines    zset  id scored by deadline_us: the expiry index; a hold is in it exactly
@@ -28,15 +30,19 @@
 --   granted:id   string  the levels of a granted wait; wake:id  list  a waiter's wake-up
 --
 -- ARGV (common head): 1 "1" when the caller wants its events back, else "0", 2 now (us on
--- the store's clock), 3 stream cap (entries, approximate trimming), 4 idempotency
--- retention (us), 5 idempotency keys max; then each script's own from ARGV[6].
+-- the store's clock), 3 stream cap (entries, approximate trimming); then each script's own
+-- from ARGV[4].
 --
--- Every script answers {status, payload, events}:
+-- Every script answers {status, payload, events} (as the scripts' headers write it):
 --   status   a string: "ok", or the name of a refusal
 --   payload  an array whose shape the script's header gives
 --   events   flat 7-tuples for the caller's event sink (empty unless ARGV[1] is "1"): kind,
 --            id, SKU, quantity, on_hand, reserved, version; a "low_stock" tuple carries
 --            available, threshold, 0 in the quantity, on_hand and reserved places.
+-- On the wire (`answer`) that is the status alone (a string) when payload and events are
+-- both empty, else one flat array {status, #payload, payload..., events...}: Redis checks
+-- every table of a reply for special fields (err, ok, double, map, ...), so one table
+-- costs a third of three.
 -- Numbers are exact integers up to 2^53 - 1 (Lua numbers are doubles): QUANTITY_MAX.
 
 local KEYS, ARGV
@@ -98,12 +104,12 @@ local function level_of(sku)
   if not packed then
     return nil
   end
-  local o, r, v, t = struct.unpack('<dddd', packed)
-  return { o = o, r = r, v = v, t = t }
+  local o, r, v, t, w = struct.unpack('<ddddd', packed)
+  return { o = o, r = r, v = v, t = t, w = w }
 end
 
 local function store_level(sku, l)
-  redis.call('HSET', K_LEVELS, sku, struct.pack('<dddd', l.o, l.r, l.v, l.t))
+  redis.call('HSET', K_LEVELS, sku, struct.pack('<ddddd', l.o, l.r, l.v, l.t, l.w))
 end
 
 local function count(stat, amount)
@@ -112,10 +118,6 @@ end
 
 local function queue_key(sku)
   return PREFIX .. 'queue:' .. sku
-end
-
-local function queued(sku)
-  return redis.call('LLEN', queue_key(sku))
 end
 
 -- The level after `change` of `q` units, or nil and why ("insufficient", available |
@@ -151,7 +153,7 @@ local function apply(l, change, q, withheld)
   if v + r > QUANTITY_MAX then
     return nil, 'overflow'
   end
-  return { o = o, r = r, v = v, t = l.t }
+  return { o = o, r = r, v = v, t = l.t, w = l.w }
 end
 
 -- Appends the change to the stream (the transactional outbox) and, when `to_caller`, to
@@ -237,8 +239,8 @@ local function advance(w)
     local position = w[4]
     local sku, q = skus[position], qtys[position]
     local taken = false
-    if queued(sku) == 0 then
-      local before = level_of(sku)
+    local before = level_of(sku)
+    if before.w == 0 then
       local l, why = apply(before, 'reserve', q, 0)
       if l then
         store_level(sku, l)
@@ -254,6 +256,8 @@ local function advance(w)
     end
     if not taken then
       redis.call('RPUSH', queue_key(sku), int(w[1]))
+      before.w = before.w + 1
+      store_level(sku, before)
       count('waits')
       store_waiter(w)
       return 'queued'
@@ -280,8 +284,13 @@ local function drop_waiter(w, to_caller)
   local moved = {}
   local skus, qtys = w[2], w[3]
   if w[4] <= #skus then
-    redis.call('LREM', queue_key(skus[w[4]]), 1, int(w[1]))
-    moved[#moved + 1] = skus[w[4]]
+    local sku = skus[w[4]]
+    if redis.call('LREM', queue_key(sku), 1, int(w[1])) > 0 then
+      local l = level_of(sku)
+      l.w = l.w - 1
+      store_level(sku, l)
+    end
+    moved[#moved + 1] = sku
   end
   for i = 1, w[4] - 1 do
     local l = apply(level_of(skus[i]), 'release', qtys[i], 0)
@@ -312,6 +321,9 @@ local function serve(skus)
       lease_now = lease_now or server_now()
       if not w then
         redis.call('LPOP', queue_key(sku))
+        local l = level_of(sku)
+        l.w = l.w - 1
+        store_level(sku, l)
         work[#work + 1] = sku
       elseif w[5] < lease_now then
         for _, moved in ipairs(drop_waiter(w, false)) do
@@ -321,6 +333,7 @@ local function serve(skus)
         local q = w[3][w[4]]
         local l = apply(level_of(sku), 'reserve', q, 0)
         if l then
+          l.w = l.w - 1
           store_level(sku, l)
           record('reserved', w[1], sku, q, l, false)
           local levels = w[6]
@@ -343,8 +356,8 @@ end
 -- ------------------------------------------------------------------ holds
 
 -- Forgets resolved idempotency keys past the retention, then the oldest past the bound.
-local function prune_keys()
-  local retention, keys_max = tonumber(ARGV[4]), tonumber(ARGV[5])
+local function prune_keys(retention, keys_max)
+  retention, keys_max = tonumber(retention), tonumber(keys_max)
   local old = redis.call('ZRANGEBYSCORE', K_RETIRED, '-inf', int(tonumber(NOW) - retention), 'LIMIT', 0, BATCH_MAX)
   for _, key in ipairs(old) do
     redis.call('HDEL', K_KEYS, key)
@@ -437,16 +450,33 @@ local function expire_due()
   return expired
 end
 
--- Reads the request lines from ARGV[first]: count, then SKU, quantity pairs (merged and
--- sorted by the client). Quantities above QUANTITY_MAX stay large: they are refused.
+-- Reads the request lines, SKU, quantity pairs (merged and sorted by the client), from
+-- ARGV[first] to the end. Quantities above QUANTITY_MAX stay large: they are refused.
 local function read_lines(first)
-  local n = tonumber(ARGV[first])
   local skus, qtys = {}, {}
-  for i = 1, n do
-    skus[i] = ARGV[first + 2 * i - 1]
-    qtys[i] = tonumber(ARGV[first + 2 * i])
+  local i = 1
+  for at = first, #ARGV - 1, 2 do
+    skus[i], qtys[i] = ARGV[at], tonumber(ARGV[at + 1])
+    i = i + 1
   end
   return skus, qtys
+end
+
+-- The call's reply (see the head of this file): the status alone when `payload` (nil for
+-- none) and the events are empty, else {status, #payload, payload..., events...}.
+local function answer(status, payload)
+  local np, ne = payload and #payload or 0, #events
+  if np == 0 and ne == 0 then
+    return status
+  end
+  local reply = { status, np }
+  for i = 1, np do
+    reply[i + 2] = payload[i]
+  end
+  for i = 1, ne do
+    reply[np + 2 + i] = events[i]
+  end
+  return reply
 end
 
 -- Checks every line for `change` ("reserve" or "sell") without writing. Waiters come
@@ -454,8 +484,8 @@ end
 -- (reclaim), its queue is served, and a SKU with waiters left offers nothing (no barging).
 -- When stock is short, the same and the due holds' expiry run once, then every line is
 -- checked again. The common case (no queue, stock enough) reads each level and each queue
--- length once. Returns the lines' levels, or nil and the refusal reply
--- {status, {line index, ...}}.
+-- length once. Returns the lines' levels before and after the change, or nil and the
+-- refusal {status, {line index, ...}}.
 local function check_lines(skus, qtys, change)
   local levels = {}
   for i, sku in ipairs(skus) do
@@ -467,31 +497,34 @@ local function check_lines(skus, qtys, change)
   local swept = false
   while true do
     local waiting = nil
-    for _, sku in ipairs(skus) do
-      if queued(sku) > 0 then
+    for i, sku in ipairs(skus) do
+      if levels[i].w > 0 then
         waiting = waiting or {}
         waiting[#waiting + 1] = sku
       end
     end
-    local withheld = {}
+    local withheld = NONE
     if waiting then
+      withheld = {}
       reclaim()
       serve(waiting)
       for i, sku in ipairs(skus) do
         levels[i] = level_of(sku)
-        withheld[i] = queued(sku) > 0 and QUANTITY_MAX or 0
+        withheld[i] = levels[i].w > 0 and QUANTITY_MAX or 0
       end
     end
     local refusal = nil
+    local after = {}
     for i = 1, #skus do
       local l, why, available = apply(levels[i], change, qtys[i], withheld[i] or 0)
       if not l then
         refusal = { why, { i, available or 0 } }
         break
       end
+      after[i] = l
     end
     if not refusal then
-      return levels
+      return levels, after
     end
     local retry = false
     if refusal[1] == 'insufficient' and not swept then

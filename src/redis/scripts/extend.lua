@@ -1,15 +1,15 @@
 -- extend.lua: gives an open hold a new deadline, or expires it when already past its own.
--- ARGV (after the common head of common.lua): 6 id, 7 new deadline (us, 0: none).
+-- ARGV (after the common head of common.lua): 4 id, 5 new deadline (us, 0: none).
 -- Reply: {"ok", hold, {}} | {"expired", hold, events} | {"unknown_reservation", {}, {}}
 -- with hold = {id, deadline_us, SKU, quantity, ...}.
-local id, deadline = tonumber(ARGV[6]), tonumber(ARGV[7])
+local id, deadline = tonumber(ARGV[4]), tonumber(ARGV[5])
 local h = hold_of(id)
 if not h then
-  return { 'unknown_reservation', {}, {} }
+  return answer('unknown_reservation')
 end
 if h[1] > 0 and tonumber(NOW) >= h[1] then
   settle(id, h, 'release', 'expired')
-  return { 'expired', hold_reply(id, h[1], h[3], h[4]), events }
+  return answer('expired', hold_reply(id, h[1], h[3], h[4]))
 end
 h[1] = deadline
 redis.call('HSET', K_HOLDS, int(id), cmsgpack.pack(h))
@@ -19,4 +19,4 @@ else
   redis.call('ZREM', K_DEADLINES, int(id))
 end
 count('extensions')
-return { 'ok', hold_reply(id, deadline, h[3], h[4]), {} }
+return answer('ok', hold_reply(id, deadline, h[3], h[4]))

@@ -1,16 +1,16 @@
 -- wait_begin.lua: starts a waiting reservation (WaitingStore::reserve_timeout): takes the
 -- lines in ascending SKU order while stock is there and no one queues before it, and
 -- queues on the first line it cannot take (FIFO per SKU, no barging).
--- ARGV (after the common head of common.lua): 6 number of lines n, then n pairs SKU,
--- quantity (merged, sorted).
+-- ARGV (after the common head of common.lua): from 4 the lines, pairs SKU, quantity
+-- (merged, sorted).
 -- Reply: {"granted", {id, on_hand, reserved, version per line}, events}  the hold is open
 --      | {"queued", {id}, events}           poll with wait_poll, give up with wait_cancel
 --      | {"unknown_sku", {line}, {}}        nothing held, nothing queued
 --      | {"overflow", {line}, {}}           lines held so far given back
-local skus, qtys = read_lines(6)
+local skus, qtys = read_lines(4)
 for i, sku in ipairs(skus) do
   if not level_of(sku) then
-    return { 'unknown_sku', { i }, {} }
+    return answer('unknown_sku', { i })
   end
 end
 reclaim()
@@ -20,7 +20,7 @@ local outcome = advance(w)
 if outcome == 'overflow' then
   local line = w[4]
   serve(drop_waiter(w, false))
-  return { 'overflow', { line }, events }
+  return answer('overflow', { line })
 end
 if outcome == 'granted' then
   local granted = PREFIX .. 'granted:' .. int(id)
@@ -28,6 +28,6 @@ if outcome == 'granted' then
   redis.call('DEL', granted, PREFIX .. 'wake:' .. int(id))
   redis.call('ZREM', K_UNCLAIMED, int(id))
   table.insert(levels, 1, id)
-  return { 'granted', levels, events }
+  return answer('granted', levels)
 end
-return { 'queued', { id }, events }
+return answer('queued', { id })
