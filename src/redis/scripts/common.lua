@@ -21,6 +21,7 @@
 --   retired      zset  idempotency key scored by the time its hold resolved (us)
 --   sequence     string  the last id issued (INCR)
 --   events       stream  one entry per change per SKU, and one per low-stock crossing
+--                      (one field, `event`: see `append`)
 --   stats        hash  counter name -> count
 --   waiters      hash  waiter id -> msgpack {id, {SKU...}, {quantity...}, position,
 --                      lease_us, {on_hand, reserved, version per line taken}}
@@ -156,14 +157,24 @@ local function apply(l, change, q, withheld)
   return { o = o, r = r, v = v, t = l.t, w = l.w }
 end
 
--- Appends the change to the stream (the transactional outbox) and, when `to_caller`, to
--- the events this call answers with.
+-- Appends an event to the stream (the transactional outbox): one field, `event`, whose
+-- value is "kind id quantity on_hand reserved version SKU" (decimal integers; the SKU last,
+-- so it may hold spaces; a low_stock entry carries available, threshold, 0 in the
+-- quantity, on_hand and reserved places). One field of one string costs about half of
+-- seven named fields. (`int`, not Lua's own number to text: '%.14g' costs more than a
+-- table look-up or '%d'.)
 -- The stream is trimmed approximately ('MAXLEN ~'): Redis drops whole nodes of entries
 -- only, so the stream keeps at least EVENTS_MAX entries (a little more) and trimming costs
 -- next to nothing, where an exact cap would cut into a node on every append.
+local function append(kind, id, q, o, r, v, sku)
+  redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'event', kind .. ' ' .. int(id)
+    .. ' ' .. int(q) .. ' ' .. int(o) .. ' ' .. int(r) .. ' ' .. int(v) .. ' ' .. sku)
+end
+
+-- Appends the change to the stream and, when `to_caller`, to the events this call answers
+-- with.
 local function record(kind, id, sku, q, l, to_caller)
-  redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'kind', kind, 'id', int(id),
-    'sku', sku, 'quantity', int(q), 'on_hand', int(l.o), 'reserved', int(l.r), 'version', int(l.v))
+  append(kind, id, q, l.o, l.r, l.v, sku)
   if to_caller and replied then
     local n = #events
     events[n + 1], events[n + 2], events[n + 3], events[n + 4] = kind, id, sku, q
@@ -177,8 +188,7 @@ local function low_stock(sku, available_before, l)
   l = l or level_of(sku)
   local available = l.o - l.r
   if l.t > 0 and available_before >= l.t and available < l.t then
-    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'kind', 'low_stock', 'sku', sku,
-      'available', int(available), 'threshold', int(l.t), 'version', int(l.v))
+    append('low_stock', 0, available, l.t, 0, l.v, sku)
     if not replied then
       return
     end
@@ -204,7 +214,8 @@ end
 -- A hold as a reply: {id, deadline_us, SKU, quantity, SKU, quantity, ...}.
 local function hold_reply(id, deadline, skus, qtys)
   local reply = { id, deadline }
-  for i, sku in ipairs(skus) do
+  for i = 1, #skus do
+    local sku = skus[i]
     reply[#reply + 1] = sku
     reply[#reply + 1] = qtys[i]
   end
@@ -307,7 +318,8 @@ end
 -- there, else everyone behind it waits too (no barging).
 local function serve(skus)
   local work = {}
-  for i, sku in ipairs(skus) do
+  for i = 1, #skus do
+    local sku = skus[i]
     work[i] = sku
   end
   local lease_now = nil
@@ -359,7 +371,8 @@ end
 local function prune_keys(retention, keys_max)
   retention, keys_max = tonumber(retention), tonumber(keys_max)
   local old = redis.call('ZRANGEBYSCORE', K_RETIRED, '-inf', int(tonumber(NOW) - retention), 'LIMIT', 0, BATCH_MAX)
-  for _, key in ipairs(old) do
+  for _ = 1, #old do
+    local key = old[_]
     redis.call('HDEL', K_KEYS, key)
     redis.call('ZREM', K_RETIRED, key)
   end
@@ -387,7 +400,8 @@ local function settle(id, h, change, kind)
     redis.call('ZREM', K_UNCLAIMED, member)
   end
   local before, after = {}, {}
-  for i, sku in ipairs(skus) do
+  for i = 1, #skus do
+    local sku = skus[i]
     local l = level_of(sku)
     before[i] = l.o - l.r
     l = apply(l, change, qtys[i], 0)
@@ -400,7 +414,8 @@ local function settle(id, h, change, kind)
     -- Waiters served may have taken some of it: read the levels again.
     after = {}
   end
-  for i, sku in ipairs(skus) do
+  for i = 1, #skus do
+    local sku = skus[i]
     low_stock(sku, before[i], after[i])
   end
   if h[2] ~= '' then
@@ -422,7 +437,8 @@ end
 -- Returns how many it gave back.
 local function reclaim()
   local lost = redis.call('ZRANGEBYSCORE', K_UNCLAIMED, '-inf', int(server_now()), 'LIMIT', 0, BATCH_MAX)
-  for _, member in ipairs(lost) do
+  for _ = 1, #lost do
+    local member = lost[_]
     redis.call('ZREM', K_UNCLAIMED, member)
     redis.call('DEL', PREFIX .. 'granted:' .. member, PREFIX .. 'wake:' .. member)
     local h = hold_of(tonumber(member))
@@ -437,7 +453,8 @@ end
 local function expire_due()
   local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', NOW, 'LIMIT', 0, BATCH_MAX)
   local expired = {}
-  for _, member in ipairs(due) do
+  for _ = 1, #due do
+    local member = due[_]
     local id = tonumber(member)
     local h = hold_of(id)
     if h then
@@ -488,7 +505,8 @@ end
 -- refusal {status, {line index, ...}}.
 local function check_lines(skus, qtys, change)
   local levels = {}
-  for i, sku in ipairs(skus) do
+  for i = 1, #skus do
+    local sku = skus[i]
     levels[i] = level_of(sku)
     if not levels[i] then
       return nil, { 'unknown_sku', { i } }
@@ -497,7 +515,8 @@ local function check_lines(skus, qtys, change)
   local swept = false
   while true do
     local waiting = nil
-    for i, sku in ipairs(skus) do
+    for i = 1, #skus do
+      local sku = skus[i]
       if levels[i].w > 0 then
         waiting = waiting or {}
         waiting[#waiting + 1] = sku
@@ -508,7 +527,8 @@ local function check_lines(skus, qtys, change)
       withheld = {}
       reclaim()
       serve(waiting)
-      for i, sku in ipairs(skus) do
+      for i = 1, #skus do
+        local sku = skus[i]
         levels[i] = level_of(sku)
         withheld[i] = levels[i].w > 0 and QUANTITY_MAX or 0
       end
@@ -536,7 +556,8 @@ local function check_lines(skus, qtys, change)
       count('refusals')
       return nil, refusal
     end
-    for i, sku in ipairs(skus) do
+    for i = 1, #skus do
+      local sku = skus[i]
       levels[i] = level_of(sku)
     end
   end

@@ -33,11 +33,13 @@ if not levels then
   return answer(after[1], after[2])
 end
 local id = redis.call('INCR', K_SEQUENCE)
-for i, sku in ipairs(skus) do
+for i = 1, #skus do
+  local sku = skus[i]
   store_level(sku, after[i])
   record('reserved', id, sku, qtys[i], after[i], true)
 end
-for i, sku in ipairs(skus) do
+for i = 1, #skus do
+  local sku = skus[i]
   local l = levels[i]
   low_stock(sku, l.o - l.r, after[i])
 end

@@ -8,11 +8,13 @@ local levels, after = check_lines(skus, qtys, 'sell')
 if not levels then
   return answer(after[1], after[2])
 end
-for i, sku in ipairs(skus) do
+for i = 1, #skus do
+  local sku = skus[i]
   store_level(sku, after[i])
   record('sold', 0, sku, qtys[i], after[i], true)
 end
-for i, sku in ipairs(skus) do
+for i = 1, #skus do
+  local sku = skus[i]
   local l = levels[i]
   low_stock(sku, l.o - l.r, after[i])
 end

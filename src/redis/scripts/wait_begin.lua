@@ -8,7 +8,8 @@
 --      | {"unknown_sku", {line}, {}}        nothing held, nothing queued
 --      | {"overflow", {line}, {}}           lines held so far given back
 local skus, qtys = read_lines(4)
-for i, sku in ipairs(skus) do
+for i = 1, #skus do
+  local sku = skus[i]
   if not level_of(sku) then
     return answer('unknown_sku', { i })
   end
