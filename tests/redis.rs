@@ -390,11 +390,14 @@ fn stream_of(server_url: &str, stream: &str) -> Vec<(String, String, u64)> {
         .ids
         .iter()
         .map(|entry| {
-            let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
+            // One field, `event`: "kind id quantity on_hand reserved version SKU".
+            let event: String = entry.get("event").unwrap();
+            let parts: Vec<&str> = event.splitn(7, ' ').collect();
+            assert_eq!(parts.len(), 7, "{event:?}");
             (
-                field("kind"),
-                field("sku"),
-                field("version").parse().unwrap(),
+                parts[0].to_string(),
+                parts[6].to_string(),
+                parts[5].parse().unwrap(),
             )
         })
         .collect()

@@ -62,10 +62,13 @@ const WAIT_SLICE: Duration = Duration::from_millis(500);
 ///   [`expire_due`](StockStore::expire_due), and when a `reserve` or `sell` finds stock
 ///   short while holds are due (those expire first, then the request is checked again).
 /// - **Events** of every change go to the stream `{namespace}:events` in the same script
-///   (one entry per SKU and change: `kind`, `id`, `sku`, `quantity`, `on_hand`, `reserved`,
-///   `version`; a `low_stock` entry per crossing), trimmed approximately to at least
-///   [`EVENTS_MAX`] entries; this store's own [`EventSink`](crate::EventSink) gets the
-///   events of the calls made through it, after the call, with no connection held.
+///   (one entry per SKU and change, one field `event` whose value is
+///   `"kind id quantity on_hand reserved version SKU"`, decimal integers and the SKU's key
+///   last, e.g. `"sold 0 2 98 0 7 SKU1004"`; a `low_stock` entry per crossing carries
+///   available, threshold and 0 in the quantity, on hand and reserved places), trimmed
+///   approximately to at least [`EVENTS_MAX`] entries; this store's own
+///   [`EventSink`](crate::EventSink) gets the events of the calls made through it, after
+///   the call, with no connection held.
 /// - **Statistics** are the namespace's, shared by every process.
 /// - **Waiting** ([`WaitingStore::reserve_timeout`]): a waiter queues per SKU on the server
 ///   (FIFO across processes, no barging); stock freed by any process goes to the head
