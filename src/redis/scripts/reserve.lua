@@ -41,7 +41,7 @@ end
 for i = 1, #skus do
   local sku = skus[i]
   local l = levels[i]
-  low_stock(sku, l.o - l.r, after[i])
+  low_stock(sku, l[1] - l[2], after[i])
 end
 redis.call('HSET', K_HOLDS, int(id), cmsgpack.pack({ deadline, key, skus, qtys }))
 if deadline > 0 then

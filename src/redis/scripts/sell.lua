@@ -16,6 +16,6 @@ end
 for i = 1, #skus do
   local sku = skus[i]
   local l = levels[i]
-  low_stock(sku, l.o - l.r, after[i])
+  low_stock(sku, l[1] - l[2], after[i])
 end
 return answer('ok')

@@ -6,6 +6,6 @@ local l = level_of(sku)
 if not l then
   return answer('unknown_sku', { 1 })
 end
-l.t = tonumber(ARGV[5])
+l[4] = tonumber(ARGV[5])
 store_level(sku, l)
 return answer('ok')
