@@ -30,7 +30,7 @@ use crate::options::ReserveOptions;
 use crate::reservation::{Reservation, ReservationId};
 use crate::stats::StoreStats;
 use crate::store::{StockStore, WaitFuture, WaitingStore};
-use engine::{Connector, Reply, Timebase, SCRIPTS};
+use engine::{Connector, Function, Reply, Timebase, SCRIPTS};
 
 /// Bits of a [`ReservationId`] that count the holds of one namespace; the bits above them
 /// carry the namespace's tag, so ids of different namespaces and of in-memory stores
@@ -243,16 +243,15 @@ impl<K: RedisSku> RedisStore<K> {
         finish(&mut link, answer)
     }
 
-    /// Runs the library function `function` (one of [`SCRIPTS`]' names) with its one
-    /// declared key (the levels hash, which routes the call to the namespace's slot; the
+    /// Runs the library function `function` (one of [`SCRIPTS`]', under the name whose
+    /// reply carries the events when this store has a sink) with its one declared key (the levels hash, which routes the call to the namespace's slot; the
     /// scripts name the other keys after it), the common head and `args`.
-    fn run(&self, function: &str, args: &[Vec<u8>]) -> Result<Reply, StockError<K>> {
+    fn run(&self, function: &Function, args: &[Vec<u8>]) -> Result<Reply, StockError<K>> {
         let mut fcall = redis::cmd("FCALL");
         fcall
-            .arg(function)
+            .arg(function.name(self.events.enabled()))
             .arg(1)
             .arg(&self.keys[0])
-            .arg(if self.events.enabled() { "1" } else { "0" })
             .arg(self.timebase.now_us(self.clock.now()))
             .arg(self.events_max);
         for arg in args {

@@ -30,14 +30,16 @@
 --   queue:SKU    list  of waiter ids, FIFO
 --   granted:id   string  the levels of a granted wait; wake:id  list  a waiter's wake-up
 --
--- ARGV (common head): 1 "1" when the caller wants its events back, else "0", 2 now (us on
--- the store's clock), 3 stream cap (entries, approximate trimming); then each script's own
--- from ARGV[4].
+-- ARGV (common head): 1 now (us on the store's clock), 2 stream cap (entries, approximate
+-- trimming); then each script's own from ARGV[3]. Whether the caller wants its events back
+-- is in the function's name: each script is registered twice, as `<script>` (no) and as
+-- `<script>_events` (yes), which costs the call nothing where an argument costs Redis a
+-- string and a growth of the ARGV table.
 --
 -- Every script answers {status, payload, events} (as the scripts' headers write it):
 --   status   a string: "ok", or the name of a refusal
 --   payload  an array whose shape the script's header gives
---   events   flat 7-tuples for the caller's event sink (empty unless ARGV[1] is "1"): kind,
+--   events   flat 7-tuples for the caller's event sink (empty unless it wants them): kind,
 --            id, SKU, quantity, on_hand, reserved, version; a "low_stock" tuple carries
 --            available, threshold, 0 in the quantity, on_hand and reserved places.
 -- On the wire (`answer`) that is the status alone (a string) when payload and events are
@@ -59,11 +61,11 @@ local PREFIX
 -- number costs, and most calls only pass them on to commands).
 local NOW, EVENTS_MAX
 -- The events this call answers with (see above): empty unless `replied`, whether the
--- caller wants them (ARGV[1]); NONE, a shared empty table, when it wants none.
+-- caller wants them; NONE, a shared empty table, when it wants none.
 local events, replied
 local NONE = {}
 
-local function begin(keys, args)
+local function begin(keys, args, wanted)
   KEYS, ARGV = keys, args
   if keys[1] ~= K_LEVELS then
     K_LEVELS = keys[1]
@@ -73,8 +75,8 @@ local function begin(keys, args)
     K_SEQUENCE, K_EVENTS, K_STATS = PREFIX .. 'sequence', PREFIX .. 'events', PREFIX .. 'stats'
     K_WAITERS, K_UNCLAIMED = PREFIX .. 'waiters', PREFIX .. 'unclaimed'
   end
-  NOW, EVENTS_MAX = args[2], args[3]
-  replied = args[1] == '1'
+  NOW, EVENTS_MAX = args[1], args[2]
+  replied = wanted
   events = replied and {} or NONE
   if not SMALL then
     SMALL = {}

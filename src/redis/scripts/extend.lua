@@ -1,8 +1,8 @@
 -- extend.lua: gives an open hold a new deadline, or expires it when already past its own.
--- ARGV (after the common head of common.lua): 4 id, 5 new deadline (us, 0: none).
+-- ARGV (after the common head of common.lua): 3 id, 4 new deadline (us, 0: none).
 -- Reply: {"ok", hold, {}} | {"expired", hold, events} | {"unknown_reservation", {}, {}}
 -- with hold = {id, deadline_us, SKU, quantity, ...}.
-local id, deadline = tonumber(ARGV[4]), tonumber(ARGV[5])
+local id, deadline = tonumber(ARGV[3]), tonumber(ARGV[4])
 local h = hold_of(id)
 if not h then
   return answer('unknown_reservation')

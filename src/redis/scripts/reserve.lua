@@ -1,6 +1,6 @@
 -- reserve.lua: holds every line, all or nothing, or answers from an idempotency key.
--- ARGV (after the common head of common.lua): 4 deadline (us, 0: none), 5 idempotency
--- key ("": none); with a key, 6 idempotency retention (us) and 7 idempotency keys max;
+-- ARGV (after the common head of common.lua): 3 deadline (us, 0: none), 4 idempotency
+-- key ("": none); with a key, 5 idempotency retention (us) and 6 idempotency keys max;
 -- then the lines: pairs SKU, quantity (merged, sorted).
 -- Reply: {"ok", hold, events} with hold = {id, deadline_us, SKU, quantity, ...}
 --      | {"replay", hold, {}}                 the key's reservation, nothing more held
@@ -8,10 +8,10 @@
 --      | {"unknown_sku" | "overflow", {line}, events}
 --      | {"insufficient", {line, available}, events}
 -- A refusal's events are those of due holds it expired while checking.
-local deadline, key = tonumber(ARGV[4]), ARGV[5]
-local skus, qtys = read_lines(key == '' and 6 or 8)
+local deadline, key = tonumber(ARGV[3]), ARGV[4]
+local skus, qtys = read_lines(key == '' and 5 or 7)
 if key ~= '' then
-  prune_keys(ARGV[6], ARGV[7])
+  prune_keys(ARGV[5], ARGV[6])
   local packed = redis.call('HGET', K_KEYS, key)
   if packed then
     local entry = cmsgpack.unpack(packed)

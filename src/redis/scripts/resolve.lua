@@ -1,8 +1,8 @@
 -- resolve.lua: commits or releases an open hold, or expires it when past its deadline.
--- ARGV (after the common head of common.lua): 4 id, 5 "commit" | "release".
+-- ARGV (after the common head of common.lua): 3 id, 4 "commit" | "release".
 -- Reply: {"ok", hold, events} | {"expired", hold, events} | {"unknown_reservation", {}, {}}
 -- with hold = {id, deadline_us, SKU, quantity, ...} as it was when resolved.
-local id, change = tonumber(ARGV[4]), ARGV[5]
+local id, change = tonumber(ARGV[3]), ARGV[4]
 local h = hold_of(id)
 if not h then
   return answer('unknown_reservation')

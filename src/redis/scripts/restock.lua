@@ -1,7 +1,7 @@
 -- restock.lua: adds units to a SKU, creating it when absent; serves its waiters.
--- ARGV (after the common head of common.lua): 4 SKU, 5 quantity (at least 1).
+-- ARGV (after the common head of common.lua): 3 SKU, 4 quantity (at least 1).
 -- Reply: {"ok", {on_hand, reserved, version}, events} | {"overflow", {}, {}}.
-local sku, q = ARGV[4], tonumber(ARGV[5])
+local sku, q = ARGV[3], tonumber(ARGV[4])
 local before = level_of(sku) or { 0, 0, 0, 0, 0 }
 local l = apply(before, 'restock', q, 0)
 if not l then

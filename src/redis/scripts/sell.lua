@@ -1,9 +1,9 @@
 -- sell.lua: sells every line without a hold, all or nothing.
--- ARGV (after the common head of common.lua): from 4 the lines, pairs SKU, quantity
+-- ARGV (after the common head of common.lua): from 3 the lines, pairs SKU, quantity
 -- (merged, sorted).
 -- Reply: {"ok", {}, events} | {"unknown_sku" | "overflow", {line}, events}
 --      | {"insufficient", {line, available}, events}
-local skus, qtys = read_lines(4)
+local skus, qtys = read_lines(3)
 local levels, after = check_lines(skus, qtys, 'sell')
 if not levels then
   return answer(after[1], after[2])

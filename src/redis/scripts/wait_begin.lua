@@ -1,13 +1,13 @@
 -- wait_begin.lua: starts a waiting reservation (WaitingStore::reserve_timeout): takes the
 -- lines in ascending SKU order while stock is there and no one queues before it, and
 -- queues on the first line it cannot take (FIFO per SKU, no barging).
--- ARGV (after the common head of common.lua): from 4 the lines, pairs SKU, quantity
+-- ARGV (after the common head of common.lua): from 3 the lines, pairs SKU, quantity
 -- (merged, sorted).
 -- Reply: {"granted", {id, on_hand, reserved, version per line}, events}  the hold is open
 --      | {"queued", {id}, events}           poll with wait_poll, give up with wait_cancel
 --      | {"unknown_sku", {line}, {}}        nothing held, nothing queued
 --      | {"overflow", {line}, {}}           lines held so far given back
-local skus, qtys = read_lines(4)
+local skus, qtys = read_lines(3)
 for i = 1, #skus do
   local sku = skus[i]
   if not level_of(sku) then

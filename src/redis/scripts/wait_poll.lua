@@ -1,12 +1,12 @@
 -- wait_poll.lua: a queued waiter's heartbeat: renews its lease, serves the queue it waits
 -- in (a head whose process died leaves), and answers whether it was granted.
--- ARGV (after the common head of common.lua): 4 waiter id, 5 "poll" | "cancel".
+-- ARGV (after the common head of common.lua): 3 waiter id, 4 "poll" | "cancel".
 -- With "cancel" a waiter not granted yet leaves its queue and gives back every line it
 -- held (the turn passes on).
 -- Reply: {"granted", {id, on_hand, reserved, version per line}, events}
 --      | {"queued", {id}, events} | {"timeout", {}, events}
 --      | {"gone", {}, {}}  the waiter left: its lease ran out, or an overflow refused it
-local id, action = tonumber(ARGV[4]), ARGV[5]
+local id, action = tonumber(ARGV[3]), ARGV[4]
 local granted = PREFIX .. 'granted:' .. int(id)
 local function take_grant()
   local packed = redis.call('GET', granted)
