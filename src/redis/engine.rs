@@ -177,11 +177,19 @@ pub(crate) fn malformed(what: &str) -> String {
 
 impl Reply {
     /// A reply as the scripts send it (`answer` in `scripts/common.lua`): the status alone
-    /// (no payload, no events), or one flat array `{status, payload length, payload...,
-    /// events...}`.
+    /// (no payload, no events), one flat array `{status, payload length, payload...,
+    /// events...}`, or an integer: "ok" with that one number as its payload (`reserve`'s
+    /// new id when there are no events to send).
     pub(crate) fn parse(value: Value) -> Result<Reply, String> {
         let mut parts = match value {
             Value::Array(parts) => parts,
+            Value::Int(number) => {
+                return Ok(Reply {
+                    status: "ok".to_string(),
+                    payload: vec![Value::Int(number)],
+                    events: Vec::new(),
+                });
+            }
             status @ (Value::BulkString(_) | Value::SimpleString(_)) => {
                 return Ok(Reply {
                     status: text(Some(&status))?,

@@ -626,8 +626,9 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
         if options.idempotency_key.is_some() {
             crate::idempotency::validate_key(key)?;
         }
+        let deadline_us = self.deadline_us(options.ttl);
         let mut args = vec![
-            self.deadline_us(options.ttl).to_string().into_bytes(),
+            deadline_us.to_string().into_bytes(),
             key.as_bytes().to_vec(),
         ];
         if options.idempotency_key.is_some() {
@@ -639,7 +640,15 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
         let reply = self.run(&SCRIPTS.reserve, &args)?;
         match reply.status.as_str() {
             "ok" => {
-                let hold = self.hold_of(&reply.payload)?;
+                // The server sends the new hold's id only: its lines and deadline are the
+                // request's.
+                let counter = engine::number(reply.payload.first())
+                    .map_err(|reason| StockError::Unavailable { reason })?;
+                let hold = Reservation::from_parts(
+                    self.id_of(counter),
+                    lines.into_owned(),
+                    self.timebase.instant(deadline_us),
+                );
                 self.deliver(&reply.events, hold.expires_at());
                 Ok(hold)
             }

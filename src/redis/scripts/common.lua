@@ -45,7 +45,8 @@
 -- On the wire (`answer`) that is the status alone (a string) when payload and events are
 -- both empty, else one flat array {status, #payload, payload..., events...}: Redis checks
 -- every table of a reply for special fields (err, ok, double, map, ...), so one table
--- costs a third of three.
+-- costs a third of three. (`reserve` sends a new hold's id alone, an integer, when it
+-- has no events to send.)
 -- Numbers are exact integers up to 2^53 - 1 (Lua numbers are doubles): QUANTITY_MAX.
 
 local KEYS, ARGV

@@ -2,7 +2,8 @@
 -- ARGV (after the common head of common.lua): 3 deadline (us, 0: none), 4 idempotency
 -- key ("": none); with a key, 5 idempotency retention (us) and 6 idempotency keys max;
 -- then the lines: pairs SKU, quantity (merged, sorted).
--- Reply: {"ok", hold, events} with hold = {id, deadline_us, SKU, quantity, ...}
+-- Reply: {"ok", {id}, events}, or the id alone (an integer) when there are no events to
+--        send: the caller knows the hold's lines and deadline, it sent them
 --      | {"replay", hold, {}}                 the key's reservation, nothing more held
 --      | {"idempotency_conflict", {id}, {}}   the key was used with other lines
 --      | {"unknown_sku" | "overflow", {line}, events}
@@ -51,4 +52,7 @@ if key ~= '' then
   redis.call('HSET', K_KEYS, key, cmsgpack.pack({ id, 'open', deadline, skus, qtys }))
 end
 count('reserves')
-return answer('ok', hold_reply(id, deadline, skus, qtys))
+if not replied then
+  return id
+end
+return answer('ok', { id })
