@@ -487,6 +487,7 @@ end
 
 -- The call's reply (see the head of this file): the status alone when `payload` (nil for
 -- none) and the events are empty, else {status, #payload, payload..., events...}.
+-- (`answer_hold` writes a hold's reply without the payload table.)
 local function answer(status, payload)
   local np, ne = payload and #payload or 0, #events
   if np == 0 and ne == 0 then
@@ -498,6 +499,20 @@ local function answer(status, payload)
   end
   for i = 1, ne do
     reply[np + 2 + i] = events[i]
+  end
+  return reply
+end
+
+-- The call's reply with the hold {id, deadline_us, SKU, quantity, ...} as its payload.
+local function answer_hold(status, id, deadline, skus, qtys)
+  local n = #skus
+  local reply = { status, 2 + 2 * n, id, deadline }
+  for i = 1, n do
+    reply[3 + 2 * i], reply[4 + 2 * i] = skus[i], qtys[i]
+  end
+  local first = 4 + 2 * n
+  for i = 1, #events do
+    reply[first + i] = events[i]
   end
   return reply
 end

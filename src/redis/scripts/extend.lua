@@ -9,7 +9,7 @@ if not h then
 end
 if h[1] > 0 and tonumber(NOW) >= h[1] then
   settle(id, h, 'release', 'expired')
-  return answer('expired', hold_reply(id, h[1], h[3], h[4]))
+  return answer_hold('expired', id, h[1], h[3], h[4])
 end
 h[1] = deadline
 redis.call('HSET', K_HOLDS, int(id), cmsgpack.pack(h))
@@ -19,4 +19,4 @@ else
   redis.call('ZREM', K_DEADLINES, int(id))
 end
 count('extensions')
-return answer('ok', hold_reply(id, deadline, h[3], h[4]))
+return answer_hold('ok', id, deadline, h[3], h[4])

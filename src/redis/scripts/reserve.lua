@@ -10,8 +10,23 @@
 --      | {"insufficient", {line, available}, events}
 -- A refusal's events are those of due holds it expired while checking.
 local deadline, key = tonumber(ARGV[3]), ARGV[4]
-local skus, qtys = read_lines(key == '' and 5 or 7)
-if key ~= '' then
+local skus, qtys, levels, after
+-- The common case first: one line, no key, no one queued, stock enough, checked without
+-- the general path's loops; anything else takes the general path.
+if key == '' and #ARGV == 6 then
+  local sku, q = ARGV[5], tonumber(ARGV[6])
+  local l = level_of(sku)
+  if l and l[5] == 0 then
+    local changed = apply(l, 'reserve', q, 0)
+    if changed then
+      skus, qtys, levels, after = { sku }, { q }, { l }, { changed }
+    end
+  end
+end
+if not skus then
+  skus, qtys = read_lines(key == '' and 5 or 7)
+end
+if not levels and key ~= '' then
   prune_keys(ARGV[5], ARGV[6])
   local packed = redis.call('HGET', K_KEYS, key)
   if packed then
@@ -29,9 +44,11 @@ if key ~= '' then
     return answer('replay', hold_reply(entry[1], at, entry[4], entry[5]))
   end
 end
-local levels, after = check_lines(skus, qtys, 'reserve')
 if not levels then
-  return answer(after[1], after[2])
+  levels, after = check_lines(skus, qtys, 'reserve')
+  if not levels then
+    return answer(after[1], after[2])
+  end
 end
 local id = redis.call('INCR', K_SEQUENCE)
 for i = 1, #skus do

@@ -7,10 +7,9 @@ local h = hold_of(id)
 if not h then
   return answer('unknown_reservation')
 end
-local reply = hold_reply(id, h[1], h[3], h[4])
 if h[1] > 0 and tonumber(NOW) >= h[1] then
   settle(id, h, 'release', 'expired')
-  return answer('expired', reply)
+  return answer_hold('expired', id, h[1], h[3], h[4])
 end
 settle(id, h, change, change == 'commit' and 'committed' or 'released')
-return answer('ok', reply)
+return answer_hold('ok', id, h[1], h[3], h[4])
