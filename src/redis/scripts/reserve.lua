@@ -28,7 +28,7 @@ if not skus then
 end
 if not levels and key ~= '' then
   prune_keys(ARGV[5], ARGV[6])
-  local packed = redis.call('HGET', K_KEYS, key)
+  local packed = call('HGET', K_KEYS, key)
   if packed then
     local entry = cmsgpack.unpack(packed)
     local same = #entry[4] == #skus
@@ -50,7 +50,7 @@ if not levels then
     return answer(after[1], after[2])
   end
 end
-local id = redis.call('INCR', K_SEQUENCE)
+local id = call('INCR', K_SEQUENCE)
 for i = 1, #skus do
   local sku = skus[i]
   store_level(sku, after[i])
@@ -61,12 +61,12 @@ for i = 1, #skus do
   local l = levels[i]
   low_stock(sku, l[1] - l[2], after[i])
 end
-redis.call('HSET', K_HOLDS, int(id), cmsgpack.pack({ deadline, key, skus, qtys }))
+call('HSET', K_HOLDS, int(id), cmsgpack.pack({ deadline, key, skus, qtys }))
 if deadline > 0 then
-  redis.call('ZADD', K_DEADLINES, int(deadline), int(id))
+  call('ZADD', K_DEADLINES, int(deadline), int(id))
 end
 if key ~= '' then
-  redis.call('HSET', K_KEYS, key, cmsgpack.pack({ id, 'open', deadline, skus, qtys }))
+  call('HSET', K_KEYS, key, cmsgpack.pack({ id, 'open', deadline, skus, qtys }))
 end
 count('reserves')
 if not replied then

@@ -15,7 +15,7 @@ for i = 1, #skus do
   end
 end
 reclaim()
-local id = redis.call('INCR', K_SEQUENCE)
+local id = call('INCR', K_SEQUENCE)
 local w = { id, skus, qtys, 1, server_now() + LEASE_US, {} }
 local outcome = advance(w)
 if outcome == 'overflow' then
@@ -25,9 +25,9 @@ if outcome == 'overflow' then
 end
 if outcome == 'granted' then
   local granted = PREFIX .. 'granted:' .. int(id)
-  local levels = cmsgpack.unpack(redis.call('GET', granted))
-  redis.call('DEL', granted, PREFIX .. 'wake:' .. int(id))
-  redis.call('ZREM', K_UNCLAIMED, int(id))
+  local levels = cmsgpack.unpack(call('GET', granted))
+  call('DEL', granted, PREFIX .. 'wake:' .. int(id))
+  call('ZREM', K_UNCLAIMED, int(id))
   table.insert(levels, 1, id)
   return answer('granted', levels)
 end

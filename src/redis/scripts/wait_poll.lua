@@ -9,12 +9,12 @@
 local id, action = tonumber(ARGV[3]), ARGV[4]
 local granted = PREFIX .. 'granted:' .. int(id)
 local function take_grant()
-  local packed = redis.call('GET', granted)
+  local packed = call('GET', granted)
   if not packed then
     return nil
   end
-  redis.call('DEL', granted, PREFIX .. 'wake:' .. int(id))
-  redis.call('ZREM', K_UNCLAIMED, int(id))
+  call('DEL', granted, PREFIX .. 'wake:' .. int(id))
+  call('ZREM', K_UNCLAIMED, int(id))
   local levels = cmsgpack.unpack(packed)
   table.insert(levels, 1, id)
   return answer('granted', levels)
@@ -30,7 +30,7 @@ end
 if action == 'cancel' then
   count('timeouts')
   serve(drop_waiter(w, false))
-  redis.call('DEL', PREFIX .. 'wake:' .. int(id))
+  call('DEL', PREFIX .. 'wake:' .. int(id))
   return answer('timeout')
 end
 w[5] = server_now() + LEASE_US
