@@ -193,6 +193,52 @@ fn a_timed_out_head_passes_the_turn_on() {
     assert_eq!(counts(&store, "a"), (1, 1));
 }
 
+/// The waiters the level record of `name` counts (the fifth little-endian double of its
+/// packed form, see `scripts/common.lua`): the scripts read it instead of the queue's
+/// length.
+fn queued_in_level(store: &Store, name: &str) -> u64 {
+    let client = redis::Client::open(shared().url()).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    let packed: Vec<u8> = redis::cmd("HGET")
+        .arg(format!("{{{}}}:levels", store.namespace()))
+        .arg(name)
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(packed.len(), 40, "five doubles");
+    f64::from_le_bytes(packed[32..40].try_into().unwrap()) as u64
+}
+
+#[test]
+fn the_waiters_a_level_counts_follow_its_queue_and_plain_calls_go_on_once_it_is_empty() {
+    let store = store();
+    let other = peer(&store);
+    store.restock(&sku("a"), 1).unwrap();
+    let first = other.reserve(&lines(&[("a", 1)])).unwrap();
+    // Two waiters: the head times out (it leaves the queue), the next is served by a release.
+    let head = wait_for(
+        &store,
+        &other,
+        &[("a", 1)],
+        Duration::from_millis(300),
+        "a",
+        1,
+    );
+    let next = wait_for(&other, &store, &[("a", 1)], NEVER, "a", 2);
+    assert_eq!(queued_in_level(&store, "a"), 2);
+    assert_eq!(head.join().unwrap().unwrap_err(), StockError::Timeout);
+    assert_eq!(store.queued(&sku("a")).unwrap(), 1);
+    assert_eq!(queued_in_level(&store, "a"), 1);
+    other.release(first.id()).unwrap();
+    let granted = next.join().unwrap().unwrap();
+    assert_eq!(store.queued(&sku("a")).unwrap(), 0);
+    assert_eq!(queued_in_level(&store, "a"), 0);
+    // With the queue empty, plain calls are served at once again (a count left behind
+    // would withhold every unit from them).
+    other.release(granted.id()).unwrap();
+    store.sell(&lines(&[("a", 1)])).unwrap();
+    assert_eq!(counts(&store, "a"), (0, 0));
+}
+
 #[test]
 fn bad_waiting_requests_fail_before_waiting() {
     let store = store();
