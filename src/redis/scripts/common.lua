@@ -108,6 +108,16 @@ local function int(n)
   return SMALL[n] or format('%d', n)
 end
 
+-- The decimal text of the hold or waiter id `id`: a call names its hold several times
+-- (its record, its deadline, its events), formatted once. Kept between calls.
+local ID, ID_TEXT = 0, '0'
+local function id_text(id)
+  if id ~= ID then
+    ID, ID_TEXT = id, int(id)
+  end
+  return ID_TEXT
+end
+
 -- A level is packed as five little-endian doubles (struct '<ddddd'): about a third of the
 -- cost of formatting and matching decimal text. In a script a level is the array
 -- {on_hand, reserved, version, threshold, queued} (l[1] to l[5]): an array constructor
@@ -178,7 +188,7 @@ end
 -- only, so the stream keeps at least EVENTS_MAX entries (a little more) and trimming costs
 -- next to nothing, where an exact cap would cut into a node on every append.
 local function append(kind, id, q, o, r, v, sku)
-  call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'event', kind .. ' ' .. int(id)
+  call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'event', kind .. ' ' .. id_text(id)
     .. ' ' .. int(q) .. ' ' .. int(o) .. ' ' .. int(r) .. ' ' .. int(v) .. ' ' .. sku)
 end
 
@@ -215,7 +225,7 @@ local function available_of(sku)
 end
 
 local function hold_of(id)
-  local packed = call('HGET', K_HOLDS, int(id))
+  local packed = call('HGET', K_HOLDS, id_text(id))
   if not packed then
     return nil
   end
@@ -249,7 +259,7 @@ local function waiter_of(wid)
 end
 
 local function store_waiter(w)
-  call('HSET', K_WAITERS, int(w[1]), cmsgpack.pack(w))
+  call('HSET', K_WAITERS, id_text(w[1]), cmsgpack.pack(w))
 end
 
 -- Takes the lines of waiter `w` from its position on while no one queues before it and
@@ -277,7 +287,7 @@ local function advance(w)
       end
     end
     if not taken then
-      call('RPUSH', queue_key(sku), int(w[1]))
+      call('RPUSH', queue_key(sku), id_text(w[1]))
       before[5] = before[5] + 1
       store_level(sku, before)
       count('waits')
@@ -285,16 +295,16 @@ local function advance(w)
       return 'queued'
     end
   end
-  call('HDEL', K_WAITERS, int(w[1]))
+  call('HDEL', K_WAITERS, id_text(w[1]))
   -- The fifth field marks a hold that may sit in the unclaimed set.
-  call('HSET', K_HOLDS, int(w[1]), cmsgpack.pack({ 0, '', skus, qtys, true }))
+  call('HSET', K_HOLDS, id_text(w[1]), cmsgpack.pack({ 0, '', skus, qtys, true }))
   count('reserves')
   -- A waiter whose process died cannot take its grant: unclaimed within a lease, it goes
   -- back (reclaim).
-  call('ZADD', K_UNCLAIMED, int(server_now() + LEASE_US), int(w[1]))
-  local granted = PREFIX .. 'granted:' .. int(w[1])
+  call('ZADD', K_UNCLAIMED, int(server_now() + LEASE_US), id_text(w[1]))
+  local granted = PREFIX .. 'granted:' .. id_text(w[1])
   call('SET', granted, cmsgpack.pack(w[6]), 'PX', 86400000)
-  local wake = PREFIX .. 'wake:' .. int(w[1])
+  local wake = PREFIX .. 'wake:' .. id_text(w[1])
   call('LPUSH', wake, '1')
   call('PEXPIRE', wake, 60000)
   return 'granted'
@@ -307,7 +317,7 @@ local function drop_waiter(w, to_caller)
   local skus, qtys = w[2], w[3]
   if w[4] <= #skus then
     local sku = skus[w[4]]
-    if call('LREM', queue_key(sku), 1, int(w[1])) > 0 then
+    if call('LREM', queue_key(sku), 1, id_text(w[1])) > 0 then
       local l = level_of(sku)
       l[5] = l[5] - 1
       store_level(sku, l)
@@ -320,7 +330,7 @@ local function drop_waiter(w, to_caller)
     record('released', w[1], skus[i], qtys[i], l, to_caller)
     moved[#moved + 1] = skus[i]
   end
-  call('HDEL', K_WAITERS, int(w[1]))
+  call('HDEL', K_WAITERS, id_text(w[1]))
   return moved
 end
 
@@ -402,7 +412,7 @@ end
 -- the unclaimed set only when a waiter was granted it (h[5]).
 local function settle(id, h, change, kind)
   local skus, qtys = h[3], h[4]
-  local member = int(id)
+  local member = id_text(id)
   call('HDEL', K_HOLDS, member)
   if h[1] > 0 then
     call('ZREM', K_DEADLINES, member)

@@ -12,11 +12,11 @@ if h[1] > 0 and tonumber(NOW) >= h[1] then
   return answer_hold('expired', id, h[1], h[3], h[4])
 end
 h[1] = deadline
-call('HSET', K_HOLDS, int(id), cmsgpack.pack(h))
+call('HSET', K_HOLDS, id_text(id), cmsgpack.pack(h))
 if deadline > 0 then
-  call('ZADD', K_DEADLINES, int(deadline), int(id))
+  call('ZADD', K_DEADLINES, int(deadline), id_text(id))
 else
-  call('ZREM', K_DEADLINES, int(id))
+  call('ZREM', K_DEADLINES, id_text(id))
 end
 count('extensions')
 return answer_hold('ok', id, deadline, h[3], h[4])

@@ -61,9 +61,9 @@ for i = 1, #skus do
   local l = levels[i]
   low_stock(sku, l[1] - l[2], after[i])
 end
-call('HSET', K_HOLDS, int(id), cmsgpack.pack({ deadline, key, skus, qtys }))
+call('HSET', K_HOLDS, id_text(id), cmsgpack.pack({ deadline, key, skus, qtys }))
 if deadline > 0 then
-  call('ZADD', K_DEADLINES, int(deadline), int(id))
+  call('ZADD', K_DEADLINES, int(deadline), id_text(id))
 end
 if key ~= '' then
   call('HSET', K_KEYS, key, cmsgpack.pack({ id, 'open', deadline, skus, qtys }))

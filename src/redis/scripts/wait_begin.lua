@@ -24,10 +24,10 @@ if outcome == 'overflow' then
   return answer('overflow', { line })
 end
 if outcome == 'granted' then
-  local granted = PREFIX .. 'granted:' .. int(id)
+  local granted = PREFIX .. 'granted:' .. id_text(id)
   local levels = cmsgpack.unpack(call('GET', granted))
-  call('DEL', granted, PREFIX .. 'wake:' .. int(id))
-  call('ZREM', K_UNCLAIMED, int(id))
+  call('DEL', granted, PREFIX .. 'wake:' .. id_text(id))
+  call('ZREM', K_UNCLAIMED, id_text(id))
   table.insert(levels, 1, id)
   return answer('granted', levels)
 end

@@ -7,14 +7,14 @@
 --      | {"queued", {id}, events} | {"timeout", {}, events}
 --      | {"gone", {}, {}}  the waiter left: its lease ran out, or an overflow refused it
 local id, action = tonumber(ARGV[3]), ARGV[4]
-local granted = PREFIX .. 'granted:' .. int(id)
+local granted = PREFIX .. 'granted:' .. id_text(id)
 local function take_grant()
   local packed = call('GET', granted)
   if not packed then
     return nil
   end
-  call('DEL', granted, PREFIX .. 'wake:' .. int(id))
-  call('ZREM', K_UNCLAIMED, int(id))
+  call('DEL', granted, PREFIX .. 'wake:' .. id_text(id))
+  call('ZREM', K_UNCLAIMED, id_text(id))
   local levels = cmsgpack.unpack(packed)
   table.insert(levels, 1, id)
   return answer('granted', levels)
@@ -30,7 +30,7 @@ end
 if action == 'cancel' then
   count('timeouts')
   serve(drop_waiter(w, false))
-  call('DEL', PREFIX .. 'wake:' .. int(id))
+  call('DEL', PREFIX .. 'wake:' .. id_text(id))
   return answer('timeout')
 end
 w[5] = server_now() + LEASE_US
