@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use redis_server::{fresh_namespace, shared, Durability, RedisServer};
 use stockledger::{
-    RedisStore, Reservation, ReservationId, ReserveOptions, StockError, StockStore, WaitingStore,
-    SKU_KEY_BYTES_MAX,
+    ChannelSink, EventLine, RedisStore, Reservation, ReservationId, ReserveOptions, StockError,
+    StockEvent, StockLevel, StockStore, WaitingStore, SKU_KEY_BYTES_MAX,
 };
 
 type Store = Arc<RedisStore<String>>;
@@ -495,6 +495,93 @@ fn every_change_of_every_store_is_in_the_stream_once_in_version_order() {
         let last = store.level(&sku.to_string()).unwrap().version;
         assert_eq!(seen, (1..=last).collect::<Vec<_>>(), "{sku}");
     }
+}
+
+/// An event line of `name`: `quantity` units, then on hand, reserved and version.
+fn line(
+    name: &str,
+    quantity: u64,
+    (on_hand, reserved, version): (u64, u64, u64),
+) -> EventLine<String> {
+    EventLine {
+        sku: sku(name),
+        quantity,
+        level: StockLevel {
+            on_hand,
+            reserved,
+            version,
+        },
+    }
+}
+
+#[test]
+fn a_store_with_a_sink_gets_the_events_of_its_calls_as_the_stream_has_them() {
+    let (sink, received) = ChannelSink::unbounded();
+    let store = RedisStore::<String>::builder(&shared().url(), &fresh_namespace("sink"))
+        .event_sink(sink)
+        .build()
+        .unwrap();
+    store.restock(&sku("a"), 5).unwrap();
+    store.restock(&sku("b"), 2).unwrap();
+    store.set_low_stock_threshold(&sku("a"), 3).unwrap();
+    // One line (the scripts' fast path), crossing the threshold; then a hold and its
+    // commit, a sale of two lines, and a refusal, which sends nothing.
+    store.sell(&lines(&[("a", 3)])).unwrap();
+    let hold = store.reserve(&lines(&[("a", 1)])).unwrap();
+    assert_eq!(hold.lines(), &lines(&[("a", 1)])[..]);
+    store.commit(hold.id()).unwrap();
+    store.sell(&lines(&[("a", 1), ("b", 1)])).unwrap();
+    assert!(store.sell(&lines(&[("b", 5)])).is_err());
+    let events: Vec<StockEvent<String>> = received.try_iter().collect();
+    assert_eq!(
+        events,
+        [
+            StockEvent::Restocked {
+                line: line("a", 5, (5, 0, 1))
+            },
+            StockEvent::Restocked {
+                line: line("b", 2, (2, 0, 1))
+            },
+            StockEvent::Sold {
+                lines: vec![line("a", 3, (2, 0, 2))]
+            },
+            StockEvent::LowStock {
+                sku: sku("a"),
+                available: 2,
+                threshold: 3,
+                version: 2
+            },
+            StockEvent::Reserved {
+                id: hold.id(),
+                lines: vec![line("a", 1, (2, 1, 3))],
+                expires_at: None
+            },
+            StockEvent::Committed {
+                id: hold.id(),
+                lines: vec![line("a", 1, (1, 0, 4))]
+            },
+            StockEvent::Sold {
+                lines: vec![line("a", 1, (0, 0, 5)), line("b", 1, (1, 0, 2))]
+            },
+        ]
+    );
+    let stream: Vec<String> = stream_of(&shared().url(), store.events_stream())
+        .iter()
+        .map(|(kind, sku, version)| format!("{kind} {sku}@{version}"))
+        .collect();
+    assert_eq!(
+        stream,
+        [
+            "restocked a@1",
+            "restocked b@1",
+            "sold a@2",
+            "low_stock a@2",
+            "reserved a@3",
+            "committed a@4",
+            "sold a@5",
+            "sold b@2",
+        ]
+    );
 }
 
 // ---------------------------------------------------------------- faults

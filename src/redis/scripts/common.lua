@@ -192,31 +192,37 @@ local function append(kind, id, q, o, r, v, sku)
     .. ' ' .. int(q) .. ' ' .. int(o) .. ' ' .. int(r) .. ' ' .. int(v) .. ' ' .. sku)
 end
 
+-- Adds an event to those this call answers with (the caller wants them: `replied`).
+local function push_event(kind, id, sku, q, o, r, v)
+  local n = #events
+  events[n + 1], events[n + 2], events[n + 3], events[n + 4] = kind, id, sku, q
+  events[n + 5], events[n + 6], events[n + 7] = o, r, v
+end
+
 -- Appends the change to the stream and, when `to_caller`, to the events this call answers
 -- with.
 local function record(kind, id, sku, q, l, to_caller)
   append(kind, id, q, l[1], l[2], l[3], sku)
   if to_caller and replied then
-    local n = #events
-    events[n + 1], events[n + 2], events[n + 3], events[n + 4] = kind, id, sku, q
-    events[n + 5], events[n + 6], events[n + 7] = l[1], l[2], l[3]
+    push_event(kind, id, sku, q, l[1], l[2], l[3])
   end
 end
 
--- Sends a LowStock when available went from at least the threshold to below it. `l` is
--- the SKU's level now when the caller has it, else (nil) it is read.
+-- Sends a LowStock when available went from at least the threshold `t` (0: none) to below
+-- it; `v` is the SKU's version now.
+local function crossed(sku, available_before, available, t, v)
+  if t > 0 and available_before >= t and available < t then
+    append('low_stock', 0, available, t, 0, v, sku)
+    if replied then
+      push_event('low_stock', 0, sku, available, t, 0, v)
+    end
+  end
+end
+
+-- `crossed` for the level `l` of `sku` now when the caller has it, else (nil) it is read.
 local function low_stock(sku, available_before, l)
   l = l or level_of(sku)
-  local available = l[1] - l[2]
-  if l[4] > 0 and available_before >= l[4] and available < l[4] then
-    append('low_stock', 0, available, l[4], 0, l[3], sku)
-    if not replied then
-      return
-    end
-    local n = #events
-    events[n + 1], events[n + 2], events[n + 3], events[n + 4] = 'low_stock', 0, sku, available
-    events[n + 5], events[n + 6], events[n + 7] = l[4], 0, l[3]
-  end
+  crossed(sku, available_before, l[1] - l[2], l[4], l[3])
 end
 
 local function available_of(sku)

@@ -4,16 +4,23 @@
 -- Reply: {"ok", {}, events} | {"unknown_sku" | "overflow", {line}, events}
 --      | {"insufficient", {line, available}, events}
 -- The common case first: one line, no one queued, stock enough. The same steps as below
--- without their tables (less for Lua's collector); anything else takes the general path.
+-- (apply's rules for a sale: enough available, version + reserved within QUANTITY_MAX)
+-- on the level's five numbers, without a table (less for Lua's collector); anything
+-- else takes the general path.
 if #ARGV == 4 then
   local sku, q = ARGV[3], tonumber(ARGV[4])
-  local l = level_of(sku)
-  if l and l[5] == 0 then
-    local after = apply(l, 'sell', q, 0)
-    if after then
-      store_level(sku, after)
-      record('sold', 0, sku, q, after, true)
-      low_stock(sku, l[1] - l[2], after)
+  local packed = call('HGET', K_LEVELS, sku)
+  if packed then
+    local o, r, v, t, w = sunpack('<ddddd', packed)
+    if w == 0 and q <= o - r and v + 1 + r <= QUANTITY_MAX then
+      local available_before = o - r
+      o, v = o - q, v + 1
+      call('HSET', K_LEVELS, sku, spack('<ddddd', o, r, v, t, w))
+      append('sold', 0, q, o, r, v, sku)
+      if replied then
+        push_event('sold', 0, sku, q, o, r, v)
+      end
+      crossed(sku, available_before, o - r, t, v)
       return answer('ok')
     end
   end
