@@ -10,23 +10,39 @@
 --      | {"insufficient", {line, available}, events}
 -- A refusal's events are those of due holds it expired while checking.
 local deadline, key = tonumber(ARGV[3]), ARGV[4]
-local skus, qtys, levels, after
--- The common case first: one line, no key, no one queued, stock enough, checked without
--- the general path's loops; anything else takes the general path.
+-- The common case first: one line, no key, no one queued, stock enough. The same steps as
+-- below (apply's rules for a hold: enough available, version + reserved within
+-- QUANTITY_MAX) on the level's five numbers, without the general path's tables and loops;
+-- anything else takes the general path.
 if key == '' and #ARGV == 6 then
   local sku, q = ARGV[5], tonumber(ARGV[6])
-  local l = level_of(sku)
-  if l and l[5] == 0 then
-    local changed = apply(l, 'reserve', q, 0)
-    if changed then
-      skus, qtys, levels, after = { sku }, { q }, { l }, { changed }
+  local packed = call('HGET', K_LEVELS, sku)
+  if packed then
+    local o, r, v, t, w = sunpack('<ddddd', packed)
+    if w == 0 and q <= o - r and v + 1 + r + q <= QUANTITY_MAX then
+      local available_before = o - r
+      r, v = r + q, v + 1
+      local id = call('INCR', K_SEQUENCE)
+      call('HSET', K_LEVELS, sku, spack('<ddddd', o, r, v, t, w))
+      append('reserved', id, q, o, r, v, sku)
+      if replied then
+        push_event('reserved', id, sku, q, o, r, v)
+      end
+      crossed(sku, available_before, o - r, t, v)
+      call('HSET', K_HOLDS, id_text(id), cmsgpack.pack({ deadline, key, { sku }, { q } }))
+      if deadline > 0 then
+        call('ZADD', K_DEADLINES, int(deadline), id_text(id))
+      end
+      count('reserves')
+      if not replied then
+        return id
+      end
+      return answer('ok', { id })
     end
   end
 end
-if not skus then
-  skus, qtys = read_lines(key == '' and 5 or 7)
-end
-if not levels and key ~= '' then
+local skus, qtys = read_lines(key == '' and 5 or 7)
+if key ~= '' then
   prune_keys(ARGV[5], ARGV[6])
   local packed = call('HGET', K_KEYS, key)
   if packed then
@@ -44,11 +60,9 @@ if not levels and key ~= '' then
     return answer('replay', hold_reply(entry[1], at, entry[4], entry[5]))
   end
 end
+local levels, after = check_lines(skus, qtys, 'reserve')
 if not levels then
-  levels, after = check_lines(skus, qtys, 'reserve')
-  if not levels then
-    return answer(after[1], after[2])
-  end
+  return answer(after[1], after[2])
 end
 local id = call('INCR', K_SEQUENCE)
 for i = 1, #skus do
