@@ -426,24 +426,39 @@ local function settle(id, h, change, kind)
   if h[5] then
     call('ZREM', K_UNCLAIMED, member)
   end
-  local before, after = {}, {}
-  for i = 1, #skus do
-    local sku = skus[i]
-    local l = level_of(sku)
-    before[i] = l[1] - l[2]
-    l = apply(l, change, qtys[i], 0)
-    store_level(sku, l)
-    record(kind, id, sku, qtys[i], l, true)
-    after[i] = l
-  end
-  if change == 'release' then
-    serve(skus)
-    -- Waiters served may have taken some of it: read the levels again.
-    after = {}
-  end
-  for i = 1, #skus do
-    local sku = skus[i]
-    low_stock(sku, before[i], after[i])
+  if change == 'commit' and #skus == 1 then
+    -- The common case: the commit of one line, on the level's five numbers without a
+    -- table (apply's commit: on hand and reserved less the quantity, never refused).
+    local sku, q = skus[1], qtys[1]
+    local o, r, v, t, w = sunpack('<ddddd', call('HGET', K_LEVELS, sku))
+    local available_before = o - r
+    o, r, v = o - q, r - q, v + 1
+    call('HSET', K_LEVELS, sku, spack('<ddddd', o, r, v, t, w))
+    append(kind, id, q, o, r, v, sku)
+    if replied then
+      push_event(kind, id, sku, q, o, r, v)
+    end
+    crossed(sku, available_before, o - r, t, v)
+  else
+    local before, after = {}, {}
+    for i = 1, #skus do
+      local sku = skus[i]
+      local l = level_of(sku)
+      before[i] = l[1] - l[2]
+      l = apply(l, change, qtys[i], 0)
+      store_level(sku, l)
+      record(kind, id, sku, qtys[i], l, true)
+      after[i] = l
+    end
+    if change == 'release' then
+      serve(skus)
+      -- Waiters served may have taken some of it: read the levels again.
+      after = {}
+    end
+    for i = 1, #skus do
+      local sku = skus[i]
+      low_stock(sku, before[i], after[i])
+    end
   end
   if h[2] ~= '' then
     local packed = call('HGET', K_KEYS, h[2])
