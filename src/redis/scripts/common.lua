@@ -134,8 +134,9 @@ local function store_level(sku, l)
   call('HSET', K_LEVELS, sku, spack('<ddddd', l[1], l[2], l[3], l[4], l[5]))
 end
 
-local function count(stat, amount)
-  call('HINCRBY', K_STATS, stat, amount or 1)
+-- Adds one to the statistic `stat` (the increment as text: Redis would format a Lua number).
+local function count(stat)
+  call('HINCRBY', K_STATS, stat, '1')
 end
 
 local function queue_key(sku)
