@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use redis_server::{fresh_namespace, shared, Durability, RedisServer};
 use stockledger::{
-    RedisStore, Reservation, ReservationId, ReserveOptions, StockError, StockStore, WaitingStore,
-    SKU_KEY_BYTES_MAX,
+    ChannelSink, EventLine, RedisStore, Reservation, ReservationId, ReserveOptions, StockError,
+    StockEvent, StockLevel, StockStore, WaitingStore, SKU_KEY_BYTES_MAX,
 };
 
 type Store = Arc<RedisStore<String>>;
@@ -191,6 +191,52 @@ fn a_timed_out_head_passes_the_turn_on() {
     let hold = next.join().unwrap().unwrap();
     assert_eq!(hold.lines(), &lines(&[("a", 1)])[..]);
     assert_eq!(counts(&store, "a"), (1, 1));
+}
+
+/// The waiters the level record of `name` counts (the fifth little-endian double of its
+/// packed form, see `scripts/common.lua`): the scripts read it instead of the queue's
+/// length.
+fn queued_in_level(store: &Store, name: &str) -> u64 {
+    let client = redis::Client::open(shared().url()).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    let packed: Vec<u8> = redis::cmd("HGET")
+        .arg(format!("{{{}}}:levels", store.namespace()))
+        .arg(name)
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(packed.len(), 40, "five doubles");
+    f64::from_le_bytes(packed[32..40].try_into().unwrap()) as u64
+}
+
+#[test]
+fn the_waiters_a_level_counts_follow_its_queue_and_plain_calls_go_on_once_it_is_empty() {
+    let store = store();
+    let other = peer(&store);
+    store.restock(&sku("a"), 1).unwrap();
+    let first = other.reserve(&lines(&[("a", 1)])).unwrap();
+    // Two waiters: the head times out (it leaves the queue), the next is served by a release.
+    let head = wait_for(
+        &store,
+        &other,
+        &[("a", 1)],
+        Duration::from_millis(300),
+        "a",
+        1,
+    );
+    let next = wait_for(&other, &store, &[("a", 1)], NEVER, "a", 2);
+    assert_eq!(queued_in_level(&store, "a"), 2);
+    assert_eq!(head.join().unwrap().unwrap_err(), StockError::Timeout);
+    assert_eq!(store.queued(&sku("a")).unwrap(), 1);
+    assert_eq!(queued_in_level(&store, "a"), 1);
+    other.release(first.id()).unwrap();
+    let granted = next.join().unwrap().unwrap();
+    assert_eq!(store.queued(&sku("a")).unwrap(), 0);
+    assert_eq!(queued_in_level(&store, "a"), 0);
+    // With the queue empty, plain calls are served at once again (a count left behind
+    // would withhold every unit from them).
+    other.release(granted.id()).unwrap();
+    store.sell(&lines(&[("a", 1)])).unwrap();
+    assert_eq!(counts(&store, "a"), (0, 0));
 }
 
 #[test]
@@ -390,11 +436,14 @@ fn stream_of(server_url: &str, stream: &str) -> Vec<(String, String, u64)> {
         .ids
         .iter()
         .map(|entry| {
-            let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
+            // One field, `event`: "kind id quantity on_hand reserved version SKU".
+            let event: String = entry.get("event").unwrap();
+            let parts: Vec<&str> = event.splitn(7, ' ').collect();
+            assert_eq!(parts.len(), 7, "{event:?}");
             (
-                field("kind"),
-                field("sku"),
-                field("version").parse().unwrap(),
+                parts[0].to_string(),
+                parts[6].to_string(),
+                parts[5].parse().unwrap(),
             )
         })
         .collect()
@@ -446,6 +495,93 @@ fn every_change_of_every_store_is_in_the_stream_once_in_version_order() {
         let last = store.level(&sku.to_string()).unwrap().version;
         assert_eq!(seen, (1..=last).collect::<Vec<_>>(), "{sku}");
     }
+}
+
+/// An event line of `name`: `quantity` units, then on hand, reserved and version.
+fn line(
+    name: &str,
+    quantity: u64,
+    (on_hand, reserved, version): (u64, u64, u64),
+) -> EventLine<String> {
+    EventLine {
+        sku: sku(name),
+        quantity,
+        level: StockLevel {
+            on_hand,
+            reserved,
+            version,
+        },
+    }
+}
+
+#[test]
+fn a_store_with_a_sink_gets_the_events_of_its_calls_as_the_stream_has_them() {
+    let (sink, received) = ChannelSink::unbounded();
+    let store = RedisStore::<String>::builder(&shared().url(), &fresh_namespace("sink"))
+        .event_sink(sink)
+        .build()
+        .unwrap();
+    store.restock(&sku("a"), 5).unwrap();
+    store.restock(&sku("b"), 2).unwrap();
+    store.set_low_stock_threshold(&sku("a"), 3).unwrap();
+    // One line (the scripts' fast path), crossing the threshold; then a hold and its
+    // commit, a sale of two lines, and a refusal, which sends nothing.
+    store.sell(&lines(&[("a", 3)])).unwrap();
+    let hold = store.reserve(&lines(&[("a", 1)])).unwrap();
+    assert_eq!(hold.lines(), &lines(&[("a", 1)])[..]);
+    store.commit(hold.id()).unwrap();
+    store.sell(&lines(&[("a", 1), ("b", 1)])).unwrap();
+    assert!(store.sell(&lines(&[("b", 5)])).is_err());
+    let events: Vec<StockEvent<String>> = received.try_iter().collect();
+    assert_eq!(
+        events,
+        [
+            StockEvent::Restocked {
+                line: line("a", 5, (5, 0, 1))
+            },
+            StockEvent::Restocked {
+                line: line("b", 2, (2, 0, 1))
+            },
+            StockEvent::Sold {
+                lines: vec![line("a", 3, (2, 0, 2))]
+            },
+            StockEvent::LowStock {
+                sku: sku("a"),
+                available: 2,
+                threshold: 3,
+                version: 2
+            },
+            StockEvent::Reserved {
+                id: hold.id(),
+                lines: vec![line("a", 1, (2, 1, 3))],
+                expires_at: None
+            },
+            StockEvent::Committed {
+                id: hold.id(),
+                lines: vec![line("a", 1, (1, 0, 4))]
+            },
+            StockEvent::Sold {
+                lines: vec![line("a", 1, (0, 0, 5)), line("b", 1, (1, 0, 2))]
+            },
+        ]
+    );
+    let stream: Vec<String> = stream_of(&shared().url(), store.events_stream())
+        .iter()
+        .map(|(kind, sku, version)| format!("{kind} {sku}@{version}"))
+        .collect();
+    assert_eq!(
+        stream,
+        [
+            "restocked a@1",
+            "restocked b@1",
+            "sold a@2",
+            "low_stock a@2",
+            "reserved a@3",
+            "committed a@4",
+            "sold a@5",
+            "sold b@2",
+        ]
+    );
 }
 
 // ---------------------------------------------------------------- faults

@@ -341,14 +341,20 @@ fn stream_per_sku(url: &str, stream: &str) -> BTreeMap<String, (Vec<u64>, u64)> 
         };
         from = format!("({}", last.id);
         for entry in &reply.ids {
-            let field = |name: &str| entry.get::<String>(name).unwrap();
-            if field("kind") == "low_stock" {
+            // One field, `event`: "kind id quantity on_hand reserved version SKU".
+            let event: String = entry.get("event").unwrap();
+            let [kind, _id, quantity, _on_hand, _reserved, version, sku] = event
+                .splitn(7, ' ')
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap_or_else(|parts| panic!("malformed entry {parts:?}"));
+            if kind == "low_stock" {
                 continue;
             }
-            let (versions, sold) = per_sku.entry(field("sku")).or_default();
-            versions.push(field("version").parse().unwrap());
-            if matches!(field("kind").as_str(), "committed" | "sold") {
-                *sold += field("quantity").parse::<u64>().unwrap();
+            let (versions, sold) = per_sku.entry(sku.to_string()).or_default();
+            versions.push(version.parse().unwrap());
+            if matches!(kind, "committed" | "sold") {
+                *sold += quantity.parse::<u64>().unwrap();
             }
         }
     }

@@ -68,50 +68,77 @@ const VERSION: &str = "@VERSION@";
 /// The scripts as one Redis function library (`FUNCTION LOAD`): the helpers of
 /// `common.lua` are defined once when the library loads, not on every call as an `EVAL`
 /// script's prelude would be (that alone cost about as much as a bare one-command script).
-/// The library and its functions are named after the SHA-1 of its code
-/// (`stockledger_<16 hex digits>`, `stockledger_<16 hex digits>_sell`, ...), so processes
-/// of different versions share a server as `EVALSHA` scripts would. Functions persist with
-/// the data (RDB, AOF) and replicate; a server that lost them (a flush, a fresh server
-/// after a failover) answers "Function not found", and [`call`] loads the library again.
+/// Each script is one Lua function of the library, registered twice: as
+/// `stockledger_<16 hex digits>_<script>`, whose caller wants no events back, and as
+/// `..._<script>_events`, whose caller does (a flag in the name costs the server nothing;
+/// an argument costs it a string and a growth of the `ARGV` table). The library is named
+/// after the SHA-1 of its code (`stockledger_<16 hex digits>`), so processes of different
+/// versions share a server as `EVALSHA` scripts would. Functions persist with the data
+/// (RDB, AOF) and replicate; a server that lost them (a flush, a fresh server after a
+/// failover) answers "Function not found", and [`call`] loads the library again.
 pub(crate) struct Library {
     /// `FUNCTION LOAD`'s argument.
     code: String,
-    /// The name of each function, `stockledger_<version>_<script>`.
-    pub(crate) restock: String,
-    pub(crate) reserve: String,
-    pub(crate) sell: String,
-    pub(crate) resolve: String,
-    pub(crate) extend: String,
-    pub(crate) expire_due: String,
-    pub(crate) threshold: String,
-    pub(crate) wait_begin: String,
-    pub(crate) wait_poll: String,
+    pub(crate) restock: Function,
+    pub(crate) reserve: Function,
+    pub(crate) sell: Function,
+    pub(crate) resolve: Function,
+    pub(crate) extend: Function,
+    pub(crate) expire_due: Function,
+    pub(crate) threshold: Function,
+    pub(crate) wait_begin: Function,
+    pub(crate) wait_poll: Function,
+}
+
+/// The two registered names of one script.
+pub(crate) struct Function {
+    /// `stockledger_<version>_<script>`: no events in the reply.
+    pub(crate) plain: String,
+    /// `stockledger_<version>_<script>_events`: the call's events in the reply.
+    pub(crate) events: String,
+}
+
+impl Function {
+    /// The name to call: with or without the events in the reply.
+    pub(crate) fn name(&self, events: bool) -> &str {
+        if events {
+            &self.events
+        } else {
+            &self.plain
+        }
+    }
 }
 
 pub(crate) static SCRIPTS: LazyLock<Library> = LazyLock::new(|| {
     let mut code = format!("{COMMON}\n");
     for (name, body) in BODIES {
         code.push_str(&format!(
-            "redis.register_function('stockledger_{VERSION}_{name}', function(keys, args)\n\
-             begin(keys, args)\n{body}\nend)\n"
+            "local function run_{name}()\n{body}\nend\n\
+             redis.register_function('stockledger_{VERSION}_{name}', function(keys, args)\n\
+             begin(keys, args, false)\nreturn run_{name}()\nend)\n\
+             redis.register_function('stockledger_{VERSION}_{name}_events', function(keys, args)\n\
+             begin(keys, args, true)\nreturn run_{name}()\nend)\n"
         ));
     }
     let version = Script::new(&code).get_hash()[..16].to_string();
-    let name = |script: &str| format!("stockledger_{version}_{script}");
+    let function = |script: &str| Function {
+        plain: format!("stockledger_{version}_{script}"),
+        events: format!("stockledger_{version}_{script}_events"),
+    };
     Library {
         code: format!(
             "#!lua name=stockledger_{version}\n{}",
             code.replace(VERSION, &version)
         ),
-        restock: name("restock"),
-        reserve: name("reserve"),
-        sell: name("sell"),
-        resolve: name("resolve"),
-        extend: name("extend"),
-        expire_due: name("expire_due"),
-        threshold: name("threshold"),
-        wait_begin: name("wait_begin"),
-        wait_poll: name("wait_poll"),
+        restock: function("restock"),
+        reserve: function("reserve"),
+        sell: function("sell"),
+        resolve: function("resolve"),
+        extend: function("extend"),
+        expire_due: function("expire_due"),
+        threshold: function("threshold"),
+        wait_begin: function("wait_begin"),
+        wait_poll: function("wait_poll"),
     }
 });
 
@@ -149,30 +176,43 @@ pub(crate) fn malformed(what: &str) -> String {
 }
 
 impl Reply {
+    /// A reply as the scripts send it (`answer` in `scripts/common.lua`): the status alone
+    /// (no payload, no events), one flat array `{status, payload length, payload...,
+    /// events...}`, or an integer: "ok" with that one number as its payload (`reserve`'s
+    /// new id when there are no events to send).
     pub(crate) fn parse(value: Value) -> Result<Reply, String> {
-        let Value::Array(mut parts) = value else {
-            return Err(malformed("not an array"));
+        let mut parts = match value {
+            Value::Array(parts) => parts,
+            Value::Int(number) => {
+                return Ok(Reply {
+                    status: "ok".to_string(),
+                    payload: vec![Value::Int(number)],
+                    events: Vec::new(),
+                });
+            }
+            status @ (Value::BulkString(_) | Value::SimpleString(_)) => {
+                return Ok(Reply {
+                    status: text(Some(&status))?,
+                    payload: Vec::new(),
+                    events: Vec::new(),
+                });
+            }
+            _ => return Err(malformed("neither a status nor an array")),
         };
-        if parts.len() != 3 {
-            return Err(malformed("not {status, payload, events}"));
-        }
-        let events = array(parts.pop())?;
-        let payload = array(parts.pop())?;
-        let status = text(parts.pop().as_ref())?;
+        let status = text(parts.first())?;
+        let length = number(parts.get(1))?;
+        let end = usize::try_from(length)
+            .ok()
+            .and_then(|length| length.checked_add(2))
+            .filter(|end| *end <= parts.len())
+            .ok_or_else(|| malformed("a payload longer than the reply"))?;
+        let events = parts.split_off(end);
+        let payload = parts.split_off(2);
         Ok(Reply {
             status,
             payload,
             events,
         })
-    }
-}
-
-fn array(value: Option<Value>) -> Result<Vec<Value>, String> {
-    match value {
-        Some(Value::Array(items)) => Ok(items),
-        // An empty Lua table comes back as an empty array; be lenient with nil too.
-        Some(Value::Nil) => Ok(Vec::new()),
-        _ => Err(malformed("expected an array")),
     }
 }
 

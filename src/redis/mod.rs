@@ -30,7 +30,7 @@ use crate::options::ReserveOptions;
 use crate::reservation::{Reservation, ReservationId};
 use crate::stats::StoreStats;
 use crate::store::{StockStore, WaitFuture, WaitingStore};
-use engine::{Connector, Reply, Timebase, SCRIPTS};
+use engine::{Connector, Function, Reply, Timebase, SCRIPTS};
 
 /// Bits of a [`ReservationId`] that count the holds of one namespace; the bits above them
 /// carry the namespace's tag, so ids of different namespaces and of in-memory stores
@@ -62,10 +62,13 @@ const WAIT_SLICE: Duration = Duration::from_millis(500);
 ///   [`expire_due`](StockStore::expire_due), and when a `reserve` or `sell` finds stock
 ///   short while holds are due (those expire first, then the request is checked again).
 /// - **Events** of every change go to the stream `{namespace}:events` in the same script
-///   (one entry per SKU and change: `kind`, `id`, `sku`, `quantity`, `on_hand`, `reserved`,
-///   `version`; a `low_stock` entry per crossing), trimmed approximately to at least
-///   [`EVENTS_MAX`] entries; this store's own [`EventSink`](crate::EventSink) gets the
-///   events of the calls made through it, after the call, with no connection held.
+///   (one entry per SKU and change, one field `event` whose value is
+///   `"kind id quantity on_hand reserved version SKU"`, decimal integers and the SKU's key
+///   last, e.g. `"sold 0 2 98 0 7 SKU1004"`; a `low_stock` entry per crossing carries
+///   available, threshold and 0 in the quantity, on hand and reserved places), trimmed
+///   approximately to at least [`EVENTS_MAX`] entries; this store's own
+///   [`EventSink`](crate::EventSink) gets the events of the calls made through it, after
+///   the call, with no connection held.
 /// - **Statistics** are the namespace's, shared by every process.
 /// - **Waiting** ([`WaitingStore::reserve_timeout`]): a waiter queues per SKU on the server
 ///   (FIFO across processes, no barging); stock freed by any process goes to the head
@@ -240,20 +243,17 @@ impl<K: RedisSku> RedisStore<K> {
         finish(&mut link, answer)
     }
 
-    /// Runs the library function `function` (one of [`SCRIPTS`]' names) with its one
-    /// declared key (the levels hash, which routes the call to the namespace's slot; the
+    /// Runs the library function `function` (one of [`SCRIPTS`]', under the name whose
+    /// reply carries the events when this store has a sink) with its one declared key (the levels hash, which routes the call to the namespace's slot; the
     /// scripts name the other keys after it), the common head and `args`.
-    fn run(&self, function: &str, args: &[Vec<u8>]) -> Result<Reply, StockError<K>> {
+    fn run(&self, function: &Function, args: &[Vec<u8>]) -> Result<Reply, StockError<K>> {
         let mut fcall = redis::cmd("FCALL");
         fcall
-            .arg(function)
+            .arg(function.name(self.events.enabled()))
             .arg(1)
             .arg(&self.keys[0])
-            .arg(if self.events.enabled() { "1" } else { "0" })
             .arg(self.timebase.now_us(self.clock.now()))
-            .arg(self.events_max)
-            .arg(self.idempotency_retention_us)
-            .arg(self.idempotency_keys_max);
+            .arg(self.events_max);
         for arg in args {
             fcall.arg(arg.as_slice());
         }
@@ -264,10 +264,10 @@ impl<K: RedisSku> RedisStore<K> {
         Reply::parse(value).map_err(|reason| StockError::Unavailable { reason })
     }
 
-    /// The script arguments of merged `lines`: their number, then SKU key and quantity.
+    /// The script arguments of merged `lines`: SKU key and quantity of each (the scripts
+    /// take the lines from their position to the end).
     fn line_args(&self, lines: &[(K, u64)]) -> Result<Vec<Vec<u8>>, StockError<K>> {
-        let mut args = Vec::with_capacity(1 + 2 * lines.len());
-        args.push(lines.len().to_string().into_bytes());
+        let mut args = Vec::with_capacity(2 * lines.len());
         for (sku, quantity) in lines {
             args.push(self.key_of(sku)?);
             args.push(quantity.to_string().into_bytes());
@@ -446,7 +446,13 @@ impl<K: RedisSku> RedisStore<K> {
     fn expire_all_due(&self) -> Result<Vec<Reservation<K>>, StockError<K>> {
         let mut expired = Vec::new();
         loop {
-            let reply = self.run(&SCRIPTS.expire_due, &[])?;
+            let reply = self.run(
+                &SCRIPTS.expire_due,
+                &[
+                    self.idempotency_retention_us.to_string().into_bytes(),
+                    self.idempotency_keys_max.to_string().into_bytes(),
+                ],
+            )?;
             self.deliver(&reply.events, None);
             let batch = reply.payload.len();
             for hold in &reply.payload {
@@ -544,10 +550,11 @@ fn unavailable<K>(error: impl fmt::Display) -> StockError<K> {
     }
 }
 
-/// A level from its packed form: on hand, reserved, version and threshold as four
-/// little-endian doubles holding integers (`struct.pack('<dddd', ...)` in the scripts).
+/// A level from its packed form: on hand, reserved, version, threshold and waiters queued
+/// as five little-endian doubles holding integers (`struct.pack('<ddddd', ...)` in the
+/// scripts).
 fn parse_level(packed: &[u8]) -> Option<StockLevel> {
-    if packed.len() != 32 {
+    if packed.len() != 40 {
         return None;
     }
     let mut fields = packed.chunks_exact(8).map(|bytes| {
@@ -619,15 +626,29 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
         if options.idempotency_key.is_some() {
             crate::idempotency::validate_key(key)?;
         }
+        let deadline_us = self.deadline_us(options.ttl);
         let mut args = vec![
-            self.deadline_us(options.ttl).to_string().into_bytes(),
+            deadline_us.to_string().into_bytes(),
             key.as_bytes().to_vec(),
         ];
+        if options.idempotency_key.is_some() {
+            // Only a keyed hold forgets old keys: the others do not send the settings.
+            args.push(self.idempotency_retention_us.to_string().into_bytes());
+            args.push(self.idempotency_keys_max.to_string().into_bytes());
+        }
         args.extend(self.line_args(&lines)?);
         let reply = self.run(&SCRIPTS.reserve, &args)?;
         match reply.status.as_str() {
             "ok" => {
-                let hold = self.hold_of(&reply.payload)?;
+                // The server sends the new hold's id only: its lines and deadline are the
+                // request's.
+                let counter = engine::number(reply.payload.first())
+                    .map_err(|reason| StockError::Unavailable { reason })?;
+                let hold = Reservation::from_parts(
+                    self.id_of(counter),
+                    lines.into_owned(),
+                    self.timebase.instant(deadline_us),
+                );
                 self.deliver(&reply.events, hold.expires_at());
                 Ok(hold)
             }

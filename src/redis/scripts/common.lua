@@ -8,8 +8,10 @@
 -- slot (Redis Cluster shards by namespace). A call declares one key, the levels hash, which
 -- routes it to the namespace's slot; the other keys are named after it (the prefix
 -- "{namespace}:" and a suffix), in the same slot:
---   levels       hash  SKU -> struct '<dddd': on_hand, reserved, version, threshold
---                      (little-endian doubles holding integers; engine.rs reads it too)
+--   levels       hash  SKU -> struct '<ddddd': on_hand, reserved, version, threshold,
+--                      waiters queued (the length of queue:SKU, kept here so that a call
+--                      needs no LLEN per line); little-endian doubles holding integers;
+--                      mod.rs reads it too
 --   holds        hash  id -> msgpack {deadline_us (0: none), idempotency key ("": none),
 --                      {SKU...}, {quantity...}, granted to a waiter (true | nil)}
 --   deadlines    zset  id scored by deadline_us: the expiry index; a hold is in it exactly
@@ -19,6 +21,7 @@
 --   retired      zset  idempotency key scored by the time its hold resolved (us)
 --   sequence     string  the last id issued (INCR)
 --   events       stream  one entry per change per SKU, and one per low-stock crossing
+--                      (one field, `event`: see `append`)
 --   stats        hash  counter name -> count
 --   waiters      hash  waiter id -> msgpack {id, {SKU...}, {quantity...}, position,
 --                      lease_us, {on_hand, reserved, version per line taken}}
@@ -27,22 +30,35 @@
 --   queue:SKU    list  of waiter ids, FIFO
 --   granted:id   string  the levels of a granted wait; wake:id  list  a waiter's wake-up
 --
--- ARGV (common head): 1 "1" when the caller wants its events back, else "0", 2 now (us on
--- the store's clock), 3 stream cap (entries, approximate trimming), 4 idempotency
--- retention (us), 5 idempotency keys max; then each script's own from ARGV[6].
+-- ARGV (common head): 1 now (us on the store's clock), 2 stream cap (entries, approximate
+-- trimming); then each script's own from ARGV[3]. Whether the caller wants its events back
+-- is in the function's name: each script is registered twice, as `<script>` (no) and as
+-- `<script>_events` (yes), which costs the call nothing where an argument costs Redis a
+-- string and a growth of the ARGV table.
 --
--- Every script answers {status, payload, events}:
+-- Every script answers {status, payload, events} (as the scripts' headers write it):
 --   status   a string: "ok", or the name of a refusal
 --   payload  an array whose shape the script's header gives
---   events   flat 7-tuples for the caller's event sink (empty unless ARGV[1] is "1"): kind,
+--   events   flat 7-tuples for the caller's event sink (empty unless it wants them): kind,
 --            id, SKU, quantity, on_hand, reserved, version; a "low_stock" tuple carries
 --            available, threshold, 0 in the quantity, on_hand and reserved places.
+-- On the wire (`answer`) that is the status alone (a string) when payload and events are
+-- both empty, else one flat array {status, #payload, payload..., events...}: Redis checks
+-- every table of a reply for special fields (err, ok, double, map, ...), so one table
+-- costs a third of three. (`reserve` sends a new hold's id alone, an integer, when it
+-- has no events to send.)
 -- Numbers are exact integers up to 2^53 - 1 (Lua numbers are doubles): QUANTITY_MAX.
 
 local KEYS, ARGV
--- The decimal strings of 0 to 1023 (quantities, id 0, small counts), made by the first
--- call (the library's loading sees no `string`) and kept.
+-- The decimal strings of 0 to 63 (quantities, id 0, small counts), made by the first
+-- call (the library's loading sees no `string`) and kept. Few: Redis steps Lua's garbage
+-- collector every 50 calls, and a table of 1,024 strings made that step cost about 2,000
+-- instructions a call more (callgrind).
 local SMALL = nil
+-- redis.call, string.format, struct.pack and struct.unpack, looked up by the first call
+-- (the library's loading sees none of them) and kept: a global and a field look-up less
+-- each time.
+local call, format, spack, sunpack
 -- The key names of the namespace of the last call, kept between calls: a call of the same
 -- namespace (its levels key is the same interned string) names no key again.
 local K_LEVELS, K_HOLDS, K_DEADLINES, K_KEYS, K_RETIRED
@@ -52,11 +68,11 @@ local PREFIX
 -- number costs, and most calls only pass them on to commands).
 local NOW, EVENTS_MAX
 -- The events this call answers with (see above): empty unless `replied`, whether the
--- caller wants them (ARGV[1]); NONE, a shared empty table, when it wants none.
+-- caller wants them; NONE, a shared empty table, when it wants none.
 local events, replied
 local NONE = {}
 
-local function begin(keys, args)
+local function begin(keys, args, wanted)
   KEYS, ARGV = keys, args
   if keys[1] ~= K_LEVELS then
     K_LEVELS = keys[1]
@@ -66,13 +82,14 @@ local function begin(keys, args)
     K_SEQUENCE, K_EVENTS, K_STATS = PREFIX .. 'sequence', PREFIX .. 'events', PREFIX .. 'stats'
     K_WAITERS, K_UNCLAIMED = PREFIX .. 'waiters', PREFIX .. 'unclaimed'
   end
-  NOW, EVENTS_MAX = args[2], args[3]
-  replied = args[1] == '1'
+  NOW, EVENTS_MAX = args[1], args[2]
+  replied = wanted
   events = replied and {} or NONE
   if not SMALL then
+    call, format, spack, sunpack = redis.call, string.format, struct.pack, struct.unpack
     SMALL = {}
-    for n = 0, 1023 do
-      SMALL[n] = string.format('%d', n)
+    for n = 0, 63 do
+      SMALL[n] = format('%d', n)
     end
   end
 end
@@ -88,34 +105,42 @@ local LEASE_US = 10000000
 -- A count as a decimal string (Lua's tostring would print 1e+15 for large counts). '%d'
 -- formats the count as a C long (exact below 2^53), at about half the cost of '%.0f'.
 local function int(n)
-  return SMALL[n] or string.format('%d', n)
+  return SMALL[n] or format('%d', n)
 end
 
--- A level is packed as four little-endian doubles (struct '<dddd'): about a third of the
--- cost of formatting and matching decimal text.
+-- The decimal text of the hold or waiter id `id`: a call names its hold several times
+-- (its record, its deadline, its events), formatted once. Kept between calls.
+local ID, ID_TEXT = 0, '0'
+local function id_text(id)
+  if id ~= ID then
+    ID, ID_TEXT = id, int(id)
+  end
+  return ID_TEXT
+end
+
+-- A level is packed as five little-endian doubles (struct '<ddddd'): about a third of the
+-- cost of formatting and matching decimal text. In a script a level is the array
+-- {on_hand, reserved, version, threshold, queued} (l[1] to l[5]): an array constructor
+-- costs a fraction of one with named fields, which hashes each of them.
 local function level_of(sku)
-  local packed = redis.call('HGET', K_LEVELS, sku)
+  local packed = call('HGET', K_LEVELS, sku)
   if not packed then
     return nil
   end
-  local o, r, v, t = struct.unpack('<dddd', packed)
-  return { o = o, r = r, v = v, t = t }
+  return { sunpack('<ddddd', packed) }
 end
 
 local function store_level(sku, l)
-  redis.call('HSET', K_LEVELS, sku, struct.pack('<dddd', l.o, l.r, l.v, l.t))
+  call('HSET', K_LEVELS, sku, spack('<ddddd', l[1], l[2], l[3], l[4], l[5]))
 end
 
-local function count(stat, amount)
-  redis.call('HINCRBY', K_STATS, stat, amount or 1)
+-- Adds one to the statistic `stat` (the increment as text: Redis would format a Lua number).
+local function count(stat)
+  call('HINCRBY', K_STATS, stat, '1')
 end
 
 local function queue_key(sku)
   return PREFIX .. 'queue:' .. sku
-end
-
-local function queued(sku)
-  return redis.call('LLEN', queue_key(sku))
 end
 
 -- The level after `change` of `q` units, or nil and why ("insufficient", available |
@@ -123,11 +148,11 @@ end
 -- The version rule of StockLevel::apply: version + reserved <= QUANTITY_MAX after every
 -- change, so a commit or release is never refused.
 local function apply(l, change, q, withheld)
-  local available = l.o - l.r - withheld
+  local available = l[1] - l[2] - withheld
   if available < 0 then
     available = 0
   end
-  local o, r = l.o, l.r
+  local o, r = l[1], l[2]
   if change == 'restock' then
     o = o + q
     if o > QUANTITY_MAX then
@@ -147,52 +172,67 @@ local function apply(l, change, q, withheld)
   else
     r = r - q
   end
-  local v = l.v + 1
+  local v = l[3] + 1
   if v + r > QUANTITY_MAX then
     return nil, 'overflow'
   end
-  return { o = o, r = r, v = v, t = l.t }
+  return { o, r, v, l[4], l[5] }
 end
 
--- Appends the change to the stream (the transactional outbox) and, when `to_caller`, to
--- the events this call answers with.
+-- Appends an event to the stream (the transactional outbox): one field, `event`, whose
+-- value is "kind id quantity on_hand reserved version SKU" (decimal integers; the SKU last,
+-- so it may hold spaces; a low_stock entry carries available, threshold, 0 in the
+-- quantity, on_hand and reserved places). One field of one string costs about half of
+-- seven named fields. (`int`, not Lua's own number to text: '%.14g' costs more than a
+-- table look-up or '%d'.)
 -- The stream is trimmed approximately ('MAXLEN ~'): Redis drops whole nodes of entries
 -- only, so the stream keeps at least EVENTS_MAX entries (a little more) and trimming costs
 -- next to nothing, where an exact cap would cut into a node on every append.
+local function append(kind, id, q, o, r, v, sku)
+  call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'event', kind .. ' ' .. id_text(id)
+    .. ' ' .. int(q) .. ' ' .. int(o) .. ' ' .. int(r) .. ' ' .. int(v) .. ' ' .. sku)
+end
+
+-- Adds an event to those this call answers with (the caller wants them: `replied`).
+local function push_event(kind, id, sku, q, o, r, v)
+  local n = #events
+  events[n + 1], events[n + 2], events[n + 3], events[n + 4] = kind, id, sku, q
+  events[n + 5], events[n + 6], events[n + 7] = o, r, v
+end
+
+-- Appends the change to the stream and, when `to_caller`, to the events this call answers
+-- with.
 local function record(kind, id, sku, q, l, to_caller)
-  redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'kind', kind, 'id', int(id),
-    'sku', sku, 'quantity', int(q), 'on_hand', int(l.o), 'reserved', int(l.r), 'version', int(l.v))
+  append(kind, id, q, l[1], l[2], l[3], sku)
   if to_caller and replied then
-    local n = #events
-    events[n + 1], events[n + 2], events[n + 3], events[n + 4] = kind, id, sku, q
-    events[n + 5], events[n + 6], events[n + 7] = l.o, l.r, l.v
+    push_event(kind, id, sku, q, l[1], l[2], l[3])
   end
 end
 
--- Sends a LowStock when available went from at least the threshold to below it. `l` is
--- the SKU's level now when the caller has it, else (nil) it is read.
+-- Sends a LowStock when available went from at least the threshold `t` (0: none) to below
+-- it; `v` is the SKU's version now.
+local function crossed(sku, available_before, available, t, v)
+  if t > 0 and available_before >= t and available < t then
+    append('low_stock', 0, available, t, 0, v, sku)
+    if replied then
+      push_event('low_stock', 0, sku, available, t, 0, v)
+    end
+  end
+end
+
+-- `crossed` for the level `l` of `sku` now when the caller has it, else (nil) it is read.
 local function low_stock(sku, available_before, l)
   l = l or level_of(sku)
-  local available = l.o - l.r
-  if l.t > 0 and available_before >= l.t and available < l.t then
-    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'kind', 'low_stock', 'sku', sku,
-      'available', int(available), 'threshold', int(l.t), 'version', int(l.v))
-    if not replied then
-      return
-    end
-    local n = #events
-    events[n + 1], events[n + 2], events[n + 3], events[n + 4] = 'low_stock', 0, sku, available
-    events[n + 5], events[n + 6], events[n + 7] = l.t, 0, l.v
-  end
+  crossed(sku, available_before, l[1] - l[2], l[4], l[3])
 end
 
 local function available_of(sku)
   local l = level_of(sku)
-  return l.o - l.r
+  return l[1] - l[2]
 end
 
 local function hold_of(id)
-  local packed = redis.call('HGET', K_HOLDS, int(id))
+  local packed = call('HGET', K_HOLDS, id_text(id))
   if not packed then
     return nil
   end
@@ -202,7 +242,8 @@ end
 -- A hold as a reply: {id, deadline_us, SKU, quantity, SKU, quantity, ...}.
 local function hold_reply(id, deadline, skus, qtys)
   local reply = { id, deadline }
-  for i, sku in ipairs(skus) do
+  for i = 1, #skus do
+    local sku = skus[i]
     reply[#reply + 1] = sku
     reply[#reply + 1] = qtys[i]
   end
@@ -210,14 +251,14 @@ local function hold_reply(id, deadline, skus, qtys)
 end
 
 local function server_now()
-  local t = redis.call('TIME')
+  local t = call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
 -- ------------------------------------------------------------------ waiters
 
 local function waiter_of(wid)
-  local packed = redis.call('HGET', K_WAITERS, int(wid))
+  local packed = call('HGET', K_WAITERS, int(wid))
   if not packed then
     return nil
   end
@@ -225,7 +266,7 @@ local function waiter_of(wid)
 end
 
 local function store_waiter(w)
-  redis.call('HSET', K_WAITERS, int(w[1]), cmsgpack.pack(w))
+  call('HSET', K_WAITERS, id_text(w[1]), cmsgpack.pack(w))
 end
 
 -- Takes the lines of waiter `w` from its position on while no one queues before it and
@@ -237,40 +278,42 @@ local function advance(w)
     local position = w[4]
     local sku, q = skus[position], qtys[position]
     local taken = false
-    if queued(sku) == 0 then
-      local before = level_of(sku)
+    local before = level_of(sku)
+    if before[5] == 0 then
       local l, why = apply(before, 'reserve', q, 0)
       if l then
         store_level(sku, l)
         record('reserved', w[1], sku, q, l, false)
         local levels = w[6]
-        levels[#levels + 1], levels[#levels + 2], levels[#levels + 3] = l.o, l.r, l.v
+        levels[#levels + 1], levels[#levels + 2], levels[#levels + 3] = l[1], l[2], l[3]
         w[4] = position + 1
         taken = true
-        low_stock(sku, before.o - before.r, l)
+        low_stock(sku, before[1] - before[2], l)
       elseif why == 'overflow' then
         return 'overflow'
       end
     end
     if not taken then
-      redis.call('RPUSH', queue_key(sku), int(w[1]))
+      call('RPUSH', queue_key(sku), id_text(w[1]))
+      before[5] = before[5] + 1
+      store_level(sku, before)
       count('waits')
       store_waiter(w)
       return 'queued'
     end
   end
-  redis.call('HDEL', K_WAITERS, int(w[1]))
+  call('HDEL', K_WAITERS, id_text(w[1]))
   -- The fifth field marks a hold that may sit in the unclaimed set.
-  redis.call('HSET', K_HOLDS, int(w[1]), cmsgpack.pack({ 0, '', skus, qtys, true }))
+  call('HSET', K_HOLDS, id_text(w[1]), cmsgpack.pack({ 0, '', skus, qtys, true }))
   count('reserves')
   -- A waiter whose process died cannot take its grant: unclaimed within a lease, it goes
   -- back (reclaim).
-  redis.call('ZADD', K_UNCLAIMED, int(server_now() + LEASE_US), int(w[1]))
-  local granted = PREFIX .. 'granted:' .. int(w[1])
-  redis.call('SET', granted, cmsgpack.pack(w[6]), 'PX', 86400000)
-  local wake = PREFIX .. 'wake:' .. int(w[1])
-  redis.call('LPUSH', wake, '1')
-  redis.call('PEXPIRE', wake, 60000)
+  call('ZADD', K_UNCLAIMED, int(server_now() + LEASE_US), id_text(w[1]))
+  local granted = PREFIX .. 'granted:' .. id_text(w[1])
+  call('SET', granted, cmsgpack.pack(w[6]), 'PX', 86400000)
+  local wake = PREFIX .. 'wake:' .. id_text(w[1])
+  call('LPUSH', wake, '1')
+  call('PEXPIRE', wake, 60000)
   return 'granted'
 end
 
@@ -280,8 +323,13 @@ local function drop_waiter(w, to_caller)
   local moved = {}
   local skus, qtys = w[2], w[3]
   if w[4] <= #skus then
-    redis.call('LREM', queue_key(skus[w[4]]), 1, int(w[1]))
-    moved[#moved + 1] = skus[w[4]]
+    local sku = skus[w[4]]
+    if call('LREM', queue_key(sku), 1, id_text(w[1])) > 0 then
+      local l = level_of(sku)
+      l[5] = l[5] - 1
+      store_level(sku, l)
+    end
+    moved[#moved + 1] = sku
   end
   for i = 1, w[4] - 1 do
     local l = apply(level_of(skus[i]), 'release', qtys[i], 0)
@@ -289,7 +337,7 @@ local function drop_waiter(w, to_caller)
     record('released', w[1], skus[i], qtys[i], l, to_caller)
     moved[#moved + 1] = skus[i]
   end
-  redis.call('HDEL', K_WAITERS, int(w[1]))
+  call('HDEL', K_WAITERS, id_text(w[1]))
   return moved
 end
 
@@ -298,7 +346,8 @@ end
 -- there, else everyone behind it waits too (no barging).
 local function serve(skus)
   local work = {}
-  for i, sku in ipairs(skus) do
+  for i = 1, #skus do
+    local sku = skus[i]
     work[i] = sku
   end
   local lease_now = nil
@@ -306,12 +355,15 @@ local function serve(skus)
   while #work > 0 and steps < BATCH_MAX do
     steps = steps + 1
     local sku = table.remove(work)
-    local wid = redis.call('LINDEX', queue_key(sku), 0)
+    local wid = call('LINDEX', queue_key(sku), 0)
     if wid then
       local w = waiter_of(wid)
       lease_now = lease_now or server_now()
       if not w then
-        redis.call('LPOP', queue_key(sku))
+        call('LPOP', queue_key(sku))
+        local l = level_of(sku)
+        l[5] = l[5] - 1
+        store_level(sku, l)
         work[#work + 1] = sku
       elseif w[5] < lease_now then
         for _, moved in ipairs(drop_waiter(w, false)) do
@@ -321,11 +373,12 @@ local function serve(skus)
         local q = w[3][w[4]]
         local l = apply(level_of(sku), 'reserve', q, 0)
         if l then
+          l[5] = l[5] - 1
           store_level(sku, l)
           record('reserved', w[1], sku, q, l, false)
           local levels = w[6]
-          levels[#levels + 1], levels[#levels + 2], levels[#levels + 3] = l.o, l.r, l.v
-          redis.call('LPOP', queue_key(sku))
+          levels[#levels + 1], levels[#levels + 2], levels[#levels + 3] = l[1], l[2], l[3]
+          call('LPOP', queue_key(sku))
           w[4] = w[4] + 1
           local outcome = advance(w)
           if outcome == 'overflow' then
@@ -343,18 +396,19 @@ end
 -- ------------------------------------------------------------------ holds
 
 -- Forgets resolved idempotency keys past the retention, then the oldest past the bound.
-local function prune_keys()
-  local retention, keys_max = tonumber(ARGV[4]), tonumber(ARGV[5])
-  local old = redis.call('ZRANGEBYSCORE', K_RETIRED, '-inf', int(tonumber(NOW) - retention), 'LIMIT', 0, BATCH_MAX)
-  for _, key in ipairs(old) do
-    redis.call('HDEL', K_KEYS, key)
-    redis.call('ZREM', K_RETIRED, key)
+local function prune_keys(retention, keys_max)
+  retention, keys_max = tonumber(retention), tonumber(keys_max)
+  local old = call('ZRANGEBYSCORE', K_RETIRED, '-inf', int(tonumber(NOW) - retention), 'LIMIT', 0, BATCH_MAX)
+  for _ = 1, #old do
+    local key = old[_]
+    call('HDEL', K_KEYS, key)
+    call('ZREM', K_RETIRED, key)
   end
-  local excess = redis.call('ZCARD', K_RETIRED) - keys_max
+  local excess = call('ZCARD', K_RETIRED) - keys_max
   if excess > 0 then
-    local popped = redis.call('ZPOPMIN', K_RETIRED, math.min(excess, BATCH_MAX))
+    local popped = call('ZPOPMIN', K_RETIRED, math.min(excess, BATCH_MAX))
     for i = 1, #popped, 2 do
-      redis.call('HDEL', K_KEYS, popped[i])
+      call('HDEL', K_KEYS, popped[i])
     end
   end
 end
@@ -365,39 +419,56 @@ end
 -- the unclaimed set only when a waiter was granted it (h[5]).
 local function settle(id, h, change, kind)
   local skus, qtys = h[3], h[4]
-  local member = int(id)
-  redis.call('HDEL', K_HOLDS, member)
+  local member = id_text(id)
+  call('HDEL', K_HOLDS, member)
   if h[1] > 0 then
-    redis.call('ZREM', K_DEADLINES, member)
+    call('ZREM', K_DEADLINES, member)
   end
   if h[5] then
-    redis.call('ZREM', K_UNCLAIMED, member)
+    call('ZREM', K_UNCLAIMED, member)
   end
-  local before, after = {}, {}
-  for i, sku in ipairs(skus) do
-    local l = level_of(sku)
-    before[i] = l.o - l.r
-    l = apply(l, change, qtys[i], 0)
-    store_level(sku, l)
-    record(kind, id, sku, qtys[i], l, true)
-    after[i] = l
-  end
-  if change == 'release' then
-    serve(skus)
-    -- Waiters served may have taken some of it: read the levels again.
-    after = {}
-  end
-  for i, sku in ipairs(skus) do
-    low_stock(sku, before[i], after[i])
+  if change == 'commit' and #skus == 1 then
+    -- The common case: the commit of one line, on the level's five numbers without a
+    -- table (apply's commit: on hand and reserved less the quantity, never refused).
+    local sku, q = skus[1], qtys[1]
+    local o, r, v, t, w = sunpack('<ddddd', call('HGET', K_LEVELS, sku))
+    local available_before = o - r
+    o, r, v = o - q, r - q, v + 1
+    call('HSET', K_LEVELS, sku, spack('<ddddd', o, r, v, t, w))
+    append(kind, id, q, o, r, v, sku)
+    if replied then
+      push_event(kind, id, sku, q, o, r, v)
+    end
+    crossed(sku, available_before, o - r, t, v)
+  else
+    local before, after = {}, {}
+    for i = 1, #skus do
+      local sku = skus[i]
+      local l = level_of(sku)
+      before[i] = l[1] - l[2]
+      l = apply(l, change, qtys[i], 0)
+      store_level(sku, l)
+      record(kind, id, sku, qtys[i], l, true)
+      after[i] = l
+    end
+    if change == 'release' then
+      serve(skus)
+      -- Waiters served may have taken some of it: read the levels again.
+      after = {}
+    end
+    for i = 1, #skus do
+      local sku = skus[i]
+      low_stock(sku, before[i], after[i])
+    end
   end
   if h[2] ~= '' then
-    local packed = redis.call('HGET', K_KEYS, h[2])
+    local packed = call('HGET', K_KEYS, h[2])
     if packed then
       local entry = cmsgpack.unpack(packed)
       if entry[1] == id then
         entry[2], entry[3] = 'resolved', h[1]
-        redis.call('HSET', K_KEYS, h[2], cmsgpack.pack(entry))
-        redis.call('ZADD', K_RETIRED, NOW, h[2])
+        call('HSET', K_KEYS, h[2], cmsgpack.pack(entry))
+        call('ZADD', K_RETIRED, NOW, h[2])
       end
     end
   end
@@ -408,10 +479,11 @@ end
 -- (their process died after it queued), as expiries; their stock goes to the next waiters.
 -- Returns how many it gave back.
 local function reclaim()
-  local lost = redis.call('ZRANGEBYSCORE', K_UNCLAIMED, '-inf', int(server_now()), 'LIMIT', 0, BATCH_MAX)
-  for _, member in ipairs(lost) do
-    redis.call('ZREM', K_UNCLAIMED, member)
-    redis.call('DEL', PREFIX .. 'granted:' .. member, PREFIX .. 'wake:' .. member)
+  local lost = call('ZRANGEBYSCORE', K_UNCLAIMED, '-inf', int(server_now()), 'LIMIT', 0, BATCH_MAX)
+  for _ = 1, #lost do
+    local member = lost[_]
+    call('ZREM', K_UNCLAIMED, member)
+    call('DEL', PREFIX .. 'granted:' .. member, PREFIX .. 'wake:' .. member)
     local h = hold_of(tonumber(member))
     if h then
       settle(tonumber(member), h, 'release', 'expired')
@@ -422,31 +494,64 @@ end
 
 -- Expires up to BATCH_MAX holds due now, in deadline order; returns them as hold replies.
 local function expire_due()
-  local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', NOW, 'LIMIT', 0, BATCH_MAX)
+  local due = call('ZRANGEBYSCORE', K_DEADLINES, '-inf', NOW, 'LIMIT', 0, BATCH_MAX)
   local expired = {}
-  for _, member in ipairs(due) do
+  for _ = 1, #due do
+    local member = due[_]
     local id = tonumber(member)
     local h = hold_of(id)
     if h then
       settle(id, h, 'release', 'expired')
       expired[#expired + 1] = hold_reply(id, h[1], h[3], h[4])
     else
-      redis.call('ZREM', K_DEADLINES, member)
+      call('ZREM', K_DEADLINES, member)
     end
   end
   return expired
 end
 
--- Reads the request lines from ARGV[first]: count, then SKU, quantity pairs (merged and
--- sorted by the client). Quantities above QUANTITY_MAX stay large: they are refused.
+-- Reads the request lines, SKU, quantity pairs (merged and sorted by the client), from
+-- ARGV[first] to the end. Quantities above QUANTITY_MAX stay large: they are refused.
 local function read_lines(first)
-  local n = tonumber(ARGV[first])
   local skus, qtys = {}, {}
-  for i = 1, n do
-    skus[i] = ARGV[first + 2 * i - 1]
-    qtys[i] = tonumber(ARGV[first + 2 * i])
+  local i = 1
+  for at = first, #ARGV - 1, 2 do
+    skus[i], qtys[i] = ARGV[at], tonumber(ARGV[at + 1])
+    i = i + 1
   end
   return skus, qtys
+end
+
+-- The call's reply (see the head of this file): the status alone when `payload` (nil for
+-- none) and the events are empty, else {status, #payload, payload..., events...}.
+-- (`answer_hold` writes a hold's reply without the payload table.)
+local function answer(status, payload)
+  local np, ne = payload and #payload or 0, #events
+  if np == 0 and ne == 0 then
+    return status
+  end
+  local reply = { status, np }
+  for i = 1, np do
+    reply[i + 2] = payload[i]
+  end
+  for i = 1, ne do
+    reply[np + 2 + i] = events[i]
+  end
+  return reply
+end
+
+-- The call's reply with the hold {id, deadline_us, SKU, quantity, ...} as its payload.
+local function answer_hold(status, id, deadline, skus, qtys)
+  local n = #skus
+  local reply = { status, 2 + 2 * n, id, deadline }
+  for i = 1, n do
+    reply[3 + 2 * i], reply[4 + 2 * i] = skus[i], qtys[i]
+  end
+  local first = 4 + 2 * n
+  for i = 1, #events do
+    reply[first + i] = events[i]
+  end
+  return reply
 end
 
 -- Checks every line for `change` ("reserve" or "sell") without writing. Waiters come
@@ -454,11 +559,12 @@ end
 -- (reclaim), its queue is served, and a SKU with waiters left offers nothing (no barging).
 -- When stock is short, the same and the due holds' expiry run once, then every line is
 -- checked again. The common case (no queue, stock enough) reads each level and each queue
--- length once. Returns the lines' levels, or nil and the refusal reply
--- {status, {line index, ...}}.
+-- length once. Returns the lines' levels before and after the change, or nil and the
+-- refusal {status, {line index, ...}}.
 local function check_lines(skus, qtys, change)
   local levels = {}
-  for i, sku in ipairs(skus) do
+  for i = 1, #skus do
+    local sku = skus[i]
     levels[i] = level_of(sku)
     if not levels[i] then
       return nil, { 'unknown_sku', { i } }
@@ -467,31 +573,36 @@ local function check_lines(skus, qtys, change)
   local swept = false
   while true do
     local waiting = nil
-    for _, sku in ipairs(skus) do
-      if queued(sku) > 0 then
+    for i = 1, #skus do
+      local sku = skus[i]
+      if levels[i][5] > 0 then
         waiting = waiting or {}
         waiting[#waiting + 1] = sku
       end
     end
-    local withheld = {}
+    local withheld = NONE
     if waiting then
+      withheld = {}
       reclaim()
       serve(waiting)
-      for i, sku in ipairs(skus) do
+      for i = 1, #skus do
+        local sku = skus[i]
         levels[i] = level_of(sku)
-        withheld[i] = queued(sku) > 0 and QUANTITY_MAX or 0
+        withheld[i] = levels[i][5] > 0 and QUANTITY_MAX or 0
       end
     end
     local refusal = nil
+    local after = {}
     for i = 1, #skus do
       local l, why, available = apply(levels[i], change, qtys[i], withheld[i] or 0)
       if not l then
         refusal = { why, { i, available or 0 } }
         break
       end
+      after[i] = l
     end
     if not refusal then
-      return levels
+      return levels, after
     end
     local retry = false
     if refusal[1] == 'insufficient' and not swept then
@@ -503,7 +614,8 @@ local function check_lines(skus, qtys, change)
       count('refusals')
       return nil, refusal
     end
-    for i, sku in ipairs(skus) do
+    for i = 1, #skus do
+      local sku = skus[i]
       levels[i] = level_of(sku)
     end
   end

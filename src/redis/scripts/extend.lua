@@ -1,22 +1,22 @@
 -- extend.lua: gives an open hold a new deadline, or expires it when already past its own.
--- ARGV (after the common head of common.lua): 6 id, 7 new deadline (us, 0: none).
+-- ARGV (after the common head of common.lua): 3 id, 4 new deadline (us, 0: none).
 -- Reply: {"ok", hold, {}} | {"expired", hold, events} | {"unknown_reservation", {}, {}}
 -- with hold = {id, deadline_us, SKU, quantity, ...}.
-local id, deadline = tonumber(ARGV[6]), tonumber(ARGV[7])
+local id, deadline = tonumber(ARGV[3]), tonumber(ARGV[4])
 local h = hold_of(id)
 if not h then
-  return { 'unknown_reservation', {}, {} }
+  return answer('unknown_reservation')
 end
 if h[1] > 0 and tonumber(NOW) >= h[1] then
   settle(id, h, 'release', 'expired')
-  return { 'expired', hold_reply(id, h[1], h[3], h[4]), events }
+  return answer_hold('expired', id, h[1], h[3], h[4])
 end
 h[1] = deadline
-redis.call('HSET', K_HOLDS, int(id), cmsgpack.pack(h))
+call('HSET', K_HOLDS, id_text(id), cmsgpack.pack(h))
 if deadline > 0 then
-  redis.call('ZADD', K_DEADLINES, int(deadline), int(id))
+  call('ZADD', K_DEADLINES, int(deadline), id_text(id))
 else
-  redis.call('ZREM', K_DEADLINES, int(id))
+  call('ZREM', K_DEADLINES, id_text(id))
 end
 count('extensions')
-return { 'ok', hold_reply(id, deadline, h[3], h[4]), {} }
+return answer_hold('ok', id, deadline, h[3], h[4])

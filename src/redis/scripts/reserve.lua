@@ -1,17 +1,50 @@
 -- reserve.lua: holds every line, all or nothing, or answers from an idempotency key.
--- ARGV (after the common head of common.lua): 6 deadline (us, 0: none), 7 idempotency
--- key ("": none), 8 number of lines n, then n pairs SKU, quantity (merged, sorted).
--- Reply: {"ok", hold, events} with hold = {id, deadline_us, SKU, quantity, ...}
+-- ARGV (after the common head of common.lua): 3 deadline (us, 0: none), 4 idempotency
+-- key ("": none); with a key, 5 idempotency retention (us) and 6 idempotency keys max;
+-- then the lines: pairs SKU, quantity (merged, sorted).
+-- Reply: {"ok", {id}, events}, or the id alone (an integer) when there are no events to
+--        send: the caller knows the hold's lines and deadline, it sent them
 --      | {"replay", hold, {}}                 the key's reservation, nothing more held
 --      | {"idempotency_conflict", {id}, {}}   the key was used with other lines
 --      | {"unknown_sku" | "overflow", {line}, events}
 --      | {"insufficient", {line, available}, events}
 -- A refusal's events are those of due holds it expired while checking.
-local deadline, key = tonumber(ARGV[6]), ARGV[7]
-local skus, qtys = read_lines(8)
+local deadline, key = tonumber(ARGV[3]), ARGV[4]
+-- The common case first: one line, no key, no one queued, stock enough. The same steps as
+-- below (apply's rules for a hold: enough available, version + reserved within
+-- QUANTITY_MAX) on the level's five numbers, without the general path's tables and loops;
+-- anything else takes the general path.
+if key == '' and #ARGV == 6 then
+  local sku, q = ARGV[5], tonumber(ARGV[6])
+  local packed = call('HGET', K_LEVELS, sku)
+  if packed then
+    local o, r, v, t, w = sunpack('<ddddd', packed)
+    if w == 0 and q <= o - r and v + 1 + r + q <= QUANTITY_MAX then
+      local available_before = o - r
+      r, v = r + q, v + 1
+      local id = call('INCR', K_SEQUENCE)
+      call('HSET', K_LEVELS, sku, spack('<ddddd', o, r, v, t, w))
+      append('reserved', id, q, o, r, v, sku)
+      if replied then
+        push_event('reserved', id, sku, q, o, r, v)
+      end
+      crossed(sku, available_before, o - r, t, v)
+      call('HSET', K_HOLDS, id_text(id), cmsgpack.pack({ deadline, key, { sku }, { q } }))
+      if deadline > 0 then
+        call('ZADD', K_DEADLINES, int(deadline), id_text(id))
+      end
+      count('reserves')
+      if not replied then
+        return id
+      end
+      return answer('ok', { id })
+    end
+  end
+end
+local skus, qtys = read_lines(key == '' and 5 or 7)
 if key ~= '' then
-  prune_keys()
-  local packed = redis.call('HGET', K_KEYS, key)
+  prune_keys(ARGV[5], ARGV[6])
+  local packed = call('HGET', K_KEYS, key)
   if packed then
     local entry = cmsgpack.unpack(packed)
     local same = #entry[4] == #skus
@@ -19,38 +52,38 @@ if key ~= '' then
       same = same and entry[4][i] == skus[i] and entry[5][i] == qtys[i]
     end
     if not same then
-      return { 'idempotency_conflict', { entry[1] }, {} }
+      return answer('idempotency_conflict', { entry[1] })
     end
     count('replays')
     local open = entry[2] == 'open' and hold_of(entry[1])
     local at = open and open[1] or entry[3]
-    return { 'replay', hold_reply(entry[1], at, entry[4], entry[5]), {} }
+    return answer('replay', hold_reply(entry[1], at, entry[4], entry[5]))
   end
 end
-local levels, refused = check_lines(skus, qtys, 'reserve')
+local levels, after = check_lines(skus, qtys, 'reserve')
 if not levels then
-  refused[3] = events
-  return refused
+  return answer(after[1], after[2])
 end
-local id = redis.call('INCR', K_SEQUENCE)
-local before = {}
-for i, sku in ipairs(skus) do
+local id = call('INCR', K_SEQUENCE)
+for i = 1, #skus do
+  local sku = skus[i]
+  store_level(sku, after[i])
+  record('reserved', id, sku, qtys[i], after[i], true)
+end
+for i = 1, #skus do
+  local sku = skus[i]
   local l = levels[i]
-  before[i] = l.o - l.r
-  l = apply(l, 'reserve', qtys[i], 0)
-  store_level(sku, l)
-  record('reserved', id, sku, qtys[i], l, true)
-  levels[i] = l
+  low_stock(sku, l[1] - l[2], after[i])
 end
-for i, sku in ipairs(skus) do
-  low_stock(sku, before[i], levels[i])
-end
-redis.call('HSET', K_HOLDS, int(id), cmsgpack.pack({ deadline, key, skus, qtys }))
+call('HSET', K_HOLDS, id_text(id), cmsgpack.pack({ deadline, key, skus, qtys }))
 if deadline > 0 then
-  redis.call('ZADD', K_DEADLINES, int(deadline), int(id))
+  call('ZADD', K_DEADLINES, int(deadline), id_text(id))
 end
 if key ~= '' then
-  redis.call('HSET', K_KEYS, key, cmsgpack.pack({ id, 'open', deadline, skus, qtys }))
+  call('HSET', K_KEYS, key, cmsgpack.pack({ id, 'open', deadline, skus, qtys }))
 end
 count('reserves')
-return { 'ok', hold_reply(id, deadline, skus, qtys), events }
+if not replied then
+  return id
+end
+return answer('ok', { id })

@@ -1,24 +1,43 @@
 -- sell.lua: sells every line without a hold, all or nothing.
--- ARGV (after the common head of common.lua): 6 number of lines n, then n pairs SKU,
--- quantity (merged, sorted).
+-- ARGV (after the common head of common.lua): from 3 the lines, pairs SKU, quantity
+-- (merged, sorted).
 -- Reply: {"ok", {}, events} | {"unknown_sku" | "overflow", {line}, events}
 --      | {"insufficient", {line, available}, events}
-local skus, qtys = read_lines(6)
-local levels, refused = check_lines(skus, qtys, 'sell')
+-- The common case first: one line, no one queued, stock enough. The same steps as below
+-- (apply's rules for a sale: enough available, version + reserved within QUANTITY_MAX)
+-- on the level's five numbers, without a table (less for Lua's collector); anything
+-- else takes the general path.
+if #ARGV == 4 then
+  local sku, q = ARGV[3], tonumber(ARGV[4])
+  local packed = call('HGET', K_LEVELS, sku)
+  if packed then
+    local o, r, v, t, w = sunpack('<ddddd', packed)
+    if w == 0 and q <= o - r and v + 1 + r <= QUANTITY_MAX then
+      local available_before = o - r
+      o, v = o - q, v + 1
+      call('HSET', K_LEVELS, sku, spack('<ddddd', o, r, v, t, w))
+      append('sold', 0, q, o, r, v, sku)
+      if replied then
+        push_event('sold', 0, sku, q, o, r, v)
+      end
+      crossed(sku, available_before, o - r, t, v)
+      return answer('ok')
+    end
+  end
+end
+local skus, qtys = read_lines(3)
+local levels, after = check_lines(skus, qtys, 'sell')
 if not levels then
-  refused[3] = events
-  return refused
+  return answer(after[1], after[2])
 end
-local before = {}
-for i, sku in ipairs(skus) do
+for i = 1, #skus do
+  local sku = skus[i]
+  store_level(sku, after[i])
+  record('sold', 0, sku, qtys[i], after[i], true)
+end
+for i = 1, #skus do
+  local sku = skus[i]
   local l = levels[i]
-  before[i] = l.o - l.r
-  l = apply(l, 'sell', qtys[i], 0)
-  store_level(sku, l)
-  record('sold', 0, sku, qtys[i], l, true)
-  levels[i] = l
+  low_stock(sku, l[1] - l[2], after[i])
 end
-for i, sku in ipairs(skus) do
-  low_stock(sku, before[i], levels[i])
-end
-return { 'ok', {}, events }
+return answer('ok')
