@@ -205,8 +205,10 @@ mod real {
     /// A value of a [`ShardedMap`], read-locked in place.
     pub(crate) type MapRef<'a, K, V> = dashmap::mapref::one::Ref<'a, K, V>;
 
-    /// A sharded concurrent map (dashmap). Values are cloned out, so no map guard is ever
-    /// held while the caller locks something else (dashmap issues 74 and 233).
+    /// A sharded concurrent map (dashmap). Values are cloned out, so a map guard is held
+    /// while the caller waits for another lock only in [`remove_if`](Self::remove_if)
+    /// (the registry's resolution), for locks whose holders never wait for this map (a
+    /// wait the other way round deadlocks: dashmap issues 74 and 233).
     pub(crate) struct ShardedMap<K, V>(dashmap::DashMap<K, V, Hasher>);
 
     impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
