@@ -465,11 +465,9 @@ impl<K: Clone + PartialEq> Registry<K> {
     ) -> Result<Extension<K, M>, StockError<K>> {
         let now = self.clock.now();
         let deadline = now.checked_add(ttl);
-        let mut settle = Some(settle);
         let mut outcome = None;
         let removed = self.holds.remove_if(&id, |hold| {
             if hold.is_due(Some(now)) {
-                let settle = settle.take().expect("a hold is settled once");
                 outcome = Some(Err(settle(hold.reservation.lines())));
                 return true;
             }
@@ -524,13 +522,11 @@ impl<K: Clone + PartialEq> Registry<K> {
         now: Instant,
         settle: impl FnOnce(&[(K, u64)]) -> M,
     ) -> Option<Resolved<K, M>> {
-        let mut settle = Some(settle);
         let mut moved = None;
         let removed = self.holds.remove_if(&id, |hold| {
             if !hold.is_due(Some(now)) {
                 return false;
             }
-            let settle = settle.take().expect("a hold is settled once");
             moved = Some(settle(hold.reservation.lines()));
             true
         })?;

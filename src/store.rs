@@ -205,10 +205,10 @@ pub trait StockStore<K>: Send + Sync {
     /// Only when the event sink panics. The due holds are expired one at a time, each in
     /// one step (stock back, hold gone, under the hold's lock in the registry); the sink
     /// hears of the sweep's `Expired` events only after every hold of the sweep is
-    /// expired, with no lock held. So a sink that panics, blocks, or resolves another hold of the same
-    /// sweep (which then answers [`StockError::UnknownReservation`]) leaves no hold
-    /// half done and keeps no other caller waiting; a panic stops the delivery of the rest
-    /// of the sweep's events.
+    /// expired, with no lock held. So a sink that panics, blocks, or resolves another hold
+    /// of the same sweep (which then answers [`StockError::UnknownReservation`]) leaves
+    /// no hold half done and keeps no other caller waiting; a panic stops the delivery of
+    /// the rest of the sweep's events.
     ///
     /// # Examples
     ///
