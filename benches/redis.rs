@@ -197,33 +197,31 @@ fn pessimistic() -> Subject<Store<PessimisticStore<Sku>>> {
 
 /// R1: `sell` of 1 unit on `RedisStore`, the bare script, `GET`/`SET` and in memory.
 /// Returns the lost units of the two peers.
+///
+/// The subjects take turns at each thread count (all four at 1 thread, then all four at
+/// 8, ...), so that the ratios the report draws compare runs minutes apart at most, not a
+/// whole group apart: on a shared 2-core machine the load drifts within a group.
 fn r1_sell(criterion: &mut Criterion, server: &RedisServer) -> serde_json::Value {
     let mut group = criterion.benchmark_group("R1_redis_sell");
     let streams = workload::uniform_skus(THREADS[THREADS.len() - 1], SKUS);
     let store = redis_store(server, "bench-r1");
+    let bare = Peer::new(&server.url(), "bare");
+    let get_set = Peer::new(&server.url(), "get_set");
+    let memory = pessimistic();
     for threads in THREADS {
         bench(&mut group, "redis_store", threads, |iters| {
             store.run_sells(threads, iters, &streams)
         });
-    }
-    let bare = Peer::new(&server.url(), "bare");
-    for threads in THREADS {
         bench(&mut group, "bare_script", threads, |iters| {
             run_threads(threads, iters, &|thread, i| {
                 bare.sell_bare(at(&streams[thread], i));
             })
         });
-    }
-    let get_set = Peer::new(&server.url(), "get_set");
-    for threads in THREADS {
         bench(&mut group, "get_set_oversells", threads, |iters| {
             run_threads(threads, iters, &|thread, i| {
                 get_set.sell_get_set(at(&streams[thread], i));
             })
         });
-    }
-    let memory = pessimistic();
-    for threads in THREADS {
         bench(&mut group, "pessimistic", threads, |iters| {
             memory.run_sells(threads, iters, &streams)
         });
@@ -238,18 +236,17 @@ fn r1_sell(criterion: &mut Criterion, server: &RedisServer) -> serde_json::Value
     })
 }
 
-/// R2: `reserve` then `commit` of 1 unit on `RedisStore` and in memory.
+/// R2: `reserve` then `commit` of 1 unit on `RedisStore` and in memory, taking turns at
+/// each thread count as in R1.
 fn r2_reserve_commit(criterion: &mut Criterion, server: &RedisServer) {
     let mut group = criterion.benchmark_group("R2_redis_reserve_commit");
     let streams = workload::uniform_skus(THREADS[THREADS.len() - 1], SKUS);
     let store = redis_store(server, "bench-r2");
+    let memory = pessimistic();
     for threads in THREADS {
         bench(&mut group, "redis_store", threads, |iters| {
             store.run_reserve_commits(threads, iters, &streams)
         });
-    }
-    let memory = pessimistic();
-    for threads in THREADS {
         bench(&mut group, "pessimistic", threads, |iters| {
             memory.run_reserve_commits(threads, iters, &streams)
         });
@@ -292,7 +289,7 @@ fn main() {
     let (warm_up_ms, measurement_ms) = if common::quick() {
         (100, 300)
     } else {
-        (300, 1_000)
+        (500, 2_000)
     };
     let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_millis(warm_up_ms))

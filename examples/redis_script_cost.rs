@@ -11,15 +11,20 @@
 //! - `bare`: N `EVALSHA`s of the bench's bare script (`GET`, then `DECRBY` when enough),
 //!   the least a correct server-side sale costs (`benches/redis.rs`);
 //!
-//! and prints, for each, `usec_per_call` of its command (`FCALL`, `EVALSHA`) and the
-//! server's CPU time per call (`INFO cpu`, network work included), with the ratios to
-//! `bare`.
+//! and prints, for each, `usec_per_call` of its command (`FCALL`, `EVALSHA`), the
+//! server's CPU time per call (`INFO cpu`, network work included), the client thread's
+//! own CPU time per call (`/proc/thread-self/schedstat`: building the command, the pool,
+//! the system calls, parsing the reply) and the wall-clock time per call (one round trip),
+//! with the ratios to `bare`.
 //!
-//! Run: `cargo run --features redis --example redis_script_cost -- [N]` (N defaults to
-//! 20,000; the client's build profile does not matter, the figures are the server's).
+//! Run: `cargo run --release --features redis --example redis_script_cost -- [N]` (N
+//! defaults to 20,000; the server's figures do not depend on the client's build profile,
+//! the client's do).
 
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
+
+use std::time::Instant;
 
 use redis::ConnectionLike;
 use stockledger::{RedisStore, StockStore};
@@ -40,12 +45,46 @@ const UNITS_PER_SKU: u64 = 1 << 36;
 /// counter holds enough (KEYS[1] the counter, ARGV[1] units; reply 1 sold, 0 refused).
 const BARE_SCRIPT: &str = include_str!("../benches/bare_decrby.lua");
 
-/// Calls, server microseconds per call (`usec` / `calls` of `INFO commandstats`, summed
-/// over `commands`) and server CPU microseconds per call (`used_cpu_user` +
-/// `used_cpu_sys` of `INFO cpu` since `cpu_before`, which counts the network work too and
-/// moves less with the machine's load).
-fn cost(connection: &mut redis::Connection, commands: &[&str], cpu_before: f64) -> (u64, f64, f64) {
-    let cpu_after = cpu(connection);
+/// Where a measured loop started: the server's CPU seconds (`INFO cpu`), this thread's CPU
+/// nanoseconds and the wall clock.
+struct Mark {
+    server_cpu_s: f64,
+    client_cpu_ns: u64,
+    wall: Instant,
+}
+
+/// One loop's figures, per call: server microseconds of its command (`usec` / `calls` of
+/// `INFO commandstats`), server CPU microseconds (`used_cpu_user` + `used_cpu_sys` of `INFO
+/// cpu`, which counts the network work too and moves less with the machine's load), this
+/// thread's CPU microseconds and wall-clock microseconds.
+#[derive(Clone, Copy)]
+struct Cost {
+    calls: u64,
+    usec: f64,
+    server_cpu_us: f64,
+    client_cpu_us: f64,
+    wall_us: f64,
+}
+
+impl std::ops::Add for Cost {
+    type Output = Cost;
+
+    fn add(self, other: Cost) -> Cost {
+        Cost {
+            calls: self.calls,
+            usec: self.usec + other.usec,
+            server_cpu_us: self.server_cpu_us + other.server_cpu_us,
+            client_cpu_us: self.client_cpu_us + other.client_cpu_us,
+            wall_us: self.wall_us + other.wall_us,
+        }
+    }
+}
+
+/// The figures of the loop started at `mark`, for the server commands `commands`.
+fn cost(connection: &mut redis::Connection, commands: &[&str], mark: &Mark) -> Cost {
+    let wall = mark.wall.elapsed();
+    let client_cpu_ns = thread_cpu_ns() - mark.client_cpu_ns;
+    let server_cpu_s = server_cpu(connection) - mark.server_cpu_s;
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(connection)
@@ -73,15 +112,17 @@ fn cost(connection: &mut redis::Connection, commands: &[&str], cpu_before: f64) 
     }
     assert!(calls > 0, "no {commands:?} in INFO commandstats");
     let per_call = |total: f64| total / calls as f64;
-    (
+    Cost {
         calls,
-        per_call(usec as f64),
-        per_call((cpu_after - cpu_before) * 1e6),
-    )
+        usec: per_call(usec as f64),
+        server_cpu_us: per_call(server_cpu_s * 1e6),
+        client_cpu_us: per_call(client_cpu_ns as f64 / 1e3),
+        wall_us: per_call(wall.as_secs_f64() * 1e6),
+    }
 }
 
 /// Seconds of CPU the server used so far (`INFO cpu`).
-fn cpu(connection: &mut redis::Connection) -> f64 {
+fn server_cpu(connection: &mut redis::Connection) -> f64 {
     let info: String = redis::cmd("INFO")
         .arg("cpu")
         .query(connection)
@@ -95,13 +136,40 @@ fn cpu(connection: &mut redis::Connection) -> f64 {
         .sum()
 }
 
-/// Resets `INFO commandstats`; returns the server's CPU seconds so far.
-fn reset(connection: &mut redis::Connection) -> f64 {
+/// Nanoseconds this thread ran on a CPU so far (the first field of
+/// `/proc/thread-self/schedstat`, Linux).
+fn thread_cpu_ns() -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .expect("/proc/thread-self/schedstat (Linux)");
+    text.split_whitespace()
+        .next()
+        .and_then(|ns| ns.parse().ok())
+        .expect("a CPU time in schedstat")
+}
+
+/// One `EVALSHA` of the bare script on `sku`'s counter: 1 sold, 0 refused. Out of line,
+/// so that callgrind's `--toggle-collect='*sell_bare*'` measures the client's side of it
+/// (as `'*RedisStore*StockStore*>::sell'` does the store's).
+#[inline(never)]
+fn sell_bare(script: &redis::Script, connection: &mut redis::Connection, sku: u64) -> u64 {
+    script
+        .key(format!("bare:{sku}"))
+        .arg(1)
+        .invoke(connection)
+        .expect("EVALSHA")
+}
+
+/// Resets `INFO commandstats`; returns where the next loop starts.
+fn reset(connection: &mut redis::Connection) -> Mark {
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query(connection)
         .expect("CONFIG RESETSTAT");
-    cpu(connection)
+    Mark {
+        server_cpu_s: server_cpu(connection),
+        client_cpu_ns: thread_cpu_ns(),
+        wall: Instant::now(),
+    }
 }
 
 fn main() {
@@ -122,24 +190,24 @@ fn main() {
     let hold = store.reserve(&[(0, 1)]).expect("reserve");
     store.commit(hold.id()).expect("commit");
 
-    let cpu_before = reset(&mut admin);
+    let mark = reset(&mut admin);
     for i in 0..n {
         store.sell(&[(i % SKUS, 1)]).expect("sell");
     }
-    let sell = cost(&mut admin, STORE_COMMANDS, cpu_before);
-    assert_eq!(sell.0, n, "one server call per sell");
+    let sell = cost(&mut admin, STORE_COMMANDS, &mark);
+    assert_eq!(sell.calls, n, "one server call per sell");
 
-    let cpu_before = reset(&mut admin);
+    let mark = reset(&mut admin);
     let mut holds = Vec::with_capacity(usize::try_from(n).expect("N fits"));
     for i in 0..n {
         holds.push(store.reserve(&[(i % SKUS, 1)]).expect("reserve").id());
     }
-    let reserve = cost(&mut admin, STORE_COMMANDS, cpu_before);
-    let cpu_before = reset(&mut admin);
+    let reserve = cost(&mut admin, STORE_COMMANDS, &mark);
+    let mark = reset(&mut admin);
     for id in holds {
         store.commit(id).expect("commit");
     }
-    let commit = cost(&mut admin, STORE_COMMANDS, cpu_before);
+    let commit = cost(&mut admin, STORE_COMMANDS, &mark);
 
     let script = redis::Script::new(BARE_SCRIPT);
     for sku in 0..SKUS {
@@ -149,32 +217,27 @@ fn main() {
             .query(&mut admin)
             .expect("SET");
     }
-    let cpu_before = reset(&mut admin);
+    let mark = reset(&mut admin);
     for i in 0..n {
-        let sold: u64 = script
-            .key(format!("bare:{}", i % SKUS))
-            .arg(1)
-            .invoke(&mut admin)
-            .expect("EVALSHA");
-        assert_eq!(sold, 1);
+        assert_eq!(sell_bare(&script, &mut admin, i % SKUS), 1);
     }
-    let bare = cost(&mut admin, &["evalsha"], cpu_before);
+    let bare = cost(&mut admin, &["evalsha"], &mark);
 
-    println!("server cost per call, N = {n}, {SKUS} SKUs, 1 client thread:");
-    println!("                    usec_per_call        CPU us per call");
-    let row = |name: &str, (_, usec, cpu): (u64, f64, f64)| {
+    println!("cost per call, N = {n}, {SKUS} SKUs, 1 client thread, microseconds (x bare):");
+    println!("                    server usec_per_call  server CPU        client CPU        wall");
+    let row = |name: &str, cost: Cost| {
+        let cell = |value: f64, of_bare: f64| format!("{value:7.2} ({:5.2}x)", value / of_bare);
         println!(
-            "  {name:<17} {usec:7.2} ({:5.2}x bare)  {cpu:7.2} ({:5.2}x bare)",
-            usec / bare.1,
-            cpu / bare.2
+            "  {name:<17} {}     {}   {}   {}",
+            cell(cost.usec, bare.usec),
+            cell(cost.server_cpu_us, bare.server_cpu_us),
+            cell(cost.client_cpu_us, bare.client_cpu_us),
+            cell(cost.wall_us, bare.wall_us),
         );
     };
     row("bare script", bare);
     row("sell", sell);
     row("reserve", reserve);
     row("commit", commit);
-    row(
-        "reserve + commit",
-        (n, reserve.1 + commit.1, reserve.2 + commit.2),
-    );
+    row("reserve + commit", reserve + commit);
 }
