@@ -11,7 +11,7 @@ use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::stats::Stats;
 use crate::store::{Sku, StockStore};
-use crate::sync::{Arc, Condvar, Mutex, MutexGuard, ShardedMap};
+use crate::sync::{Mutex, MutexGuard, ShardedMap, SlotArc};
 use crate::wait::WaitQueue;
 
 pub use waiting::ReserveWait;
@@ -66,25 +66,24 @@ pub use waiting::ReserveWait;
 /// ```
 pub struct MonitorStore<K> {
     /// SKU -> its monitor.
-    slots: ShardedMap<K, Arc<Monitor>>,
+    slots: ShardedMap<K, SlotArc<Monitor>>,
     /// Open holds, events, counters.
     lifecycle: Lifecycle<K>,
 }
 
-/// One SKU's monitor.
+/// One SKU's monitor: its mutex and the state it guards.
 ///
-/// `repr(C)` with the mutex first, and [`MonitorState`]'s non-waiting fields first in it,
-/// so that a `sell` or `reserve` (the `Arc`'s counts, the mutex, the level, the threshold,
-/// the wait queue's pointer) reads the first cache line of the allocation. The wait
-/// queues themselves are allocated only while somebody waits on the SKU ([`WaitQueue`]),
-/// so a monitor takes 56 bytes (72 with the `Arc`'s counts), not 136.
+/// [`MonitorState`]'s non-waiting fields come first, so that a `sell` or `reserve` (the
+/// `SlotArc`'s count, the mutex, the level, the threshold, the wait queue's pointer) reads
+/// the first cache line of the allocation. The wait queues and the condition variable
+/// blocked waiters sleep on are allocated only while somebody waits on the SKU
+/// ([`WaitQueue`]), so a monitor takes 48 bytes (56 with its [`SlotArc`]'s one count),
+/// not 144.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Monitor {
     /// The SKU's counts and wait queue.
     state: Mutex<MonitorState>,
-    /// Notified (all) whenever queued waiters were granted stock.
-    granted: Condvar,
 }
 
 /// The state of one SKU, guarded by [`Monitor::state`].
@@ -172,7 +171,6 @@ impl Monitor {
                 level,
                 ..MonitorState::default()
             }),
-            granted: Condvar::new(),
         }
     }
 
@@ -195,9 +193,15 @@ impl Monitor {
     /// `WakeList`), so that no woken waiter runs into the lock.
     fn notify(&self, mut state: MutexGuard<'_, MonitorState>, granted: bool) {
         let wakers = state.waiters.take_wakers();
+        // Only a grant wakes sleepers, so only a grant clones the queues' signal.
+        let signal = if granted {
+            state.waiters.signal()
+        } else {
+            None
+        };
         drop(state);
-        if granted {
-            self.granted.notify_all();
+        if let Some(signal) = signal {
+            signal.notify_all();
         }
         wakers.into_iter().for_each(std::task::Waker::wake);
     }
@@ -258,7 +262,7 @@ impl<K: Sku> MonitorStore<K> {
 }
 
 impl<K: Sku> LockedSkus<K> for MonitorStore<K> {
-    type Slot = Arc<Monitor>;
+    type Slot = SlotArc<Monitor>;
     type Cell = MonitorState;
 
     fn slot(&self, sku: &K) -> Option<Self::Slot> {
@@ -327,7 +331,7 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
             .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
         let (monitor, created) = self
             .slots
-            .get_or_create(sku, || Arc::new(Monitor::new(first.level)));
+            .get_or_create(sku, || SlotArc::new(Monitor::new(first.level)));
         if created {
             self.lifecycle.restocked(sku, qty, first);
             return Ok(first.level);

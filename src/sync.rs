@@ -1,7 +1,7 @@
 //! The seam for every synchronisation primitive the crate uses.
 //!
 //! This is the only file that names `parking_lot`, `dashmap`, `papaya`, `portable_atomic`,
-//! `loom`, `std::sync::atomic` or a spin/backoff hint. Every other file imports
+//! `triomphe`, `loom`, `std::sync::atomic` or a spin/backoff hint. Every other file imports
 //! `crate::sync::…`, so under `--cfg loom` the loom models check the very code users run
 //! (the pattern of tokio's `src/loom/{std,mocked}.rs` and crossbeam's `primitive` module).
 //!
@@ -10,6 +10,7 @@
 //! | item | normal build | `cfg(loom)` |
 //! |---|---|---|
 //! | [`Arc`] | `std::sync::Arc` | `loom::sync::Arc` |
+//! | [`SlotArc`] (no weak count) | `triomphe::Arc` | `loom::sync::Arc` |
 //! | [`Mutex`] (`lock()` returns the guard) | `parking_lot::Mutex` | `loom::sync::Mutex` |
 //! | [`Condvar`] (`wait(guard) -> guard`) | `parking_lot::Condvar` | `loom::sync::Condvar` |
 //! | [`Word`] (128-bit CAS word) | `portable_atomic::AtomicU128` | a loom mutex with the same `load`/`compare_exchange` |
@@ -153,6 +154,9 @@ mod real {
 
     pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64};
     pub(crate) use std::sync::Arc;
+    /// A shared SKU slot: `Arc` without weak references, so its allocation carries one
+    /// count, not two (8 bytes less per SKU of the monitor store, `benches/memory.rs`).
+    pub(crate) use triomphe::Arc as SlotArc;
 
     pub(crate) use crossbeam_utils::Backoff;
     pub(crate) use parking_lot::{Mutex, MutexGuard};
@@ -364,6 +368,8 @@ mod mocked {
 
     pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64};
     pub(crate) use loom::sync::Arc;
+    /// The loom twin of the weak-less slot `Arc`: loom's (checks its counts).
+    pub(crate) use loom::sync::Arc as SlotArc;
 
     use super::Ordering;
 
@@ -447,7 +453,7 @@ mod mocked {
     /// and wait again; that leaves the state as it was, so no state is missed. Models that
     /// need a waiter that is only woken by a notification (lost wake-up checks) pass a
     /// timeout of `Duration::MAX`, so loom reports a lost wake-up as a deadlock.
-    #[derive(Debug)]
+    #[derive(Debug, Default)]
     pub(crate) struct Condvar(loom::sync::Condvar);
 
     impl Condvar {

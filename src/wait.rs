@@ -1,5 +1,5 @@
 //! The FIFO queue of waiting reservations on one SKU, shared by blocking waiters
-//! ([`reserve_timeout`](crate::WaitingStore::reserve_timeout), woken through the monitor's
+//! ([`reserve_timeout`](crate::WaitingStore::reserve_timeout), woken through the queue's
 //! condition variable) and async waiters ([`reserve_wait`](crate::WaitingStore::reserve_wait),
 //! woken through the [`Waker`] kept in their queue entry).
 //!
@@ -18,14 +18,15 @@ use std::collections::VecDeque;
 use std::task::Waker;
 
 use crate::level::Moved;
+use crate::sync::{Arc, Condvar};
 
 /// The waiters of one SKU, in arrival order, and the grants they have not picked up yet.
 ///
 /// Guarded by the SKU's monitor mutex (a field of `MonitorState`), like every field here.
-/// One pointer while nobody waits: the queues are allocated when the first waiter arrives
-/// and freed when the last grant is picked up, so the many SKUs nobody waits for carry 8
-/// bytes of wait state, not 88 (`benches/memory.rs`, bytes per SKU). Tickets restart then:
-/// no waiter holds one.
+/// One pointer while nobody waits: the queues (and the condition variable blocked waiters
+/// sleep on) are allocated when the first waiter arrives and freed when the last grant is
+/// picked up, so the many SKUs nobody waits for carry 8 bytes of wait state, not 104
+/// (`benches/memory.rs`, bytes per SKU). Tickets restart then: no waiter holds one.
 #[derive(Debug, Default)]
 pub(crate) struct WaitQueue {
     /// `None`: nobody waits and no grant is left to pick up.
@@ -47,6 +48,11 @@ struct Queues {
     wake_list: Vec<Waker>,
     /// The ticket of the next waiter to arrive.
     next_ticket: u64,
+    /// Notified (all) whenever queued waiters were granted stock: blocked threads sleep on
+    /// it with the SKU's mutex released. Shared, so that a sleeper holds it without
+    /// borrowing the state its mutex guards; a sleeper is queued or granted, so these
+    /// queues (and this condition variable) outlive its sleep.
+    signal: Arc<Condvar>,
 }
 
 impl Queues {
@@ -63,7 +69,7 @@ struct Waiter {
     ticket: u64,
     /// Units it waits for (its merged line).
     quantity: u64,
-    /// How to wake it: `None` for a blocked thread (woken by the monitor's condition
+    /// How to wake it: `None` for a blocked thread (woken by the queues' condition
     /// variable), the task's waker for an async waiter (the latest one it was polled with).
     waker: Option<Waker>,
 }
@@ -80,6 +86,12 @@ impl WaitQueue {
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.busy.as_ref().is_none_or(|busy| busy.queue.is_empty())
+    }
+
+    /// The condition variable blocked waiters sleep on; `None` when nobody waits and no
+    /// grant is left (then nobody sleeps either).
+    pub(crate) fn signal(&self) -> Option<Arc<Condvar>> {
+        self.busy.as_ref().map(|busy| Arc::clone(&busy.signal))
     }
 
     /// Number of queued waiters (granted ones not counted).

@@ -20,7 +20,7 @@ use crate::options::ReserveOptions;
 use crate::reservation::{Opened, Reservation};
 use crate::stats::{Stat, Stats};
 use crate::store::{Sku, WaitFuture, WaitingStore};
-use crate::sync::{self, Arc, MutexGuard};
+use crate::sync::{self, MutexGuard, SlotArc};
 
 /// Where one waiting line stands after its turn at its SKU's monitor.
 enum Turn {
@@ -112,7 +112,7 @@ enum Start<'a, K: Sku> {
 struct Request<'a, K: Sku> {
     store: &'a MonitorStore<K>,
     lines: Vec<(K, u64)>,
-    monitors: Vec<Arc<Monitor>>,
+    monitors: Vec<SlotArc<Monitor>>,
     /// What moved on each held line; `held.len()` is the index of the line waited for.
     held: Vec<Moved>,
     /// The ticket of line `held.len()` in its SKU's queue, while it is queued.
@@ -198,7 +198,7 @@ impl<'a, K: Sku> Request<'a, K> {
     /// held.
     fn poll_lines(&mut self, waker: &Waker) -> Poll<Result<(), StockError<K>>> {
         while let Some(index) = self.next_line() {
-            let monitor = Arc::clone(&self.monitors[index]);
+            let monitor = SlotArc::clone(&self.monitors[index]);
             let mut state = self.store.lock(&monitor);
             if !self.take_turn(&mut state, Some(waker))? {
                 return Poll::Pending;
@@ -239,7 +239,7 @@ impl<K: Sku> Request<'_, K> {
     /// up joins the held lines (to be given back with them).
     fn leave(&mut self) {
         if self.ticket.is_some() {
-            let monitor = Arc::clone(&self.monitors[self.held.len()]);
+            let monitor = SlotArc::clone(&self.monitors[self.held.len()]);
             let state = self.store.lock(&monitor);
             self.leave_locked(&monitor, state);
         }
@@ -288,7 +288,7 @@ impl<K: Sku> WaitingStore<K> for MonitorStore<K> {
             Start::Wait(request) => request,
         };
         while let Some(index) = request.next_line() {
-            let monitor = Arc::clone(&request.monitors[index]);
+            let monitor = SlotArc::clone(&request.monitors[index]);
             let mut state = self.lock(&monitor);
             let mut timed_out = false;
             while !request.take_turn(&mut state, None)? {
@@ -297,7 +297,11 @@ impl<K: Sku> WaitingStore<K> for MonitorStore<K> {
                     self.lifecycle.stats.count(Stat::Timeouts);
                     return Err(StockError::Timeout); // dropping `request` gives back the rest
                 }
-                (state, timed_out) = monitor.granted.wait_until(state, deadline);
+                // Not served, so queued: the queues, and their signal, exist until this
+                // request leaves them; `None` would only re-check the turn.
+                if let Some(signal) = state.waiters.signal() {
+                    (state, timed_out) = signal.wait_until(state, deadline);
+                }
             }
         }
         request.finish()
