@@ -540,6 +540,22 @@ local function answer(status, payload)
   return reply
 end
 
+-- Records the new hold `id` of the lines `skus`, `qtys` (their stock already held), with
+-- its deadline (us, 0: none) in the expiry index and its idempotency key ("": none), and
+-- counts it; returns the reserve script's answer: the id alone when the caller wants no
+-- events, else {"ok", {id}, events}.
+local function open_hold(id, deadline, key, skus, qtys)
+  call('HSET', K_HOLDS, id_text(id), cmsgpack.pack({ deadline, key, skus, qtys }))
+  if deadline > 0 then
+    call('ZADD', K_DEADLINES, int(deadline), id_text(id))
+  end
+  count('reserves')
+  if not replied then
+    return id
+  end
+  return answer('ok', { id })
+end
+
 -- The call's reply with the hold {id, deadline_us, SKU, quantity, ...} as its payload.
 local function answer_hold(status, id, deadline, skus, qtys)
   local n = #skus

@@ -29,15 +29,7 @@ if key == '' and #ARGV == 6 then
         push_event('reserved', id, sku, q, o, r, v)
       end
       crossed(sku, available_before, o - r, t, v)
-      call('HSET', K_HOLDS, id_text(id), cmsgpack.pack({ deadline, key, { sku }, { q } }))
-      if deadline > 0 then
-        call('ZADD', K_DEADLINES, int(deadline), id_text(id))
-      end
-      count('reserves')
-      if not replied then
-        return id
-      end
-      return answer('ok', { id })
+      return open_hold(id, deadline, key, { sku }, { q })
     end
   end
 end
@@ -75,15 +67,7 @@ for i = 1, #skus do
   local l = levels[i]
   low_stock(sku, l[1] - l[2], after[i])
 end
-call('HSET', K_HOLDS, id_text(id), cmsgpack.pack({ deadline, key, skus, qtys }))
-if deadline > 0 then
-  call('ZADD', K_DEADLINES, int(deadline), id_text(id))
-end
 if key ~= '' then
   call('HSET', K_KEYS, key, cmsgpack.pack({ id, 'open', deadline, skus, qtys }))
 end
-count('reserves')
-if not replied then
-  return id
-end
-return answer('ok', { id })
+return open_hold(id, deadline, key, skus, qtys)
