@@ -1,6 +1,7 @@
 //! Criterion scenarios: the four stores side by side with the naive peers and the
 //! hardware limits, one group per scenario, variants as function names, thread count as
-//! the parameter (`<group>/<variant>/<threads>`).
+//! the parameter (`<group>/<variant>/<threads>`). Within a group the subjects take turns
+//! at each thread count (see `common::ledgers`).
 //!
 //! Run: `cargo bench --bench scenarios` (about 10 minutes); quick mode:
 //! `STOCKLEDGER_BENCH_QUICK=1 cargo bench --bench scenarios` (about 2 minutes). Then
@@ -43,17 +44,11 @@ fn bench(
 fn hot_sell(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("hot_sell");
     let streams = workload::uniform_skus(1, SKUS);
-    common::for_each_ledger(
-        SKUS,
-        UNITS_PER_SKU,
-        Peers::Plain,
-        Limits::IdealVec,
-        |name, subject| {
-            bench(&mut group, name, 1, 1, |iters| {
-                subject.run_sells(1, iters, &streams)
-            });
-        },
-    );
+    for (name, subject) in common::ledgers(SKUS, UNITS_PER_SKU, Peers::Plain, Limits::IdealVec) {
+        bench(&mut group, name, 1, 1, |iters| {
+            subject.run_sells(1, iters, &streams)
+        });
+    }
     let counter = MutexCounter::new(u64::MAX);
     bench(&mut group, "mutex_u64", 1, 1, |iters| {
         common::run_threads(1, iters, &|_, _| {
@@ -67,17 +62,12 @@ fn hot_sell(criterion: &mut Criterion) {
 fn hot_reserve_commit(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("hot_reserve_commit");
     let streams = workload::uniform_skus(1, SKUS);
-    common::for_each_ledger(
-        SKUS,
-        UNITS_PER_SKU,
-        Peers::WithHolds,
-        Limits::IdealVec,
-        |name, subject| {
-            bench(&mut group, name, 1, 1, |iters| {
-                subject.run_reserve_commits(1, iters, &streams)
-            });
-        },
-    );
+    for (name, subject) in common::ledgers(SKUS, UNITS_PER_SKU, Peers::WithHolds, Limits::IdealVec)
+    {
+        bench(&mut group, name, 1, 1, |iters| {
+            subject.run_reserve_commits(1, iters, &streams)
+        });
+    }
     group.finish();
 }
 
@@ -102,49 +92,39 @@ fn scaling_guard(criterion: &mut Criterion) {
 fn s1_flash_sale(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("S1_flash_sale");
     let hot = vec![vec![0_u64]; THREADS[THREADS.len() - 1]];
-    common::for_each_ledger(
-        1,
-        UNITS_PER_SKU,
-        Peers::Plain,
-        Limits::HotCounter,
-        |name, subject| {
-            for threads in THREADS {
-                bench(&mut group, name, threads, threads as u64, |iters| {
-                    subject.run_sells(threads, iters, &hot)
-                });
-            }
-        },
-    );
-    common::for_each_ledger(1, 0, Peers::Plain, Limits::HotCounter, |name, subject| {
-        if name == "atomic_fetch_sub" {
-            return; // blind: it would oversell past zero
+    let subjects = common::ledgers(1, UNITS_PER_SKU, Peers::Plain, Limits::HotCounter);
+    for threads in THREADS {
+        for (name, subject) in &subjects {
+            bench(&mut group, name, threads, threads as u64, |iters| {
+                subject.run_sells(threads, iters, &hot)
+            });
         }
-        for threads in THREADS {
+    }
+    drop(subjects);
+    let mut subjects = common::ledgers(1, 0, Peers::Plain, Limits::HotCounter);
+    subjects.retain(|(name, _)| *name != "atomic_fetch_sub"); // blind: it would oversell past zero
+    for threads in THREADS {
+        for (name, subject) in &subjects {
             let name = format!("{name}_sell_out");
             bench(&mut group, &name, threads, SELL_OUT_UNITS, |rounds| {
                 subject.run_sell_out(threads, rounds, SELL_OUT_UNITS)
             });
         }
-    });
+    }
     group.finish();
 }
 
 /// S2/S3: the request mix of `workload::Kind` on `streams`, at 1 and 2 threads.
 fn request_mix(criterion: &mut Criterion, group_name: &str, streams: &[Vec<workload::Request>]) {
     let mut group = criterion.benchmark_group(group_name);
-    common::for_each_ledger(
-        SKUS,
-        UNITS_PER_SKU,
-        Peers::WithHolds,
-        Limits::IdealVec,
-        |name, subject| {
-            for threads in THREADS {
-                bench(&mut group, name, threads, threads as u64, |iters| {
-                    subject.run_requests(threads, iters, streams)
-                });
-            }
-        },
-    );
+    let subjects = common::ledgers(SKUS, UNITS_PER_SKU, Peers::WithHolds, Limits::IdealVec);
+    for threads in THREADS {
+        for (name, subject) in &subjects {
+            bench(&mut group, name, threads, threads as u64, |iters| {
+                subject.run_requests(threads, iters, streams)
+            });
+        }
+    }
     group.finish();
 }
 
@@ -152,19 +132,14 @@ fn request_mix(criterion: &mut Criterion, group_name: &str, streams: &[Vec<workl
 fn s4_tpcc(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("S4_tpcc_new_order");
     let orders = workload::tpcc_orders(THREADS[THREADS.len() - 1]);
-    common::for_each_ledger(
-        SKUS,
-        UNITS_PER_SKU,
-        Peers::WithHolds,
-        Limits::IdealVec,
-        |name, subject| {
-            for threads in THREADS {
-                bench(&mut group, name, threads, threads as u64, |iters| {
-                    subject.run_orders(threads, iters, &orders)
-                });
-            }
-        },
-    );
+    let subjects = common::ledgers(SKUS, UNITS_PER_SKU, Peers::WithHolds, Limits::IdealVec);
+    for threads in THREADS {
+        for (name, subject) in &subjects {
+            bench(&mut group, name, threads, threads as u64, |iters| {
+                subject.run_orders(threads, iters, &orders)
+            });
+        }
+    }
     group.finish();
 }
 
@@ -173,40 +148,31 @@ fn s5_oversubscription(criterion: &mut Criterion, zipf: &[Vec<workload::Request>
     let mut group = criterion.benchmark_group("S5_oversubscription");
     let oversubscribed = common::oversubscribed_threads();
     let hot = vec![vec![0_u64]; oversubscribed[1]];
-    common::for_each_ledger(
-        1,
-        UNITS_PER_SKU,
-        Peers::Plain,
-        Limits::HotCounter,
-        |name, subject| {
-            for threads in oversubscribed {
-                bench(
-                    &mut group,
-                    &format!("S1_{name}"),
-                    threads,
-                    threads as u64,
-                    |iters| subject.run_sells(threads, iters, &hot),
-                );
-            }
-        },
-    );
-    common::for_each_ledger(
-        SKUS,
-        UNITS_PER_SKU,
-        Peers::WithHolds,
-        Limits::IdealVec,
-        |name, subject| {
-            for threads in oversubscribed {
-                bench(
-                    &mut group,
-                    &format!("S3_{name}"),
-                    threads,
-                    threads as u64,
-                    |iters| subject.run_requests(threads, iters, zipf),
-                );
-            }
-        },
-    );
+    let subjects = common::ledgers(1, UNITS_PER_SKU, Peers::Plain, Limits::HotCounter);
+    for threads in oversubscribed {
+        for (name, subject) in &subjects {
+            bench(
+                &mut group,
+                &format!("S1_{name}"),
+                threads,
+                threads as u64,
+                |iters| subject.run_sells(threads, iters, &hot),
+            );
+        }
+    }
+    drop(subjects);
+    let subjects = common::ledgers(SKUS, UNITS_PER_SKU, Peers::WithHolds, Limits::IdealVec);
+    for threads in oversubscribed {
+        for (name, subject) in &subjects {
+            bench(
+                &mut group,
+                &format!("S3_{name}"),
+                threads,
+                threads as u64,
+                |iters| subject.run_requests(threads, iters, zipf),
+            );
+        }
+    }
     group.finish();
 }
 
@@ -261,20 +227,16 @@ fn s7_hot_and_cold(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("S7_hot_and_cold");
     let streams = workload::hot_and_cold_requests(S7_THREADS[S7_THREADS.len() - 1], SKUS);
     let ran = std::cell::Cell::new(false);
-    common::for_each_ledger(
-        SKUS + 1,
-        UNITS_PER_SKU,
-        Peers::WithHolds,
-        Limits::IdealVec,
-        |name, subject| {
-            for threads in S7_THREADS {
-                bench(&mut group, name, threads, threads as u64, |iters| {
-                    ran.set(true);
-                    subject.run_requests(threads, iters, &streams)
-                });
-            }
-        },
-    );
+    let subjects = common::ledgers(SKUS + 1, UNITS_PER_SKU, Peers::WithHolds, Limits::IdealVec);
+    for threads in S7_THREADS {
+        for (name, subject) in &subjects {
+            bench(&mut group, name, threads, threads as u64, |iters| {
+                ran.set(true);
+                subject.run_requests(threads, iters, &streams)
+            });
+        }
+    }
+    drop(subjects);
     group.finish();
     if !ran.get() {
         return; // filtered out

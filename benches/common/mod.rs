@@ -242,7 +242,7 @@ pub fn fill<L: Ledger>(ledger: &L, skus: u64, units: u64) {
     }
 }
 
-/// Which hardware limits [`for_each_ledger`] adds to the stores and naive peers.
+/// Which hardware limits [`ledgers`] adds to the stores and naive peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limits {
     /// The ideal ledger: `Vec<CachePadded<AtomicU64>>` by SKU number (`ideal_vec`).
@@ -252,7 +252,7 @@ pub enum Limits {
     HotCounter,
 }
 
-/// Which naive peers [`for_each_ledger`] visits beside the stores.
+/// Which naive peers [`ledgers`] makes beside the stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peers {
     /// The plain peers (`mutex_hashmap`, `dashmap`): available units only, free holds.
@@ -262,88 +262,81 @@ pub enum Peers {
     WithHolds,
 }
 
-/// Calls `visit(name, ledger)` on every store, on `peers` and on `limits`, each freshly
-/// made and filled with SKUs `0..skus` of `units` units.
-pub fn for_each_ledger(
+/// Every store, `peers` and `limits`, each freshly made and filled with SKUs `0..skus` of
+/// `units` units, by name, in the report's order.
+///
+/// A scenario makes them all first and then measures them in turns, one thread count at a
+/// time (every subject at 1 thread, then every subject at 2, ...), so that the ratios the
+/// report draws between subjects at one thread count compare runs seconds apart, not a
+/// whole group apart: on a shared 2-core machine the load drifts within a group.
+pub fn ledgers(
     skus: u64,
     units: u64,
     peers: Peers,
     limits: Limits,
-    mut visit: impl FnMut(&str, &dyn Visit),
-) {
-    visit_one(
-        "pessimistic",
-        Store(stockledger::PessimisticStore::new()),
-        skus,
-        units,
-        &mut visit,
-    );
-    visit_one(
-        "optimistic",
-        Store(stockledger::OptimisticStore::new()),
-        skus,
-        units,
-        &mut visit,
-    );
-    visit_one(
-        "monitor",
-        Store(stockledger::MonitorStore::new()),
-        skus,
-        units,
-        &mut visit,
-    );
-    visit_one(
-        "adaptive",
-        Store(stockledger::AdaptiveStore::new()),
-        skus,
-        units,
-        &mut visit,
-    );
-    visit_one(
-        "mutex_hashmap",
-        MutexHashMap::new(),
-        skus,
-        units,
-        &mut visit,
-    );
-    visit_one("dashmap", DashMapPeer::new(), skus, units, &mut visit);
-    if peers == Peers::WithHolds {
-        let holds = MutexHashMapHolds::new();
-        visit_one("mutex_hashmap_holds", holds, skus, units, &mut visit);
-        visit_one(
-            "dashmap_holds",
-            DashMapHolds::new(),
+) -> Vec<(&'static str, Box<dyn Visit>)> {
+    let mut all = vec![
+        made(
+            "pessimistic",
+            Store(stockledger::PessimisticStore::new()),
             skus,
             units,
-            &mut visit,
-        );
+        ),
+        made(
+            "optimistic",
+            Store(stockledger::OptimisticStore::new()),
+            skus,
+            units,
+        ),
+        made(
+            "monitor",
+            Store(stockledger::MonitorStore::new()),
+            skus,
+            units,
+        ),
+        made(
+            "adaptive",
+            Store(stockledger::AdaptiveStore::new()),
+            skus,
+            units,
+        ),
+        made("mutex_hashmap", MutexHashMap::new(), skus, units),
+        made("dashmap", DashMapPeer::new(), skus, units),
+    ];
+    if peers == Peers::WithHolds {
+        all.push(made(
+            "mutex_hashmap_holds",
+            MutexHashMapHolds::new(),
+            skus,
+            units,
+        ));
+        all.push(made("dashmap_holds", DashMapHolds::new(), skus, units));
     }
     match limits {
-        Limits::IdealVec => visit_one("ideal_vec", AtomicVec::new(skus), skus, units, &mut visit),
+        Limits::IdealVec => all.push(made("ideal_vec", AtomicVec::new(skus), skus, units)),
         Limits::HotCounter => {
             assert_eq!(skus, 1, "the hot counters have one SKU");
-            let blind = HotCounter::<true>::new();
-            visit_one("atomic_fetch_sub", blind, skus, units, &mut visit);
-            visit_one(
-                "atomic_cas",
-                HotCounter::<false>::new(),
+            all.push(made(
+                "atomic_fetch_sub",
+                HotCounter::<true>::new(),
                 skus,
                 units,
-                &mut visit,
-            );
+            ));
+            all.push(made("atomic_cas", HotCounter::<false>::new(), skus, units));
         }
     }
+    all
 }
 
-fn visit_one<L: Ledger + 'static>(
-    name: &str,
+/// `ledger`, filled with SKUs `0..skus` of `units` units, as a named subject.
+fn made<L: Ledger + 'static>(
+    name: &'static str,
     ledger: L,
     skus: u64,
     units: u64,
-    visit: &mut impl FnMut(&str, &dyn Visit),
-) {
+) -> (&'static str, Box<dyn Visit>) {
     fill(&ledger, skus, units);
-    visit(name, &Subject(ledger));
+    (name, Box::new(Subject(ledger)))
 }
 
 /// A ledger behind a non-generic face, so one loop can visit every kind; each workload is a
