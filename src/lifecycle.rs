@@ -43,6 +43,24 @@ pub(crate) trait Backend<K: Sku> {
 
     /// Commits or releases merged `lines` that an open hold owned; never refused.
     fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves;
+
+    /// [`hold`](Self::hold) of one validated line (quantity at least 1) for a caller that
+    /// needs no report of the move (no event sink).
+    ///
+    /// # Errors
+    ///
+    /// As [`hold`](Self::hold).
+    #[inline]
+    fn hold_quiet(&self, line: &(K, u64)) -> Result<(), StockError<K>> {
+        self.hold(std::slice::from_ref(line)).map(drop)
+    }
+
+    /// [`settle`](Self::settle) for a caller that needs no report of the moves (no event
+    /// sink).
+    #[inline]
+    fn settle_quiet(&self, lines: &[(K, u64)], change: Change) {
+        self.settle(lines, change);
+    }
 }
 
 /// The [`StockStore`](crate::StockStore) methods that every store answers from its
@@ -51,6 +69,13 @@ pub(crate) trait Backend<K: Sku> {
 /// implements [`Backend`] and keeps its lifecycle in a field named `lifecycle`.
 macro_rules! lifecycle_methods {
     () => {
+        fn reserve(
+            &self,
+            lines: &[(K, u64)],
+        ) -> Result<$crate::Reservation<K>, $crate::StockError<K>> {
+            $crate::lifecycle::reserve(self, lines)
+        }
+
         fn reserve_with(
             &self,
             lines: &[(K, u64)],
@@ -92,6 +117,28 @@ macro_rules! lifecycle_methods {
 }
 
 pub(crate) use lifecycle_methods;
+
+/// [`StockStore::reserve`](crate::StockStore::reserve) for any store: `reserve_with`
+/// without options. Its common case, one line and no event sink, goes straight to the
+/// stock and the registry: no merge, no clock, no key, no move report built.
+#[inline]
+pub(crate) fn reserve<K: Sku, B: Backend<K>>(
+    store: &B,
+    lines: &[(K, u64)],
+) -> Result<Reservation<K>, StockError<K>> {
+    let life = store.lifecycle();
+    match lines {
+        [line] if line.1 != 0 && !life.events.enabled() => {
+            let held = store.hold_quiet(line);
+            life.stats.count_refusal(&held);
+            held?;
+            let reservation = life.registry.open_plain(HoldLines::One([line.clone()]));
+            life.stats.count(Stat::Reserves);
+            Ok(reservation)
+        }
+        _ => reserve_with(store, lines, &ReserveOptions::new()),
+    }
+}
 
 /// [`StockStore::reserve_with`](crate::StockStore::reserve_with) for any store.
 pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
@@ -159,17 +206,36 @@ pub(crate) fn resolve<K: Sku, B: Backend<K>>(
     id: ReservationId,
     change: Change,
 ) -> Result<Reservation<K>, StockError<K>> {
-    let resolved = store.lifecycle().registry.resolve(id, |lines, expired| {
+    let life = store.lifecycle();
+    if !life.events.enabled() {
+        // Nobody listens: no move to report, so none is built.
+        let resolved = life.registry.resolve(id, |lines, expired| {
+            let change = if expired { Change::Release } else { change };
+            store.settle_quiet(lines, change);
+        })?;
+        life.stats.count(resolved_stat(resolved.expired, change));
+        return if resolved.expired {
+            Err(StockError::Expired(id))
+        } else {
+            Ok(resolved.reservation)
+        };
+    }
+    let resolved = life.registry.resolve(id, |lines, expired| {
         // Past its deadline, a hold's stock goes back whatever the caller asked for.
         let change = if expired { Change::Release } else { change };
         store.settle(lines, change)
     })?;
-    let stat = match (resolved.expired, change) {
+    let stat = resolved_stat(resolved.expired, change);
+    report(life, resolved, stat)
+}
+
+/// The statistic of a hold resolved by `change` (`expired`: past its deadline).
+fn resolved_stat(expired: bool, change: Change) -> Stat {
+    match (expired, change) {
         (true, _) => Stat::Expirations,
         (false, Change::Commit) => Stat::Commits,
         (false, _) => Stat::Releases,
-    };
-    report(store.lifecycle(), resolved, stat)
+    }
 }
 
 /// [`StockStore::extend`](crate::StockStore::extend) for any store.

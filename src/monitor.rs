@@ -303,6 +303,10 @@ impl<K: Sku> Backend<K> for MonitorStore<K> {
     }
 
     /// Line by line, each SKU's monitor handing the freed stock to its waiters.
+    fn hold_quiet(&self, line: &(K, u64)) -> Result<(), StockError<K>> {
+        lines::apply_one_quiet(self, line, Change::Reserve)
+    }
+
     fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves {
         lines
             .iter()

@@ -162,6 +162,18 @@ impl<K: Sku> Backend<K> for PessimisticStore<K> {
     fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves {
         lines::apply(self, lines, change).expect("an open hold can always be resolved")
     }
+
+    fn hold_quiet(&self, line: &(K, u64)) -> Result<(), StockError<K>> {
+        lines::apply_one_quiet(self, line, Change::Reserve)
+    }
+
+    fn settle_quiet(&self, lines: &[(K, u64)], change: Change) {
+        let settled = match lines {
+            [line] => lines::apply_one_quiet(self, line, change),
+            _ => lines::apply(self, lines, change).map(drop),
+        };
+        settled.expect("an open hold can always be resolved");
+    }
 }
 
 impl<K: Sku> StockStore<K> for PessimisticStore<K> {

@@ -374,7 +374,15 @@ impl<K: Clone + PartialEq> Registry<K> {
         })
     }
 
+    /// Records a hold with no deadline and no idempotency key whose stock is already
+    /// reserved, and returns it: `reserve`'s common case.
+    #[inline]
+    pub(crate) fn open_plain(&self, lines: HoldLines<K>) -> Reservation<K> {
+        self.open(lines, None, None)
+    }
+
     /// Records a hold whose stock is already reserved and returns it.
+    #[inline]
     fn open(
         &self,
         lines: HoldLines<K>,
