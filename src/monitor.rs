@@ -307,6 +307,22 @@ impl<K: Sku> Backend<K> for MonitorStore<K> {
         lines::apply_one_quiet(self, line, Change::Reserve)
     }
 
+    fn settle_quiet(&self, lines: &[(K, u64)], change: Change) {
+        for (sku, quantity) in lines {
+            let monitor = self.slot(sku).expect("a held SKU exists");
+            let mut state = self.lock(&monitor);
+            if !state.waiters.is_idle() {
+                monitor.resolve(state, *quantity, change);
+                continue;
+            }
+            // Nobody waits: nobody to grant or wake, only the level changes.
+            state.level = state
+                .level
+                .apply(change, *quantity, 0, Limits::U64)
+                .expect("an open hold can always be resolved");
+        }
+    }
+
     fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves {
         lines
             .iter()
