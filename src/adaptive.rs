@@ -600,6 +600,16 @@ impl<K: Sku> Backend<K> for AdaptiveStore<K> {
     fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves {
         self.resolve_lines(lines, change)
     }
+
+    fn hold_quiet(&self, (sku, quantity): &(K, u64)) -> Result<(), StockError<K>> {
+        self.update_sku(sku, Change::Reserve, *quantity).map(drop)
+    }
+
+    fn settle_quiet(&self, lines: &[(K, u64)], change: Change) {
+        for (sku, quantity) in lines {
+            self.resolve_line(sku, *quantity, change);
+        }
+    }
 }
 
 impl<K: Sku> StockStore<K> for AdaptiveStore<K> {

@@ -95,14 +95,21 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
     fn resolve_lines(&self, lines: &[(K, u64)], change: Change) -> Moves {
         lines
             .iter()
-            .map(|(sku, quantity)| loop {
-                match self.update_sku(sku, change, *quantity) {
-                    Ok(moved) => break moved,
-                    Err(StockError::Conflict { .. }) => continue,
-                    Err(error) => unreachable!("a held line cannot be refused: {error:?}"),
-                }
-            })
+            .map(|(sku, quantity)| self.resolve_line(sku, *quantity, change))
             .collect()
+    }
+
+    /// Commits or releases `quantity` held units of `sku`, retrying past `Conflict`s:
+    /// never refused.
+    #[inline]
+    fn resolve_line(&self, sku: &K, quantity: u64, change: Change) -> Moved {
+        loop {
+            match self.update_sku(sku, change, quantity) {
+                Ok(moved) => break moved,
+                Err(StockError::Conflict { .. }) => continue,
+                Err(error) => unreachable!("a held line cannot be refused: {error:?}"),
+            }
+        }
     }
 
     /// [`StockStore::sell`]: one line is one update with no allocation (an event sink adds
