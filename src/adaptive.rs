@@ -589,6 +589,8 @@ impl<K: Sku> WordStore<K> for AdaptiveStore<K> {
 }
 
 impl<K: Sku> Backend<K> for AdaptiveStore<K> {
+    type Handle = ();
+
     fn lifecycle(&self) -> &Lifecycle<K> {
         &self.lifecycle
     }
@@ -605,7 +607,7 @@ impl<K: Sku> Backend<K> for AdaptiveStore<K> {
         self.update_sku(sku, Change::Reserve, *quantity).map(drop)
     }
 
-    fn settle_quiet(&self, lines: &[(K, u64)], change: Change) {
+    fn settle_quiet(&self, lines: &[(K, u64)], _: &(), change: Change) {
         for (sku, quantity) in lines {
             self.resolve_line(sku, *quantity, change);
         }

@@ -19,9 +19,9 @@ use crate::stats::{Stat, Stats};
 use crate::store::Sku;
 
 /// The parts every store shares: its holds, its event sink, its counters.
-pub(crate) struct Lifecycle<K> {
+pub(crate) struct Lifecycle<K, H = ()> {
     /// Open holds, their deadlines and idempotency keys.
-    pub(crate) registry: Registry<K>,
+    pub(crate) registry: Registry<K, H>,
     /// Where events go.
     pub(crate) events: Events<K>,
     /// What the store counted.
@@ -30,8 +30,11 @@ pub(crate) struct Lifecycle<K> {
 
 /// The stock movements of one store, which the lifecycle drives.
 pub(crate) trait Backend<K: Sku> {
+    /// What the store keeps with a hold to settle it without a lookup (`()`: nothing).
+    type Handle: Clone + Default;
+
     /// The store's shared parts.
-    fn lifecycle(&self) -> &Lifecycle<K>;
+    fn lifecycle(&self) -> &Lifecycle<K, Self::Handle>;
 
     /// Reserves merged `lines` without waiting, all or nothing; returns what moved per line.
     ///
@@ -45,20 +48,24 @@ pub(crate) trait Backend<K: Sku> {
     fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves;
 
     /// [`hold`](Self::hold) of one validated line (quantity at least 1) for a caller that
-    /// needs no report of the move (no event sink).
+    /// needs no report of the move (no event sink); returns the handle to keep with the
+    /// hold.
     ///
     /// # Errors
     ///
     /// As [`hold`](Self::hold).
     #[inline]
-    fn hold_quiet(&self, line: &(K, u64)) -> Result<(), StockError<K>> {
-        self.hold(std::slice::from_ref(line)).map(drop)
+    fn hold_quiet(&self, line: &(K, u64)) -> Result<Self::Handle, StockError<K>> {
+        self.hold(std::slice::from_ref(line))
+            .map(|_| Self::Handle::default())
     }
 
     /// [`settle`](Self::settle) for a caller that needs no report of the moves (no event
-    /// sink).
+    /// sink); `handle` is the one kept with the hold (`Default` when it was opened
+    /// otherwise than by [`hold_quiet`](Self::hold_quiet)).
     #[inline]
-    fn settle_quiet(&self, lines: &[(K, u64)], change: Change) {
+    fn settle_quiet(&self, lines: &[(K, u64)], handle: &Self::Handle, change: Change) {
+        let _ = handle;
         self.settle(lines, change);
     }
 }
@@ -131,8 +138,10 @@ pub(crate) fn reserve<K: Sku, B: Backend<K>>(
         [line] if line.1 != 0 && !life.events.enabled() => {
             let held = store.hold_quiet(line);
             life.stats.count_refusal(&held);
-            held?;
-            let reservation = life.registry.open_plain(HoldLines::One([line.clone()]));
+            let handle = held?;
+            let reservation = life
+                .registry
+                .open_plain(HoldLines::One([line.clone()]), handle);
             life.stats.count(Stat::Reserves);
             Ok(reservation)
         }
@@ -172,9 +181,9 @@ pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
 /// [`StockStore::sell`](crate::StockStore::sell) for a store that locks its SKUs (the
 /// pessimistic and monitor stores): all or nothing, without waiting. One line (most
 /// sales) is neither merged nor batched, and allocates nothing.
-pub(crate) fn sell_locked<K: Sku, S: LockedSkus<K>>(
+pub(crate) fn sell_locked<K: Sku, H, S: LockedSkus<K>>(
     store: &S,
-    life: &Lifecycle<K>,
+    life: &Lifecycle<K, H>,
     lines: &[(K, u64)],
 ) -> Result<(), StockError<K>> {
     if let [line @ (sku, quantity)] = lines {
@@ -209,9 +218,9 @@ pub(crate) fn resolve<K: Sku, B: Backend<K>>(
     let life = store.lifecycle();
     if !life.events.enabled() {
         // Nobody listens: no move to report, so none is built.
-        let resolved = life.registry.resolve(id, |lines, expired| {
+        let resolved = life.registry.resolve(id, |lines, handle, expired| {
             let change = if expired { Change::Release } else { change };
-            store.settle_quiet(lines, change);
+            store.settle_quiet(lines, handle, change);
         })?;
         life.stats.count(resolved_stat(resolved.expired, change));
         return if resolved.expired {
@@ -220,7 +229,7 @@ pub(crate) fn resolve<K: Sku, B: Backend<K>>(
             Ok(resolved.reservation)
         };
     }
-    let resolved = life.registry.resolve(id, |lines, expired| {
+    let resolved = life.registry.resolve(id, |lines, _, expired| {
         // Past its deadline, a hold's stock goes back whatever the caller asked for.
         let change = if expired { Change::Release } else { change };
         store.settle(lines, change)
@@ -298,8 +307,8 @@ pub(crate) fn expire_due<K: Sku, B: Backend<K>>(store: &B) -> Vec<Reservation<K>
 /// # Errors
 ///
 /// [`StockError::Expired`] when the hold was past its deadline (its stock went back).
-fn report<K: Sku>(
-    life: &Lifecycle<K>,
+fn report<K: Sku, H>(
+    life: &Lifecycle<K, H>,
     resolved: Resolved<K, Moves>,
     stat: Stat,
 ) -> Result<Reservation<K>, StockError<K>> {
@@ -318,7 +327,7 @@ fn report<K: Sku>(
     }
 }
 
-impl<K: Sku> Lifecycle<K> {
+impl<K: Sku, H> Lifecycle<K, H> {
     /// Counts and reports a new hold whose stock moved as `moved`.
     pub(crate) fn opened(&self, reservation: &Reservation<K>, moved: &[Moved]) {
         self.stats.count(Stat::Reserves);

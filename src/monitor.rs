@@ -68,8 +68,11 @@ pub struct MonitorStore<K> {
     /// SKU -> its monitor.
     slots: ShardedMap<K, Arc<Monitor>>,
     /// Open holds, events, counters.
-    lifecycle: Lifecycle<K>,
+    lifecycle: Lifecycle<K, MonitorHandle>,
 }
+
+/// What a one-line hold keeps to settle without a lookup: its SKU's monitor.
+type MonitorHandle = Option<Arc<Monitor>>;
 
 /// One SKU's monitor.
 ///
@@ -257,6 +260,24 @@ impl<K: Sku> MonitorStore<K> {
     }
 }
 
+impl<K: Sku> MonitorStore<K> {
+    /// Commits or releases `quantity` held units on `monitor`'s SKU, with no report of the
+    /// move; grants and wakes its waiters, if any.
+    #[inline]
+    fn settle_quiet_on(&self, monitor: &Arc<Monitor>, quantity: u64, change: Change) {
+        let mut state = self.lock(monitor);
+        if !state.waiters.is_idle() {
+            monitor.resolve(state, quantity, change);
+            return;
+        }
+        // Nobody waits: nobody to grant or wake, only the level changes.
+        state.level = state
+            .level
+            .apply(change, quantity, 0, Limits::U64)
+            .expect("an open hold can always be resolved");
+    }
+}
+
 impl<K: Sku> LockedSkus<K> for MonitorStore<K> {
     type Slot = Arc<Monitor>;
     type Cell = MonitorState;
@@ -294,7 +315,9 @@ impl<K: Sku> StoreBuilder<K, MonitorStore<K>> {
 }
 
 impl<K: Sku> Backend<K> for MonitorStore<K> {
-    fn lifecycle(&self) -> &Lifecycle<K> {
+    type Handle = MonitorHandle;
+
+    fn lifecycle(&self) -> &Lifecycle<K, MonitorHandle> {
         &self.lifecycle
     }
 
@@ -303,23 +326,17 @@ impl<K: Sku> Backend<K> for MonitorStore<K> {
     }
 
     /// Line by line, each SKU's monitor handing the freed stock to its waiters.
-    fn hold_quiet(&self, line: &(K, u64)) -> Result<(), StockError<K>> {
-        lines::apply_one_quiet(self, line, Change::Reserve)
+    fn hold_quiet(&self, line: &(K, u64)) -> Result<Self::Handle, StockError<K>> {
+        lines::hold_one_quiet(self, line).map(Some)
     }
 
-    fn settle_quiet(&self, lines: &[(K, u64)], change: Change) {
+    fn settle_quiet(&self, lines: &[(K, u64)], handle: &Self::Handle, change: Change) {
+        if let (Some(monitor), [(_, quantity)]) = (handle, lines) {
+            return self.settle_quiet_on(monitor, *quantity, change);
+        }
         for (sku, quantity) in lines {
             let monitor = self.slot(sku).expect("a held SKU exists");
-            let mut state = self.lock(&monitor);
-            if !state.waiters.is_idle() {
-                monitor.resolve(state, *quantity, change);
-                continue;
-            }
-            // Nobody waits: nobody to grant or wake, only the level changes.
-            state.level = state
-                .level
-                .apply(change, *quantity, 0, Limits::U64)
-                .expect("an open hold can always be resolved");
+            self.settle_quiet_on(&monitor, *quantity, change);
         }
     }
 

@@ -295,6 +295,8 @@ impl<K: Sku> WordStore<K> for OptimisticStore<K> {
 }
 
 impl<K: Sku> Backend<K> for OptimisticStore<K> {
+    type Handle = ();
+
     fn lifecycle(&self) -> &Lifecycle<K> {
         &self.lifecycle
     }
@@ -311,7 +313,7 @@ impl<K: Sku> Backend<K> for OptimisticStore<K> {
         self.update_sku(sku, Change::Reserve, *quantity).map(drop)
     }
 
-    fn settle_quiet(&self, lines: &[(K, u64)], change: Change) {
+    fn settle_quiet(&self, lines: &[(K, u64)], _: &(), change: Change) {
         for (sku, quantity) in lines {
             self.resolve_line(sku, *quantity, change);
         }

@@ -51,10 +51,13 @@ pub struct PessimisticStore<K> {
     /// SKU -> its slot; each slot's mutex guards that SKU's counts and threshold.
     slots: ShardedMap<K, Arc<Mutex<Slot>>>,
     /// Open holds, events, counters.
-    lifecycle: Lifecycle<K>,
+    lifecycle: Lifecycle<K, SlotHandle>,
 }
 
 /// One SKU's state, guarded by its slot's mutex.
+/// What a one-line hold keeps to settle without a lookup: its SKU's slot.
+type SlotHandle = Option<Arc<Mutex<Slot>>>;
+
 #[derive(Debug, Default)]
 pub(crate) struct Slot {
     /// The SKU's counts.
@@ -151,7 +154,9 @@ impl<K: Sku> StoreBuilder<K, PessimisticStore<K>> {
 }
 
 impl<K: Sku> Backend<K> for PessimisticStore<K> {
-    fn lifecycle(&self) -> &Lifecycle<K> {
+    type Handle = SlotHandle;
+
+    fn lifecycle(&self) -> &Lifecycle<K, SlotHandle> {
         &self.lifecycle
     }
 
@@ -163,13 +168,16 @@ impl<K: Sku> Backend<K> for PessimisticStore<K> {
         lines::apply(self, lines, change).expect("an open hold can always be resolved")
     }
 
-    fn hold_quiet(&self, line: &(K, u64)) -> Result<(), StockError<K>> {
-        lines::apply_one_quiet(self, line, Change::Reserve)
+    fn hold_quiet(&self, line: &(K, u64)) -> Result<Self::Handle, StockError<K>> {
+        lines::hold_one_quiet(self, line).map(Some)
     }
 
-    fn settle_quiet(&self, lines: &[(K, u64)], change: Change) {
-        let settled = match lines {
-            [line] => lines::apply_one_quiet(self, line, change),
+    fn settle_quiet(&self, lines: &[(K, u64)], handle: &Self::Handle, change: Change) {
+        let settled = match (handle, lines) {
+            (Some(slot), [(_, quantity)]) => {
+                return lines::settle_slot_quiet(self, slot, *quantity, change);
+            }
+            (None, [line]) => lines::apply_one_quiet(self, line, change),
             _ => lines::apply(self, lines, change).map(drop),
         };
         settled.expect("an open hold can always be resolved");
