@@ -456,14 +456,16 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
                 outcome = Some((expired, moved));
                 true
             });
-            if needs_clock {
-                now = Some(self.clock.now());
-                continue;
+            // The hold is moved once, straight into the result (a tuple of the removed hold
+            // and the outcome copied it once more).
+            if let Some(hold) = removed {
+                let (expired, moved) = outcome.expect("a removed hold was settled");
+                return Ok(self.finish(hold, now, expired, moved));
             }
-            let (Some(hold), Some((expired, moved))) = (removed, outcome) else {
+            if !needs_clock {
                 return Err(StockError::UnknownReservation(id));
-            };
-            return Ok(self.finish(hold, now, expired, moved));
+            }
+            now = Some(self.clock.now());
         }
     }
 
