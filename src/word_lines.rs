@@ -27,6 +27,22 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
     /// contention (the optimistic store, after its retries; the adaptive store never does).
     fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>>;
 
+    /// [`update_sku`](Self::update_sku) for a caller that needs no report of the move (no
+    /// event sink).
+    ///
+    /// # Errors
+    ///
+    /// As [`update_sku`](Self::update_sku).
+    #[inline]
+    fn update_sku_quiet(
+        &self,
+        sku: &K,
+        change: Change,
+        quantity: u64,
+    ) -> Result<(), StockError<K>> {
+        self.update_sku(sku, change, quantity).map(drop)
+    }
+
     /// Reserves merged `lines` in ascending order; on a refusal, releases the lines already
     /// reserved and returns the refusal. One lookup a line for one line, two for several.
     ///
@@ -112,6 +128,18 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
         }
     }
 
+    /// [`resolve_line`](Self::resolve_line) with no report of the move.
+    #[inline]
+    fn resolve_line_quiet(&self, sku: &K, quantity: u64, change: Change) {
+        loop {
+            match self.update_sku_quiet(sku, change, quantity) {
+                Ok(()) => break,
+                Err(StockError::Conflict { .. }) => continue,
+                Err(error) => unreachable!("a held line cannot be refused: {error:?}"),
+            }
+        }
+    }
+
     /// [`StockStore::sell`]: one line is one update with no allocation (an event sink adds
     /// its events); several are a hold on every line that then becomes a sale.
     ///
@@ -124,6 +152,12 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
         if let [(sku, quantity)] = lines {
             if *quantity == 0 {
                 return Err(StockError::InvalidQuantity { sku: sku.clone() });
+            }
+            if !life.events.enabled() {
+                // Nobody listens: no move to report, so none is built.
+                let sold = self.update_sku_quiet(sku, Change::Sell, *quantity);
+                life.stats.count_refusal(&sold);
+                return sold;
             }
             let sold = self.update_sku(sku, Change::Sell, *quantity);
             life.stats.count_refusal(&sold);
