@@ -210,7 +210,7 @@ pub(crate) fn apply_one<K: Clone, S: LockedSkus<K>>(
 ///
 /// [`StockError::UnknownSku`], [`StockError::InsufficientStock`] or
 /// [`StockError::Overflow`], with nothing changed.
-#[inline(always)]
+#[inline]
 pub(crate) fn apply_one_quiet<K: Clone, S: LockedSkus<K>>(
     store: &S,
     (sku, quantity): &(K, u64),
