@@ -603,10 +603,12 @@ impl<K: Sku> Backend<K> for AdaptiveStore<K> {
         self.resolve_lines(lines, change)
     }
 
+    #[inline]
     fn hold_quiet(&self, (sku, quantity): &(K, u64)) -> Result<(), StockError<K>> {
         self.update_sku(sku, Change::Reserve, *quantity).map(drop)
     }
 
+    #[inline]
     fn settle_quiet(&self, lines: &[(K, u64)], _: &(), change: Change) {
         for (sku, quantity) in lines {
             self.resolve_line(sku, *quantity, change);

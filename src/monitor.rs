@@ -326,10 +326,12 @@ impl<K: Sku> Backend<K> for MonitorStore<K> {
     }
 
     /// Line by line, each SKU's monitor handing the freed stock to its waiters.
+    #[inline]
     fn hold_quiet(&self, line: &(K, u64)) -> Result<Self::Handle, StockError<K>> {
         lines::hold_one_quiet(self, line).map(Some)
     }
 
+    #[inline]
     fn settle_quiet(&self, lines: &[(K, u64)], handle: &Self::Handle, change: Change) {
         if let (Some(monitor), [(_, quantity)]) = (handle, lines) {
             return self.settle_quiet_on(monitor, *quantity, change);

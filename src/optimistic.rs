@@ -339,10 +339,12 @@ impl<K: Sku> Backend<K> for OptimisticStore<K> {
         self.resolve_lines(lines, change)
     }
 
+    #[inline]
     fn hold_quiet(&self, (sku, quantity): &(K, u64)) -> Result<(), StockError<K>> {
         self.update_sku_quiet(sku, Change::Reserve, *quantity)
     }
 
+    #[inline]
     fn settle_quiet(&self, lines: &[(K, u64)], _: &(), change: Change) {
         for (sku, quantity) in lines {
             self.resolve_line_quiet(sku, *quantity, change);

@@ -168,10 +168,12 @@ impl<K: Sku> Backend<K> for PessimisticStore<K> {
         lines::apply(self, lines, change).expect("an open hold can always be resolved")
     }
 
+    #[inline]
     fn hold_quiet(&self, line: &(K, u64)) -> Result<Self::Handle, StockError<K>> {
         lines::hold_one_quiet(self, line).map(Some)
     }
 
+    #[inline]
     fn settle_quiet(&self, lines: &[(K, u64)], handle: &Self::Handle, change: Change) {
         let settled = match (handle, lines) {
             (Some(slot), [(_, quantity)]) => {
