@@ -9,7 +9,7 @@ use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::Moves;
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
-use crate::sync::{AtomicU64, Backoff, LockFreeMap, Ordering, Word};
+use crate::sync::{Arc, AtomicU64, Backoff, LockFreeMap, Ordering, Word};
 use crate::word::{pack, unpack, LIMITS};
 use crate::word_lines::WordStore;
 
@@ -75,16 +75,22 @@ pub struct OptimisticStore<K> {
     /// | 0..40 | `on_hand` (`COUNT_BITS`, in `word.rs`, shared with the other CAS store) |
     /// | 40..80 | `reserved` (`RESERVED_SHIFT`) |
     /// | 80..128 | `version` (`VERSION_SHIFT`, `VERSION_BITS`) |
-    skus: LockFreeMap<K, Slot>,
-    /// Open holds, events, counters.
-    lifecycle: Lifecycle<K>,
+    ///
+    /// Each slot is shared (`Arc`) so that a one-line hold keeps its SKU's slot and settles
+    /// on it without a lookup.
+    skus: LockFreeMap<K, Arc<Slot>>,
+    /// Open holds (with the slot of each one-line hold), events, counters.
+    lifecycle: Lifecycle<K, SlotHandle>,
     /// Compare-and-swap attempts per SKU update before [`StockError::Conflict`] (at least 1).
     retries_max: u32,
 }
 
+/// What a one-line hold keeps to settle without a lookup: its SKU's slot.
+type SlotHandle = Option<Arc<Slot>>;
+
 /// One SKU: its counts word and its low-stock threshold.
 #[derive(Debug)]
-struct Slot {
+pub(crate) struct Slot {
     /// `(on_hand, reserved, version)`, packed (see [`OptimisticStore::skus`]).
     word: Word,
     /// The low-stock threshold (0: none); read only when an event sink is set.
@@ -325,9 +331,9 @@ impl<K: Sku> WordStore<K> for OptimisticStore<K> {
 }
 
 impl<K: Sku> Backend<K> for OptimisticStore<K> {
-    type Handle = ();
+    type Handle = SlotHandle;
 
-    fn lifecycle(&self) -> &Lifecycle<K> {
+    fn lifecycle(&self) -> &Lifecycle<K, SlotHandle> {
         &self.lifecycle
     }
 
@@ -340,12 +346,29 @@ impl<K: Sku> Backend<K> for OptimisticStore<K> {
     }
 
     #[inline]
-    fn hold_quiet(&self, (sku, quantity): &(K, u64)) -> Result<(), StockError<K>> {
-        self.update_sku_quiet(sku, Change::Reserve, *quantity)
+    fn hold_quiet(&self, (sku, quantity): &(K, u64)) -> Result<SlotHandle, StockError<K>> {
+        self.skus.with_or_else(
+            sku,
+            |slot| {
+                self.update_then(sku, slot, Change::Reserve, *quantity, |_, _| ())?;
+                Ok(Some(Arc::clone(slot)))
+            },
+            || Err(StockError::UnknownSku(sku.clone())),
+        )
     }
 
     #[inline]
-    fn settle_quiet(&self, lines: &[(K, u64)], _: &(), change: Change) {
+    fn settle_quiet(&self, lines: &[(K, u64)], handle: &SlotHandle, change: Change) {
+        if let (Some(slot), [(sku, quantity)]) = (handle, lines) {
+            // The hold's own slot: no lookup. Never refused; retried past lost races.
+            while let Err(error) = self.update_then(sku, slot, change, *quantity, |_, _| ()) {
+                assert!(
+                    matches!(error, StockError::Conflict { .. }),
+                    "a held line cannot be refused: {error:?}"
+                );
+            }
+            return;
+        }
         for (sku, quantity) in lines {
             self.resolve_line_quiet(sku, *quantity, change);
         }
@@ -365,7 +388,7 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
             .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
         let moved = self.skus.with_or_insert(
             sku,
-            || Slot::new(first.level),
+            || Arc::new(Slot::new(first.level)),
             |slot, created| {
                 if created {
                     Ok(first)
