@@ -308,6 +308,8 @@ impl<K: Sku> StoreBuilder<K, OptimisticStore<K>> {
 }
 
 impl<K: Sku> WordStore<K> for OptimisticStore<K> {
+    const QUIET_UPDATE: bool = true;
+
     fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>> {
         self.skus.with_or_else(
             sku,
