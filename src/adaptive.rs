@@ -11,8 +11,8 @@ use crate::lines::Moves;
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
 use crate::sync::{
-    lock_noting_contention, Arc, AtomicBool, AtomicU64, Backoff, LockFreeMap, Mutex, Ordering,
-    Tally, Word,
+    lock_noting_contention, AtomicBool, AtomicU64, Backoff, LockFreeMap, Mutex, Ordering, Tally,
+    Word,
 };
 use crate::word::{pack, unpack, LIMITS};
 use crate::word_lines::WordStore;
@@ -164,22 +164,16 @@ pub struct AdaptiveStore<K> {
     /// |---|---|---|
     /// | `false` (cold) | CAS loop with back-off, lock after 64 lost races | lost races |
     /// | `true` (hot) | lock the mutex, then CAS until it wins | mutex found locked, lost races |
-    ///
-    /// Each slot is shared (`Arc`) so that a one-line hold keeps its SKU's slot and settles
-    /// on it without a lookup.
-    skus: LockFreeMap<K, Arc<Slot>>,
-    /// Open holds (with the slot of each one-line hold), events, counters.
-    lifecycle: Lifecycle<K, SlotHandle>,
+    skus: LockFreeMap<K, Slot>,
+    /// Open holds, events, counters.
+    lifecycle: Lifecycle<K>,
     /// When a SKU turns hot or cold.
     temperature: Temperature,
 }
 
-/// What a one-line hold keeps to settle without a lookup: its SKU's slot.
-type SlotHandle = Option<Arc<Slot>>;
-
 /// One SKU: its counts word, its lock and mode, its temperature, its low-stock threshold.
 #[derive(Debug)]
-pub(crate) struct Slot {
+struct Slot {
     /// `(on_hand, reserved, version)`, packed (see [`AdaptiveStore::skus`]); changed only
     /// by compare-and-swap, in either mode.
     word: Word,
@@ -595,9 +589,9 @@ impl<K: Sku> WordStore<K> for AdaptiveStore<K> {
 }
 
 impl<K: Sku> Backend<K> for AdaptiveStore<K> {
-    type Handle = SlotHandle;
+    type Handle = ();
 
-    fn lifecycle(&self) -> &Lifecycle<K, SlotHandle> {
+    fn lifecycle(&self) -> &Lifecycle<K> {
         &self.lifecycle
     }
 
@@ -610,26 +604,12 @@ impl<K: Sku> Backend<K> for AdaptiveStore<K> {
     }
 
     #[inline]
-    fn hold_quiet(&self, (sku, quantity): &(K, u64)) -> Result<SlotHandle, StockError<K>> {
-        self.skus.with_or_else(
-            sku,
-            |slot| {
-                self.update(sku, slot, Change::Reserve, *quantity)?;
-                Ok(Some(Arc::clone(slot)))
-            },
-            || Err(StockError::UnknownSku(sku.clone())),
-        )
+    fn hold_quiet(&self, (sku, quantity): &(K, u64)) -> Result<(), StockError<K>> {
+        self.update_sku(sku, Change::Reserve, *quantity).map(drop)
     }
 
     #[inline]
-    fn settle_quiet(&self, lines: &[(K, u64)], handle: &SlotHandle, change: Change) {
-        if let (Some(slot), [(sku, quantity)]) = (handle, lines) {
-            // The hold's own slot: no lookup. Never refused (nor given up on).
-            if let Err(error) = self.update(sku, slot, change, *quantity) {
-                unreachable!("a held line cannot be refused: {error:?}");
-            }
-            return;
-        }
+    fn settle_quiet(&self, lines: &[(K, u64)], _: &(), change: Change) {
         for (sku, quantity) in lines {
             self.resolve_line(sku, *quantity, change);
         }
@@ -649,7 +629,7 @@ impl<K: Sku> StockStore<K> for AdaptiveStore<K> {
             .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
         let moved = self.skus.with_or_insert(
             sku,
-            || Arc::new(Slot::new(first.level)),
+            || Slot::new(first.level),
             |slot, created| {
                 if created {
                     Ok(first)
