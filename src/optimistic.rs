@@ -9,7 +9,7 @@ use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::Moves;
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
-use crate::sync::{Arc, AtomicU64, Backoff, LockFreeMap, Ordering, Word};
+use crate::sync::{AtomicU64, Backoff, LockFreeMap, Ordering, Word};
 use crate::word::{pack, unpack, LIMITS};
 use crate::word_lines::WordStore;
 
@@ -75,22 +75,16 @@ pub struct OptimisticStore<K> {
     /// | 0..40 | `on_hand` (`COUNT_BITS`, in `word.rs`, shared with the other CAS store) |
     /// | 40..80 | `reserved` (`RESERVED_SHIFT`) |
     /// | 80..128 | `version` (`VERSION_SHIFT`, `VERSION_BITS`) |
-    ///
-    /// Each slot is shared (`Arc`) so that a one-line hold keeps its SKU's slot and settles
-    /// on it without a lookup.
-    skus: LockFreeMap<K, Arc<Slot>>,
-    /// Open holds (with the slot of each one-line hold), events, counters.
-    lifecycle: Lifecycle<K, SlotHandle>,
+    skus: LockFreeMap<K, Slot>,
+    /// Open holds, events, counters.
+    lifecycle: Lifecycle<K>,
     /// Compare-and-swap attempts per SKU update before [`StockError::Conflict`] (at least 1).
     retries_max: u32,
 }
 
-/// What a one-line hold keeps to settle without a lookup: its SKU's slot.
-type SlotHandle = Option<Arc<Slot>>;
-
 /// One SKU: its counts word and its low-stock threshold.
 #[derive(Debug)]
-pub(crate) struct Slot {
+struct Slot {
     /// `(on_hand, reserved, version)`, packed (see [`OptimisticStore::skus`]).
     word: Word,
     /// The low-stock threshold (0: none); read only when an event sink is set.
@@ -333,9 +327,9 @@ impl<K: Sku> WordStore<K> for OptimisticStore<K> {
 }
 
 impl<K: Sku> Backend<K> for OptimisticStore<K> {
-    type Handle = SlotHandle;
+    type Handle = ();
 
-    fn lifecycle(&self) -> &Lifecycle<K, SlotHandle> {
+    fn lifecycle(&self) -> &Lifecycle<K> {
         &self.lifecycle
     }
 
@@ -348,29 +342,12 @@ impl<K: Sku> Backend<K> for OptimisticStore<K> {
     }
 
     #[inline]
-    fn hold_quiet(&self, (sku, quantity): &(K, u64)) -> Result<SlotHandle, StockError<K>> {
-        self.skus.with_or_else(
-            sku,
-            |slot| {
-                self.update_then(sku, slot, Change::Reserve, *quantity, |_, _| ())?;
-                Ok(Some(Arc::clone(slot)))
-            },
-            || Err(StockError::UnknownSku(sku.clone())),
-        )
+    fn hold_quiet(&self, (sku, quantity): &(K, u64)) -> Result<(), StockError<K>> {
+        self.update_sku_quiet(sku, Change::Reserve, *quantity)
     }
 
     #[inline]
-    fn settle_quiet(&self, lines: &[(K, u64)], handle: &SlotHandle, change: Change) {
-        if let (Some(slot), [(sku, quantity)]) = (handle, lines) {
-            // The hold's own slot: no lookup. Never refused; retried past lost races.
-            while let Err(error) = self.update_then(sku, slot, change, *quantity, |_, _| ()) {
-                assert!(
-                    matches!(error, StockError::Conflict { .. }),
-                    "a held line cannot be refused: {error:?}"
-                );
-            }
-            return;
-        }
+    fn settle_quiet(&self, lines: &[(K, u64)], _: &(), change: Change) {
         for (sku, quantity) in lines {
             self.resolve_line_quiet(sku, *quantity, change);
         }
@@ -390,7 +367,7 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
             .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
         let moved = self.skus.with_or_insert(
             sku,
-            || Arc::new(Slot::new(first.level)),
+            || Slot::new(first.level),
             |slot, created| {
                 if created {
                     Ok(first)
