@@ -589,6 +589,8 @@ impl<K: Sku> WordStore<K> for AdaptiveStore<K> {
 }
 
 impl<K: Sku> Backend<K> for AdaptiveStore<K> {
+    type Handle = ();
+
     fn lifecycle(&self) -> &Lifecycle<K> {
         &self.lifecycle
     }
@@ -599,6 +601,18 @@ impl<K: Sku> Backend<K> for AdaptiveStore<K> {
 
     fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves {
         self.resolve_lines(lines, change)
+    }
+
+    #[inline]
+    fn hold_quiet(&self, (sku, quantity): &(K, u64)) -> Result<(), StockError<K>> {
+        self.update_sku(sku, Change::Reserve, *quantity).map(drop)
+    }
+
+    #[inline]
+    fn settle_quiet(&self, lines: &[(K, u64)], _: &(), change: Change) {
+        for (sku, quantity) in lines {
+            self.resolve_line(sku, *quantity, change);
+        }
     }
 }
 

@@ -151,7 +151,7 @@ impl<K: Sku, S> StoreBuilder<K, S> {
     }
 
     /// The shared parts of the store these settings describe.
-    pub(crate) fn lifecycle(self) -> Lifecycle<K> {
+    pub(crate) fn lifecycle<H: Clone + Default>(self) -> Lifecycle<K, H> {
         Lifecycle {
             registry: Registry::new(
                 self.clock,

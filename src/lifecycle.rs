@@ -19,9 +19,9 @@ use crate::stats::{Stat, Stats};
 use crate::store::Sku;
 
 /// The parts every store shares: its holds, its event sink, its counters.
-pub(crate) struct Lifecycle<K> {
+pub(crate) struct Lifecycle<K, H = ()> {
     /// Open holds, their deadlines and idempotency keys.
-    pub(crate) registry: Registry<K>,
+    pub(crate) registry: Registry<K, H>,
     /// Where events go.
     pub(crate) events: Events<K>,
     /// What the store counted.
@@ -30,8 +30,11 @@ pub(crate) struct Lifecycle<K> {
 
 /// The stock movements of one store, which the lifecycle drives.
 pub(crate) trait Backend<K: Sku> {
+    /// What the store keeps with a hold to settle it without a lookup (`()`: nothing).
+    type Handle: Clone + Default;
+
     /// The store's shared parts.
-    fn lifecycle(&self) -> &Lifecycle<K>;
+    fn lifecycle(&self) -> &Lifecycle<K, Self::Handle>;
 
     /// Reserves merged `lines` without waiting, all or nothing; returns what moved per line.
     ///
@@ -43,6 +46,28 @@ pub(crate) trait Backend<K: Sku> {
 
     /// Commits or releases merged `lines` that an open hold owned; never refused.
     fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves;
+
+    /// [`hold`](Self::hold) of one validated line (quantity at least 1) for a caller that
+    /// needs no report of the move (no event sink); returns the handle to keep with the
+    /// hold.
+    ///
+    /// # Errors
+    ///
+    /// As [`hold`](Self::hold).
+    #[inline]
+    fn hold_quiet(&self, line: &(K, u64)) -> Result<Self::Handle, StockError<K>> {
+        self.hold(std::slice::from_ref(line))
+            .map(|_| Self::Handle::default())
+    }
+
+    /// [`settle`](Self::settle) for a caller that needs no report of the moves (no event
+    /// sink); `handle` is the one kept with the hold (`Default` when it was opened
+    /// otherwise than by [`hold_quiet`](Self::hold_quiet)).
+    #[inline]
+    fn settle_quiet(&self, lines: &[(K, u64)], handle: &Self::Handle, change: Change) {
+        let _ = handle;
+        self.settle(lines, change);
+    }
 }
 
 /// The [`StockStore`](crate::StockStore) methods that every store answers from its
@@ -51,6 +76,13 @@ pub(crate) trait Backend<K: Sku> {
 /// implements [`Backend`] and keeps its lifecycle in a field named `lifecycle`.
 macro_rules! lifecycle_methods {
     () => {
+        fn reserve(
+            &self,
+            lines: &[(K, u64)],
+        ) -> Result<$crate::Reservation<K>, $crate::StockError<K>> {
+            $crate::lifecycle::reserve(self, lines)
+        }
+
         fn reserve_with(
             &self,
             lines: &[(K, u64)],
@@ -93,6 +125,30 @@ macro_rules! lifecycle_methods {
 
 pub(crate) use lifecycle_methods;
 
+/// [`StockStore::reserve`](crate::StockStore::reserve) for any store: `reserve_with`
+/// without options. Its common case, one line and no event sink, goes straight to the
+/// stock and the registry: no merge, no clock, no key, no move report built.
+#[inline]
+pub(crate) fn reserve<K: Sku, B: Backend<K>>(
+    store: &B,
+    lines: &[(K, u64)],
+) -> Result<Reservation<K>, StockError<K>> {
+    let life = store.lifecycle();
+    match lines {
+        [line] if line.1 != 0 && !life.events.enabled() => {
+            let held = store.hold_quiet(line);
+            life.stats.count_refusal(&held);
+            let handle = held?;
+            let reservation = life
+                .registry
+                .open_plain(HoldLines::One([line.clone()]), handle);
+            life.stats.count(Stat::Reserves);
+            Ok(reservation)
+        }
+        _ => reserve_with(store, lines, &ReserveOptions::new()),
+    }
+}
+
 /// [`StockStore::reserve_with`](crate::StockStore::reserve_with) for any store.
 pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
     store: &B,
@@ -125,9 +181,10 @@ pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
 /// [`StockStore::sell`](crate::StockStore::sell) for a store that locks its SKUs (the
 /// pessimistic and monitor stores): all or nothing, without waiting. One line (most
 /// sales) is neither merged nor batched, and allocates nothing.
-pub(crate) fn sell_locked<K: Sku, S: LockedSkus<K>>(
+#[inline(always)]
+pub(crate) fn sell_locked<K: Sku, H, S: LockedSkus<K>>(
     store: &S,
-    life: &Lifecycle<K>,
+    life: &Lifecycle<K, H>,
     lines: &[(K, u64)],
 ) -> Result<(), StockError<K>> {
     if let [line @ (sku, quantity)] = lines {
@@ -159,17 +216,36 @@ pub(crate) fn resolve<K: Sku, B: Backend<K>>(
     id: ReservationId,
     change: Change,
 ) -> Result<Reservation<K>, StockError<K>> {
-    let resolved = store.lifecycle().registry.resolve(id, |lines, expired| {
+    let life = store.lifecycle();
+    if !life.events.enabled() {
+        // Nobody listens: no move to report, so none is built.
+        let resolved = life.registry.resolve(id, |lines, handle, expired| {
+            let change = if expired { Change::Release } else { change };
+            store.settle_quiet(lines, handle, change);
+        })?;
+        life.stats.count(resolved_stat(resolved.expired, change));
+        return if resolved.expired {
+            Err(StockError::Expired(id))
+        } else {
+            Ok(resolved.reservation)
+        };
+    }
+    let resolved = life.registry.resolve(id, |lines, _, expired| {
         // Past its deadline, a hold's stock goes back whatever the caller asked for.
         let change = if expired { Change::Release } else { change };
         store.settle(lines, change)
     })?;
-    let stat = match (resolved.expired, change) {
+    let stat = resolved_stat(resolved.expired, change);
+    report(life, resolved, stat)
+}
+
+/// The statistic of a hold resolved by `change` (`expired`: past its deadline).
+fn resolved_stat(expired: bool, change: Change) -> Stat {
+    match (expired, change) {
         (true, _) => Stat::Expirations,
         (false, Change::Commit) => Stat::Commits,
         (false, _) => Stat::Releases,
-    };
-    report(store.lifecycle(), resolved, stat)
+    }
 }
 
 /// [`StockStore::extend`](crate::StockStore::extend) for any store.
@@ -232,8 +308,8 @@ pub(crate) fn expire_due<K: Sku, B: Backend<K>>(store: &B) -> Vec<Reservation<K>
 /// # Errors
 ///
 /// [`StockError::Expired`] when the hold was past its deadline (its stock went back).
-fn report<K: Sku>(
-    life: &Lifecycle<K>,
+fn report<K: Sku, H>(
+    life: &Lifecycle<K, H>,
     resolved: Resolved<K, Moves>,
     stat: Stat,
 ) -> Result<Reservation<K>, StockError<K>> {
@@ -252,7 +328,7 @@ fn report<K: Sku>(
     }
 }
 
-impl<K: Sku> Lifecycle<K> {
+impl<K: Sku, H> Lifecycle<K, H> {
     /// Counts and reports a new hold whose stock moved as `moved`.
     pub(crate) fn opened(&self, reservation: &Reservation<K>, moved: &[Moved]) {
         self.stats.count(Stat::Reserves);

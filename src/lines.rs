@@ -228,6 +228,52 @@ pub(crate) fn apply_one_quiet<K: Clone, S: LockedSkus<K>>(
     Ok(())
 }
 
+/// [`apply_one_quiet`] that keeps the slot it locked, for a hold to settle later without
+/// looking its SKU up again ([`settle_slot_quiet`]).
+///
+/// # Errors
+///
+/// [`StockError::UnknownSku`], [`StockError::InsufficientStock`] or
+/// [`StockError::Overflow`], with nothing changed.
+#[inline(always)]
+pub(crate) fn hold_one_quiet<K: Clone, S: LockedSkus<K>>(
+    store: &S,
+    (sku, quantity): &(K, u64),
+) -> Result<S::Slot, StockError<K>> {
+    let Some(slot) = store.slot(sku) else {
+        return Err(StockError::UnknownSku(sku.clone()));
+    };
+    let mut cell = store.lock(&slot);
+    let after = cell
+        .level()
+        .apply(Change::Reserve, *quantity, cell.withheld(), Limits::U64)
+        .map_err(|refusal| refusal.into_error(sku.clone(), *quantity))?;
+    cell.set_level(after);
+    drop(cell);
+    Ok(slot)
+}
+
+/// Commits or releases (`change`) `quantity` units held on the SKU of `slot`, the slot an
+/// open hold kept ([`hold_one_quiet`]): no lookup, never refused.
+///
+/// # Panics
+///
+/// When the SKU holds fewer than `quantity` units reserved (a broken invariant).
+#[inline(always)]
+pub(crate) fn settle_slot_quiet<K, S: LockedSkus<K>>(
+    store: &S,
+    slot: &S::Slot,
+    quantity: u64,
+    change: Change,
+) {
+    let mut cell = store.lock(slot);
+    let after = cell
+        .level()
+        .apply(change, quantity, 0, Limits::U64)
+        .expect("an open hold can always be resolved");
+    cell.set_level(after);
+}
+
 /// A SKU's state behind its lock, as the batch below reads and writes it.
 pub(crate) trait LevelCell {
     /// The SKU's counts.

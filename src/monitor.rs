@@ -68,8 +68,11 @@ pub struct MonitorStore<K> {
     /// SKU -> its monitor.
     slots: ShardedMap<K, SlotArc<Monitor>>,
     /// Open holds, events, counters.
-    lifecycle: Lifecycle<K>,
+    lifecycle: Lifecycle<K, MonitorHandle>,
 }
+
+/// What a one-line hold keeps to settle without a lookup: its SKU's monitor.
+type MonitorHandle = Option<SlotArc<Monitor>>;
 
 /// One SKU's monitor: its mutex and the state it guards.
 ///
@@ -261,6 +264,24 @@ impl<K: Sku> MonitorStore<K> {
     }
 }
 
+impl<K: Sku> MonitorStore<K> {
+    /// Commits or releases `quantity` held units on `monitor`'s SKU, with no report of the
+    /// move; grants and wakes its waiters, if any.
+    #[inline]
+    fn settle_quiet_on(&self, monitor: &SlotArc<Monitor>, quantity: u64, change: Change) {
+        let mut state = self.lock(monitor);
+        if !state.waiters.is_idle() {
+            monitor.resolve(state, quantity, change);
+            return;
+        }
+        // Nobody waits: nobody to grant or wake, only the level changes.
+        state.level = state
+            .level
+            .apply(change, quantity, 0, Limits::U64)
+            .expect("an open hold can always be resolved");
+    }
+}
+
 impl<K: Sku> LockedSkus<K> for MonitorStore<K> {
     type Slot = SlotArc<Monitor>;
     type Cell = MonitorState;
@@ -298,12 +319,30 @@ impl<K: Sku> StoreBuilder<K, MonitorStore<K>> {
 }
 
 impl<K: Sku> Backend<K> for MonitorStore<K> {
-    fn lifecycle(&self) -> &Lifecycle<K> {
+    type Handle = MonitorHandle;
+
+    fn lifecycle(&self) -> &Lifecycle<K, MonitorHandle> {
         &self.lifecycle
     }
 
     fn hold(&self, lines: &[(K, u64)]) -> Result<Moves, StockError<K>> {
         lines::apply(self, lines, Change::Reserve)
+    }
+
+    #[inline]
+    fn hold_quiet(&self, line: &(K, u64)) -> Result<Self::Handle, StockError<K>> {
+        lines::hold_one_quiet(self, line).map(Some)
+    }
+
+    #[inline]
+    fn settle_quiet(&self, lines: &[(K, u64)], handle: &Self::Handle, change: Change) {
+        if let (Some(monitor), [(_, quantity)]) = (handle, lines) {
+            return self.settle_quiet_on(monitor, *quantity, change);
+        }
+        for (sku, quantity) in lines {
+            let monitor = self.slot(sku).expect("a held SKU exists");
+            self.settle_quiet_on(&monitor, *quantity, change);
+        }
     }
 
     /// Line by line, each SKU's monitor handing the freed stock to its waiters.

@@ -164,6 +164,7 @@ impl<K: Sku> OptimisticStore<K> {
 
     /// Applies `change` to one SKU's slot with a CAS retry loop; returns what moved (the
     /// threshold crossing only when an event sink listens).
+    #[inline]
     fn update(
         &self,
         sku: &K,
@@ -171,6 +172,22 @@ impl<K: Sku> OptimisticStore<K> {
         change: Change,
         quantity: u64,
     ) -> Result<Moved, StockError<K>> {
+        self.update_then(sku, slot, change, quantity, |before, after| {
+            self.moved(slot, before, after)
+        })
+    }
+
+    /// [`update`](Self::update), returning `report(before, after)` of the winning change:
+    /// what moved, or nothing for a caller with no event sink.
+    #[inline]
+    fn update_then<R>(
+        &self,
+        sku: &K,
+        slot: &Slot,
+        change: Change,
+        quantity: u64,
+        report: impl FnOnce(StockLevel, StockLevel) -> R,
+    ) -> Result<R, StockError<K>> {
         let backoff = Backoff::new();
         let mut current = slot.word.load(Ordering::Acquire);
         for attempt in 0..self.retries_max {
@@ -187,7 +204,7 @@ impl<K: Sku> OptimisticStore<K> {
             ) {
                 Ok(_) => {
                     self.count_lost(attempt);
-                    return Ok(self.moved(slot, before, after));
+                    return Ok(report(before, after));
                 }
                 Err(_) => {
                     // Lost to another writer. Back off, then read the word afresh: the
@@ -285,6 +302,8 @@ impl<K: Sku> StoreBuilder<K, OptimisticStore<K>> {
 }
 
 impl<K: Sku> WordStore<K> for OptimisticStore<K> {
+    const QUIET_UPDATE: bool = true;
+
     fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>> {
         self.skus.with_or_else(
             sku,
@@ -292,9 +311,24 @@ impl<K: Sku> WordStore<K> for OptimisticStore<K> {
             || Err(StockError::UnknownSku(sku.clone())),
         )
     }
+
+    fn update_sku_quiet(
+        &self,
+        sku: &K,
+        change: Change,
+        quantity: u64,
+    ) -> Result<(), StockError<K>> {
+        self.skus.with_or_else(
+            sku,
+            |slot| self.update_then(sku, slot, change, quantity, |_, _| ()),
+            || Err(StockError::UnknownSku(sku.clone())),
+        )
+    }
 }
 
 impl<K: Sku> Backend<K> for OptimisticStore<K> {
+    type Handle = ();
+
     fn lifecycle(&self) -> &Lifecycle<K> {
         &self.lifecycle
     }
@@ -305,6 +339,18 @@ impl<K: Sku> Backend<K> for OptimisticStore<K> {
 
     fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves {
         self.resolve_lines(lines, change)
+    }
+
+    #[inline]
+    fn hold_quiet(&self, (sku, quantity): &(K, u64)) -> Result<(), StockError<K>> {
+        self.update_sku_quiet(sku, Change::Reserve, *quantity)
+    }
+
+    #[inline]
+    fn settle_quiet(&self, lines: &[(K, u64)], _: &(), change: Change) {
+        for (sku, quantity) in lines {
+            self.resolve_line_quiet(sku, *quantity, change);
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::stats::Stats;
 use crate::store::{Sku, StockStore};
-use crate::sync::{Arc, Mutex, ShardedMap};
+use crate::sync::{Mutex, ShardedMap, SlotArc};
 
 /// A stock store with **pessimistic concurrency control**: every SKU has its own mutex
 /// (parking_lot), found in a sharded concurrent map (dashmap).
@@ -49,10 +49,13 @@ use crate::sync::{Arc, Mutex, ShardedMap};
 /// ```
 pub struct PessimisticStore<K> {
     /// SKU -> its slot; each slot's mutex guards that SKU's counts and threshold.
-    slots: ShardedMap<K, Arc<Mutex<Slot>>>,
+    slots: ShardedMap<K, SlotArc<Mutex<Slot>>>,
     /// Open holds, events, counters.
-    lifecycle: Lifecycle<K>,
+    lifecycle: Lifecycle<K, SlotHandle>,
 }
+
+/// What a one-line hold keeps to settle without a lookup: its SKU's slot.
+type SlotHandle = Option<SlotArc<Mutex<Slot>>>;
 
 /// One SKU's state, guarded by its slot's mutex.
 #[derive(Debug, Default)]
@@ -115,7 +118,7 @@ impl<K: Sku> PessimisticStore<K> {
 }
 
 impl<K: Sku> LockedSkus<K> for PessimisticStore<K> {
-    type Slot = Arc<Mutex<Slot>>;
+    type Slot = SlotArc<Mutex<Slot>>;
     type Cell = Slot;
 
     fn slot(&self, sku: &K) -> Option<Self::Slot> {
@@ -151,7 +154,9 @@ impl<K: Sku> StoreBuilder<K, PessimisticStore<K>> {
 }
 
 impl<K: Sku> Backend<K> for PessimisticStore<K> {
-    fn lifecycle(&self) -> &Lifecycle<K> {
+    type Handle = SlotHandle;
+
+    fn lifecycle(&self) -> &Lifecycle<K, SlotHandle> {
         &self.lifecycle
     }
 
@@ -161,6 +166,23 @@ impl<K: Sku> Backend<K> for PessimisticStore<K> {
 
     fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves {
         lines::apply(self, lines, change).expect("an open hold can always be resolved")
+    }
+
+    #[inline]
+    fn hold_quiet(&self, line: &(K, u64)) -> Result<Self::Handle, StockError<K>> {
+        lines::hold_one_quiet(self, line).map(Some)
+    }
+
+    #[inline]
+    fn settle_quiet(&self, lines: &[(K, u64)], handle: &Self::Handle, change: Change) {
+        let settled = match (handle, lines) {
+            (Some(slot), [(_, quantity)]) => {
+                return lines::settle_slot_quiet(self, slot, *quantity, change);
+            }
+            (None, [line]) => lines::apply_one_quiet(self, line, change),
+            _ => lines::apply(self, lines, change).map(drop),
+        };
+        settled.expect("an open hold can always be resolved");
     }
 }
 
@@ -176,7 +198,7 @@ impl<K: Sku> StockStore<K> for PessimisticStore<K> {
         let first = Moved::first_restock(qty, Limits::U64)
             .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
         let (slot, created) = self.slots.get_or_create(sku, || {
-            Arc::new(Mutex::new(Slot {
+            SlotArc::new(Mutex::new(Slot {
                 level: first.level,
                 low_stock_threshold: 0,
             }))

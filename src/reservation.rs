@@ -229,14 +229,17 @@ impl<K> From<Vec<(K, u64)>> for HoldLines<K> {
 
 /// An open hold as the registry keeps it.
 #[derive(Debug, Clone)]
-struct Hold<K> {
+struct Hold<K, H> {
     /// The hold.
     reservation: Reservation<K>,
     /// The idempotency key that made it, if any.
     key: Option<Arc<str>>,
+    /// What the store kept to settle it without looking its SKU up again (the pessimistic
+    /// and monitor stores: the slot of a one-line hold); `H::default()` when nothing.
+    handle: H,
 }
 
-impl<K> Hold<K> {
+impl<K, H> Hold<K, H> {
     /// Whether the hold is past its deadline at `now` (never without a deadline or a
     /// reading).
     fn is_due(&self, now: Option<Instant>) -> bool {
@@ -297,10 +300,10 @@ pub(crate) enum Extension<K, M> {
 /// Moving stock under the shard lock waits for the SKUs' own locks (pessimistic and
 /// monitor stores) and never the other way round: no code holds a SKU's lock while it
 /// touches `holds`. No user code (clock, sink) runs under it.
-pub(crate) struct Registry<K> {
+pub(crate) struct Registry<K, H = ()> {
     /// Open holds; an entry is inserted after its stock is held, and removed by the call
     /// that moves its stock back or on (under the entry's shard lock).
-    holds: ShardedMap<ReservationId, Hold<K>>,
+    holds: ShardedMap<ReservationId, Hold<K, H>>,
     /// Deadlines of the open holds that have one.
     expiry: ExpiryIndex,
     /// Idempotency keys.
@@ -313,7 +316,7 @@ pub(crate) struct Registry<K> {
     timed: AtomicBool,
 }
 
-impl<K: Clone + PartialEq> Registry<K> {
+impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
     pub(crate) fn new(
         clock: Arc<dyn Clock>,
         idempotency_retention: Duration,
@@ -355,7 +358,8 @@ impl<K: Clone + PartialEq> Registry<K> {
             .and_then(|(ttl, now)| now.checked_add(ttl));
         let (Some(key), Some(now)) = (key, now) else {
             let moved = hold(&lines)?;
-            return Ok(Opened::New(self.open(lines, expires_at, None), moved));
+            let reservation = self.open(lines, expires_at, None, H::default());
+            return Ok(Opened::New(reservation, moved));
         };
         self.keys.prune(now);
         self.keys.with_slot(key, |slot| {
@@ -368,18 +372,28 @@ impl<K: Clone + PartialEq> Registry<K> {
                 });
             }
             let moved = hold(&lines)?;
-            let reservation = self.open(lines, expires_at, Some(key.clone()));
+            let reservation = self.open(lines, expires_at, Some(key.clone()), H::default());
             *slot = KeySlot::Open(reservation.clone());
             Ok(Opened::New(reservation, moved))
         })
     }
 
+    /// Records a hold with no deadline and no idempotency key whose stock is already
+    /// reserved, and returns it: `reserve`'s common case. `handle` is what the store kept
+    /// to settle it ([`resolve`](Self::resolve) hands it back).
+    #[inline]
+    pub(crate) fn open_plain(&self, lines: HoldLines<K>, handle: H) -> Reservation<K> {
+        self.open(lines, None, None, handle)
+    }
+
     /// Records a hold whose stock is already reserved and returns it.
+    #[inline]
     fn open(
         &self,
         lines: HoldLines<K>,
         expires_at: Option<Instant>,
         key: Option<Arc<str>>,
+        handle: H,
     ) -> Reservation<K> {
         if (expires_at.is_some() || key.is_some()) && !self.timed.load(Ordering::Relaxed) {
             // Before the hold is visible: whoever finds the hold (under its shard lock)
@@ -394,6 +408,7 @@ impl<K: Clone + PartialEq> Registry<K> {
         let hold = Hold {
             reservation: reservation.clone(),
             key,
+            handle,
         };
         self.holds.insert(reservation.id, hold);
         if let Some(deadline) = expires_at {
@@ -403,7 +418,8 @@ impl<K: Clone + PartialEq> Registry<K> {
     }
 
     /// Resolves the open hold `id`: under its shard lock, moves its stock with
-    /// `settle(lines, expired)` (`expired`: its deadline had passed, so its stock goes
+    /// `settle(lines, handle, expired)` (`handle`: what the store kept when it opened the
+    /// hold; `expired`: its deadline had passed, so its stock goes
     /// back whatever the caller asked for) and removes it; then forgets its deadline and
     /// records its idempotency key as resolved. One lookup.
     ///
@@ -419,7 +435,7 @@ impl<K: Clone + PartialEq> Registry<K> {
     pub(crate) fn resolve<M>(
         &self,
         id: ReservationId,
-        settle: impl FnOnce(&[(K, u64)], bool) -> M,
+        settle: impl FnOnce(&[(K, u64)], &H, bool) -> M,
     ) -> Result<Resolved<K, M>, StockError<K>> {
         // The clock is user code: read it before the hold's shard is locked, and only once
         // some hold needed it. A hold found needing it without a reading sends us back for
@@ -436,17 +452,20 @@ impl<K: Clone + PartialEq> Registry<K> {
                 }
                 let expired = hold.is_due(now);
                 let settle = settle.take().expect("a hold is settled once");
-                outcome = Some((expired, settle(hold.reservation.lines(), expired)));
+                let moved = settle(hold.reservation.lines(), &hold.handle, expired);
+                outcome = Some((expired, moved));
                 true
             });
-            if needs_clock {
-                now = Some(self.clock.now());
-                continue;
+            // The hold is moved once, straight into the result (a tuple of the removed hold
+            // and the outcome copied it once more).
+            if let Some(hold) = removed {
+                let (expired, moved) = outcome.expect("a removed hold was settled");
+                return Ok(self.finish(hold, now, expired, moved));
             }
-            let (Some(hold), Some((expired, moved))) = (removed, outcome) else {
+            if !needs_clock {
                 return Err(StockError::UnknownReservation(id));
-            };
-            return Ok(self.finish(hold, now, expired, moved));
+            }
+            now = Some(self.clock.now());
         }
     }
 
@@ -540,7 +559,7 @@ impl<K: Clone + PartialEq> Registry<K> {
     /// was locked (`Some` whenever the hold has a deadline or a key).
     fn finish<M>(
         &self,
-        hold: Hold<K>,
+        hold: Hold<K, H>,
         now: Option<Instant>,
         expired: bool,
         moved: M,

@@ -155,7 +155,8 @@ mod real {
     pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64};
     pub(crate) use std::sync::Arc;
     /// A shared SKU slot: `Arc` without weak references, so its allocation carries one
-    /// count, not two (8 bytes less per SKU of the monitor store, `benches/memory.rs`).
+    /// count, not two (8 bytes less per SKU of the pessimistic and monitor stores,
+    /// `benches/memory.rs`; none for a slot aligned to 16 bytes, like the CAS stores' word).
     pub(crate) use triomphe::Arc as SlotArc;
 
     pub(crate) use crossbeam_utils::Backoff;

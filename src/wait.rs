@@ -82,6 +82,13 @@ struct Grant {
 }
 
 impl WaitQueue {
+    /// Whether the queue holds nothing at all: no waiter, no grant to pick up, no waker to
+    /// wake (its queues are freed), so a change of the SKU has nobody to grant or wake.
+    #[inline]
+    pub(crate) fn is_idle(&self) -> bool {
+        self.busy.is_none()
+    }
+
     /// Whether nobody waits.
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {

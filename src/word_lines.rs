@@ -27,6 +27,26 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
     /// contention (the optimistic store, after its retries; the adaptive store never does).
     fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>>;
 
+    /// Whether [`update_sku_quiet`](Self::update_sku_quiet) does less than `update_sku`
+    /// (a `sell` without an event sink then takes it; else the branch is compiled out).
+    const QUIET_UPDATE: bool = false;
+
+    /// [`update_sku`](Self::update_sku) for a caller that needs no report of the move (no
+    /// event sink).
+    ///
+    /// # Errors
+    ///
+    /// As [`update_sku`](Self::update_sku).
+    #[inline]
+    fn update_sku_quiet(
+        &self,
+        sku: &K,
+        change: Change,
+        quantity: u64,
+    ) -> Result<(), StockError<K>> {
+        self.update_sku(sku, change, quantity).map(drop)
+    }
+
     /// Reserves merged `lines` in ascending order; on a refusal, releases the lines already
     /// reserved and returns the refusal. One lookup a line for one line, two for several.
     ///
@@ -95,14 +115,33 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
     fn resolve_lines(&self, lines: &[(K, u64)], change: Change) -> Moves {
         lines
             .iter()
-            .map(|(sku, quantity)| loop {
-                match self.update_sku(sku, change, *quantity) {
-                    Ok(moved) => break moved,
-                    Err(StockError::Conflict { .. }) => continue,
-                    Err(error) => unreachable!("a held line cannot be refused: {error:?}"),
-                }
-            })
+            .map(|(sku, quantity)| self.resolve_line(sku, *quantity, change))
             .collect()
+    }
+
+    /// Commits or releases `quantity` held units of `sku`, retrying past `Conflict`s:
+    /// never refused.
+    #[inline]
+    fn resolve_line(&self, sku: &K, quantity: u64, change: Change) -> Moved {
+        loop {
+            match self.update_sku(sku, change, quantity) {
+                Ok(moved) => break moved,
+                Err(StockError::Conflict { .. }) => continue,
+                Err(error) => unreachable!("a held line cannot be refused: {error:?}"),
+            }
+        }
+    }
+
+    /// [`resolve_line`](Self::resolve_line) with no report of the move.
+    #[inline]
+    fn resolve_line_quiet(&self, sku: &K, quantity: u64, change: Change) {
+        loop {
+            match self.update_sku_quiet(sku, change, quantity) {
+                Ok(()) => break,
+                Err(StockError::Conflict { .. }) => continue,
+                Err(error) => unreachable!("a held line cannot be refused: {error:?}"),
+            }
+        }
     }
 
     /// [`StockStore::sell`]: one line is one update with no allocation (an event sink adds
@@ -117,6 +156,12 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
         if let [(sku, quantity)] = lines {
             if *quantity == 0 {
                 return Err(StockError::InvalidQuantity { sku: sku.clone() });
+            }
+            if Self::QUIET_UPDATE && !life.events.enabled() {
+                // Nobody listens: no move to report, so none is built.
+                let sold = self.update_sku_quiet(sku, Change::Sell, *quantity);
+                life.stats.count_refusal(&sold);
+                return sold;
             }
             let sold = self.update_sku(sku, Change::Sell, *quantity);
             life.stats.count_refusal(&sold);
