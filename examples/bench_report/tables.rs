@@ -251,6 +251,7 @@ pub fn instructions_table(data: &Data, report: &mut String) {
         "pessimistic",
         "optimistic",
         "monitor",
+        "adaptive",
         "mutex_hashmap",
         "dashmap",
         "mutex_hashmap_holds",
