@@ -17,7 +17,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use serde_json::json;
 
 use common::peers::{MutexCounter, PerThreadCounters};
-use common::{handoff, workload, Limits, Peers, SKUS, THREADS, UNITS_PER_SKU};
+use common::{handoff, workload, Limits, Peers, Visit, SKUS, THREADS, UNITS_PER_SKU};
 
 /// Units of one S1 sell-out.
 const SELL_OUT_UNITS: u64 = 10_000;
@@ -38,6 +38,29 @@ fn bench(
     group.bench_function(BenchmarkId::new(name, threads), |bencher| {
         bencher.iter_custom(&run);
     });
+}
+
+/// Benchmarks every subject at each of `thread_counts` in turn (every subject at the first
+/// count, then every subject at the next, ...) as `<group>/<prefix><subject>/<threads>`,
+/// `threads` operations an iteration, each iteration `run(subject, threads, iters)`.
+fn bench_in_turns(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    prefix: &str,
+    subjects: &[(&str, Box<dyn Visit>)],
+    thread_counts: &[usize],
+    run: impl Fn(&dyn Visit, usize, u64) -> Duration,
+) {
+    for &threads in thread_counts {
+        for (name, subject) in subjects {
+            bench(
+                group,
+                &format!("{prefix}{name}"),
+                threads,
+                threads as u64,
+                |iters| run(subject.as_ref(), threads, iters),
+            );
+        }
+    }
 }
 
 /// Single-thread `sell` of 1 unit over 100k SKUs (uniform), and the uncontended mutex.
@@ -93,13 +116,13 @@ fn s1_flash_sale(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("S1_flash_sale");
     let hot = vec![vec![0_u64]; THREADS[THREADS.len() - 1]];
     let subjects = common::ledgers(1, UNITS_PER_SKU, Peers::Plain, Limits::HotCounter);
-    for threads in THREADS {
-        for (name, subject) in &subjects {
-            bench(&mut group, name, threads, threads as u64, |iters| {
-                subject.run_sells(threads, iters, &hot)
-            });
-        }
-    }
+    bench_in_turns(
+        &mut group,
+        "",
+        &subjects,
+        &THREADS,
+        |subject, threads, iters| subject.run_sells(threads, iters, &hot),
+    );
     drop(subjects);
     let mut subjects = common::ledgers(1, 0, Peers::Plain, Limits::HotCounter);
     subjects.retain(|(name, _)| *name != "atomic_fetch_sub"); // blind: it would oversell past zero
@@ -118,13 +141,13 @@ fn s1_flash_sale(criterion: &mut Criterion) {
 fn request_mix(criterion: &mut Criterion, group_name: &str, streams: &[Vec<workload::Request>]) {
     let mut group = criterion.benchmark_group(group_name);
     let subjects = common::ledgers(SKUS, UNITS_PER_SKU, Peers::WithHolds, Limits::IdealVec);
-    for threads in THREADS {
-        for (name, subject) in &subjects {
-            bench(&mut group, name, threads, threads as u64, |iters| {
-                subject.run_requests(threads, iters, streams)
-            });
-        }
-    }
+    bench_in_turns(
+        &mut group,
+        "",
+        &subjects,
+        &THREADS,
+        |subject, threads, iters| subject.run_requests(threads, iters, streams),
+    );
     group.finish();
 }
 
@@ -133,13 +156,13 @@ fn s4_tpcc(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("S4_tpcc_new_order");
     let orders = workload::tpcc_orders(THREADS[THREADS.len() - 1]);
     let subjects = common::ledgers(SKUS, UNITS_PER_SKU, Peers::WithHolds, Limits::IdealVec);
-    for threads in THREADS {
-        for (name, subject) in &subjects {
-            bench(&mut group, name, threads, threads as u64, |iters| {
-                subject.run_orders(threads, iters, &orders)
-            });
-        }
-    }
+    bench_in_turns(
+        &mut group,
+        "",
+        &subjects,
+        &THREADS,
+        |subject, threads, iters| subject.run_orders(threads, iters, &orders),
+    );
     group.finish();
 }
 
@@ -149,30 +172,22 @@ fn s5_oversubscription(criterion: &mut Criterion, zipf: &[Vec<workload::Request>
     let oversubscribed = common::oversubscribed_threads();
     let hot = vec![vec![0_u64]; oversubscribed[1]];
     let subjects = common::ledgers(1, UNITS_PER_SKU, Peers::Plain, Limits::HotCounter);
-    for threads in oversubscribed {
-        for (name, subject) in &subjects {
-            bench(
-                &mut group,
-                &format!("S1_{name}"),
-                threads,
-                threads as u64,
-                |iters| subject.run_sells(threads, iters, &hot),
-            );
-        }
-    }
+    bench_in_turns(
+        &mut group,
+        "S1_",
+        &subjects,
+        &oversubscribed,
+        |subject, threads, iters| subject.run_sells(threads, iters, &hot),
+    );
     drop(subjects);
     let subjects = common::ledgers(SKUS, UNITS_PER_SKU, Peers::WithHolds, Limits::IdealVec);
-    for threads in oversubscribed {
-        for (name, subject) in &subjects {
-            bench(
-                &mut group,
-                &format!("S3_{name}"),
-                threads,
-                threads as u64,
-                |iters| subject.run_requests(threads, iters, zipf),
-            );
-        }
-    }
+    bench_in_turns(
+        &mut group,
+        "S3_",
+        &subjects,
+        &oversubscribed,
+        |subject, threads, iters| subject.run_requests(threads, iters, zipf),
+    );
     group.finish();
 }
 
@@ -228,14 +243,16 @@ fn s7_hot_and_cold(criterion: &mut Criterion) {
     let streams = workload::hot_and_cold_requests(S7_THREADS[S7_THREADS.len() - 1], SKUS);
     let ran = std::cell::Cell::new(false);
     let subjects = common::ledgers(SKUS + 1, UNITS_PER_SKU, Peers::WithHolds, Limits::IdealVec);
-    for threads in S7_THREADS {
-        for (name, subject) in &subjects {
-            bench(&mut group, name, threads, threads as u64, |iters| {
-                ran.set(true);
-                subject.run_requests(threads, iters, &streams)
-            });
-        }
-    }
+    bench_in_turns(
+        &mut group,
+        "",
+        &subjects,
+        &S7_THREADS,
+        |subject, threads, iters| {
+            ran.set(true);
+            subject.run_requests(threads, iters, &streams)
+        },
+    );
     drop(subjects);
     group.finish();
     if !ran.get() {
