@@ -7,7 +7,6 @@ use crate::builder::StoreBuilder;
 use crate::error::StockError;
 use crate::level::{Change, Moved, Refusal, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
-use crate::lines::Moves;
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
 use crate::sync::{
@@ -589,31 +588,7 @@ impl<K: Sku> WordStore<K> for AdaptiveStore<K> {
 }
 
 impl<K: Sku> Backend<K> for AdaptiveStore<K> {
-    type Handle = ();
-
-    fn lifecycle(&self) -> &Lifecycle<K> {
-        &self.lifecycle
-    }
-
-    fn hold(&self, lines: &[(K, u64)]) -> Result<Moves, StockError<K>> {
-        self.reserve_lines(lines)
-    }
-
-    fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves {
-        self.resolve_lines(lines, change)
-    }
-
-    #[inline]
-    fn hold_quiet(&self, (sku, quantity): &(K, u64)) -> Result<(), StockError<K>> {
-        self.update_sku(sku, Change::Reserve, *quantity).map(drop)
-    }
-
-    #[inline]
-    fn settle_quiet(&self, lines: &[(K, u64)], _: &(), change: Change) {
-        for (sku, quantity) in lines {
-            self.resolve_line(sku, *quantity, change);
-        }
-    }
+    crate::word_lines::word_backend_methods!();
 }
 
 impl<K: Sku> StockStore<K> for AdaptiveStore<K> {

@@ -213,32 +213,36 @@ pub(crate) fn apply_one<K: Clone, S: LockedSkus<K>>(
 #[inline]
 pub(crate) fn apply_one_quiet<K: Clone, S: LockedSkus<K>>(
     store: &S,
-    (sku, quantity): &(K, u64),
+    line: &(K, u64),
     change: Change,
 ) -> Result<(), StockError<K>> {
-    let Some(slot) = store.slot(sku) else {
-        return Err(StockError::UnknownSku(sku.clone()));
-    };
-    let mut cell = store.lock(&slot);
-    let after = cell
-        .level()
-        .apply(change, *quantity, cell.withheld(), Limits::U64)
-        .map_err(|refusal| refusal.into_error(sku.clone(), *quantity))?;
-    cell.set_level(after);
-    Ok(())
+    apply_one_keeping_slot(store, line, change).map(drop)
 }
 
-/// [`apply_one_quiet`] that keeps the slot it locked, for a hold to settle later without
-/// looking its SKU up again ([`settle_slot_quiet`]).
+/// [`apply_one_quiet`] of a `Reserve` that keeps the slot it locked, for a hold to settle
+/// later without looking its SKU up again ([`settle_slot_quiet`]).
 ///
 /// # Errors
 ///
-/// [`StockError::UnknownSku`], [`StockError::InsufficientStock`] or
-/// [`StockError::Overflow`], with nothing changed.
+/// As [`apply_one_quiet`].
 #[inline(always)]
 pub(crate) fn hold_one_quiet<K: Clone, S: LockedSkus<K>>(
     store: &S,
+    line: &(K, u64),
+) -> Result<S::Slot, StockError<K>> {
+    apply_one_keeping_slot(store, line, Change::Reserve)
+}
+
+/// The change of [`apply_one_quiet`], returning the slot it locked.
+///
+/// # Errors
+///
+/// As [`apply_one_quiet`].
+#[inline(always)]
+fn apply_one_keeping_slot<K: Clone, S: LockedSkus<K>>(
+    store: &S,
     (sku, quantity): &(K, u64),
+    change: Change,
 ) -> Result<S::Slot, StockError<K>> {
     let Some(slot) = store.slot(sku) else {
         return Err(StockError::UnknownSku(sku.clone()));
@@ -246,7 +250,7 @@ pub(crate) fn hold_one_quiet<K: Clone, S: LockedSkus<K>>(
     let mut cell = store.lock(&slot);
     let after = cell
         .level()
-        .apply(Change::Reserve, *quantity, cell.withheld(), Limits::U64)
+        .apply(change, *quantity, cell.withheld(), Limits::U64)
         .map_err(|refusal| refusal.into_error(sku.clone(), *quantity))?;
     cell.set_level(after);
     drop(cell);

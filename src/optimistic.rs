@@ -6,7 +6,6 @@ use crate::builder::StoreBuilder;
 use crate::error::StockError;
 use crate::level::{Change, Moved, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
-use crate::lines::Moves;
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
 use crate::sync::{AtomicU64, Backoff, LockFreeMap, Ordering, Word};
@@ -225,6 +224,21 @@ impl<K: Sku> OptimisticStore<K> {
         })
     }
 
+    /// Calls `update` with `sku`'s slot.
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::UnknownSku`] for a SKU never restocked, or what `update` returns.
+    #[inline(always)]
+    fn with_slot<R>(
+        &self,
+        sku: &K,
+        update: impl FnOnce(&Slot) -> Result<R, StockError<K>>,
+    ) -> Result<R, StockError<K>> {
+        self.skus
+            .with_or_else(sku, update, || Err(StockError::UnknownSku(sku.clone())))
+    }
+
     /// Counts `lost` compare-and-swap attempts of one update (nothing when none was lost:
     /// the uncontended path touches no counter).
     fn count_lost(&self, lost: u32) {
@@ -305,11 +319,7 @@ impl<K: Sku> WordStore<K> for OptimisticStore<K> {
     const QUIET_UPDATE: bool = true;
 
     fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>> {
-        self.skus.with_or_else(
-            sku,
-            |slot| self.update(sku, slot, change, quantity),
-            || Err(StockError::UnknownSku(sku.clone())),
-        )
+        self.with_slot(sku, |slot| self.update(sku, slot, change, quantity))
     }
 
     fn update_sku_quiet(
@@ -318,40 +328,14 @@ impl<K: Sku> WordStore<K> for OptimisticStore<K> {
         change: Change,
         quantity: u64,
     ) -> Result<(), StockError<K>> {
-        self.skus.with_or_else(
-            sku,
-            |slot| self.update_then(sku, slot, change, quantity, |_, _| ()),
-            || Err(StockError::UnknownSku(sku.clone())),
-        )
+        self.with_slot(sku, |slot| {
+            self.update_then(sku, slot, change, quantity, |_, _| ())
+        })
     }
 }
 
 impl<K: Sku> Backend<K> for OptimisticStore<K> {
-    type Handle = ();
-
-    fn lifecycle(&self) -> &Lifecycle<K> {
-        &self.lifecycle
-    }
-
-    fn hold(&self, lines: &[(K, u64)]) -> Result<Moves, StockError<K>> {
-        self.reserve_lines(lines)
-    }
-
-    fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves {
-        self.resolve_lines(lines, change)
-    }
-
-    #[inline]
-    fn hold_quiet(&self, (sku, quantity): &(K, u64)) -> Result<(), StockError<K>> {
-        self.update_sku_quiet(sku, Change::Reserve, *quantity)
-    }
-
-    #[inline]
-    fn settle_quiet(&self, lines: &[(K, u64)], _: &(), change: Change) {
-        for (sku, quantity) in lines {
-            self.resolve_line_quiet(sku, *quantity, change);
-        }
-    }
+    crate::word_lines::word_backend_methods!();
 }
 
 impl<K: Sku> StockStore<K> for OptimisticStore<K> {

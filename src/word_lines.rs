@@ -123,25 +123,13 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
     /// never refused.
     #[inline]
     fn resolve_line(&self, sku: &K, quantity: u64, change: Change) -> Moved {
-        loop {
-            match self.update_sku(sku, change, quantity) {
-                Ok(moved) => break moved,
-                Err(StockError::Conflict { .. }) => continue,
-                Err(error) => unreachable!("a held line cannot be refused: {error:?}"),
-            }
-        }
+        retry_past_conflicts(|| self.update_sku(sku, change, quantity))
     }
 
     /// [`resolve_line`](Self::resolve_line) with no report of the move.
     #[inline]
     fn resolve_line_quiet(&self, sku: &K, quantity: u64, change: Change) {
-        loop {
-            match self.update_sku_quiet(sku, change, quantity) {
-                Ok(()) => break,
-                Err(StockError::Conflict { .. }) => continue,
-                Err(error) => unreachable!("a held line cannot be refused: {error:?}"),
-            }
-        }
+        retry_past_conflicts(|| self.update_sku_quiet(sku, change, quantity));
     }
 
     /// [`StockStore::sell`]: one line is one update with no allocation (an event sink adds
@@ -199,3 +187,67 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
         Ok(())
     }
 }
+
+/// Runs `update` (a commit or release of held stock) until it is not refused for
+/// contention: the version rule of [`StockLevel`](crate::StockLevel) leaves room for each,
+/// and only lost races repeat one.
+///
+/// # Panics
+///
+/// When `update` is refused by the counts (a broken invariant of the store).
+#[inline(always)]
+fn retry_past_conflicts<K: Sku, T>(mut update: impl FnMut() -> Result<T, StockError<K>>) -> T {
+    loop {
+        match update() {
+            Ok(done) => break done,
+            Err(StockError::Conflict { .. }) => continue,
+            Err(error) => unreachable!("a held line cannot be refused: {error:?}"),
+        }
+    }
+}
+
+/// The [`Backend`] methods of a [`WordStore`], written once: a hold is
+/// [`reserve_lines`](WordStore::reserve_lines), a settlement
+/// [`resolve_lines`](WordStore::resolve_lines), and a hold keeps no handle (each line is
+/// found again by its SKU). Expanded inside the store's `impl Backend<K>`; the store keeps
+/// its lifecycle in a field named `lifecycle`.
+macro_rules! word_backend_methods {
+    () => {
+        type Handle = ();
+
+        fn lifecycle(&self) -> &$crate::lifecycle::Lifecycle<K> {
+            &self.lifecycle
+        }
+
+        fn hold(&self, lines: &[(K, u64)]) -> Result<$crate::lines::Moves, $crate::StockError<K>> {
+            $crate::word_lines::WordStore::reserve_lines(self, lines)
+        }
+
+        fn settle(
+            &self,
+            lines: &[(K, u64)],
+            change: $crate::level::Change,
+        ) -> $crate::lines::Moves {
+            $crate::word_lines::WordStore::resolve_lines(self, lines, change)
+        }
+
+        #[inline]
+        fn hold_quiet(&self, (sku, quantity): &(K, u64)) -> Result<(), $crate::StockError<K>> {
+            $crate::word_lines::WordStore::update_sku_quiet(
+                self,
+                sku,
+                $crate::level::Change::Reserve,
+                *quantity,
+            )
+        }
+
+        #[inline]
+        fn settle_quiet(&self, lines: &[(K, u64)], _: &(), change: $crate::level::Change) {
+            for (sku, quantity) in lines {
+                $crate::word_lines::WordStore::resolve_line_quiet(self, sku, *quantity, change);
+            }
+        }
+    };
+}
+
+pub(crate) use word_backend_methods;

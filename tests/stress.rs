@@ -466,13 +466,16 @@ fn stress(ledger: &dyn Ledger, waits: bool) -> Report {
         let workers: Vec<_> = (0..thread_count())
             .map(|index| scope.spawn(move || Worker::new(index, waits).run(ledger)))
             .collect();
-        let tallies = workers
-            .into_iter()
-            .map(|worker| worker.join().expect("worker panicked"))
-            .collect();
+        // Every worker is joined and the sampler stopped before a worker's panic is
+        // passed on: a panicking worker fails the test instead of leaving the sampler
+        // running (and the test hanging).
+        let joined: Vec<_> = workers.into_iter().map(|worker| worker.join()).collect();
         done.store(true, Ordering::Release);
         (report.sampler, report.passes) = sampler.join().expect("sampler panicked");
-        tallies
+        joined
+            .into_iter()
+            .map(|tally| tally.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
     });
 
     // Quiescent point 1: every thread's tally against the store.
