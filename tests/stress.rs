@@ -23,10 +23,11 @@
 mod rendezvous;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -34,7 +35,7 @@ use rand_distr::{Distribution, Zipf};
 use rendezvous::Rendezvous;
 use stockledger::{
     AdaptiveStore, MonitorStore, OptimisticStore, PessimisticStore, Reservation, ReservationId,
-    StockError, StockLevel, StockStore, WaitingStore,
+    StockError, StockLevel, StockStore, StoreStats, WaitingStore,
 };
 
 type Sku = u32;
@@ -57,6 +58,11 @@ const COLD_INITIAL: u64 = 20;
 const WAIT_TIMEOUT: Duration = Duration::from_millis(1);
 /// The seed of the first thread's RNG (thread `i` uses `SEED + i`).
 const SEED: u64 = 0x5EED_0004;
+/// How long the workers may run before the sampler declares them stuck: it then prints
+/// what each worker was doing and aborts the test binary (a run takes about a second; a
+/// hang would otherwise last until CI kills the job, with the test's output captured and
+/// lost).
+const STALL_LIMIT: Duration = Duration::from_secs(120);
 
 fn all_skus() -> impl Iterator<Item = Sku> {
     0..=COLD_SKUS as Sku
@@ -88,6 +94,10 @@ trait Ledger: Sync {
     fn commit(&self, id: ReservationId) -> Result<Lines, StockError<Sku>>;
     fn release(&self, id: ReservationId) -> Result<Lines, StockError<Sku>>;
     fn sell(&self, lines: &[(Sku, u64)]) -> Result<(), StockError<Sku>>;
+    /// The store's statistics (none for the naive ledger).
+    fn stats(&self) -> Option<StoreStats> {
+        None
+    }
 }
 
 /// A real store's `reserve_timeout`, for [`Real::wait`].
@@ -148,6 +158,9 @@ impl<S: StockStore<Sku>> Ledger for Real<S> {
     }
     fn sell(&self, lines: &[(Sku, u64)]) -> Result<(), StockError<Sku>> {
         self.store.sell(lines)
+    }
+    fn stats(&self) -> Option<StoreStats> {
+        Some(self.store.stats())
     }
 }
 
@@ -252,9 +265,14 @@ impl Worker {
             .push(format!("thread seed {}: {what}", self.seed));
     }
 
-    fn run(mut self, ledger: &dyn Ledger) -> Tally {
-        for _ in 0..CALLS_PER_THREAD {
-            match self.rng.gen_range(0..100) {
+    /// Makes [`CALLS_PER_THREAD`] random calls, publishing in `progress` the number of
+    /// each call and its kind (see [`describe_progress`]) before making it, and
+    /// `CALLS_PER_THREAD` when done.
+    fn run(mut self, ledger: &dyn Ledger, progress: &AtomicU64) -> Tally {
+        for call in 0..CALLS_PER_THREAD {
+            let choice = self.rng.gen_range(0..100);
+            progress.store(((call as u64) << 8) | choice, Ordering::Relaxed);
+            match choice {
                 0..=29 if self.tally.open.len() < OPEN_HOLDS_MAX => self.reserve(ledger),
                 0..=44 => self.resolve(ledger, true),
                 45..=59 => self.resolve(ledger, false),
@@ -263,6 +281,7 @@ impl Worker {
                 _ => self.resolve_again(ledger),
             }
         }
+        progress.store((CALLS_PER_THREAD as u64) << 8, Ordering::Relaxed);
         self.tally
     }
 
@@ -453,18 +472,27 @@ fn stress(ledger: &dyn Ledger, waits: bool) -> Report {
     let done = AtomicBool::new(false);
     let mut report = Report::default();
     let mut versions = vec![0; COLD_SKUS as usize + 1];
+    let progress: &[AtomicU64] = &(0..thread_count())
+        .map(|_| AtomicU64::new(u64::MAX))
+        .collect::<Vec<_>>();
     let tallies: Vec<Tally> = thread::scope(|scope| {
         let sampler = scope.spawn(|| {
+            let started = Instant::now();
             let mut violations = Vec::new();
             let mut passes = 0;
             while !done.load(Ordering::Acquire) {
                 sample_pass(ledger, &mut versions, &mut violations);
                 passes += 1;
+                if started.elapsed() > STALL_LIMIT {
+                    abort_stalled(ledger, progress, passes);
+                }
             }
             (violations, passes)
         });
         let workers: Vec<_> = (0..thread_count())
-            .map(|index| scope.spawn(move || Worker::new(index, waits).run(ledger)))
+            .map(|index| {
+                scope.spawn(move || Worker::new(index, waits).run(ledger, &progress[index]))
+            })
             .collect();
         // Every worker is joined and the sampler stopped before a worker's panic is
         // passed on: a panicking worker fails the test instead of leaving the sampler
@@ -539,6 +567,45 @@ fn stress(ledger: &dyn Ledger, waits: bool) -> Report {
     sample_pass(ledger, &mut versions, &mut report.sampler);
     report.conservation = conservation;
     report
+}
+
+/// What a worker's `progress` word says: the call it is making, or that it finished.
+fn describe_progress(progress: u64) -> String {
+    if progress == u64::MAX {
+        return "not started".to_string();
+    }
+    let kind = match progress & 0xFF {
+        0..=29 => "reserve (or commit, with its holds full)",
+        30..=44 => "commit",
+        45..=59 => "release",
+        60..=84 => "sell",
+        85..=97 => "restock",
+        _ => "resolve again",
+    };
+    if progress >> 8 == CALLS_PER_THREAD as u64 {
+        return "finished".to_string();
+    }
+    format!("call {} ({kind})", progress >> 8)
+}
+
+/// Prints what every worker is doing and the hot SKU's level to the real standard error
+/// (the test's captured output would be lost), then aborts: the workers are stuck.
+fn abort_stalled(ledger: &dyn Ledger, progress: &[AtomicU64], passes: usize) -> ! {
+    let mut report = format!(
+        "stress: the workers ran past {STALL_LIMIT:?} ({passes} sampler passes); \
+         hot SKU level {:?}; statistics {:?}\n",
+        ledger.level(HOT_SKU),
+        ledger.stats(),
+    );
+    for (index, word) in progress.iter().enumerate() {
+        report += &format!(
+            "  worker {index} (seed {}): {}\n",
+            SEED + index as u64,
+            describe_progress(word.load(Ordering::Relaxed))
+        );
+    }
+    let _ = std::io::stderr().write_all(report.as_bytes());
+    std::process::abort();
 }
 
 /// Asserts that the run found no violation and was not vacuous: the sampler made passes
