@@ -198,14 +198,24 @@ mod real {
         }
     }
 
-    /// The hasher of every map: foldhash's fast hasher, randomly seeded per map.
+    /// The hasher of every map: foldhash's quality hasher, randomly seeded per map.
     ///
     /// SipHash (std's default) cost about 100 of the ~400 instructions of a single-line
     /// `sell` (callgrind, `benches/instructions.rs`). foldhash is only minimally
     /// DoS-resistant; a flood of colliding keys needs many insertions, and keys are
     /// inserted only by `restock` (SKUs) and by the store itself (reservation ids,
     /// idempotency keys of successful holds), not by lookups of arbitrary keys.
-    type Hasher = foldhash::fast::RandomState;
+    ///
+    /// Not foldhash's *fast* hasher: for about 1 process seed in 120 it sends small
+    /// integer keys (SKUs 0 to 1000) into a few dozen of a table's low-bit buckets
+    /// (16 of 2048 for the worst of 200,000 seeds; the quality hasher's worst filled 738,
+    /// as SipHash does). papaya indexes its table by those bits, and its blocking resize
+    /// then never ends: each copy overflows the probe limit, the map allocates another
+    /// table of the same size (it grows only when half full) and copies again, until
+    /// the process runs out of memory. That is how a stress test's setup hung in CI.
+    /// The quality hasher's last fold mixes the high bits into the low ones for a few
+    /// instructions per hash (`tests::the_hasher_spreads_small_integer_keys`).
+    type Hasher = foldhash::quality::RandomState;
 
     /// A value of a [`ShardedMap`], read-locked in place.
     pub(crate) type MapRef<'a, K, V> = dashmap::mapref::one::Ref<'a, K, V>;
@@ -672,5 +682,59 @@ mod mocked {
         pub(crate) fn len(&self) -> usize {
             self.map().len()
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::hash::BuildHasher;
+
+    /// How many of 2048 low-bit buckets the SKUs 0 to 1000 fill under `state`, and the
+    /// most SKUs in one bucket.
+    fn spread(state: &impl BuildHasher) -> (usize, u32) {
+        let mut buckets = vec![0_u32; 2048];
+        for sku in 0..=1000_u32 {
+            buckets[(state.hash_one(sku) & 2047) as usize] += 1;
+        }
+        let filled = buckets.iter().filter(|&&count| count > 0).count();
+        (filled, buckets.into_iter().max().unwrap_or(0))
+    }
+
+    /// The process seed under which a stress test's setup hung in CI (papaya's blocking
+    /// resize never ended; see `real::Hasher`), found again by a scan of seeds.
+    const BAD_SEED: u64 = 5998;
+
+    fn shared(seed: u64) -> &'static foldhash::SharedSeed {
+        Box::leak(Box::new(foldhash::SharedSeed::from_u64(seed)))
+    }
+
+    /// 1001 keys thrown at random into 2048 buckets fill about 800 of them; the maps'
+    /// hasher (foldhash's quality hasher) must come close for every seed, the one that
+    /// hung included.
+    #[test]
+    fn the_hasher_spreads_small_integer_keys() {
+        for seed in (0..500).chain([BAD_SEED]) {
+            let state = foldhash::quality::SeedableRandomState::with_seed(
+                seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                shared(seed),
+            );
+            let (filled, most) = spread(&state);
+            assert!(
+                filled >= 650 && most <= 8,
+                "seed {seed}: {filled} buckets filled, {most} keys in one"
+            );
+        }
+    }
+
+    /// Negative control: foldhash's fast hasher, which the maps used before, fails the
+    /// check above under the seed that hung.
+    #[test]
+    fn negative_control_the_fast_hasher_clusters_under_the_bad_seed() {
+        let state = foldhash::fast::SeedableRandomState::with_seed(
+            BAD_SEED.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            shared(BAD_SEED),
+        );
+        let (filled, most) = spread(&state);
+        assert!(filled < 100 && most >= 16, "{filled} filled, {most} in one");
     }
 }
