@@ -14,7 +14,7 @@ use crate::sync::{
     Word,
 };
 use crate::word::{pack, unpack, LIMITS};
-use crate::word_lines::WordStore;
+use crate::word_lines::{with_known_sku, WordStore};
 
 /// Compare-and-swap attempts of a cold SKU's update before it takes the SKU's lock (it
 /// then waits its turn instead of racing on; the update is never refused for contention).
@@ -579,11 +579,9 @@ impl<K: Sku> StoreBuilder<K, AdaptiveStore<K>> {
 
 impl<K: Sku> WordStore<K> for AdaptiveStore<K> {
     fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>> {
-        self.skus.with_or_else(
-            sku,
-            |slot| self.update(sku, slot, change, quantity),
-            || Err(StockError::UnknownSku(sku.clone())),
-        )
+        with_known_sku(&self.skus, sku, |slot| {
+            self.update(sku, slot, change, quantity)
+        })
     }
 }
 

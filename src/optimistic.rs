@@ -10,7 +10,7 @@ use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
 use crate::sync::{AtomicU64, Backoff, LockFreeMap, Ordering, Word};
 use crate::word::{pack, unpack, LIMITS};
-use crate::word_lines::WordStore;
+use crate::word_lines::{with_known_sku, WordStore};
 
 /// A stock store with **optimistic concurrency control**: each SKU's
 /// `(on_hand, reserved, version)` lives in one 128-bit atomic word, changed by
@@ -224,21 +224,6 @@ impl<K: Sku> OptimisticStore<K> {
         })
     }
 
-    /// Calls `update` with `sku`'s slot.
-    ///
-    /// # Errors
-    ///
-    /// [`StockError::UnknownSku`] for a SKU never restocked, or what `update` returns.
-    #[inline(always)]
-    fn with_slot<R>(
-        &self,
-        sku: &K,
-        update: impl FnOnce(&Slot) -> Result<R, StockError<K>>,
-    ) -> Result<R, StockError<K>> {
-        self.skus
-            .with_or_else(sku, update, || Err(StockError::UnknownSku(sku.clone())))
-    }
-
     /// Counts `lost` compare-and-swap attempts of one update (nothing when none was lost:
     /// the uncontended path touches no counter).
     fn count_lost(&self, lost: u32) {
@@ -316,10 +301,10 @@ impl<K: Sku> StoreBuilder<K, OptimisticStore<K>> {
 }
 
 impl<K: Sku> WordStore<K> for OptimisticStore<K> {
-    const QUIET_UPDATE: bool = true;
-
     fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>> {
-        self.with_slot(sku, |slot| self.update(sku, slot, change, quantity))
+        with_known_sku(&self.skus, sku, |slot| {
+            self.update(sku, slot, change, quantity)
+        })
     }
 
     fn update_sku_quiet(
@@ -328,7 +313,7 @@ impl<K: Sku> WordStore<K> for OptimisticStore<K> {
         change: Change,
         quantity: u64,
     ) -> Result<(), StockError<K>> {
-        self.with_slot(sku, |slot| {
+        with_known_sku(&self.skus, sku, |slot| {
             self.update_then(sku, slot, change, quantity, |_, _| ())
         })
     }

@@ -8,6 +8,7 @@ use crate::level::{Change, LowStock, Moved};
 use crate::lifecycle::Backend;
 use crate::lines::{self, Moves};
 use crate::store::{Sku, StockStore};
+use crate::sync::LockFreeMap;
 use crate::word::LIMITS;
 
 /// A store whose SKUs each change by one compare-and-swap of their own word. It gives the
@@ -26,10 +27,6 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
     /// [`StockError::Overflow`], or [`StockError::Conflict`] when the store gives up on
     /// contention (the optimistic store, after its retries; the adaptive store never does).
     fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>>;
-
-    /// Whether [`update_sku_quiet`](Self::update_sku_quiet) does less than `update_sku`
-    /// (a `sell` without an event sink then takes it; else the branch is compiled out).
-    const QUIET_UPDATE: bool = false;
 
     /// [`update_sku`](Self::update_sku) for a caller that needs no report of the move (no
     /// event sink).
@@ -145,7 +142,7 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
             if *quantity == 0 {
                 return Err(StockError::InvalidQuantity { sku: sku.clone() });
             }
-            if Self::QUIET_UPDATE && !life.events.enabled() {
+            if !life.events.enabled() {
                 // Nobody listens: no move to report, so none is built.
                 let sold = self.update_sku_quiet(sku, Change::Sell, *quantity);
                 life.stats.count_refusal(&sold);
@@ -186,6 +183,20 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
         }
         Ok(())
     }
+}
+
+/// Calls `update` with the slot of `sku` in `slots` (the SKU map of a word store).
+///
+/// # Errors
+///
+/// [`StockError::UnknownSku`] for a SKU never restocked, or what `update` returns.
+#[inline(always)]
+pub(crate) fn with_known_sku<K: Sku, V: Send + Sync, R>(
+    slots: &LockFreeMap<K, V>,
+    sku: &K,
+    update: impl FnOnce(&V) -> Result<R, StockError<K>>,
+) -> Result<R, StockError<K>> {
+    slots.with_or_else(sku, update, || Err(StockError::UnknownSku(sku.clone())))
 }
 
 /// Runs `update` (a commit or release of held stock) until it is not refused for
