@@ -147,13 +147,41 @@ pub(crate) fn deadline_passed(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|deadline| Instant::now() >= deadline)
 }
 
+/// The hasher of every map: foldhash's quality hasher, randomly seeded per map.
+///
+/// SipHash (std's default) cost about 100 of the ~400 instructions of a single-line
+/// `sell` (callgrind, `benches/instructions.rs`). foldhash is only minimally
+/// DoS-resistant; a flood of colliding keys needs many insertions, and keys are
+/// inserted only by `restock` (SKUs) and by the store itself (reservation ids,
+/// idempotency keys of successful holds), not by lookups of arbitrary keys.
+///
+/// Not foldhash's *fast* hasher: for about 1 process seed in 120 it sends small
+/// integer keys (SKUs 0 to 1000) into a few dozen of a table's low-bit buckets
+/// (16 of 2048 for the worst of 200,000 seeds; the quality hasher's worst filled 738,
+/// as SipHash does). papaya indexes its table by those bits, and its blocking resize
+/// then never ends: each copy overflows the probe limit, the map allocates another
+/// table of the same size (it grows only when half full) and copies again, until
+/// the process runs out of memory. That is how a stress test's setup hung in CI.
+/// The quality hasher's last fold mixes the high bits into the low ones for a few
+/// instructions per hash (`tests::the_hasher_spreads_small_integer_keys`).
+pub(crate) type Hasher = hash_family::RandomState;
+
+/// The foldhash family of [`Hasher`]: its seedable twin is what the spread test checks.
+pub(crate) use foldhash::quality as hash_family;
+
+
+mod grow_only_map;
+pub(crate) use grow_only_map::GrowOnlyMap;
+
 #[cfg(not(loom))]
 mod real {
     use std::hash::Hash;
     use std::time::Instant;
 
-    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64};
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
     pub(crate) use std::sync::Arc;
+
+    use super::Hasher;
     /// A shared SKU slot: `Arc` without weak references, so its allocation carries one
     /// count, not two (8 bytes less per SKU of the pessimistic and monitor stores,
     /// `benches/memory.rs`; none for a slot aligned to 16 bytes, like the CAS stores' word).
@@ -197,28 +225,6 @@ mod real {
             self.0.notify_all();
         }
     }
-
-    /// The hasher of every map: foldhash's quality hasher, randomly seeded per map.
-    ///
-    /// SipHash (std's default) cost about 100 of the ~400 instructions of a single-line
-    /// `sell` (callgrind, `benches/instructions.rs`). foldhash is only minimally
-    /// DoS-resistant; a flood of colliding keys needs many insertions, and keys are
-    /// inserted only by `restock` (SKUs) and by the store itself (reservation ids,
-    /// idempotency keys of successful holds), not by lookups of arbitrary keys.
-    ///
-    /// Not foldhash's *fast* hasher: for about 1 process seed in 120 it sends small
-    /// integer keys (SKUs 0 to 1000) into a few dozen of a table's low-bit buckets
-    /// (16 of 2048 for the worst of 200,000 seeds; the quality hasher's worst filled 738,
-    /// as SipHash does). papaya indexes its table by those bits, and its blocking resize
-    /// then never ends: each copy overflows the probe limit, the map allocates another
-    /// table of the same size (it grows only when half full) and copies again, until
-    /// the process runs out of memory. That is how a stress test's setup hung in CI.
-    /// The quality hasher's last fold mixes the high bits into the low ones for a few
-    /// instructions per hash (`tests::the_hasher_spreads_small_integer_keys`).
-    type Hasher = hash_family::RandomState;
-
-    /// The foldhash family of [`Hasher`]: its seedable twin is what the spread test checks.
-    pub(super) use foldhash::quality as hash_family;
 
     /// A value of a [`ShardedMap`], read-locked in place.
     pub(crate) type MapRef<'a, K, V> = dashmap::mapref::one::Ref<'a, K, V>;
@@ -303,74 +309,8 @@ mod real {
         }
     }
 
-    /// A lock-free concurrent map (papaya): lookups take no lock and write no shared
-    /// cache line, which keeps the optimistic store's single-SKU path lock free.
-    pub(crate) struct LockFreeMap<K, V>(papaya::HashMap<K, V, Hasher>);
-
-    impl<K: Hash + Eq + Clone + Send + Sync, V: Send + Sync> LockFreeMap<K, V> {
-        /// An empty map that resizes in one go (`ResizeMode::Blocking`).
-        ///
-        /// papaya's default incremental resize copies 64 entries per write and leaves the
-        /// rest to later writes; SKUs are inserted only by the first restock, so once
-        /// restocking stops a resize stays half done and every lookup searches the old
-        /// table before the new one. With 100k SKUs that made a single-line `sell` cost
-        /// 5860 instructions instead of about 530 (callgrind, `benches/instructions.rs`).
-        /// A blocking resize makes the insert that triggers it wait for the copy (a
-        /// latency spike on a restock that creates a SKU), and keeps every lookup on one
-        /// table.
-        pub(crate) fn new() -> Self {
-            Self(
-                papaya::HashMap::builder()
-                    .hasher(Hasher::default())
-                    .resize_mode(papaya::ResizeMode::Blocking)
-                    .build(),
-            )
-        }
-
-        /// Calls `f` with the value for `key`; `None` when absent.
-        pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
-            self.0.pin().get(key).map(f)
-        }
-
-        /// Calls `f` with the value for `key`, or `absent()` when there is none: as
-        /// [`with`](Self::with), without wrapping a large result in an `Option`.
-        pub(crate) fn with_or_else<R>(
-            &self,
-            key: &K,
-            f: impl FnOnce(&V) -> R,
-            absent: impl FnOnce() -> R,
-        ) -> R {
-            match self.0.pin().get(key) {
-                Some(value) => f(value),
-                None => absent(),
-            }
-        }
-
-        /// Calls `f` with the value for `key` and `false`; when absent, inserts `init()`
-        /// and calls `f` with it and `true` (the caller's value is the one in the map, so
-        /// it can be inserted already complete: a SKU visible with its first restock).
-        pub(crate) fn with_or_insert<R>(
-            &self,
-            key: &K,
-            init: impl FnOnce() -> V,
-            f: impl FnOnce(&V, bool) -> R,
-        ) -> R {
-            let map = self.0.pin();
-            if let Some(value) = map.get(key) {
-                return f(value, false);
-            }
-            // `try_insert_with` says whether this call's value went in; `init` may run and
-            // lose a race to another insert, so a flag set inside `init` would not.
-            match map.try_insert_with(key.clone(), init) {
-                Ok(inserted) => f(inserted, true),
-                Err(current) => f(current, false),
-            }
-        }
-
-        pub(crate) fn len(&self) -> usize {
-            self.0.len()
-        }
-    }
+    /// The SKU map of the compare-and-swap stores.
+    pub(crate) type LockFreeMap<K, V> = super::GrowOnlyMap<K, V>;
 }
 
 #[cfg(loom)]
@@ -380,7 +320,7 @@ mod mocked {
     use std::ops::{Deref, DerefMut};
     use std::time::Instant;
 
-    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64};
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
     pub(crate) use loom::sync::Arc;
     /// The loom twin of the weak-less slot `Arc`: loom's (checks its counts).
     pub(crate) use loom::sync::Arc as SlotArc;
@@ -692,7 +632,7 @@ mod mocked {
 mod tests {
     use std::hash::BuildHasher;
 
-    use super::real::hash_family;
+    use super::hash_family;
 
     /// How many of 2048 low-bit buckets the SKUs 0 to 1000 fill under `state`, and the
     /// most SKUs in one bucket.

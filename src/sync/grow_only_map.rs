@@ -1,0 +1,314 @@
+//! A concurrent hash map that only grows: the SKU index of the stores.
+//!
+//! A store never forgets a SKU, so its SKU map never removes an entry, and that is what
+//! this map is built on. Entries live in an append-only vector ([`boxcar::Vec`]) and never
+//! move; the hash table holds only their positions. So:
+//!
+//! - a **lookup** writes nothing shared (no lock, no reference count, no epoch pin): it
+//!   loads the current table, probes it, and returns a reference to the entry that lives as
+//!   long as the map. It is wait free: the table is at most half full, so a probe meets an
+//!   empty slot within a few steps;
+//! - an **insert** (a SKU's first restock) takes the map's writer lock, appends the entry,
+//!   and writes one empty slot of the table; when the table would pass half full, it first
+//!   builds a table twice the size from the old one and publishes it. A table is never
+//!   freed while the map lives (a reader may still be probing it): all the old tables
+//!   together take less room than the current one.
+//!
+//! General concurrent maps (dashmap, papaya) pay for removal: dashmap with a shard lock
+//! on every lookup, papaya with an epoch pin (`seize`). A single-line `sell` spent about
+//! 100 of its instructions on papaya's pin and lookup (callgrind,
+//! `benches/instructions.rs`).
+//!
+//! The table is linear probing over 64-bit slots (Knuth, TAOCP vol. 3, 6.4, algorithm L):
+//! a slot is 0 while empty, then for good the entry's position plus one in its low
+//! [`POSITION_BITS`] bits and the high bits of the key's hash as a tag, so a probe skips
+//! other keys' slots without touching their entries.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::OnceLock;
+
+use super::{AtomicU64, AtomicUsize, Hasher, Mutex, Ordering};
+
+/// Bits of a slot that hold the entry's position plus one; the bits above hold the tag.
+const POSITION_BITS: u32 = 40;
+/// Mask of a slot's position bits.
+const POSITION_MASK: u64 = (1 << POSITION_BITS) - 1;
+/// Slots of the first table.
+const FIRST_CAPACITY: usize = 16;
+/// Tables a map can build: enough for 2⁴⁰ entries at half load.
+const LEVELS: usize = POSITION_BITS as usize - 2;
+
+/// A concurrent map whose entries are never removed nor moved (see the module docs).
+///
+/// Keys are hashed with the maps' [`Hasher`] (foldhash's quality hasher, seeded per map).
+pub(crate) struct GrowOnlyMap<K, V> {
+    /// Every entry, in the order inserted: `(key, value)`.
+    entries: boxcar::Vec<(K, V)>,
+    /// Every table built: table `i` has `FIRST_CAPACITY << i` slots; `current` is in use.
+    tables: [OnceLock<Table>; LEVELS],
+    /// The position in `tables` of the table in use; stored (`Release`) after the table
+    /// is filled, loaded (`Acquire`) by every lookup.
+    current: AtomicUsize,
+    /// Held by an insert: one writer at a time changes the table.
+    writer: Mutex<()>,
+    /// The hasher of the keys.
+    hasher: Hasher,
+}
+
+/// One hash table: slots of entry positions (see the module docs).
+struct Table {
+    /// Its capacity minus one (the capacity is a power of two).
+    mask: usize,
+    /// 0 when empty, else `tag | (position + 1)`.
+    slots: Box<[AtomicU64]>,
+}
+
+impl Table {
+    fn new(capacity: usize) -> Self {
+        debug_assert!(capacity.is_power_of_two());
+        Self {
+            mask: capacity - 1,
+            slots: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Writes `slot` (hash `hash`) into the first empty slot from its home. Only the
+    /// writer (under the map's lock) calls this, and a table is at most half full.
+    fn place(&self, hash: u64, slot: u64) {
+        let mut index = hash as usize & self.mask;
+        while self.slots[index].load(Ordering::Relaxed) != 0 {
+            index = (index + 1) & self.mask;
+        }
+        // Release: a reader that sees the slot sees the entry it points to.
+        self.slots[index].store(slot, Ordering::Release);
+    }
+}
+
+/// The tag bits of `hash`: its high bits, where a slot keeps them.
+#[inline]
+fn tag(hash: u64) -> u64 {
+    hash & !POSITION_MASK
+}
+
+impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
+    /// An empty map.
+    pub(crate) fn new() -> Self {
+        let tables: [OnceLock<Table>; LEVELS] = std::array::from_fn(|_| OnceLock::new());
+        tables[0]
+            .set(Table::new(FIRST_CAPACITY))
+            .unwrap_or_else(|_| unreachable!("a new lock is empty"));
+        Self {
+            entries: boxcar::Vec::new(),
+            tables,
+            current: AtomicUsize::new(0),
+            writer: Mutex::new(()),
+            hasher: Hasher::default(),
+        }
+    }
+
+    /// The table in use.
+    #[inline]
+    fn table(&self) -> &Table {
+        let current = self.current.load(Ordering::Acquire);
+        self.tables[current]
+            .get()
+            .expect("a table is set before it is made current")
+    }
+
+    /// The entry at `position`.
+    #[inline]
+    fn entry(&self, position: usize) -> &(K, V) {
+        self.entries
+            .get(position)
+            .expect("an entry is pushed before a slot points to it")
+    }
+
+    /// The value for `key`, or `None`. Wait free; writes nothing shared.
+    #[inline]
+    pub(crate) fn get(&self, key: &K) -> Option<&V> {
+        let hash = self.hasher.hash_one(key);
+        self.get_hashed(key, hash)
+    }
+
+    #[inline(always)]
+    fn get_hashed(&self, key: &K, hash: u64) -> Option<&V> {
+        let table = self.table();
+        let mut index = hash as usize & table.mask;
+        loop {
+            // Acquire: pairs with `Table::place`, so the entry is there.
+            let slot = table.slots[index].load(Ordering::Acquire);
+            if slot == 0 {
+                return None;
+            }
+            if tag(slot) == tag(hash) {
+                let (candidate, value) = self.entry((slot & POSITION_MASK) as usize - 1);
+                if candidate == key {
+                    return Some(value);
+                }
+            }
+            index = (index + 1) & table.mask;
+        }
+    }
+
+    /// The value for `key` and `false`; when absent, inserts `init()` and returns it and
+    /// `true` (the caller's value is the one in the map, so it can be inserted already
+    /// complete: a SKU visible with its first restock). `init` runs under the writer lock
+    /// and must not touch this map.
+    ///
+    /// # Panics
+    ///
+    /// When the map already holds 2⁴⁰ − 1 entries (more than any memory holds).
+    pub(crate) fn get_or_insert_with(&self, key: &K, init: impl FnOnce() -> V) -> (&V, bool)
+    where
+        K: Clone,
+    {
+        let hash = self.hasher.hash_one(key);
+        if let Some(value) = self.get_hashed(key, hash) {
+            return (value, false);
+        }
+        let _writer = self.writer.lock();
+        // Tables change only under the lock: this lookup is the last word.
+        if let Some(value) = self.get_hashed(key, hash) {
+            return (value, false);
+        }
+        let position = self.entries.push((key.clone(), init()));
+        let slot = position as u64 + 1;
+        assert!(slot <= POSITION_MASK, "a map of 2^40 entries");
+        let mut table = self.table();
+        if (position + 1) * 2 > table.slots.len() {
+            table = self.grow();
+        }
+        table.place(hash, tag(hash) | slot);
+        (&self.entry(position).1, true)
+    }
+
+    /// Builds a table twice the size of the current one holding its slots, makes it
+    /// current, and returns it. Only the writer calls this.
+    ///
+    /// # Panics
+    ///
+    /// Past the last level (2⁴⁰ entries, more than any memory holds).
+    fn grow(&self) -> &Table {
+        let level = self.current.load(Ordering::Relaxed);
+        let old = self.table();
+        let table = Table::new(old.slots.len() * 2);
+        for slot in old.slots.iter() {
+            let slot = slot.load(Ordering::Relaxed);
+            if slot != 0 {
+                let (key, _) = self.entry((slot & POSITION_MASK) as usize - 1);
+                table.place(self.hasher.hash_one(key), slot);
+            }
+        }
+        let next = self
+            .tables
+            .get(level + 1)
+            .expect("a map of at most 2^40 entries");
+        next.set(table)
+            .unwrap_or_else(|_| unreachable!("each level is set once, by the writer"));
+        // Release: a reader that loads this level sees the table filled.
+        self.current.store(level + 1, Ordering::Release);
+        next.get().expect("the table was just set")
+    }
+
+    /// Calls `f` with the value for `key`; `None` when absent.
+    #[inline]
+    pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+        self.get(key).map(f)
+    }
+
+    /// Calls `f` with the value for `key`, or `absent()` when there is none: as
+    /// [`with`](Self::with), without wrapping a large result in an `Option`.
+    #[inline]
+    pub(crate) fn with_or_else<R>(
+        &self,
+        key: &K,
+        f: impl FnOnce(&V) -> R,
+        absent: impl FnOnce() -> R,
+    ) -> R {
+        match self.get(key) {
+            Some(value) => f(value),
+            None => absent(),
+        }
+    }
+
+    /// Calls `f` with the value for `key` and `false`; when absent, inserts `init()` and
+    /// calls `f` with it and `true` (see [`get_or_insert_with`](Self::get_or_insert_with)).
+    /// `f` runs after the writer lock is released.
+    ///
+    /// # Panics
+    ///
+    /// As [`get_or_insert_with`](Self::get_or_insert_with).
+    pub(crate) fn with_or_insert<R>(
+        &self,
+        key: &K,
+        init: impl FnOnce() -> V,
+        f: impl FnOnce(&V, bool) -> R,
+    ) -> R
+    where
+        K: Clone,
+    {
+        let (value, created) = self.get_or_insert_with(key, init);
+        f(value, created)
+    }
+
+    /// Number of entries.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.count()
+    }
+}
+
+impl<K: Hash + Eq, V> Default for GrowOnlyMap<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_every_key_inserted_across_growths() {
+        let map = GrowOnlyMap::new();
+        for key in 0..10_000_u64 {
+            let (value, created) = map.get_or_insert_with(&key, || key * 3);
+            assert!(created);
+            assert_eq!(*value, key * 3);
+        }
+        assert_eq!(map.len(), 10_000);
+        for key in 0..10_000_u64 {
+            assert_eq!(map.get(&key), Some(&(key * 3)));
+            let (value, created) = map.get_or_insert_with(&key, || 0);
+            assert!(!created);
+            assert_eq!(*value, key * 3);
+        }
+        assert_eq!(map.get(&10_000), None);
+        assert_eq!(map.len(), 10_000);
+    }
+
+    /// Readers probing while a writer inserts and grows the table always find every key
+    /// inserted before they looked, with its value.
+    #[test]
+    fn readers_find_keys_inserted_while_the_table_grows() {
+        let map = GrowOnlyMap::new();
+        let inserted = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| loop {
+                    let known = inserted.load(Ordering::Acquire);
+                    for key in known.saturating_sub(64)..known {
+                        assert_eq!(map.get(&key), Some(&!key), "key {key} of {known}");
+                    }
+                    if known == 50_000 {
+                        break;
+                    }
+                });
+            }
+            for key in 0..50_000_u64 {
+                map.get_or_insert_with(&key, || !key);
+                inserted.store(key + 1, Ordering::Release);
+            }
+        });
+        assert_eq!(map.len(), 50_000);
+    }
+}
