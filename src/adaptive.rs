@@ -10,7 +10,7 @@ use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
 use crate::sync::{
-    lock_noting_contention, AtomicBool, AtomicU64, Backoff, LockFreeMap, Mutex, Ordering, Tally,
+    lock_noting_contention, AtomicBool, AtomicU64, Backoff, GrowOnlyMap, Mutex, Ordering, Tally,
     Word,
 };
 use crate::word::{pack, unpack, LIMITS};
@@ -163,7 +163,7 @@ pub struct AdaptiveStore<K> {
     /// |---|---|---|
     /// | `false` (cold) | CAS loop with back-off, lock after 64 lost races | lost races |
     /// | `true` (hot) | lock the mutex, then CAS until it wins | mutex found locked, lost races |
-    skus: LockFreeMap<K, Slot>,
+    skus: GrowOnlyMap<K, Slot>,
     /// Open holds, events, counters.
     lifecycle: Lifecycle<K>,
     /// When a SKU turns hot or cold.
@@ -570,7 +570,7 @@ impl<K: Sku> StoreBuilder<K, AdaptiveStore<K>> {
             "the cold threshold must be below the hot threshold"
         );
         AdaptiveStore {
-            skus: LockFreeMap::new(),
+            skus: GrowOnlyMap::new(),
             lifecycle: self.lifecycle(),
             temperature,
         }

@@ -8,7 +8,7 @@ use crate::level::{Change, Moved, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
-use crate::sync::{AtomicU64, Backoff, LockFreeMap, Ordering, Word};
+use crate::sync::{AtomicU64, Backoff, GrowOnlyMap, Ordering, Word};
 use crate::word::{pack, unpack, LIMITS};
 use crate::word_lines::{with_known_sku, WordStore};
 
@@ -74,7 +74,7 @@ pub struct OptimisticStore<K> {
     /// | 0..40 | `on_hand` (`COUNT_BITS`, in `word.rs`, shared with the other CAS store) |
     /// | 40..80 | `reserved` (`RESERVED_SHIFT`) |
     /// | 80..128 | `version` (`VERSION_SHIFT`, `VERSION_BITS`) |
-    skus: LockFreeMap<K, Slot>,
+    skus: GrowOnlyMap<K, Slot>,
     /// Open holds, events, counters.
     lifecycle: Lifecycle<K>,
     /// Compare-and-swap attempts per SKU update before [`StockError::Conflict`] (at least 1).
@@ -293,7 +293,7 @@ impl<K: Sku> StoreBuilder<K, OptimisticStore<K>> {
     pub fn build(self) -> OptimisticStore<K> {
         let retries_max = self.retries_max;
         OptimisticStore {
-            skus: LockFreeMap::new(),
+            skus: GrowOnlyMap::new(),
             lifecycle: self.lifecycle(),
             retries_max,
         }

@@ -1,7 +1,8 @@
 //! The seam for every synchronisation primitive the crate uses.
 //!
-//! This is the only file that names `parking_lot`, `dashmap`, `papaya`, `portable_atomic`,
-//! `triomphe`, `loom`, `std::sync::atomic` or a spin/backoff hint. Every other file imports
+//! This file and its module `grow_only_map` are the only ones that name `parking_lot`,
+//! `dashmap`, `boxcar`, `portable_atomic`, `triomphe`, `loom`, `std::sync::atomic` or a
+//! spin/backoff hint. Every other file imports
 //! `crate::sync::…`, so under `--cfg loom` the loom models check the very code users run
 //! (the pattern of tokio's `src/loom/{std,mocked}.rs` and crossbeam's `primitive` module).
 //!
@@ -17,8 +18,8 @@
 //! | [`Backoff`] | `crossbeam_utils::Backoff` | `loom::thread::yield_now` |
 //! | [`ShardedMap`] | `dashmap::DashMap` (foldhash) | `loom::sync::Mutex<HashMap>` |
 //! | [`MapRef`] (a value read-locked in place) | `dashmap::mapref::one::Ref` | the map's guard and the key |
-//! | [`LockFreeMap`] | `papaya::HashMap` (foldhash) | `loom::sync::Mutex<HashMap<K, Arc<V>>>` |
-//! | [`AtomicU64`], [`AtomicBool`] | `std::sync::atomic` | `loom::sync::atomic` |
+//! | [`GrowOnlyMap`] (the SKU maps) | ours: `boxcar::Vec` entries, linear probing over `std` atomics (foldhash) | the same code over loom's atomics and loom's `boxcar` (fixed hash seed) |
+//! | [`AtomicU64`], [`AtomicUsize`], [`AtomicBool`] | `std::sync::atomic` | `loom::sync::atomic` |
 //! | [`StripedCounters`] | `std` atomics, one cache line per stripe | the same (not modelled) |
 //! | [`Tally`] | `std::sync::atomic::AtomicU32` | the same (not modelled) |
 
@@ -164,7 +165,13 @@ pub(crate) fn deadline_passed(deadline: Option<Instant>) -> bool {
 /// the process runs out of memory. That is how a stress test's setup hung in CI.
 /// The quality hasher's last fold mixes the high bits into the low ones for a few
 /// instructions per hash (`tests::the_hasher_spreads_small_integer_keys`).
+#[cfg(not(loom))]
 pub(crate) type Hasher = hash_family::RandomState;
+
+/// Under loom, a hasher with a fixed seed: a model must run the same steps in every
+/// execution, and a map's probes follow its hashes.
+#[cfg(loom)]
+pub(crate) type Hasher = hash_family::FixedState;
 
 /// The foldhash family of [`Hasher`]: its seedable twin is what the spread test checks.
 pub(crate) use foldhash::quality as hash_family;
@@ -309,8 +316,6 @@ mod real {
         }
     }
 
-    /// The SKU map of the compare-and-swap stores.
-    pub(crate) type LockFreeMap<K, V> = super::GrowOnlyMap<K, V>;
 }
 
 #[cfg(loom)]
@@ -564,62 +569,6 @@ mod mocked {
             } else {
                 None
             }
-        }
-
-        pub(crate) fn len(&self) -> usize {
-            self.map().len()
-        }
-    }
-
-    /// The loom twin of the lock-free map: values live behind `Arc` and are cloned out, so
-    /// the map's mutex is released before `f` runs and loom still explores `f`'s races.
-    pub(crate) struct LockFreeMap<K, V>(loom::sync::Mutex<HashMap<K, Arc<V>>>);
-
-    impl<K: Hash + Eq + Clone + Send + Sync, V: Send + Sync> LockFreeMap<K, V> {
-        pub(crate) fn new() -> Self {
-            Self(loom::sync::Mutex::new(HashMap::new()))
-        }
-
-        fn map(&self) -> loom::sync::MutexGuard<'_, HashMap<K, Arc<V>>> {
-            self.0.lock().expect("loom mutex poisoned")
-        }
-
-        pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
-            let value = self.map().get(key).cloned();
-            value.map(|value| f(&value))
-        }
-
-        pub(crate) fn with_or_else<R>(
-            &self,
-            key: &K,
-            f: impl FnOnce(&V) -> R,
-            absent: impl FnOnce() -> R,
-        ) -> R {
-            // The map's guard is dropped here, before `f` runs (in the `match` scrutinee
-            // it would live through `f` and serialize every caller).
-            let value = self.map().get(key).cloned();
-            match value {
-                Some(value) => f(&value),
-                None => absent(),
-            }
-        }
-
-        pub(crate) fn with_or_insert<R>(
-            &self,
-            key: &K,
-            init: impl FnOnce() -> V,
-            f: impl FnOnce(&V, bool) -> R,
-        ) -> R {
-            let mut created = false;
-            let value = self
-                .map()
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    created = true;
-                    Arc::new(init())
-                })
-                .clone();
-            f(&value, created)
         }
 
         pub(crate) fn len(&self) -> usize {

@@ -8,7 +8,7 @@ use crate::level::{Change, LowStock, Moved};
 use crate::lifecycle::Backend;
 use crate::lines::{self, Moves};
 use crate::store::{Sku, StockStore};
-use crate::sync::LockFreeMap;
+use crate::sync::GrowOnlyMap;
 use crate::word::LIMITS;
 
 /// A store whose SKUs each change by one compare-and-swap of their own word. It gives the
@@ -192,7 +192,7 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
 /// [`StockError::UnknownSku`] for a SKU never restocked, or what `update` returns.
 #[inline(always)]
 pub(crate) fn with_known_sku<K: Sku, V: Send + Sync, R>(
-    slots: &LockFreeMap<K, V>,
+    slots: &GrowOnlyMap<K, V>,
     sku: &K,
     update: impl FnOnce(&V) -> Result<R, StockError<K>>,
 ) -> Result<R, StockError<K>> {

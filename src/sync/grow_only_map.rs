@@ -33,8 +33,8 @@ use super::{AtomicU64, AtomicUsize, Hasher, Mutex, Ordering};
 const POSITION_BITS: u32 = 40;
 /// Mask of a slot's position bits.
 const POSITION_MASK: u64 = (1 << POSITION_BITS) - 1;
-/// Slots of the first table.
-const FIRST_CAPACITY: usize = 16;
+/// Slots of the first table (2 under loom, so that a model's second insert grows it).
+const FIRST_CAPACITY: usize = if cfg!(loom) { 2 } else { 16 };
 /// Tables a map can build: enough for 2⁴⁰ entries at half load.
 const LEVELS: usize = POSITION_BITS as usize - 2;
 
@@ -53,6 +53,9 @@ pub(crate) struct GrowOnlyMap<K, V> {
     writer: Mutex<()>,
     /// The hasher of the keys.
     hasher: Hasher,
+    /// The loom model's negative control: publish a new table before filling it.
+    #[cfg(all(test, loom))]
+    publish_before_fill: bool,
 }
 
 /// One hash table: slots of entry positions (see the module docs).
@@ -103,6 +106,8 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
             current: AtomicUsize::new(0),
             writer: Mutex::new(()),
             hasher: Hasher::default(),
+            #[cfg(all(test, loom))]
+            publish_before_fill: false,
         }
     }
 
@@ -191,7 +196,17 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     fn grow(&self) -> &Table {
         let level = self.current.load(Ordering::Relaxed);
         let old = self.table();
-        let table = Table::new(old.slots.len() * 2);
+        let next = self
+            .tables
+            .get(level + 1)
+            .expect("a map of at most 2^40 entries");
+        next.set(Table::new(old.slots.len() * 2))
+            .unwrap_or_else(|_| unreachable!("each level is set once, by the writer"));
+        let table = next.get().expect("the table was just set");
+        #[cfg(all(test, loom))]
+        if self.publish_before_fill {
+            self.current.store(level + 1, Ordering::Release);
+        }
         for slot in old.slots.iter() {
             let slot = slot.load(Ordering::Relaxed);
             if slot != 0 {
@@ -199,15 +214,9 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
                 table.place(self.hasher.hash_one(key), slot);
             }
         }
-        let next = self
-            .tables
-            .get(level + 1)
-            .expect("a map of at most 2^40 entries");
-        next.set(table)
-            .unwrap_or_else(|_| unreachable!("each level is set once, by the writer"));
         // Release: a reader that loads this level sees the table filled.
         self.current.store(level + 1, Ordering::Release);
-        next.get().expect("the table was just set")
+        table
     }
 
     /// Calls `f` with the value for `key`; `None` when absent.
@@ -310,5 +319,82 @@ mod tests {
             }
         });
         assert_eq!(map.len(), 50_000);
+    }
+}
+
+/// The loom model of the map's one lock-free step: lookups racing an insert that grows the
+/// table. Run by `.ci/run` (step `loom`): `cargo test --release --lib loom_model` under
+/// `--cfg loom`.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+
+    /// A reader looks keys up while a writer inserts a second key, which fills the first
+    /// table past half and so builds and publishes the second. The reader sees the first key
+    /// whichever table it probes, and the second key either absent or with its value,
+    /// never half made; after the writer is joined, both are found.
+    #[test]
+    fn lookups_race_an_insert_that_grows_the_table() {
+        lookups_race_a_growth(false);
+    }
+
+    /// Negative control: a growth that publishes its table before filling it loses the
+    /// first key for a reader that probes the new table in between, and loom finds that
+    /// interleaving.
+    #[test]
+    #[should_panic(expected = "the first key was lost")]
+    fn negative_control_publishing_an_empty_table_loses_keys() {
+        lookups_race_a_growth(true);
+    }
+
+    fn lookups_race_a_growth(publish_before_fill: bool) {
+        loom::model(move || {
+            let map = GrowOnlyMap {
+                publish_before_fill,
+                ..GrowOnlyMap::new()
+            };
+            let map = loom::sync::Arc::new(map);
+            map.get_or_insert_with(&1_u64, || 10_u64);
+            let reader = {
+                let map = map.clone();
+                loom::thread::spawn(move || {
+                    assert_eq!(map.get(&1), Some(&10), "the first key was lost");
+                    let second = map.get(&2).copied();
+                    assert!(matches!(second, None | Some(20)), "{second:?}");
+                    // Once seen, never lost (the newer table holds it too).
+                    if second.is_some() {
+                        assert_eq!(map.get(&2), Some(&20));
+                    }
+                    assert_eq!(map.get(&1), Some(&10), "the first key was lost");
+                })
+            };
+            let (value, created) = map.get_or_insert_with(&2, || 20);
+            assert_eq!((*value, created), (20, true));
+            reader.join().unwrap();
+            assert_eq!(map.get(&2), Some(&20));
+            assert_eq!(map.current.load(Ordering::Relaxed), 1, "the insert grew the table");
+        });
+    }
+
+    /// Two writers race to create one key: one creates it, the other finds it, and both
+    /// see the creator's value.
+    #[test]
+    fn racing_inserts_of_one_key_create_it_once() {
+        loom::model(|| {
+            let map = loom::sync::Arc::new(GrowOnlyMap::new());
+            let other = {
+                let map = map.clone();
+                loom::thread::spawn(move || {
+                    let (value, created) = map.get_or_insert_with(&7_u64, || 1_u64);
+                    (*value, created)
+                })
+            };
+            let (value, created) = map.get_or_insert_with(&7, || 2);
+            let (other_value, other_created) = other.join().unwrap();
+            assert_ne!(created, other_created, "exactly one creates the key");
+            assert_eq!(*value, other_value);
+            assert_eq!(*value, if created { 2 } else { 1 });
+            assert_eq!(map.len(), 1);
+        });
     }
 }
