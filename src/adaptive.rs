@@ -129,8 +129,8 @@ impl Temperature {
 /// A cold SKU takes no lock. A hot SKU's update locks that SKU's mutex for one
 /// compare-and-swap (retried only against a cold writer still in flight); a
 /// multi-line request holds at most one SKU's mutex at a time. No user code runs under a
-/// lock. Lookups pin papaya's epoch and never wait; the registry of holds takes short
-/// internal locks, and a `reserve_with` with an idempotency key locks the key while it
+/// lock. Lookups take no lock and write nothing shared (creating a SKU takes the SKU
+/// map's writer lock); the registry of holds takes short internal locks, and a `reserve_with` with an idempotency key locks the key while it
 /// holds.
 ///
 /// # Examples
@@ -182,7 +182,7 @@ struct Slot {
     hot: AtomicBool,
     /// Conflicts in the current window (a heuristic: read by no correctness decision),
     /// saturating at `u32::MAX`. The window's operations need no counter: the version in
-    /// `word` counts them. 32 bits, so that the slot fits in 32 bytes (a papaya entry of
+    /// `word` counts them. 32 bits, so that the slot fits in 32 bytes (a SKU map entry of
     /// 48 bytes with its key, as the optimistic store's).
     window_conflicts: Tally,
     /// The low-stock threshold (0: none); read only when an event sink is set.
@@ -676,7 +676,7 @@ mod tests {
     #[test]
     #[cfg(not(loom))]
     fn a_slot_fits_in_32_bytes() {
-        // With its 8-byte key, a papaya entry of 48 bytes, as the optimistic store's.
+        // With its 8-byte key, a SKU map entry of 48 bytes, as the optimistic store's.
         assert!(
             std::mem::size_of::<Slot>() <= 32,
             "{}",

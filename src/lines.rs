@@ -6,7 +6,8 @@ use std::ops::{Deref, DerefMut};
 use crate::error::StockError;
 use crate::level::{Change, Limits, Moved, StockLevel};
 use crate::stats::{Stat, Stats};
-use crate::sync::{self, Mutex, MutexGuard};
+use crate::store::Sku;
+use crate::sync::{self, GrowOnlyMap, Mutex, MutexGuard};
 
 /// Validates `lines` and merges them: one line per SKU with the summed quantity, sorted by
 /// SKU (the ascending order in which every store acquires SKUs, Havender's ordered
@@ -92,17 +93,31 @@ impl FromIterator<Moved> for Moves {
 
 /// A store that keeps each SKU's state behind a mutex of its own (the pessimistic and
 /// monitor stores), as [`apply`] locks it.
+///
+/// Each SKU's slot sits in the store's [`GrowOnlyMap`], where it lives as long as the
+/// store: it is found and locked in place, with no lock on the map and no reference count
+/// (a lookup writes nothing shared), so nothing ever waits for a slot's lock while holding
+/// another lock of the map.
 pub(crate) trait LockedSkus<K> {
-    /// A handle on one SKU's mutex, cloned out of the store's map (an `Arc`).
+    /// One SKU's slot: its mutex and what the store keeps beside it.
     type Slot;
     /// The SKU's state, guarded by the slot's mutex.
     type Cell: LevelCell;
 
-    /// The slot of `sku`; `None` for a SKU never restocked.
-    fn slot(&self, sku: &K) -> Option<Self::Slot>;
+    /// The store's SKU map.
+    fn slot_map(&self) -> &GrowOnlyMap<K, Self::Slot>;
 
     /// The mutex of `slot`.
     fn mutex(slot: &Self::Slot) -> &Mutex<Self::Cell>;
+
+    /// The slot of `sku`; `None` for a SKU never restocked.
+    #[inline]
+    fn slot(&self, sku: &K) -> Option<&Self::Slot>
+    where
+        K: Sku,
+    {
+        self.slot_map().get(sku)
+    }
 
     /// The store's counters.
     fn stats(&self) -> &Stats;
@@ -122,15 +137,15 @@ pub(crate) trait LockedSkus<K> {
 /// # Errors
 ///
 /// [`StockError::UnknownSku`] for the first SKU never restocked.
-pub(crate) fn slots<K: Clone, S: LockedSkus<K>>(
-    store: &S,
+pub(crate) fn slots<'a, K: Sku, S: LockedSkus<K>>(
+    store: &'a S,
     lines: &[(K, u64)],
-) -> Result<Vec<S::Slot>, StockError<K>> {
+) -> Result<Vec<&'a S::Slot>, StockError<K>> {
     lines.iter().map(|(sku, _)| slot(store, sku)).collect()
 }
 
 /// The slot of `sku`, or [`StockError::UnknownSku`].
-fn slot<K: Clone, S: LockedSkus<K>>(store: &S, sku: &K) -> Result<S::Slot, StockError<K>> {
+fn slot<'a, K: Sku, S: LockedSkus<K>>(store: &'a S, sku: &K) -> Result<&'a S::Slot, StockError<K>> {
     store
         .slot(sku)
         .ok_or_else(|| StockError::UnknownSku(sku.clone()))
@@ -139,15 +154,13 @@ fn slot<K: Clone, S: LockedSkus<K>>(store: &S, sku: &K) -> Result<S::Slot, Stock
 /// Applies `change` to merged `lines` of a locking store without waiting, all or nothing:
 /// looks up every slot, then locks them in ascending SKU order, then [`apply_all`]. Counts
 /// are `u64` ([`Limits::U64`]). One line (most requests) takes no allocation
-/// ([`apply_one`]). Every slot is looked up (its handle cloned) before the first lock, so
-/// no thread ever waits for the map while holding a slot's mutex, nor for a slot under the
-/// map's lock.
+/// ([`apply_one`]). Every slot is looked up before the first lock (lookups take no lock).
 ///
 /// # Errors
 ///
 /// [`StockError::UnknownSku`] (before any lock is taken), [`StockError::InsufficientStock`]
 /// or [`StockError::Overflow`], with nothing changed.
-pub(crate) fn apply<K: Clone, S: LockedSkus<K>>(
+pub(crate) fn apply<K: Sku, S: LockedSkus<K>>(
     store: &S,
     lines: &[(K, u64)],
     change: Change,
@@ -161,13 +174,13 @@ pub(crate) fn apply<K: Clone, S: LockedSkus<K>>(
 }
 
 /// Reads `sku`'s state with `f` under its lock; `None` for a SKU never restocked.
-pub(crate) fn read_one<K, S: LockedSkus<K>, R>(
+pub(crate) fn read_one<K: Sku, S: LockedSkus<K>, R>(
     store: &S,
     sku: &K,
     f: impl FnOnce(&S::Cell) -> R,
 ) -> Option<R> {
     let slot = store.slot(sku)?;
-    let cell = S::mutex(&slot).lock();
+    let cell = S::mutex(slot).lock();
     Some(f(&cell))
 }
 
@@ -175,19 +188,18 @@ pub(crate) fn read_one<K, S: LockedSkus<K>, R>(
 /// without waiting: the single-line fast path of [`apply`], and of the stores' `sell`.
 /// Allocates nothing.
 ///
-/// The slot's handle is cloned out of the map and the map's shard lock dropped before the
-/// slot is locked. Locking the slot where it sits, under the shard's read lock, was
-/// measured and reverted: dashmap's shard lock lets readers in while a writer waits, so
-/// readers that overlap on a busy SKU kept its shard read-locked, and a restock creating
-/// another SKU of that shard (a writer) starved: with 8 threads selling one SKU on 2
-/// cores, one of 2,000 creations waited 20 s (0.07 s with cloned handles).
+/// The slot is locked where it sits in the store's [`GrowOnlyMap`]: the lookup holds no
+/// lock of the map, so a busy SKU never delays a restock that creates another. (Under
+/// dashmap, slots were cloned out of the map first: locking one in place under the shard's
+/// read lock let overlapping readers of a busy SKU starve a creation in that shard, one
+/// of 2,000 waiting 20 s with 8 threads selling one SKU on 2 cores.)
 ///
 /// # Errors
 ///
 /// [`StockError::UnknownSku`], [`StockError::InsufficientStock`] or
 /// [`StockError::Overflow`], with nothing changed.
 #[inline]
-pub(crate) fn apply_one<K: Clone, S: LockedSkus<K>>(
+pub(crate) fn apply_one<K: Sku, S: LockedSkus<K>>(
     store: &S,
     line: &(K, u64),
     change: Change,
@@ -195,7 +207,7 @@ pub(crate) fn apply_one<K: Clone, S: LockedSkus<K>>(
     let Some(slot) = store.slot(&line.0) else {
         return Err(StockError::UnknownSku(line.0.clone()));
     };
-    let mut cell = store.lock(&slot);
+    let mut cell = store.lock(slot);
     let moved = next_move(&*cell, line, change, Limits::U64)?;
     cell.set_level(moved.level);
     Ok(moved)
@@ -211,7 +223,7 @@ pub(crate) fn apply_one<K: Clone, S: LockedSkus<K>>(
 /// [`StockError::UnknownSku`], [`StockError::InsufficientStock`] or
 /// [`StockError::Overflow`], with nothing changed.
 #[inline]
-pub(crate) fn apply_one_quiet<K: Clone, S: LockedSkus<K>>(
+pub(crate) fn apply_one_quiet<K: Sku, S: LockedSkus<K>>(
     store: &S,
     line: &(K, u64),
     change: Change,
@@ -219,42 +231,42 @@ pub(crate) fn apply_one_quiet<K: Clone, S: LockedSkus<K>>(
     apply_one_keeping_slot(store, line, change).map(drop)
 }
 
-/// [`apply_one_quiet`] of a `Reserve` that keeps the slot it locked, for a hold to settle
-/// later without looking its SKU up again ([`settle_slot_quiet`]).
+/// [`apply_one_quiet`] of a `Reserve` that returns the position of the slot it locked in
+/// the store's map, for a hold to settle later without looking its SKU up again
+/// ([`settle_slot_quiet`] on [`GrowOnlyMap::at`]).
 ///
 /// # Errors
 ///
 /// As [`apply_one_quiet`].
 #[inline(always)]
-pub(crate) fn hold_one_quiet<K: Clone, S: LockedSkus<K>>(
+pub(crate) fn hold_one_quiet<K: Sku, S: LockedSkus<K>>(
     store: &S,
     line: &(K, u64),
-) -> Result<S::Slot, StockError<K>> {
+) -> Result<usize, StockError<K>> {
     apply_one_keeping_slot(store, line, Change::Reserve)
 }
 
-/// The change of [`apply_one_quiet`], returning the slot it locked.
+/// The change of [`apply_one_quiet`], returning the position of the slot it locked.
 ///
 /// # Errors
 ///
 /// As [`apply_one_quiet`].
 #[inline(always)]
-fn apply_one_keeping_slot<K: Clone, S: LockedSkus<K>>(
+fn apply_one_keeping_slot<K: Sku, S: LockedSkus<K>>(
     store: &S,
     (sku, quantity): &(K, u64),
     change: Change,
-) -> Result<S::Slot, StockError<K>> {
-    let Some(slot) = store.slot(sku) else {
+) -> Result<usize, StockError<K>> {
+    let Some((position, slot)) = store.slot_map().get_positioned(sku) else {
         return Err(StockError::UnknownSku(sku.clone()));
     };
-    let mut cell = store.lock(&slot);
+    let mut cell = store.lock(slot);
     let after = cell
         .level()
         .apply(change, *quantity, cell.withheld(), Limits::U64)
         .map_err(|refusal| refusal.into_error(sku.clone(), *quantity))?;
     cell.set_level(after);
-    drop(cell);
-    Ok(slot)
+    Ok(position)
 }
 
 /// Commits or releases (`change`) `quantity` units held on the SKU of `slot`, the slot an

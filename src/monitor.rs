@@ -11,7 +11,7 @@ use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::stats::Stats;
 use crate::store::{Sku, StockStore};
-use crate::sync::{Mutex, MutexGuard, ShardedMap, SlotArc};
+use crate::sync::{GrowOnlyMap, Mutex, MutexGuard};
 use crate::wait::WaitQueue;
 
 pub use waiting::ReserveWait;
@@ -65,23 +65,22 @@ pub use waiting::ReserveWait;
 /// # Ok::<(), stockledger::StockError<&str>>(())
 /// ```
 pub struct MonitorStore<K> {
-    /// SKU -> its monitor.
-    slots: ShardedMap<K, SlotArc<Monitor>>,
+    /// SKU -> its monitor (found without a lock, locked in place: see `PessimisticStore`).
+    slots: GrowOnlyMap<K, Monitor>,
     /// Open holds, events, counters.
     lifecycle: Lifecycle<K, MonitorHandle>,
 }
 
-/// What a one-line hold keeps to settle without a lookup: its SKU's monitor.
-type MonitorHandle = Option<SlotArc<Monitor>>;
+/// What a one-line hold keeps to settle without a lookup: its SKU's position in the map.
+type MonitorHandle = Option<usize>;
 
 /// One SKU's monitor: its mutex and the state it guards.
 ///
 /// [`MonitorState`]'s non-waiting fields come first, so that a `sell` or `reserve` (the
-/// `SlotArc`'s count, the mutex, the level, the threshold, the wait queue's pointer) reads
-/// the first cache line of the allocation. The wait queues and the condition variable
-/// blocked waiters sleep on are allocated only while somebody waits on the SKU
-/// ([`WaitQueue`]), so a monitor takes 48 bytes (56 with its [`SlotArc`]'s one count),
-/// not 144.
+/// mutex, the level, the threshold, the wait queue's pointer) reads the first cache line
+/// of the monitor. The wait queues and the condition variable blocked waiters sleep on
+/// are allocated only while somebody waits on the SKU ([`WaitQueue`]), so a monitor takes
+/// 48 bytes, not 144.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Monitor {
@@ -259,7 +258,7 @@ impl<K: Sku> MonitorStore<K> {
     /// ```
     pub fn queued(&self, sku: &K) -> usize {
         self.slots
-            .get_cloned(sku)
+            .get(sku)
             .map_or(0, |monitor| monitor.state.lock().waiters.len())
     }
 }
@@ -268,7 +267,7 @@ impl<K: Sku> MonitorStore<K> {
     /// Commits or releases `quantity` held units on `monitor`'s SKU, with no report of the
     /// move; grants and wakes its waiters, if any.
     #[inline]
-    fn settle_quiet_on(&self, monitor: &SlotArc<Monitor>, quantity: u64, change: Change) {
+    fn settle_quiet_on(&self, monitor: &Monitor, quantity: u64, change: Change) {
         let mut state = self.lock(monitor);
         if !state.waiters.is_idle() {
             monitor.resolve(state, quantity, change);
@@ -283,11 +282,12 @@ impl<K: Sku> MonitorStore<K> {
 }
 
 impl<K: Sku> LockedSkus<K> for MonitorStore<K> {
-    type Slot = SlotArc<Monitor>;
+    type Slot = Monitor;
     type Cell = MonitorState;
 
-    fn slot(&self, sku: &K) -> Option<Self::Slot> {
-        self.slots.get_cloned(sku)
+    #[inline]
+    fn slot_map(&self) -> &GrowOnlyMap<K, Monitor> {
+        &self.slots
     }
 
     fn mutex(monitor: &Self::Slot) -> &Mutex<MonitorState> {
@@ -312,7 +312,7 @@ impl<K: Sku> StoreBuilder<K, MonitorStore<K>> {
     /// ```
     pub fn build(self) -> MonitorStore<K> {
         MonitorStore {
-            slots: ShardedMap::new(),
+            slots: GrowOnlyMap::new(),
             lifecycle: self.lifecycle(),
         }
     }
@@ -336,12 +336,12 @@ impl<K: Sku> Backend<K> for MonitorStore<K> {
 
     #[inline]
     fn settle_quiet(&self, lines: &[(K, u64)], handle: &Self::Handle, change: Change) {
-        if let (Some(monitor), [(_, quantity)]) = (handle, lines) {
-            return self.settle_quiet_on(monitor, *quantity, change);
+        if let (Some(position), [(_, quantity)]) = (handle, lines) {
+            return self.settle_quiet_on(self.slots.at(*position), *quantity, change);
         }
         for (sku, quantity) in lines {
             let monitor = self.slot(sku).expect("a held SKU exists");
-            self.settle_quiet_on(&monitor, *quantity, change);
+            self.settle_quiet_on(monitor, *quantity, change);
         }
     }
 
@@ -351,7 +351,7 @@ impl<K: Sku> Backend<K> for MonitorStore<K> {
             .iter()
             .map(|(sku, quantity)| {
                 let monitor = self.slot(sku).expect("a held SKU exists");
-                monitor.resolve(self.lock(&monitor), *quantity, change)
+                monitor.resolve(self.lock(monitor), *quantity, change)
             })
             .collect()
     }
@@ -370,12 +370,12 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
             .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
         let (monitor, created) = self
             .slots
-            .get_or_create(sku, || SlotArc::new(Monitor::new(first.level)));
+            .get_or_insert_with(sku, || Monitor::new(first.level));
         if created {
             self.lifecycle.restocked(sku, qty, first);
             return Ok(first.level);
         }
-        let mut state = self.lock(&monitor);
+        let mut state = self.lock(monitor);
         let (moved, granted) = state
             .change_and_grant(Change::Restock, qty)
             .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
@@ -391,7 +391,7 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {
         let monitor = self
             .slots
-            .get_cloned(sku)
+            .get(sku)
             .ok_or_else(|| StockError::UnknownSku(sku.clone()))?;
         monitor.state.lock().low_stock_threshold = threshold;
         Ok(())

@@ -16,8 +16,8 @@ use crate::word_lines::{with_known_sku, WordStore};
 /// `(on_hand, reserved, version)` lives in one 128-bit atomic word, changed by
 /// read, compute, compare-and-swap, retry.
 ///
-/// The single-SKU path is lock free and allocation free: a lookup in a lock-free map
-/// (papaya), one load, one `compare_exchange` (`cmpxchg16b` on x86_64), and on a lost race
+/// The single-SKU path is lock free and allocation free: a wait-free lookup in the
+/// store's SKU map (it writes nothing shared), one load, one `compare_exchange` (`cmpxchg16b` on x86_64), and on a lost race
 /// a back-off ([`Backoff::snooze`](crossbeam_utils::Backoff::snooze): spinning at first,
 /// then yielding the processor), a fresh load and a retry, up to
 /// [`RETRIES_MAX`](Self::RETRIES_MAX) attempts (or the builder's
@@ -42,9 +42,9 @@ use crate::word_lines::{with_known_sku, WordStore};
 ///
 /// # Locking behaviour
 ///
-/// No locks on the SKUs. Lookups pin papaya's epoch (thread-local) and never wait; creating
-/// a SKU inserts into the map, and the insert that fills the map's table copies it into a
-/// larger one before it returns (with any other inserting threads). The registry of holds
+/// No locks on the SKUs. Lookups take no lock and never wait. Creating a SKU (its first
+/// restock) takes the SKU map's writer lock for the insert, and the insert that fills the
+/// map's table past half builds one twice the size before it returns. The registry of holds
 /// (shared by every store) takes short internal locks, and a `reserve_with` with an
 /// idempotency key locks the key while it holds.
 ///

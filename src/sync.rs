@@ -1,7 +1,7 @@
 //! The seam for every synchronisation primitive the crate uses.
 //!
 //! This file and its module `grow_only_map` are the only ones that name `parking_lot`,
-//! `dashmap`, `boxcar`, `portable_atomic`, `triomphe`, `loom`, `std::sync::atomic` or a
+//! `dashmap`, `boxcar`, `portable_atomic`, `loom`, `std::sync::atomic` or a
 //! spin/backoff hint. Every other file imports
 //! `crate::sync::…`, so under `--cfg loom` the loom models check the very code users run
 //! (the pattern of tokio's `src/loom/{std,mocked}.rs` and crossbeam's `primitive` module).
@@ -11,7 +11,6 @@
 //! | item | normal build | `cfg(loom)` |
 //! |---|---|---|
 //! | [`Arc`] | `std::sync::Arc` | `loom::sync::Arc` |
-//! | [`SlotArc`] (no weak count) | `triomphe::Arc` | `loom::sync::Arc` |
 //! | [`Mutex`] (`lock()` returns the guard) | `parking_lot::Mutex` | `loom::sync::Mutex` |
 //! | [`Condvar`] (`wait(guard) -> guard`) | `parking_lot::Condvar` | `loom::sync::Condvar` |
 //! | [`Word`] (128-bit CAS word) | `portable_atomic::AtomicU128` | a loom mutex with the same `load`/`compare_exchange` |
@@ -189,10 +188,6 @@ mod real {
     pub(crate) use std::sync::Arc;
 
     use super::Hasher;
-    /// A shared SKU slot: `Arc` without weak references, so its allocation carries one
-    /// count, not two (8 bytes less per SKU of the pessimistic and monitor stores,
-    /// `benches/memory.rs`; none for a slot aligned to 16 bytes, like the CAS stores' word).
-    pub(crate) use triomphe::Arc as SlotArc;
 
     pub(crate) use crossbeam_utils::Backoff;
     pub(crate) use parking_lot::{Mutex, MutexGuard};
@@ -259,25 +254,6 @@ mod real {
             self.0.entry(key.clone()).or_insert_with(init).clone()
         }
 
-        /// Returns the value for `key` and `false`, or inserts `init()` and returns it and
-        /// `true`: the caller knows whether its value is the one in the map, so a value can
-        /// be inserted already complete (a SKU visible with its first restock).
-        pub(crate) fn get_or_create(&self, key: &K, init: impl FnOnce() -> V) -> (V, bool) {
-            if let Some(value) = self.0.get(key) {
-                return (value.clone(), false);
-            }
-            let mut created = false;
-            let value = self
-                .0
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    created = true;
-                    init()
-                })
-                .clone();
-            (value, created)
-        }
-
         /// The value for `key`, read-locked in place (its shard stays read-locked while the
         /// returned guard lives); `None` when absent. No reference count is touched,
         /// unlike [`get_cloned`](Self::get_cloned).
@@ -327,8 +303,6 @@ mod mocked {
 
     pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
     pub(crate) use loom::sync::Arc;
-    /// The loom twin of the weak-less slot `Arc`: loom's (checks its counts).
-    pub(crate) use loom::sync::Arc as SlotArc;
 
     use super::Ordering;
 
@@ -527,19 +501,6 @@ mod mocked {
 
         pub(crate) fn get_or_insert_with(&self, key: &K, init: impl FnOnce() -> V) -> V {
             self.map().entry(key.clone()).or_insert_with(init).clone()
-        }
-
-        pub(crate) fn get_or_create(&self, key: &K, init: impl FnOnce() -> V) -> (V, bool) {
-            let mut created = false;
-            let value = self
-                .map()
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    created = true;
-                    init()
-                })
-                .clone();
-            (value, created)
         }
 
         /// The map's (exclusive) mutex stays locked while the guard lives: stricter than

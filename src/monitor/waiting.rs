@@ -20,7 +20,7 @@ use crate::options::ReserveOptions;
 use crate::reservation::{Opened, Reservation};
 use crate::stats::{Stat, Stats};
 use crate::store::{Sku, WaitFuture, WaitingStore};
-use crate::sync::{self, MutexGuard, SlotArc};
+use crate::sync::{self, MutexGuard};
 
 /// Where one waiting line stands after its turn at its SKU's monitor.
 enum Turn {
@@ -112,7 +112,7 @@ enum Start<'a, K: Sku> {
 struct Request<'a, K: Sku> {
     store: &'a MonitorStore<K>,
     lines: Vec<(K, u64)>,
-    monitors: Vec<SlotArc<Monitor>>,
+    monitors: Vec<&'a Monitor>,
     /// What moved on each held line; `held.len()` is the index of the line waited for.
     held: Vec<Moved>,
     /// The ticket of line `held.len()` in its SKU's queue, while it is queued.
@@ -198,8 +198,8 @@ impl<'a, K: Sku> Request<'a, K> {
     /// held.
     fn poll_lines(&mut self, waker: &Waker) -> Poll<Result<(), StockError<K>>> {
         while let Some(index) = self.next_line() {
-            let monitor = SlotArc::clone(&self.monitors[index]);
-            let mut state = self.store.lock(&monitor);
+            let monitor = self.monitors[index];
+            let mut state = self.store.lock(monitor);
             if !self.take_turn(&mut state, Some(waker))? {
                 return Poll::Pending;
             }
@@ -239,9 +239,9 @@ impl<K: Sku> Request<'_, K> {
     /// up joins the held lines (to be given back with them).
     fn leave(&mut self) {
         if self.ticket.is_some() {
-            let monitor = SlotArc::clone(&self.monitors[self.held.len()]);
-            let state = self.store.lock(&monitor);
-            self.leave_locked(&monitor, state);
+            let monitor = self.monitors[self.held.len()];
+            let state = self.store.lock(monitor);
+            self.leave_locked(monitor, state);
         }
     }
 
@@ -288,12 +288,12 @@ impl<K: Sku> WaitingStore<K> for MonitorStore<K> {
             Start::Wait(request) => request,
         };
         while let Some(index) = request.next_line() {
-            let monitor = SlotArc::clone(&request.monitors[index]);
-            let mut state = self.lock(&monitor);
+            let monitor = request.monitors[index];
+            let mut state = self.lock(monitor);
             let mut timed_out = false;
             while !request.take_turn(&mut state, None)? {
                 if timed_out || sync::deadline_passed(deadline) {
-                    request.leave_locked(&monitor, state);
+                    request.leave_locked(monitor, state);
                     self.lifecycle.stats.count(Stat::Timeouts);
                     return Err(StockError::Timeout); // dropping `request` gives back the rest
                 }

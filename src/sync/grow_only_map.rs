@@ -131,12 +131,30 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     /// The value for `key`, or `None`. Wait free; writes nothing shared.
     #[inline]
     pub(crate) fn get(&self, key: &K) -> Option<&V> {
+        self.get_positioned(key).map(|(_, value)| value)
+    }
+
+    /// The position of `key`'s entry (for [`at`](Self::at)) and its value, or `None`.
+    /// Wait free; writes nothing shared.
+    #[inline]
+    pub(crate) fn get_positioned(&self, key: &K) -> Option<(usize, &V)> {
         let hash = self.hasher.hash_one(key);
         self.get_hashed(key, hash)
     }
 
+    /// The value of the entry at `position`, as [`get_positioned`](Self::get_positioned)
+    /// returned it: no hashing, no probing.
+    ///
+    /// # Panics
+    ///
+    /// When no entry of this map has that position (a position from another map).
+    #[inline]
+    pub(crate) fn at(&self, position: usize) -> &V {
+        &self.entry(position).1
+    }
+
     #[inline(always)]
-    fn get_hashed(&self, key: &K, hash: u64) -> Option<&V> {
+    fn get_hashed(&self, key: &K, hash: u64) -> Option<(usize, &V)> {
         let table = self.table();
         let mut index = hash as usize & table.mask;
         loop {
@@ -146,9 +164,10 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
                 return None;
             }
             if tag(slot) == tag(hash) {
-                let (candidate, value) = self.entry((slot & POSITION_MASK) as usize - 1);
+                let position = (slot & POSITION_MASK) as usize - 1;
+                let (candidate, value) = self.entry(position);
                 if candidate == key {
-                    return Some(value);
+                    return Some((position, value));
                 }
             }
             index = (index + 1) & table.mask;
@@ -168,12 +187,12 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
         K: Clone,
     {
         let hash = self.hasher.hash_one(key);
-        if let Some(value) = self.get_hashed(key, hash) {
+        if let Some((_, value)) = self.get_hashed(key, hash) {
             return (value, false);
         }
         let _writer = self.writer.lock();
         // Tables change only under the lock: this lookup is the last word.
-        if let Some(value) = self.get_hashed(key, hash) {
+        if let Some((_, value)) = self.get_hashed(key, hash) {
             return (value, false);
         }
         let position = self.entries.push((key.clone(), init()));
