@@ -370,7 +370,9 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
             .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
         let (monitor, created) = self
             .slots
-            .get_or_insert_with(sku, || Monitor::new(first.level));
+            .get_or_insert_with(sku, || Monitor::new(first.level))
+            // A map full of SKUs (2^30) takes no new one.
+            .ok_or_else(|| StockError::Overflow { sku: sku.clone() })?;
         if created {
             self.lifecycle.restocked(sku, qty, first);
             return Ok(first.level);

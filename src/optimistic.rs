@@ -334,17 +334,21 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
         // it exist with nothing restocked (creation is linearizable).
         let first = Moved::first_restock(qty, LIMITS)
             .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
-        let moved = self.skus.with_or_insert(
-            sku,
-            || Slot::new(first.level),
-            |slot, created| {
-                if created {
-                    Ok(first)
-                } else {
-                    self.restock_slot(sku, slot, qty)
-                }
-            },
-        )?;
+        let moved = self
+            .skus
+            .with_or_insert(
+                sku,
+                || Slot::new(first.level),
+                |slot, created| {
+                    if created {
+                        Ok(first)
+                    } else {
+                        self.restock_slot(sku, slot, qty)
+                    }
+                },
+            )
+            // A map full of SKUs (2^30) takes no new one.
+            .unwrap_or_else(|| Err(StockError::Overflow { sku: sku.clone() }))?;
         self.lifecycle.restocked(sku, qty, moved);
         Ok(moved.level)
     }

@@ -196,12 +196,16 @@ impl<K: Sku> StockStore<K> for PessimisticStore<K> {
         // it exist with nothing restocked (creation is linearizable).
         let first = Moved::first_restock(qty, Limits::U64)
             .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
-        let (slot, created) = self.slots.get_or_insert_with(sku, || {
-            Mutex::new(Slot {
-                level: first.level,
-                low_stock_threshold: 0,
+        let (slot, created) = self
+            .slots
+            .get_or_insert_with(sku, || {
+                Mutex::new(Slot {
+                    level: first.level,
+                    low_stock_threshold: 0,
+                })
             })
-        });
+            // A map full of SKUs (2^30) takes no new one.
+            .ok_or_else(|| StockError::Overflow { sku: sku.clone() })?;
         let moved = if created {
             first
         } else {

@@ -77,7 +77,9 @@ pub trait StockStore<K>: Send + Sync {
     /// # Errors
     ///
     /// - [`StockError::InvalidQuantity`] when `qty` is 0.
-    /// - [`StockError::Overflow`] when on hand would pass [`quantity_max`](Self::quantity_max).
+    /// - [`StockError::Overflow`] when on hand would pass [`quantity_max`](Self::quantity_max),
+    ///   or when `sku` is new and an in-memory store already holds 2³⁰ SKUs (its SKU map's
+    ///   limit).
     fn restock(&self, sku: &K, qty: u64) -> Result<StockLevel, StockError<K>>;
 
     /// The current counts of `sku`; `None` for a SKU never restocked.

@@ -1,7 +1,7 @@
 //! The seam for every synchronisation primitive the crate uses.
 //!
 //! This file and its module `grow_only_map` are the only ones that name `parking_lot`,
-//! `dashmap`, `boxcar`, `portable_atomic`, `loom`, `std::sync::atomic` or a
+//! `dashmap`, `portable_atomic`, `loom`, `std::sync::atomic` or a
 //! spin/backoff hint. Every other file imports
 //! `crate::sync::…`, so under `--cfg loom` the loom models check the very code users run
 //! (the pattern of tokio's `src/loom/{std,mocked}.rs` and crossbeam's `primitive` module).
@@ -17,8 +17,8 @@
 //! | [`Backoff`] | `crossbeam_utils::Backoff` | `loom::thread::yield_now` |
 //! | [`ShardedMap`] | `dashmap::DashMap` (foldhash) | `loom::sync::Mutex<HashMap>` |
 //! | [`MapRef`] (a value read-locked in place) | `dashmap::mapref::one::Ref` | the map's guard and the key |
-//! | [`GrowOnlyMap`] (the SKU maps) | ours: `boxcar::Vec` entries, linear probing over `std` atomics (foldhash) | the same code over loom's atomics and loom's `boxcar` (fixed hash seed) |
-//! | [`AtomicU64`], [`AtomicUsize`], [`AtomicBool`] | `std::sync::atomic` | `loom::sync::atomic` |
+//! | [`GrowOnlyMap`] (the SKU maps) | ours: entries in `OnceLock` segments, linear probing over `std` atomics (foldhash) | the same code over loom's atomics (fixed hash seed) |
+//! | [`AtomicU32`], [`AtomicU64`], [`AtomicUsize`], [`AtomicBool`] | `std::sync::atomic` | `loom::sync::atomic` |
 //! | [`StripedCounters`] | `std` atomics, one cache line per stripe | the same (not modelled) |
 //! | [`Tally`] | `std::sync::atomic::AtomicU32` | the same (not modelled) |
 
@@ -175,7 +175,6 @@ pub(crate) type Hasher = hash_family::FixedState;
 /// The foldhash family of [`Hasher`]: its seedable twin is what the spread test checks.
 pub(crate) use foldhash::quality as hash_family;
 
-
 mod grow_only_map;
 pub(crate) use grow_only_map::GrowOnlyMap;
 
@@ -184,7 +183,7 @@ mod real {
     use std::hash::Hash;
     use std::time::Instant;
 
-    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
     pub(crate) use std::sync::Arc;
 
     use super::Hasher;
@@ -291,7 +290,6 @@ mod real {
             self.0.len()
         }
     }
-
 }
 
 #[cfg(loom)]
@@ -301,7 +299,7 @@ mod mocked {
     use std::ops::{Deref, DerefMut};
     use std::time::Instant;
 
-    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
     pub(crate) use loom::sync::Arc;
 
     use super::Ordering;

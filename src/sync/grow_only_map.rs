@@ -1,54 +1,66 @@
-//! A concurrent hash map that only grows: the SKU index of the stores.
+//! A concurrent hash map that only grows: the SKU map of every in-memory store.
 //!
 //! A store never forgets a SKU, so its SKU map never removes an entry, and that is what
-//! this map is built on. Entries live in an append-only vector ([`boxcar::Vec`]) and never
-//! move; the hash table holds only their positions. So:
+//! this map is built on. Entries live in segments that are allocated once and never move;
+//! the hash table holds only their positions. So:
 //!
 //! - a **lookup** writes nothing shared (no lock, no reference count, no epoch pin): it
-//!   loads the current table, probes it, and returns a reference to the entry that lives as
-//!   long as the map. It is wait free: the table is at most half full, so a probe meets an
-//!   empty slot within a few steps;
-//! - an **insert** (a SKU's first restock) takes the map's writer lock, appends the entry,
-//!   and writes one empty slot of the table; when the table would pass half full, it first
-//!   builds a table twice the size from the old one and publishes it. A table is never
-//!   freed while the map lives (a reader may still be probing it): all the old tables
-//!   together take less room than the current one.
+//!   loads the current table, probes it, and returns a reference to the entry, which lives
+//!   as long as the map. It is wait free: the table is at most half full, so a probe meets
+//!   an empty slot within a few steps;
+//! - an **insert** (a SKU's first restock) takes the map's writer lock, writes the entry
+//!   into its segment, and then one empty slot of the table; when the table would pass
+//!   half full, it first builds a table twice the size from the old one and publishes it.
+//!   A table is never freed while the map lives (a reader may still be probing it): all
+//!   the old tables together take less room than the current one.
 //!
-//! General concurrent maps (dashmap, papaya) pay for removal: dashmap with a shard lock
-//! on every lookup, papaya with an epoch pin (`seize`). A single-line `sell` spent about
-//! 100 of its instructions on papaya's pin and lookup (callgrind,
-//! `benches/instructions.rs`).
+//! General concurrent maps pay for removal: dashmap with a shard lock on every lookup,
+//! papaya with an epoch pin (`seize`). A single-line `sell` spent about 100 of its
+//! instructions on papaya's pin and lookup, and the locking stores about 30 on dashmap's
+//! shard lock and the slot's reference count (callgrind, `benches/instructions.rs`).
 //!
-//! The table is linear probing over 64-bit slots (Knuth, TAOCP vol. 3, 6.4, algorithm L):
-//! a slot is 0 while empty, then for good the entry's position plus one in its low
-//! [`POSITION_BITS`] bits and the high bits of the key's hash as a tag, so a probe skips
-//! other keys' slots without touching their entries.
+//! The table is linear probing (Knuth, TAOCP vol. 3, 6.4, algorithm L) over 32-bit slots.
+//! A slot is 0 while empty, then for good the entry's position plus one in its low bits
+//! (as many as the table's capacity has: a position is below half the capacity) and the
+//! high bits of the key's hash above them as a tag, so a probe skips most other keys'
+//! slots without touching their entries (the tag is 11 bits at 1M entries).
 
 use std::hash::{BuildHasher, Hash};
 use std::sync::OnceLock;
 
-use super::{AtomicU64, AtomicUsize, Hasher, Mutex, Ordering};
+use super::{AtomicU32, AtomicUsize, Hasher, Mutex, Ordering};
 
-/// Bits of a slot that hold the entry's position plus one; the bits above hold the tag.
-const POSITION_BITS: u32 = 40;
-/// Mask of a slot's position bits.
-const POSITION_MASK: u64 = (1 << POSITION_BITS) - 1;
-/// Slots of the first table (2 under loom, so that a model's second insert grows it).
-const FIRST_CAPACITY: usize = if cfg!(loom) { 2 } else { 16 };
-/// Tables a map can build: enough for 2⁴⁰ entries at half load.
-const LEVELS: usize = POSITION_BITS as usize - 2;
+/// Log2 of the first table's slots (2 slots under loom, so that a model's second insert
+/// grows the table).
+const FIRST_TABLE_BITS: u32 = if cfg!(loom) { 1 } else { 4 };
+/// Log2 of the largest table's slots: a position below half of it and its tag fit in a
+/// 32-bit slot.
+const TABLE_BITS_MAX: u32 = 31;
+/// Tables a map can build, each twice the one before.
+const LEVELS: usize = (TABLE_BITS_MAX - FIRST_TABLE_BITS + 1) as usize;
+/// The most entries a map holds (2³⁰): half its largest table.
+pub(crate) const ENTRIES_MAX: usize = 1 << (TABLE_BITS_MAX - 1);
+/// Log2 of the first segment's entries; segment `s` holds `16 << s`.
+const FIRST_SEGMENT_BITS: u32 = 4;
+/// Segments enough for [`ENTRIES_MAX`] entries.
+const SEGMENTS: usize = (TABLE_BITS_MAX - FIRST_SEGMENT_BITS) as usize;
 
 /// A concurrent map whose entries are never removed nor moved (see the module docs).
 ///
 /// Keys are hashed with the maps' [`Hasher`] (foldhash's quality hasher, seeded per map).
+/// It holds at most [`ENTRIES_MAX`] entries.
 pub(crate) struct GrowOnlyMap<K, V> {
-    /// Every entry, in the order inserted: `(key, value)`.
-    entries: boxcar::Vec<(K, V)>,
-    /// Every table built: table `i` has `FIRST_CAPACITY << i` slots; `current` is in use.
+    /// Every entry, `(key, value)`, at its position: segment `s` holds positions
+    /// `16·(2^s − 1)` to `16·(2^(s+1) − 1) − 1`, allocated by the insert of its first.
+    segments: [OnceLock<Segment<K, V>>; SEGMENTS],
+    /// Every table built: table `i` has `2^(FIRST_TABLE_BITS + i)` slots; `current` is in
+    /// use.
     tables: [OnceLock<Table>; LEVELS],
     /// The position in `tables` of the table in use; stored (`Release`) after the table
     /// is filled, loaded (`Acquire`) by every lookup.
     current: AtomicUsize,
+    /// Entries inserted; written by the writer only.
+    len: AtomicUsize,
     /// Held by an insert: one writer at a time changes the table.
     writer: Mutex<()>,
     /// The hasher of the keys.
@@ -58,26 +70,46 @@ pub(crate) struct GrowOnlyMap<K, V> {
     publish_before_fill: bool,
 }
 
-/// One hash table: slots of entry positions (see the module docs).
+/// One segment of entries, each written once.
+type Segment<K, V> = Box<[OnceLock<(K, V)>]>;
+
+/// One hash table: slots of entry positions and tags (see the module docs).
 struct Table {
-    /// Its capacity minus one (the capacity is a power of two).
+    /// Log2 of its capacity: the low `bits` bits of a slot hold the position plus one.
+    bits: u32,
+    /// Its capacity minus one.
     mask: usize,
-    /// 0 when empty, else `tag | (position + 1)`.
-    slots: Box<[AtomicU64]>,
+    /// 0 when empty, else `tag << bits | (position + 1)`.
+    slots: Box<[AtomicU32]>,
 }
 
 impl Table {
-    fn new(capacity: usize) -> Self {
-        debug_assert!(capacity.is_power_of_two());
+    fn new(bits: u32) -> Self {
         Self {
-            mask: capacity - 1,
-            slots: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+            bits,
+            mask: (1 << bits) - 1,
+            slots: (0..1_usize << bits).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
-    /// Writes `slot` (hash `hash`) into the first empty slot from its home. Only the
-    /// writer (under the map's lock) calls this, and a table is at most half full.
-    fn place(&self, hash: u64, slot: u64) {
+    /// The tag of `hash` in this table: its bits 32 and up, as many as fit above a
+    /// position.
+    #[inline]
+    fn tag(&self, hash: u64) -> u32 {
+        ((hash >> 32) as u32) >> self.bits
+    }
+
+    /// The position a non-empty `slot` holds.
+    #[inline]
+    fn position(&self, slot: u32) -> usize {
+        (slot & self.mask as u32) as usize - 1
+    }
+
+    /// Writes the slot of the entry at `position` (hash `hash`) into the first empty slot
+    /// from its home. Only the writer (under the map's lock) calls this, and a table is at
+    /// most half full.
+    fn place(&self, hash: u64, position: usize) {
+        let slot = self.tag(hash) << self.bits | (position as u32 + 1);
         let mut index = hash as usize & self.mask;
         while self.slots[index].load(Ordering::Relaxed) != 0 {
             index = (index + 1) & self.mask;
@@ -87,10 +119,12 @@ impl Table {
     }
 }
 
-/// The tag bits of `hash`: its high bits, where a slot keeps them.
+/// The segment of `position` and its offset in the segment.
 #[inline]
-fn tag(hash: u64) -> u64 {
-    hash & !POSITION_MASK
+fn locate(position: usize) -> (usize, usize) {
+    let biased = position + (1 << FIRST_SEGMENT_BITS);
+    let top = usize::BITS - 1 - biased.leading_zeros();
+    ((top - FIRST_SEGMENT_BITS) as usize, biased - (1 << top))
 }
 
 impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
@@ -98,12 +132,13 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     pub(crate) fn new() -> Self {
         let tables: [OnceLock<Table>; LEVELS] = std::array::from_fn(|_| OnceLock::new());
         tables[0]
-            .set(Table::new(FIRST_CAPACITY))
+            .set(Table::new(FIRST_TABLE_BITS))
             .unwrap_or_else(|_| unreachable!("a new lock is empty"));
         Self {
-            entries: boxcar::Vec::new(),
+            segments: std::array::from_fn(|_| OnceLock::new()),
             tables,
             current: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
             writer: Mutex::new(()),
             hasher: Hasher::default(),
             #[cfg(all(test, loom))]
@@ -123,9 +158,11 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     /// The entry at `position`.
     #[inline]
     fn entry(&self, position: usize) -> &(K, V) {
-        self.entries
-            .get(position)
-            .expect("an entry is pushed before a slot points to it")
+        let (segment, offset) = locate(position);
+        self.segments[segment]
+            .get()
+            .and_then(|segment| segment[offset].get())
+            .expect("an entry is written before a slot points to it")
     }
 
     /// The value for `key`, or `None`. Wait free; writes nothing shared.
@@ -156,6 +193,7 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     #[inline(always)]
     fn get_hashed(&self, key: &K, hash: u64) -> Option<(usize, &V)> {
         let table = self.table();
+        let tag = table.tag(hash);
         let mut index = hash as usize & table.mask;
         loop {
             // Acquire: pairs with `Table::place`, so the entry is there.
@@ -163,8 +201,8 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
             if slot == 0 {
                 return None;
             }
-            if tag(slot) == tag(hash) {
-                let position = (slot & POSITION_MASK) as usize - 1;
+            if slot >> table.bits == tag {
+                let position = table.position(slot);
                 let (candidate, value) = self.entry(position);
                 if candidate == key {
                     return Some((position, value));
@@ -177,49 +215,48 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     /// The value for `key` and `false`; when absent, inserts `init()` and returns it and
     /// `true` (the caller's value is the one in the map, so it can be inserted already
     /// complete: a SKU visible with its first restock). `init` runs under the writer lock
-    /// and must not touch this map.
-    ///
-    /// # Panics
-    ///
-    /// When the map already holds 2⁴⁰ − 1 entries (more than any memory holds).
-    pub(crate) fn get_or_insert_with(&self, key: &K, init: impl FnOnce() -> V) -> (&V, bool)
+    /// and must not touch this map. `None` when `key` is absent and the map already holds
+    /// [`ENTRIES_MAX`] entries (`init` not called).
+    pub(crate) fn get_or_insert_with(&self, key: &K, init: impl FnOnce() -> V) -> Option<(&V, bool)>
     where
         K: Clone,
     {
         let hash = self.hasher.hash_one(key);
         if let Some((_, value)) = self.get_hashed(key, hash) {
-            return (value, false);
+            return Some((value, false));
         }
         let _writer = self.writer.lock();
         // Tables change only under the lock: this lookup is the last word.
         if let Some((_, value)) = self.get_hashed(key, hash) {
-            return (value, false);
+            return Some((value, false));
         }
-        let position = self.entries.push((key.clone(), init()));
-        let slot = position as u64 + 1;
-        assert!(slot <= POSITION_MASK, "a map of 2^40 entries");
+        let position = self.len.load(Ordering::Relaxed);
+        if position == ENTRIES_MAX {
+            return None;
+        }
+        let (segment, offset) = locate(position);
+        let segment = self.segments[segment]
+            .get_or_init(|| (0..16_usize << segment).map(|_| OnceLock::new()).collect());
+        let entry = &segment[offset];
+        entry
+            .set((key.clone(), init()))
+            .unwrap_or_else(|_| unreachable!("each position is written once, by the writer"));
         let mut table = self.table();
         if (position + 1) * 2 > table.slots.len() {
             table = self.grow();
         }
-        table.place(hash, tag(hash) | slot);
-        (&self.entry(position).1, true)
+        table.place(hash, position);
+        self.len.store(position + 1, Ordering::Release);
+        entry.get().map(|(_, value)| (value, true))
     }
 
     /// Builds a table twice the size of the current one holding its slots, makes it
-    /// current, and returns it. Only the writer calls this.
-    ///
-    /// # Panics
-    ///
-    /// Past the last level (2⁴⁰ entries, more than any memory holds).
+    /// current, and returns it. Only the writer calls this, below [`ENTRIES_MAX`] entries.
     fn grow(&self) -> &Table {
         let level = self.current.load(Ordering::Relaxed);
         let old = self.table();
-        let next = self
-            .tables
-            .get(level + 1)
-            .expect("a map of at most 2^40 entries");
-        next.set(Table::new(old.slots.len() * 2))
+        let next = &self.tables[level + 1];
+        next.set(Table::new(old.bits + 1))
             .unwrap_or_else(|_| unreachable!("each level is set once, by the writer"));
         let table = next.get().expect("the table was just set");
         #[cfg(all(test, loom))]
@@ -229,8 +266,9 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
         for slot in old.slots.iter() {
             let slot = slot.load(Ordering::Relaxed);
             if slot != 0 {
-                let (key, _) = self.entry((slot & POSITION_MASK) as usize - 1);
-                table.place(self.hasher.hash_one(key), slot);
+                let position = old.position(slot);
+                let (key, _) = self.entry(position);
+                table.place(self.hasher.hash_one(key), position);
             }
         }
         // Release: a reader that loads this level sees the table filled.
@@ -260,28 +298,25 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     }
 
     /// Calls `f` with the value for `key` and `false`; when absent, inserts `init()` and
-    /// calls `f` with it and `true` (see [`get_or_insert_with`](Self::get_or_insert_with)).
-    /// `f` runs after the writer lock is released.
-    ///
-    /// # Panics
-    ///
-    /// As [`get_or_insert_with`](Self::get_or_insert_with).
+    /// calls `f` with it and `true` (see [`get_or_insert_with`](Self::get_or_insert_with),
+    /// which also says when this returns `None`). `f` runs after the writer lock is
+    /// released.
     pub(crate) fn with_or_insert<R>(
         &self,
         key: &K,
         init: impl FnOnce() -> V,
         f: impl FnOnce(&V, bool) -> R,
-    ) -> R
+    ) -> Option<R>
     where
         K: Clone,
     {
-        let (value, created) = self.get_or_insert_with(key, init);
-        f(value, created)
+        let (value, created) = self.get_or_insert_with(key, init)?;
+        Some(f(value, created))
     }
 
     /// Number of entries.
     pub(crate) fn len(&self) -> usize {
-        self.entries.count()
+        self.len.load(Ordering::Acquire)
     }
 }
 
@@ -299,14 +334,14 @@ mod tests {
     fn finds_every_key_inserted_across_growths() {
         let map = GrowOnlyMap::new();
         for key in 0..10_000_u64 {
-            let (value, created) = map.get_or_insert_with(&key, || key * 3);
+            let (value, created) = map.get_or_insert_with(&key, || key * 3).unwrap();
             assert!(created);
             assert_eq!(*value, key * 3);
         }
         assert_eq!(map.len(), 10_000);
         for key in 0..10_000_u64 {
             assert_eq!(map.get(&key), Some(&(key * 3)));
-            let (value, created) = map.get_or_insert_with(&key, || 0);
+            let (value, created) = map.get_or_insert_with(&key, || 0).unwrap();
             assert!(!created);
             assert_eq!(*value, key * 3);
         }
@@ -314,12 +349,29 @@ mod tests {
         assert_eq!(map.len(), 10_000);
     }
 
+    /// Positions fill the segments in order, each segment `16 << s` long, and the last
+    /// position a map may hold falls in the last segment.
+    #[test]
+    fn positions_fill_segments_in_order() {
+        let mut expected = (0, 0);
+        for position in 0..10_000 {
+            assert_eq!(locate(position), expected, "position {position}");
+            expected.1 += 1;
+            if expected.1 == 16 << expected.0 {
+                expected = (expected.0 + 1, 0);
+            }
+        }
+        let (segment, offset) = locate(ENTRIES_MAX - 1);
+        assert_eq!(segment, SEGMENTS - 1);
+        assert!(offset < 16 << segment);
+    }
+
     /// Readers probing while a writer inserts and grows the table always find every key
     /// inserted before they looked, with its value.
     #[test]
     fn readers_find_keys_inserted_while_the_table_grows() {
         let map = GrowOnlyMap::new();
-        let inserted = AtomicU64::new(0);
+        let inserted = std::sync::atomic::AtomicU64::new(0);
         std::thread::scope(|scope| {
             for _ in 0..3 {
                 scope.spawn(|| loop {
@@ -387,11 +439,15 @@ mod loom_model {
                     assert_eq!(map.get(&1), Some(&10), "the first key was lost");
                 })
             };
-            let (value, created) = map.get_or_insert_with(&2, || 20);
+            let (value, created) = map.get_or_insert_with(&2, || 20).unwrap();
             assert_eq!((*value, created), (20, true));
             reader.join().unwrap();
             assert_eq!(map.get(&2), Some(&20));
-            assert_eq!(map.current.load(Ordering::Relaxed), 1, "the insert grew the table");
+            assert_eq!(
+                map.current.load(Ordering::Relaxed),
+                1,
+                "the insert grew the table"
+            );
         });
     }
 
@@ -404,11 +460,11 @@ mod loom_model {
             let other = {
                 let map = map.clone();
                 loom::thread::spawn(move || {
-                    let (value, created) = map.get_or_insert_with(&7_u64, || 1_u64);
+                    let (value, created) = map.get_or_insert_with(&7_u64, || 1_u64).unwrap();
                     (*value, created)
                 })
             };
-            let (value, created) = map.get_or_insert_with(&7, || 2);
+            let (value, created) = map.get_or_insert_with(&7, || 2).unwrap();
             let (other_value, other_created) = other.join().unwrap();
             assert_ne!(created, other_created, "exactly one creates the key");
             assert_eq!(*value, other_value);
