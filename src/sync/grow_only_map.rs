@@ -61,6 +61,8 @@ pub(crate) struct GrowOnlyMap<K, V> {
     current: AtomicUsize,
     /// Entries inserted; written by the writer only.
     len: AtomicUsize,
+    /// The most entries this map takes: [`ENTRIES_MAX`] (less in a test of a full map).
+    entries_max: usize,
     /// Held by an insert: one writer at a time changes the table.
     writer: Mutex<()>,
     /// The hasher of the keys.
@@ -139,6 +141,7 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
             tables,
             current: AtomicUsize::new(0),
             len: AtomicUsize::new(0),
+            entries_max: ENTRIES_MAX,
             writer: Mutex::new(()),
             hasher: Hasher::default(),
             #[cfg(all(test, loom))]
@@ -231,7 +234,7 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
             return Some((value, false));
         }
         let position = self.len.load(Ordering::Relaxed);
-        if position == ENTRIES_MAX {
+        if position == self.entries_max {
             return None;
         }
         let (segment, offset) = locate(position);
@@ -347,6 +350,29 @@ mod tests {
         }
         assert_eq!(map.get(&10_000), None);
         assert_eq!(map.len(), 10_000);
+    }
+
+    /// A full map refuses a new key without calling its initialiser, and still finds and
+    /// returns the keys it holds.
+    #[test]
+    fn a_full_map_refuses_new_keys_and_keeps_the_old() {
+        let map = GrowOnlyMap {
+            entries_max: 3,
+            ..GrowOnlyMap::new()
+        };
+        for key in 0..3_u64 {
+            assert_eq!(map.get_or_insert_with(&key, || key), Some((&key, true)));
+        }
+        let mut called = false;
+        let refused = map.get_or_insert_with(&3, || {
+            called = true;
+            3
+        });
+        assert_eq!(refused, None);
+        assert!(!called, "the initialiser of a refused key ran");
+        assert_eq!(map.get_or_insert_with(&1, || 9), Some((&1, false)));
+        assert_eq!(map.len(), 3);
+        assert_eq!(map.get(&3), None);
     }
 
     /// Positions fill the segments in order, each segment `16 << s` long, and the last
