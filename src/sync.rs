@@ -262,8 +262,8 @@ mod real {
         /// waits until no reader is left, and overlapping readers that linger starve it;
         /// and a wait for a lock whose holder waits for the shard deadlocks (dashmap
         /// issues 74 and 233). For a short read of a value (the registry's idempotent
-        /// replay); slots are cloned out ([`get_cloned`](Self::get_cloned)) and locked
-        /// after the guard is dropped.
+        /// replay); idempotency keys' slots are cloned out
+        /// ([`get_cloned`](Self::get_cloned)) and locked after the guard is dropped.
         pub(crate) fn get(&self, key: &K) -> Option<MapRef<'_, K, V>> {
             self.0.get(key)
         }
