@@ -386,6 +386,48 @@ mod tests {
         assert_eq!(map.get(&3), None);
     }
 
+    /// Writers racing to create overlapping keys while the table grows: every key is
+    /// created exactly once, every caller sees the creator's value, and readers never see
+    /// a key vanish once they saw it.
+    #[test]
+    fn racing_writers_create_each_key_once() {
+        const WRITERS: u64 = 4;
+        const KEYS: u64 = 20_000;
+        let map = GrowOnlyMap::new();
+        let created = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for writer in 0..WRITERS {
+                let (map, created) = (&map, &created);
+                scope.spawn(move || {
+                    // Each writer walks the keys from its own offset, so all four race on
+                    // every key at some point.
+                    for step in 0..KEYS {
+                        let key = (step + writer * KEYS / WRITERS) % KEYS;
+                        let (value, new) = map
+                            .get_or_insert_with(&key, || (key, writer))
+                            .expect("far below the limit");
+                        assert_eq!(value.0, key);
+                        if new {
+                            assert_eq!(value.1, writer, "a creator sees its own value");
+                            created.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // Every key this writer touched stays found, with one value.
+                        assert_eq!(map.get(&key), Some(value));
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            created.load(Ordering::Relaxed),
+            KEYS,
+            "each key created once"
+        );
+        assert_eq!(map.len(), KEYS as usize);
+        for key in 0..KEYS {
+            assert_eq!(map.get(&key).map(|value| value.0), Some(key));
+        }
+    }
+
     /// Positions fill the segments in order, each segment `16 << s` long, and the last
     /// position a map may hold falls in the last segment.
     #[test]
