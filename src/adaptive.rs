@@ -14,7 +14,7 @@ use crate::sync::{
     Word,
 };
 use crate::word::{pack, unpack, LIMITS};
-use crate::word_lines::{with_known_sku, WordStore};
+use crate::word_lines::{self, with_known_sku, WordStore};
 
 /// Compare-and-swap attempts of a cold SKU's update before it takes the SKU's lock (it
 /// then waits its turn instead of racing on; the update is never refused for contention).
@@ -596,25 +596,9 @@ impl<K: Sku> StockStore<K> for AdaptiveStore<K> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
-        // A new SKU is inserted already holding its first restock (creation is
-        // linearizable).
-        let first = Moved::first_restock(qty, LIMITS)
-            .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
-        let moved = self
-            .skus
-            .with_or_insert(
-                sku,
-                || Slot::new(first.level),
-                |slot, created| {
-                    if created {
-                        Ok(first)
-                    } else {
-                        self.update(sku, slot, Change::Restock, qty)
-                    }
-                },
-            )
-            // A map full of SKUs (2^30) takes no new one.
-            .unwrap_or_else(|| Err(StockError::Overflow { sku: sku.clone() }))?;
+        let moved = word_lines::restock_sku(&self.skus, sku, qty, Slot::new, |slot| {
+            self.update(sku, slot, Change::Restock, qty)
+        })?;
         self.lifecycle.restocked(sku, qty, moved);
         Ok(moved.level)
     }

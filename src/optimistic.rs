@@ -10,7 +10,7 @@ use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
 use crate::sync::{AtomicU64, Backoff, GrowOnlyMap, Ordering, Word};
 use crate::word::{pack, unpack, LIMITS};
-use crate::word_lines::{with_known_sku, WordStore};
+use crate::word_lines::{self, with_known_sku, WordStore};
 
 /// A stock store with **optimistic concurrency control**: each SKU's
 /// `(on_hand, reserved, version)` lives in one 128-bit atomic word, changed by
@@ -330,25 +330,9 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
-        // A new SKU is inserted already holding its first restock, so no reader ever sees
-        // it exist with nothing restocked (creation is linearizable).
-        let first = Moved::first_restock(qty, LIMITS)
-            .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
-        let moved = self
-            .skus
-            .with_or_insert(
-                sku,
-                || Slot::new(first.level),
-                |slot, created| {
-                    if created {
-                        Ok(first)
-                    } else {
-                        self.restock_slot(sku, slot, qty)
-                    }
-                },
-            )
-            // A map full of SKUs (2^30) takes no new one.
-            .unwrap_or_else(|| Err(StockError::Overflow { sku: sku.clone() }))?;
+        let moved = word_lines::restock_sku(&self.skus, sku, qty, Slot::new, |slot| {
+            self.restock_slot(sku, slot, qty)
+        })?;
         self.lifecycle.restocked(sku, qty, moved);
         Ok(moved.level)
     }
