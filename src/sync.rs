@@ -158,12 +158,13 @@ pub(crate) fn deadline_passed(deadline: Option<Instant>) -> bool {
 /// Not foldhash's *fast* hasher: for about 1 process seed in 120 it sends small
 /// integer keys (SKUs 0 to 1000) into a few dozen of a table's low-bit buckets
 /// (16 of 2048 for the worst of 200,000 seeds; the quality hasher's worst filled 738,
-/// as SipHash does). papaya indexes its table by those bits, and its blocking resize
-/// then never ends: each copy overflows the probe limit, the map allocates another
-/// table of the same size (it grows only when half full) and copies again, until
-/// the process runs out of memory. That is how a stress test's setup hung in CI.
-/// The quality hasher's last fold mixes the high bits into the low ones for a few
-/// instructions per hash (`tests::the_hasher_spreads_small_integer_keys`).
+/// as SipHash does). The maps index their tables by those bits: the SKU map's linear
+/// probing would crawl through such clusters, and papaya's blocking resize, which the
+/// CAS stores used before, never ended (each copy overflowed the probe limit, the map
+/// allocated another table of the same size and copied again, until the process ran
+/// out of memory: that is how a stress test's setup hung in CI). The quality hasher's
+/// last fold mixes the high bits into the low ones for a few instructions per hash
+/// (`tests::the_hasher_spreads_small_integer_keys`).
 #[cfg(not(loom))]
 pub(crate) type Hasher = hash_family::RandomState;
 
@@ -560,7 +561,7 @@ mod tests {
     }
 
     /// The process seed under which a stress test's setup hung in CI (papaya's blocking
-    /// resize never ended; see `real::Hasher`), found again by a scan of seeds.
+    /// resize never ended; see `Hasher`), found again by a scan of seeds.
     const BAD_SEED: u64 = 5998;
 
     fn shared(seed: u64) -> &'static foldhash::SharedSeed {

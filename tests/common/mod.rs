@@ -1,4 +1,5 @@
-//! The shared harness: one test body, run against every store (papaya's `with_map`).
+//! The shared harness: one test body, run against every store (`with_stores`, as papaya's
+//! `with_map`).
 
 #![allow(dead_code)]
 
