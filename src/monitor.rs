@@ -43,7 +43,8 @@ pub use waiting::ReserveWait;
 /// no lock held, its waker kept in its queue entry and woken after the granting change
 /// released the lock. No user code runs under a lock
 /// (events reach the sink after every lock is released). A `reserve_with` with an
-/// idempotency key locks the key first (keys before SKUs).
+/// idempotency key locks the key first (keys before SKUs). Finding a SKU takes no lock; a
+/// restock that creates one takes the SKU map's writer lock for the insert.
 ///
 /// # Examples
 ///

@@ -29,7 +29,9 @@ use crate::sync::{GrowOnlyMap, Mutex};
 /// Every method locks the slots of the SKUs it touches, in ascending SKU order, for a
 /// few instructions; no lock is held while another is awaited out of order, and no user
 /// code runs under a lock (events reach the sink after every lock is released). A
-/// `reserve_with` with an idempotency key locks the key first (keys before SKUs).
+/// `reserve_with` with an idempotency key locks the key first (keys before SKUs). Finding
+/// a SKU takes no lock; a restock that creates one takes the SKU map's writer lock for the
+/// insert (and, when the map's table passes half full, for building one twice the size).
 ///
 /// # Examples
 ///
