@@ -603,6 +603,7 @@ impl<K: Sku> StockStore<K> for AdaptiveStore<K> {
         Ok(moved.level)
     }
 
+    #[inline]
     fn level(&self, sku: &K) -> Option<StockLevel> {
         self.skus
             .with(sku, |slot| unpack(slot.word.load(Ordering::Acquire)))

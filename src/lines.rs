@@ -111,7 +111,7 @@ pub(crate) trait LockedSkus<K> {
     fn mutex(slot: &Self::Slot) -> &Mutex<Self::Cell>;
 
     /// The slot of `sku`; `None` for a SKU never restocked.
-    #[inline]
+    #[inline(always)]
     fn slot(&self, sku: &K) -> Option<&Self::Slot>
     where
         K: Sku,
@@ -174,6 +174,7 @@ pub(crate) fn apply<K: Sku, S: LockedSkus<K>>(
 }
 
 /// Reads `sku`'s state with `f` under its lock; `None` for a SKU never restocked.
+#[inline]
 pub(crate) fn read_one<K: Sku, S: LockedSkus<K>, R>(
     store: &S,
     sku: &K,

@@ -387,6 +387,7 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
         Ok(moved.level)
     }
 
+    #[inline]
     fn level(&self, sku: &K) -> Option<StockLevel> {
         lines::read_one(self, sku, |state| state.level)
     }

@@ -222,6 +222,7 @@ impl<K: Sku> StockStore<K> for PessimisticStore<K> {
         Ok(moved.level)
     }
 
+    #[inline]
     fn level(&self, sku: &K) -> Option<StockLevel> {
         lines::read_one(self, sku, |slot| slot.level)
     }

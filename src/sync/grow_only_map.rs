@@ -23,7 +23,8 @@
 //! A slot is 0 while empty, then for good the entry's position plus one in its low bits
 //! (as many as the table's capacity has: a position is below half the capacity) and the
 //! high bits of the key's hash above them as a tag, so a probe skips most other keys'
-//! slots without touching their entries (the tag is 11 bits at 1M entries).
+//! slots without touching their entries (the tag is 11 bits at 1M entries). A slot keeps
+//! its tag in place (`tag | position + 1`), so a probe compares it with one mask.
 
 use std::hash::{BuildHasher, Hash};
 use std::sync::OnceLock;
@@ -38,6 +39,10 @@ const FIRST_TABLE_BITS: u32 = if cfg!(loom) { 1 } else { 4 };
 const TABLE_BITS_MAX: u32 = 31;
 /// Tables a map can build, each twice the one before.
 const LEVELS: usize = (TABLE_BITS_MAX - FIRST_TABLE_BITS + 1) as usize;
+/// Length of the arrays of tables and of segments: a power of two at least [`LEVELS`] and
+/// [`SEGMENTS`], so that a masked index needs no bounds check on a lookup.
+const ARRAY_LEN: usize = 32;
+const _: () = assert!(ARRAY_LEN.is_power_of_two() && LEVELS <= ARRAY_LEN && SEGMENTS <= ARRAY_LEN);
 /// The most entries a map holds (2³⁰): half its largest table.
 pub(crate) const ENTRIES_MAX: usize = 1 << (TABLE_BITS_MAX - 1);
 /// Log2 of the first segment's entries; segment `s` holds `16 << s`.
@@ -52,10 +57,10 @@ const SEGMENTS: usize = (TABLE_BITS_MAX - FIRST_SEGMENT_BITS) as usize;
 pub(crate) struct GrowOnlyMap<K, V> {
     /// Every entry, `(key, value)`, at its position: segment `s` holds positions
     /// `16·(2^s − 1)` to `16·(2^(s+1) − 1) − 1`, allocated by the insert of its first.
-    segments: [OnceLock<Segment<K, V>>; SEGMENTS],
+    segments: [OnceLock<Segment<K, V>>; ARRAY_LEN],
     /// Every table built: table `i` has `2^(FIRST_TABLE_BITS + i)` slots; `current` is in
     /// use.
-    tables: [OnceLock<Table>; LEVELS],
+    tables: [OnceLock<Table>; ARRAY_LEN],
     /// The position in `tables` of the table in use; stored (`Release`) after the table
     /// is filled, loaded (`Acquire`) by every lookup.
     current: AtomicUsize,
@@ -89,28 +94,32 @@ struct Table {
     bits: u32,
     /// Its capacity minus one.
     mask: usize,
-    /// 0 when empty, else `tag << bits | (position + 1)`.
+    /// The bits of a slot above its position: the tag's (`!mask`, in 32 bits).
+    tag_mask: u32,
+    /// 0 when empty, else `tag | (position + 1)`.
     slots: Box<[AtomicU32]>,
 }
 
 impl Table {
     fn new(bits: u32) -> Self {
+        let mask = (1_usize << bits) - 1;
         Self {
             bits,
-            mask: (1 << bits) - 1,
-            slots: (0..1_usize << bits).map(|_| AtomicU32::new(0)).collect(),
+            mask,
+            tag_mask: !(mask as u32),
+            slots: (0..=mask).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
-    /// The tag of `hash` in this table: its bits 32 and up, as many as fit above a
-    /// position.
-    #[inline]
+    /// The tag of `hash` in this table, in place in a slot: the bits of the hash's high
+    /// half that lie above a position.
+    #[inline(always)]
     fn tag(&self, hash: u64) -> u32 {
-        ((hash >> 32) as u32) >> self.bits
+        (hash >> 32) as u32 & self.tag_mask
     }
 
     /// The position a non-empty `slot` holds.
-    #[inline]
+    #[inline(always)]
     fn position(&self, slot: u32) -> usize {
         (slot & self.mask as u32) as usize - 1
     }
@@ -119,7 +128,7 @@ impl Table {
     /// from its home. Only the writer (under the map's lock) calls this, and a table is at
     /// most half full.
     fn place(&self, hash: u64, position: usize) {
-        let slot = self.tag(hash) << self.bits | (position as u32 + 1);
+        let slot = self.tag(hash) | (position as u32 + 1);
         let mut index = hash as usize & self.mask;
         while self.slots[index].load(Ordering::Relaxed) != 0 {
             index = (index + 1) & self.mask;
@@ -140,7 +149,7 @@ fn locate(position: usize) -> (usize, usize) {
 impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     /// An empty map.
     pub(crate) fn new() -> Self {
-        let tables: [OnceLock<Table>; LEVELS] = std::array::from_fn(|_| OnceLock::new());
+        let tables: [OnceLock<Table>; ARRAY_LEN] = std::array::from_fn(|_| OnceLock::new());
         tables[0]
             .set(Table::new(FIRST_TABLE_BITS))
             .unwrap_or_else(|_| unreachable!("a new lock is empty"));
@@ -158,33 +167,33 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     }
 
     /// The table in use.
-    #[inline]
+    #[inline(always)]
     fn table(&self) -> &Table {
         let current = self.current.load(Ordering::Acquire);
-        self.tables[current]
+        self.tables[current & (ARRAY_LEN - 1)]
             .get()
             .expect("a table is set before it is made current")
     }
 
     /// The entry at `position`.
-    #[inline]
+    #[inline(always)]
     fn entry(&self, position: usize) -> &(K, V) {
         let (segment, offset) = locate(position);
-        self.segments[segment]
+        self.segments[segment & (ARRAY_LEN - 1)]
             .get()
             .and_then(|segment| segment[offset].0.get())
             .expect("an entry is written before a slot points to it")
     }
 
     /// The value for `key`, or `None`. Wait free; writes nothing shared.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get(&self, key: &K) -> Option<&V> {
         self.get_positioned(key).map(|(_, value)| value)
     }
 
     /// The position of `key`'s entry (for [`at`](Self::at)) and its value, or `None`.
     /// Wait free; writes nothing shared.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get_positioned(&self, key: &K) -> Option<(usize, &V)> {
         let hash = self.hasher.hash_one(key);
         self.get_hashed(key, hash)
@@ -212,7 +221,7 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
             if slot == 0 {
                 return None;
             }
-            if slot >> table.bits == tag {
+            if slot & table.tag_mask == tag {
                 let position = table.position(slot);
                 let (candidate, value) = self.entry(position);
                 if candidate == key {
