@@ -7,7 +7,7 @@ use crate::error::StockError;
 use crate::level::{Change, Limits, Moved, StockLevel};
 use crate::stats::{Stat, Stats};
 use crate::store::Sku;
-use crate::sync::{self, GrowOnlyMap, Mutex, MutexGuard};
+use crate::sync::{self, GrowOnlyMap, Mutex, MutexGuard, Position};
 
 /// Validates `lines` and merges them: one line per SKU with the summed quantity, sorted by
 /// SKU (the ascending order in which every store acquires SKUs, Havender's ordered
@@ -243,7 +243,7 @@ pub(crate) fn apply_one_quiet<K: Sku, S: LockedSkus<K>>(
 pub(crate) fn hold_one_quiet<K: Sku, S: LockedSkus<K>>(
     store: &S,
     line: &(K, u64),
-) -> Result<usize, StockError<K>> {
+) -> Result<Position, StockError<K>> {
     apply_one_keeping_slot(store, line, Change::Reserve)
 }
 
@@ -257,7 +257,7 @@ fn apply_one_keeping_slot<K: Sku, S: LockedSkus<K>>(
     store: &S,
     (sku, quantity): &(K, u64),
     change: Change,
-) -> Result<usize, StockError<K>> {
+) -> Result<Position, StockError<K>> {
     let Some((position, slot)) = store.slot_map().get_positioned(sku) else {
         return Err(StockError::UnknownSku(sku.clone()));
     };

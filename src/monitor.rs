@@ -11,7 +11,7 @@ use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::stats::Stats;
 use crate::store::{Sku, StockStore};
-use crate::sync::{GrowOnlyMap, Mutex, MutexGuard};
+use crate::sync::{GrowOnlyMap, Mutex, MutexGuard, Position};
 use crate::wait::WaitQueue;
 
 pub use waiting::ReserveWait;
@@ -73,7 +73,7 @@ pub struct MonitorStore<K> {
 }
 
 /// What a one-line hold keeps to settle without a lookup: its SKU's position in the map.
-type MonitorHandle = Option<usize>;
+type MonitorHandle = Option<Position>;
 
 /// One SKU's monitor: its mutex and the state it guards.
 ///

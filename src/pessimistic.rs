@@ -9,7 +9,7 @@ use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::stats::Stats;
 use crate::store::{Sku, StockStore};
-use crate::sync::{GrowOnlyMap, Mutex};
+use crate::sync::{GrowOnlyMap, Mutex, Position};
 
 /// A stock store with **pessimistic concurrency control**: every SKU has its own mutex
 /// (parking_lot), found in the store's SKU map.
@@ -54,7 +54,7 @@ pub struct PessimisticStore<K> {
 }
 
 /// What a one-line hold keeps to settle without a lookup: its SKU's position in the map.
-type SlotHandle = Option<usize>;
+type SlotHandle = Option<Position>;
 
 /// One SKU's state, guarded by its slot's mutex.
 #[derive(Debug, Default)]

@@ -177,7 +177,7 @@ pub(crate) type Hasher = hash_family::FixedState;
 pub(crate) use foldhash::quality as hash_family;
 
 mod grow_only_map;
-pub(crate) use grow_only_map::GrowOnlyMap;
+pub(crate) use grow_only_map::{GrowOnlyMap, Position};
 
 #[cfg(not(loom))]
 mod real {

@@ -45,6 +45,9 @@ const ARRAY_LEN: usize = 32;
 const _: () = assert!(ARRAY_LEN.is_power_of_two() && LEVELS <= ARRAY_LEN && SEGMENTS <= ARRAY_LEN);
 /// The most entries a map holds (2³⁰): half its largest table.
 pub(crate) const ENTRIES_MAX: usize = 1 << (TABLE_BITS_MAX - 1);
+/// The position of an entry in its map (below [`ENTRIES_MAX`], so 32 bits hold it): what a
+/// caller keeps to find the entry again with [`GrowOnlyMap::at`].
+pub(crate) type Position = u32;
 /// Log2 of the first segment's entries; segment `s` holds `16 << s`.
 const FIRST_SEGMENT_BITS: u32 = 4;
 /// Segments enough for [`ENTRIES_MAX`] entries.
@@ -194,9 +197,10 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     /// The position of `key`'s entry (for [`at`](Self::at)) and its value, or `None`.
     /// Wait free; writes nothing shared.
     #[inline(always)]
-    pub(crate) fn get_positioned(&self, key: &K) -> Option<(usize, &V)> {
+    pub(crate) fn get_positioned(&self, key: &K) -> Option<(Position, &V)> {
         let hash = self.hasher.hash_one(key);
         self.get_hashed(key, hash)
+            .map(|(position, value)| (position as Position, value))
     }
 
     /// The value of the entry at `position`, as [`get_positioned`](Self::get_positioned)
@@ -206,8 +210,8 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     ///
     /// When no entry of this map has that position (a position from another map).
     #[inline]
-    pub(crate) fn at(&self, position: usize) -> &V {
-        &self.entry(position).1
+    pub(crate) fn at(&self, position: Position) -> &V {
+        &self.entry(position as usize).1
     }
 
     #[inline(always)]
