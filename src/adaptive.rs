@@ -7,6 +7,7 @@ use crate::builder::StoreBuilder;
 use crate::error::StockError;
 use crate::level::{Change, Moved, Refusal, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
+use crate::lines;
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
 use crate::sync::{
@@ -14,7 +15,7 @@ use crate::sync::{
     Word,
 };
 use crate::word::{pack, unpack, LIMITS};
-use crate::word_lines::{self, with_known_sku, WordStore};
+use crate::word_lines::{with_known_sku, WordStore};
 
 /// Compare-and-swap attempts of a cold SKU's update before it takes the SKU's lock (it
 /// then waits its turn instead of racing on; the update is never refused for contention).
@@ -130,8 +131,8 @@ impl Temperature {
 /// compare-and-swap (retried only against a cold writer still in flight); a
 /// multi-line request holds at most one SKU's mutex at a time. No user code runs under a
 /// lock. Lookups take no lock and write nothing shared (creating a SKU takes the SKU
-/// map's writer lock); the registry of holds takes short internal locks, and a `reserve_with` with an idempotency key locks the key while it
-/// holds.
+/// map's writer lock); the registry of holds takes short internal locks, and a
+/// `reserve_with` with an idempotency key locks the key while it holds.
 ///
 /// # Examples
 ///
@@ -311,7 +312,8 @@ impl<K: Sku> AdaptiveStore<K> {
     #[doc(hidden)]
     pub fn force_mode(&self, sku: &K, hot: bool) -> bool {
         self.skus
-            .with(sku, |slot| self.set_mode(slot, hot))
+            .get(sku)
+            .map(|slot| self.set_mode(slot, hot))
             .is_some()
     }
 
@@ -596,7 +598,7 @@ impl<K: Sku> StockStore<K> for AdaptiveStore<K> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
-        let moved = word_lines::restock_sku(&self.skus, sku, qty, Slot::new, |slot| {
+        let moved = lines::restock_sku(&self.skus, sku, qty, LIMITS, Slot::new, |slot| {
             self.update(sku, slot, Change::Restock, qty)
         })?;
         self.lifecycle.restocked(sku, qty, moved);
@@ -606,12 +608,14 @@ impl<K: Sku> StockStore<K> for AdaptiveStore<K> {
     #[inline]
     fn level(&self, sku: &K) -> Option<StockLevel> {
         self.skus
-            .with(sku, |slot| unpack(slot.word.load(Ordering::Acquire)))
+            .get(sku)
+            .map(|slot| unpack(slot.word.load(Ordering::Acquire)))
     }
 
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {
         self.skus
-            .with(sku, |slot| {
+            .get(sku)
+            .map(|slot| {
                 slot.low_stock_threshold.store(threshold, Ordering::Relaxed);
             })
             .ok_or_else(|| StockError::UnknownSku(sku.clone()))
@@ -702,10 +706,16 @@ mod tests {
     fn a_window_of_conflicts_turns_a_sku_hot_and_a_quiet_one_cold() {
         let store = AdaptiveStore::<u32>::builder().window_ops(2).build();
         store.restock(&1, 10).unwrap(); // version 1: no window ends
-        let slot_hot = || store.skus.with(&1, |slot| slot.hot.load(Ordering::Relaxed));
+        let slot_hot = || {
+            store
+                .skus
+                .get(&1)
+                .map(|slot| slot.hot.load(Ordering::Relaxed))
+        };
         store
             .skus
-            .with(&1, |slot| store.count_conflicts(slot, 1))
+            .get(&1)
+            .map(|slot| store.count_conflicts(slot, 1))
             .unwrap();
         assert_eq!(slot_hot(), Some(false), "mid-window: no decision yet");
         store.sell(&[(1, 1)]).unwrap(); // version 2 ends the window

@@ -91,6 +91,32 @@ impl FromIterator<Moved> for Moves {
     }
 }
 
+/// Restocks `qty` units (at least 1) of `sku` in `slots`, a store's SKU map, counts bounded
+/// by `limits`. A new SKU is inserted already holding its first restock
+/// (`new_slot(level)`), so no reader ever sees it exist with nothing restocked (creation
+/// is linearizable); an existing one is restocked by `restock`. Returns what moved.
+///
+/// # Errors
+///
+/// [`StockError::Overflow`] when `qty` passes `limits`, when `restock` returns it, or when
+/// `sku` is new and the map already holds its most SKUs (2³⁰).
+pub(crate) fn restock_sku<K: Sku, V>(
+    slots: &GrowOnlyMap<K, V>,
+    sku: &K,
+    qty: u64,
+    limits: Limits,
+    new_slot: impl FnOnce(StockLevel) -> V,
+    restock: impl FnOnce(&V) -> Result<Moved, StockError<K>>,
+) -> Result<Moved, StockError<K>> {
+    let first = Moved::first_restock(qty, limits)
+        .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
+    match slots.get_or_insert_with(sku, || new_slot(first.level)) {
+        Some((_, true)) => Ok(first),
+        Some((slot, false)) => restock(slot),
+        None => Err(StockError::Overflow { sku: sku.clone() }),
+    }
+}
+
 /// A store that keeps each SKU's state behind a mutex of its own (the pessimistic and
 /// monitor stores), as [`apply`] locks it.
 ///

@@ -365,24 +365,22 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
-        // A new SKU is inserted already holding its first restock (and with no waiter to
-        // grant: a waiter needs the SKU to exist), so creation is linearizable.
-        let first = Moved::first_restock(qty, Limits::U64)
-            .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
-        let (monitor, created) = self
-            .slots
-            .get_or_insert_with(sku, || Monitor::new(first.level))
-            // A map full of SKUs (2^30) takes no new one.
-            .ok_or_else(|| StockError::Overflow { sku: sku.clone() })?;
-        if created {
-            self.lifecycle.restocked(sku, qty, first);
-            return Ok(first.level);
-        }
-        let mut state = self.lock(monitor);
-        let (moved, granted) = state
-            .change_and_grant(Change::Restock, qty)
-            .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
-        monitor.notify(state, granted);
+        // A new SKU has no waiter to grant (a waiter needs the SKU to exist).
+        let moved = lines::restock_sku(
+            &self.slots,
+            sku,
+            qty,
+            Limits::U64,
+            Monitor::new,
+            |monitor| {
+                let mut state = self.lock(monitor);
+                let (moved, granted) = state
+                    .change_and_grant(Change::Restock, qty)
+                    .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
+                monitor.notify(state, granted);
+                Ok(moved)
+            },
+        )?;
         self.lifecycle.restocked(sku, qty, moved);
         Ok(moved.level)
     }

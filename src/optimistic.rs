@@ -6,20 +6,22 @@ use crate::builder::StoreBuilder;
 use crate::error::StockError;
 use crate::level::{Change, Moved, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
+use crate::lines;
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
 use crate::sync::{AtomicU64, Backoff, GrowOnlyMap, Ordering, Word};
 use crate::word::{pack, unpack, LIMITS};
-use crate::word_lines::{self, with_known_sku, WordStore};
+use crate::word_lines::{with_known_sku, WordStore};
 
 /// A stock store with **optimistic concurrency control**: each SKU's
 /// `(on_hand, reserved, version)` lives in one 128-bit atomic word, changed by
 /// read, compute, compare-and-swap, retry.
 ///
 /// The single-SKU path is lock free and allocation free: a wait-free lookup in the
-/// store's SKU map (it writes nothing shared), one load, one `compare_exchange` (`cmpxchg16b` on x86_64), and on a lost race
-/// a back-off ([`Backoff::snooze`](crossbeam_utils::Backoff::snooze): spinning at first,
-/// then yielding the processor), a fresh load and a retry, up to
+/// store's SKU map (it writes nothing shared), one load, one `compare_exchange`
+/// (`cmpxchg16b` on x86_64), and on a lost race a back-off
+/// ([`Backoff::snooze`](crossbeam_utils::Backoff::snooze): spinning at first, then
+/// yielding the processor), a fresh load and a retry, up to
 /// [`RETRIES_MAX`](Self::RETRIES_MAX) attempts (or the builder's
 /// [`retries_max`](StoreBuilder::retries_max)), then [`StockError::Conflict`]. Without an
 /// event sink the single-line `sell` reads nothing else: no threshold, no shared counter
@@ -330,7 +332,7 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
-        let moved = word_lines::restock_sku(&self.skus, sku, qty, Slot::new, |slot| {
+        let moved = lines::restock_sku(&self.skus, sku, qty, LIMITS, Slot::new, |slot| {
             self.restock_slot(sku, slot, qty)
         })?;
         self.lifecycle.restocked(sku, qty, moved);
@@ -340,12 +342,14 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
     #[inline]
     fn level(&self, sku: &K) -> Option<StockLevel> {
         self.skus
-            .with(sku, |slot| unpack(slot.word.load(Ordering::Acquire)))
+            .get(sku)
+            .map(|slot| unpack(slot.word.load(Ordering::Acquire)))
     }
 
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {
         self.skus
-            .with(sku, |slot| {
+            .get(sku)
+            .map(|slot| {
                 slot.low_stock_threshold.store(threshold, Ordering::Relaxed);
             })
             .ok_or_else(|| StockError::UnknownSku(sku.clone()))

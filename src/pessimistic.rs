@@ -194,30 +194,20 @@ impl<K: Sku> StockStore<K> for PessimisticStore<K> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
-        // A new SKU is inserted already holding its first restock, so no reader ever sees
-        // it exist with nothing restocked (creation is linearizable).
-        let first = Moved::first_restock(qty, Limits::U64)
-            .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
-        let (slot, created) = self
-            .slots
-            .get_or_insert_with(sku, || {
-                Mutex::new(Slot {
-                    level: first.level,
-                    low_stock_threshold: 0,
-                })
+        let new_slot = |level| {
+            Mutex::new(Slot {
+                level,
+                low_stock_threshold: 0,
             })
-            // A map full of SKUs (2^30) takes no new one.
-            .ok_or_else(|| StockError::Overflow { sku: sku.clone() })?;
-        let moved = if created {
-            first
-        } else {
+        };
+        let moved = lines::restock_sku(&self.slots, sku, qty, Limits::U64, new_slot, |slot| {
             let mut slot = self.lock(slot);
             let before = slot.level;
             slot.level = before
                 .apply(Change::Restock, qty, 0, Limits::U64)
                 .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
-            Moved::new(before, slot.level, slot.low_stock_threshold)
-        };
+            Ok(Moved::new(before, slot.level, slot.low_stock_threshold))
+        })?;
         self.lifecycle.restocked(sku, qty, moved);
         Ok(moved.level)
     }

@@ -1,10 +1,10 @@
 //! The seam for every synchronisation primitive the crate uses.
 //!
 //! This file and its module `grow_only_map` are the only ones that name `parking_lot`,
-//! `dashmap`, `portable_atomic`, `loom`, `std::sync::atomic` or a
-//! spin/backoff hint. Every other file imports
-//! `crate::sync::…`, so under `--cfg loom` the loom models check the very code users run
-//! (the pattern of tokio's `src/loom/{std,mocked}.rs` and crossbeam's `primitive` module).
+//! `dashmap`, `portable_atomic`, `loom`, `std::sync::atomic`, `OnceLock` or a spin/backoff
+//! hint. Every other file imports `crate::sync::…`, so under `--cfg loom` the loom models
+//! check the very code users run (the pattern of tokio's `src/loom/{std,mocked}.rs` and
+//! crossbeam's `primitive` module).
 //!
 //! Both twins expose the same API:
 //!

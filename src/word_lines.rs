@@ -4,7 +4,7 @@
 //! and compensated on a refusal.
 
 use crate::error::StockError;
-use crate::level::{Change, LowStock, Moved, StockLevel};
+use crate::level::{Change, LowStock, Moved};
 use crate::lifecycle::Backend;
 use crate::lines::{self, Moves};
 use crate::store::{Sku, StockStore};
@@ -197,33 +197,6 @@ pub(crate) fn with_known_sku<K: Sku, V: Send + Sync, R>(
     update: impl FnOnce(&V) -> Result<R, StockError<K>>,
 ) -> Result<R, StockError<K>> {
     slots.with_or_else(sku, update, || Err(StockError::UnknownSku(sku.clone())))
-}
-
-/// Restocks `qty` units (at least 1) of `sku` in `slots`, the SKU map of a word store. A
-/// new SKU is inserted already holding its first restock (`new_slot(level)`), so no reader
-/// ever sees it exist with nothing restocked (creation is linearizable); an existing one is
-/// restocked by `restock`. Returns what moved.
-///
-/// # Errors
-///
-/// [`StockError::Overflow`] when `qty` passes the word's count limit, when `restock`
-/// returns it, or when `sku` is new and the map already holds its most SKUs (2³⁰).
-pub(crate) fn restock_sku<K: Sku, V: Send + Sync>(
-    slots: &GrowOnlyMap<K, V>,
-    sku: &K,
-    qty: u64,
-    new_slot: impl FnOnce(StockLevel) -> V,
-    restock: impl FnOnce(&V) -> Result<Moved, StockError<K>>,
-) -> Result<Moved, StockError<K>> {
-    let first = Moved::first_restock(qty, LIMITS)
-        .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
-    slots
-        .with_or_insert(
-            sku,
-            || new_slot(first.level),
-            |slot, created| if created { Ok(first) } else { restock(slot) },
-        )
-        .unwrap_or_else(|| Err(StockError::Overflow { sku: sku.clone() }))
 }
 
 /// Runs `update` (a commit or release of held stock) until it is not refused for
