@@ -149,6 +149,7 @@ pub(crate) trait LockedSkus<K> {
     fn stats(&self) -> &Stats;
 
     /// Locks `slot`, counting the lock as contended if it was held.
+    #[inline(always)]
     fn lock<'a>(&self, slot: &'a Self::Slot) -> MutexGuard<'a, Self::Cell> {
         let (guard, contended) = sync::lock_noting_contention(Self::mutex(slot));
         if contended {

@@ -289,7 +289,7 @@ pub(crate) enum Extension<K, M> {
 /// index of their deadlines and the idempotency table of their keys.
 ///
 /// A hold is resolved (committed, released or expired) in one step on its entry of
-/// `holds`, under the map's write lock of the entry's shard: the entry is found, its stock
+/// `holds`, under the lock of the entry's shard: the entry is found, its stock
 /// moved, and the entry removed, all in one lookup. So exactly one of racing commits,
 /// releases and expiries of one hold moves its stock; every other waits for the shard lock
 /// and then finds the hold gone ([`StockError::UnknownReservation`]), after the stock
@@ -410,7 +410,8 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
             key,
             handle,
         };
-        self.holds.insert(reservation.id, hold);
+        // A new id: no hold has it.
+        self.holds.insert_new(reservation.id, hold);
         if let Some(deadline) = expires_at {
             self.expiry.insert(deadline, reservation.id);
         }
@@ -430,8 +431,8 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
     ///
     /// # Blocking
     ///
-    /// `settle` runs under the map's write lock of the hold's shard: calls on holds of
-    /// that shard wait for it.
+    /// `settle` runs under the lock of the hold's shard: calls on holds of that shard
+    /// wait for it.
     pub(crate) fn resolve<M>(
         &self,
         id: ReservationId,

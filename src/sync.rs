@@ -1,7 +1,7 @@
 //! The seam for every synchronisation primitive the crate uses.
 //!
-//! This file and its module `grow_only_map` are the only ones that name `parking_lot`,
-//! `dashmap`, `portable_atomic`, `loom`, `std::sync::atomic`, `OnceLock` or a spin/backoff
+//! This file and its modules `grow_only_map` and `sharded_map` are the only ones that name
+//! `parking_lot`, `hashbrown`, `portable_atomic`, `loom`, `std::sync::atomic`, `OnceLock` or a spin/backoff
 //! hint. Every other file imports `crate::sync::…`, so under `--cfg loom` the loom models
 //! check the very code users run (the pattern of tokio's `src/loom/{std,mocked}.rs` and
 //! crossbeam's `primitive` module).
@@ -15,8 +15,8 @@
 //! | [`Condvar`] (`wait(guard) -> guard`) | `parking_lot::Condvar` | `loom::sync::Condvar` |
 //! | [`Word`] (128-bit CAS word) | `portable_atomic::AtomicU128` | a loom mutex with the same `load`/`compare_exchange` |
 //! | [`Backoff`] | `crossbeam_utils::Backoff` | `loom::thread::yield_now` |
-//! | [`ShardedMap`] | `dashmap::DashMap` (foldhash) | `loom::sync::Mutex<HashMap>` |
-//! | [`MapRef`] (a value read-locked in place) | `dashmap::mapref::one::Ref` | the map's guard and the key |
+//! | [`ShardedMap`] | ours: `parking_lot` mutexes over `hashbrown::HashTable` shards (foldhash) | `loom::sync::Mutex<HashMap>` |
+//! | `MapRef` (a value locked in place) | a mapped guard of its shard's mutex | the map's guard and the key |
 //! | [`GrowOnlyMap`] (the SKU maps) | ours: entries in `OnceLock` segments, linear probing over `std` atomics (foldhash) | the same code over loom's atomics (fixed hash seed) |
 //! | [`AtomicU32`], [`AtomicU64`], [`AtomicUsize`], [`AtomicBool`] | `std::sync::atomic` | `loom::sync::atomic` |
 //! | [`StripedCounters`] | `std` atomics, one cache line per stripe | the same (not modelled) |
@@ -135,6 +135,7 @@ pub(crate) type Tally = std::sync::atomic::AtomicU32;
 
 /// Locks `mutex`; also returns whether it was contended (already locked, so this thread
 /// had to wait). Uncontended, this costs what `lock()` costs: one successful `try_lock`.
+#[inline(always)]
 pub(crate) fn lock_noting_contention<T>(mutex: &Mutex<T>) -> (MutexGuard<'_, T>, bool) {
     match mutex.try_lock() {
         Some(guard) => (guard, false),
@@ -180,14 +181,16 @@ mod grow_only_map;
 pub(crate) use grow_only_map::{GrowOnlyMap, Position};
 
 #[cfg(not(loom))]
+mod sharded_map;
+#[cfg(not(loom))]
+pub(crate) use sharded_map::ShardedMap;
+
+#[cfg(not(loom))]
 mod real {
-    use std::hash::Hash;
     use std::time::Instant;
 
     pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
     pub(crate) use std::sync::Arc;
-
-    use super::Hasher;
 
     pub(crate) use crossbeam_utils::Backoff;
     pub(crate) use parking_lot::{Mutex, MutexGuard};
@@ -225,70 +228,6 @@ mod real {
 
         pub(crate) fn notify_all(&self) {
             self.0.notify_all();
-        }
-    }
-
-    /// A value of a [`ShardedMap`], read-locked in place.
-    pub(crate) type MapRef<'a, K, V> = dashmap::mapref::one::Ref<'a, K, V>;
-
-    /// A sharded concurrent map (dashmap). Values are cloned out, so a map guard is held
-    /// while the caller waits for another lock only in [`remove_if`](Self::remove_if)
-    /// (the registry's resolution), for locks whose holders never wait for this map (a
-    /// wait the other way round deadlocks: dashmap issues 74 and 233).
-    pub(crate) struct ShardedMap<K, V>(dashmap::DashMap<K, V, Hasher>);
-
-    impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
-        pub(crate) fn new() -> Self {
-            Self(dashmap::DashMap::with_hasher(Hasher::default()))
-        }
-
-        pub(crate) fn get_cloned(&self, key: &K) -> Option<V> {
-            self.0.get(key).map(|value| value.clone())
-        }
-
-        /// Returns the value for `key`, inserting `init()` first when absent.
-        pub(crate) fn get_or_insert_with(&self, key: &K, init: impl FnOnce() -> V) -> V {
-            if let Some(value) = self.0.get(key) {
-                return value.clone();
-            }
-            self.0.entry(key.clone()).or_insert_with(init).clone()
-        }
-
-        /// The value for `key`, read-locked in place (its shard stays read-locked while the
-        /// returned guard lives); `None` when absent. No reference count is touched,
-        /// unlike [`get_cloned`](Self::get_cloned).
-        ///
-        /// While the guard lives, the caller must not wait for anything, nor hold it for
-        /// long: dashmap lets readers in while a writer waits, so a writer (an insert)
-        /// waits until no reader is left, and overlapping readers that linger starve it;
-        /// and a wait for a lock whose holder waits for the shard deadlocks (dashmap
-        /// issues 74 and 233). For a short read of a value (the registry's idempotent
-        /// replay); idempotency keys' slots are cloned out
-        /// ([`get_cloned`](Self::get_cloned)) and locked after the guard is dropped.
-        pub(crate) fn get(&self, key: &K) -> Option<MapRef<'_, K, V>> {
-            self.0.get(key)
-        }
-
-        pub(crate) fn insert(&self, key: K, value: V) {
-            self.0.insert(key, value);
-        }
-
-        pub(crate) fn remove(&self, key: &K) -> Option<V> {
-            self.0.remove(key).map(|(_, value)| value)
-        }
-
-        /// Calls `f` with the value for `key` under the map's write lock of its shard, and
-        /// removes and returns the value when `f` returns `true`: one lookup. `None` when
-        /// absent (`f` not called) or kept. `f` must not touch this map, and may wait only
-        /// for locks whose holders never wait for this map.
-        pub(crate) fn remove_if(&self, key: &K, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
-            self.0
-                .remove_if_mut(key, |_, value| f(value))
-                .map(|(_, value)| value)
-        }
-
-        pub(crate) fn len(&self) -> usize {
-            self.0.len()
         }
     }
 }
@@ -466,7 +405,7 @@ mod mocked {
         }
     }
 
-    /// The loom twin of a value read-locked in place: the map's guard and the key.
+    /// The loom twin of a value locked in place: the map's guard and the key.
     pub(crate) struct MapRef<'a, K, V> {
         map: loom::sync::MutexGuard<'a, HashMap<K, V>>,
         key: K,
@@ -502,9 +441,9 @@ mod mocked {
             self.map().entry(key.clone()).or_insert_with(init).clone()
         }
 
-        /// The map's (exclusive) mutex stays locked while the guard lives: stricter than
-        /// the real twin's shard read lock, so a model reports as a deadlock any wait under
-        /// the guard whose holder waits for the map.
+        /// The map's mutex stays locked while the guard lives: stricter than the real
+        /// twin's shard lock (the whole map, not one shard), so a model reports as a
+        /// deadlock any wait under the guard whose holder waits for the map.
         pub(crate) fn get(&self, key: &K) -> Option<MapRef<'_, K, V>> {
             let map = self.map();
             map.contains_key(key).then(|| MapRef {
@@ -513,8 +452,9 @@ mod mocked {
             })
         }
 
-        pub(crate) fn insert(&self, key: K, value: V) {
-            self.map().insert(key, value);
+        pub(crate) fn insert_new(&self, key: K, value: V) {
+            let replaced = self.map().insert(key, value);
+            debug_assert!(replaced.is_none());
         }
 
         pub(crate) fn remove(&self, key: &K) -> Option<V> {

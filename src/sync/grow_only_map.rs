@@ -237,10 +237,16 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     fn get_hashed(&self, key: &K, hash: u64) -> Option<(usize, &V)> {
         let table = self.table();
         let tag = table.tag(hash);
-        let mut index = hash as usize & table.mask;
+        // The mask taken from the slice itself, and the slice known not to be empty, lets
+        // the compiler see that a masked index is in bounds: no check on each probe.
+        let slots = &*table.slots;
+        let Some(mask) = slots.len().checked_sub(1) else {
+            return None;
+        };
+        let mut index = hash as usize & mask;
         loop {
             // Acquire: pairs with `Table::place`, so the entry is there.
-            let slot = table.slots[index].load(Ordering::Acquire);
+            let slot = slots[index].load(Ordering::Acquire);
             if slot == 0 {
                 return None;
             }
@@ -251,7 +257,7 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
                     return Some((position, value));
                 }
             }
-            index = (index + 1) & table.mask;
+            index = (index + 1) & mask;
         }
     }
 

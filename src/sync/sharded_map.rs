@@ -1,0 +1,197 @@
+//! A sharded concurrent map: the registry's open holds and the idempotency table's keys.
+//!
+//! Shards of a [`hashbrown::HashTable`] each behind a `parking_lot` mutex on a cache line
+//! of its own; a key's hash, computed once, picks its shard (bits below the top 7) and its
+//! place in the shard's table (hashbrown's own bits), as dashmap's `determine_shard`
+//! does. It replaced dashmap there: dashmap's read-write shard lock, its second hashing,
+//! and the moves of its `insert` (which returns the value it replaced) cost a
+//! `reserve`+`commit` about 100 instructions more (callgrind, `benches/instructions.rs`).
+//! Every operation locks one shard for the length of one table operation, except
+//! [`remove_if`](ShardedMap::remove_if), whose callback runs under the shard's lock.
+//!
+//! Under loom its twin is one loom mutex around a `HashMap` (module `mocked`).
+
+use std::hash::{BuildHasher, Hash};
+
+use crossbeam_utils::CachePadded;
+use hashbrown::hash_table::Entry;
+use hashbrown::HashTable;
+use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
+
+use super::Hasher;
+
+/// Fewest and most shards of a map.
+const SHARDS_MIN: usize = 4;
+const SHARDS_MAX: usize = 256;
+
+/// A value of a [`ShardedMap`], locked in place: its shard stays locked while this lives.
+pub(crate) type MapRef<'a, V> = MappedMutexGuard<'a, V>;
+
+/// A sharded concurrent map (see the module docs).
+pub(crate) struct ShardedMap<K, V> {
+    /// The shards: a power of two of them.
+    shards: Box<[CachePadded<Mutex<HashTable<(K, V)>>>]>,
+    /// `64 − log2(shards)`: a hash shifted left by 7 and right by this picks the shard.
+    shift: u32,
+    /// The hasher of the keys.
+    hasher: Hasher,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
+    /// An empty map with four shards per available core (a power of two, 4 to 256), as
+    /// dashmap has.
+    pub(crate) fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+        let shards = (cores * 4)
+            .next_power_of_two()
+            .clamp(SHARDS_MIN, SHARDS_MAX);
+        Self {
+            shards: (0..shards)
+                .map(|_| CachePadded::new(Mutex::new(HashTable::new())))
+                .collect(),
+            shift: usize::BITS - shards.trailing_zeros(),
+            hasher: Hasher::default(),
+        }
+    }
+
+    /// The hash of `key` and its shard.
+    #[inline(always)]
+    fn shard(&self, key: &K) -> (u64, &Mutex<HashTable<(K, V)>>) {
+        let hash = self.hasher.hash_one(key);
+        // The top 7 bits are hashbrown's tag within a shard: the shard takes the ones below.
+        let index = ((hash << 7) >> self.shift) as usize;
+        (hash, &self.shards[index])
+    }
+
+    /// The hash of a stored entry, for hashbrown's growth.
+    #[inline(always)]
+    fn rehash(&self) -> impl Fn(&(K, V)) -> u64 + '_ {
+        |(key, _)| self.hasher.hash_one(key)
+    }
+
+    /// A clone of the value for `key`, or `None`.
+    pub(crate) fn get_cloned(&self, key: &K) -> Option<V> {
+        let (hash, shard) = self.shard(key);
+        let table = shard.lock();
+        table
+            .find(hash, |(candidate, _)| candidate == key)
+            .map(|(_, value)| value.clone())
+    }
+
+    /// Returns (a clone of) the value for `key`, inserting `init()` first when absent.
+    pub(crate) fn get_or_insert_with(&self, key: &K, init: impl FnOnce() -> V) -> V {
+        let (hash, shard) = self.shard(key);
+        let mut table = shard.lock();
+        match table.entry(hash, |(candidate, _)| candidate == key, self.rehash()) {
+            Entry::Occupied(entry) => entry.get().1.clone(),
+            Entry::Vacant(entry) => entry.insert((key.clone(), init())).get().1.clone(),
+        }
+    }
+
+    /// The value for `key`, locked in place (its shard stays locked while the returned
+    /// guard lives); `None` when absent. Nothing is cloned.
+    ///
+    /// While the guard lives, the caller must not wait for anything nor touch this map:
+    /// every other call on the shard waits for the guard. For a short read of a value (the
+    /// registry's idempotent replay).
+    pub(crate) fn get(&self, key: &K) -> Option<MapRef<'_, V>> {
+        let (hash, shard) = self.shard(key);
+        MutexGuard::try_map(shard.lock(), |table| {
+            table
+                .find_mut(hash, |(candidate, _)| candidate == key)
+                .map(|(_, value)| value)
+        })
+        .ok()
+    }
+
+    /// Inserts `value` for `key`, which the caller knows is absent (a reservation id,
+    /// never issued twice): no search for it first. A `key` already present would be
+    /// found twice, so a debug build checks.
+    pub(crate) fn insert_new(&self, key: K, value: V) {
+        let (hash, shard) = self.shard(&key);
+        let mut table = shard.lock();
+        debug_assert!(table
+            .find(hash, |(candidate, _)| *candidate == key)
+            .is_none());
+        table.insert_unique(hash, (key, value), self.rehash());
+    }
+
+    /// Removes and returns the value for `key`, or `None`.
+    pub(crate) fn remove(&self, key: &K) -> Option<V> {
+        self.remove_if(key, |_| true)
+    }
+
+    /// Calls `f` with the value for `key` under its shard's lock, and removes and returns
+    /// the value when `f` returns `true`: one lookup. `None` when absent (`f` not called)
+    /// or kept. `f` must not touch this map, and may wait only for locks whose holders
+    /// never wait for this map.
+    pub(crate) fn remove_if(&self, key: &K, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
+        let (hash, shard) = self.shard(key);
+        let mut table = shard.lock();
+        let mut entry = table
+            .find_entry(hash, |(candidate, _)| candidate == key)
+            .ok()?;
+        if f(&mut entry.get_mut().1) {
+            Some(entry.remove().0 .1)
+        } else {
+            None
+        }
+    }
+
+    /// Number of entries (each shard locked in turn: not a snapshot of one instant while
+    /// other threads change the map).
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|shard| shard.lock().len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShardedMap;
+
+    #[test]
+    fn inserts_replaces_finds_and_removes() {
+        let map = ShardedMap::<u64, String>::new();
+        for key in 0..1000 {
+            map.insert_new(key, key.to_string());
+        }
+        assert_eq!(map.remove(&7).as_deref(), Some("7"));
+        map.insert_new(7, "seven".to_string());
+        assert_eq!(map.len(), 1000);
+        assert_eq!(map.get_cloned(&7).as_deref(), Some("seven"));
+        assert_eq!(map.get(&999).as_deref().map(String::as_str), Some("999"));
+        assert!(map.get(&1000).is_none());
+        assert_eq!(map.get_or_insert_with(&5, || unreachable!()), "5");
+        assert_eq!(map.get_or_insert_with(&1000, || "new".to_string()), "new");
+        assert_eq!(map.remove_if(&8, |_| false), None);
+        assert_eq!(map.get_cloned(&8).as_deref(), Some("8"));
+        assert_eq!(
+            map.remove_if(&8, |value| value == "8").as_deref(),
+            Some("8")
+        );
+        assert_eq!(map.remove(&8), None);
+        assert_eq!(map.remove(&9).as_deref(), Some("9"));
+        assert_eq!(map.remove_if(&9, |_| unreachable!()), None);
+        assert_eq!(map.len(), 999);
+        for key in (0..1001).filter(|key| ![8, 9].contains(key)) {
+            assert!(map.get_cloned(&key).is_some(), "{key}");
+        }
+    }
+
+    #[test]
+    fn threads_see_each_others_entries() {
+        let map = ShardedMap::<u64, u64>::new();
+        std::thread::scope(|scope| {
+            for thread in 0..4 {
+                let map = &map;
+                scope.spawn(move || {
+                    for key in (thread..4000).step_by(4) {
+                        map.insert_new(key, key * 2);
+                    }
+                });
+            }
+        });
+        assert_eq!(map.len(), 4000);
+        assert!((0..4000).all(|key| map.get_cloned(&key) == Some(key * 2)));
+    }
+}
