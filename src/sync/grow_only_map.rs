@@ -240,9 +240,7 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
         // The mask taken from the slice itself, and the slice known not to be empty, lets
         // the compiler see that a masked index is in bounds: no check on each probe.
         let slots = &*table.slots;
-        let Some(mask) = slots.len().checked_sub(1) else {
-            return None;
-        };
+        let mask = slots.len().checked_sub(1)?;
         let mut index = hash as usize & mask;
         loop {
             // Acquire: pairs with `Table::place`, so the entry is there.

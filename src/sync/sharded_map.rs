@@ -27,10 +27,13 @@ const SHARDS_MAX: usize = 256;
 /// A value of a [`ShardedMap`], locked in place: its shard stays locked while this lives.
 pub(crate) type MapRef<'a, V> = MappedMutexGuard<'a, V>;
 
+/// One shard: its entries behind its lock.
+type Shard<K, V> = Mutex<HashTable<(K, V)>>;
+
 /// A sharded concurrent map (see the module docs).
 pub(crate) struct ShardedMap<K, V> {
     /// The shards: a power of two of them.
-    shards: Box<[CachePadded<Mutex<HashTable<(K, V)>>>]>,
+    shards: Box<[CachePadded<Shard<K, V>>]>,
     /// `64 − log2(shards)`: a hash shifted left by 7 and right by this picks the shard.
     shift: u32,
     /// The hasher of the keys.
@@ -56,7 +59,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
 
     /// The hash of `key` and its shard.
     #[inline(always)]
-    fn shard(&self, key: &K) -> (u64, &Mutex<HashTable<(K, V)>>) {
+    fn shard(&self, key: &K) -> (u64, &Shard<K, V>) {
         let hash = self.hasher.hash_one(key);
         // The top 7 bits are hashbrown's tag within a shard: the shard takes the ones below.
         let index = ((hash << 7) >> self.shift) as usize;
