@@ -557,7 +557,9 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
     /// Records the end of a hold removed with its stock moved: its deadline leaves the
     /// expiry index, and its idempotency key, if any, answers with the resolved
     /// reservation until pruned. `now` is the clock reading taken before the hold's shard
-    /// was locked (`Some` whenever the hold has a deadline or a key).
+    /// was locked (`Some` whenever the hold has a deadline or a key). A hold with neither
+    /// (most) costs one check.
+    #[inline]
     fn finish<M>(
         &self,
         hold: Hold<K, H>,
@@ -565,18 +567,26 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
         expired: bool,
         moved: M,
     ) -> Resolved<K, M> {
-        let reservation = hold.reservation;
+        if hold.needs_clock() {
+            self.forget(&hold, now);
+        }
+        Resolved {
+            reservation: hold.reservation,
+            expired,
+            moved,
+        }
+    }
+
+    /// [`finish`](Self::finish) for a hold with a deadline or an idempotency key.
+    #[cold]
+    fn forget(&self, hold: &Hold<K, H>, now: Option<Instant>) {
+        let reservation = &hold.reservation;
         if let Some(deadline) = reservation.expires_at {
             self.expiry.remove(deadline, reservation.id);
         }
         if let Some((key, now)) = hold.key.as_ref().zip(now) {
             self.keys.resolved(key, reservation.id, now);
             self.keys.prune(now);
-        }
-        Resolved {
-            reservation,
-            expired,
-            moved,
         }
     }
 
