@@ -41,6 +41,13 @@ pub(crate) struct ShardedMap<K, V> {
     hasher: Hasher,
 }
 
+/// The shard of `hash` among `2^(64 − shift)` shards: the bits below the top 7, which are
+/// hashbrown's tag within a shard.
+#[inline(always)]
+fn shard_index(hash: u64, shift: u32) -> usize {
+    ((hash << 7) >> shift) as usize
+}
+
 impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
     /// An empty map with four shards per available core (a power of two, 4 to 256), as
     /// dashmap has.
@@ -53,7 +60,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
             shards: (0..shards)
                 .map(|_| CachePadded::new(Mutex::new(HashTable::new())))
                 .collect(),
-            shift: usize::BITS - shards.trailing_zeros(),
+            shift: u64::BITS - shards.trailing_zeros(),
             hasher: Hasher::default(),
         }
     }
@@ -62,9 +69,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
     #[inline(always)]
     fn shard(&self, key: &K) -> (u64, &Shard<K, V>) {
         let hash = self.hasher.hash_one(key);
-        // The top 7 bits are hashbrown's tag within a shard: the shard takes the ones below.
-        let index = ((hash << 7) >> self.shift) as usize;
-        (hash, &self.shards[index])
+        (hash, &self.shards[shard_index(hash, self.shift)])
     }
 
     /// The hash of a stored entry, for hashbrown's growth.
@@ -151,10 +156,34 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
 
 #[cfg(test)]
 mod tests {
-    use super::ShardedMap;
+    use super::{shard_index, ShardedMap, SHARDS_MAX, SHARDS_MIN};
+
+    /// Every hash picks a shard in range, for every shard count a map can have.
+    #[test]
+    fn every_hash_picks_a_shard_in_range() {
+        let mut shards = SHARDS_MIN;
+        while shards <= SHARDS_MAX {
+            let shift = u64::BITS - shards.trailing_zeros();
+            let picked: Vec<usize> = [0, 1 << 56, u64::MAX >> 7, u64::MAX]
+                .into_iter()
+                .map(|hash| shard_index(hash, shift))
+                .collect();
+            assert!(
+                picked.iter().all(|index| *index < shards),
+                "{shards}: {picked:?}"
+            );
+            assert_eq!(shard_index(u64::MAX, shift), shards - 1);
+            assert_eq!(
+                shard_index(u64::MAX << 57, shift),
+                0,
+                "the tag bits pick no shard"
+            );
+            shards *= 2;
+        }
+    }
 
     #[test]
-    fn inserts_replaces_finds_and_removes() {
+    fn inserts_finds_and_removes() {
         let map = ShardedMap::<u64, String>::new();
         for key in 0..1000 {
             map.insert_new(key, key.to_string());
