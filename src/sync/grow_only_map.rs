@@ -489,6 +489,14 @@ mod tests {
 mod loom_model {
     use super::*;
 
+    /// A shared map of `u64` keys and values with `fault` planted (none: the real map).
+    fn shared_map(fault: Option<Fault>) -> loom::sync::Arc<GrowOnlyMap<u64, u64>> {
+        loom::sync::Arc::new(GrowOnlyMap {
+            fault,
+            ..GrowOnlyMap::new()
+        })
+    }
+
     /// A reader looks keys up while a writer inserts a second key, which fills the first
     /// table past half and so builds and publishes the second. The reader sees the first key
     /// whichever table it probes, and the second key either absent or with its value,
@@ -509,11 +517,7 @@ mod loom_model {
 
     fn lookups_race_a_growth(fault: Option<Fault>) {
         loom::model(move || {
-            let map = GrowOnlyMap {
-                fault,
-                ..GrowOnlyMap::new()
-            };
-            let map = loom::sync::Arc::new(map);
+            let map = shared_map(fault);
             map.get_or_insert_with(&1_u64, || 10_u64);
             let reader = {
                 let map = map.clone();
@@ -558,11 +562,7 @@ mod loom_model {
 
     fn racing_inserts_of_one_key(fault: Option<Fault>) {
         loom::model(move || {
-            let map = GrowOnlyMap {
-                fault,
-                ..GrowOnlyMap::new()
-            };
-            let map = loom::sync::Arc::new(map);
+            let map = shared_map(fault);
             let other = {
                 let map = map.clone();
                 loom::thread::spawn(move || {

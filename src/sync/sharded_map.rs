@@ -41,6 +41,12 @@ pub(crate) struct ShardedMap<K, V> {
     hasher: Hasher,
 }
 
+/// The shift that [`shard_index`] takes for `shards` shards (a power of two): the hash is
+/// 64 bits wide whatever the target's `usize`.
+fn shift_of(shards: usize) -> u32 {
+    u64::BITS - shards.trailing_zeros()
+}
+
 /// The shard of `hash` among `2^(64 − shift)` shards: the bits below the top 7, which are
 /// hashbrown's tag within a shard.
 #[inline(always)]
@@ -60,7 +66,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
             shards: (0..shards)
                 .map(|_| CachePadded::new(Mutex::new(HashTable::new())))
                 .collect(),
-            shift: u64::BITS - shards.trailing_zeros(),
+            shift: shift_of(shards),
             hasher: Hasher::default(),
         }
     }
@@ -156,30 +162,40 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
 
 #[cfg(test)]
 mod tests {
-    use super::{shard_index, ShardedMap, SHARDS_MAX, SHARDS_MIN};
+    use super::{shard_index, shift_of, ShardedMap, SHARDS_MAX, SHARDS_MIN};
+
+    /// Whether `shift` sends every hash, the extremes included, to one of `shards` shards,
+    /// the tag bits to none in particular, and the all-ones hash to the last shard.
+    fn picks_every_shard_in_range(shards: usize, shift: u32) -> bool {
+        [0, 1 << 56, u64::MAX >> 7, u64::MAX]
+            .into_iter()
+            .all(|hash| shard_index(hash, shift) < shards)
+            && shard_index(u64::MAX << 57, shift) == 0
+            && shard_index(u64::MAX, shift) == shards - 1
+    }
 
     /// Every hash picks a shard in range, for every shard count a map can have.
     #[test]
     fn every_hash_picks_a_shard_in_range() {
         let mut shards = SHARDS_MIN;
         while shards <= SHARDS_MAX {
-            let shift = u64::BITS - shards.trailing_zeros();
-            let picked: Vec<usize> = [0, 1 << 56, u64::MAX >> 7, u64::MAX]
-                .into_iter()
-                .map(|hash| shard_index(hash, shift))
-                .collect();
             assert!(
-                picked.iter().all(|index| *index < shards),
-                "{shards}: {picked:?}"
-            );
-            assert_eq!(shard_index(u64::MAX, shift), shards - 1);
-            assert_eq!(
-                shard_index(u64::MAX << 57, shift),
-                0,
-                "the tag bits pick no shard"
+                picks_every_shard_in_range(shards, shift_of(shards)),
+                "{shards}"
             );
             shards *= 2;
         }
+    }
+
+    /// Negative control: a shift one bit short (as a shift counted in 32-bit `usize`s was
+    /// on 32-bit targets, by far more) sends hashes past the last shard, and the check
+    /// says so.
+    #[test]
+    fn negative_control_a_short_shift_overruns_the_shards() {
+        assert!(!picks_every_shard_in_range(
+            SHARDS_MIN,
+            shift_of(SHARDS_MIN) - 1
+        ));
     }
 
     #[test]
