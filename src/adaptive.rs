@@ -371,7 +371,10 @@ impl<K: Sku> AdaptiveStore<K> {
         }
     }
 
-    /// Applies `change` to one SKU's slot by its mode; never refused for contention.
+    /// Applies `change` to one SKU's slot by its mode; never refused for contention. A
+    /// cold SKU's first attempt is inline; a lost race goes on in
+    /// [`update_contended`](Self::update_contended).
+    #[inline]
     fn update(
         &self,
         sku: &K,
@@ -380,15 +383,22 @@ impl<K: Sku> AdaptiveStore<K> {
         quantity: u64,
     ) -> Result<Moved, StockError<K>> {
         if slot.hot.load(Ordering::Acquire) {
-            self.update_locked(sku, slot, change, quantity, 0)
-        } else {
-            self.update_optimistic(sku, slot, change, quantity)
+            return self.update_locked(sku, slot, change, quantity, 0);
+        }
+        let current = slot.word.load(Ordering::Acquire);
+        match Self::attempt(slot, current, change, quantity) {
+            Attempt::Won(before, after) => Ok(self.won(slot, before, after)),
+            Attempt::Refused(refusal) => Err(refusal.into_error(sku.clone(), quantity)),
+            Attempt::Lost => self.update_contended(sku, slot, change, quantity),
         }
     }
 
-    /// The cold path: a CAS loop with back-off, as the optimistic store's; after
-    /// [`OPTIMISTIC_ATTEMPTS_MAX`] lost races, or once the SKU turned hot, the locked path.
-    fn update_optimistic(
+    /// The cold path after its first attempt lost a race: a CAS loop with back-off, as
+    /// the optimistic store's; after [`OPTIMISTIC_ATTEMPTS_MAX`] lost races, or once the
+    /// SKU turned hot, the locked path.
+    #[cold]
+    #[inline(never)]
+    fn update_contended(
         &self,
         sku: &K,
         slot: &Slot,
@@ -396,8 +406,15 @@ impl<K: Sku> AdaptiveStore<K> {
         quantity: u64,
     ) -> Result<Moved, StockError<K>> {
         let backoff = Backoff::new();
-        let mut current = slot.word.load(Ordering::Acquire);
-        for lost in 0..OPTIMISTIC_ATTEMPTS_MAX {
+        for lost in 1..OPTIMISTIC_ATTEMPTS_MAX {
+            // Lost to another writer. If the SKU turned hot meanwhile, queue on its lock;
+            // else back off and read the word afresh (see the optimistic store for why not
+            // the stale value the CAS returned).
+            if slot.hot.load(Ordering::Acquire) {
+                return self.update_locked(sku, slot, change, quantity, u64::from(lost));
+            }
+            backoff.snooze();
+            let current = slot.word.load(Ordering::Acquire);
             match Self::attempt(slot, current, change, quantity) {
                 Attempt::Won(before, after) => {
                     self.count_conflicts(slot, u64::from(lost));
@@ -407,17 +424,7 @@ impl<K: Sku> AdaptiveStore<K> {
                     self.count_conflicts(slot, u64::from(lost));
                     return Err(refusal.into_error(sku.clone(), quantity));
                 }
-                Attempt::Lost => {
-                    // Lost to another writer. If the SKU turned hot meanwhile, queue on
-                    // its lock; else back off and read the word afresh (see the
-                    // optimistic store for why not the stale value the CAS returned).
-                    if slot.hot.load(Ordering::Acquire) {
-                        let lost = u64::from(lost) + 1;
-                        return self.update_locked(sku, slot, change, quantity, lost);
-                    }
-                    backoff.snooze();
-                    current = slot.word.load(Ordering::Acquire);
-                }
+                Attempt::Lost => {}
             }
         }
         let lost = u64::from(OPTIMISTIC_ATTEMPTS_MAX);

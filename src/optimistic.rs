@@ -179,7 +179,8 @@ impl<K: Sku> OptimisticStore<K> {
     }
 
     /// [`update`](Self::update), returning `report(before, after)` of the winning change:
-    /// what moved, or nothing for a caller with no event sink.
+    /// what moved, or nothing for a caller with no event sink. The first attempt is
+    /// inline; a lost race goes on in [`update_contended`](Self::update_contended).
     #[inline]
     fn update_then<R>(
         &self,
@@ -189,34 +190,54 @@ impl<K: Sku> OptimisticStore<K> {
         quantity: u64,
         report: impl FnOnce(StockLevel, StockLevel) -> R,
     ) -> Result<R, StockError<K>> {
+        let current = slot.word.load(Ordering::Acquire);
+        let before = unpack(current);
+        let after = before
+            .apply(change, quantity, 0, LIMITS)
+            .map_err(|refusal| refusal.into_error(sku.clone(), quantity))?;
+        match slot
+            .word
+            .compare_exchange(current, pack(after), Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ok(report(before, after)),
+            Err(_) => self.update_contended(sku, slot, change, quantity, report),
+        }
+    }
+
+    /// The rest of [`update_then`](Self::update_then) after its first attempt lost a race:
+    /// a CAS retry loop with back-off, up to the store's retry bound, then `Conflict`.
+    #[cold]
+    #[inline(never)]
+    fn update_contended<R>(
+        &self,
+        sku: &K,
+        slot: &Slot,
+        change: Change,
+        quantity: u64,
+        report: impl FnOnce(StockLevel, StockLevel) -> R,
+    ) -> Result<R, StockError<K>> {
         let backoff = Backoff::new();
-        let mut current = slot.word.load(Ordering::Acquire);
-        for attempt in 0..self.retries_max {
+        for attempt in 1..self.retries_max {
+            // Lost to another writer. Back off, then read the word afresh: the value the
+            // failed CAS returned is stale once we have waited, and retrying from it (as
+            // this loop once did) lost every race to a writer that did not wait, up to
+            // `Conflict` with stock to spare. `snooze` spins for its first steps and then
+            // yields the processor, which lets preempted writers run on an oversubscribed
+            // machine.
+            backoff.snooze();
+            let current = slot.word.load(Ordering::Acquire);
             let before = unpack(current);
             let after = before
                 .apply(change, quantity, 0, LIMITS)
                 .map_err(|refusal| refusal.into_error(sku.clone(), quantity));
             let after = after.inspect_err(|_| self.count_lost(attempt))?;
-            match slot.word.compare_exchange(
-                current,
-                pack(after),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    self.count_lost(attempt);
-                    return Ok(report(before, after));
-                }
-                Err(_) => {
-                    // Lost to another writer. Back off, then read the word afresh: the
-                    // value the failed CAS returned is stale once we have waited, and
-                    // retrying from it (as this loop once did) lost every race to a
-                    // writer that did not wait, up to `Conflict` with stock to spare.
-                    // `snooze` spins for its first steps and then yields the processor,
-                    // which lets preempted writers run on an oversubscribed machine.
-                    backoff.snooze();
-                    current = slot.word.load(Ordering::Acquire);
-                }
+            if slot
+                .word
+                .compare_exchange(current, pack(after), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.count_lost(attempt);
+                return Ok(report(before, after));
             }
         }
         self.count_lost(self.retries_max);
