@@ -211,25 +211,37 @@ pub(crate) fn sell_locked<K: Sku, H, S: LockedSkus<K>>(
 
 /// [`StockStore::commit`](crate::StockStore::commit) (`change` = `Commit`) and
 /// [`StockStore::release`](crate::StockStore::release) (`Release`) for any store.
+#[inline]
 pub(crate) fn resolve<K: Sku, B: Backend<K>>(
     store: &B,
     id: ReservationId,
     change: Change,
 ) -> Result<Reservation<K>, StockError<K>> {
     let life = store.lifecycle();
-    if !life.events.enabled() {
-        // Nobody listens: no move to report, so none is built.
-        let resolved = life.registry.resolve(id, |lines, handle, expired| {
-            let change = if expired { Change::Release } else { change };
-            store.settle_quiet(lines, handle, change);
-        })?;
-        life.stats.count(resolved_stat(resolved.expired, change));
-        return if resolved.expired {
-            Err(StockError::Expired(id))
-        } else {
-            Ok(resolved.reservation)
-        };
+    if life.events.enabled() {
+        return resolve_reported(store, id, change);
     }
+    // Nobody listens: no move to report, so none is built.
+    let resolved = life.registry.resolve(id, |lines, handle, expired| {
+        let change = if expired { Change::Release } else { change };
+        store.settle_quiet(lines, handle, change);
+    })?;
+    life.stats.count(resolved_stat(resolved.expired, change));
+    if resolved.expired {
+        Err(StockError::Expired(id))
+    } else {
+        Ok(resolved.reservation)
+    }
+}
+
+/// [`resolve`] when an event sink listens: the moves are built and reported.
+#[inline(never)]
+fn resolve_reported<K: Sku, B: Backend<K>>(
+    store: &B,
+    id: ReservationId,
+    change: Change,
+) -> Result<Reservation<K>, StockError<K>> {
+    let life = store.lifecycle();
     let resolved = life.registry.resolve(id, |lines, _, expired| {
         // Past its deadline, a hold's stock goes back whatever the caller asked for.
         let change = if expired { Change::Release } else { change };

@@ -433,6 +433,7 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
     ///
     /// `settle` runs under the lock of the hold's shard: calls on holds of that shard
     /// wait for it.
+    #[inline]
     pub(crate) fn resolve<M>(
         &self,
         id: ReservationId,

@@ -122,6 +122,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
     /// Inserts `value` for `key`, which the caller knows is absent (a reservation id,
     /// never issued twice): no search for it first. A `key` already present would be
     /// found twice, so a debug build checks.
+    #[inline]
     pub(crate) fn insert_new(&self, key: K, value: V) {
         let (hash, shard) = self.shard(&key);
         let mut table = shard.lock();
@@ -140,6 +141,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
     /// the value when `f` returns `true`: one lookup. `None` when absent (`f` not called)
     /// or kept. `f` must not touch this map, and may wait only for locks whose holders
     /// never wait for this map.
+    #[inline]
     pub(crate) fn remove_if(&self, key: &K, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
         let (hash, shard) = self.shard(key);
         let mut table = shard.lock();
