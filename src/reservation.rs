@@ -10,7 +10,7 @@ use crate::error::StockError;
 use crate::expiry::ExpiryIndex;
 use crate::idempotency::{KeySlot, KeyTable};
 use crate::options::ReserveOptions;
-use crate::sync::{self, AtomicBool, Ordering, ShardedMap};
+use crate::sync::{self, AtomicBool, IdHasher, Ordering, ShardedMap};
 
 /// The id of a reservation (hold).
 ///
@@ -303,7 +303,7 @@ pub(crate) enum Extension<K, M> {
 pub(crate) struct Registry<K, H = ()> {
     /// Open holds; an entry is inserted after its stock is held, and removed by the call
     /// that moves its stock back or on (under the entry's shard lock).
-    holds: ShardedMap<ReservationId, Hold<K, H>>,
+    holds: ShardedMap<ReservationId, Hold<K, H>, IdHasher>,
     /// Deadlines of the open holds that have one.
     expiry: ExpiryIndex,
     /// Idempotency keys.

@@ -1,6 +1,6 @@
 //! The seam for every synchronisation primitive the crate uses.
 //!
-//! This file and its modules `grow_only_map` and `sharded_map` are the only ones that name
+//! This file and its modules `grow_only_map`, `sharded_map` and `id_hash` are the only ones that name
 //! `parking_lot`, `hashbrown`, `portable_atomic`, `loom`, `std::sync::atomic`, `OnceLock` or a spin/backoff
 //! hint. Every other file imports `crate::sync::…`, so under `--cfg loom` the loom models
 //! check the very code users run (the pattern of tokio's `src/loom/{std,mocked}.rs` and
@@ -15,7 +15,7 @@
 //! | [`Condvar`] (`wait(guard) -> guard`) | `parking_lot::Condvar` | `loom::sync::Condvar` |
 //! | [`Word`] (128-bit CAS word) | `portable_atomic::AtomicU128` | a loom mutex with the same `load`/`compare_exchange` |
 //! | [`Backoff`] | `crossbeam_utils::Backoff` | `loom::thread::yield_now` |
-//! | [`ShardedMap`] | ours: `parking_lot` mutexes over `hashbrown::HashTable` shards (foldhash) | `loom::sync::Mutex<HashMap>` |
+//! | [`ShardedMap`] | ours: `parking_lot` mutexes over `hashbrown::HashTable` shards (foldhash, or [`IdHasher`] for the ids the crate issues) | `loom::sync::Mutex<HashMap>` (the same hasher) |
 //! | `MapRef` (a value locked in place) | a mapped guard of its shard's mutex | the map's guard and the key |
 //! | [`GrowOnlyMap`] (the SKU maps) | ours: entries in `OnceLock` segments, linear probing over `std` atomics (foldhash) | the same code over loom's atomics (fixed hash seed) |
 //! | [`AtomicU32`], [`AtomicU64`], [`AtomicUsize`], [`AtomicBool`] | `std::sync::atomic` | `loom::sync::atomic` |
@@ -180,6 +180,9 @@ pub(crate) use foldhash::quality as hash_family;
 mod grow_only_map;
 pub(crate) use grow_only_map::{GrowOnlyMap, Position};
 
+mod id_hash;
+pub(crate) use id_hash::IdHasher;
+
 #[cfg(not(loom))]
 mod sharded_map;
 #[cfg(not(loom))]
@@ -235,7 +238,7 @@ mod real {
 #[cfg(loom)]
 mod mocked {
     use std::collections::HashMap;
-    use std::hash::Hash;
+    use std::hash::{BuildHasher, Hash};
     use std::ops::{Deref, DerefMut};
     use std::time::Instant;
 
@@ -406,12 +409,12 @@ mod mocked {
     }
 
     /// The loom twin of a value locked in place: the map's guard and the key.
-    pub(crate) struct MapRef<'a, K, V> {
-        map: loom::sync::MutexGuard<'a, HashMap<K, V>>,
+    pub(crate) struct MapRef<'a, K, V, S = super::Hasher> {
+        map: loom::sync::MutexGuard<'a, HashMap<K, V, S>>,
         key: K,
     }
 
-    impl<K: Hash + Eq, V> Deref for MapRef<'_, K, V> {
+    impl<K: Hash + Eq, V, S: BuildHasher> Deref for MapRef<'_, K, V, S> {
         type Target = V;
 
         fn deref(&self) -> &V {
@@ -422,14 +425,14 @@ mod mocked {
     }
 
     /// The loom twin of the sharded map: one loom mutex around a `HashMap`.
-    pub(crate) struct ShardedMap<K, V>(loom::sync::Mutex<HashMap<K, V>>);
+    pub(crate) struct ShardedMap<K, V, S = super::Hasher>(loom::sync::Mutex<HashMap<K, V, S>>);
 
-    impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
+    impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> ShardedMap<K, V, S> {
         pub(crate) fn new() -> Self {
-            Self(loom::sync::Mutex::new(HashMap::new()))
+            Self(loom::sync::Mutex::new(HashMap::with_hasher(S::default())))
         }
 
-        fn map(&self) -> loom::sync::MutexGuard<'_, HashMap<K, V>> {
+        fn map(&self) -> loom::sync::MutexGuard<'_, HashMap<K, V, S>> {
             self.0.lock().expect("loom mutex poisoned")
         }
 
@@ -444,7 +447,7 @@ mod mocked {
         /// The map's mutex stays locked while the guard lives: stricter than the real
         /// twin's shard lock (the whole map, not one shard), so a model reports as a
         /// deadlock any wait under the guard whose holder waits for the map.
-        pub(crate) fn get(&self, key: &K) -> Option<MapRef<'_, K, V>> {
+        pub(crate) fn get(&self, key: &K) -> Option<MapRef<'_, K, V, S>> {
             let map = self.map();
             map.contains_key(key).then(|| MapRef {
                 map,

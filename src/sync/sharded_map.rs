@@ -32,13 +32,14 @@ pub(crate) type MapRef<'a, V> = MappedMutexGuard<'a, V>;
 type Shard<K, V> = Mutex<HashTable<(K, V)>>;
 
 /// A sharded concurrent map (see the module docs).
-pub(crate) struct ShardedMap<K, V> {
+pub(crate) struct ShardedMap<K, V, S = Hasher> {
     /// The shards: a power of two of them.
     shards: Box<[CachePadded<Shard<K, V>>]>,
     /// `64 − log2(shards)`: a hash shifted left by 7 and right by this picks the shard.
     shift: u32,
-    /// The hasher of the keys.
-    hasher: Hasher,
+    /// The hasher of the keys: the seeded [`Hasher`] for keys that callers choose,
+    /// [`IdHasher`](super::IdHasher) for the ids the crate issues.
+    hasher: S,
 }
 
 /// The shift that [`shard_index`] takes for `shards` shards (a power of two): the hash is
@@ -54,7 +55,7 @@ fn shard_index(hash: u64, shift: u32) -> usize {
     ((hash << 7) >> shift) as usize
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
+impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> ShardedMap<K, V, S> {
     /// An empty map with four shards per available core (a power of two, 4 to 256), as
     /// dashmap has.
     pub(crate) fn new() -> Self {
@@ -67,7 +68,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
                 .map(|_| CachePadded::new(Mutex::new(HashTable::new())))
                 .collect(),
             shift: shift_of(shards),
-            hasher: Hasher::default(),
+            hasher: S::default(),
         }
     }
 
