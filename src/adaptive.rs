@@ -5,7 +5,7 @@ use std::fmt;
 
 use crate::builder::StoreBuilder;
 use crate::error::StockError;
-use crate::level::{Change, Moved, Refusal, StockLevel};
+use crate::level::{Change, Moved, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines;
 use crate::stats::Stat;
@@ -14,7 +14,7 @@ use crate::sync::{
     lock_noting_contention, AtomicBool, AtomicU64, Backoff, GrowOnlyMap, Mutex, Ordering, Tally,
     Word,
 };
-use crate::word::{pack, unpack, LIMITS};
+use crate::word::{attempt, pack, unpack, Attempt, LIMITS};
 use crate::word_lines::{with_known_sku, WordStore};
 
 /// Compare-and-swap attempts of a cold SKU's update before it takes the SKU's lock (it
@@ -215,16 +215,6 @@ impl Slot {
     }
 }
 
-/// How one compare-and-swap of a change on a SKU's word went.
-enum Attempt {
-    /// The change is in the word: the levels before and after it.
-    Won(StockLevel, StockLevel),
-    /// The change was refused by the counts (nothing written).
-    Refused(Refusal),
-    /// Another writer changed the word first (nothing written).
-    Lost,
-}
-
 impl<K: Sku> AdaptiveStore<K> {
     /// The largest on hand of one SKU, in units: 2⁴⁰ − 1.
     ///
@@ -353,24 +343,6 @@ impl<K: Sku> AdaptiveStore<K> {
         }
     }
 
-    /// One compare-and-swap of `change` on `slot` from the word `current`.
-    #[inline]
-    fn attempt(slot: &Slot, current: u128, change: Change, quantity: u64) -> Attempt {
-        let before = unpack(current);
-        match before.apply(change, quantity, 0, LIMITS) {
-            Err(refusal) => Attempt::Refused(refusal),
-            Ok(after) => match slot.word.compare_exchange(
-                current,
-                pack(after),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => Attempt::Won(before, after),
-                Err(_) => Attempt::Lost,
-            },
-        }
-    }
-
     /// Applies `change` to one SKU's slot by its mode; never refused for contention. A
     /// cold SKU's first attempt is inline; a lost race goes on in
     /// [`update_contended`](Self::update_contended).
@@ -385,8 +357,7 @@ impl<K: Sku> AdaptiveStore<K> {
         if slot.hot.load(Ordering::Acquire) {
             return self.update_locked(sku, slot, change, quantity, 0);
         }
-        let current = slot.word.load(Ordering::Acquire);
-        match Self::attempt(slot, current, change, quantity) {
+        match attempt(&slot.word, change, quantity) {
             Attempt::Won(before, after) => Ok(self.won(slot, before, after)),
             Attempt::Refused(refusal) => Err(refusal.into_error(sku.clone(), quantity)),
             Attempt::Lost => self.update_contended(sku, slot, change, quantity),
@@ -414,8 +385,7 @@ impl<K: Sku> AdaptiveStore<K> {
                 return self.update_locked(sku, slot, change, quantity, u64::from(lost));
             }
             backoff.snooze();
-            let current = slot.word.load(Ordering::Acquire);
-            match Self::attempt(slot, current, change, quantity) {
+            match attempt(&slot.word, change, quantity) {
                 Attempt::Won(before, after) => {
                     self.count_conflicts(slot, u64::from(lost));
                     return Ok(self.won(slot, before, after));
@@ -445,15 +415,13 @@ impl<K: Sku> AdaptiveStore<K> {
         let (guard, contended) = lock_noting_contention(&slot.lock);
         conflicts += u64::from(contended);
         let backoff = Backoff::new();
-        let mut current = slot.word.load(Ordering::Acquire);
         let outcome = loop {
-            match Self::attempt(slot, current, change, quantity) {
+            match attempt(&slot.word, change, quantity) {
                 Attempt::Won(before, after) => break Ok((before, after)),
                 Attempt::Refused(refusal) => break Err(refusal),
                 Attempt::Lost => {
                     conflicts += 1;
                     backoff.snooze();
-                    current = slot.word.load(Ordering::Acquire);
                 }
             }
         };

@@ -10,7 +10,7 @@ use crate::lines;
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
 use crate::sync::{AtomicU64, Backoff, GrowOnlyMap, Ordering, Word};
-use crate::word::{pack, unpack, LIMITS};
+use crate::word::{attempt, pack, unpack, Attempt, LIMITS};
 use crate::word_lines::{with_known_sku, WordStore};
 
 /// A stock store with **optimistic concurrency control**: each SKU's
@@ -190,17 +190,10 @@ impl<K: Sku> OptimisticStore<K> {
         quantity: u64,
         report: impl FnOnce(StockLevel, StockLevel) -> R,
     ) -> Result<R, StockError<K>> {
-        let current = slot.word.load(Ordering::Acquire);
-        let before = unpack(current);
-        let after = before
-            .apply(change, quantity, 0, LIMITS)
-            .map_err(|refusal| refusal.into_error(sku.clone(), quantity))?;
-        match slot
-            .word
-            .compare_exchange(current, pack(after), Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => Ok(report(before, after)),
-            Err(_) => self.update_contended(sku, slot, change, quantity, report),
+        match attempt(&slot.word, change, quantity) {
+            Attempt::Won(before, after) => Ok(report(before, after)),
+            Attempt::Refused(refusal) => Err(refusal.into_error(sku.clone(), quantity)),
+            Attempt::Lost => self.update_contended(sku, slot, change, quantity, report),
         }
     }
 
@@ -217,7 +210,7 @@ impl<K: Sku> OptimisticStore<K> {
         report: impl FnOnce(StockLevel, StockLevel) -> R,
     ) -> Result<R, StockError<K>> {
         let backoff = Backoff::new();
-        for attempt in 1..self.retries_max {
+        for lost in 1..self.retries_max {
             // Lost to another writer. Back off, then read the word afresh: the value the
             // failed CAS returned is stale once we have waited, and retrying from it (as
             // this loop once did) lost every race to a writer that did not wait, up to
@@ -225,19 +218,16 @@ impl<K: Sku> OptimisticStore<K> {
             // yields the processor, which lets preempted writers run on an oversubscribed
             // machine.
             backoff.snooze();
-            let current = slot.word.load(Ordering::Acquire);
-            let before = unpack(current);
-            let after = before
-                .apply(change, quantity, 0, LIMITS)
-                .map_err(|refusal| refusal.into_error(sku.clone(), quantity));
-            let after = after.inspect_err(|_| self.count_lost(attempt))?;
-            if slot
-                .word
-                .compare_exchange(current, pack(after), Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                self.count_lost(attempt);
-                return Ok(report(before, after));
+            match attempt(&slot.word, change, quantity) {
+                Attempt::Won(before, after) => {
+                    self.count_lost(lost);
+                    return Ok(report(before, after));
+                }
+                Attempt::Refused(refusal) => {
+                    self.count_lost(lost);
+                    return Err(refusal.into_error(sku.clone(), quantity));
+                }
+                Attempt::Lost => {}
             }
         }
         self.count_lost(self.retries_max);

@@ -9,7 +9,8 @@
 //! | 40..80 | `reserved` ([`RESERVED_SHIFT`]) |
 //! | 80..128 | `version` ([`VERSION_SHIFT`], [`VERSION_BITS`]) |
 
-use crate::level::{Limits, StockLevel};
+use crate::level::{Change, Limits, Refusal, StockLevel};
+use crate::sync::{Ordering, Word};
 
 /// Bits of the word that hold `on_hand` (the lowest bits), and `reserved`.
 pub(crate) const COUNT_BITS: u32 = 40;
@@ -42,6 +43,34 @@ pub(crate) fn unpack(word: u128) -> StockLevel {
         on_hand: (word & COUNT_MASK) as u64,
         reserved: ((word >> RESERVED_SHIFT) & COUNT_MASK) as u64,
         version: (word >> VERSION_SHIFT) as u64,
+    }
+}
+
+/// How one compare-and-swap of a change on a SKU's word went ([`attempt`]).
+pub(crate) enum Attempt {
+    /// The change is in the word: the levels before and after it.
+    Won(StockLevel, StockLevel),
+    /// The change was refused by the counts (nothing written).
+    Refused(Refusal),
+    /// Another writer changed the word first (nothing written).
+    Lost,
+}
+
+/// One attempt of `change` of `quantity` units on `word`: read it afresh, apply the change
+/// to its level, and compare-and-swap the result in. The one step both compare-and-swap
+/// stores repeat, each with its own policy on a lost race.
+#[inline(always)]
+pub(crate) fn attempt(word: &Word, change: Change, quantity: u64) -> Attempt {
+    let current = word.load(Ordering::Acquire);
+    let before = unpack(current);
+    match before.apply(change, quantity, 0, LIMITS) {
+        Err(refusal) => Attempt::Refused(refusal),
+        Ok(after) => {
+            match word.compare_exchange(current, pack(after), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => Attempt::Won(before, after),
+                Err(_) => Attempt::Lost,
+            }
+        }
     }
 }
 
