@@ -1,6 +1,6 @@
 //! The seam for every synchronisation primitive the crate uses.
 //!
-//! This file and its modules `grow_only_map`, `sharded_map` and `id_hash` are the only ones that name
+//! This file and its modules `grow_only_map` and `sharded_map` are the only ones that name
 //! `parking_lot`, `hashbrown`, `portable_atomic`, `loom`, `std::sync::atomic`, `OnceLock` or a spin/backoff
 //! hint. Every other file imports `crate::sync::…`, so under `--cfg loom` the loom models
 //! check the very code users run (the pattern of tokio's `src/loom/{std,mocked}.rs` and

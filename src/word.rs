@@ -1,5 +1,6 @@
 //! The packed `(on_hand, reserved, version)` word of the compare-and-swap stores (the
-//! optimistic and the adaptive store): its layout, limits, and packing.
+//! optimistic and the adaptive store): its layout, limits, packing, and the one
+//! compare-and-swap step ([`attempt`]) both stores retry by their own policy.
 //!
 //! Layout, from the lowest bit:
 //!
