@@ -616,7 +616,7 @@ impl<K: Sku> fmt::Debug for AdaptiveStore<K> {
         let (keys, deadlines) = self.lifecycle.registry.index_sizes();
         f.debug_struct("AdaptiveStore")
             .field("skus", &self.skus.len())
-            .field("hot_skus", &self.lifecycle.stats.snapshot().hot_skus)
+            .field("hot_skus", &self.lifecycle.stats().hot_skus)
             .field("open_holds", &self.lifecycle.registry.len())
             .field("deadlines", &deadlines)
             .field("idempotency_keys", &keys)

@@ -15,7 +15,7 @@ use crate::options::ReserveOptions;
 use crate::reservation::{
     Extension, HoldLines, Opened, Registry, Reservation, ReservationId, Resolved,
 };
-use crate::stats::{Stat, Stats};
+use crate::stats::{Stat, Stats, StoreStats};
 use crate::store::Sku;
 
 /// The parts every store shares: its holds, its event sink, its counters.
@@ -118,7 +118,7 @@ macro_rules! lifecycle_methods {
         }
 
         fn stats(&self) -> $crate::StoreStats {
-            self.lifecycle.stats.snapshot()
+            self.lifecycle.stats()
         }
     };
 }
@@ -139,11 +139,9 @@ pub(crate) fn reserve<K: Sku, B: Backend<K>>(
             let held = store.hold_quiet(line);
             life.stats.count_refusal(&held);
             let handle = held?;
-            let reservation = life
+            Ok(life
                 .registry
-                .open_plain(HoldLines::One([line.clone()]), handle);
-            life.stats.count(Stat::Reserves);
-            Ok(reservation)
+                .open_plain(HoldLines::One([line.clone()]), handle))
         }
         _ => reserve_with(store, lines, &ReserveOptions::new()),
     }
@@ -221,12 +219,10 @@ pub(crate) fn resolve<K: Sku, B: Backend<K>>(
     if life.events.enabled() {
         return resolve_reported(store, id, change);
     }
-    // Nobody listens: no move to report, so none is built.
-    let resolved = life.registry.resolve(id, |lines, handle, expired| {
-        let change = if expired { Change::Release } else { change };
+    // Nobody listens: no move to report, so none is built. The registry counts the hold.
+    let resolved = life.registry.resolve(id, change, |lines, handle, change| {
         store.settle_quiet(lines, handle, change);
     })?;
-    life.stats.count(resolved_stat(resolved.expired, change));
     if resolved.expired {
         Err(StockError::Expired(id))
     } else {
@@ -242,22 +238,12 @@ fn resolve_reported<K: Sku, B: Backend<K>>(
     change: Change,
 ) -> Result<Reservation<K>, StockError<K>> {
     let life = store.lifecycle();
-    let resolved = life.registry.resolve(id, |lines, _, expired| {
-        // Past its deadline, a hold's stock goes back whatever the caller asked for.
-        let change = if expired { Change::Release } else { change };
-        store.settle(lines, change)
-    })?;
-    let stat = resolved_stat(resolved.expired, change);
-    report(life, resolved, stat)
-}
-
-/// The statistic of a hold resolved by `change` (`expired`: past its deadline).
-fn resolved_stat(expired: bool, change: Change) -> Stat {
-    match (expired, change) {
-        (true, _) => Stat::Expirations,
-        (false, Change::Commit) => Stat::Commits,
-        (false, _) => Stat::Releases,
-    }
+    // Past its deadline, a hold's stock goes back (`change` is then `Release`) whatever
+    // the caller asked for.
+    let resolved = life
+        .registry
+        .resolve(id, change, |lines, _, change| store.settle(lines, change))?;
+    report(life, resolved, change)
 }
 
 /// [`StockStore::extend`](crate::StockStore::extend) for any store.
@@ -275,7 +261,7 @@ pub(crate) fn extend<K: Sku, B: Backend<K>>(
             life.stats.count(Stat::Extensions);
             Ok(reservation)
         }
-        Extension::Expired(resolved) => report(life, resolved, Stat::Expirations),
+        Extension::Expired(resolved) => report(life, resolved, Change::Release),
     }
 }
 
@@ -298,7 +284,6 @@ pub(crate) fn expire_due<K: Sku, B: Backend<K>>(store: &B) -> Vec<Reservation<K>
         else {
             continue;
         };
-        life.stats.count(Stat::Expirations);
         if life.events.enabled() {
             moves.push(resolved.moved);
         }
@@ -315,7 +300,8 @@ pub(crate) fn expire_due<K: Sku, B: Backend<K>>(store: &B) -> Vec<Reservation<K>
     expired
 }
 
-/// Counts and reports a hold resolved as `stat` (its stock already moved, the hold gone).
+/// Reports a hold resolved by `change` (`Commit` or `Release`; its stock already moved,
+/// the hold gone and counted by the registry).
 ///
 /// # Errors
 ///
@@ -323,15 +309,17 @@ pub(crate) fn expire_due<K: Sku, B: Backend<K>>(store: &B) -> Vec<Reservation<K>
 fn report<K: Sku, H>(
     life: &Lifecycle<K, H>,
     resolved: Resolved<K, Moves>,
-    stat: Stat,
+    change: Change,
 ) -> Result<Reservation<K>, StockError<K>> {
     let reservation = resolved.reservation;
     let id = reservation.id();
-    life.stats.count(stat);
-    life.emit(reservation.lines(), &resolved.moved, |lines| match stat {
-        Stat::Expirations => StockEvent::Expired { id, lines },
-        Stat::Commits => StockEvent::Committed { id, lines },
-        _ => StockEvent::Released { id, lines },
+    let expired = resolved.expired;
+    life.emit(reservation.lines(), &resolved.moved, |lines| {
+        match (expired, change) {
+            (true, _) => StockEvent::Expired { id, lines },
+            (false, Change::Commit) => StockEvent::Committed { id, lines },
+            (false, _) => StockEvent::Released { id, lines },
+        }
     });
     if resolved.expired {
         Err(StockError::Expired(id))
@@ -340,10 +328,16 @@ fn report<K: Sku, H>(
     }
 }
 
+impl<K: Sku, H: Clone + Default> Lifecycle<K, H> {
+    /// The store's statistics: the striped counters, and the registry's counts of holds.
+    pub(crate) fn stats(&self) -> StoreStats {
+        self.stats.snapshot(self.registry.counts())
+    }
+}
+
 impl<K: Sku, H> Lifecycle<K, H> {
-    /// Counts and reports a new hold whose stock moved as `moved`.
+    /// Reports a new hold (counted by the registry) whose stock moved as `moved`.
     pub(crate) fn opened(&self, reservation: &Reservation<K>, moved: &[Moved]) {
-        self.stats.count(Stat::Reserves);
         self.emit(reservation.lines(), moved, |lines| StockEvent::Reserved {
             id: reservation.id(),
             lines,

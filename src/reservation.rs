@@ -9,6 +9,7 @@ use crate::clock::Clock;
 use crate::error::StockError;
 use crate::expiry::ExpiryIndex;
 use crate::idempotency::{KeySlot, KeyTable};
+use crate::level::Change;
 use crate::options::ReserveOptions;
 use crate::sync::{self, AtomicBool, IdHasher, Ordering, ShardedMap};
 
@@ -285,6 +286,46 @@ pub(crate) enum Extension<K, M> {
     Expired(Resolved<K, M>),
 }
 
+/// How many holds a registry opened, and how each of those that left it left: counted per
+/// shard of its holds, under the shard's lock, by the call that opened or resolved the
+/// hold. So counting costs `reserve`, `commit` and `release` no atomic read-modify-write
+/// and no thread-local lookup of their own, and a hold is counted resolved exactly when it
+/// leaves. Counts wrap, like the store's other counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HoldCounts {
+    /// Holds opened.
+    pub(crate) opened: u64,
+    /// Holds committed.
+    pub(crate) committed: u64,
+    /// Holds released.
+    pub(crate) released: u64,
+    /// Holds expired (their stock went back at or past their deadline).
+    pub(crate) expired: u64,
+}
+
+impl HoldCounts {
+    /// Counts a hold that left by `change` (`Commit` or `Release`), or expired.
+    #[inline]
+    fn resolved(&mut self, change: Change, expired: bool) {
+        let count = match (expired, change) {
+            (true, _) => &mut self.expired,
+            (false, Change::Commit) => &mut self.committed,
+            (false, _) => &mut self.released,
+        };
+        *count = count.wrapping_add(1);
+    }
+
+    /// These counts plus `other`'s.
+    fn plus(self, other: &Self) -> Self {
+        Self {
+            opened: self.opened.wrapping_add(other.opened),
+            committed: self.committed.wrapping_add(other.committed),
+            released: self.released.wrapping_add(other.released),
+            expired: self.expired.wrapping_add(other.expired),
+        }
+    }
+}
+
 /// The open holds of one store: reservation id -> its lines and deadline, with the expiry
 /// index of their deadlines and the idempotency table of their keys.
 ///
@@ -303,7 +344,7 @@ pub(crate) enum Extension<K, M> {
 pub(crate) struct Registry<K, H = ()> {
     /// Open holds; an entry is inserted after its stock is held, and removed by the call
     /// that moves its stock back or on (under the entry's shard lock).
-    holds: ShardedMap<ReservationId, Hold<K, H>, IdHasher>,
+    holds: ShardedMap<ReservationId, Hold<K, H>, IdHasher, HoldCounts>,
     /// Deadlines of the open holds that have one.
     expiry: ExpiryIndex,
     /// Idempotency keys.
@@ -411,18 +452,20 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
             handle,
         };
         // A new id: no hold has it.
-        self.holds.insert_new(reservation.id, hold);
+        self.holds.insert_new(reservation.id, hold, |counts| {
+            counts.opened = counts.opened.wrapping_add(1);
+        });
         if let Some(deadline) = expires_at {
             self.expiry.insert(deadline, reservation.id);
         }
         reservation
     }
 
-    /// Resolves the open hold `id`: under its shard lock, moves its stock with
-    /// `settle(lines, handle, expired)` (`handle`: what the store kept when it opened the
-    /// hold; `expired`: its deadline had passed, so its stock goes
-    /// back whatever the caller asked for) and removes it; then forgets its deadline and
-    /// records its idempotency key as resolved. One lookup.
+    /// Resolves the open hold `id` by `change` (`Commit` or `Release`): under its shard
+    /// lock, moves its stock with `settle(lines, handle, change)` (`handle`: what the store
+    /// kept when it opened the hold; `change`: `Release` when its deadline had passed, so
+    /// its stock goes back whatever the caller asked for), counts it and removes it; then
+    /// forgets its deadline and records its idempotency key as resolved. One lookup.
     ///
     /// # Errors
     ///
@@ -437,7 +480,8 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
     pub(crate) fn resolve<M>(
         &self,
         id: ReservationId,
-        settle: impl FnOnce(&[(K, u64)], &H, bool) -> M,
+        change: Change,
+        settle: impl FnOnce(&[(K, u64)], &H, Change) -> M,
     ) -> Result<Resolved<K, M>, StockError<K>> {
         // The clock is user code: read it before the hold's shard is locked, and only once
         // some hold needed it. A hold found needing it without a reading sends us back for
@@ -447,14 +491,19 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
         loop {
             let mut outcome = None;
             let mut needs_clock = false;
-            let removed = self.holds.remove_if(&id, |hold| {
+            let removed = self.holds.remove_if(&id, |hold, counts| {
                 if now.is_none() && hold.needs_clock() {
                     needs_clock = true;
                     return false;
                 }
                 let expired = hold.is_due(now);
                 let settle = settle.take().expect("a hold is settled once");
-                let moved = settle(hold.reservation.lines(), &hold.handle, expired);
+                let moved = settle(
+                    hold.reservation.lines(),
+                    &hold.handle,
+                    if expired { Change::Release } else { change },
+                );
+                counts.resolved(change, expired);
                 outcome = Some((expired, moved));
                 true
             });
@@ -487,9 +536,10 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
         let now = self.clock.now();
         let deadline = now.checked_add(ttl);
         let mut outcome = None;
-        let removed = self.holds.remove_if(&id, |hold| {
+        let removed = self.holds.remove_if(&id, |hold, counts| {
             if hold.is_due(Some(now)) {
                 outcome = Some(Err(settle(hold.reservation.lines())));
+                counts.resolved(Change::Release, true);
                 return true;
             }
             let reservation = &mut hold.reservation;
@@ -544,11 +594,12 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
         settle: impl FnOnce(&[(K, u64)]) -> M,
     ) -> Option<Resolved<K, M>> {
         let mut moved = None;
-        let removed = self.holds.remove_if(&id, |hold| {
+        let removed = self.holds.remove_if(&id, |hold, counts| {
             if !hold.is_due(Some(now)) {
                 return false;
             }
             moved = Some(settle(hold.reservation.lines()));
+            counts.resolved(Change::Release, true);
             true
         })?;
         let moved = moved.expect("a removed hold was settled");
@@ -594,6 +645,13 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
     /// Number of open holds.
     pub(crate) fn len(&self) -> usize {
         self.holds.len()
+    }
+
+    /// How many holds were opened, committed, released and expired, summed over the
+    /// shards (each locked in turn: exact once no hold opens or resolves meanwhile).
+    pub(crate) fn counts(&self) -> HoldCounts {
+        self.holds
+            .fold_tallies(HoldCounts::default(), HoldCounts::plus)
     }
 
     /// Number of idempotency keys remembered and of expiry index entries.

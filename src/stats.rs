@@ -1,12 +1,17 @@
-//! Operation statistics, counted on striped counters so counting shares no hot cache line.
+//! Operation statistics: holds counted by the registry under the locks it already takes,
+//! the rest on striped counters, so counting shares no hot cache line.
 
+use crate::reservation::HoldCounts;
 use crate::sync::StripedCounters;
 
 /// Counts of what a store did since it was built, from [`StockStore::stats`](crate::StockStore::stats).
 ///
-/// The counters are striped per thread (a `LongAdder`), so counting adds no cache line that
-/// every thread writes. A snapshot taken while other threads work sums stripes one by one
-/// and is not one instant's state; taken after they were joined, it is exact.
+/// Holds opened, committed, released and expired are counted per shard of the store's
+/// registry of holds, under the shard lock that opening or resolving the hold takes anyway;
+/// the other counters are striped per thread (a `LongAdder`). So counting adds no cache
+/// line that every thread writes. A snapshot taken while other threads work sums shards and
+/// stripes one by one and is not one instant's state; taken after they were joined, it is
+/// exact.
 ///
 /// # Examples
 ///
@@ -70,10 +75,6 @@ pub struct StoreStats {
 /// One counter of [`StoreStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stat {
-    Reserves,
-    Commits,
-    Releases,
-    Expirations,
     Extensions,
     Replays,
     Refusals,
@@ -86,7 +87,7 @@ pub(crate) enum Stat {
 }
 
 /// Number of [`Stat`]s.
-const STAT_COUNT: usize = 13;
+const STAT_COUNT: usize = 9;
 
 /// The counters of one store.
 pub(crate) struct Stats {
@@ -120,14 +121,15 @@ impl Stats {
         }
     }
 
-    /// The counts now.
-    pub(crate) fn snapshot(&self) -> StoreStats {
+    /// The counts now, with the registry's counts of holds (`holds`: what
+    /// [`Registry::counts`](crate::reservation::Registry::counts) returned).
+    pub(crate) fn snapshot(&self, holds: HoldCounts) -> StoreStats {
         let sum = |stat: Stat| self.counters.sum(stat as usize);
         StoreStats {
-            reserves: sum(Stat::Reserves),
-            commits: sum(Stat::Commits),
-            releases: sum(Stat::Releases),
-            expirations: sum(Stat::Expirations),
+            reserves: holds.opened,
+            commits: holds.committed,
+            releases: holds.released,
+            expirations: holds.expired,
             extensions: sum(Stat::Extensions),
             replays: sum(Stat::Replays),
             refusals: sum(Stat::Refusals),
@@ -149,10 +151,6 @@ mod tests {
     fn every_stat_has_its_own_counter() {
         let stats = Stats::new();
         let all = [
-            Stat::Reserves,
-            Stat::Commits,
-            Stat::Releases,
-            Stat::Expirations,
             Stat::Extensions,
             Stat::Replays,
             Stat::Refusals,
@@ -165,9 +163,15 @@ mod tests {
         ];
         assert_eq!(all.len(), STAT_COUNT);
         for (index, stat) in all.into_iter().enumerate() {
-            stats.add(stat, index as u64 + 1);
+            stats.add(stat, index as u64 + 5);
         }
-        let snapshot = stats.snapshot();
+        let holds = HoldCounts {
+            opened: 1,
+            committed: 2,
+            released: 3,
+            expired: 4,
+        };
+        let snapshot = stats.snapshot(holds);
         let values = [
             snapshot.reserves,
             snapshot.commits,

@@ -15,7 +15,7 @@
 //! | [`Condvar`] (`wait(guard) -> guard`) | `parking_lot::Condvar` | `loom::sync::Condvar` |
 //! | [`Word`] (128-bit CAS word) | `portable_atomic::AtomicU128` | a loom mutex with the same `load`/`compare_exchange` |
 //! | [`Backoff`] | `crossbeam_utils::Backoff` | `loom::thread::yield_now` |
-//! | [`ShardedMap`] | ours: `parking_lot` mutexes over `hashbrown::HashTable` shards (foldhash, or [`IdHasher`] for the ids the crate issues) | `loom::sync::Mutex<HashMap>` (the same hasher) |
+//! | [`ShardedMap`] | ours: `parking_lot` mutexes over `hashbrown::HashTable` shards, each with a tally of the caller's type (foldhash, or [`IdHasher`] for the ids the crate issues) | `loom::sync::Mutex<(HashMap, tally)>` (the same hasher) |
 //! | `MapRef` (a value locked in place) | a mapped guard of its shard's mutex | the map's guard and the key |
 //! | [`GrowOnlyMap`] (the SKU maps) | ours: entries in `OnceLock` segments, linear probing over `std` atomics (foldhash) | the same code over loom's atomics (fixed hash seed) |
 //! | [`AtomicU32`], [`AtomicU64`], [`AtomicUsize`], [`AtomicBool`] | `std::sync::atomic` | `loom::sync::atomic` |
@@ -409,65 +409,77 @@ mod mocked {
     }
 
     /// The loom twin of a value locked in place: the map's guard and the key.
-    pub(crate) struct MapRef<'a, K, V, S = super::Hasher> {
-        map: loom::sync::MutexGuard<'a, HashMap<K, V, S>>,
+    pub(crate) struct MapRef<'a, K, V, S = super::Hasher, T = ()> {
+        map: loom::sync::MutexGuard<'a, (HashMap<K, V, S>, T)>,
         key: K,
     }
 
-    impl<K: Hash + Eq, V, S: BuildHasher> Deref for MapRef<'_, K, V, S> {
+    impl<K: Hash + Eq, V, S: BuildHasher, T> Deref for MapRef<'_, K, V, S, T> {
         type Target = V;
 
         fn deref(&self) -> &V {
             self.map
+                .0
                 .get(&self.key)
                 .expect("the key was present under this guard")
         }
     }
 
-    /// The loom twin of the sharded map: one loom mutex around a `HashMap`.
-    pub(crate) struct ShardedMap<K, V, S = super::Hasher>(loom::sync::Mutex<HashMap<K, V, S>>);
+    /// The loom twin of the sharded map: one loom mutex around a `HashMap` and one tally.
+    pub(crate) struct ShardedMap<K, V, S = super::Hasher, T = ()>(
+        loom::sync::Mutex<(HashMap<K, V, S>, T)>,
+    );
 
-    impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> ShardedMap<K, V, S> {
+    impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default, T: Default> ShardedMap<K, V, S, T> {
         pub(crate) fn new() -> Self {
-            Self(loom::sync::Mutex::new(HashMap::with_hasher(S::default())))
+            Self(loom::sync::Mutex::new((
+                HashMap::with_hasher(S::default()),
+                T::default(),
+            )))
         }
 
-        fn map(&self) -> loom::sync::MutexGuard<'_, HashMap<K, V, S>> {
+        fn map(&self) -> loom::sync::MutexGuard<'_, (HashMap<K, V, S>, T)> {
             self.0.lock().expect("loom mutex poisoned")
         }
 
         pub(crate) fn get_cloned(&self, key: &K) -> Option<V> {
-            self.map().get(key).cloned()
+            self.map().0.get(key).cloned()
         }
 
         pub(crate) fn get_or_insert_with(&self, key: &K, init: impl FnOnce() -> V) -> V {
-            self.map().entry(key.clone()).or_insert_with(init).clone()
+            self.map().0.entry(key.clone()).or_insert_with(init).clone()
         }
 
         /// The map's mutex stays locked while the guard lives: stricter than the real
         /// twin's shard lock (the whole map, not one shard), so a model reports as a
         /// deadlock any wait under the guard whose holder waits for the map.
-        pub(crate) fn get(&self, key: &K) -> Option<MapRef<'_, K, V, S>> {
+        pub(crate) fn get(&self, key: &K) -> Option<MapRef<'_, K, V, S, T>> {
             let map = self.map();
-            map.contains_key(key).then(|| MapRef {
+            map.0.contains_key(key).then(|| MapRef {
                 map,
                 key: key.clone(),
             })
         }
 
-        pub(crate) fn insert_new(&self, key: K, value: V) {
-            let replaced = self.map().insert(key, value);
+        pub(crate) fn insert_new(&self, key: K, value: V, tally: impl FnOnce(&mut T)) {
+            let mut map = self.map();
+            let replaced = map.0.insert(key, value);
             debug_assert!(replaced.is_none());
+            tally(&mut map.1);
         }
 
         pub(crate) fn remove(&self, key: &K) -> Option<V> {
-            self.map().remove(key)
+            self.map().0.remove(key)
         }
 
-        pub(crate) fn remove_if(&self, key: &K, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
-            let mut map = self.map();
-            let remove = f(map.get_mut(key)?);
-            if remove {
+        pub(crate) fn remove_if(
+            &self,
+            key: &K,
+            f: impl FnOnce(&mut V, &mut T) -> bool,
+        ) -> Option<V> {
+            let mut guard = self.map();
+            let (map, tally) = &mut *guard;
+            if f(map.get_mut(key)?, tally) {
                 map.remove(key)
             } else {
                 None
@@ -475,7 +487,11 @@ mod mocked {
         }
 
         pub(crate) fn len(&self) -> usize {
-            self.map().len()
+            self.map().0.len()
+        }
+
+        pub(crate) fn fold_tallies<A>(&self, init: A, mut f: impl FnMut(A, &T) -> A) -> A {
+            f(init, &self.map().1)
         }
     }
 }

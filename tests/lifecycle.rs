@@ -771,6 +771,51 @@ fn stats_count_what_happened() {
     });
 }
 
+/// Threads opening and resolving holds at once: once they are joined, the counts of holds
+/// (kept per shard of the registry, under its locks) are exact.
+#[test]
+fn stats_count_every_hold_of_racing_threads() {
+    const THREADS: usize = 4;
+    const HOLDS: usize = 500;
+    with_rigged_stores(|name, store, _| {
+        for thread in 0..THREADS {
+            store.restock(&format!("t{thread}"), HOLDS as u64).unwrap();
+        }
+        thread::scope(|scope| {
+            for thread in 0..THREADS {
+                scope.spawn(move || {
+                    let line = [(format!("t{thread}"), 1)];
+                    for hold in 0..HOLDS {
+                        let id = store.reserve(&line).unwrap().id();
+                        if hold % 3 == 0 {
+                            store.release(id).unwrap();
+                        } else {
+                            store.commit(id).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        let stats = store.stats();
+        let released = (THREADS * HOLDS.div_ceil(3)) as u64;
+        assert_eq!(
+            (
+                stats.reserves,
+                stats.commits,
+                stats.releases,
+                stats.expirations
+            ),
+            (
+                (THREADS * HOLDS) as u64,
+                (THREADS * HOLDS) as u64 - released,
+                released,
+                0
+            ),
+            "{name}: {stats:?}"
+        );
+    });
+}
+
 #[test]
 fn the_monitor_counts_waits_and_timeouts() {
     let store = Arc::new(MonitorStore::<String>::new());

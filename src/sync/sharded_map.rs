@@ -10,6 +10,11 @@
 //! Every operation locks one shard for the length of one table operation, except
 //! [`remove_if`](ShardedMap::remove_if), whose callback runs under the shard's lock.
 //!
+//! Each shard also keeps a tally of the caller's type `T` (`()` for none), changed by
+//! [`insert_new`](ShardedMap::insert_new) and [`remove_if`](ShardedMap::remove_if) under
+//! the lock they already hold: the registry counts holds opened and resolved there, with
+//! no atomic read-modify-write and no thread-local lookup of its own.
+//!
 //! Under loom its twin is one loom mutex around a `HashMap` (module `mocked`).
 
 use std::hash::{BuildHasher, Hash};
@@ -28,13 +33,19 @@ const SHARDS_MAX: usize = 256;
 /// A value of a [`ShardedMap`], locked in place: its shard stays locked while this lives.
 pub(crate) type MapRef<'a, V> = MappedMutexGuard<'a, V>;
 
-/// One shard: its entries behind its lock.
-type Shard<K, V> = Mutex<HashTable<(K, V)>>;
+/// What one shard's lock guards: its entries and its tally.
+struct Contents<K, V, T> {
+    table: HashTable<(K, V)>,
+    tally: T,
+}
+
+/// One shard: its entries and tally behind its lock.
+type Shard<K, V, T> = Mutex<Contents<K, V, T>>;
 
 /// A sharded concurrent map (see the module docs).
-pub(crate) struct ShardedMap<K, V, S = Hasher> {
+pub(crate) struct ShardedMap<K, V, S = Hasher, T = ()> {
     /// The shards: a power of two of them.
-    shards: Box<[CachePadded<Shard<K, V>>]>,
+    shards: Box<[CachePadded<Shard<K, V, T>>]>,
     /// `64 − log2(shards)`: a hash shifted left by 7 and right by this picks the shard.
     shift: u32,
     /// The hasher of the keys: the seeded [`Hasher`] for keys that callers choose,
@@ -55,7 +66,7 @@ fn shard_index(hash: u64, shift: u32) -> usize {
     ((hash << 7) >> shift) as usize
 }
 
-impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> ShardedMap<K, V, S> {
+impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default, T: Default> ShardedMap<K, V, S, T> {
     /// An empty map with four shards per available core (a power of two, 4 to 256), as
     /// dashmap has.
     pub(crate) fn new() -> Self {
@@ -65,7 +76,12 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> ShardedMap<K, V, 
             .clamp(SHARDS_MIN, SHARDS_MAX);
         Self {
             shards: (0..shards)
-                .map(|_| CachePadded::new(Mutex::new(HashTable::new())))
+                .map(|_| {
+                    CachePadded::new(Mutex::new(Contents {
+                        table: HashTable::new(),
+                        tally: T::default(),
+                    }))
+                })
                 .collect(),
             shift: shift_of(shards),
             hasher: S::default(),
@@ -74,7 +90,7 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> ShardedMap<K, V, 
 
     /// The hash of `key` and its shard.
     #[inline(always)]
-    fn shard(&self, key: &K) -> (u64, &Shard<K, V>) {
+    fn shard(&self, key: &K) -> (u64, &Shard<K, V, T>) {
         let hash = self.hasher.hash_one(key);
         (hash, &self.shards[shard_index(hash, self.shift)])
     }
@@ -88,8 +104,9 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> ShardedMap<K, V, 
     /// A clone of the value for `key`, or `None`.
     pub(crate) fn get_cloned(&self, key: &K) -> Option<V> {
         let (hash, shard) = self.shard(key);
-        let table = shard.lock();
-        table
+        let contents = shard.lock();
+        contents
+            .table
             .find(hash, |(candidate, _)| candidate == key)
             .map(|(_, value)| value.clone())
     }
@@ -97,8 +114,11 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> ShardedMap<K, V, 
     /// Returns (a clone of) the value for `key`, inserting `init()` first when absent.
     pub(crate) fn get_or_insert_with(&self, key: &K, init: impl FnOnce() -> V) -> V {
         let (hash, shard) = self.shard(key);
-        let mut table = shard.lock();
-        match table.entry(hash, |(candidate, _)| candidate == key, self.rehash()) {
+        let mut contents = shard.lock();
+        match contents
+            .table
+            .entry(hash, |(candidate, _)| candidate == key, self.rehash())
+        {
             Entry::Occupied(entry) => entry.get().1.clone(),
             Entry::Vacant(entry) => entry.insert((key.clone(), init())).get().1.clone(),
         }
@@ -112,8 +132,9 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> ShardedMap<K, V, 
     /// registry's idempotent replay).
     pub(crate) fn get(&self, key: &K) -> Option<MapRef<'_, V>> {
         let (hash, shard) = self.shard(key);
-        MutexGuard::try_map(shard.lock(), |table| {
-            table
+        MutexGuard::try_map(shard.lock(), |contents| {
+            contents
+                .table
                 .find_mut(hash, |(candidate, _)| candidate == key)
                 .map(|(_, value)| value)
         })
@@ -121,35 +142,41 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> ShardedMap<K, V, 
     }
 
     /// Inserts `value` for `key`, which the caller knows is absent (a reservation id,
-    /// never issued twice): no search for it first. A `key` already present would be
-    /// found twice, so a debug build checks.
+    /// never issued twice): no search for it first, and `tally` changes the shard's tally
+    /// under the same lock. A `key` already present would be found twice, so a debug
+    /// build checks.
     #[inline]
-    pub(crate) fn insert_new(&self, key: K, value: V) {
+    pub(crate) fn insert_new(&self, key: K, value: V, tally: impl FnOnce(&mut T)) {
         let (hash, shard) = self.shard(&key);
-        let mut table = shard.lock();
-        debug_assert!(table
+        let mut contents = shard.lock();
+        debug_assert!(contents
+            .table
             .find(hash, |(candidate, _)| *candidate == key)
             .is_none());
-        table.insert_unique(hash, (key, value), self.rehash());
+        contents
+            .table
+            .insert_unique(hash, (key, value), self.rehash());
+        tally(&mut contents.tally);
     }
 
     /// Removes and returns the value for `key`, or `None`.
     pub(crate) fn remove(&self, key: &K) -> Option<V> {
-        self.remove_if(key, |_| true)
+        self.remove_if(key, |_, _| true)
     }
 
-    /// Calls `f` with the value for `key` under its shard's lock, and removes and returns
-    /// the value when `f` returns `true`: one lookup. `None` when absent (`f` not called)
-    /// or kept. `f` must not touch this map, and may wait only for locks whose holders
-    /// never wait for this map.
+    /// Calls `f` with the value for `key` and its shard's tally under the shard's lock,
+    /// and removes and returns the value when `f` returns `true`: one lookup. `None` when
+    /// absent (`f` not called) or kept. `f` must not touch this map, and may wait only for
+    /// locks whose holders never wait for this map.
     #[inline]
-    pub(crate) fn remove_if(&self, key: &K, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
+    pub(crate) fn remove_if(&self, key: &K, f: impl FnOnce(&mut V, &mut T) -> bool) -> Option<V> {
         let (hash, shard) = self.shard(key);
-        let mut table = shard.lock();
+        let mut contents = shard.lock();
+        let Contents { table, tally } = &mut *contents;
         let mut entry = table
             .find_entry(hash, |(candidate, _)| candidate == key)
             .ok()?;
-        if f(&mut entry.get_mut().1) {
+        if f(&mut entry.get_mut().1, tally) {
             Some(entry.remove().0 .1)
         } else {
             None
@@ -159,7 +186,19 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> ShardedMap<K, V, 
     /// Number of entries (each shard locked in turn: not a snapshot of one instant while
     /// other threads change the map).
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|shard| shard.lock().len()).sum()
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().table.len())
+            .sum()
+    }
+
+    /// Folds every shard's tally into `init` with `f`, each shard locked in turn (not a
+    /// snapshot of one instant while other threads change the map; exact once they
+    /// stopped).
+    pub(crate) fn fold_tallies<A>(&self, init: A, mut f: impl FnMut(A, &T) -> A) -> A {
+        self.shards
+            .iter()
+            .fold(init, |acc, shard| f(acc, &shard.lock().tally))
     }
 }
 
@@ -205,45 +244,64 @@ mod tests {
     fn inserts_finds_and_removes() {
         let map = ShardedMap::<u64, String>::new();
         for key in 0..1000 {
-            map.insert_new(key, key.to_string());
+            map.insert_new(key, key.to_string(), |_| ());
         }
         assert_eq!(map.remove(&7).as_deref(), Some("7"));
-        map.insert_new(7, "seven".to_string());
+        map.insert_new(7, "seven".to_string(), |_| ());
         assert_eq!(map.len(), 1000);
         assert_eq!(map.get_cloned(&7).as_deref(), Some("seven"));
         assert_eq!(map.get(&999).as_deref().map(String::as_str), Some("999"));
         assert!(map.get(&1000).is_none());
         assert_eq!(map.get_or_insert_with(&5, || unreachable!()), "5");
         assert_eq!(map.get_or_insert_with(&1000, || "new".to_string()), "new");
-        assert_eq!(map.remove_if(&8, |_| false), None);
+        assert_eq!(map.remove_if(&8, |_, _| false), None);
         assert_eq!(map.get_cloned(&8).as_deref(), Some("8"));
         assert_eq!(
-            map.remove_if(&8, |value| value == "8").as_deref(),
+            map.remove_if(&8, |value, _| value == "8").as_deref(),
             Some("8")
         );
         assert_eq!(map.remove(&8), None);
         assert_eq!(map.remove(&9).as_deref(), Some("9"));
-        assert_eq!(map.remove_if(&9, |_| unreachable!()), None);
+        assert_eq!(map.remove_if(&9, |_, _| unreachable!()), None);
         assert_eq!(map.len(), 999);
         for key in (0..1001).filter(|key| ![8, 9].contains(key)) {
             assert!(map.get_cloned(&key).is_some(), "{key}");
         }
     }
 
+    /// Threads inserting and removing at once: every entry left is found, and the shards'
+    /// tallies, changed under the shard locks, add up to every insert and every removal.
     #[test]
-    fn threads_see_each_others_entries() {
-        let map = ShardedMap::<u64, u64>::new();
+    fn threads_see_each_others_entries_and_tallies() {
+        /// Inserts and removals seen by one shard.
+        #[derive(Default)]
+        struct Tally {
+            inserted: u64,
+            removed: u64,
+        }
+        let map = ShardedMap::<u64, u64, crate::sync::Hasher, Tally>::new();
         std::thread::scope(|scope| {
             for thread in 0..4 {
                 let map = &map;
                 scope.spawn(move || {
                     for key in (thread..4000).step_by(4) {
-                        map.insert_new(key, key * 2);
+                        map.insert_new(key, key * 2, |tally| tally.inserted += 1);
+                        if key % 2 == 0 {
+                            let removed = map.remove_if(&key, |_, tally| {
+                                tally.removed += 1;
+                                true
+                            });
+                            assert_eq!(removed, Some(key * 2));
+                        }
                     }
                 });
             }
         });
-        assert_eq!(map.len(), 4000);
-        assert!((0..4000).all(|key| map.get_cloned(&key) == Some(key * 2)));
+        assert_eq!(map.len(), 2000);
+        assert!((0..4000).all(|key| map.get_cloned(&key) == (key % 2 == 1).then_some(key * 2)));
+        let (inserted, removed) = map.fold_tallies((0, 0), |(inserted, removed), tally| {
+            (inserted + tally.inserted, removed + tally.removed)
+        });
+        assert_eq!((inserted, removed), (4000, 2000));
     }
 }
