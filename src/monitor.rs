@@ -266,8 +266,10 @@ impl<K: Sku> MonitorStore<K> {
 
 impl<K: Sku> MonitorStore<K> {
     /// Commits or releases `quantity` held units on `monitor`'s SKU, with no report of the
-    /// move; grants and wakes its waiters, if any.
-    #[inline]
+    /// move; grants and wakes its waiters, if any. Always inline: with its two callers in
+    /// `settle_quiet`, the compiler kept it out of line (callgrind: 12 instructions more per
+    /// `reserve` + `commit`).
+    #[inline(always)]
     fn settle_quiet_on(&self, monitor: &Monitor, quantity: u64, change: Change) {
         let mut state = self.lock(monitor);
         if !state.waiters.is_idle() {

@@ -427,8 +427,10 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
         self.open(lines, None, None, handle)
     }
 
-    /// Records a hold whose stock is already reserved and returns it.
-    #[inline]
+    /// Records a hold whose stock is already reserved and returns it. Always inline: out
+    /// of line (as the compiler left it for the monitor store), the hold was built in
+    /// memory and copied through the call.
+    #[inline(always)]
     fn open(
         &self,
         lines: HoldLines<K>,
