@@ -15,7 +15,7 @@ use crate::sync::{
     Word,
 };
 use crate::word::{attempt, pack, unpack, Attempt, LIMITS};
-use crate::word_lines::{with_known_sku, WordStore};
+use crate::word_lines::{WordHandle, WordStore};
 
 /// Compare-and-swap attempts of a cold SKU's update before it takes the SKU's lock (it
 /// then waits its turn instead of racing on; the update is never refused for contention).
@@ -166,14 +166,14 @@ pub struct AdaptiveStore<K> {
     /// | `true` (hot) | lock the mutex, then CAS until it wins | mutex found locked, lost races |
     skus: GrowOnlyMap<K, Slot>,
     /// Open holds, events, counters.
-    lifecycle: Lifecycle<K>,
+    lifecycle: Lifecycle<K, WordHandle>,
     /// When a SKU turns hot or cold.
     temperature: Temperature,
 }
 
 /// One SKU: its counts word, its lock and mode, its temperature, its low-stock threshold.
 #[derive(Debug)]
-struct Slot {
+pub(crate) struct Slot {
     /// `(on_hand, reserved, version)`, packed (see [`AdaptiveStore::skus`]); changed only
     /// by compare-and-swap, in either mode.
     word: Word,
@@ -555,10 +555,22 @@ impl<K: Sku> StoreBuilder<K, AdaptiveStore<K>> {
 }
 
 impl<K: Sku> WordStore<K> for AdaptiveStore<K> {
-    fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>> {
-        with_known_sku(&self.skus, sku, |slot| {
-            self.update(sku, slot, change, quantity)
-        })
+    type Slot = Slot;
+
+    #[inline]
+    fn skus(&self) -> &GrowOnlyMap<K, Slot> {
+        &self.skus
+    }
+
+    #[inline]
+    fn update_slot(
+        &self,
+        sku: &K,
+        slot: &Slot,
+        change: Change,
+        quantity: u64,
+    ) -> Result<Moved, StockError<K>> {
+        self.update(sku, slot, change, quantity)
     }
 }
 

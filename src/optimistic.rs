@@ -11,7 +11,7 @@ use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
 use crate::sync::{AtomicU64, Backoff, GrowOnlyMap, Ordering, Word};
 use crate::word::{attempt, pack, unpack, Attempt, LIMITS};
-use crate::word_lines::{with_known_sku, WordStore};
+use crate::word_lines::{WordHandle, WordStore};
 
 /// A stock store with **optimistic concurrency control**: each SKU's
 /// `(on_hand, reserved, version)` lives in one 128-bit atomic word, changed by
@@ -78,14 +78,14 @@ pub struct OptimisticStore<K> {
     /// | 80..128 | `version` (`VERSION_SHIFT`, `VERSION_BITS`) |
     skus: GrowOnlyMap<K, Slot>,
     /// Open holds, events, counters.
-    lifecycle: Lifecycle<K>,
+    lifecycle: Lifecycle<K, WordHandle>,
     /// Compare-and-swap attempts per SKU update before [`StockError::Conflict`] (at least 1).
     retries_max: u32,
 }
 
 /// One SKU: its counts word and its low-stock threshold.
 #[derive(Debug)]
-struct Slot {
+pub(crate) struct Slot {
     /// `(on_hand, reserved, version)`, packed (see [`OptimisticStore::skus`]).
     word: Word,
     /// The low-stock threshold (0: none); read only when an event sink is set.
@@ -314,21 +314,33 @@ impl<K: Sku> StoreBuilder<K, OptimisticStore<K>> {
 }
 
 impl<K: Sku> WordStore<K> for OptimisticStore<K> {
-    fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>> {
-        with_known_sku(&self.skus, sku, |slot| {
-            self.update(sku, slot, change, quantity)
-        })
+    type Slot = Slot;
+
+    #[inline]
+    fn skus(&self) -> &GrowOnlyMap<K, Slot> {
+        &self.skus
     }
 
-    fn update_sku_quiet(
+    #[inline]
+    fn update_slot(
         &self,
         sku: &K,
+        slot: &Slot,
+        change: Change,
+        quantity: u64,
+    ) -> Result<Moved, StockError<K>> {
+        self.update(sku, slot, change, quantity)
+    }
+
+    #[inline]
+    fn update_slot_quiet(
+        &self,
+        sku: &K,
+        slot: &Slot,
         change: Change,
         quantity: u64,
     ) -> Result<(), StockError<K>> {
-        with_known_sku(&self.skus, sku, |slot| {
-            self.update_then(sku, slot, change, quantity, |_, _| ())
-        })
+        self.update_then(sku, slot, change, quantity, |_, _| ())
     }
 }
 

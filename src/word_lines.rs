@@ -8,8 +8,12 @@ use crate::level::{Change, LowStock, Moved};
 use crate::lifecycle::Backend;
 use crate::lines::{self, Moves};
 use crate::store::{Sku, StockStore};
-use crate::sync::GrowOnlyMap;
+use crate::sync::{GrowOnlyMap, Position};
 use crate::word::LIMITS;
+
+/// What a one-line hold of a word store keeps to settle without a lookup: its SKU's
+/// position in the store's map (`None`: a hold opened otherwise, found again by its SKUs).
+pub(crate) type WordHandle = Option<Position>;
 
 /// A store whose SKUs each change by one compare-and-swap of their own word. It gives the
 /// single-SKU update and answers `level`; the multi-line logic, written once here, does the
@@ -19,14 +23,56 @@ use crate::word::LIMITS;
 /// its last, a concurrent reader may see the lines already held (the compensation of a
 /// refused request gives them back).
 pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
+    /// One SKU's state: its word and what the store keeps beside it.
+    type Slot: Send + Sync;
+
+    /// The store's SKU map.
+    fn skus(&self) -> &GrowOnlyMap<K, Self::Slot>;
+
+    /// Applies `change` of `quantity` units to `sku`, whose slot is `slot`; writes nothing
+    /// when refused.
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::InsufficientStock`], [`StockError::Overflow`], or
+    /// [`StockError::Conflict`] when the store gives up on contention (the optimistic
+    /// store, after its retries; the adaptive store never does).
+    fn update_slot(
+        &self,
+        sku: &K,
+        slot: &Self::Slot,
+        change: Change,
+        quantity: u64,
+    ) -> Result<Moved, StockError<K>>;
+
+    /// [`update_slot`](Self::update_slot) for a caller that needs no report of the move
+    /// (no event sink).
+    ///
+    /// # Errors
+    ///
+    /// As [`update_slot`](Self::update_slot).
+    #[inline]
+    fn update_slot_quiet(
+        &self,
+        sku: &K,
+        slot: &Self::Slot,
+        change: Change,
+        quantity: u64,
+    ) -> Result<(), StockError<K>> {
+        self.update_slot(sku, slot, change, quantity).map(drop)
+    }
+
     /// Applies `change` of `quantity` units to `sku`; writes nothing when refused.
     ///
     /// # Errors
     ///
-    /// [`StockError::UnknownSku`], [`StockError::InsufficientStock`],
-    /// [`StockError::Overflow`], or [`StockError::Conflict`] when the store gives up on
-    /// contention (the optimistic store, after its retries; the adaptive store never does).
-    fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>>;
+    /// [`StockError::UnknownSku`], or as [`update_slot`](Self::update_slot).
+    #[inline]
+    fn update_sku(&self, sku: &K, change: Change, quantity: u64) -> Result<Moved, StockError<K>> {
+        with_known_sku(self.skus(), sku, |slot| {
+            self.update_slot(sku, slot, change, quantity)
+        })
+    }
 
     /// [`update_sku`](Self::update_sku) for a caller that needs no report of the move (no
     /// event sink).
@@ -41,7 +87,39 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
         change: Change,
         quantity: u64,
     ) -> Result<(), StockError<K>> {
-        self.update_sku(sku, change, quantity).map(drop)
+        with_known_sku(self.skus(), sku, |slot| {
+            self.update_slot_quiet(sku, slot, change, quantity)
+        })
+    }
+
+    /// Reserves `quantity` units of `sku` for a one-line hold with no report of the move;
+    /// returns the position of the SKU's slot, which the hold keeps to settle without a
+    /// lookup ([`settle_quiet_lines`](Self::settle_quiet_lines)).
+    ///
+    /// # Errors
+    ///
+    /// As [`update_sku`](Self::update_sku).
+    #[inline(always)]
+    fn hold_one_quiet(&self, sku: &K, quantity: u64) -> Result<WordHandle, StockError<K>> {
+        let Some((position, slot)) = self.skus().get_positioned(sku) else {
+            return Err(StockError::UnknownSku(sku.clone()));
+        };
+        self.update_slot_quiet(sku, slot, Change::Reserve, quantity)
+            .map(|()| Some(position))
+    }
+
+    /// Commits or releases (`change`) held `lines` with no report of the moves: a one-line
+    /// hold on the slot at its `handle`'s position, else each line found by its SKU.
+    #[inline(always)]
+    fn settle_quiet_lines(&self, lines: &[(K, u64)], handle: &WordHandle, change: Change) {
+        if let (Some(position), [(sku, quantity)]) = (handle, lines) {
+            let slot = self.skus().at(*position);
+            retry_past_conflicts(|| self.update_slot_quiet(sku, slot, change, *quantity));
+            return;
+        }
+        for (sku, quantity) in lines {
+            self.resolve_line_quiet(sku, *quantity, change);
+        }
     }
 
     /// Reserves merged `lines` in ascending order; on a refusal, releases the lines already
@@ -219,14 +297,15 @@ fn retry_past_conflicts<K: Sku, T>(mut update: impl FnMut() -> Result<T, StockEr
 
 /// The [`Backend`] methods of a [`WordStore`], written once: a hold is
 /// [`reserve_lines`](WordStore::reserve_lines), a settlement
-/// [`resolve_lines`](WordStore::resolve_lines), and a hold keeps no handle (each line is
-/// found again by its SKU). Expanded inside the store's `impl Backend<K>`; the store keeps
-/// its lifecycle in a field named `lifecycle`.
+/// [`resolve_lines`](WordStore::resolve_lines), and a one-line hold without an event sink
+/// keeps its SKU's position ([`WordHandle`]) to settle without a lookup. Expanded inside
+/// the store's `impl Backend<K>`; the store keeps its lifecycle in a field named
+/// `lifecycle`.
 macro_rules! word_backend_methods {
     () => {
-        type Handle = ();
+        type Handle = $crate::word_lines::WordHandle;
 
-        fn lifecycle(&self) -> &$crate::lifecycle::Lifecycle<K> {
+        fn lifecycle(&self) -> &$crate::lifecycle::Lifecycle<K, Self::Handle> {
             &self.lifecycle
         }
 
@@ -243,20 +322,21 @@ macro_rules! word_backend_methods {
         }
 
         #[inline]
-        fn hold_quiet(&self, (sku, quantity): &(K, u64)) -> Result<(), $crate::StockError<K>> {
-            $crate::word_lines::WordStore::update_sku_quiet(
-                self,
-                sku,
-                $crate::level::Change::Reserve,
-                *quantity,
-            )
+        fn hold_quiet(
+            &self,
+            (sku, quantity): &(K, u64),
+        ) -> Result<Self::Handle, $crate::StockError<K>> {
+            $crate::word_lines::WordStore::hold_one_quiet(self, sku, *quantity)
         }
 
         #[inline]
-        fn settle_quiet(&self, lines: &[(K, u64)], _: &(), change: $crate::level::Change) {
-            for (sku, quantity) in lines {
-                $crate::word_lines::WordStore::resolve_line_quiet(self, sku, *quantity, change);
-            }
+        fn settle_quiet(
+            &self,
+            lines: &[(K, u64)],
+            handle: &Self::Handle,
+            change: $crate::level::Change,
+        ) {
+            $crate::word_lines::WordStore::settle_quiet_lines(self, lines, handle, change);
         }
     };
 }
