@@ -47,6 +47,17 @@ pub(crate) trait Backend<K: Sku> {
     /// Commits or releases merged `lines` that an open hold owned; never refused.
     fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves;
 
+    /// [`hold`](Self::hold) for a caller that needs no report of the moves (no event
+    /// sink): the same hold, all or nothing, with no move built.
+    ///
+    /// # Errors
+    ///
+    /// As [`hold`](Self::hold).
+    #[inline]
+    fn hold_lines_quiet(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
+        self.hold(lines).map(drop)
+    }
+
     /// [`hold`](Self::hold) of one validated line (quantity at least 1) for a caller that
     /// needs no report of the move (no event sink); returns the handle to keep with the
     /// hold.
@@ -160,9 +171,18 @@ pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
     if let Some(key) = &options.idempotency_key {
         crate::idempotency::validate_key(key)?;
     }
-    let opened = life
-        .registry
-        .reserve(lines, options, |lines| store.hold(lines));
+    let events = life.events.enabled();
+    let opened = life.registry.reserve(lines, options, |lines| {
+        if events {
+            store.hold(lines)
+        } else {
+            // Nobody listens: no move to report, so none is built (an empty `Many`
+            // allocates nothing).
+            store
+                .hold_lines_quiet(lines)
+                .map(|()| Moves::Many(Vec::new()))
+        }
+    });
     life.stats.count_refusal(&opened);
     match opened? {
         Opened::New(reservation, moved) => {
@@ -201,6 +221,11 @@ pub(crate) fn sell_locked<K: Sku, H, S: LockedSkus<K>>(
         return Ok(());
     }
     let lines = lines::merge(lines)?;
+    if !life.events.enabled() {
+        let sold = lines::apply_quiet(store, &lines, Change::Sell);
+        life.stats.count_refusal(&sold);
+        return sold;
+    }
     let sold = lines::apply(store, &lines, Change::Sell);
     life.stats.count_refusal(&sold);
     life.sold(&lines, &sold?);

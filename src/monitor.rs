@@ -332,6 +332,10 @@ impl<K: Sku> Backend<K> for MonitorStore<K> {
         lines::apply(self, lines, Change::Reserve)
     }
 
+    fn hold_lines_quiet(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
+        lines::apply_quiet(self, lines, Change::Reserve)
+    }
+
     #[inline]
     fn hold_quiet(&self, line: &(K, u64)) -> Result<Self::Handle, StockError<K>> {
         lines::hold_one_quiet(self, line).map(Some)

@@ -164,6 +164,10 @@ impl<K: Sku> Backend<K> for PessimisticStore<K> {
         lines::apply(self, lines, Change::Reserve)
     }
 
+    fn hold_lines_quiet(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
+        lines::apply_quiet(self, lines, Change::Reserve)
+    }
+
     fn settle(&self, lines: &[(K, u64)], change: Change) -> Moves {
         lines::apply(self, lines, change).expect("an open hold can always be resolved")
     }
@@ -180,8 +184,7 @@ impl<K: Sku> Backend<K> for PessimisticStore<K> {
                 let slot = self.slots.at(*position);
                 return lines::settle_slot_quiet(self, slot, *quantity, change);
             }
-            (None, [line]) => lines::apply_one_quiet(self, line, change),
-            _ => lines::apply(self, lines, change).map(drop),
+            _ => lines::apply_quiet(self, lines, change),
         };
         settled.expect("an open hold can always be resolved");
     }
