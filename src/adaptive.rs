@@ -563,6 +563,11 @@ impl<K: Sku> WordStore<K> for AdaptiveStore<K> {
     }
 
     #[inline]
+    fn slot_level(slot: &Slot) -> StockLevel {
+        unpack(slot.word.load(Ordering::Acquire))
+    }
+
+    #[inline]
     fn update_slot(
         &self,
         sku: &K,
@@ -594,9 +599,7 @@ impl<K: Sku> StockStore<K> for AdaptiveStore<K> {
 
     #[inline]
     fn level(&self, sku: &K) -> Option<StockLevel> {
-        self.skus
-            .get(sku)
-            .map(|slot| unpack(slot.word.load(Ordering::Acquire)))
+        self.skus.get(sku).map(Self::slot_level)
     }
 
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {
