@@ -15,8 +15,9 @@ use crate::word::LIMITS;
 /// position in the store's map (`None`: a hold opened otherwise, found again by its SKUs).
 pub(crate) type WordHandle = Option<Position>;
 
-/// A store whose SKUs each change by one compare-and-swap of their own word. It gives the
-/// single-SKU update and answers `level`; the multi-line logic, written once here, does the
+/// A store whose SKUs each change by one compare-and-swap of their own word. It gives its
+/// SKU map, the level in a slot and the update of one slot; the lookups, the one-line holds
+/// that keep their slot's position and the multi-line logic, written once here, do the
 /// rest.
 ///
 /// A multi-line request is all or nothing, but not isolated: between its first line and
