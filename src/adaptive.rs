@@ -14,8 +14,8 @@ use crate::sync::{
     lock_noting_contention, AtomicBool, AtomicU64, Backoff, GrowOnlyMap, Mutex, Ordering, Tally,
     Word,
 };
-use crate::word::{attempt, pack, unpack, Attempt, LIMITS};
-use crate::word_lines::{WordHandle, WordStore};
+use crate::word::{attempt, pack, Attempt, LIMITS};
+use crate::word_lines::{WordHandle, WordSlot, WordStore};
 
 /// Compare-and-swap attempts of a cold SKU's update before it takes the SKU's lock (it
 /// then waits its turn instead of racing on; the update is never refused for contention).
@@ -190,6 +190,13 @@ pub(crate) struct Slot {
     low_stock_threshold: AtomicU64,
 }
 
+impl WordSlot for Slot {
+    #[inline]
+    fn word(&self) -> &Word {
+        &self.word
+    }
+}
+
 impl Slot {
     /// A cold SKU's slot starting at `level` (its first restock), with no threshold.
     fn new(level: StockLevel) -> Self {
@@ -340,27 +347,6 @@ impl<K: Sku> AdaptiveStore<K> {
             .next_mode(hot, self.temperature.window_ops, conflicts);
         if next != hot {
             self.set_mode(slot, next);
-        }
-    }
-
-    /// Applies `change` to one SKU's slot by its mode; never refused for contention. A
-    /// cold SKU's first attempt is inline; a lost race goes on in
-    /// [`update_contended`](Self::update_contended).
-    #[inline]
-    fn update(
-        &self,
-        sku: &K,
-        slot: &Slot,
-        change: Change,
-        quantity: u64,
-    ) -> Result<Moved, StockError<K>> {
-        if slot.hot.load(Ordering::Acquire) {
-            return self.update_locked(sku, slot, change, quantity, 0);
-        }
-        match attempt(&slot.word, change, quantity) {
-            Attempt::Won(before, after) => Ok(self.won(slot, before, after)),
-            Attempt::Refused(refusal) => Err(refusal.into_error(sku.clone(), quantity)),
-            Attempt::Lost => self.update_contended(sku, slot, change, quantity),
         }
     }
 
@@ -562,11 +548,9 @@ impl<K: Sku> WordStore<K> for AdaptiveStore<K> {
         &self.skus
     }
 
-    #[inline]
-    fn slot_level(slot: &Slot) -> StockLevel {
-        unpack(slot.word.load(Ordering::Acquire))
-    }
-
+    /// Applies `change` to one SKU's slot by its mode; never refused for contention. A
+    /// cold SKU's first attempt is inline; a lost race goes on in
+    /// [`update_contended`](Self::update_contended).
     #[inline]
     fn update_slot(
         &self,
@@ -575,7 +559,14 @@ impl<K: Sku> WordStore<K> for AdaptiveStore<K> {
         change: Change,
         quantity: u64,
     ) -> Result<Moved, StockError<K>> {
-        self.update(sku, slot, change, quantity)
+        if slot.hot.load(Ordering::Acquire) {
+            return self.update_locked(sku, slot, change, quantity, 0);
+        }
+        match attempt(&slot.word, change, quantity) {
+            Attempt::Won(before, after) => Ok(self.won(slot, before, after)),
+            Attempt::Refused(refusal) => Err(refusal.into_error(sku.clone(), quantity)),
+            Attempt::Lost => self.update_contended(sku, slot, change, quantity),
+        }
     }
 }
 
@@ -591,7 +582,7 @@ impl<K: Sku> StockStore<K> for AdaptiveStore<K> {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
         let moved = lines::restock_sku(&self.skus, sku, qty, LIMITS, Slot::new, |slot| {
-            self.update(sku, slot, Change::Restock, qty)
+            self.update_slot(sku, slot, Change::Restock, qty)
         })?;
         self.lifecycle.restocked(sku, qty, moved);
         Ok(moved.level)

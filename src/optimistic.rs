@@ -10,8 +10,8 @@ use crate::lines;
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
 use crate::sync::{AtomicU64, Backoff, GrowOnlyMap, Ordering, Word};
-use crate::word::{attempt, pack, unpack, Attempt, LIMITS};
-use crate::word_lines::{WordHandle, WordStore};
+use crate::word::{attempt, pack, Attempt, LIMITS};
+use crate::word_lines::{WordHandle, WordSlot, WordStore};
 
 /// A stock store with **optimistic concurrency control**: each SKU's
 /// `(on_hand, reserved, version)` lives in one 128-bit atomic word, changed by
@@ -92,6 +92,13 @@ pub(crate) struct Slot {
     low_stock_threshold: AtomicU64,
 }
 
+impl WordSlot for Slot {
+    #[inline]
+    fn word(&self) -> &Word {
+        &self.word
+    }
+}
+
 impl Slot {
     /// A SKU's slot starting at `level` (its first restock), with no threshold.
     fn new(level: StockLevel) -> Self {
@@ -163,22 +170,8 @@ impl<K: Sku> OptimisticStore<K> {
         StoreBuilder::new(Self::RETRIES_MAX)
     }
 
-    /// Applies `change` to one SKU's slot with a CAS retry loop; returns what moved (the
-    /// threshold crossing only when an event sink listens).
-    #[inline]
-    fn update(
-        &self,
-        sku: &K,
-        slot: &Slot,
-        change: Change,
-        quantity: u64,
-    ) -> Result<Moved, StockError<K>> {
-        self.update_then(sku, slot, change, quantity, |before, after| {
-            self.moved(slot, before, after)
-        })
-    }
-
-    /// [`update`](Self::update), returning `report(before, after)` of the winning change:
+    /// [`update_slot`](WordStore::update_slot), returning `report(before, after)` of the
+    /// winning change:
     /// what moved, or nothing for a caller with no event sink. The first attempt is
     /// inline; a lost race goes on in [`update_contended`](Self::update_contended).
     #[inline]
@@ -263,7 +256,7 @@ impl<K: Sku> OptimisticStore<K> {
     /// [`StockError::Overflow`] refuses it.
     fn restock_slot(&self, sku: &K, slot: &Slot, quantity: u64) -> Result<Moved, StockError<K>> {
         loop {
-            match self.update(sku, slot, Change::Restock, quantity) {
+            match self.update_slot(sku, slot, Change::Restock, quantity) {
                 Err(StockError::Conflict { .. }) => continue,
                 moved => return moved,
             }
@@ -321,11 +314,8 @@ impl<K: Sku> WordStore<K> for OptimisticStore<K> {
         &self.skus
     }
 
-    #[inline]
-    fn slot_level(slot: &Slot) -> StockLevel {
-        unpack(slot.word.load(Ordering::Acquire))
-    }
-
+    /// Applies `change` to one SKU's slot with a CAS retry loop; returns what moved (the
+    /// threshold crossing only when an event sink listens).
     #[inline]
     fn update_slot(
         &self,
@@ -334,7 +324,9 @@ impl<K: Sku> WordStore<K> for OptimisticStore<K> {
         change: Change,
         quantity: u64,
     ) -> Result<Moved, StockError<K>> {
-        self.update(sku, slot, change, quantity)
+        self.update_then(sku, slot, change, quantity, |before, after| {
+            self.moved(slot, before, after)
+        })
     }
 
     #[inline]

@@ -8,8 +8,14 @@ use crate::level::{Change, LowStock, Moved, StockLevel};
 use crate::lifecycle::Backend;
 use crate::lines::{self, Moves};
 use crate::store::{Sku, StockStore};
-use crate::sync::{GrowOnlyMap, Position};
-use crate::word::LIMITS;
+use crate::sync::{GrowOnlyMap, Ordering, Position, Word};
+use crate::word::{unpack, LIMITS};
+
+/// One SKU's slot in a word store: its packed word, beside whatever else the store keeps.
+pub(crate) trait WordSlot: Send + Sync {
+    /// The SKU's `(on_hand, reserved, version)` word ([`crate::word`]).
+    fn word(&self) -> &Word;
+}
 
 /// What a one-line hold of a word store keeps to settle without a lookup: its SKU's
 /// position in the store's map (`None`: a hold opened otherwise, found again by its SKUs).
@@ -25,13 +31,16 @@ pub(crate) type WordHandle = Option<Position>;
 /// refused request gives them back).
 pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
     /// One SKU's state: its word and what the store keeps beside it.
-    type Slot: Send + Sync;
+    type Slot: WordSlot;
 
     /// The store's SKU map.
     fn skus(&self) -> &GrowOnlyMap<K, Self::Slot>;
 
     /// The level in `slot`'s word now.
-    fn slot_level(slot: &Self::Slot) -> StockLevel;
+    #[inline]
+    fn slot_level(slot: &Self::Slot) -> StockLevel {
+        unpack(slot.word().load(Ordering::Acquire))
+    }
 
     /// Applies `change` of `quantity` units to `sku`, whose slot is `slot`; writes nothing
     /// when refused.
