@@ -37,7 +37,7 @@ pub const IDEMPOTENCY_KEYS_MAX: usize = 100_000;
 
 /// The longest idempotency key a store accepts, in bytes of UTF-8: 255 (the limit of
 /// Stripe's `Idempotency-Key`). A longer key, or an empty one, is refused with
-/// [`StockError::InvalidIdempotencyKey`](crate::StockError::InvalidIdempotencyKey), so
+/// [`StockError::InvalidIdempotencyKey`], so
 /// that remembered keys stay bounded in memory.
 ///
 /// # Examples

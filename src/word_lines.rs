@@ -229,7 +229,7 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
     }
 
     /// Commits or releases merged `lines` that are held. The version rule of
-    /// [`StockLevel`](crate::StockLevel) leaves room for each, and only lost races repeat
+    /// [`StockLevel`] leaves room for each, and only lost races repeat
     /// one, so a line that meets [`StockError::Conflict`] retries until it wins.
     ///
     /// # Panics
@@ -338,7 +338,7 @@ pub(crate) fn with_known_sku<K: Sku, V: Send + Sync, R>(
 }
 
 /// Runs `update` (a commit or release of held stock) until it is not refused for
-/// contention: the version rule of [`StockLevel`](crate::StockLevel) leaves room for each,
+/// contention: the version rule of [`StockLevel`] leaves room for each,
 /// and only lost races repeat one.
 ///
 /// # Panics
