@@ -262,8 +262,14 @@ pub trait StockStore<K>: Send + Sync {
     /// ```
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>>;
 
-    /// What this store counted since it was built (see [`StoreStats`]). Sums per-thread
-    /// stripes; takes no lock.
+    /// What this store counted since it was built (see [`StoreStats`]).
+    ///
+    /// # Locking
+    ///
+    /// The in-memory stores sum per-thread stripes and the counts of holds that their
+    /// registry keeps per shard, locking each shard of the registry in turn for a moment
+    /// (as a `reserve` or a `commit` of a hold in that shard does); no SKU is locked. A
+    /// `RedisStore` (feature `redis`) reads its counters on the server.
     ///
     /// # Examples
     ///
