@@ -391,24 +391,20 @@ pub(crate) trait LevelCell {
 /// `lines[i]`'s SKU, locked in the order of `lines` (ascending SKU).
 ///
 /// Every new level is computed before any is written, so a refusal on any line changes
-/// nothing. Returns what moved on each line, in the order of `lines`.
+/// nothing. Returns what moved on each line, in the order of `lines`. For two lines or
+/// more: [`apply`] takes one line on a path of its own.
 ///
 /// # Errors
 ///
 /// [`StockError::InsufficientStock`] or [`StockError::Overflow`] naming the first line
 /// refused.
-pub(crate) fn apply_all<K: Clone, C: LevelCell, G: DerefMut<Target = C>>(
+fn apply_all<K: Clone, C: LevelCell, G: DerefMut<Target = C>>(
     cells: &mut [G],
     lines: &[(K, u64)],
     change: Change,
     limits: Limits,
 ) -> Result<Moves, StockError<K>> {
     debug_assert_eq!(cells.len(), lines.len());
-    if let ([cell], [line]) = (&mut *cells, lines) {
-        let moved = next_move(&**cell, line, change, limits)?;
-        cell.set_level(moved.level);
-        return Ok(Moves::One(moved));
-    }
     // Sized once, as `slots`.
     let mut moves = Vec::with_capacity(lines.len());
     for (cell, line) in cells.iter().zip(lines) {
