@@ -155,8 +155,9 @@ pub struct AdaptiveStore<K> {
     /// | bits | field |
     /// |---|---|
     /// | 0..40 | `on_hand` (`COUNT_BITS`, in `word.rs`, shared with the other CAS store) |
-    /// | 40..80 | `reserved` (`RESERVED_SHIFT`) |
-    /// | 80..128 | `version` (`VERSION_SHIFT`, `VERSION_BITS`) |
+    /// | 40..64 | `version`, its low 24 bits (`VERSION_HALF_BITS`) |
+    /// | 64..104 | `reserved` |
+    /// | 104..128 | `version`, its high 24 bits |
     ///
     /// The slot's mode, from its `hot` flag:
     ///

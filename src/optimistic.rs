@@ -74,8 +74,9 @@ pub struct OptimisticStore<K> {
     /// | bits | field |
     /// |---|---|
     /// | 0..40 | `on_hand` (`COUNT_BITS`, in `word.rs`, shared with the other CAS store) |
-    /// | 40..80 | `reserved` (`RESERVED_SHIFT`) |
-    /// | 80..128 | `version` (`VERSION_SHIFT`, `VERSION_BITS`) |
+    /// | 40..64 | `version`, its low 24 bits (`VERSION_HALF_BITS`) |
+    /// | 64..104 | `reserved` |
+    /// | 104..128 | `version`, its high 24 bits |
     skus: GrowOnlyMap<K, Slot>,
     /// Open holds, events, counters.
     lifecycle: Lifecycle<K, WordHandle>,

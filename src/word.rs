@@ -2,27 +2,37 @@
 //! optimistic and the adaptive store): its layout, limits, packing, and the one
 //! compare-and-swap step ([`attempt`]) both stores retry by their own policy.
 //!
-//! Layout, from the lowest bit:
+//! Layout, from the lowest bit: each 64-bit half holds one count in its low
+//! [`COUNT_BITS`] and half of the version above it, so a count is read with one mask of
+//! its half (`level`, and the check of a change, need no shift across the halves).
 //!
 //! | bits | field |
 //! |---|---|
 //! | 0..40 | `on_hand` ([`COUNT_BITS`]) |
-//! | 40..80 | `reserved` ([`RESERVED_SHIFT`]) |
-//! | 80..128 | `version` ([`VERSION_SHIFT`], [`VERSION_BITS`]) |
+//! | 40..64 | `version`, its low 24 bits ([`VERSION_HALF_BITS`]) |
+//! | 64..104 | `reserved` |
+//! | 104..128 | `version`, its high 24 bits |
+//!
+//! The fields were once `on_hand`, `reserved` and `version` in a row, from bit 0, 40 and
+//! 80, so reading `reserved` took a shift across the halves. Callgrind of the optimistic
+//! store, that layout against this one: `level` 98.8 → 97.8 instructions, `sell`
+//! 219.8 → 192.7 (the compiler now inlines its update into it), `reserve`+`commit`
+//! 634.7 → 646.8 (packing a version that spans the halves costs more).
 
 use crate::level::{Change, Limits, Refusal, StockLevel};
 use crate::sync::{Ordering, Word};
 
-/// Bits of the word that hold `on_hand` (the lowest bits), and `reserved`.
+/// Bits of each half of the word that hold its count (`on_hand` in the low half,
+/// `reserved` in the high one).
 pub(crate) const COUNT_BITS: u32 = 40;
-/// Bits of the word that hold `version` (the highest bits).
-pub(crate) const VERSION_BITS: u32 = 128 - 2 * COUNT_BITS;
-/// Where `reserved` starts in the word.
-pub(crate) const RESERVED_SHIFT: u32 = COUNT_BITS;
-/// Where `version` starts in the word.
-pub(crate) const VERSION_SHIFT: u32 = 2 * COUNT_BITS;
-/// Mask of one count field, before shifting.
-const COUNT_MASK: u128 = (1 << COUNT_BITS) - 1;
+/// Bits of the version in each half, above the count.
+pub(crate) const VERSION_HALF_BITS: u32 = 64 - COUNT_BITS;
+/// Bits of the version in all.
+pub(crate) const VERSION_BITS: u32 = 2 * VERSION_HALF_BITS;
+/// Mask of one count, in its half.
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+/// Mask of the version's bits in one half, before shifting.
+const VERSION_HALF_MASK: u64 = (1 << VERSION_HALF_BITS) - 1;
 /// The limits the packed word can hold.
 pub(crate) const LIMITS: Limits = Limits {
     count_max: (1 << COUNT_BITS) - 1,
@@ -31,19 +41,25 @@ pub(crate) const LIMITS: Limits = Limits {
 
 /// Packs a level into a word.
 pub(crate) fn pack(level: StockLevel) -> u128 {
-    debug_assert!(level.on_hand <= LIMITS.count_max && level.version <= LIMITS.version_max);
-    u128::from(level.on_hand)
-        | u128::from(level.reserved) << RESERVED_SHIFT
-        | u128::from(level.version) << VERSION_SHIFT
+    debug_assert!(
+        level.on_hand <= LIMITS.count_max
+            && level.reserved <= LIMITS.count_max
+            && level.version <= LIMITS.version_max
+    );
+    let low = level.on_hand | (level.version & VERSION_HALF_MASK) << COUNT_BITS;
+    let high = level.reserved | (level.version >> VERSION_HALF_BITS) << COUNT_BITS;
+    u128::from(low) | u128::from(high) << 64
 }
 
 /// Unpacks a word into a level.
 pub(crate) fn unpack(word: u128) -> StockLevel {
-    // Each field is masked to at most 64 bits before the narrowing casts.
+    // The halves, each cut to its 64 bits on purpose.
+    let low = word as u64;
+    let high = (word >> 64) as u64;
     StockLevel {
-        on_hand: (word & COUNT_MASK) as u64,
-        reserved: ((word >> RESERVED_SHIFT) & COUNT_MASK) as u64,
-        version: (word >> VERSION_SHIFT) as u64,
+        on_hand: low & COUNT_MASK,
+        reserved: high & COUNT_MASK,
+        version: low >> COUNT_BITS | (high >> COUNT_BITS) << VERSION_HALF_BITS,
     }
 }
 
@@ -96,5 +112,22 @@ mod tests {
         ] {
             assert_eq!(unpack(pack(level)), level);
         }
+    }
+
+    /// A version past 24 bits spans both halves of the word and comes back whole.
+    #[test]
+    fn a_version_spans_the_halves() {
+        let level = StockLevel {
+            on_hand: 1,
+            reserved: 2,
+            version: (3 << VERSION_HALF_BITS) + 5,
+        };
+        assert_eq!(unpack(pack(level)), level);
+        // Negative control: a packing that keeps only the version's low half loses the
+        // rest, and the round trip says so.
+        let low_half_only =
+            u128::from(level.on_hand | (level.version & VERSION_HALF_MASK) << COUNT_BITS)
+                | u128::from(level.reserved) << 64;
+        assert_ne!(unpack(low_half_only), level);
     }
 }
