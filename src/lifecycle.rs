@@ -13,7 +13,7 @@ use crate::level::{Change, LowStock, Moved};
 use crate::lines::{self, LockedSkus, Moves};
 use crate::options::ReserveOptions;
 use crate::reservation::{
-    Extension, HoldLines, Opened, Registry, Reservation, ReservationId, Resolved,
+    Extension, HoldLines, Opened, Registry, Reservation, ReservationId, Resolution, Resolved,
 };
 use crate::stats::{Stat, Stats, StoreStats};
 use crate::store::Sku;
@@ -338,14 +338,16 @@ fn report<K: Sku, H>(
 ) -> Result<Reservation<K>, StockError<K>> {
     let reservation = resolved.reservation;
     let id = reservation.id();
-    let expired = resolved.expired;
-    life.emit(reservation.lines(), &resolved.moved, |lines| {
-        match (expired, change) {
-            (true, _) => StockEvent::Expired { id, lines },
-            (false, Change::Commit) => StockEvent::Committed { id, lines },
-            (false, _) => StockEvent::Released { id, lines },
-        }
-    });
+    let resolution = Resolution::of(change, resolved.expired);
+    life.emit(
+        reservation.lines(),
+        &resolved.moved,
+        |lines| match resolution {
+            Resolution::Expired => StockEvent::Expired { id, lines },
+            Resolution::Committed => StockEvent::Committed { id, lines },
+            Resolution::Released => StockEvent::Released { id, lines },
+        },
+    );
     if resolved.expired {
         Err(StockError::Expired(id))
     } else {

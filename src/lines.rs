@@ -221,17 +221,13 @@ pub(crate) fn apply_quiet<K: Sku, S: LockedSkus<K>>(
         return apply_one_quiet(store, line, change);
     }
     let mut cells = lock_all(store, lines)?;
-    let after = |cell: &S::Cell, (sku, quantity): &(K, u64)| {
-        cell.level()
-            .apply(change, *quantity, cell.withheld(), Limits::U64)
-            .map_err(|refusal| refusal.into_error(sku.clone(), *quantity))
-    };
     for (cell, line) in cells.iter().zip(lines) {
-        after(cell, line)?;
+        next_level(&**cell, line, change, Limits::U64)?;
     }
     for (cell, line) in cells.iter_mut().zip(lines) {
         // Checked above, under the same locks: nothing changed since.
-        let level = after(cell, line).expect("a line checked under its lock still applies");
+        let level = next_level(&**cell, line, change, Limits::U64)
+            .expect("a line checked under its lock still applies");
         cell.set_level(level);
     }
     Ok(())
@@ -339,17 +335,14 @@ pub(crate) fn hold_one_quiet<K: Sku, S: LockedSkus<K>>(
 #[inline(always)]
 fn apply_one_keeping_slot<K: Sku, S: LockedSkus<K>>(
     store: &S,
-    (sku, quantity): &(K, u64),
+    line @ (sku, _): &(K, u64),
     change: Change,
 ) -> Result<Position, StockError<K>> {
     let Some((position, slot)) = store.slot_map().get_positioned(sku) else {
         return Err(StockError::UnknownSku(sku.clone()));
     };
     let mut cell = store.lock(slot);
-    let after = cell
-        .level()
-        .apply(change, *quantity, cell.withheld(), Limits::U64)
-        .map_err(|refusal| refusal.into_error(sku.clone(), *quantity))?;
+    let after = next_level(&*cell, line, change, Limits::U64)?;
     cell.set_level(after);
     Ok(position)
 }
@@ -423,15 +416,30 @@ fn apply_all<K: Clone, C: LevelCell, G: DerefMut<Target = C>>(
 /// [`StockError::InsufficientStock`] or [`StockError::Overflow`] naming `line`'s SKU.
 fn next_move<K: Clone, C: LevelCell>(
     cell: &C,
-    (sku, quantity): &(K, u64),
+    line: &(K, u64),
     change: Change,
     limits: Limits,
 ) -> Result<Moved, StockError<K>> {
-    let before = cell.level();
-    let after = before
+    let after = next_level(cell, line, change, limits)?;
+    Ok(Moved::new(cell.level(), after, cell.low_stock_threshold()))
+}
+
+/// The level `change` of `line` would leave on `cell`, which holds `line`'s SKU; writes
+/// nothing.
+///
+/// # Errors
+///
+/// [`StockError::InsufficientStock`] or [`StockError::Overflow`] naming `line`'s SKU.
+#[inline(always)]
+fn next_level<K: Clone, C: LevelCell>(
+    cell: &C,
+    (sku, quantity): &(K, u64),
+    change: Change,
+    limits: Limits,
+) -> Result<StockLevel, StockError<K>> {
+    cell.level()
         .apply(change, *quantity, cell.withheld(), limits)
-        .map_err(|refusal| refusal.into_error(sku.clone(), *quantity))?;
-    Ok(Moved::new(before, after, cell.low_stock_threshold()))
+        .map_err(|refusal| refusal.into_error(sku.clone(), *quantity))
 }
 
 #[cfg(test)]

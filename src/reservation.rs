@@ -303,14 +303,38 @@ pub(crate) struct HoldCounts {
     pub(crate) expired: u64,
 }
 
-impl HoldCounts {
-    /// Counts a hold that left by `change` (`Commit` or `Release`), or expired.
+/// How a hold left the registry, decided under its shard lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resolution {
+    /// Committed: its stock is sold.
+    Committed,
+    /// Released: its stock went back.
+    Released,
+    /// Past its deadline: its stock went back, whatever the caller asked for.
+    Expired,
+}
+
+impl Resolution {
+    /// How a hold asked to resolve by `change` (`Commit` or `Release`) leaves: `expired`,
+    /// past its deadline, it expires instead.
     #[inline]
-    fn resolved(&mut self, change: Change, expired: bool) {
-        let count = match (expired, change) {
-            (true, _) => &mut self.expired,
-            (false, Change::Commit) => &mut self.committed,
-            (false, _) => &mut self.released,
+    pub(crate) fn of(change: Change, expired: bool) -> Self {
+        match (expired, change) {
+            (true, _) => Resolution::Expired,
+            (false, Change::Commit) => Resolution::Committed,
+            (false, _) => Resolution::Released,
+        }
+    }
+}
+
+impl HoldCounts {
+    /// Counts a hold that left by `resolution`.
+    #[inline]
+    fn resolved(&mut self, resolution: Resolution) {
+        let count = match resolution {
+            Resolution::Committed => &mut self.committed,
+            Resolution::Released => &mut self.released,
+            Resolution::Expired => &mut self.expired,
         };
         *count = count.wrapping_add(1);
     }
@@ -500,12 +524,13 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
                 }
                 let expired = hold.is_due(now);
                 let settle = settle.take().expect("a hold is settled once");
+                // Past its deadline, the hold's stock goes back whatever was asked.
                 let moved = settle(
                     hold.reservation.lines(),
                     &hold.handle,
                     if expired { Change::Release } else { change },
                 );
-                counts.resolved(change, expired);
+                counts.resolved(Resolution::of(change, expired));
                 outcome = Some((expired, moved));
                 true
             });
@@ -541,7 +566,7 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
         let removed = self.holds.remove_if(&id, |hold, counts| {
             if hold.is_due(Some(now)) {
                 outcome = Some(Err(settle(hold.reservation.lines())));
-                counts.resolved(Change::Release, true);
+                counts.resolved(Resolution::Expired);
                 return true;
             }
             let reservation = &mut hold.reservation;
@@ -601,7 +626,7 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
                 return false;
             }
             moved = Some(settle(hold.reservation.lines()));
-            counts.resolved(Change::Release, true);
+            counts.resolved(Resolution::Expired);
             true
         })?;
         let moved = moved.expect("a removed hold was settled");

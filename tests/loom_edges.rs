@@ -282,3 +282,54 @@ fn compensation_race<S: StockStore<Sku> + 'static>(store: &Arc<S>) -> (u64, u64,
     }
     counts
 }
+
+/// Negative control of the compensation models: a two-line hold over two counters of
+/// available units that checks both lines, takes the first, and on losing the second
+/// returns its refusal without giving the first back. Loom must find the interleaving
+/// where the sale takes `b` between the check and the hold's second line.
+mod controls {
+    use std::sync::Arc;
+
+    use loom::sync::atomic::{AtomicU64, Ordering};
+    use loom::thread;
+
+    /// Takes `units` from `available` by compare-and-swap unless fewer are left.
+    fn take(available: &AtomicU64, units: u64) -> bool {
+        available
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(units)
+            })
+            .is_ok()
+    }
+
+    /// Holds 2 of `a` and 1 of `b`, all or nothing in intent, with no compensation.
+    fn hold_without_compensation(a: &AtomicU64, b: &AtomicU64) -> bool {
+        if a.load(Ordering::Acquire) < 2 || b.load(Ordering::Acquire) < 1 {
+            return false;
+        }
+        take(a, 2) && take(b, 1)
+    }
+
+    #[test]
+    #[should_panic(expected = "left held")]
+    fn a_refused_hold_without_compensation_leaves_a_held() {
+        loom::model(|| {
+            let a = Arc::new(AtomicU64::new(3));
+            let b = Arc::new(AtomicU64::new(1));
+            let seller = {
+                let b = Arc::clone(&b);
+                thread::spawn(move || take(&b, 1))
+            };
+            let held = hold_without_compensation(&a, &b);
+            let sold = seller.join().unwrap();
+            assert!(held != sold, "exactly one gets b");
+            if !held {
+                assert_eq!(
+                    a.load(Ordering::Acquire),
+                    3,
+                    "a left held by a refused hold"
+                );
+            }
+        });
+    }
+}

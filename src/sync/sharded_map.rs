@@ -304,4 +304,52 @@ mod tests {
         });
         assert_eq!((inserted, removed), (4000, 2000));
     }
+
+    /// Two threads each insert one key into a map with a tally, counting the insert with
+    /// `count(map, key)`; returns the count left afterwards by `counted(map)`.
+    fn inserts_counted(
+        count: impl Fn(&ShardedMap<u64, u64, crate::sync::Hasher, u64>, u64) + Sync,
+        counted: impl Fn(&ShardedMap<u64, u64, crate::sync::Hasher, u64>) -> u64,
+    ) -> u64 {
+        let map = ShardedMap::new();
+        std::thread::scope(|scope| {
+            for key in 0..2 {
+                let (map, count) = (&map, &count);
+                scope.spawn(move || count(map, key));
+            }
+        });
+        counted(&map)
+    }
+
+    /// A tally changed under the shard lock counts both inserts.
+    #[test]
+    fn a_tally_under_the_lock_counts_every_insert() {
+        let counted = inserts_counted(
+            |map, key| map.insert_new(key, key, |tally| *tally += 1),
+            |map| map.fold_tallies(0, |sum, tally| sum + tally),
+        );
+        assert_eq!(counted, 2);
+    }
+
+    /// Negative control: a count kept beside the map by a load and a store (the two
+    /// threads made to load before either stores) loses an insert, and the same check
+    /// says so.
+    #[test]
+    fn negative_control_a_count_outside_the_lock_loses_an_insert() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Barrier;
+
+        let beside = AtomicU64::new(0);
+        let both_loaded = Barrier::new(2);
+        let counted = inserts_counted(
+            |map, key| {
+                let seen = beside.load(Ordering::Relaxed);
+                both_loaded.wait();
+                beside.store(seen + 1, Ordering::Relaxed);
+                map.insert_new(key, key, |_| ());
+            },
+            |_| beside.load(Ordering::Relaxed),
+        );
+        assert_ne!(counted, 2);
+    }
 }
