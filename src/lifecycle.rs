@@ -167,7 +167,7 @@ pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
     let life = store.lifecycle();
     // A single line stays inline (no allocation for the hold's lines); several go into
     // one shared allocation.
-    let lines: HoldLines<K> = lines::merge(lines)?.into();
+    let lines = HoldLines::merged(lines)?;
     if let Some(key) = &options.idempotency_key {
         crate::idempotency::validate_key(key)?;
     }

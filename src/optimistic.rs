@@ -175,7 +175,7 @@ impl<K: Sku> OptimisticStore<K> {
     /// winning change:
     /// what moved, or nothing for a caller with no event sink. The first attempt is
     /// inline; a lost race goes on in [`update_contended`](Self::update_contended).
-    #[inline]
+    #[inline(always)]
     fn update_then<R>(
         &self,
         sku: &K,
@@ -330,7 +330,7 @@ impl<K: Sku> WordStore<K> for OptimisticStore<K> {
         })
     }
 
-    #[inline]
+    #[inline(always)]
     fn update_slot_quiet(
         &self,
         sku: &K,

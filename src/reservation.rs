@@ -10,6 +10,7 @@ use crate::error::StockError;
 use crate::expiry::ExpiryIndex;
 use crate::idempotency::{KeySlot, KeyTable};
 use crate::level::Change;
+use crate::lines;
 use crate::options::ReserveOptions;
 use crate::sync::{self, AtomicBool, IdHasher, Ordering, ShardedMap};
 
@@ -201,6 +202,31 @@ impl<K> std::ops::Deref for HoldLines<K> {
 impl<K: fmt::Debug> fmt::Debug for HoldLines<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<K: Clone + Ord> HoldLines<K> {
+    /// The lines of a request, validated and merged ([`lines::merge`]). Two or more lines
+    /// are cloned into one shared allocation and sorted there: one allocation, where a
+    /// merge into a `Vec` and then into an `Arc` took two and a copy. A request that names
+    /// a SKU twice takes the general path.
+    ///
+    /// # Errors
+    ///
+    /// As [`lines::merge`]: [`StockError::EmptyRequest`], [`StockError::InvalidQuantity`]
+    /// or [`StockError::Overflow`].
+    pub(crate) fn merged(lines: &[(K, u64)]) -> Result<Self, StockError<K>> {
+        if lines.len() < 2 || lines.iter().any(|(_, quantity)| *quantity == 0) {
+            return lines::merge(lines).map(Self::from);
+        }
+        let mut shared: Arc<[(K, u64)]> = Arc::from(lines);
+        if let Some(sorted) = Arc::get_mut(&mut shared) {
+            sorted.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+            if sorted.windows(2).all(|pair| pair[0].0 != pair[1].0) {
+                return Ok(HoldLines::Many(shared));
+            }
+        }
+        lines::merge(lines).map(Self::from)
     }
 }
 
@@ -701,5 +727,35 @@ impl<K> Reservation<K> {
             lines: lines.into(),
             expires_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_hold_lines_are_the_merge_of_the_request() {
+        let requests: [&[(&str, u64)]; 6] = [
+            &[("b", 1), ("a", 2), ("c", 3)],
+            &[("b", 1), ("a", 2), ("b", 3)],
+            &[("a", 1), ("a", 2)],
+            &[("a", 1)],
+            &[("b", u64::MAX), ("a", 1), ("b", 1)],
+            &[("a", 1), ("b", 0)],
+        ];
+        for request in requests {
+            let merged = HoldLines::merged(request).map(|lines| lines.to_vec());
+            let expected = lines::merge(request).map(|lines| lines.into_owned());
+            assert_eq!(merged, expected, "{request:?}");
+        }
+        assert_eq!(
+            HoldLines::<&str>::merged(&[]),
+            Err(StockError::EmptyRequest)
+        );
+        assert!(matches!(
+            HoldLines::merged(&[("a", 1), ("a", 2)]),
+            Ok(HoldLines::One([("a", 3)]))
+        ));
     }
 }

@@ -6,7 +6,7 @@
 use crate::error::StockError;
 use crate::level::{Change, LowStock, Moved, StockLevel};
 use crate::lifecycle::Backend;
-use crate::lines::{self, Moves};
+use crate::lines::{self, Moves, PerLine};
 use crate::store::{Sku, StockStore};
 use crate::sync::{GrowOnlyMap, Ordering, Position, Word};
 use crate::word::{unpack, LIMITS};
@@ -131,7 +131,8 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
             return;
         }
         for (sku, quantity) in lines {
-            self.resolve_line_quiet(sku, *quantity, change);
+            // The reporting update, its report dropped: see `sell_lines`.
+            self.resolve_line(sku, *quantity, change);
         }
     }
 
@@ -209,8 +210,8 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
     /// [`StockError::UnknownSku`] for the first SKU never restocked, whatever the other
     /// lines (as the locking stores); else [`StockError::InsufficientStock`] or
     /// [`StockError::Overflow`] for the first line refused.
-    fn check_lines(&self, lines: &[(K, u64)]) -> Result<Vec<&Self::Slot>, StockError<K>> {
-        let mut slots = Vec::with_capacity(lines.len());
+    fn check_lines(&self, lines: &[(K, u64)]) -> Result<PerLine<&Self::Slot>, StockError<K>> {
+        let mut slots = PerLine::with_capacity(lines.len());
         let mut refused = Ok(());
         for (sku, quantity) in lines {
             let slot = self
@@ -247,12 +248,6 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
     #[inline]
     fn resolve_line(&self, sku: &K, quantity: u64, change: Change) -> Moved {
         retry_past_conflicts(|| self.update_sku(sku, change, quantity))
-    }
-
-    /// [`resolve_line`](Self::resolve_line) with no report of the move.
-    #[inline]
-    fn resolve_line_quiet(&self, sku: &K, quantity: u64, change: Change) {
-        retry_past_conflicts(|| self.update_sku_quiet(sku, change, quantity));
     }
 
     /// [`StockStore::sell`]: one line is one update with no allocation (an event sink adds
