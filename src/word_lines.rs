@@ -257,17 +257,34 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
     ///
     /// [`StockError::EmptyRequest`], [`StockError::InvalidQuantity`], or what
     /// [`reserve_lines`](Self::reserve_lines) returns, with nothing sold.
+    #[inline]
     fn sell_lines(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
+        let life = self.lifecycle();
+        match lines {
+            [(sku, quantity)] if *quantity != 0 && !life.events.enabled() => {
+                // Nobody listens: no move to report, so none is built.
+                let sold = self.update_sku_quiet(sku, Change::Sell, *quantity);
+                life.stats.count_refusal(&sold);
+                sold
+            }
+            _ => self.sell_lines_slow(lines),
+        }
+    }
+
+    /// [`sell_lines`](Self::sell_lines) but for its common case, one line with no event
+    /// sink; out of line, so that the common case keeps few registers (callgrind: the
+    /// adaptive store's one-line `sell` 201.8 -> 199.9 instructions, the optimistic
+    /// store's 192.8 -> 190.8).
+    ///
+    /// # Errors
+    ///
+    /// As [`sell_lines`](Self::sell_lines).
+    #[inline(never)]
+    fn sell_lines_slow(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
         let life = self.lifecycle();
         if let [(sku, quantity)] = lines {
             if *quantity == 0 {
                 return Err(StockError::InvalidQuantity { sku: sku.clone() });
-            }
-            if !life.events.enabled() {
-                // Nobody listens: no move to report, so none is built.
-                let sold = self.update_sku_quiet(sku, Change::Sell, *quantity);
-                life.stats.count_refusal(&sold);
-                return sold;
             }
             let sold = self.update_sku(sku, Change::Sell, *quantity);
             life.stats.count_refusal(&sold);
@@ -288,8 +305,8 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
             life.stats.count_refusal(&held);
             held?;
             for (sku, quantity) in lines.iter() {
-                // Not `resolve_line_quiet`: one caller more of the quiet update cost the
-                // adaptive store's one-line `sell` 25 instructions in callgrind.
+                // Not the quiet update: one caller more of it cost the adaptive store's
+                // one-line `sell` 25 instructions in callgrind.
                 self.resolve_line(sku, *quantity, Change::Commit);
             }
             return Ok(());
