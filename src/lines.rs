@@ -55,9 +55,13 @@ pub(crate) fn merge<K: Clone + Ord>(
     }
 }
 
-/// Lines of one request kept on the stack before a multi-line request spills to the heap:
-/// TPC-C's NewOrder has 5 to 15 lines, and each heap allocation cost an S4 order about 4 %
-/// of its time at 2 threads.
+/// Lines of one request whose guards or slots stay on the stack before a multi-line
+/// request spills to the heap: TPC-C's NewOrder has 5 to 15 lines. With the hold's lines
+/// sorted in their shared allocation ([`HoldLines::merged`]), an S4 order makes one heap
+/// allocation where it made four (locking stores) or three (compare-and-swap stores):
+/// callgrind's count of `malloc` calls over 20,000 orders.
+///
+/// [`HoldLines::merged`]: crate::reservation::HoldLines::merged
 pub(crate) const LINES_INLINE: usize = 16;
 
 /// One value per line of a request (a guard, a slot), on the stack up to [`LINES_INLINE`]
