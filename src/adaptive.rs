@@ -5,7 +5,7 @@ use std::fmt;
 
 use crate::builder::StoreBuilder;
 use crate::error::StockError;
-use crate::level::{Change, Moved, StockLevel};
+use crate::level::{Change, StockLevel};
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines;
 use crate::stats::Stat;
@@ -214,6 +214,11 @@ impl WordSlot for Slot {
     fn word(&self) -> &Word {
         &self.word
     }
+
+    #[inline]
+    fn low_stock_threshold(&self) -> &AtomicU64 {
+        &self.low_stock_threshold
+    }
 }
 
 impl Slot {
@@ -369,29 +374,6 @@ impl<K: Sku> AdaptiveStore<K> {
         }
     }
 
-    /// [`update_slot`](WordStore::update_slot) by the SKU's mode, returning
-    /// `report(before, after)` of the winning change: what moved, or nothing for a caller
-    /// with no event sink. Never refused for contention. A cold SKU's first attempt is
-    /// inline; a lost race goes on in [`update_contended`](Self::update_contended).
-    #[inline(always)]
-    fn update_then<R>(
-        &self,
-        sku: &K,
-        slot: &Slot,
-        change: Change,
-        quantity: u64,
-        report: impl FnOnce(StockLevel, StockLevel) -> R,
-    ) -> Result<R, StockError<K>> {
-        if slot.hot.load(Ordering::Acquire) {
-            return self.update_locked(sku, slot, change, quantity, 0, report);
-        }
-        match attempt(&slot.word, change, quantity) {
-            Attempt::Won(before, after) => Ok(self.won(slot, before, after, report)),
-            Attempt::Refused(refusal) => Err(refusal.into_error(sku.clone(), quantity)),
-            Attempt::Lost => self.update_contended(sku, slot, change, quantity, report),
-        }
-    }
-
     /// The cold path after its first attempt lost a race: a CAS loop with back-off, as
     /// the optimistic store's; after [`OPTIMISTIC_ATTEMPTS_MAX`] lost races, or once the
     /// SKU turned hot, the locked path.
@@ -492,17 +474,6 @@ impl<K: Sku> AdaptiveStore<K> {
         self.lifecycle.stats.add(Stat::CasRetries, lost);
         self.lifecycle.stats.count(Stat::Contended);
     }
-
-    /// What moved from `before` to `after` on `slot`; reads the threshold only when an
-    /// event sink listens.
-    fn moved(&self, slot: &Slot, before: StockLevel, after: StockLevel) -> Moved {
-        let threshold = if self.lifecycle.events.enabled() {
-            slot.low_stock_threshold.load(Ordering::Relaxed)
-        } else {
-            0
-        };
-        Moved::new(before, after, threshold)
-    }
 }
 
 impl<K: Sku> StoreBuilder<K, AdaptiveStore<K>> {
@@ -601,30 +572,27 @@ impl<K: Sku> WordStore<K> for AdaptiveStore<K> {
         &self.skus
     }
 
-    /// Applies `change` to one SKU's slot by its mode; never refused for contention;
-    /// returns what moved (the threshold crossing only when an event sink listens).
-    #[inline]
-    fn update_slot(
-        &self,
-        sku: &K,
-        slot: &Slot,
-        change: Change,
-        quantity: u64,
-    ) -> Result<Moved, StockError<K>> {
-        self.update_then(sku, slot, change, quantity, |before, after| {
-            self.moved(slot, before, after)
-        })
-    }
-
+    /// The adaptive policy, by the SKU's mode: never refused for contention. A hot SKU's
+    /// writer queues on its lock ([`update_locked`](Self::update_locked)); a cold SKU's
+    /// first attempt is inline, and a lost race goes on in
+    /// [`update_contended`](Self::update_contended).
     #[inline(always)]
-    fn update_slot_quiet(
+    fn update_then<R>(
         &self,
         sku: &K,
         slot: &Slot,
         change: Change,
         quantity: u64,
-    ) -> Result<(), StockError<K>> {
-        self.update_then(sku, slot, change, quantity, |_, _| ())
+        report: impl FnOnce(StockLevel, StockLevel) -> R,
+    ) -> Result<R, StockError<K>> {
+        if slot.hot.load(Ordering::Acquire) {
+            return self.update_locked(sku, slot, change, quantity, 0, report);
+        }
+        match attempt(&slot.word, change, quantity) {
+            Attempt::Won(before, after) => Ok(self.won(slot, before, after, report)),
+            Attempt::Refused(refusal) => Err(refusal.into_error(sku.clone(), quantity)),
+            Attempt::Lost => self.update_contended(sku, slot, change, quantity, report),
+        }
     }
 }
 

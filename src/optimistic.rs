@@ -98,6 +98,11 @@ impl WordSlot for Slot {
     fn word(&self) -> &Word {
         &self.word
     }
+
+    #[inline]
+    fn low_stock_threshold(&self) -> &AtomicU64 {
+        &self.low_stock_threshold
+    }
 }
 
 impl Slot {
@@ -171,26 +176,6 @@ impl<K: Sku> OptimisticStore<K> {
         StoreBuilder::new(Self::RETRIES_MAX)
     }
 
-    /// [`update_slot`](WordStore::update_slot), returning `report(before, after)` of the
-    /// winning change:
-    /// what moved, or nothing for a caller with no event sink. The first attempt is
-    /// inline; a lost race goes on in [`update_contended`](Self::update_contended).
-    #[inline(always)]
-    fn update_then<R>(
-        &self,
-        sku: &K,
-        slot: &Slot,
-        change: Change,
-        quantity: u64,
-        report: impl FnOnce(StockLevel, StockLevel) -> R,
-    ) -> Result<R, StockError<K>> {
-        match attempt(&slot.word, change, quantity) {
-            Attempt::Won(before, after) => Ok(report(before, after)),
-            Attempt::Refused(refusal) => Err(refusal.into_error(sku.clone(), quantity)),
-            Attempt::Lost => self.update_contended(sku, slot, change, quantity, report),
-        }
-    }
-
     /// The rest of [`update_then`](Self::update_then) after its first attempt lost a race:
     /// a CAS retry loop with back-off, up to the store's retry bound, then `Conflict`.
     #[cold]
@@ -238,17 +223,6 @@ impl<K: Sku> OptimisticStore<K> {
             self.lifecycle.stats.add(Stat::CasRetries, u64::from(lost));
             self.lifecycle.stats.count(Stat::Contended);
         }
-    }
-
-    /// What moved from `before` to `after` on `slot`; reads the threshold only when an
-    /// event sink listens.
-    fn moved(&self, slot: &Slot, before: StockLevel, after: StockLevel) -> Moved {
-        let threshold = if self.lifecycle.events.enabled() {
-            slot.low_stock_threshold.load(Ordering::Relaxed)
-        } else {
-            0
-        };
-        Moved::new(before, after, threshold)
     }
 
     /// Restocks `quantity` units on an existing SKU's `slot`. A restock is never refused
@@ -315,30 +289,22 @@ impl<K: Sku> WordStore<K> for OptimisticStore<K> {
         &self.skus
     }
 
-    /// Applies `change` to one SKU's slot with a CAS retry loop; returns what moved (the
-    /// threshold crossing only when an event sink listens).
-    #[inline]
-    fn update_slot(
-        &self,
-        sku: &K,
-        slot: &Slot,
-        change: Change,
-        quantity: u64,
-    ) -> Result<Moved, StockError<K>> {
-        self.update_then(sku, slot, change, quantity, |before, after| {
-            self.moved(slot, before, after)
-        })
-    }
-
+    /// The optimistic policy: the first attempt is inline; a lost race goes on in
+    /// [`update_contended`](Self::update_contended), up to the store's retry bound.
     #[inline(always)]
-    fn update_slot_quiet(
+    fn update_then<R>(
         &self,
         sku: &K,
         slot: &Slot,
         change: Change,
         quantity: u64,
-    ) -> Result<(), StockError<K>> {
-        self.update_then(sku, slot, change, quantity, |_, _| ())
+        report: impl FnOnce(StockLevel, StockLevel) -> R,
+    ) -> Result<R, StockError<K>> {
+        match attempt(&slot.word, change, quantity) {
+            Attempt::Won(before, after) => Ok(report(before, after)),
+            Attempt::Refused(refusal) => Err(refusal.into_error(sku.clone(), quantity)),
+            Attempt::Lost => self.update_contended(sku, slot, change, quantity, report),
+        }
     }
 }
 

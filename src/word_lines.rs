@@ -8,13 +8,17 @@ use crate::level::{Change, LowStock, Moved, StockLevel};
 use crate::lifecycle::Backend;
 use crate::lines::{self, Moves, PerLine};
 use crate::store::{Sku, StockStore};
-use crate::sync::{GrowOnlyMap, Ordering, Position, Word};
+use crate::sync::{AtomicU64, GrowOnlyMap, Ordering, Position, Word};
 use crate::word::{unpack, LIMITS};
 
 /// One SKU's slot in a word store: its packed word, beside whatever else the store keeps.
 pub(crate) trait WordSlot: Send + Sync {
     /// The SKU's `(on_hand, reserved, version)` word ([`crate::word`]).
     fn word(&self) -> &Word;
+
+    /// The SKU's low-stock threshold in units (0: none); read only when an event sink is
+    /// set.
+    fn low_stock_threshold(&self) -> &AtomicU64;
 }
 
 /// What a one-line hold of a word store keeps to settle without a lookup: its SKU's
@@ -42,29 +46,63 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
         unpack(slot.word().load(Ordering::Acquire))
     }
 
-    /// Applies `change` of `quantity` units to `sku`, whose slot is `slot`; writes nothing
-    /// when refused.
+    /// Applies `change` of `quantity` units to `sku`, whose slot is `slot`, by the store's
+    /// policy on a lost race, and returns `report(before, after)` of the winning change:
+    /// what moved, or nothing for a caller with no event sink. Writes nothing when
+    /// refused.
     ///
     /// # Errors
     ///
     /// [`StockError::InsufficientStock`], [`StockError::Overflow`], or
     /// [`StockError::Conflict`] when the store gives up on contention (the optimistic
     /// store, after its retries; the adaptive store never does).
+    fn update_then<R>(
+        &self,
+        sku: &K,
+        slot: &Self::Slot,
+        change: Change,
+        quantity: u64,
+        report: impl FnOnce(StockLevel, StockLevel) -> R,
+    ) -> Result<R, StockError<K>>;
+
+    /// What moved from `before` to `after` on `slot`; reads the threshold only when an
+    /// event sink listens.
+    #[inline]
+    fn moved(&self, slot: &Self::Slot, before: StockLevel, after: StockLevel) -> Moved {
+        let threshold = if self.lifecycle().events.enabled() {
+            slot.low_stock_threshold().load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        Moved::new(before, after, threshold)
+    }
+
+    /// [`update_then`](Self::update_then) reporting what moved (the threshold crossing
+    /// only when an event sink listens).
+    ///
+    /// # Errors
+    ///
+    /// As [`update_then`](Self::update_then).
+    #[inline]
     fn update_slot(
         &self,
         sku: &K,
         slot: &Self::Slot,
         change: Change,
         quantity: u64,
-    ) -> Result<Moved, StockError<K>>;
+    ) -> Result<Moved, StockError<K>> {
+        self.update_then(sku, slot, change, quantity, |before, after| {
+            self.moved(slot, before, after)
+        })
+    }
 
-    /// [`update_slot`](Self::update_slot) for a caller that needs no report of the move
+    /// [`update_then`](Self::update_then) for a caller that needs no report of the move
     /// (no event sink).
     ///
     /// # Errors
     ///
-    /// As [`update_slot`](Self::update_slot).
-    #[inline]
+    /// As [`update_then`](Self::update_then).
+    #[inline(always)]
     fn update_slot_quiet(
         &self,
         sku: &K,
@@ -72,7 +110,7 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
         change: Change,
         quantity: u64,
     ) -> Result<(), StockError<K>> {
-        self.update_slot(sku, slot, change, quantity).map(drop)
+        self.update_then(sku, slot, change, quantity, |_, _| ())
     }
 
     /// Applies `change` of `quantity` units to `sku`; writes nothing when refused.
