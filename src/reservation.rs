@@ -749,6 +749,12 @@ mod tests {
             let expected = lines::merge(request).map(|lines| lines.into_owned());
             assert_eq!(merged, expected, "{request:?}");
         }
+        // Negative control: the first two requests as given (out of order; a SKU twice)
+        // are not their merge, so a `merged` that skipped the sort or the merge fails above.
+        for request in &requests[..2] {
+            let expected = lines::merge(request).map(|lines| lines.into_owned());
+            assert_ne!(Ok(request.to_vec()), expected, "{request:?}");
+        }
         assert_eq!(
             HoldLines::<&str>::merged(&[]),
             Err(StockError::EmptyRequest)
