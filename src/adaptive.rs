@@ -414,7 +414,8 @@ impl<K: Sku> AdaptiveStore<K> {
 
     /// The hot path: lock the SKU, then CAS until the change wins or is refused (a loss
     /// under the lock can only be to a cold writer that started before the SKU turned
-    /// hot, so each loss is another change applied). `conflicts` were met before.
+    /// hot, so each loss is another change applied). `conflicts` were met before. Out of
+    /// line: the cold path, inlined at every update, stays short.
     #[inline(never)]
     fn update_locked<R>(
         &self,
