@@ -621,12 +621,7 @@ impl<K: Sku> StockStore<K> for AdaptiveStore<K> {
     }
 
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {
-        self.skus
-            .get(sku)
-            .map(|slot| {
-                slot.low_stock_threshold.store(threshold, Ordering::Relaxed);
-            })
-            .ok_or_else(|| StockError::UnknownSku(sku.clone()))
+        self.set_threshold(sku, threshold)
     }
 
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {

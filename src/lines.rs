@@ -223,7 +223,7 @@ pub(crate) fn apply<K: Sku, S: LockedSkus<K>>(
 
 /// [`apply`] for a caller that needs no report of the moves (no event sink): the same
 /// change, all or nothing, checked on every line before any is written, with no move
-/// built. One allocation for several lines (the guards), none for one.
+/// built. No allocation up to [`LINES_INLINE`] lines (the guards stay on the stack).
 ///
 /// # Errors
 ///

@@ -9,7 +9,7 @@ use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines;
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
-use crate::sync::{AtomicU64, Backoff, GrowOnlyMap, Ordering, Word};
+use crate::sync::{AtomicU64, Backoff, GrowOnlyMap, Word};
 use crate::word::{attempt, pack, Attempt, LIMITS};
 use crate::word_lines::{WordHandle, WordSlot, WordStore};
 
@@ -332,12 +332,7 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
     }
 
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {
-        self.skus
-            .get(sku)
-            .map(|slot| {
-                slot.low_stock_threshold.store(threshold, Ordering::Relaxed);
-            })
-            .ok_or_else(|| StockError::UnknownSku(sku.clone()))
+        self.set_threshold(sku, threshold)
     }
 
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {

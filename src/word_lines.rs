@@ -26,9 +26,10 @@ pub(crate) trait WordSlot: Send + Sync {
 pub(crate) type WordHandle = Option<Position>;
 
 /// A store whose SKUs each change by one compare-and-swap of their own word. It gives its
-/// SKU map, the level in a slot and the update of one slot; the lookups, the one-line holds
-/// that keep their slot's position and the multi-line logic, written once here, do the
-/// rest.
+/// SKU map and its policy for one slot's update on a lost race
+/// ([`update_then`](Self::update_then)); the level of a slot, the reporting and quiet
+/// updates, the lookups, the one-line holds that keep their slot's position and the
+/// multi-line logic, written once here, do the rest.
 ///
 /// A multi-line request is all or nothing, but not isolated: between its first line and
 /// its last, a concurrent reader may see the lines already held (the compensation of a
@@ -75,6 +76,22 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
             0
         };
         Moved::new(before, after, threshold)
+    }
+
+    /// [`StockStore::set_low_stock_threshold`]: sets `sku`'s threshold to `threshold`
+    /// units (0: none).
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::UnknownSku`] for a SKU never restocked.
+    fn set_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {
+        let slot = self
+            .skus()
+            .get(sku)
+            .ok_or_else(|| StockError::UnknownSku(sku.clone()))?;
+        slot.low_stock_threshold()
+            .store(threshold, Ordering::Relaxed);
+        Ok(())
     }
 
     /// [`update_then`](Self::update_then) reporting what moved (the threshold crossing
@@ -235,7 +252,7 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
     /// refused multi-line reserve), retrying past `Conflict`s: never refused.
     fn release_slots_quiet(&self, lines: &[(K, u64)], slots: &[&Self::Slot]) {
         for ((sku, quantity), slot) in lines.iter().zip(slots) {
-            retry_past_conflicts(|| self.update_slot(sku, slot, Change::Release, *quantity));
+            retry_past_conflicts(|| self.update_slot_quiet(sku, slot, Change::Release, *quantity));
         }
     }
 
