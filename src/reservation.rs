@@ -550,12 +550,12 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
                 }
                 let expired = hold.is_due(now);
                 let settle = settle.take().expect("a hold is settled once");
-                // Past its deadline, the hold's stock goes back whatever was asked.
-                let moved = settle(
-                    hold.reservation.lines(),
-                    &hold.handle,
-                    if expired { Change::Release } else { change },
-                );
+                // Past its deadline, the hold's stock goes back whatever was asked. Picked
+                // by index, not by a branch: with a branch the compiler called `settle`
+                // from two places and kept it out of line (a one-line `reserve`+`commit`
+                // of the optimistic store took 645 instructions in callgrind, now 621).
+                let settled = [change, Change::Release][usize::from(expired)];
+                let moved = settle(hold.reservation.lines(), &hold.handle, settled);
                 counts.resolved(Resolution::of(change, expired));
                 outcome = Some((expired, moved));
                 true
