@@ -245,14 +245,18 @@ pub(crate) fn resolve<K: Sku, B: Backend<K>>(
         return resolve_reported(store, id, change);
     }
     // Nobody listens: no move to report, so none is built. The registry counts the hold.
-    let resolved = life.registry.resolve(id, change, |lines, handle, change| {
-        store.settle_quiet(lines, handle, change);
-    })?;
-    if resolved.expired {
-        Err(StockError::Expired(id))
-    } else {
-        Ok(resolved.reservation)
-    }
+    life.registry.resolve(
+        id,
+        change,
+        |lines, handle, change| store.settle_quiet(lines, handle, change),
+        |reservation, expired, ()| {
+            if expired {
+                Err(StockError::Expired(id))
+            } else {
+                Ok(reservation)
+            }
+        },
+    )
 }
 
 /// [`resolve`] when an event sink listens: the moves are built and reported.
@@ -265,9 +269,18 @@ fn resolve_reported<K: Sku, B: Backend<K>>(
     let life = store.lifecycle();
     // Past its deadline, a hold's stock goes back (`change` is then `Release`) whatever
     // the caller asked for.
-    let resolved = life
-        .registry
-        .resolve(id, change, |lines, _, change| store.settle(lines, change))?;
+    let resolved = life.registry.resolve(
+        id,
+        change,
+        |lines, _, change| store.settle(lines, change),
+        |reservation, expired, moved| {
+            Ok(Resolved {
+                reservation,
+                expired,
+                moved,
+            })
+        },
+    )?;
     report(life, resolved, change)
 }
 
