@@ -276,11 +276,16 @@ impl<K, H> Hold<K, H> {
             .is_some_and(|(deadline, now)| now >= deadline)
     }
 
-    /// Whether resolving the hold needs the time: for its deadline, or for its idempotency
-    /// key's retention.
+    /// Whether resolving the hold needs the time ([`needs_clock`]).
     fn needs_clock(&self) -> bool {
-        self.reservation.expires_at.is_some() || self.key.is_some()
+        needs_clock(&self.reservation, self.key.as_ref())
     }
+}
+
+/// Whether resolving a hold (`reservation`, made with idempotency `key`) needs the time:
+/// for its deadline, or for its key's retention.
+fn needs_clock<K>(reservation: &Reservation<K>, key: Option<&Arc<str>>) -> bool {
+    reservation.expires_at.is_some() || key.is_some()
 }
 
 /// A hold that left the registry with its stock moved: by its resolution, or by its expiry.
@@ -550,10 +555,10 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
         let mut settle = Some(settle);
         loop {
             let mut outcome = None;
-            let mut needs_clock = false;
+            let mut clock_wanted = false;
             let removed = self.holds.remove_if(&id, |hold, counts| {
                 if now.is_none() && hold.needs_clock() {
-                    needs_clock = true;
+                    clock_wanted = true;
                     return false;
                 }
                 let expired = hold.is_due(now);
@@ -575,12 +580,12 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
             }) = removed
             {
                 let (expired, moved) = outcome.expect("a removed hold was settled");
-                if reservation.expires_at.is_some() || key.is_some() {
+                if needs_clock(&reservation, key.as_ref()) {
                     self.forget(&reservation, key.as_ref(), now);
                 }
                 return done(reservation, expired, moved);
             }
-            if !needs_clock {
+            if !clock_wanted {
                 return Err(StockError::UnknownReservation(id));
             }
             now = Some(self.clock.now());
