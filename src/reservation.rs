@@ -552,17 +552,17 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
         // some hold needed it. A hold found needing it without a reading sends us back for
         // one (the flag was raised before that hold was opened).
         let mut now = self.timed.load(Ordering::Acquire).then(|| self.clock.now());
-        let mut settle = Some(settle);
+        let mut settle = settle;
         loop {
             let mut outcome = None;
-            let mut clock_wanted = false;
+            // `settle`, handed back when the hold needs a clock reading first.
+            let mut unused = None;
             let removed = self.holds.remove_if(&id, |hold, counts| {
                 if now.is_none() && hold.needs_clock() {
-                    clock_wanted = true;
+                    unused = Some(settle);
                     return false;
                 }
                 let expired = hold.is_due(now);
-                let settle = settle.take().expect("a hold is settled once");
                 // Past its deadline, the hold's stock goes back whatever was asked. Picked
                 // by index, not by a branch: with a branch the compiler called `settle`
                 // from two places and kept it out of line (a one-line `reserve`+`commit`
@@ -585,9 +585,10 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
                 }
                 return done(reservation, expired, moved);
             }
-            if !clock_wanted {
+            let Some(back) = unused else {
                 return Err(StockError::UnknownReservation(id));
-            }
+            };
+            settle = back;
             now = Some(self.clock.now());
         }
     }
