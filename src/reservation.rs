@@ -783,4 +783,64 @@ mod tests {
             Ok(HoldLines::One([("a", 3)]))
         ));
     }
+
+    /// Opens a one-line hold of `("a", 1)` with a deadline 1 s away on a registry over
+    /// `clock`, then clears the registry's `timed` flag: as if a resolution had read the
+    /// flag before the hold opened.
+    fn registry_with_stale_flag(
+        clock: &Arc<crate::ManualClock>,
+    ) -> (Registry<&'static str>, ReservationId) {
+        let registry = Registry::new(clock.clone(), Duration::from_secs(60), 16);
+        let options = ReserveOptions::new().ttl(Duration::from_secs(1));
+        let opened = registry.reserve(vec![("a", 1)], &options, |_| Ok(()));
+        let Ok(Opened::New(hold, ())) = opened else {
+            panic!("a new hold: {opened:?}");
+        };
+        registry.timed.store(false, Ordering::Relaxed);
+        (registry, hold.id())
+    }
+
+    /// Commits `id`, recording each settle call; returns `done`'s `expired` and the calls.
+    fn commit_recording(
+        registry: &Registry<&'static str>,
+        id: ReservationId,
+    ) -> (Result<bool, StockError<&'static str>>, Vec<Change>) {
+        let mut settles = Vec::new();
+        let outcome = registry.resolve(
+            id,
+            Change::Commit,
+            |lines, _, change| {
+                assert_eq!(lines, [("a", 1)]);
+                settles.push(change);
+            },
+            |reservation, expired, ()| {
+                assert_eq!(reservation.id(), id);
+                Ok(expired)
+            },
+        );
+        (outcome, settles)
+    }
+
+    /// A resolution that finds a hold needing the clock without a reading (its `timed`
+    /// reading was stale) goes back for one and settles the hold once, by that reading:
+    /// past the deadline, the hold expires (its stock goes back).
+    #[test]
+    fn a_hold_found_needing_the_clock_is_settled_once_by_a_reading() {
+        let clock = Arc::new(crate::ManualClock::new());
+        let (registry, id) = registry_with_stale_flag(&clock);
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(
+            commit_recording(&registry, id),
+            (Ok(true), vec![Change::Release])
+        );
+        assert_eq!(registry.len(), 0);
+        // Negative control: before its deadline the same hold commits, so the expiry above
+        // came from the reading (without one, `is_due` is false and the hold would commit).
+        let clock = Arc::new(crate::ManualClock::new());
+        let (registry, id) = registry_with_stale_flag(&clock);
+        assert_eq!(
+            commit_recording(&registry, id),
+            (Ok(false), vec![Change::Commit])
+        );
+    }
 }
