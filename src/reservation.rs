@@ -574,15 +574,13 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
                 true
             });
             // The hold is taken apart where it left the map (a tuple of the removed hold
-            // and the outcome copied it once more).
+            // and the outcome, or a `Resolved` returned, copied it more).
             if let Some(Hold {
                 reservation, key, ..
             }) = removed
             {
                 let (expired, moved) = outcome.expect("a removed hold was settled");
-                if needs_clock(&reservation, key.as_ref()) {
-                    self.forget(&reservation, key.as_ref(), now);
-                }
+                self.leave(&reservation, key.as_ref(), now);
                 return done(reservation, expired, moved);
             }
             let Some(back) = unused else {
@@ -636,12 +634,9 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
         match (removed, outcome) {
             (_, None) => Err(StockError::UnknownReservation(id)),
             (_, Some(Ok(reservation))) => Ok(Extension::Extended(reservation)),
-            (Some(hold), Some(Err(moved))) => Ok(Extension::Expired(self.finish(
-                hold,
-                Some(now),
-                true,
-                moved,
-            ))),
+            (Some(hold), Some(Err(moved))) => {
+                Ok(Extension::Expired(self.expired(hold, now, moved)))
+            }
             (None, Some(Err(_))) => unreachable!("an expired hold is removed"),
         }
     }
@@ -676,33 +671,39 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
             true
         })?;
         let moved = moved.expect("a removed hold was settled");
-        Some(self.finish(removed, Some(now), true, moved))
+        Some(self.expired(removed, now, moved))
     }
 
-    /// Records the end of a hold removed with its stock moved: its deadline leaves the
-    /// expiry index, and its idempotency key, if any, answers with the resolved
-    /// reservation until pruned. `now` is the clock reading taken before the hold's shard
-    /// was locked (`Some` whenever the hold has a deadline or a key). A hold with neither
-    /// (most) costs one check.
-    #[inline]
-    fn finish<M>(
-        &self,
-        hold: Hold<K, H>,
-        now: Option<Instant>,
-        expired: bool,
-        moved: M,
-    ) -> Resolved<K, M> {
-        if hold.needs_clock() {
-            self.forget(&hold.reservation, hold.key.as_ref(), now);
+    /// Records the end of a hold removed with its stock moved (`reservation`, made with
+    /// idempotency `key`): its deadline leaves the expiry index, and its key, if any,
+    /// answers with the resolved reservation until pruned. `now` is the clock reading
+    /// taken before the hold's shard was locked (`Some` whenever the hold has a deadline
+    /// or a key). A hold with neither (most) costs one check. Takes the hold's parts, not
+    /// the hold: a hold passed by value here was copied once more (callgrind
+    /// `reserve`+`commit` +14 to +17).
+    #[inline(always)]
+    fn leave(&self, reservation: &Reservation<K>, key: Option<&Arc<str>>, now: Option<Instant>) {
+        if needs_clock(reservation, key) {
+            self.forget(reservation, key, now);
         }
+    }
+
+    /// The hold `removed` by an expiry (of [`extend`](Self::extend) or
+    /// [`expire`](Self::expire)) with its stock moved back (`moved`), after
+    /// [`leave`](Self::leave).
+    fn expired<M>(&self, removed: Hold<K, H>, now: Instant, moved: M) -> Resolved<K, M> {
+        let Hold {
+            reservation, key, ..
+        } = removed;
+        self.leave(&reservation, key.as_ref(), Some(now));
         Resolved {
-            reservation: hold.reservation,
-            expired,
+            reservation,
+            expired: true,
             moved,
         }
     }
 
-    /// [`finish`](Self::finish) for a hold with a deadline or an idempotency key.
+    /// [`leave`](Self::leave) for a hold with a deadline or an idempotency key.
     #[cold]
     fn forget(&self, reservation: &Reservation<K>, key: Option<&Arc<str>>, now: Option<Instant>) {
         if let Some(deadline) = reservation.expires_at {
