@@ -3,47 +3,41 @@
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(clippy::missing_errors_doc, clippy::missing_panics_doc)]
 
-mod adaptive;
-mod builder;
-mod clock;
+// The core: the traits, the value types and the per-line helpers every store shares, beside
+// the sync seam (the only door to primitives). They import nothing from the layers above.
 mod error;
-mod event;
-mod expiry;
-mod guard;
-mod idempotency;
 mod level;
-mod lifecycle;
 mod lines;
-mod monitor;
-mod optimistic;
 mod options;
-mod pessimistic;
-mod reaper;
-#[cfg(feature = "redis")]
-mod redis;
 mod reservation;
 #[cfg(feature = "serde")]
 mod serde_impls;
 mod stats;
 mod store;
 mod sync;
+mod temperature;
 mod wait;
-mod word;
-mod word_lines;
 
-pub use adaptive::AdaptiveStore;
-pub use builder::StoreBuilder;
-pub use clock::{Clock, ManualClock, SystemClock};
+// The hold lifecycle over the core: registry, expiry, idempotency, events, guard, reaper,
+// clock, builder.
+mod lifecycle;
+
+// On top: the in-memory strategies and the Redis backend.
+#[cfg(feature = "redis")]
+mod redis;
+mod strategy;
+
 pub use error::StockError;
-pub use event::{ChannelSink, EventLine, EventSink, StockEvent};
-pub use guard::ReservationGuard;
-pub use idempotency::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_KEY_BYTES_MAX, IDEMPOTENCY_RETENTION};
 pub use level::StockLevel;
-pub use monitor::{MonitorStore, ReserveWait};
-pub use optimistic::OptimisticStore;
+pub use lifecycle::builder::StoreBuilder;
+pub use lifecycle::clock::{Clock, ManualClock, SystemClock};
+pub use lifecycle::event::{ChannelSink, EventLine, EventSink, StockEvent};
+pub use lifecycle::guard::ReservationGuard;
+pub use lifecycle::idempotency::{
+    IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_KEY_BYTES_MAX, IDEMPOTENCY_RETENTION,
+};
+pub use lifecycle::reaper::Reaper;
 pub use options::ReserveOptions;
-pub use pessimistic::PessimisticStore;
-pub use reaper::Reaper;
 #[cfg(feature = "redis")]
 pub use redis::{
     RedisSku, RedisStore, RedisStoreBuilder, COMMAND_TIMEOUT, EVENTS_MAX, POOL_SIZE,
@@ -52,3 +46,7 @@ pub use redis::{
 pub use reservation::{Reservation, ReservationId};
 pub use stats::StoreStats;
 pub use store::{Sku, StockStore, WaitFuture, WaitingStore};
+pub use strategy::adaptive::AdaptiveStore;
+pub use strategy::monitor::{MonitorStore, ReserveWait};
+pub use strategy::optimistic::OptimisticStore;
+pub use strategy::pessimistic::PessimisticStore;

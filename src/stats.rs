@@ -1,7 +1,7 @@
 //! Operation statistics: holds counted by the registry under the locks it already takes,
 //! the rest on striped counters, so counting shares no hot cache line.
 
-use crate::reservation::HoldCounts;
+use crate::level::Change;
 use crate::sync::StripedCounters;
 
 /// Counts of what a store did since it was built, from [`StockStore::stats`](crate::StockStore::stats).
@@ -122,7 +122,7 @@ impl Stats {
     }
 
     /// The counts now, with the registry's counts of holds (`holds`: what
-    /// [`Registry::counts`](crate::reservation::Registry::counts) returned).
+    /// the registry's `counts` returned).
     pub(crate) fn snapshot(&self, holds: HoldCounts) -> StoreStats {
         let sum = |stat: Stat| self.counters.sum(stat as usize);
         StoreStats {
@@ -139,6 +139,70 @@ impl Stats {
             timeouts: sum(Stat::Timeouts),
             hot_skus: sum(Stat::TurnedHot).saturating_sub(sum(Stat::TurnedCold)),
             switches: sum(Stat::TurnedHot).wrapping_add(sum(Stat::TurnedCold)),
+        }
+    }
+}
+
+/// How many holds a registry opened, and how each of those that left it left: counted per
+/// shard of its holds, under the shard's lock, by the call that opened or resolved the
+/// hold. So counting costs `reserve`, `commit` and `release` no atomic read-modify-write
+/// and no thread-local lookup of their own, and a hold is counted resolved exactly when it
+/// leaves. Counts wrap, like the store's other counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HoldCounts {
+    /// Holds opened.
+    pub(crate) opened: u64,
+    /// Holds committed.
+    pub(crate) committed: u64,
+    /// Holds released.
+    pub(crate) released: u64,
+    /// Holds expired (their stock went back at or past their deadline).
+    pub(crate) expired: u64,
+}
+
+/// How a hold left the registry, decided under its shard lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resolution {
+    /// Committed: its stock is sold.
+    Committed,
+    /// Released: its stock went back.
+    Released,
+    /// Past its deadline: its stock went back, whatever the caller asked for.
+    Expired,
+}
+
+impl Resolution {
+    /// How a hold asked to resolve by `change` (`Commit` or `Release`) leaves: `expired`,
+    /// past its deadline, it expires instead.
+    #[inline]
+    pub(crate) fn of(change: Change, expired: bool) -> Self {
+        match (expired, change) {
+            (true, _) => Resolution::Expired,
+            (false, Change::Commit) => Resolution::Committed,
+            (false, _) => Resolution::Released,
+        }
+    }
+}
+
+impl HoldCounts {
+    /// Counts a hold that left by `resolution`.
+    #[inline]
+    pub(crate) fn resolved(&mut self, resolution: Resolution) {
+        let count = match resolution {
+            Resolution::Committed => &mut self.committed,
+            Resolution::Released => &mut self.released,
+            Resolution::Expired => &mut self.expired,
+        };
+        *count = count.wrapping_add(1);
+    }
+
+    /// These counts plus `other`'s.
+    pub(crate) fn plus(self, other: &Self) -> Self {
+        Self {
+            opened: self.opened.wrapping_add(other.opened),
+            committed: self.committed.wrapping_add(other.committed),
+            released: self.released.wrapping_add(other.released),
+            expired: self.expired.wrapping_add(other.expired),
         }
     }
 }

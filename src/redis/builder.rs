@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use super::engine::{Connector, Timebase};
 use super::{RedisSku, RedisStore};
-use crate::clock::{Clock, SystemClock};
 use crate::error::StockError;
-use crate::event::{EventSink, Events};
-use crate::idempotency::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_RETENTION};
+use crate::lifecycle::clock::{Clock, SystemClock};
+use crate::lifecycle::event::{EventSink, Events};
+use crate::lifecycle::idempotency::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_RETENTION};
 
 /// Connections a [`RedisStore`] keeps open by default (its pool's maximum): one per
 /// thread that calls it at once; more threads wait for a free connection.

@@ -22,10 +22,10 @@ use redis::Value;
 pub use builder::{RedisStoreBuilder, COMMAND_TIMEOUT, EVENTS_MAX, POOL_SIZE};
 pub use sku::{RedisSku, SKU_KEY_BYTES_MAX};
 
-use crate::clock::Clock;
 use crate::error::StockError;
-use crate::event::{EventLine, Events, StockEvent};
 use crate::level::StockLevel;
+use crate::lifecycle::clock::Clock;
+use crate::lifecycle::event::{EventLine, Events, StockEvent};
 use crate::options::ReserveOptions;
 use crate::reservation::{Reservation, ReservationId};
 use crate::stats::StoreStats;
@@ -624,7 +624,7 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
         let lines = crate::lines::merge(lines)?;
         let key = options.idempotency_key.as_deref().unwrap_or("");
         if options.idempotency_key.is_some() {
-            crate::idempotency::validate_key(key)?;
+            crate::lifecycle::idempotency::validate_key(key)?;
         }
         let deadline_us = self.deadline_us(options.ttl);
         let mut args = vec![

@@ -8,8 +8,8 @@ use crate::level::{Change, LowStock, Moved, StockLevel};
 use crate::lifecycle::Backend;
 use crate::lines::{self, Moves, PerLine};
 use crate::store::{Sku, StockStore};
+use crate::strategy::word::{unpack, LIMITS};
 use crate::sync::{AtomicU64, GrowOnlyMap, Ordering, Position, Word};
-use crate::word::{unpack, LIMITS};
 
 /// One SKU's slot in a word store: its packed word, beside whatever else the store keeps.
 pub(crate) trait WordSlot: Send + Sync {
@@ -437,18 +437,18 @@ fn retry_past_conflicts<K: Sku, T>(mut update: impl FnMut() -> Result<T, StockEr
 /// `lifecycle`.
 macro_rules! word_backend_methods {
     () => {
-        type Handle = $crate::word_lines::WordHandle;
+        type Handle = $crate::strategy::word_lines::WordHandle;
 
         fn lifecycle(&self) -> &$crate::lifecycle::Lifecycle<K, Self::Handle> {
             &self.lifecycle
         }
 
         fn hold(&self, lines: &[(K, u64)]) -> Result<$crate::lines::Moves, $crate::StockError<K>> {
-            $crate::word_lines::WordStore::reserve_lines(self, lines)
+            $crate::strategy::word_lines::WordStore::reserve_lines(self, lines)
         }
 
         fn hold_lines_quiet(&self, lines: &[(K, u64)]) -> Result<(), $crate::StockError<K>> {
-            $crate::word_lines::WordStore::reserve_lines_quiet(self, lines)
+            $crate::strategy::word_lines::WordStore::reserve_lines_quiet(self, lines)
         }
 
         fn settle(
@@ -456,7 +456,7 @@ macro_rules! word_backend_methods {
             lines: &[(K, u64)],
             change: $crate::level::Change,
         ) -> $crate::lines::Moves {
-            $crate::word_lines::WordStore::resolve_lines(self, lines, change)
+            $crate::strategy::word_lines::WordStore::resolve_lines(self, lines, change)
         }
 
         #[inline]
@@ -464,7 +464,7 @@ macro_rules! word_backend_methods {
             &self,
             (sku, quantity): &(K, u64),
         ) -> Result<Self::Handle, $crate::StockError<K>> {
-            $crate::word_lines::WordStore::hold_one_quiet(self, sku, *quantity)
+            $crate::strategy::word_lines::WordStore::hold_one_quiet(self, sku, *quantity)
         }
 
         #[inline]
@@ -474,7 +474,9 @@ macro_rules! word_backend_methods {
             handle: &Self::Handle,
             change: $crate::level::Change,
         ) {
-            $crate::word_lines::WordStore::settle_quiet_lines(self, lines, handle, change);
+            $crate::strategy::word_lines::WordStore::settle_quiet_lines(
+                self, lines, handle, change,
+            );
         }
     };
 }

@@ -7,15 +7,14 @@
 
 use std::time::Duration;
 
+use super::event::{EventLine, Events, StockEvent};
+use super::registry::{Extension, Opened, Registry, Resolved};
 use crate::error::StockError;
-use crate::event::{EventLine, Events, StockEvent};
 use crate::level::{Change, LowStock, Moved};
 use crate::lines::{self, LockedSkus, Moves};
 use crate::options::ReserveOptions;
-use crate::reservation::{
-    Extension, HoldLines, Opened, Registry, Reservation, ReservationId, Resolution, Resolved,
-};
-use crate::stats::{Stat, Stats, StoreStats};
+use crate::reservation::{HoldLines, Reservation, ReservationId};
+use crate::stats::{Resolution, Stat, Stats, StoreStats};
 use crate::store::Sku;
 
 /// The parts every store shares: its holds, its event sink, its counters.
@@ -169,7 +168,7 @@ pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
     // one shared allocation.
     let lines = HoldLines::merged(lines)?;
     if let Some(key) = &options.idempotency_key {
-        crate::idempotency::validate_key(key)?;
+        crate::lifecycle::idempotency::validate_key(key)?;
     }
     let events = life.events.enabled();
     let opened = life.registry.reserve(lines, options, |lines| {

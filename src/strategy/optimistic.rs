@@ -2,16 +2,16 @@
 
 use std::fmt;
 
-use crate::builder::StoreBuilder;
 use crate::error::StockError;
 use crate::level::{Change, Moved, StockLevel};
+use crate::lifecycle::builder::StoreBuilder;
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines;
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
+use crate::strategy::word::{attempt, pack, Attempt, LIMITS};
+use crate::strategy::word_lines::{WordHandle, WordSlot, WordStore};
 use crate::sync::{AtomicU64, Backoff, GrowOnlyMap, Word};
-use crate::word::{attempt, pack, Attempt, LIMITS};
-use crate::word_lines::{WordHandle, WordSlot, WordStore};
 
 /// A stock store with **optimistic concurrency control**: each SKU's
 /// `(on_hand, reserved, version)` lives in one 128-bit atomic word, changed by
@@ -309,7 +309,7 @@ impl<K: Sku> WordStore<K> for OptimisticStore<K> {
 }
 
 impl<K: Sku> Backend<K> for OptimisticStore<K> {
-    crate::word_lines::word_backend_methods!();
+    crate::strategy::word_lines::word_backend_methods!();
 }
 
 impl<K: Sku> StockStore<K> for OptimisticStore<K> {

@@ -3,83 +3,24 @@
 
 use std::fmt;
 
-use crate::builder::StoreBuilder;
 use crate::error::StockError;
 use crate::level::{Change, StockLevel};
+use crate::lifecycle::builder::StoreBuilder;
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines;
 use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
+use crate::strategy::word::{attempt, pack, Attempt, LIMITS};
+use crate::strategy::word_lines::{WordHandle, WordSlot, WordStore};
 use crate::sync::{
     lock_noting_contention, AtomicBool, AtomicU64, Backoff, GrowOnlyMap, Mutex, Ordering, Tally,
     Word,
 };
-use crate::word::{attempt, pack, Attempt, LIMITS};
-use crate::word_lines::{WordHandle, WordSlot, WordStore};
+use crate::temperature::Temperature;
 
 /// Compare-and-swap attempts of a cold SKU's update before it takes the SKU's lock (it
 /// then waits its turn instead of racing on; the update is never refused for contention).
 const OPTIMISTIC_ATTEMPTS_MAX: u32 = 64;
-
-/// When a SKU turns hot or cold: the builder's settings of the temperature.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Temperature {
-    /// Operations per window less one (the window is a power of two, so this is its
-    /// mask); the mode is decided at the end of each window, when a change brings the
-    /// SKU's version to a multiple of the window. The mask, not the window, so that the
-    /// test of every change is one `test` (adaptive `sell` 2 instructions shorter in
-    /// callgrind).
-    window_mask: u64,
-    /// A cold SKU turns hot when its conflicts per 1000 operations reach this.
-    hot_per_mille: u64,
-    /// A hot SKU turns cold when its conflicts per 1000 operations fall to this.
-    cold_per_mille: u64,
-}
-
-impl fmt::Debug for Temperature {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Temperature")
-            .field("window_ops", &self.window_ops())
-            .field("hot_per_mille", &self.hot_per_mille)
-            .field("cold_per_mille", &self.cold_per_mille)
-            .finish()
-    }
-}
-
-impl Temperature {
-    /// The defaults: [`AdaptiveStore::WINDOW_OPS`], [`AdaptiveStore::HOT_THRESHOLD_PER_MILLE`]
-    /// and [`AdaptiveStore::COLD_THRESHOLD_PER_MILLE`].
-    pub(crate) const DEFAULT: Self = Self {
-        window_mask: 64 - 1,
-        hot_per_mille: 500,
-        cold_per_mille: 100,
-    };
-
-    /// Whether a change that brought its SKU to `version` ends a window: each version is
-    /// reached by exactly one change, so exactly one change ends each window.
-    fn ends_window(&self, version: u64) -> bool {
-        version & self.window_mask == 0
-    }
-
-    /// Operations per window, a power of two.
-    const fn window_ops(&self) -> u64 {
-        self.window_mask + 1
-    }
-
-    /// The mode a SKU in mode `hot` takes after a window of `ops` operations with
-    /// `conflicts` conflicts: hot at or above the hot threshold, cold at or below the cold
-    /// one, unchanged in between (hysteresis).
-    fn next_mode(&self, hot: bool, ops: u64, conflicts: u64) -> bool {
-        let per_mille = conflicts.saturating_mul(1000) / ops.max(1);
-        if per_mille >= self.hot_per_mille {
-            true
-        } else if per_mille <= self.cold_per_mille {
-            false
-        } else {
-            hot
-        }
-    }
-}
 
 /// A stock store with **adaptive concurrency control**: each SKU is optimistic
 /// (versioned compare-and-swap) while it is cold and pessimistic (a lock) while it is hot,
@@ -598,7 +539,7 @@ impl<K: Sku> WordStore<K> for AdaptiveStore<K> {
 }
 
 impl<K: Sku> Backend<K> for AdaptiveStore<K> {
-    crate::word_lines::word_backend_methods!();
+    crate::strategy::word_lines::word_backend_methods!();
 }
 
 impl<K: Sku> StockStore<K> for AdaptiveStore<K> {
@@ -657,17 +598,6 @@ impl<K: Sku> fmt::Debug for AdaptiveStore<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_mode_follows_the_thresholds_with_hysteresis() {
-        let temperature = Temperature::DEFAULT;
-        // 500 per mille and above: hot; 100 and below: cold; in between: unchanged.
-        assert!(temperature.next_mode(false, 100, 50));
-        assert!(!temperature.next_mode(false, 100, 49));
-        assert!(temperature.next_mode(true, 100, 11));
-        assert!(!temperature.next_mode(true, 100, 10));
-        assert!(!temperature.next_mode(false, 100, 30));
-    }
 
     #[test]
     #[cfg(not(loom))]

@@ -4,9 +4,9 @@ mod waiting;
 
 use std::fmt;
 
-use crate::builder::StoreBuilder;
 use crate::error::StockError;
 use crate::level::{Change, Limits, Moved, Refusal, StockLevel};
+use crate::lifecycle::builder::StoreBuilder;
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::stats::Stats;

@@ -5,11 +5,11 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::{Clock, SystemClock};
-use crate::event::{EventSink, Events};
-use crate::idempotency::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_RETENTION};
-use crate::lifecycle::Lifecycle;
-use crate::reservation::Registry;
+use super::backend::Lifecycle;
+use super::clock::{Clock, SystemClock};
+use super::event::{EventSink, Events};
+use super::idempotency::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_RETENTION};
+use super::registry::Registry;
 use crate::stats::Stats;
 use crate::store::Sku;
 
@@ -56,7 +56,7 @@ pub struct StoreBuilder<K, S> {
     /// Compare-and-swap attempts per SKU update (optimistic store only).
     pub(crate) retries_max: u32,
     /// When a SKU turns hot or cold (adaptive store only).
-    pub(crate) temperature: crate::adaptive::Temperature,
+    pub(crate) temperature: crate::temperature::Temperature,
     store: PhantomData<fn() -> S>,
 }
 
@@ -69,7 +69,7 @@ impl<K: Sku, S> StoreBuilder<K, S> {
             idempotency_retention: IDEMPOTENCY_RETENTION,
             idempotency_keys_max: IDEMPOTENCY_KEYS_MAX,
             retries_max,
-            temperature: crate::adaptive::Temperature::DEFAULT,
+            temperature: crate::temperature::Temperature::DEFAULT,
             store: PhantomData,
         }
     }

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use super::{Monitor, MonitorState, MonitorStore};
 use crate::error::StockError;
 use crate::level::{Change, Limits, Moved, Refusal};
+use crate::lifecycle::registry::Opened;
 use crate::lifecycle::Backend;
 use crate::lines::{self, LockedSkus};
 use crate::options::ReserveOptions;
-use crate::reservation::{Opened, Reservation};
+use crate::reservation::Reservation;
 use crate::stats::{Stat, Stats};
 use crate::store::{Sku, WaitFuture, WaitingStore};
 use crate::sync::{self, MutexGuard};
@@ -136,7 +137,7 @@ impl<'a, K: Sku> Request<'a, K> {
     ) -> Result<Start<'a, K>, StockError<K>> {
         let life = &store.lifecycle;
         if let Some(key) = &options.idempotency_key {
-            crate::idempotency::validate_key(key)?;
+            crate::lifecycle::idempotency::validate_key(key)?;
             let opened = life
                 .registry
                 .reserve(lines.clone(), options, |lines| store.hold(lines));

@@ -1,0 +1,12 @@
+//! The concurrency-control strategies behind [`StockStore`](crate::StockStore), each on the
+//! hold lifecycle of `lifecycle/`: a mutex per SKU ([`pessimistic`]), a versioned
+//! compare-and-swap word per SKU ([`optimistic`], on [`word`] and [`word_lines`]), a
+//! monitor per SKU with a FIFO queue of waiters ([`monitor`]), and per-SKU adaptive
+//! control between the two ([`adaptive`]).
+
+pub(crate) mod adaptive;
+pub(crate) mod monitor;
+pub(crate) mod optimistic;
+pub(crate) mod pessimistic;
+pub(crate) mod word;
+pub(crate) mod word_lines;
