@@ -1,4 +1,4 @@
-//! The Redis section of the report (issue 11): `RedisStore` next to the peers on the same
+//! The Redis table of the report: `RedisStore` next to the peers on the same
 //! server (`benches/redis.rs`, groups [`REDIS_GROUPS`](crate::data::REDIS_GROUPS)), and its
 //! target, `sell` ≥ 0.7× the bare `EVALSHA` script at every thread count. Written only
 //! when the run holds those results.
@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use crate::data::Data;
 use crate::format::{divide, rate, ratio, utc};
 
-/// `RedisStore::sell` must reach this share of the bare script's ops/s (issue 11).
+/// `RedisStore::sell` must reach this share of the bare script's ops/s.
 pub const SELL_OVER_BARE_MIN: f64 = 0.7;
 
 /// The sell group.
@@ -94,7 +94,7 @@ pub fn section(data: &Data, report: &mut String) {
     if !data.has_redis() {
         return;
     }
-    let _ = writeln!(report, "## Redis\n");
+    let _ = writeln!(report, "### Redis\n");
     run_line(data, report);
     let mut header = "| threads |".to_string();
     let mut rule = "|---:|".to_string();
@@ -124,7 +124,7 @@ pub fn section(data: &Data, report: &mut String) {
     let met = verdicts.iter().filter(|met| **met == Some(true)).count();
     let _ = writeln!(
         report,
-        "\nTarget (issue 11): `RedisStore::sell` ≥ {SELL_OVER_BARE_MIN}× the bare script at \
+        "\nTarget: `RedisStore::sell` ≥ {SELL_OVER_BARE_MIN}× the bare script at \
          every thread count: met at {met} of {} thread counts.",
         verdicts.len()
     );

@@ -1,10 +1,10 @@
-//! The run's sections of the report: the machine and run table, and the scaling guard.
+//! The run's line of the report: how it was measured, and the scaling guard.
 
 use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::data::{first_line_with, Data, GUARD_MIN};
+use crate::data::{Data, GUARD_MIN};
 use crate::format::{rate, ratio, utc};
 
 /// The trimmed standard output of `program args`.
@@ -41,60 +41,56 @@ fn command(run: &Value) -> String {
     }
 }
 
-/// The machine and run section.
-pub fn machine_section(data: &Data, note: Option<&str>, report: &mut String) {
-    let memory = first_line_with("/proc/meminfo", "MemTotal")
-        .and_then(|total| total.trim_end_matches(" kB").trim().parse::<f64>().ok())
-        .map_or_else(|| "?".into(), |kib| format!("{:.1} GiB", kib / 1_048_576.0));
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "?".into(), |text| text.trim().to_string());
-    let rustc = command_output("rustc", &["-V"]).unwrap_or_else(|| "?".into());
+/// The method line: command, mode, commit, machine, compiler, when, and the scaling
+/// guard that says whether the multi-thread rows compare parallel runs.
+pub fn method(data: &Data, note: Option<&str>, report: &mut String) {
+    let rustc = command_output("rustc", &["-V"]).unwrap_or_else(|| "rustc ?".into());
     let run = &data.run;
-    let quick = run["quick"].as_bool().unwrap_or(false);
-    let started = run["started_unix_s"].as_u64();
-    let finished = run["finished_unix_s"].as_u64();
-    let _ = writeln!(report, "## Machine and run\n");
-    let _ = writeln!(report, "| | |\n|---|---|");
-    let _ = writeln!(report, "| CPU | {} |", data.machine());
-    let _ = writeln!(report, "| memory | {memory} |");
-    let _ = writeln!(report, "| OS | Linux {kernel} |");
-    let _ = writeln!(
-        report,
-        "| compiler | {rustc}, `bench` profile (release, debug = 1) |"
-    );
-    let _ = writeln!(report, "| command | {} |", command(run));
-    let mode = if quick {
-        "quick (0.1 s warm-up, 0.3 s measurement, 10 samples a benchmark)"
+    let mode = if run["quick"].as_bool().unwrap_or(false) {
+        "quick mode: 0.1 s warm-up, 0.3 s measurement, 10 samples a benchmark"
     } else {
-        "full (1 s warm-up, 3 s measurement, 20 samples a benchmark)"
+        "full mode: 1 s warm-up, 3 s measurement, 20 samples a benchmark"
     };
-    let _ = writeln!(report, "| mode | {mode} |");
-    if let (Some(started), Some(finished)) = (started, finished) {
-        let _ = writeln!(
-            report,
-            "| run | {} – {} ({} s for the scenarios) |",
+    let when = match (
+        run["started_unix_s"].as_u64(),
+        run["finished_unix_s"].as_u64(),
+    ) {
+        (Some(started), Some(finished)) => format!(
+            ", {} – {} ({} s for the scenarios)",
             utc(started),
             utc(finished),
             finished.saturating_sub(started)
-        );
-    }
+        ),
+        _ => String::new(),
+    };
+    let refusals = run["refusals"]
+        .as_u64()
+        .map_or("?".into(), |n| n.to_string());
+    let one = data.ops("scaling_guard", "per_thread_counters", 1);
+    let two = data.ops("scaling_guard", "per_thread_counters", 2);
+    let verdict = if data.multi_thread_meaningful() {
+        "the multi-thread rows compare parallel runs".to_string()
+    } else {
+        "**it fails: every multi-thread row (2 threads and more, marked †) compares threads \
+         that did not run in parallel** (other processes held the cores); the single-thread \
+         rows, the instruction counts and the memory figures stand"
+            .to_string()
+    };
     let _ = writeln!(
         report,
-        "| load average (1, 5, 15 min) | {} |",
-        load_average(data)
+        "**Method:** {} ({mode}) of `{}` on {}, {rustc}{when}; the subjects of a group take \
+         turns at each thread count; {refusals} requests refused where stock never runs out. \
+         Scaling guard {} (per-thread counters: {} ops/s at 1 thread, {} at 2; needs ≥ \
+         {GUARD_MIN}×): {verdict}. Written by `cargo run --release --example bench_report` \
+         after the run.{}\n",
+        command(run),
+        data.commit(),
+        data.machine(),
+        ratio(data.guard()),
+        one.map_or("–".into(), rate),
+        two.map_or("–".into(), rate),
+        note.map_or(String::new(), |note| format!(" {note}")),
     );
-    let _ = writeln!(report, "| source | {} |", data.commit());
-    let _ = writeln!(
-        report,
-        "| refused requests | {} (optimistic `Conflict`s in runs where stock never runs out) |",
-        run["refusals"]
-            .as_u64()
-            .map_or("?".into(), |n| n.to_string())
-    );
-    if let Some(note) = note {
-        let _ = writeln!(report, "\n**Note:** {note}");
-    }
-    let _ = writeln!(report);
 }
 
 /// The load averages (1, 5, 15 min) at the start and end of the scenarios run.
@@ -104,33 +100,4 @@ pub fn load_average(data: &Data) -> String {
         data.run["load_average_at_start"].as_str().unwrap_or("?"),
         data.run["load_average_at_end"].as_str().unwrap_or("?")
     )
-}
-
-/// The scaling-guard section.
-pub fn guard_section(data: &Data, report: &mut String) {
-    let _ = writeln!(report, "## Scaling guard\n");
-    let one = data.ops("scaling_guard", "per_thread_counters", 1);
-    let two = data.ops("scaling_guard", "per_thread_counters", 2);
-    let _ = writeln!(
-        report,
-        "Per-thread cache-padded counters share nothing, so 2 threads should give about 2× one \
-         thread. 1 thread: {} ops/s; 2 threads: {} ops/s; ratio **{}** (needs ≥ {GUARD_MIN}×).\n",
-        one.map_or("–".into(), rate),
-        two.map_or("–".into(), rate),
-        ratio(data.guard())
-    );
-    if data.multi_thread_meaningful() {
-        let _ = writeln!(
-            report,
-            "The guard passes: multi-thread rows below compare real parallel runs.\n"
-        );
-    } else {
-        let _ = writeln!(
-            report,
-            "**The guard fails: every multi-thread row (2 threads and more, marked †) is not \
-             meaningful on this machine** (the threads did not run in parallel; other \
-             processes held the cores). Their numbers are printed for completeness only; the \
-             single-thread rows, the instruction counts and the memory figures stand.\n"
-        );
-    }
 }

@@ -1,5 +1,5 @@
-//! The tables of the report: one per scenario, the instruction counts and the memory
-//! figures, each below its chart.
+//! The charts and tables of the report: every chart in one section, then one table per
+//! scenario, the instruction counts and the memory figures.
 
 use std::fmt::Write as _;
 
@@ -10,8 +10,20 @@ use crate::format::{divide, duration_ns, number, rate, ratio};
 /// The reference columns of a scenario table: (column title, function to divide by).
 type References<'a> = &'a [(&'a str, &'a str)];
 
+/// The fewest threads any function of `group` that `filter` keeps was measured at: the
+/// base of the table's "× itself" column (S7 starts at 2 threads).
+fn base_threads(data: &Data, group: &str, filter: &impl Fn(&str) -> bool) -> usize {
+    data.functions(group)
+        .iter()
+        .filter(|function| filter(function))
+        .flat_map(|function| data.threads(group, function))
+        .min()
+        .unwrap_or(1)
+}
+
 /// A scenario table: every function and thread count of `group`, with ops/s, time per
-/// operation, each reference ratio at the same thread count and the scaling vs 1 thread.
+/// operation, each reference ratio at the same thread count and the scaling against the
+/// fewest threads of the group (S5: against 2 threads in S1 or S3).
 pub fn scenario_table(
     data: &Data,
     group: &str,
@@ -26,10 +38,13 @@ pub fn scenario_table(
         let _ = write!(header, " × {title} |");
         rule.push_str("---:|");
     }
-    header.push_str(if group == "S5_oversubscription" {
-        " × itself at 2 threads |"
+    let base = base_threads(data, group, &filter);
+    header.push_str(&if group == "S5_oversubscription" {
+        " × itself at 2 threads |".to_string()
+    } else if base == 1 {
+        " × itself at 1 thread |".to_string()
     } else {
-        " × itself at 1 thread |"
+        format!(" × itself at {base} threads |")
     });
     rule.push_str("---:|");
     let _ = writeln!(report, "{header}\n{rule}");
@@ -72,8 +87,8 @@ pub fn scenario_table(
                 Some(("S3", store)) if group == "S5_oversubscription" => {
                     divide(Some(ops), data.ops("S3_zipf", store, 2))
                 }
-                _ if threads == 1 => None,
-                _ => divide(Some(ops), data.ops(group, function, 1)),
+                _ if threads == base => None,
+                _ => divide(Some(ops), data.ops(group, function, base)),
             };
             let _ = writeln!(report, " {} |", ratio(own));
         }
@@ -272,16 +287,43 @@ pub fn instructions_table(data: &Data, report: &mut String) {
     let _ = writeln!(report);
 }
 
-/// `![title](link)` and its caption, for the chart `stem` when it was drawn.
-pub fn embed(drawn: &[Drawn], stem: &str, link_dir: &str, caption: &str, report: &mut String) {
-    let Some(chart) = drawn.iter().find(|chart| chart.stem == stem) else {
+/// The charts in report order (the order of the tables).
+const CHART_ORDER: [&str; 10] = [
+    "hot_sell",
+    "hot_reserve_commit",
+    "S1_flash_sale",
+    "S1_flash_sale_sell_out",
+    "S2_uniform",
+    "S3_zipf",
+    "S4_tpcc_new_order",
+    "S6_wait_queue_handoff",
+    "S7_hot_and_cold",
+    "memory",
+];
+
+/// The charts section: how to read the charts, then every chart `drawn`, linked under
+/// `link_dir`.
+pub fn charts_section(drawn: &[Drawn], link_dir: &str, report: &mut String) {
+    if drawn.is_empty() {
         return;
-    };
+    }
     let _ = writeln!(
         report,
-        "![{}]({link_dir}/{stem}.svg)\n\n*{}; {caption}.*\n",
-        chart.title, chart.title
+        "## Charts\n\nThroughput against threads, both axes logarithmic: a solid line and \
+         filled markers for each store, dashed and hollow for each naive peer, dotted for each \
+         hardware limit; S5's 8 and 32 threads are drawn in S1 and S3. Bars: single-thread \
+         time per operation, S6 handoff latency, bytes per SKU.\n"
     );
+    let rank = |stem: &str| CHART_ORDER.iter().position(|s| *s == stem);
+    let mut charts: Vec<&Drawn> = drawn.iter().collect();
+    charts.sort_by_key(|chart| rank(&chart.stem).unwrap_or(CHART_ORDER.len()));
+    for chart in charts {
+        let _ = writeln!(
+            report,
+            "![{}]({link_dir}/{}.svg)\n",
+            chart.title, chart.stem
+        );
+    }
 }
 
 /// The scenarios and their titles, in report order: `(group, title, unit)`.
@@ -350,10 +392,9 @@ const HOT: References<'static> = &[
     ("atomic_cas", "atomic_cas"),
 ];
 
-/// S1: the unbounded table and the sell-out table, each below its chart.
-fn s1_tables(data: &Data, charts: &Charts<'_>, report: &mut String) {
+/// S1: the unbounded table and the sell-out table.
+fn s1_tables(data: &Data, report: &mut String) {
     let group = "S1_flash_sale";
-    charts.embed("S1_flash_sale", report);
     let _ = writeln!(report, "Unbounded stock (one sale = one op):\n");
     scenario_table(
         data,
@@ -368,7 +409,6 @@ fn s1_tables(data: &Data, charts: &Charts<'_>, report: &mut String) {
         "Sell-outs of 10,000 units (threads sell until refused; a unit sold = one op; time \
          includes the barrier release of each round):\n"
     );
-    charts.embed("S1_flash_sale_sell_out", report);
     scenario_table(
         data,
         group,
@@ -384,7 +424,7 @@ fn s5_tables(data: &Data, report: &mut String) {
     let group = "S5_oversubscription";
     let _ = writeln!(
         report,
-        "Drawn at 8 and 32 threads in the S1 and S3 charts above. Peer and limit ratios are \
+        "Drawn at 8 and 32 threads in the S1 and S3 charts. Peer and limit ratios are \
          at the same thread count; the last column compares with the same variant at 2 \
          threads in S1 or S3 (the S5 target).\n"
     );
@@ -399,31 +439,13 @@ fn s5_tables(data: &Data, report: &mut String) {
     );
 }
 
-/// The charts drawn for this report and how to link them.
-pub struct Charts<'a> {
-    /// What was drawn.
-    pub drawn: &'a [Drawn],
-    /// The directory of the charts as the report links it (`benches/charts`).
-    pub link_dir: &'a str,
-    /// The caption of every chart (commit, machine).
-    pub caption: &'a str,
-}
-
-impl Charts<'_> {
-    fn embed(&self, stem: &str, report: &mut String) {
-        embed(self.drawn, stem, self.link_dir, self.caption, report);
-    }
-}
-
-/// Every scenario: its chart, then its table.
-pub fn scenarios_section(data: &Data, charts: &Charts<'_>, report: &mut String) {
+/// Every scenario's tables, under its title.
+pub fn scenarios_section(data: &Data, report: &mut String) {
     for (group, title, unit) in SECTIONS {
-        let _ = writeln!(report, "### {title}\n");
-        match group {
-            "S1_flash_sale" => s1_tables(data, charts, report),
-            "S5_oversubscription" => s5_tables(data, report),
-            _ => charts.embed(group, report),
+        if data.functions(group).is_empty() {
+            continue;
         }
+        let _ = writeln!(report, "### {title}\n");
         match group {
             "hot_sell" => hot_table(data, group, "sell", &["dashmap", "mutex_hashmap"], report),
             "hot_reserve_commit" => hot_table(
@@ -438,6 +460,8 @@ pub fn scenarios_section(data: &Data, charts: &Charts<'_>, report: &mut String) 
                 ],
                 report,
             ),
+            "S1_flash_sale" => s1_tables(data, report),
+            "S5_oversubscription" => s5_tables(data, report),
             "S6_wait_queue_handoff" => s6_table(data, report),
             "S2_uniform" | "S3_zipf" | "S4_tpcc_new_order" => {
                 scenario_table(data, group, |_| true, HOLDS, unit, report);

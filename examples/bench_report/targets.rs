@@ -1,4 +1,4 @@
-//! The performance targets of issue 10, each met or missed from the figures of this run.
+//! The performance targets, each met or missed from the figures of this run.
 //!
 //! A multi-thread target whose run failed the scaling guard is still judged, and marked †:
 //! its threads did not run in parallel, so the verdict says little about the store.
@@ -224,7 +224,7 @@ fn over_better_fixed(data: &Data, group: &str, function: &str, threads: usize) -
     divide(Some(adaptive), Some(better))
 }
 
-/// Issue 13: adaptive ≥ 1.2× the better fixed strategy in S7 at 8 and 32 threads, and
+/// The adaptive store: ≥ 1.2× the better fixed strategy in S7 at 8 and 32 threads, and
 /// ≥ 0.9× it in every row of S1–S5 (one target per scenario, judged on its worst row).
 fn adaptive_targets(data: &Data, targets: &mut Vec<Target>) {
     for threads in [8, 32] {
@@ -263,7 +263,7 @@ fn adaptive_targets(data: &Data, targets: &mut Vec<Target>) {
     }
 }
 
-/// Every target of issue 10, judged on `data`.
+/// Every performance target, judged on `data`.
 pub fn targets(data: &Data) -> Vec<Target> {
     let mut targets = Vec::new();
     instruction_targets(data, &mut targets);
@@ -290,7 +290,7 @@ pub fn summary(targets: &[Target]) -> String {
 /// The targets section: the summary with the scaling guard and load average, then one
 /// row per target.
 pub fn targets_section(data: &Data, targets: &[Target], report: &mut String) {
-    let _ = writeln!(report, "## Targets (issue 10)\n");
+    let _ = writeln!(report, "## Targets\n");
     let guard = if data.multi_thread_meaningful() {
         "passes"
     } else {

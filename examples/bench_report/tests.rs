@@ -1,7 +1,9 @@
 //! The report and its charts, rendered from a recorded run (`tests/data/bench_report/`):
-//! every SVG is well-formed XML and names every series the run holds for it, and the
-//! report embeds each chart above its table. The checker's negative controls show it
-//! catches a dropped series and a broken SVG.
+//! every SVG is well-formed XML and names every series the run holds for it, no axis
+//! repeats a tick label, every series has its own colour (dark enough on white) and
+//! marker, a bar's label is in the unit of its axis, and the report reads summary,
+//! method, charts, tables, then targets. The checkers' negative controls show they catch a
+//! dropped series, a broken SVG, the old S7 axis and a pale colour.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -155,8 +157,15 @@ fn the_checker_catches_a_broken_svg() {
     );
 }
 
+/// Where `needle` starts in `report`, or a panic naming it.
+fn at(report: &str, needle: &str) -> usize {
+    report
+        .find(needle)
+        .unwrap_or_else(|| panic!("the report has {needle:?}"))
+}
+
 #[test]
-fn the_report_embeds_each_chart_above_its_table() {
+fn the_report_reads_summary_method_charts_tables_then_targets() {
     let dir = scratch("report");
     let options = crate::Options {
         criterion_dir: fixture(),
@@ -166,20 +175,270 @@ fn the_report_embeds_each_chart_above_its_table() {
     };
     let drawn = crate::generate(&options).expect("generate the report");
     let report = std::fs::read_to_string(&options.out).expect("read the report");
+    let order = [
+        "# Benchmarks\n",
+        "\n## Which store for which load\n",
+        "\n**Method:** ",
+        "\n## Charts\n",
+        "\n## Tables\n",
+        "\n## Targets\n",
+    ]
+    .map(|needle| at(&report, needle));
+    assert!(order.windows(2).all(|pair| pair[0] < pair[1]), "{order:?}");
+    let summary = &report[order[1]..order[2]];
+    assert_eq!(
+        summary.matches("\n- **").count(),
+        4,
+        "four lines:\n{summary}"
+    );
+    let [.., charts, tables, targets] = order;
     for chart in &drawn {
         let link = format!("]({}/{}.svg)", options.charts_dir.display(), chart.stem);
-        let at = report
-            .find(&link)
-            .unwrap_or_else(|| panic!("{} is embedded", chart.stem));
-        let table = report[at..].find("\n| ").expect("a table after the chart");
-        let next_section = report[at..].find("\n## ").unwrap_or(report.len());
-        assert!(table < next_section, "{}'s table follows it", chart.stem);
+        let link_at = at(&report, &link);
+        assert!(
+            charts < link_at && link_at < tables,
+            "{} is a chart",
+            chart.stem
+        );
     }
-    assert!(report.contains("## Targets (issue 10)"));
+    assert!(report[tables..targets].contains("\n| variant |"));
+    assert!(
+        !report[charts..tables].contains("\n| "),
+        "no table among the charts"
+    );
+    assert!(
+        !report[targets + 1..].contains("\n## ") && report[targets..].contains("\n| target |"),
+        "the targets table comes last"
+    );
     assert!(report.contains(&format!(
         "**{}.**",
         targets::summary(&targets::targets(&Data::load(&fixture())))
     )));
+    assert!(!report.to_lowercase().contains("issue"), "no issue numbers");
+    assert_eq!(report.matches(data_commit()).count(), 1, "the commit once");
+}
+
+/// The commit of the recorded run.
+fn data_commit() -> &'static str {
+    "`ac0102f`"
+}
+
+#[test]
+fn the_summary_names_the_fastest_store_of_the_run() {
+    let data = Data::load(&fixture());
+    let line = |data: &Data| {
+        let mut report = String::new();
+        crate::summary::section(data, &mut report);
+        report
+            .lines()
+            .find(|line| line.starts_with("- **One thread:**"))
+            .expect("a one-thread line")
+            .to_string()
+    };
+    let fastest = |data: &Data| {
+        crate::data::STORES
+            .into_iter()
+            .filter_map(|store| Some((store, data.cost("hot_sell", store)?)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("stores")
+            .0
+    };
+    let store = fastest(&data);
+    let ns = data.cost("hot_sell", store).expect("a sell time");
+    let text = line(&data);
+    assert!(text.contains(&format!("`{store}`")), "{text}");
+    assert!(text.contains(&crate::format::duration_ns(ns)), "{text}");
+    // Make the monitor sell in 1 ns: the line follows the data.
+    let mut faster = data.clone();
+    faster
+        .results
+        .get_mut(&("hot_sell".into(), "monitor".into(), 1))
+        .expect("the monitor's sell")
+        .ns = 1.0;
+    assert_eq!(fastest(&faster), "monitor");
+    assert!(line(&faster).contains("`monitor` sells fastest (1.0 ns)"));
+}
+
+/// The texts of a chart that are tick labels (numbers, perhaps with an SI prefix), each
+/// with how often it appears, those that appear more than once.
+fn repeated(texts: &[String]) -> Vec<String> {
+    let is_tick = |text: &str| {
+        text.starts_with(|c: char| c.is_ascii_digit())
+            && text
+                .chars()
+                .all(|c| c.is_ascii_digit() || " .kMG".contains(c))
+    };
+    let mut seen = BTreeSet::new();
+    let mut repeated = BTreeSet::new();
+    for text in texts.iter().filter(|text| is_tick(text)) {
+        if !seen.insert(text.clone()) {
+            repeated.insert(text.clone());
+        }
+    }
+    repeated.into_iter().collect()
+}
+
+#[test]
+fn no_chart_repeats_a_tick_label() {
+    let data = Data::load(&fixture());
+    for chart in draw(&data, "ticks") {
+        let texts = svg_texts(&chart.path).expect("well-formed");
+        let ticks = texts
+            .iter()
+            .filter(|t| t.ends_with(" M") || t.ends_with(" k"));
+        if chart.stem.starts_with('S') && chart.stem != "S6_wait_queue_handoff" {
+            assert!(
+                ticks.count() >= 3,
+                "{} has ticks on its value axis",
+                chart.stem
+            );
+        }
+        assert_eq!(repeated(&texts), Vec::<String>::new(), "{}", chart.stem);
+    }
+    // Every range from 1 k to 1 G, a factor 1.5 to 1000 wide, gets three distinct ticks.
+    let mut low = 1e3;
+    while low < 1e9 {
+        for width in [1.5, 3.0, 10.0, 40.0, 1000.0] {
+            let (from, to, ticks) = crate::style::log_ticks(low, low * width);
+            assert!(from <= low && low * width <= to && ticks.len() >= 3);
+            let labels: Vec<String> = ticks.iter().map(|t| crate::style::rate_tick(*t)).collect();
+            assert_eq!(repeated(&labels), Vec::<String>::new(), "{low} × {width}");
+        }
+        low *= 1.7;
+    }
+}
+
+#[test]
+fn the_tick_checker_catches_the_old_s7_axis() {
+    use plotters::coord::combinators::LogCoord;
+    use plotters::coord::ranged1d::Ranged;
+    use plotters::prelude::*;
+    // S7's value axis as it was drawn: plotters' own ticks of a log axis from half the
+    // least to twice the most requests/s, written with two decimals.
+    let coord: LogCoord<f64> = (1.645e6..131.72e6).log_scale().into();
+    let labels: Vec<String> = coord
+        .key_points(11)
+        .into_iter()
+        .map(crate::format::rate)
+        .collect();
+    assert!(
+        repeated(&labels).contains(&"100.00 M".to_string()),
+        "{labels:?}"
+    );
+}
+
+/// The WCAG contrast of `color` against white: 21 for black, 1 for white.
+fn contrast_on_white(color: plotters::style::RGBColor) -> f64 {
+    let linear = |channel: u8| {
+        let c = f64::from(channel) / 255.0;
+        if c <= 0.039_28 {
+            c / 12.92
+        } else {
+            ((c + 0.055) / 1.055).powf(2.4)
+        }
+    };
+    let luminance = 0.2126 * linear(color.0) + 0.7152 * linear(color.1) + 0.0722 * linear(color.2);
+    1.05 / (luminance + 0.05)
+}
+
+#[test]
+fn every_series_has_its_own_dark_colour_and_marker() {
+    use plotters::style::RGBColor;
+    assert!((contrast_on_white(RGBColor(0, 0, 0)) - 21.0).abs() < 1e-9);
+    // The negative control: the pale yellow bar of the old S6 chart fails.
+    assert!(contrast_on_white(RGBColor(242, 242, 214)) < 3.0);
+    let data = Data::load(&fixture());
+    for chart in draw(&data, "colours") {
+        let svg = std::fs::read_to_string(&chart.path).expect("read the chart");
+        let series: Vec<String> = expected_series(&data, &chart.stem).into_iter().collect();
+        for (index, name) in series.iter().enumerate() {
+            let look = crate::style::look(name);
+            let color = look.color;
+            assert!(
+                contrast_on_white(color) >= 3.0,
+                "{name}'s colour is too pale on white"
+            );
+            let hex = format!("#{:02X}{:02X}{:02X}", color.0, color.1, color.2);
+            assert!(svg.contains(&hex), "{} draws {name} in {hex}", chart.stem);
+            for other in &series[index + 1..] {
+                let other_look = crate::style::look(other);
+                let distance = [
+                    (color.0, other_look.color.0),
+                    (color.1, other_look.color.1),
+                    (color.2, other_look.color.2),
+                ]
+                .iter()
+                .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
+                .sum::<f64>()
+                .sqrt();
+                assert!(
+                    distance >= 80.0,
+                    "{}: {name} and {other} look alike",
+                    chart.stem
+                );
+                assert!(
+                    (look.shape, look.filled) != (other_look.shape, other_look.filled),
+                    "{}: {name} and {other} share a marker",
+                    chart.stem
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_bar_chart_writes_its_labels_in_the_unit_of_its_axis() {
+    let mut data = Data::load(&fixture());
+    // The condvar hands off in 800 ns, the monitor in 24 µs: one axis, in µs.
+    data.latency["condvar_pingpong"]["p50_ns"] = serde_json::json!(800.0);
+    let drawn = draw(&data, "units");
+    let chart = drawn
+        .iter()
+        .find(|chart| chart.stem == "S6_wait_queue_handoff")
+        .expect("S6");
+    let texts = svg_texts(&chart.path).expect("well-formed");
+    assert!(texts
+        .iter()
+        .any(|text| text.starts_with("p50 handoff latency, µs")));
+    assert!(
+        texts
+            .iter()
+            .any(|text| text.starts_with("p50 0.80 µs · p99 ")),
+        "{texts:?}"
+    );
+    assert!(
+        !texts.iter().any(|text| text.contains(" ns")),
+        "no ns on a µs chart: {texts:?}"
+    );
+}
+
+#[test]
+fn a_group_that_starts_at_2_threads_compares_with_itself_at_2() {
+    let mut data = Data::load(&fixture());
+    for (threads, ns) in [(2, 100.0), (8, 125.0)] {
+        data.results.insert(
+            ("S7_hot_and_cold".into(), "pessimistic".into(), threads),
+            crate::data::Measurement { ns, elements: 1 },
+        );
+    }
+    let mut table = String::new();
+    crate::tables::scenario_table(
+        &data,
+        "S7_hot_and_cold",
+        |_| true,
+        &[],
+        "request",
+        &mut table,
+    );
+    assert!(table.contains("| × itself at 2 threads |"), "{table}");
+    assert!(
+        table.contains("| pessimistic | 2 | 10.00 M | 100.0 ns | – |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| pessimistic | 8 | 8.00 M | 125.0 ns | 0.80× |"),
+        "{table}"
+    );
 }
 
 #[test]
