@@ -35,7 +35,7 @@ use stockledger::{
     ReservationGuard, ReserveOptions, StockError, StockEvent, StockStore,
 };
 
-/// The catalogue: the SKUs of the shop in `examples/data/electronic_sales.csv`.
+/// The catalogue: the SKUs of the shop in `data/electronic_sales.csv`.
 const SKUS: [&str; 5] = ["SKU1001", "SKU1002", "SKU1003", "SKU1004", "SKU1005"];
 /// Units of each SKU at the start.
 const INITIAL_STOCK: u64 = 400;

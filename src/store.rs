@@ -29,11 +29,13 @@ pub trait Sku: Clone + Eq + Hash + Ord + Debug + Send + Sync + 'static {}
 
 impl<K: Clone + Eq + Hash + Ord + Debug + Send + Sync + 'static> Sku for K {}
 
-/// An in-memory stock ledger: restock, hold (reserve), commit or release, sell.
+/// A stock ledger: restock, hold (reserve), commit or release, sell.
 ///
-/// Three strategies implement it: [`PessimisticStore`](crate::PessimisticStore),
-/// [`OptimisticStore`](crate::OptimisticStore) and [`MonitorStore`](crate::MonitorStore).
-/// The trait is object safe, so a store can be picked at run time.
+/// Four in-memory stores implement it: [`PessimisticStore`](crate::PessimisticStore),
+/// [`OptimisticStore`](crate::OptimisticStore), [`MonitorStore`](crate::MonitorStore) and
+/// [`AdaptiveStore`](crate::AdaptiveStore); with the `redis` feature, `RedisStore` runs
+/// the same contract on a shared Redis server. The trait is object safe, so a store can be
+/// picked at run time.
 ///
 /// Rules every implementation obeys:
 /// - **All or nothing**: a refused call changes nothing, on any line.
@@ -44,7 +46,10 @@ impl<K: Clone + Eq + Hash + Ord + Debug + Send + Sync + 'static> Sku for K {}
 /// - **Never expired early**: a hold with a TTL expires only once the store's
 ///   [`Clock`](crate::Clock) reaches its deadline; from then on it cannot be committed.
 /// - **Deadlock free**: multi-line requests take SKUs in ascending `Ord` order.
-/// - **No blocking** beyond short internal critical sections.
+/// - **No waiting for stock**: the in-memory stores block only for short internal critical
+///   sections; only [`WaitingStore`]'s methods wait. `RedisStore`'s calls are network round
+///   trips: they block the calling thread (in async code, call them from
+///   `spawn_blocking`).
 ///
 /// # Examples
 ///

@@ -51,7 +51,7 @@ struct Order {
 fn orders() -> Vec<Order> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/examples/data/electronic_sales.csv"
+        "/data/electronic_sales.csv"
     );
     let mut reader = csv::Reader::from_path(path).unwrap();
     let headers = reader.headers().unwrap().clone();

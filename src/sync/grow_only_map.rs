@@ -38,6 +38,8 @@ const FIRST_TABLE_BITS: u32 = if cfg!(loom) { 1 } else { 4 };
 /// 32-bit slot.
 const TABLE_BITS_MAX: u32 = 31;
 /// Tables a map can build, each twice the one before.
+// Read only by the compile-time check below, which Rust 1.85 does not count as a use.
+#[allow(dead_code)]
 const LEVELS: usize = (TABLE_BITS_MAX - FIRST_TABLE_BITS + 1) as usize;
 /// Length of the arrays of tables and of segments: a power of two at least [`LEVELS`] and
 /// [`SEGMENTS`], so that a masked index needs no bounds check on a lookup.
@@ -51,6 +53,8 @@ pub(crate) type Position = u32;
 /// Log2 of the first segment's entries; segment `s` holds `16 << s`.
 const FIRST_SEGMENT_BITS: u32 = 4;
 /// Segments enough for [`ENTRIES_MAX`] entries.
+// Read by the compile-time check above and a test, which Rust 1.85 does not count as a use.
+#[allow(dead_code)]
 const SEGMENTS: usize = (TABLE_BITS_MAX - FIRST_SEGMENT_BITS) as usize;
 
 /// A concurrent map whose entries are never removed nor moved (see the module docs).

