@@ -70,9 +70,16 @@ fn run_line(data: &Data, report: &mut String) {
     let run = &data.redis_run;
     let text = |key: &str| run[key].as_str().unwrap_or("?").to_string();
     let number = |key: &str| run[key].as_u64().map_or("?".into(), |n| n.to_string());
+    // The commit is named once in the report: here only when it is not the scenarios'.
+    let commit = text("source_revision");
+    let commit = if commit == data.commit() {
+        String::new()
+    } else {
+        format!(" of `{commit}`")
+    };
     let _ = writeln!(
         report,
-        "From `cargo bench --features redis --bench redis` of `{}` ({}, load average {} at \
+        "From `cargo bench --features redis --bench redis`{commit} ({}, load average {} at \
          the start), apart from the scenarios run: one `redis-server` {} in memory on the same \
          machine, {} SKUs (uniform), 1 unit an operation, client threads sharing a pool of {} \
          connections (the `RedisStore` default, `POOL_SIZE`; the peers use a pool of the same \
@@ -80,7 +87,6 @@ fn run_line(data: &Data, report: &mut String) {
          it holds enough, the least a correct server-side sale costs; `get_set_oversells` \
          reads with `GET` and writes the difference with `SET`, the lost update; \
          `pessimistic` is the in-memory store, for scale. A reserve+commit op is the pair.\n",
-        text("source_revision"),
         run["started_unix_s"].as_u64().map_or("?".into(), utc),
         text("load_average_at_start"),
         text("redis_version"),

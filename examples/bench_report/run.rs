@@ -55,12 +55,19 @@ pub fn method(data: &Data, note: Option<&str>, report: &mut String) {
         run["started_unix_s"].as_u64(),
         run["finished_unix_s"].as_u64(),
     ) {
-        (Some(started), Some(finished)) => format!(
-            ", {} – {} ({} s for the scenarios)",
-            utc(started),
-            utc(finished),
-            finished.saturating_sub(started)
-        ),
+        (Some(started), Some(finished)) => {
+            let (from, to) = (utc(started), utc(finished));
+            // `2026-12-06 17:04–17:16 UTC` when the run ends on the day it started.
+            let to = match (from.split_once(' '), to.split_once(' ')) {
+                (Some((day, _)), Some((end_day, time))) if day == end_day => time.to_string(),
+                _ => format!(" {to}"),
+            };
+            format!(
+                ", {}–{to} ({} s for the scenarios)",
+                from.trim_end_matches(" UTC"),
+                finished.saturating_sub(started)
+            )
+        }
         _ => String::new(),
     };
     let refusals = run["refusals"]
