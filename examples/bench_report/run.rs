@@ -58,13 +58,14 @@ pub fn method(data: &Data, note: Option<&str>, report: &mut String) {
         (Some(started), Some(finished)) => {
             let (from, to) = (utc(started), utc(finished));
             // `2026-12-06 17:04–17:16 UTC` when the run ends on the day it started.
-            let to = match (from.split_once(' '), to.split_once(' ')) {
-                (Some((day, _)), Some((end_day, time))) if day == end_day => time.to_string(),
-                _ => format!(" {to}"),
+            let span = match (from.split_once(' '), to.split_once(' ')) {
+                (Some((day, _)), Some((end_day, time))) if day == end_day => {
+                    format!("{}–{time}", from.trim_end_matches(" UTC"))
+                }
+                _ => format!("{from} – {to}"),
             };
             format!(
-                ", {}–{to} ({} s for the scenarios)",
-                from.trim_end_matches(" UTC"),
+                ", {span} ({} s for the scenarios)",
                 finished.saturating_sub(started)
             )
         }

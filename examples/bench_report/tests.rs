@@ -216,6 +216,10 @@ fn the_report_reads_summary_method_charts_tables_then_targets() {
     )));
     assert!(!report.to_lowercase().contains("issue"), "no issue numbers");
     assert_eq!(report.matches(data_commit()).count(), 1, "the commit once");
+    assert!(
+        report[order[2]..order[3]].contains(" 2026-11-21 06:54–07:02 UTC (481 s"),
+        "a run within one day is written with one date"
+    );
 }
 
 /// The commit of the recorded run.
