@@ -1,56 +1,109 @@
 //! The client side of the checkout service's checks: a real HTTP client (reqwest) drives
-//! a service started on `127.0.0.1:0`. Used by `--smoke` (CI), `--load` and the tests.
+//! services started on `127.0.0.1:0`. Used by `--smoke` (CI), `--load` and the tests
+//! (`tests.rs`). Each check returns what it saw, or what broke.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{header, StatusCode};
 
-use super::{
-    App, LevelBody, LineBody, NaiveLedger, Problem, ReservationBody, RestockBody, Running,
-    Strategy, STRATEGIES, WAIT_MS_MAX,
-};
+use crate::app::{App, Limits, Running};
+use crate::bodies::{LevelBody, ReservationBody, RestockBody};
+use crate::error::{Problem, PROBLEM_JSON};
+use crate::{Strategy, STRATEGIES};
 
 /// What a flash sale saw from the client side.
 #[derive(Debug, Default)]
-struct SaleReport {
-    /// Buyers whose commit succeeded.
-    sold: u64,
+pub(crate) struct SaleReport {
+    /// Units sold, per SKU (commits that answered 200, or naive sales that answered 204).
+    pub(crate) sold: BTreeMap<String, u64>,
     /// Buyers refused (409).
-    refused: u64,
-    /// Answers that were neither.
-    unexpected: Vec<String>,
+    pub(crate) refused: u64,
+    /// Holds that answered 201.
+    pub(crate) held: u64,
+    /// Holds committed or released with a 200 (each must be exactly once).
+    pub(crate) resolved: u64,
+    /// Second resolutions of a hold that answered 404, as they must.
+    pub(crate) resolved_again_404: u64,
+    /// Answers that were none of these.
+    pub(crate) unexpected: Vec<String>,
     /// Latency of each HTTP request.
-    latencies: Vec<Duration>,
-    elapsed: Duration,
+    pub(crate) latencies: Vec<Duration>,
+    pub(crate) elapsed: Duration,
 }
 
-/// `buyers` buyers of 1 unit of `sku` over `connections` concurrent connections. With
-/// `naive`, each buyer is one `POST /naive/sales`; otherwise a `POST /reservations`, then
-/// a commit of the hold it got.
-async fn flash_sale(
+impl SaleReport {
+    fn merge(&mut self, other: SaleReport) {
+        for (sku, units) in other.sold {
+            *self.sold.entry(sku).or_default() += units;
+        }
+        self.refused += other.refused;
+        self.held += other.held;
+        self.resolved += other.resolved;
+        self.resolved_again_404 += other.resolved_again_404;
+        self.unexpected.extend(other.unexpected);
+        self.latencies.extend(other.latencies);
+    }
+
+    pub(crate) fn sold_total(&self) -> u64 {
+        self.sold.values().sum()
+    }
+}
+
+/// How the buyers of a flash sale behave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Buyers {
+    /// Hold, then commit on the same instance.
+    Commit,
+    /// Hold on one instance, resolve on the next (every fifth buyer abandons its cart:
+    /// a release), then try to resolve it again (must be 404); each hold with its own
+    /// `Idempotency-Key`.
+    Mixed,
+    /// `POST /naive/sales`: the negative control.
+    Naive,
+}
+
+/// A flash sale: `buyers` buyers of 1 unit, of the SKUs `skus` in turn, over `connections`
+/// concurrent connections, sent to the `bases` (service URLs) in turn.
+pub(crate) async fn flash_sale(
     http: &reqwest::Client,
-    base: &str,
-    sku: &str,
+    bases: &[String],
+    skus: &[&str],
     buyers: usize,
     connections: usize,
-    naive: bool,
+    how: Buyers,
 ) -> SaleReport {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    let bases: Arc<Vec<String>> = Arc::new(bases.to_vec());
+    let skus: Arc<Vec<String>> = Arc::new(skus.iter().map(|sku| sku.to_string()).collect());
     let workers: Vec<_> = (0..connections)
-        .map(|_| {
-            let (http, base, sku, next) = (
+        .map(|worker| {
+            let (http, bases, skus, next) = (
                 http.clone(),
-                base.to_string(),
-                sku.to_string(),
+                Arc::clone(&bases),
+                Arc::clone(&skus),
                 Arc::clone(&next),
             );
             tokio::spawn(async move {
                 let mut report = SaleReport::default();
-                while next.fetch_add(1, Ordering::Relaxed) < buyers {
-                    buy(&http, &base, &sku, naive, &mut report).await;
+                let customer = format!("buyer-{worker}");
+                loop {
+                    let buyer = next.fetch_add(1, Ordering::Relaxed);
+                    if buyer >= buyers {
+                        break;
+                    }
+                    let buy = Buy {
+                        http: &http,
+                        first: &bases[buyer % bases.len()],
+                        second: &bases[(buyer + 1) % bases.len()],
+                        sku: &skus[buyer % skus.len()],
+                        customer: &customer,
+                        buyer,
+                    };
+                    buy.run(how, &mut report).await;
                 }
                 report
             })
@@ -58,64 +111,114 @@ async fn flash_sale(
         .collect();
     let mut total = SaleReport::default();
     for worker in workers {
-        let report = worker.await.expect("a buyer panicked");
-        total.sold += report.sold;
-        total.refused += report.refused;
-        total.unexpected.extend(report.unexpected);
-        total.latencies.extend(report.latencies);
+        total.merge(worker.await.expect("a buyer panicked"));
     }
     total.elapsed = started.elapsed();
     total
 }
 
 /// One buyer of one unit.
-async fn buy(http: &reqwest::Client, base: &str, sku: &str, naive: bool, report: &mut SaleReport) {
-    let lines = vec![LineBody {
-        sku: sku.to_string(),
-        qty: 1,
-    }];
-    let (path, body) = if naive {
-        ("/naive/sales", serde_json::json!({ "lines": lines }))
-    } else {
-        ("/reservations", serde_json::json!({ "lines": lines }))
-    };
-    let started = Instant::now();
-    let answer = http.post(format!("{base}{path}")).json(&body).send().await;
-    report.latencies.push(started.elapsed());
-    let answer = match answer {
-        Ok(answer) => answer,
-        Err(error) => return report.unexpected.push(error.to_string()),
-    };
-    match answer.status() {
-        StatusCode::NO_CONTENT if naive => report.sold += 1,
-        StatusCode::CONFLICT => report.refused += 1,
-        StatusCode::CREATED if !naive => {
-            let hold: ReservationBody = answer.json().await.expect("a reservation body");
-            let started = Instant::now();
-            let committed = http
-                .post(format!("{base}/reservations/{}/commit", hold.id))
-                .send()
-                .await;
-            report.latencies.push(started.elapsed());
-            match committed.map(|answer| answer.status()) {
-                Ok(StatusCode::OK) => report.sold += 1,
-                other => report.unexpected.push(format!("commit: {other:?}")),
+struct Buy<'a> {
+    http: &'a reqwest::Client,
+    /// The instance that holds (or sells).
+    first: &'a str,
+    /// The instance that resolves, for [`Buyers::Mixed`].
+    second: &'a str,
+    sku: &'a str,
+    customer: &'a str,
+    buyer: usize,
+}
+
+impl Buy<'_> {
+    async fn run(&self, how: Buyers, report: &mut SaleReport) {
+        let body = serde_json::json!({ "lines": [{ "sku": self.sku, "qty": 1 }] });
+        let path = if how == Buyers::Naive {
+            "/naive/sales"
+        } else {
+            "/reservations"
+        };
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.first))
+            .bearer_auth(self.customer)
+            .json(&body);
+        if how == Buyers::Mixed {
+            request = request.header("Idempotency-Key", format!("\"buy-{}\"", self.buyer));
+        }
+        let started = Instant::now();
+        let answer = request.send().await;
+        report.latencies.push(started.elapsed());
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(error) => return report.unexpected.push(error.to_string()),
+        };
+        match (answer.status(), how) {
+            (StatusCode::NO_CONTENT, Buyers::Naive) => self.sold(report),
+            (StatusCode::CONFLICT, _) => report.refused += 1,
+            (StatusCode::CREATED, Buyers::Commit | Buyers::Mixed) => {
+                report.held += 1;
+                let hold: ReservationBody = match answer.json().await {
+                    Ok(hold) => hold,
+                    Err(error) => return report.unexpected.push(error.to_string()),
+                };
+                self.resolve(&hold.id, how, report).await;
+            }
+            (status, _) => report.unexpected.push(format!("{path}: {status}")),
+        }
+    }
+
+    fn sold(&self, report: &mut SaleReport) {
+        *report.sold.entry(self.sku.to_string()).or_default() += 1;
+    }
+
+    /// Commits (or, for every fifth mixed buyer, releases) the hold `id`; a mixed buyer
+    /// then tries once more, which must find nothing.
+    async fn resolve(&self, id: &str, how: Buyers, report: &mut SaleReport) {
+        let (base, release) = match how {
+            Buyers::Mixed => (self.second, self.buyer % 5 == 0),
+            _ => (self.first, false),
+        };
+        let send = |base: &str| {
+            let request = if release {
+                self.http.delete(format!("{base}/reservations/{id}"))
+            } else {
+                self.http.post(format!("{base}/reservations/{id}/commit"))
+            };
+            request.bearer_auth(self.customer).send()
+        };
+        let started = Instant::now();
+        let resolved = send(base).await.map(|answer| answer.status());
+        report.latencies.push(started.elapsed());
+        match resolved {
+            Ok(StatusCode::OK) => {
+                report.resolved += 1;
+                if !release {
+                    self.sold(report);
+                }
+            }
+            other => report.unexpected.push(format!("resolve: {other:?}")),
+        }
+        if how == Buyers::Mixed {
+            match send(self.first).await.map(|answer| answer.status()) {
+                Ok(StatusCode::NOT_FOUND) => report.resolved_again_404 += 1,
+                other => report.unexpected.push(format!("resolved twice: {other:?}")),
             }
         }
-        status => report.unexpected.push(format!("{path}: {status}")),
     }
 }
 
-/// The flash sale's check: exactly `units` sold, every other buyer refused, nothing left.
+/// The flash sale's check, per SKU: units sold (as the clients saw them) = units taken
+/// from stock (`restocked - left on hand`), nothing oversold, nothing left reserved, every
+/// 201 hold resolved exactly once, no unexpected answer; with `sold_out`, every unit sold.
 ///
 /// # Errors
 ///
 /// What broke.
-fn check_sale(
+pub(crate) fn check_sale(
     report: &SaleReport,
-    units: u64,
-    buyers: usize,
-    left: Option<LevelBody>,
+    restocked: u64,
+    left: &BTreeMap<String, (u64, u64)>,
+    sold_out: bool,
 ) -> Result<(), String> {
     if let Some(unexpected) = report.unexpected.first() {
         return Err(format!(
@@ -123,26 +226,36 @@ fn check_sale(
             report.unexpected.len()
         ));
     }
-    if report.sold != units {
-        return Err(format!("sold {} of {units} units", report.sold));
-    }
-    if report.sold + report.refused != buyers as u64 {
-        return Err(format!(
-            "{} sold + {} refused != {buyers} buyers",
-            report.sold, report.refused
-        ));
-    }
-    if let Some(left) = left {
-        if (left.on_hand, left.reserved) != (0, 0) {
-            return Err(format!("left after the sale: {left:?}"));
+    for (sku, (on_hand, reserved)) in left {
+        let sold = report.sold.get(sku).copied().unwrap_or(0);
+        if sold > restocked {
+            return Err(format!("{sku}: oversold: {sold} sold of {restocked} units"));
         }
+        if sold != restocked.saturating_sub(*on_hand) {
+            return Err(format!(
+                "{sku}: {sold} units sold, but {} taken from stock ({restocked} restocked, {on_hand} left)",
+                restocked.saturating_sub(*on_hand)
+            ));
+        }
+        if *reserved != 0 {
+            return Err(format!("{sku}: {reserved} units still reserved"));
+        }
+        if sold_out && sold != restocked {
+            return Err(format!("{sku}: sold {sold} of {restocked} units"));
+        }
+    }
+    if report.resolved != report.held {
+        return Err(format!(
+            "{} holds answered 201 but {} were resolved",
+            report.held, report.resolved
+        ));
     }
     Ok(())
 }
 
-async fn get_level(http: &reqwest::Client, running: &Running, sku: &str) -> LevelBody {
+pub(crate) async fn get_level(http: &reqwest::Client, base: &str, sku: &str) -> LevelBody {
     let answer = http
-        .get(running.url(&format!("/stock/{sku}")))
+        .get(format!("{base}/stock/{sku}"))
         .send()
         .await
         .unwrap();
@@ -150,7 +263,7 @@ async fn get_level(http: &reqwest::Client, running: &Running, sku: &str) -> Leve
     answer.json().await.unwrap()
 }
 
-async fn put_stock(http: &reqwest::Client, url: String, qty: u64) -> StatusCode {
+pub(crate) async fn put_stock(http: &reqwest::Client, url: String, qty: u64) -> StatusCode {
     let answer = http
         .put(url)
         .json(&RestockBody { qty })
@@ -160,32 +273,50 @@ async fn put_stock(http: &reqwest::Client, url: String, qty: u64) -> StatusCode 
     answer.status()
 }
 
+/// A service of `strategy` with the default limits on a free port.
+pub(crate) async fn start(strategy: Strategy) -> Running {
+    start_app(App::memory(strategy, Limits::default())).await
+}
+
+pub(crate) async fn start_app(app: App) -> Running {
+    Running::start(app, localhost(), reap()).await.unwrap()
+}
+
 /// A flash sale on a fresh service of `strategy`; returns the report.
 ///
 /// # Errors
 ///
 /// What the sale's check found.
-async fn run_flash_sale(strategy: Strategy, args: &SaleArgs) -> Result<SaleReport, String> {
-    let running = Running::start(App::new(strategy), localhost(), reap())
-        .await
-        .unwrap();
+pub(crate) async fn run_flash_sale(
+    strategy: Strategy,
+    args: &SaleArgs,
+) -> Result<SaleReport, String> {
+    let running = start(strategy).await;
     let http = client(args.connections);
-    assert_eq!(
-        put_stock(&http, running.url("/stock/flash"), args.units).await,
-        StatusCode::OK
-    );
+    let status = put_stock(&http, running.url("/stock/flash"), args.units).await;
+    assert_eq!(status, StatusCode::OK);
+    let bases = [running.url("")];
     let report = flash_sale(
         &http,
-        &running.url(""),
-        "flash",
+        &bases,
+        &["flash"],
         args.buyers,
         args.connections,
-        false,
+        Buyers::Commit,
     )
     .await;
-    let left = get_level(&http, &running, "flash").await;
+    let level = get_level(&http, &running.url(""), "flash").await;
     running.stop().await.unwrap();
-    check_sale(&report, args.units, args.buyers, Some(left))?;
+    let left = BTreeMap::from([("flash".to_string(), (level.on_hand, level.reserved))]);
+    check_sale(&report, args.units, &left, true)?;
+    if report.sold_total() + report.refused != args.buyers as u64 {
+        return Err(format!(
+            "{} sold + {} refused != {} buyers",
+            report.sold_total(),
+            report.refused,
+            args.buyers
+        ));
+    }
     Ok(report)
 }
 
@@ -194,263 +325,148 @@ async fn run_flash_sale(strategy: Strategy, args: &SaleArgs) -> Result<SaleRepor
 /// # Errors
 ///
 /// When the check did not catch the naive handler.
-async fn naive_is_caught(args: &SaleArgs) -> Result<String, String> {
-    let mut app = App::new(Strategy::Monitor);
-    app.naive = Some(Arc::new(NaiveLedger::default()));
-    let running = Running::start(app, localhost(), reap()).await.unwrap();
+pub(crate) async fn naive_is_caught(args: &SaleArgs) -> Result<String, String> {
+    let app = App::memory(Strategy::Monitor, Limits::default()).with_memory_naive();
+    let running = start_app(app).await;
     let http = client(args.connections);
     let status = put_stock(&http, running.url("/naive/stock/flash"), args.units).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    let bases = [running.url("")];
     let report = flash_sale(
         &http,
-        &running.url(""),
-        "flash",
+        &bases,
+        &["flash"],
         args.buyers,
         args.connections,
-        true,
+        Buyers::Naive,
     )
     .await;
+    let naive = Arc::clone(running.app.naive.as_ref().unwrap());
+    let on_hand = naive.available("flash").unwrap();
     running.stop().await.unwrap();
-    match check_sale(&report, args.units, args.buyers, None) {
+    let left = BTreeMap::from([("flash".to_string(), (on_hand, 0))]);
+    match check_sale(&report, args.units, &left, true) {
         Err(caught) => Ok(caught),
         Ok(()) => Err("the flash-sale check passed a naive read-then-write handler".into()),
     }
 }
 
-/// Retried requests with one `Idempotency-Key` hold once; the release of the hold answers
-/// once (then 404).
+/// An answer that must be a problem: its status, content type and body.
 ///
 /// # Errors
 ///
-/// What broke.
-async fn retries_hold_once(strategy: Strategy) -> Result<(), String> {
-    let running = Running::start(App::new(strategy), localhost(), reap())
-        .await
-        .unwrap();
-    let http = client(16);
-    put_stock(&http, running.url("/stock/retry"), 10).await;
-    let body = serde_json::json!({ "lines": [{ "sku": "retry", "qty": 2 }], "ttl_ms": 60_000 });
-    let retries: Vec<_> = (0..8)
-        .map(|_| {
-            let request = http
-                .post(running.url("/reservations"))
-                .header("Idempotency-Key", "\"order-42\"")
-                .json(&body);
-            tokio::spawn(async move { request.send().await })
-        })
-        .collect();
-    let mut ids = Vec::new();
-    for retry in retries {
-        let answer = retry.await.unwrap().map_err(|error| error.to_string())?;
-        if answer.status() != StatusCode::CREATED {
-            return Err(format!("a retry was answered {}", answer.status()));
-        }
-        ids.push(answer.json::<ReservationBody>().await.unwrap().id);
+/// How it is not the problem expected.
+pub(crate) async fn expect_problem(
+    answer: reqwest::Response,
+    status: u16,
+    kind: &str,
+) -> Result<Problem, String> {
+    let got = answer.status().as_u16();
+    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    let text = answer.text().await.map_err(|error| error.to_string())?;
+    let problem = serde_json::from_str::<Problem>(&text).ok();
+    let fits = got == status
+        && content_type.is_some_and(|value| value == PROBLEM_JSON)
+        && problem.as_ref().is_some_and(|problem| {
+            problem.status == status && problem.kind.ends_with(&format!("/{kind}"))
+        });
+    match problem {
+        Some(problem) if fits => Ok(problem),
+        _ => Err(format!("expected {status} {kind}, got {got} {text:?}")),
     }
-    ids.dedup();
-    let held = get_level(&http, &running, "retry").await.reserved;
-    if ids.len() != 1 || held != 2 {
-        return Err(format!(
-            "8 retries with one key: ids {ids:?}, {held} units held"
-        ));
-    }
-    let url = running.url(&format!("/reservations/{}", ids[0]));
-    let first = http.delete(&url).send().await.unwrap().status();
-    let second = http.delete(&url).send().await.unwrap();
-    let (status, kind) = (
-        second.status(),
-        second.headers()[header::CONTENT_TYPE].clone(),
-    );
-    let problem: Problem = second.json().await.unwrap();
-    running.stop().await.unwrap();
-    if (first, status) != (StatusCode::OK, StatusCode::NOT_FOUND)
-        || kind != "application/problem+json"
-        || !problem.kind.ends_with("/unknown-reservation")
-    {
-        return Err(format!(
-            "release twice: {first}, then {status} {kind:?} {problem:?}"
-        ));
-    }
-    Ok(())
 }
 
-/// Bad requests are answered with a problem body and their status: unknown SKU and
-/// reservation 404, a zero quantity 422, a `wait_ms` past the maximum 422, a body that is
-/// not JSON 400, a path id that is not a number 400.
+/// Bad requests, unknown routes and wrong methods are answered with a problem body and
+/// their status.
 ///
 /// # Errors
 ///
 /// The first answer that was not the expected problem.
-async fn bad_requests_are_problems(strategy: Strategy) -> Result<(), String> {
-    let running = Running::start(App::new(strategy), localhost(), reap())
-        .await
-        .unwrap();
+pub(crate) async fn errors_are_problems(base: &str) -> Result<usize, String> {
     let http = client(4);
-    put_stock(&http, running.url("/stock/tv"), 1).await;
-    let zero = serde_json::json!({ "lines": [{ "sku": "tv", "qty": 0 }] });
-    let long =
-        serde_json::json!({ "lines": [{ "sku": "tv", "qty": 1 }], "wait_ms": WAIT_MS_MAX + 1 });
-    let json = |body: &serde_json::Value| body.to_string();
+    put_stock(&http, format!("{base}/stock/tv"), 1).await;
+    let url = |path: &str| format!("{base}{path}");
+    let json = |body: serde_json::Value| body.to_string();
+    let one = |extra: serde_json::Value| {
+        let mut body = serde_json::json!({ "lines": [{ "sku": "tv", "qty": 1 }] });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json(body)
+    };
+    let hold = |body: String| {
+        http.post(url("/reservations"))
+            .bearer_auth("alice")
+            .body(body)
+    };
+    let too_many: Vec<_> = (0..=crate::app::LINES_MAX)
+        .map(|n| serde_json::json!({ "sku": format!("s{n}"), "qty": 1 }))
+        .collect();
     let cases = [
-        (http.get(running.url("/stock/radio")), 404, "unknown-sku"),
+        (http.get(url("/no/such/route")), 404, "no-route"),
+        (http.delete(url("/stock/tv")), 405, "method-not-allowed"),
+        (http.get(url("/reservations")), 405, "method-not-allowed"),
+        (http.get(url("/stock/radio")), 404, "unknown-sku"),
         (
-            http.post(running.url("/reservations/99/commit")),
+            http.post(url("/reservations"))
+                .body(one(serde_json::json!({}))),
+            401,
+            "unauthenticated",
+        ),
+        (
+            http.post(url("/reservations/0123/commit"))
+                .bearer_auth("alice"),
             404,
             "unknown-reservation",
         ),
         (
-            http.post(running.url("/reservations")).body(json(&zero)),
+            hold(json(
+                serde_json::json!({ "lines": [{ "sku": "tv", "qty": 0 }] }),
+            )),
             422,
             "invalid-quantity",
         ),
         (
-            http.post(running.url("/reservations")).body(json(&long)),
+            hold(one(
+                serde_json::json!({ "wait_ms": crate::app::WAIT_MS_MAX + 1 }),
+            )),
             422,
             "bad-input",
         ),
         (
-            http.post(running.url("/reservations")).body("{lines"),
-            400,
-            "unreadable-request",
+            hold(json(serde_json::json!({ "lines": too_many }))),
+            422,
+            "bad-input",
         ),
+        (hold("{lines".into()), 400, "unreadable-request"),
         (
-            http.delete(running.url("/reservations/tv")),
-            400,
-            "unreadable-request",
+            hold(one(serde_json::json!({}))).header("Idempotency-Key", "\"\""),
+            422,
+            "bad-input",
         ),
     ];
-    let mut failures = Vec::new();
+    let count = cases.len();
     for (request, status, kind) in cases {
         let request = request.header(header::CONTENT_TYPE, "application/json");
         let answer = request.send().await.map_err(|error| error.to_string())?;
-        let got = answer.status().as_u16();
-        let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
-        let problem = answer.json::<Problem>().await.ok();
-        let fits = got == status
-            && content_type.is_some_and(|value| value == "application/problem+json")
-            && problem.as_ref().is_some_and(|problem| {
-                problem.status == status && problem.kind.ends_with(&format!("/{kind}"))
-            });
-        if !fits {
-            failures.push(format!("expected {status} {kind}, got {got} {problem:?}"));
+        let allow = answer.headers().get(header::ALLOW).cloned();
+        expect_problem(answer, status, kind).await?;
+        if status == 405 && allow.is_none() {
+            return Err("a 405 without an Allow header".into());
         }
     }
-    running.stop().await.unwrap();
-    match failures.first() {
-        None => Ok(()),
-        Some(failure) => Err(failure.clone()),
-    }
-}
-
-/// Abandoned holds (a short TTL, never resolved) expire: the reaper gives their stock back.
-///
-/// # Errors
-///
-/// What broke.
-async fn abandoned_holds_expire(strategy: Strategy) -> Result<(), String> {
-    let running = Running::start(App::new(strategy), localhost(), reap())
-        .await
-        .unwrap();
-    let http = client(16);
-    put_stock(&http, running.url("/stock/cart"), 5).await;
-    let body = serde_json::json!({ "lines": [{ "sku": "cart", "qty": 1 }], "ttl_ms": 20 });
-    for _ in 0..5 {
-        let answer = http
-            .post(running.url("/reservations"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        if answer.status() != StatusCode::CREATED {
-            return Err(format!(
-                "an abandoned cart was answered {}",
-                answer.status()
-            ));
-        }
-    }
-    // Only a hang guard: the reaper runs every few milliseconds.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get_level(&http, &running, "cart").await.reserved > 0 {
-        if Instant::now() > deadline {
-            return Err("abandoned holds never expired".into());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let metrics = http
-        .get(running.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    running.stop().await.unwrap();
-    let expired = format!(
-        "stockledger_expirations_total{{strategy=\"{}\"}} 5",
-        strategy.name()
-    );
-    if !metrics.contains(&expired) {
-        return Err(format!("/metrics lacks `{expired}`:\n{metrics}"));
-    }
-    Ok(())
-}
-
-/// A request with `wait_ms` on a sold-out SKU is served by a later restock (monitor), and
-/// one that nothing serves runs out with a 409 problem and leaves the queue.
-///
-/// # Errors
-///
-/// What broke.
-async fn waiting_request_is_served() -> Result<(), String> {
-    let running = Running::start(App::new(Strategy::Monitor), localhost(), reap())
-        .await
-        .unwrap();
-    let http = client(16);
-    put_stock(&http, running.url("/stock/console"), 1).await;
-    let sale = serde_json::json!({ "lines": [{ "sku": "console", "qty": 1 }] });
-    http.post(running.url("/sales"))
-        .json(&sale)
-        .send()
-        .await
-        .unwrap();
-    let short = serde_json::json!({ "lines": [{ "sku": "console", "qty": 1 }], "wait_ms": 10 });
-    let ran_out = http
-        .post(running.url("/reservations"))
-        .json(&short)
-        .send()
-        .await
-        .unwrap();
-    if ran_out.status() != StatusCode::CONFLICT {
-        return Err(format!("a wait that nothing served: {}", ran_out.status()));
-    }
-    let long =
-        serde_json::json!({ "lines": [{ "sku": "console", "qty": 1 }], "wait_ms": WAIT_MS_MAX });
-    let waiter = tokio::spawn(http.post(running.url("/reservations")).json(&long).send());
-    let store = Arc::clone(&running.app.store);
-    // The waiter is queued once the store counted its second wait (the first ran out).
-    while store.stats().waits < 2 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    put_stock(&http, running.url("/stock/console"), 1).await;
-    let served = waiter.await.unwrap().map_err(|error| error.to_string())?;
-    let status = served.status();
-    let left = get_level(&http, &running, "console").await;
-    running.stop().await.unwrap();
-    if status != StatusCode::CREATED || (left.on_hand, left.reserved) != (1, 1) {
-        return Err(format!("the waiter got {status}; left {left:?}"));
-    }
-    Ok(())
+    Ok(count)
 }
 
 fn localhost() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-fn reap() -> Duration {
+pub(crate) fn reap() -> Duration {
     Duration::from_millis(5)
 }
 
-fn client(connections: usize) -> reqwest::Client {
+pub(crate) fn client(connections: usize) -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .build()
@@ -459,18 +475,19 @@ fn client(connections: usize) -> reqwest::Client {
 
 /// The flash sale's size.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct SaleArgs {
-    pub(super) units: u64,
-    pub(super) buyers: usize,
-    pub(super) connections: usize,
+pub(crate) struct SaleArgs {
+    pub(crate) units: u64,
+    pub(crate) buyers: usize,
+    pub(crate) connections: usize,
 }
 
-/// Every check, on every strategy; prints one line per check.
+/// The flash sale on every strategy, the rules over HTTP once, and the negative control;
+/// prints one line per check.
 ///
 /// # Errors
 ///
 /// The first check that failed.
-pub(super) async fn smoke(sale: &SaleArgs) -> Result<(), String> {
+pub(crate) async fn smoke(sale: &SaleArgs) -> Result<(), String> {
     for strategy in STRATEGIES {
         let name = strategy.name();
         let report = run_flash_sale(strategy, sale)
@@ -478,32 +495,28 @@ pub(super) async fn smoke(sale: &SaleArgs) -> Result<(), String> {
             .map_err(|e| format!("{name}: flash sale: {e}"))?;
         println!(
             "{name}: flash sale sold {} of {} units to {} buyers ({} refused) over {} connections",
-            report.sold, sale.units, sale.buyers, report.refused, sale.connections
+            report.sold_total(),
+            sale.units,
+            sale.buyers,
+            report.refused,
+            sale.connections
         );
-        retries_hold_once(strategy)
-            .await
-            .map_err(|e| format!("{name}: retries: {e}"))?;
-        println!("{name}: 8 retries with one Idempotency-Key held once");
-        bad_requests_are_problems(strategy)
-            .await
-            .map_err(|e| format!("{name}: problems: {e}"))?;
-        println!("{name}: bad requests answered with problem bodies (404, 422, 400)");
-        abandoned_holds_expire(strategy)
-            .await
-            .map_err(|e| format!("{name}: expiry: {e}"))?;
-        println!("{name}: 5 abandoned holds expired");
     }
-    waiting_request_is_served()
-        .await
-        .map_err(|e| format!("monitor: waiting: {e}"))?;
-    println!("monitor: a request with wait_ms was served by a restock; one with nothing coming ran out (409)");
     let caught = naive_is_caught(sale).await?;
     println!("negative control: the naive read-then-write handler was caught: {caught}");
+    let rules = crate::rules::all(Strategy::Monitor).await?;
+    for rule in rules {
+        println!("monitor: {rule}");
+    }
     Ok(())
 }
 
 /// The flash sale per strategy, with throughput and latency.
-pub(super) async fn load(sale: &SaleArgs) -> Result<(), String> {
+///
+/// # Errors
+///
+/// What a sale's check found.
+pub(crate) async fn load(sale: &SaleArgs) -> Result<(), String> {
     println!("| strategy | buyers | connections | HTTP requests | requests/s | p50 | p99 |");
     println!("|---|---|---|---|---|---|---|");
     for strategy in STRATEGIES {
@@ -523,53 +536,4 @@ pub(super) async fn load(sale: &SaleArgs) -> Result<(), String> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SALE: SaleArgs = SaleArgs {
-        units: 1_000,
-        buyers: 10_000,
-        connections: 256,
-    };
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn a_flash_sale_sells_exactly_the_units_on_every_strategy() {
-        for strategy in STRATEGIES {
-            run_flash_sale(strategy, &SALE).await.unwrap();
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn the_sale_check_catches_a_naive_handler() {
-        naive_is_caught(&SALE).await.unwrap();
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn retries_with_one_key_hold_once_on_every_strategy() {
-        for strategy in STRATEGIES {
-            retries_hold_once(strategy).await.unwrap();
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn bad_requests_are_problems_on_every_strategy() {
-        for strategy in STRATEGIES {
-            bad_requests_are_problems(strategy).await.unwrap();
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn abandoned_holds_expire_on_every_strategy() {
-        for strategy in STRATEGIES {
-            abandoned_holds_expire(strategy).await.unwrap();
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_waiting_request_is_served_by_a_restock() {
-        waiting_request_is_served().await.unwrap();
-    }
 }
