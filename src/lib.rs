@@ -1,4 +1,85 @@
-#![doc = include_str!("../README.md")]
+//! A stock ledger that never oversells under concurrency.
+//!
+//! A store keeps, per SKU, the units **on hand**, the units **reserved** by open holds and a
+//! **version** bumped by every change. An order [reserves](StockStore::reserve) an
+//! all-or-nothing hold on one or more lines, then [commits](StockStore::commit) it (payment
+//! succeeded) or [releases](StockStore::release) it (the compensation step);
+//! [`sell`](StockStore::sell) is a sale without a hold. Every store keeps the contract of
+//! [`StockStore`]: all or nothing on every line, duplicate lines merged before they are
+//! checked, SKUs taken in ascending order (ordered acquisition, so no deadlock), a hold
+//! resolved exactly once however commits, releases and expiries race, and a typed
+//! [`StockError`] for every refusal. The trait is object safe, so the strategy can be picked
+//! at run time behind `Box<dyn StockStore<K>>`.
+//!
+//! # Stores
+//!
+//! - [`PessimisticStore`]: a mutex per SKU. The every-day default: it never retries and
+//!   never refuses for contention.
+//! - [`OptimisticStore`]: a versioned compare-and-swap word per SKU, lock free on the
+//!   single-SKU path, with bounded retries.
+//! - [`MonitorStore`]: a mutex per SKU with a FIFO queue of waiters: callers can wait for
+//!   a restock ([`WaitingStore`]), blocking a thread or as a cancel-safe future
+//!   ([`MonitorStore::reserve_wait`]).
+//! - [`AdaptiveStore`]: per SKU, optimistic while the SKU is cold and locked while it is
+//!   hot (MOCC, Wang & Kimura 2016).
+#![cfg_attr(
+    feature = "redis",
+    doc = "- [`RedisStore`] (feature `redis`): the same traits on a shared Redis 7 server, for"
+)]
+#![cfg_attr(
+    not(feature = "redis"),
+    doc = "- `RedisStore` (feature `redis`): the same traits on a shared Redis 7 server, for"
+)]
+//!   several processes.
+//!
+//! Which store suits which load, with figures: the
+//! [README](https://github.com/stockledger/stockledger/blob/main/README.md#which-store-to-pick)
+//! and the [benchmark report](https://github.com/stockledger/stockledger/blob/main/BENCHMARKS.md).
+//!
+//! # Example
+//!
+//! ```
+//! use stockledger::{PessimisticStore, StockError, StockStore};
+//!
+//! let store = PessimisticStore::new();
+//! store.restock(&"SKU1004", 3)?;
+//! store.restock(&"addon:Accessory", 10)?;
+//!
+//! // Checkout: hold a phone and two accessories, all or nothing (lines are merged).
+//! let hold = store.reserve(&[("SKU1004", 1), ("addon:Accessory", 1), ("addon:Accessory", 1)])?;
+//! assert_eq!(hold.lines(), &[("SKU1004", 1), ("addon:Accessory", 2)]);
+//! store.commit(hold.id())?; // payment succeeded: the hold becomes a sale
+//!
+//! // Never oversold: a refusal is a typed error and changes nothing.
+//! assert_eq!(
+//!     store.sell(&[("SKU1004", 3)]),
+//!     Err(StockError::InsufficientStock { sku: "SKU1004", requested: 3, available: 2 }),
+//! );
+//! # Ok::<(), StockError<&str>>(())
+//! ```
+//!
+//! # The life of a hold
+//!
+//! - [`ReserveOptions`] with [`StockStore::reserve_with`]: a TTL, after which the hold
+//!   expires and its stock goes back, and an idempotency key, so a retry gets the same hold.
+//! - [`ReservationGuard`]: releases its hold when dropped unresolved.
+//! - [`StockStore::extend`] gives a hold more time; [`StockStore::expire_due`] and a
+//!   background [`Reaper`] give due holds back.
+//! - [`EventSink`] (or [`ChannelSink`]): every change with each SKU's level and version,
+//!   and [`StockEvent::LowStock`] alerts ([`StockStore::set_low_stock_threshold`]).
+//! - [`StoreBuilder`] (`::builder()` on every store): the [`Clock`] ([`ManualClock`] in
+//!   tests), the event sink, the idempotency settings and each strategy's settings;
+//!   [`StockStore::stats`] returns [`StoreStats`].
+//!
+//! # Features
+//!
+//! - `redis` (off by default): `RedisStore` and its builder, on redis-rs (needs Rust 1.88).
+//! - `serde` (off by default): `Serialize` and `Deserialize` for the value types (ids,
+//!   levels, holds, events, errors, statistics, options).
+//!
+//! The minimum supported Rust version is 1.85. How the stores are tested (loom models,
+//! property, linearizability and stress tests) is in
+//! [TESTING.md](https://github.com/stockledger/stockledger/blob/main/TESTING.md).
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(clippy::missing_errors_doc, clippy::missing_panics_doc)]
@@ -50,3 +131,8 @@ pub use strategy::adaptive::AdaptiveStore;
 pub use strategy::monitor::{MonitorStore, ReserveWait};
 pub use strategy::optimistic::OptimisticStore;
 pub use strategy::pessimistic::PessimisticStore;
+
+// The README's examples run as doctests too (the crate page above is not the README).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
