@@ -79,6 +79,7 @@ pub struct RedisStoreBuilder<K> {
     idempotency_retention: Duration,
     idempotency_keys_max: usize,
     events_max: usize,
+    wait_lease: Duration,
     sku: PhantomData<fn() -> K>,
 }
 
@@ -94,6 +95,7 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
             idempotency_retention: IDEMPOTENCY_RETENTION,
             idempotency_keys_max: IDEMPOTENCY_KEYS_MAX,
             events_max: EVENTS_MAX,
+            wait_lease: super::WAIT_LEASE,
             sku: PhantomData,
         }
     }
@@ -213,6 +215,27 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
         self
     }
 
+    /// How long a waiter's lease lasts (default [`RedisStore::WAIT_LEASE`], 10 s; at
+    /// least 100 ms): a waiting call renews it at least four times a lease, and a waiter
+    /// that did not renew it for this long (its process died, or lost the server) leaves
+    /// its queue and gives back every line it held, granted or not. Every store of a
+    /// namespace should use the same lease.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// let store = stockledger::RedisStore::<u64>::builder("redis://127.0.0.1/", "shop")
+    ///     .wait_lease(Duration::from_secs(3))
+    ///     .build()?;
+    /// # Ok::<(), stockledger::StockError<u64>>(())
+    /// ```
+    pub fn wait_lease(mut self, lease: Duration) -> Self {
+        self.wait_lease = lease.max(Duration::from_millis(100));
+        self
+    }
+
     /// Connects and returns the store.
     ///
     /// # Errors
@@ -244,6 +267,10 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
             });
         }
         let client = redis::Client::open(self.url.as_str()).map_err(super::unavailable)?;
+        let connector = Connector {
+            client: client.clone(),
+            command_timeout: self.command_timeout,
+        };
         let pool = r2d2::Pool::builder()
             .max_size(self.pool_size)
             .min_idle(Some(1))
@@ -265,15 +292,21 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
             "events",
             "stats",
             "waiters",
-            "unclaimed",
+            "leases",
+            "queues",
+            "wakes",
         ]
         .map(|name| format!("{prefix}{name}"));
+        let mut random = [0_u8; 8];
+        getrandom::getrandom(&mut random).map_err(super::unavailable)?;
         let store = RedisStore {
             pool,
+            connector,
             namespace: namespace.clone(),
-            prefix,
+            request_prefix: format!("{prefix}request:{:016x}-", u64::from_le_bytes(random)),
+            requests: std::sync::atomic::AtomicU64::new(0),
+            wait_lease_us: u64::try_from(self.wait_lease.as_micros()).unwrap_or(u64::MAX),
             keys,
-            tag: namespace_tag(namespace),
             timebase: Timebase::new(self.clock.now()),
             clock: self.clock,
             events: Events::new(self.event_sink),
@@ -307,17 +340,6 @@ impl<K: RedisSku> RedisStore<K> {
     }
 }
 
-/// The namespace's tag in the upper 20 bits of its ids: FNV-1a of its bytes, never 0 (the
-/// in-memory stores' ids are small numbers, tag 0).
-fn namespace_tag(namespace: &str) -> u64 {
-    let hash = namespace
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
-    hash % ((1 << (64 - super::COUNTER_BITS)) - 1) + 1
-}
-
 impl<K> fmt::Debug for RedisStoreBuilder<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStoreBuilder")
@@ -328,6 +350,7 @@ impl<K> fmt::Debug for RedisStoreBuilder<K> {
             .field("idempotency_retention", &self.idempotency_retention)
             .field("idempotency_keys_max", &self.idempotency_keys_max)
             .field("events_max", &self.events_max)
+            .field("wait_lease", &self.wait_lease)
             .finish_non_exhaustive()
     }
 }

@@ -62,6 +62,14 @@ const BODIES: [(&str, &str); 9] = [
     ("wait_poll", include_str!("scripts/wait_poll.lua")),
 ];
 
+/// How long the server keeps the answer of a call under the call's request id: a resend
+/// of the call within it gets that answer back instead of applying the call again (see
+/// [`RedisStore`](super::RedisStore)'s "Failures"). The store resends at most once, at once
+/// after a failed attempt, so this covers two command timeouts and a reconnection with a
+/// wide margin; it also bounds the memory the records take (one small key per mutating
+/// call, dropped by the server when the retention runs out).
+pub(crate) const REQUEST_RETENTION: Duration = Duration::from_secs(60);
+
 /// The placeholder of the library's version in [`BODIES`]' function names.
 const VERSION: &str = "@VERSION@";
 
@@ -115,11 +123,15 @@ pub(crate) static SCRIPTS: LazyLock<Library> = LazyLock::new(|| {
         code.push_str(&format!(
             "local function run_{name}()\n{body}\nend\n\
              redis.register_function('stockledger_{VERSION}_{name}', function(keys, args)\n\
-             begin(keys, args, false)\nreturn run_{name}()\nend)\n\
+             begin(keys, args, false)\nreturn recorded() or record_reply(run_{name}())\nend)\n\
              redis.register_function('stockledger_{VERSION}_{name}_events', function(keys, args)\n\
-             begin(keys, args, true)\nreturn run_{name}()\nend)\n"
+             begin(keys, args, true)\nreturn recorded() or record_reply(run_{name}())\nend)\n"
         ));
     }
+    let code = code.replace(
+        "REQUEST_RETENTION_MS",
+        &REQUEST_RETENTION.as_millis().to_string(),
+    );
     let version = Script::new(&code).get_hash()[..16].to_string();
     let function = |script: &str| Function {
         plain: format!("stockledger_{version}_{script}"),
@@ -177,19 +189,11 @@ pub(crate) fn malformed(what: &str) -> String {
 
 impl Reply {
     /// A reply as the scripts send it (`answer` in `scripts/common.lua`): the status alone
-    /// (no payload, no events), one flat array `{status, payload length, payload...,
-    /// events...}`, or an integer: "ok" with that one number as its payload (`reserve`'s
-    /// new id when there are no events to send).
+    /// (no payload, no events) or one flat array `{status, payload length, payload...,
+    /// events...}`; anything else is malformed.
     pub(crate) fn parse(value: Value) -> Result<Reply, String> {
         let mut parts = match value {
             Value::Array(parts) => parts,
-            Value::Int(number) => {
-                return Ok(Reply {
-                    status: "ok".to_string(),
-                    payload: vec![Value::Int(number)],
-                    events: Vec::new(),
-                });
-            }
             status @ (Value::BulkString(_) | Value::SimpleString(_)) => {
                 return Ok(Reply {
                     status: text(Some(&status))?,

@@ -14,6 +14,7 @@ mod engine;
 mod sku;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,10 +33,18 @@ use crate::stats::StoreStats;
 use crate::store::{StockStore, WaitFuture, WaitingStore};
 use engine::{Connector, Function, Reply, Timebase, SCRIPTS};
 
-/// Bits of a [`ReservationId`] that count the holds of one namespace; the bits above them
-/// carry the namespace's tag, so ids of different namespaces and of in-memory stores
-/// (which count from 1) do not meet. 2^44 holds per namespace.
-const COUNTER_BITS: u32 = 44;
+/// The top bit, set in every id a `RedisStore` draws: the other 63 bits are random, and
+/// the in-memory stores' ids (counted from 1) never reach it.
+const ID_BIT: u64 = 1 << 63;
+
+/// How many times a call draws a new id when the server finds the drawn one taken (a
+/// chance of about one in 2^63 per open hold) before it gives up with `Unavailable`.
+const ID_DRAWS_MAX: usize = 4;
+
+/// How long a waiter's lease lasts by default: a waiter whose process died (or lost the
+/// server) for this long leaves its queue and gives back every line it held, granted or
+/// not, on the next `expire_due` or call that serves a queue.
+pub(crate) const WAIT_LEASE: Duration = Duration::from_secs(10);
 
 /// A waiting call wakes at least this often to renew its lease on the server (a waiter
 /// whose lease runs out, because its process died, leaves the queue and passes its turn).
@@ -54,33 +63,81 @@ const WAIT_SLICE: Duration = Duration::from_millis(500);
 /// - **Counts** are exact integers up to [`QUANTITY_MAX`](Self::QUANTITY_MAX) (2^53 - 1,
 ///   the integers Lua's numbers keep exactly); past it a change is
 ///   [`StockError::Overflow`].
-/// - **Ids** count per namespace on the server; their upper bits carry a tag of the
-///   namespace, so an id of another namespace or store is unknown here.
+/// - **Ids** are 64-bit numbers whose top bit is set and whose other 63 bits the store
+///   draws from the operating system's random source (`getrandom`) for every hold; the
+///   script that opens the hold checks that no open hold has it (and a waiter's id against
+///   the waiters too) and the store draws again if one has. Nothing is counted on the
+///   server, so a restart from an older snapshot or an asynchronous failover cannot make
+///   it issue an id again: a new id meets one of `n` ids the server lost with a chance of
+///   `n / 2^63`. The same bits make ids unguessable and keep namespaces apart: a client
+///   that tries `g` ids against a namespace with `h` open holds finds one with a chance of
+///   at most `g * h / 2^63` (10^9 tries against 10^6 open holds: about 1 in 10,000), and an
+///   id of one namespace is an open hold of another on the same server only by that same
+///   chance (otherwise [`StockError::UnknownReservation`]). In-memory stores count their
+///   ids from 1, below the top bit: theirs are never a `RedisStore`'s.
 /// - **Deadlines** are microseconds on a shared timebase: the wall clock when the store was
 ///   built, moved on by its [`Clock`]. Hosts sharing a server should keep their clocks in
 ///   step (NTP). A hold expires on `commit`/`release`/`extend` past its deadline, on
 ///   [`expire_due`](StockStore::expire_due), and when a `reserve` or `sell` finds stock
 ///   short while holds are due (those expire first, then the request is checked again).
 /// - **Events** of every change go to the stream `{namespace}:events` in the same script
-///   (one entry per SKU and change, one field `event` whose value is
-///   `"kind id quantity on_hand reserved version SKU"`, decimal integers and the SKU's key
-///   last, e.g. `"sold 0 2 98 0 7 SKU1004"`; a `low_stock` entry per crossing carries
-///   available, threshold and 0 in the quantity, on hand and reserved places), trimmed
-///   approximately to at least [`EVENTS_MAX`] entries; this store's own
+///   (the transactional outbox; one entry per SKU and change, one field `event` whose
+///   value is `"kind id quantity on_hand reserved version SKU"`, decimal integers and the
+///   SKU's key last, e.g. `"reserved 9800308112334530441 2 98 2 7 SKU1004"`). `kind` is
+///   `restocked`, `reserved`, `committed`, `released`, `expired`, `sold` or `low_stock`;
+///   `id` is the hold's public id, the number a [`ReservationId`] holds (what
+///   [`ReservationId::get`] returns and what it serializes to), 0 for a sale, a restock and
+///   a crossing; a `low_stock` entry per crossing carries available, threshold and 0 in
+///   the quantity, on hand and reserved places. The stream shows the holds callers
+///   received: a waiting hold's `reserved` entries go out when its waiter picks it up
+///   (with the levels each of its takes left), and a waiter that timed out, or whose
+///   lease ran out, leaves no entry (its takes and give-backs move the counts and the
+///   version, as in memory, where a timed-out waiter sends no event either). The stream
+///   is trimmed approximately to at least [`EVENTS_MAX`] entries; this store's own
 ///   [`EventSink`](crate::EventSink) gets the events of the calls made through it, after
-///   the call, with no connection held.
+///   the call, with no connection held. Parsing an entry:
+///
+///   ```
+///   use stockledger::ReservationId;
+///
+///   let event = "reserved 9800308112334530441 2 98 2 7 SKU 1004"; // the entry's `event`
+///   let mut fields = event.splitn(7, ' ');
+///   let kind = fields.next().unwrap();
+///   let numbers: Vec<u64> = fields.by_ref().take(5).map(|n| n.parse().unwrap()).collect();
+///   let sku = fields.next().unwrap(); // the rest: a SKU may hold spaces
+///   let id = (numbers[0] != 0).then(|| ReservationId::from_u64(numbers[0]));
+///   assert_eq!((kind, sku), ("reserved", "SKU 1004"));
+///   assert_eq!(id.map(ReservationId::get), Some(9_800_308_112_334_530_441));
+///   let (quantity, on_hand, reserved, version) = (numbers[1], numbers[2], numbers[3], numbers[4]);
+///   assert_eq!((quantity, on_hand, reserved, version), (2, 98, 2, 7));
+///   ```
 /// - **Statistics** are the namespace's, shared by every process.
 /// - **Waiting** ([`WaitingStore::reserve_timeout`]): a waiter queues per SKU on the server
 ///   (FIFO across processes, no barging); stock freed by any process goes to the head
-///   first; a waiter that times out leaves and passes the turn on, and one whose process
-///   died leaves once its lease (10 s) runs out.
+///   first; a waiter that times out leaves and passes the turn on. A grant is final only
+///   once its waiter has it: the waiter's own call picks it up, and the hold opens with
+///   its deadline in that call. A waiter whose process died (or that lost the server)
+///   renews no lease; once its lease ([`wait_lease`](RedisStoreBuilder::wait_lease), 10 s
+///   by default) has run out, [`expire_due`](StockStore::expire_due) (and so the
+///   [`Reaper`](crate::Reaper)), or any call that serves a queue, gives back every line it
+///   held, granted or not, whatever queue it sits in.
 ///
 /// # Failures
 ///
-/// When the server cannot be reached, times out or fails, a call returns
-/// [`StockError::Unavailable`]: **the call may or may not have taken effect**. Retry a
-/// hold with an [`idempotency_key`](ReserveOptions::idempotency_key) so that a retry never
-/// holds twice. The infallible reads answer as if the ledger were empty while the server is
+/// Faults are normal here: a reply can be lost, a connection cut, a primary fail over.
+/// Every mutating call carries a request id the store makes (random per store, counted per
+/// call); its script records its answer under that id for
+/// [`REQUEST_RETENTION`](Self::REQUEST_RETENTION). When a call's connection fails before
+/// its answer arrives, the store sends the same call once more on a fresh connection: a
+/// call that did run answers with its recorded answer (it is never applied twice), one
+/// that did not runs now. Every script declares every key it touches and refuses before
+/// its first write, so a refused call (or one a cluster stops) changes nothing.
+///
+/// When the resend fails too (the server cannot be reached, times out or fails), a call
+/// returns [`StockError::Unavailable`]: **the call may or may not have taken effect**.
+/// Retry a hold with an [`idempotency_key`](ReserveOptions::idempotency_key) so that a
+/// retry never holds twice. A reply the store does not expect (of the wrong shape) is
+/// `Unavailable` too, with its text, never a panic. The infallible reads answer as if the ledger were empty while the server is
 /// down ([`level`](StockStore::level) is `None`, [`expire_due`](StockStore::expire_due)
 /// expires nothing, [`stats`](StockStore::stats) are zero); their twins
 /// [`try_level`](StockStore::try_level), [`try_expire_due`](StockStore::try_expire_due) and
@@ -102,15 +159,20 @@ const WAIT_SLICE: Duration = Duration::from_millis(500);
 pub struct RedisStore<K> {
     /// Blocking connections with read and write timeouts.
     pool: r2d2::Pool<Connector>,
+    /// The pool's connector, for the fresh connection of a resend.
+    connector: Connector,
     namespace: String,
-    /// `{namespace}:`, the prefix of every key.
-    prefix: String,
-    /// The namespace's main keys (see `scripts/common.lua`): levels, which every call
-    /// declares, holds, deadlines, idempotency, retired, sequence, events, stats, waiters,
-    /// unclaimed.
-    keys: [String; 10],
-    /// The namespace's tag in the upper bits of its ids.
-    tag: u64,
+    /// The namespace's keys, which every call declares (see `scripts/common.lua`): levels,
+    /// holds, deadlines, idempotency, retired, sequence, events, stats, waiters, leases,
+    /// queues, wakes.
+    keys: [String; 12],
+    /// `{namespace}:request:<16 random hex digits>-`: this store's request ids, then a
+    /// count.
+    request_prefix: String,
+    /// The count of the last request id.
+    requests: AtomicU64,
+    /// A waiter's lease, in microseconds.
+    wait_lease_us: u64,
     clock: Arc<dyn Clock>,
     timebase: Timebase,
     events: Events<K>,
@@ -133,6 +195,30 @@ impl<K: RedisSku> RedisStore<K> {
     /// assert_eq!(stockledger::RedisStore::<String>::QUANTITY_MAX, (1 << 53) - 1);
     /// ```
     pub const QUANTITY_MAX: u64 = (1 << 53) - 1;
+
+    /// How long the server keeps a call's answer under its request id, so that the
+    /// store's resend of a call whose reply was lost gets the first answer back instead of
+    /// applying the call twice (see "Failures" above): 60 s, far more than the resend
+    /// takes (at most two command timeouts).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// assert_eq!(stockledger::RedisStore::<String>::REQUEST_RETENTION, Duration::from_secs(60));
+    /// ```
+    pub const REQUEST_RETENTION: Duration = engine::REQUEST_RETENTION;
+
+    /// How long a waiter's lease lasts unless [`wait_lease`](RedisStoreBuilder::wait_lease)
+    /// says otherwise: 10 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// assert_eq!(stockledger::RedisStore::<String>::WAIT_LEASE, Duration::from_secs(10));
+    /// ```
+    pub const WAIT_LEASE: Duration = WAIT_LEASE;
 
     /// Connects to the Redis server at `url` (`redis://host:port/db`) and opens the ledger
     /// `namespace` with the default settings (see [`builder`](Self::builder)).
@@ -221,9 +307,18 @@ impl<K: RedisSku> RedisStore<K> {
     ///
     /// One round trip to the server.
     pub fn queued(&self, sku: &K) -> Result<usize, StockError<K>> {
-        let mut key = format!("{}queue:", self.prefix).into_bytes();
-        key.extend(self.key_of(sku)?);
-        let length: usize = self.command(redis::cmd("LLEN").arg(key))?;
+        let prefix = queue_prefix(&self.key_of(sku)?);
+        let mut first = b"[".to_vec();
+        first.extend(&prefix);
+        let mut last = b"(".to_vec();
+        last.extend(&prefix);
+        last.push(0xff);
+        let length: usize = self.command(
+            redis::cmd("ZLEXCOUNT")
+                .arg(&self.keys[10])
+                .arg(first)
+                .arg(last),
+        )?;
         Ok(length)
     }
 
@@ -236,32 +331,79 @@ impl<K: RedisSku> RedisStore<K> {
         Ok(key)
     }
 
-    /// Runs one plain command on a pooled connection.
+    /// Runs one plain command (a read) on a pooled connection, and once more on a fresh
+    /// connection when the first one fails below the command level.
     fn command<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, StockError<K>> {
-        let mut link = self.pool.get().map_err(unavailable)?;
-        let answer = command.query(&mut link.connection);
-        finish(&mut link, answer)
+        let value = self.send(|connection| command.query::<Value>(connection))?;
+        redis::from_redis_value(value).map_err(unavailable)
+    }
+
+    /// Runs `send` on a pooled connection; when that connection fails below the command
+    /// level (cut, timed out: the reply is lost, the call may have run), runs it once more
+    /// on a fresh connection. A server's error answer is final.
+    fn send(
+        &self,
+        send: impl Fn(&mut redis::Connection) -> redis::RedisResult<Value>,
+    ) -> Result<Value, StockError<K>> {
+        let first = {
+            let mut link = self.pool.get().map_err(unavailable)?;
+            match send(&mut link.connection) {
+                Ok(value) => return Ok(value),
+                Err(error) if matches!(error.kind(), redis::ErrorKind::Server(_)) => {
+                    return Err(unavailable(error));
+                }
+                Err(error) => {
+                    link.broken = true;
+                    error
+                }
+            }
+        };
+        let resend = (|| {
+            let mut link = r2d2::ManageConnection::connect(&self.connector)?;
+            send(&mut link.connection)
+        })();
+        resend.map_err(|again| StockError::Unavailable {
+            reason: format!("{first}; sent again on a fresh connection: {again}"),
+        })
+    }
+
+    /// A new request id: this store's prefix and the next count.
+    fn request_key(&self) -> String {
+        let count = self.requests.fetch_add(1, Ordering::Relaxed);
+        format!("{}{count}", self.request_prefix)
     }
 
     /// Runs the library function `function` (one of [`SCRIPTS`]', under the name whose
-    /// reply carries the events when this store has a sink) with its one declared key (the levels hash, which routes the call to the namespace's slot; the
-    /// scripts name the other keys after it), the common head and `args`.
+    /// reply carries the events when this store has a sink) with every key of the
+    /// namespace and a new request id declared, the common head and `args`; resent once on
+    /// a fresh connection when the reply is lost (the script answers a resend with the
+    /// answer it recorded).
     fn run(&self, function: &Function, args: &[Vec<u8>]) -> Result<Reply, StockError<K>> {
         let mut fcall = redis::cmd("FCALL");
         fcall
             .arg(function.name(self.events.enabled()))
-            .arg(1)
-            .arg(&self.keys[0])
+            .arg(self.keys.len() + 1)
+            .arg(&self.keys)
+            .arg(self.request_key())
             .arg(self.timebase.now_us(self.clock.now()))
             .arg(self.events_max);
         for arg in args {
             fcall.arg(arg.as_slice());
         }
-        let mut link = self.pool.get().map_err(unavailable)?;
-        let answer = engine::call(&mut link.connection, &fcall);
-        let value = finish(&mut link, answer)?;
-        drop(link);
+        let value = self.send(|connection| engine::call(connection, &fcall))?;
         Reply::parse(value).map_err(|reason| StockError::Unavailable { reason })
+    }
+
+    /// A new hold id: 63 random bits under [`ID_BIT`].
+    fn new_id(&self) -> Result<u64, StockError<K>> {
+        let mut bytes = [0_u8; 8];
+        getrandom::getrandom(&mut bytes).map_err(unavailable)?;
+        Ok(u64::from_le_bytes(bytes) | ID_BIT)
+    }
+
+    /// The id's text for the scripts; `None` for an id no `RedisStore` draws.
+    fn id_arg(id: ReservationId) -> Option<Vec<u8>> {
+        (id.get() & ID_BIT != 0).then(|| id.get().to_string().into_bytes())
     }
 
     /// The script arguments of merged `lines`: SKU key and quantity of each (the scripts
@@ -295,20 +437,10 @@ impl<K: RedisSku> RedisStore<K> {
         }
     }
 
-    /// The id the server's counter `counter` stands for in this namespace.
-    fn id_of(&self, counter: u64) -> ReservationId {
-        ReservationId::from_u64(self.tag << COUNTER_BITS | counter)
-    }
-
-    /// The server's counter of `id`; `None` for an id of another namespace or store.
-    fn counter_of(&self, id: ReservationId) -> Option<u64> {
-        (id.get() >> COUNTER_BITS == self.tag).then_some(id.get() & ((1 << COUNTER_BITS) - 1))
-    }
-
     /// A hold from its reply `{id, deadline_us, SKU, quantity, ...}`.
     fn hold_of(&self, reply: &[Value]) -> Result<Reservation<K>, StockError<K>> {
         let malformed = |reason: String| StockError::Unavailable { reason };
-        let counter = engine::number(reply.first()).map_err(malformed)?;
+        let id = engine::number(reply.first()).map_err(malformed)?;
         let deadline_us = engine::number(reply.get(1)).map_err(malformed)?;
         let mut lines = Vec::with_capacity(reply.len().saturating_sub(2) / 2);
         for pair in reply.get(2..).unwrap_or_default().chunks(2) {
@@ -322,8 +454,11 @@ impl<K: RedisSku> RedisStore<K> {
             })?;
             lines.push((sku, engine::number(pair.get(1)).map_err(malformed)?));
         }
+        if lines.is_empty() {
+            return Err(malformed(engine::malformed("a hold without lines")));
+        }
         Ok(Reservation::from_parts(
-            self.id_of(counter),
+            ReservationId::from_u64(id),
             lines,
             self.timebase.instant(deadline_us),
         ))
@@ -379,7 +514,7 @@ impl<K: RedisSku> RedisStore<K> {
                 }
                 continue;
             }
-            let id = self.id_of(group.1);
+            let id = ReservationId::from_u64(group.1);
             let lines = vec![line];
             let event = match group.0.as_str() {
                 "restocked" => StockEvent::Restocked {
@@ -415,13 +550,8 @@ impl<K: RedisSku> RedisStore<K> {
 
     /// `commit` (`change` "commit") or `release` ("release").
     fn resolve(&self, id: ReservationId, change: &str) -> Result<Reservation<K>, StockError<K>> {
-        let counter = self
-            .counter_of(id)
-            .ok_or(StockError::UnknownReservation(id))?;
-        let reply = self.run(
-            &SCRIPTS.resolve,
-            &[counter.to_string().into_bytes(), change.as_bytes().to_vec()],
-        )?;
+        let id_arg = Self::id_arg(id).ok_or(StockError::UnknownReservation(id))?;
+        let reply = self.run(&SCRIPTS.resolve, &[id_arg, change.as_bytes().to_vec()])?;
         self.settled(id, reply)
     }
 
@@ -430,8 +560,13 @@ impl<K: RedisSku> RedisStore<K> {
         match reply.status.as_str() {
             "unknown_reservation" => Err(StockError::UnknownReservation(id)),
             "expired" | "ok" => {
-                self.deliver(&reply.events, None);
                 let hold = self.hold_of(&reply.payload)?;
+                if hold.id() != id {
+                    return Err(StockError::Unavailable {
+                        reason: engine::malformed("the answer names another hold"),
+                    });
+                }
+                self.deliver(&reply.events, None);
                 if reply.status == "expired" {
                     Err(StockError::Expired(id))
                 } else {
@@ -453,6 +588,11 @@ impl<K: RedisSku> RedisStore<K> {
                     self.idempotency_keys_max.to_string().into_bytes(),
                 ],
             )?;
+            if reply.status != "ok" {
+                return Err(StockError::Unavailable {
+                    reason: engine::malformed(&format!("unexpected status {:?}", reply.status)),
+                });
+            }
             self.deliver(&reply.events, None);
             let batch = reply.payload.len();
             for hold in &reply.payload {
@@ -469,78 +609,21 @@ impl<K: RedisSku> RedisStore<K> {
             }
         }
     }
+}
 
-    /// Finishes a waiting reservation of merged `lines` the server granted: the hold and
-    /// its `Reserved` event with the levels `payload` gives per line.
-    fn granted(
-        &self,
-        lines: Vec<(K, u64)>,
-        payload: &[Value],
-    ) -> Result<Reservation<K>, StockError<K>> {
-        let malformed = |reason: String| StockError::Unavailable { reason };
-        let counter = engine::number(payload.first()).map_err(malformed)?;
-        let hold = Reservation::from_parts(self.id_of(counter), lines, None);
-        if self.events.enabled() {
-            let mut flat = Vec::new();
-            for ((sku, quantity), level) in hold.lines().iter().zip(payload[1..].chunks(3)) {
-                flat.extend([
-                    Value::BulkString(b"reserved".to_vec()),
-                    Value::Int(i64::try_from(counter).unwrap_or(i64::MAX)),
-                    Value::BulkString(sku.to_redis_key()),
-                    Value::Int(i64::try_from(*quantity).unwrap_or(i64::MAX)),
-                ]);
-                flat.extend(level.iter().cloned());
-            }
-            self.deliver(&flat, None);
-        }
-        Ok(hold)
-    }
-
-    /// Waits for the queued waiter `counter` until `deadline`.
-    fn wait(
-        &self,
-        counter: u64,
-        lines: Vec<(K, u64)>,
-        deadline: Option<Instant>,
-    ) -> Result<Reservation<K>, StockError<K>> {
-        let wake = format!("{}wake:{counter}", self.prefix);
-        let slice_max = WAIT_SLICE.min(self.command_timeout / 2);
-        loop {
-            let remaining =
-                deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
-            let action = if remaining == Some(Duration::ZERO) {
-                "cancel"
-            } else {
-                let slice = remaining.unwrap_or(slice_max).min(slice_max);
-                let seconds = format!("{:.3}", slice.as_secs_f64().max(0.001));
-                let _: Value = self.command(redis::cmd("BLPOP").arg(&wake).arg(seconds))?;
-                "poll"
-            };
-            let reply = self.run(
-                &SCRIPTS.wait_poll,
-                &[counter.to_string().into_bytes(), action.as_bytes().to_vec()],
-            )?;
-            self.deliver(&reply.events, None);
-            match reply.status.as_str() {
-                "granted" => return self.granted(lines, &reply.payload),
-                "queued" => continue,
-                _ => return Err(StockError::Timeout),
-            }
-        }
+/// The [`StockError::Unavailable`] of a call that found every id it drew taken.
+fn id_draws_exhausted<K>() -> StockError<K> {
+    StockError::Unavailable {
+        reason: format!("{ID_DRAWS_MAX} random ids in a row were taken"),
     }
 }
 
-/// The answer of one call on `link`; a failure below the script level breaks the link.
-fn finish<T, K>(
-    link: &mut engine::Link,
-    answer: redis::RedisResult<T>,
-) -> Result<T, StockError<K>> {
-    answer.map_err(|error| {
-        if !matches!(error.kind(), redis::ErrorKind::Server(_)) {
-            link.broken = true;
-        }
-        unavailable(error)
-    })
+/// The prefix of a SKU's members in the namespace's queues set (see
+/// `scripts/common.lua`): the length of its key in 8 hex digits, then the key.
+fn queue_prefix(key: &[u8]) -> Vec<u8> {
+    let mut prefix = format!("{:08x}", key.len()).into_bytes();
+    prefix.extend(key);
+    prefix
 }
 
 /// The [`StockError::Unavailable`] of an engine failure.
@@ -584,8 +667,14 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
             &SCRIPTS.restock,
             &[self.key_of(sku)?, qty.to_string().into_bytes()],
         )?;
-        if reply.status != "ok" {
-            return Err(StockError::Overflow { sku: sku.clone() });
+        match reply.status.as_str() {
+            "ok" => {}
+            "overflow" => return Err(StockError::Overflow { sku: sku.clone() }),
+            status => {
+                return Err(StockError::Unavailable {
+                    reason: engine::malformed(&format!("unexpected status {status:?}")),
+                })
+            }
         }
         let field = |index| engine::number(reply.payload.get(index));
         let level = (|| {
@@ -628,6 +717,7 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
         }
         let deadline_us = self.deadline_us(options.ttl);
         let mut args = vec![
+            Vec::new(),
             deadline_us.to_string().into_bytes(),
             key.as_bytes().to_vec(),
         ];
@@ -637,35 +727,40 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
             args.push(self.idempotency_keys_max.to_string().into_bytes());
         }
         args.extend(self.line_args(&lines)?);
-        let reply = self.run(&SCRIPTS.reserve, &args)?;
-        match reply.status.as_str() {
-            "ok" => {
-                // The server sends the new hold's id only: its lines and deadline are the
-                // request's.
-                let counter = engine::number(reply.payload.first())
-                    .map_err(|reason| StockError::Unavailable { reason })?;
-                let hold = Reservation::from_parts(
-                    self.id_of(counter),
-                    lines.into_owned(),
-                    self.timebase.instant(deadline_us),
-                );
-                self.deliver(&reply.events, hold.expires_at());
-                Ok(hold)
-            }
-            "replay" => self.hold_of(&reply.payload),
-            "idempotency_conflict" => {
-                let counter = engine::number(reply.payload.first())
-                    .map_err(|reason| StockError::Unavailable { reason })?;
-                Err(StockError::IdempotencyConflict {
+        for _ in 0..ID_DRAWS_MAX {
+            let id = self.new_id()?;
+            args[0] = id.to_string().into_bytes();
+            let reply = self.run(&SCRIPTS.reserve, &args)?;
+            let malformed = |reason: String| StockError::Unavailable { reason };
+            return match reply.status.as_str() {
+                "id_taken" => continue,
+                "ok" => {
+                    // The hold's id, lines and deadline are the request's.
+                    let hold = Reservation::from_parts(
+                        ReservationId::from_u64(id),
+                        lines.into_owned(),
+                        self.timebase.instant(deadline_us),
+                    );
+                    self.deliver(&reply.events, hold.expires_at());
+                    Ok(hold)
+                }
+                "replay" => self.hold_of(&reply.payload),
+                "idempotency_conflict" => Err(StockError::IdempotencyConflict {
                     key: key.to_string(),
-                    id: self.id_of(counter),
-                })
-            }
-            status => {
-                self.deliver(&reply.events, None);
-                Err(self.refusal((status.to_string(), reply.payload), &lines))
-            }
+                    id: ReservationId::from_u64(
+                        engine::number(reply.payload.first()).map_err(malformed)?,
+                    ),
+                }),
+                status => {
+                    let refusal = self.refusal((status.to_string(), reply.payload), &lines);
+                    if !matches!(refusal, StockError::Unavailable { .. }) {
+                        self.deliver(&reply.events, None);
+                    }
+                    Err(refusal)
+                }
+            };
         }
+        Err(id_draws_exhausted())
     }
 
     fn commit(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
@@ -677,16 +772,11 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
     }
 
     fn extend(&self, id: ReservationId, ttl: Duration) -> Result<Reservation<K>, StockError<K>> {
-        let counter = self
-            .counter_of(id)
-            .ok_or(StockError::UnknownReservation(id))?;
+        let id_arg = Self::id_arg(id).ok_or(StockError::UnknownReservation(id))?;
         let deadline = self.deadline_us(Some(ttl));
         let reply = self.run(
             &SCRIPTS.extend,
-            &[
-                counter.to_string().into_bytes(),
-                deadline.to_string().into_bytes(),
-            ],
+            &[id_arg, deadline.to_string().into_bytes()],
         )?;
         self.settled(id, reply)
     }
@@ -708,7 +798,10 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
         )?;
         match reply.status.as_str() {
             "ok" => Ok(()),
-            _ => Err(StockError::UnknownSku(sku.clone())),
+            "unknown_sku" => Err(StockError::UnknownSku(sku.clone())),
+            status => Err(StockError::Unavailable {
+                reason: engine::malformed(&format!("unexpected status {status:?}")),
+            }),
         }
     }
 
@@ -740,11 +833,14 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
         let lines = crate::lines::merge(lines)?;
         let reply = self.run(&SCRIPTS.sell, &self.line_args(&lines)?)?;
-        self.deliver(&reply.events, None);
-        match reply.status.as_str() {
+        let outcome = match reply.status.as_str() {
             "ok" => Ok(()),
             status => Err(self.refusal((status.to_string(), reply.payload), &lines)),
+        };
+        if !matches!(outcome, Err(StockError::Unavailable { .. })) {
+            self.deliver(&reply.events, None);
         }
+        outcome
     }
 
     fn quantity_max(&self) -> u64 {
@@ -755,14 +851,13 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
 impl<K: RedisSku> WaitingStore<K> for RedisStore<K> {
     /// Holds every line, waiting up to `timeout` in the SKUs' server-side queues (FIFO
     /// across every process, no barging), as [`WaitingStore::reserve_timeout_with`]
-    /// describes, with two limits of this store for now:
-    ///
-    /// - a TTL is given to the hold once it is granted (an [`extend`](StockStore::extend)
-    ///   right after the grant, so it runs from the grant); if that fails, the hold is
-    ///   released (best effort) and the error returned;
-    /// - a request with an idempotency key does **not wait**: it is answered at once, as
-    ///   [`reserve_with`](StockStore::reserve_with) answers it (a replay, a new hold, or
-    ///   [`StockError::InsufficientStock`]), so that the key stays exact.
+    /// describes. The hold opens with its deadline (its TTL runs from the moment its
+    /// waiter picks it up) in the same script that hands it over, so no hold is ever
+    /// without an owner and a deadline: until the waiter has it, its lines are covered by
+    /// the waiter's lease. One limit of this store for now: a request with an idempotency
+    /// key does **not wait**: it is answered at once, as
+    /// [`reserve_with`](StockStore::reserve_with) answers it (a replay, a new hold, or
+    /// [`StockError::InsufficientStock`]), so that the key stays exact.
     ///
     /// # Errors
     ///
@@ -774,7 +869,7 @@ impl<K: RedisSku> WaitingStore<K> for RedisStore<K> {
     /// # Blocking
     ///
     /// Blocks the calling thread up to `timeout`, in slices of at most half a second
-    /// (`BLPOP` on the waiter's wake-up list), renewing its lease after each.
+    /// (`XREAD BLOCK` on the namespace's wake-up stream), renewing its lease after each.
     fn reserve_timeout_with(
         &self,
         lines: &[(K, u64)],
@@ -784,13 +879,7 @@ impl<K: RedisSku> WaitingStore<K> for RedisStore<K> {
         if options.idempotency_key.is_some() {
             return self.reserve_with(lines, options);
         }
-        let hold = self.wait_for(lines, timeout)?;
-        let Some(ttl) = options.ttl else {
-            return Ok(hold);
-        };
-        self.extend(hold.id(), ttl).inspect_err(|_| {
-            let _ = self.release(hold.id());
-        })
+        self.wait_for(lines, timeout, options.ttl)
     }
 
     /// **Does not wait yet** on this store: the future answers on its first poll like
@@ -818,26 +907,176 @@ impl<K: RedisSku> WaitingStore<K> for RedisStore<K> {
 
 impl<K: RedisSku> RedisStore<K> {
     /// The waiting hold of [`reserve_timeout_with`](WaitingStore::reserve_timeout_with)
-    /// without options.
+    /// without an idempotency key: its hold lives `ttl` from the moment it is picked up.
     fn wait_for(
         &self,
         lines: &[(K, u64)],
         timeout: Duration,
+        ttl: Option<Duration>,
     ) -> Result<Reservation<K>, StockError<K>> {
         let lines = crate::lines::merge(lines)?.into_owned();
         let deadline = Instant::now().checked_add(timeout);
-        let reply = self.run(&SCRIPTS.wait_begin, &self.line_args(&lines)?)?;
-        self.deliver(&reply.events, None);
-        match reply.status.as_str() {
-            "granted" => self.granted(lines, &reply.payload),
-            "queued" => {
-                let counter = engine::number(reply.payload.first())
-                    .map_err(|reason| StockError::Unavailable { reason })?;
-                self.wait(counter, lines, deadline)
+        let ttl_us = ttl.map_or(0, |ttl| {
+            u64::try_from(ttl.as_micros())
+                .unwrap_or(u64::MAX)
+                .min(engine::TIME_US_MAX)
+        });
+        let mut args = vec![
+            Vec::new(),
+            self.wait_lease_us.to_string().into_bytes(),
+            ttl_us.to_string().into_bytes(),
+        ];
+        args.extend(self.line_args(&lines)?);
+        for _ in 0..ID_DRAWS_MAX {
+            let id = self.new_id()?;
+            args[0] = id.to_string().into_bytes();
+            let reply = self.run(&SCRIPTS.wait_begin, &args)?;
+            if reply.status == "id_taken" {
+                continue;
             }
-            status => Err(self.refusal((status.to_string(), reply.payload), &lines)),
+            if let Some(outcome) = self.waited(id, &lines, &reply) {
+                return outcome;
+            }
+            let last_wake = engine::text(reply.payload.first())
+                .map_err(|reason| StockError::Unavailable { reason })?;
+            return self.wait(id, lines, deadline, last_wake);
+        }
+        Err(id_draws_exhausted())
+    }
+
+    /// The outcome of a waiting call's reply `reply` for the waiter `id` of merged
+    /// `lines`: `None` while it is queued.
+    fn waited(
+        &self,
+        id: u64,
+        lines: &[(K, u64)],
+        reply: &Reply,
+    ) -> Option<Result<Reservation<K>, StockError<K>>> {
+        let malformed = |reason: String| StockError::Unavailable { reason };
+        Some(match reply.status.as_str() {
+            "queued" => return None,
+            "granted" => engine::number(reply.payload.first())
+                .map_err(malformed)
+                .map(|deadline_us| {
+                    let hold = Reservation::from_parts(
+                        ReservationId::from_u64(id),
+                        lines.to_vec(),
+                        self.timebase.instant(deadline_us),
+                    );
+                    self.deliver(&reply.events, hold.expires_at());
+                    hold
+                }),
+            "timeout" | "gone" => {
+                self.deliver(&reply.events, None);
+                Err(StockError::Timeout)
+            }
+            status => Err(self.refusal((status.to_string(), reply.payload.clone()), lines)),
+        })
+    }
+
+    /// Waits for the queued waiter `id` until `deadline`: blocks on the wake-up stream
+    /// after its entry `last_wake` for a slice, then polls (renewing the lease).
+    fn wait(
+        &self,
+        id: u64,
+        lines: Vec<(K, u64)>,
+        deadline: Option<Instant>,
+        mut last_wake: String,
+    ) -> Result<Reservation<K>, StockError<K>> {
+        let slice_max = WAIT_SLICE
+            .min(self.command_timeout / 2)
+            .min(Duration::from_micros(self.wait_lease_us / 4));
+        let id_text = id.to_string();
+        loop {
+            let remaining =
+                deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+            let action = if remaining == Some(Duration::ZERO) {
+                "cancel"
+            } else {
+                let slice = remaining.unwrap_or(slice_max).min(slice_max);
+                self.sleep_until_woken(&id_text, slice, &mut last_wake)?;
+                "poll"
+            };
+            let reply = self.run(
+                &SCRIPTS.wait_poll,
+                &[
+                    id_text.clone().into_bytes(),
+                    action.as_bytes().to_vec(),
+                    self.wait_lease_us.to_string().into_bytes(),
+                ],
+            )?;
+            if let Some(outcome) = self.waited(id, &lines, &reply) {
+                return outcome;
+            }
+            last_wake = engine::text(reply.payload.first())
+                .map_err(|reason| StockError::Unavailable { reason })?;
         }
     }
+
+    /// Blocks up to `slice` until the wake-up stream has an entry for the waiter `id`
+    /// after `last_wake` (which moves on with what it reads).
+    fn sleep_until_woken(
+        &self,
+        id: &str,
+        slice: Duration,
+        last_wake: &mut String,
+    ) -> Result<(), StockError<K>> {
+        let until = Instant::now() + slice;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let block_ms = left.as_millis().max(1);
+            if left.is_zero() {
+                return Ok(());
+            }
+            let read: Value = self.command(
+                redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(1000)
+                    .arg("BLOCK")
+                    .arg(u64::try_from(block_ms).unwrap_or(u64::MAX))
+                    .arg("STREAMS")
+                    .arg(&self.keys[11])
+                    .arg(last_wake.as_str()),
+            )?;
+            let Value::Array(streams) = read else {
+                return Ok(()); // nothing within the block: the slice is over
+            };
+            let mut woken = false;
+            for entry in wake_entries(&streams) {
+                let (entry_id, waiter) = entry;
+                woken |= waiter == id.as_bytes();
+                *last_wake = entry_id;
+            }
+            if woken {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// `(entry id, waiter id)` of the entries of an `XREAD` reply of the wake-up stream.
+fn wake_entries(streams: &[Value]) -> Vec<(String, Vec<u8>)> {
+    let mut entries = Vec::new();
+    for stream in streams {
+        let Value::Array(stream) = stream else {
+            continue;
+        };
+        let Some(Value::Array(items)) = stream.get(1) else {
+            continue;
+        };
+        for item in items {
+            let Value::Array(item) = item else { continue };
+            let Ok(entry_id) = engine::text(item.first()) else {
+                continue;
+            };
+            let waiter = match item.get(1) {
+                Some(Value::Array(fields)) => engine::bytes(fields.get(1)).unwrap_or_default(),
+                _ => &[],
+            };
+            entries.push((entry_id, waiter.to_vec()));
+        }
+    }
+    entries
 }
 
 impl<K> fmt::Debug for RedisStore<K> {

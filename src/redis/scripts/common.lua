@@ -4,31 +4,37 @@
 -- not once per call. Each function starts with `begin(keys, args)`, which sets the call's
 -- state below; Redis runs one function at a time, so that state is the running call's.
 --
--- Every key of one store sits under the hash tag {namespace}, so one call touches one
--- slot (Redis Cluster shards by namespace). A call declares one key, the levels hash, which
--- routes it to the namespace's slot; the other keys are named after it (the prefix
--- "{namespace}:" and a suffix), in the same slot:
---   levels       hash  SKU -> struct '<ddddd': on_hand, reserved, version, threshold,
---                      waiters queued (the length of queue:SKU, kept here so that a call
---                      needs no LLEN per line); little-endian doubles holding integers;
---                      mod.rs reads it too
---   holds        hash  id -> msgpack {deadline_us (0: none), idempotency key ("": none),
---                      {SKU...}, {quantity...}, granted to a waiter (true | nil)}
---   deadlines    zset  id scored by deadline_us: the expiry index; a hold is in it exactly
---                      when its deadline_us is not 0
---   idempotency  hash  key -> msgpack {id, "open" | "resolved", deadline_us, {SKU...},
---                      {quantity...}}
---   retired      zset  idempotency key scored by the time its hold resolved (us)
---   sequence     string  the last id issued (INCR)
---   events       stream  one entry per change per SKU, and one per low-stock crossing
---                      (one field, `event`: see `append`)
---   stats        hash  counter name -> count
---   waiters      hash  waiter id -> msgpack {id, {SKU...}, {quantity...}, position,
---                      lease_us, {on_hand, reserved, version per line taken}}
---   unclaimed    zset  id of a hold granted to a waiter, scored by the server time (us)
---                      by which its waiter must pick it up, else it goes back
---   queue:SKU    list  of waiter ids, FIFO
---   granted:id   string  the levels of a granted wait; wake:id  list  a waiter's wake-up
+-- KEYS: every call declares every key it may read or write, all under the hash tag
+-- {namespace}, so one call touches one slot (Redis Cluster shards by namespace) and a
+-- cluster never stops a script midway for an undeclared key:
+--   1 levels       hash  SKU -> struct '<ddddd': on_hand, reserved, version, threshold,
+--                        waiters queued on the SKU; little-endian doubles holding
+--                        integers; mod.rs reads it too
+--   2 holds        hash  id -> msgpack {deadline_us (0: none), idempotency key ("": none),
+--                        {SKU...}, {quantity...}}
+--   3 deadlines    zset  id scored by deadline_us: the expiry index; a hold is in it exactly
+--                        when its deadline_us is not 0
+--   4 idempotency  hash  key -> msgpack {id, "open" | "resolved", deadline_us, {SKU...},
+--                        {quantity...}}
+--   5 retired      zset  idempotency key scored by the time its hold resolved (us)
+--   6 sequence     string  the last arrival number of a waiter (INCR): FIFO order only
+--   7 events       stream  one entry per change per SKU of a hold a caller received, sale
+--                        and restock, and one per low-stock crossing (see `append`)
+--   8 stats        hash  counter name -> count
+--   9 waiters      hash  waiter id (the id its hold will have) -> msgpack {id, {SKU...},
+--                        {quantity...}, position (the line it waits for; #lines + 1 once
+--                        granted), lease_us, {on_hand, reserved, version per line taken},
+--                        its member of the queues set ("" when not queued), ttl_us}
+--  10 leases       zset  waiter id scored by the server time (us) its lease runs out: a
+--                        waiter whose process died leaves, and gives back what it held
+--                        (granted or not), once its lease runs out, whatever queue it is in
+--  11 queues       zset  every SKU's FIFO queue of waiters in one set, scores 0, members
+--                        queue_prefix(SKU) .. arrival number (16 digits) .. waiter id, read
+--                        in lexical order
+--  12 wakes        stream  one entry (field w: the waiter id) per grant to a queued waiter,
+--                        which reads it with XREAD BLOCK; trimmed to about WAKES_MAX
+--  13 request      string  this call's answer, recorded under the store's request id for
+--                        REQUEST_RETENTION_MS: a resend of the call gets it back
 --
 -- ARGV (common head): 1 now (us on the store's clock), 2 stream cap (entries, approximate
 -- trimming); then each script's own from ARGV[3]. Whether the caller wants its events back
@@ -36,34 +42,42 @@
 -- `<script>_events` (yes), which costs the call nothing where an argument costs Redis a
 -- string and a growth of the ARGV table.
 --
+-- Ids (holds and waiters) are the decimal text of the u64 a ReservationId holds: drawn at
+-- random by the store (63 random bits, top bit set), never counted by the server, so no
+-- older snapshot or failover can make the server issue one again. Lua keeps them as
+-- strings (a double would round them).
+--
 -- Every script answers {status, payload, events} (as the scripts' headers write it):
 --   status   a string: "ok", or the name of a refusal
 --   payload  an array whose shape the script's header gives
 --   events   flat 7-tuples for the caller's event sink (empty unless it wants them): kind,
---            id, SKU, quantity, on_hand, reserved, version; a "low_stock" tuple carries
---            available, threshold, 0 in the quantity, on_hand and reserved places.
+--            id ("0" for none), SKU, quantity, on_hand, reserved, version; a "low_stock"
+--            tuple carries available, threshold, 0 in the quantity, on_hand and reserved
+--            places.
 -- On the wire (`answer`) that is the status alone (a string) when payload and events are
 -- both empty, else one flat array {status, #payload, payload..., events...}: Redis checks
 -- every table of a reply for special fields (err, ok, double, map, ...), so one table
--- costs a third of three. (`reserve` sends a new hold's id alone, an integer, when it
--- has no events to send.)
+-- costs a third of three.
+-- Every check that can refuse a call (unknown SKU, stock, overflow, a taken id, a bad
+-- request) runs before its first write, so a refused call changes nothing but its
+-- refusal count and its request record. The functions carry no flags, so the server
+-- refuses them whole when it is out of memory (deny-oom), never midway.
 -- Numbers are exact integers up to 2^53 - 1 (Lua numbers are doubles): QUANTITY_MAX.
 
 local KEYS, ARGV
--- The decimal strings of 0 to 63 (quantities, id 0, small counts), made by the first
--- call (the library's loading sees no `string`) and kept. Few: Redis steps Lua's garbage
--- collector every 50 calls, and a table of 1,024 strings made that step cost about 2,000
+-- The decimal strings of 0 to 63 (quantities, small counts), made by the first call (the
+-- library's loading sees no `string`) and kept. Few: Redis steps Lua's garbage collector
+-- every 50 calls, and a table of 1,024 strings made that step cost about 2,000
 -- instructions a call more (callgrind).
 local SMALL = nil
 -- redis.call, string.format, struct.pack and struct.unpack, looked up by the first call
 -- (the library's loading sees none of them) and kept: a global and a field look-up less
 -- each time.
 local call, format, spack, sunpack
--- The key names of the namespace of the last call, kept between calls: a call of the same
--- namespace (its levels key is the same interned string) names no key again.
+-- The call's keys (see above).
 local K_LEVELS, K_HOLDS, K_DEADLINES, K_KEYS, K_RETIRED
-local K_SEQUENCE, K_EVENTS, K_STATS, K_WAITERS, K_UNCLAIMED
-local PREFIX
+local K_SEQUENCE, K_EVENTS, K_STATS, K_WAITERS, K_LEASES
+local K_QUEUES, K_WAKES, K_REQUEST
 -- Now (us) and the stream cap as the caller sent them (decimal text: a conversion to a
 -- number costs, and most calls only pass them on to commands).
 local NOW, EVENTS_MAX
@@ -74,14 +88,9 @@ local NONE = {}
 
 local function begin(keys, args, wanted)
   KEYS, ARGV = keys, args
-  if keys[1] ~= K_LEVELS then
-    K_LEVELS = keys[1]
-    PREFIX = string.sub(K_LEVELS, 1, -7)
-    K_HOLDS, K_DEADLINES = PREFIX .. 'holds', PREFIX .. 'deadlines'
-    K_KEYS, K_RETIRED = PREFIX .. 'idempotency', PREFIX .. 'retired'
-    K_SEQUENCE, K_EVENTS, K_STATS = PREFIX .. 'sequence', PREFIX .. 'events', PREFIX .. 'stats'
-    K_WAITERS, K_UNCLAIMED = PREFIX .. 'waiters', PREFIX .. 'unclaimed'
-  end
+  K_LEVELS, K_HOLDS, K_DEADLINES, K_KEYS, K_RETIRED = keys[1], keys[2], keys[3], keys[4], keys[5]
+  K_SEQUENCE, K_EVENTS, K_STATS, K_WAITERS, K_LEASES = keys[6], keys[7], keys[8], keys[9], keys[10]
+  K_QUEUES, K_WAKES, K_REQUEST = keys[11], keys[12], keys[13]
   NOW, EVENTS_MAX = args[1], args[2]
   replied = wanted
   events = replied and {} or NONE
@@ -94,12 +103,29 @@ local function begin(keys, args, wanted)
   end
 end
 
+-- The answer recorded under this call's request id, if the call ran before (its reply was
+-- lost and the store resent it): the store gets the first answer back, the call is not
+-- applied twice.
+local function recorded()
+  local packed = call('GET', K_REQUEST)
+  if packed then
+    return cmsgpack.unpack(packed)
+  end
+  return nil
+end
+
+-- Records `reply` under this call's request id for REQUEST_RETENTION_MS, and returns it.
+local function record_reply(reply)
+  call('SET', K_REQUEST, cmsgpack.pack(reply), 'PX', REQUEST_RETENTION_MS)
+  return reply
+end
+
 local QUANTITY_MAX = 9007199254740991
 -- Most due holds one call expires, most retired keys one call forgets, most queue heads
 -- one call serves: every loop of a script is bounded.
 local BATCH_MAX = 256
--- A waiter that did not renew its lease for this long (its process died) leaves its queue.
-local LEASE_US = 10000000
+-- The wake-up stream keeps about this many entries (a waiter reads it within a slice).
+local WAKES_MAX = 1000
 
 
 -- A count as a decimal string (Lua's tostring would print 1e+15 for large counts). '%d'
@@ -107,17 +133,6 @@ local LEASE_US = 10000000
 local function int(n)
   return SMALL[n] or format('%d', n)
 end
-
--- The decimal text of the hold or waiter id `id`: a call names its hold several times
--- (its record, its deadline, its events), formatted once. Kept between calls.
-local ID, ID_TEXT = 0, '0'
-local function id_text(id)
-  if id ~= ID then
-    ID, ID_TEXT = id, int(id)
-  end
-  return ID_TEXT
-end
-
 -- A level is packed as five little-endian doubles (struct '<ddddd'): about a third of the
 -- cost of formatting and matching decimal text. In a script a level is the array
 -- {on_hand, reserved, version, threshold, queued} (l[1] to l[5]): an array constructor
@@ -139,8 +154,10 @@ local function count(stat)
   call('HINCRBY', K_STATS, stat, '1')
 end
 
-local function queue_key(sku)
-  return PREFIX .. 'queue:' .. sku
+-- The prefix of `sku`'s members in the queues set: its length (8 hex digits) and its key,
+-- so that no SKU's prefix starts another SKU's.
+local function queue_prefix(sku)
+  return format('%08x', #sku) .. sku
 end
 
 -- The level after `change` of `q` units, or nil and why ("insufficient", available |
@@ -189,7 +206,7 @@ end
 -- only, so the stream keeps at least EVENTS_MAX entries (a little more) and trimming costs
 -- next to nothing, where an exact cap would cut into a node on every append.
 local function append(kind, id, q, o, r, v, sku)
-  call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'event', kind .. ' ' .. id_text(id)
+  call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'event', kind .. ' ' .. id
     .. ' ' .. int(q) .. ' ' .. int(o) .. ' ' .. int(r) .. ' ' .. int(v) .. ' ' .. sku)
 end
 
@@ -213,9 +230,9 @@ end
 -- it; `v` is the SKU's version now.
 local function crossed(sku, available_before, available, t, v)
   if t > 0 and available_before >= t and available < t then
-    append('low_stock', 0, available, t, 0, v, sku)
+    append('low_stock', '0', available, t, 0, v, sku)
     if replied then
-      push_event('low_stock', 0, sku, available, t, 0, v)
+      push_event('low_stock', '0', sku, available, t, 0, v)
     end
   end
 end
@@ -232,7 +249,7 @@ local function available_of(sku)
 end
 
 local function hold_of(id)
-  local packed = call('HGET', K_HOLDS, id_text(id))
+  local packed = call('HGET', K_HOLDS, id)
   if not packed then
     return nil
   end
@@ -255,10 +272,11 @@ local function server_now()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
+
 -- ------------------------------------------------------------------ waiters
 
 local function waiter_of(wid)
-  local packed = call('HGET', K_WAITERS, int(wid))
+  local packed = call('HGET', K_WAITERS, wid)
   if not packed then
     return nil
   end
@@ -266,12 +284,14 @@ local function waiter_of(wid)
 end
 
 local function store_waiter(w)
-  call('HSET', K_WAITERS, id_text(w[1]), cmsgpack.pack(w))
+  call('HSET', K_WAITERS, w[1], cmsgpack.pack(w))
 end
 
 -- Takes the lines of waiter `w` from its position on while no one queues before it and
--- stock is there; queues it on the first line it cannot take. Answers "queued",
--- "granted" (its hold is open) or "overflow" (the caller gives back what it holds).
+-- stock is there (recording the levels each take left, for its events once it has its
+-- hold); queues it on the first line it cannot take. Answers "queued", "granted" (every
+-- line taken: the waiter picks its hold up with `claim`) or "overflow" (the caller gives
+-- back what it holds). No stream entry: the stream shows holds once their waiter has them.
 local function advance(w)
   local skus, qtys = w[2], w[3]
   while w[4] <= #skus do
@@ -283,7 +303,6 @@ local function advance(w)
       local l, why = apply(before, 'reserve', q, 0)
       if l then
         store_level(sku, l)
-        record('reserved', w[1], sku, q, l, false)
         local levels = w[6]
         levels[#levels + 1], levels[#levels + 2], levels[#levels + 3] = l[1], l[2], l[3]
         w[4] = position + 1
@@ -294,7 +313,9 @@ local function advance(w)
       end
     end
     if not taken then
-      call('RPUSH', queue_key(sku), id_text(w[1]))
+      local member = queue_prefix(sku) .. format('%016d', call('INCR', K_SEQUENCE)) .. w[1]
+      call('ZADD', K_QUEUES, 0, member)
+      w[7] = member
       before[5] = before[5] + 1
       store_level(sku, before)
       count('waits')
@@ -302,95 +323,141 @@ local function advance(w)
       return 'queued'
     end
   end
-  call('HDEL', K_WAITERS, id_text(w[1]))
-  -- The fifth field marks a hold that may sit in the unclaimed set.
-  call('HSET', K_HOLDS, id_text(w[1]), cmsgpack.pack({ 0, '', skus, qtys, true }))
-  count('reserves')
-  -- A waiter whose process died cannot take its grant: unclaimed within a lease, it goes
-  -- back (reclaim).
-  call('ZADD', K_UNCLAIMED, int(server_now() + LEASE_US), id_text(w[1]))
-  local granted = PREFIX .. 'granted:' .. id_text(w[1])
-  call('SET', granted, cmsgpack.pack(w[6]), 'PX', 86400000)
-  local wake = PREFIX .. 'wake:' .. id_text(w[1])
-  call('LPUSH', wake, '1')
-  call('PEXPIRE', wake, 60000)
+  w[7] = ''
+  store_waiter(w)
   return 'granted'
 end
 
--- Gives back every line waiter `w` holds and takes it out of its queue; returns the SKUs
--- whose queues may now move.
-local function drop_waiter(w, to_caller)
+-- Gives back every line waiter `w` holds, takes it out of its queue and forgets it;
+-- returns the SKUs whose queues may now move. No stream entry (no caller had a hold).
+local function drop_waiter(w)
   local moved = {}
   local skus, qtys = w[2], w[3]
   if w[4] <= #skus then
     local sku = skus[w[4]]
-    if call('LREM', queue_key(sku), 1, id_text(w[1])) > 0 then
+    if w[7] ~= '' and call('ZREM', K_QUEUES, w[7]) > 0 then
       local l = level_of(sku)
       l[5] = l[5] - 1
       store_level(sku, l)
     end
     moved[#moved + 1] = sku
   end
-  for i = 1, w[4] - 1 do
+  for i = 1, math.min(w[4] - 1, #skus) do
     local l = apply(level_of(skus[i]), 'release', qtys[i], 0)
     store_level(skus[i], l)
-    record('released', w[1], skus[i], qtys[i], l, to_caller)
     moved[#moved + 1] = skus[i]
   end
-  call('HDEL', K_WAITERS, id_text(w[1]))
+  call('HDEL', K_WAITERS, w[1])
+  call('ZREM', K_LEASES, w[1])
   return moved
 end
 
--- Serves the queues of `skus` in FIFO order: a head whose lease ran out (its process
--- died) leaves and passes its turn on; a head is granted its line when the stock is
--- there, else everyone behind it waits too (no barging).
+-- The id of the waiter at the head of `sku`'s queue and its member, or nil.
+local function queue_head(sku)
+  local prefix = queue_prefix(sku)
+  local head = call('ZRANGEBYLEX', K_QUEUES, '[' .. prefix, '(' .. prefix .. '\255', 'LIMIT', 0, 1)[1]
+  if not head then
+    return nil
+  end
+  return string.sub(head, #prefix + 17), head
+end
+
+-- Serves the queues of `skus` in FIFO order: a head is granted its line when the stock is
+-- there, else everyone behind it waits too (no barging). A head whose lease ran out
+-- leaves (`sweep_leases` runs first wherever a queue is served).
 local function serve(skus)
   local work = {}
   for i = 1, #skus do
-    local sku = skus[i]
-    work[i] = sku
+    work[i] = skus[i]
   end
-  local lease_now = nil
   local steps = 0
   while #work > 0 and steps < BATCH_MAX do
     steps = steps + 1
     local sku = table.remove(work)
-    local wid = call('LINDEX', queue_key(sku), 0)
+    local wid, member = queue_head(sku)
     if wid then
       local w = waiter_of(wid)
-      lease_now = lease_now or server_now()
-      if not w then
-        call('LPOP', queue_key(sku))
+      if not w or w[7] ~= member then
+        call('ZREM', K_QUEUES, member)
         local l = level_of(sku)
         l[5] = l[5] - 1
         store_level(sku, l)
         work[#work + 1] = sku
-      elseif w[5] < lease_now then
-        for _, moved in ipairs(drop_waiter(w, false)) do
-          work[#work + 1] = moved
-        end
       else
         local q = w[3][w[4]]
-        local l = apply(level_of(sku), 'reserve', q, 0)
+        local before = level_of(sku)
+        local l = apply(before, 'reserve', q, 0)
         if l then
           l[5] = l[5] - 1
           store_level(sku, l)
-          record('reserved', w[1], sku, q, l, false)
           local levels = w[6]
           levels[#levels + 1], levels[#levels + 2], levels[#levels + 3] = l[1], l[2], l[3]
-          call('LPOP', queue_key(sku))
+          call('ZREM', K_QUEUES, member)
           w[4] = w[4] + 1
+          w[7] = ''
+          low_stock(sku, before[1] - before[2], l)
           local outcome = advance(w)
           if outcome == 'overflow' then
-            for _, moved in ipairs(drop_waiter(w, false)) do
+            for _, moved in ipairs(drop_waiter(w)) do
               work[#work + 1] = moved
             end
+          elseif outcome == 'granted' then
+            call('XADD', K_WAKES, 'MAXLEN', '~', WAKES_MAX, '*', 'w', w[1])
           end
           work[#work + 1] = sku
         end
       end
     end
   end
+end
+
+-- Drops up to BATCH_MAX waiters whose lease ran out (their process died or lost the
+-- server), queued or granted, wherever they queue: their lines go back and the queues
+-- they free move on. Returns how many it dropped.
+local function sweep_leases()
+  local lost = call('ZRANGEBYSCORE', K_LEASES, '-inf', int(server_now()), 'LIMIT', 0, BATCH_MAX)
+  for i = 1, #lost do
+    local w = waiter_of(lost[i])
+    if w then
+      serve(drop_waiter(w))
+    else
+      call('ZREM', K_LEASES, lost[i])
+    end
+  end
+  return #lost
+end
+
+-- The last entry id of the wake-up stream ("0-0" when empty): a waiter reads the wakes
+-- after it.
+local function last_wake()
+  local last = call('XREVRANGE', K_WAKES, '+', '-', 'COUNT', 1)[1]
+  return last and last[1] or '0-0'
+end
+
+-- Hands waiter `w`, granted, its hold: the hold opens with its deadline (now + its TTL;
+-- 0: none) in the same call, the waiter is forgotten, and the hold's `reserved` entries go
+-- to the stream with the levels each take left. Returns the deadline.
+local function claim(w)
+  local skus, qtys, levels = w[2], w[3], w[6]
+  local deadline = 0
+  if w[8] > 0 then
+    deadline = tonumber(NOW) + w[8]
+    if deadline > QUANTITY_MAX then
+      deadline = 0
+    end
+  end
+  call('HDEL', K_WAITERS, w[1])
+  call('ZREM', K_LEASES, w[1])
+  call('HSET', K_HOLDS, w[1], cmsgpack.pack({ deadline, '', skus, qtys }))
+  if deadline > 0 then
+    call('ZADD', K_DEADLINES, int(deadline), w[1])
+  end
+  count('reserves')
+  for i = 1, #skus do
+    local at = 3 * (i - 1)
+    record('reserved', w[1], skus[i], qtys[i], { levels[at + 1], levels[at + 2], levels[at + 3] }, true)
+  end
+  return deadline
 end
 
 -- ------------------------------------------------------------------ holds
@@ -415,17 +482,12 @@ end
 
 -- Moves the stock of the open hold `id` (`change` "commit" or "release"), removes it and
 -- records it as `kind`; serves the queues it freed stock for. Never refused.
--- A hold is in the deadlines set exactly when its deadline (h[1]) is set, and may be in
--- the unclaimed set only when a waiter was granted it (h[5]).
+-- A hold is in the deadlines set exactly when its deadline (h[1]) is set.
 local function settle(id, h, change, kind)
   local skus, qtys = h[3], h[4]
-  local member = id_text(id)
-  call('HDEL', K_HOLDS, member)
+  call('HDEL', K_HOLDS, id)
   if h[1] > 0 then
-    call('ZREM', K_DEADLINES, member)
-  end
-  if h[5] then
-    call('ZREM', K_UNCLAIMED, member)
+    call('ZREM', K_DEADLINES, id)
   end
   if change == 'commit' and #skus == 1 then
     -- The common case: the commit of one line, on the level's five numbers without a
@@ -475,36 +537,18 @@ local function settle(id, h, change, kind)
   count(kind == 'expired' and 'expirations' or (change == 'commit' and 'commits' or 'releases'))
 end
 
--- Gives back the holds granted to waiters that did not pick them up within their lease
--- (their process died after it queued), as expiries; their stock goes to the next waiters.
--- Returns how many it gave back.
-local function reclaim()
-  local lost = call('ZRANGEBYSCORE', K_UNCLAIMED, '-inf', int(server_now()), 'LIMIT', 0, BATCH_MAX)
-  for _ = 1, #lost do
-    local member = lost[_]
-    call('ZREM', K_UNCLAIMED, member)
-    call('DEL', PREFIX .. 'granted:' .. member, PREFIX .. 'wake:' .. member)
-    local h = hold_of(tonumber(member))
-    if h then
-      settle(tonumber(member), h, 'release', 'expired')
-    end
-  end
-  return #lost
-end
-
 -- Expires up to BATCH_MAX holds due now, in deadline order; returns them as hold replies.
 local function expire_due()
   local due = call('ZRANGEBYSCORE', K_DEADLINES, '-inf', NOW, 'LIMIT', 0, BATCH_MAX)
   local expired = {}
   for _ = 1, #due do
-    local member = due[_]
-    local id = tonumber(member)
+    local id = due[_]
     local h = hold_of(id)
     if h then
       settle(id, h, 'release', 'expired')
       expired[#expired + 1] = hold_reply(id, h[1], h[3], h[4])
     else
-      call('ZREM', K_DEADLINES, member)
+      call('ZREM', K_DEADLINES, id)
     end
   end
   return expired
@@ -542,18 +586,15 @@ end
 
 -- Records the new hold `id` of the lines `skus`, `qtys` (their stock already held), with
 -- its deadline (us, 0: none) in the expiry index and its idempotency key ("": none), and
--- counts it; returns the reserve script's answer: the id alone when the caller wants no
--- events, else {"ok", {id}, events}.
+-- counts it; returns the reserve script's answer: "ok" (the caller drew the id and knows
+-- the lines and deadline), with the events when the caller wants them.
 local function open_hold(id, deadline, key, skus, qtys)
-  call('HSET', K_HOLDS, id_text(id), cmsgpack.pack({ deadline, key, skus, qtys }))
+  call('HSET', K_HOLDS, id, cmsgpack.pack({ deadline, key, skus, qtys }))
   if deadline > 0 then
-    call('ZADD', K_DEADLINES, int(deadline), id_text(id))
+    call('ZADD', K_DEADLINES, int(deadline), id)
   end
   count('reserves')
-  if not replied then
-    return id
-  end
-  return answer('ok', { id })
+  return answer('ok')
 end
 
 -- The call's reply with the hold {id, deadline_us, SKU, quantity, ...} as its payload.
@@ -571,8 +612,8 @@ local function answer_hold(status, id, deadline, skus, qtys)
 end
 
 -- Checks every line for `change` ("reserve" or "sell") without writing. Waiters come
--- first: when a SKU of the request has a queue, the grants no waiter picked up go back
--- (reclaim), its queue is served, and a SKU with waiters left offers nothing (no barging).
+-- first: when a SKU of the request has a queue, the waiters whose lease ran out leave
+-- (sweep_leases), its queue is served, and a SKU with waiters left offers nothing (no barging).
 -- When stock is short, the same and the due holds' expiry run once, then every line is
 -- checked again. The common case (no queue, stock enough) reads each level and each queue
 -- length once. Returns the lines' levels before and after the change, or nil and the
@@ -599,7 +640,7 @@ local function check_lines(skus, qtys, change)
     local withheld = NONE
     if waiting then
       withheld = {}
-      reclaim()
+      sweep_leases()
       serve(waiting)
       for i = 1, #skus do
         local sku = skus[i]
@@ -624,7 +665,7 @@ local function check_lines(skus, qtys, change)
     if refusal[1] == 'insufficient' and not swept then
       -- Short: give back what is due; check again when anything came back.
       swept = true
-      retry = reclaim() + #expire_due() > 0
+      retry = sweep_leases() + #expire_due() > 0
     end
     if not retry then
       count('refusals')

@@ -1,28 +1,33 @@
 -- reserve.lua: holds every line, all or nothing, or answers from an idempotency key.
--- ARGV (after the common head of common.lua): 3 deadline (us, 0: none), 4 idempotency
--- key ("": none); with a key, 5 idempotency retention (us) and 6 idempotency keys max;
--- then the lines: pairs SKU, quantity (merged, sorted).
--- Reply: {"ok", {id}, events}, or the id alone (an integer) when there are no events to
---        send: the caller knows the hold's lines and deadline, it sent them
+-- ARGV (after the common head of common.lua): 3 the new hold's id (drawn by the store), 4
+-- deadline (us, 0: none), 5 idempotency key ("": none); with a key, 6 idempotency
+-- retention (us) and 7 idempotency keys max; then the lines: pairs SKU, quantity (merged,
+-- sorted).
+-- Reply: {"ok", {}, events}: the hold `id` is open (the caller knows its lines and
+--        deadline, it sent them)
 --      | {"replay", hold, {}}                 the key's reservation, nothing more held
 --      | {"idempotency_conflict", {id}, {}}   the key was used with other lines
+--      | {"id_taken", {}, {}}                 the id is an open hold's: draw another
 --      | {"unknown_sku" | "overflow", {line}, events}
 --      | {"insufficient", {line, available}, events}
--- A refusal's events are those of due holds it expired while checking.
-local deadline, key = tonumber(ARGV[3]), ARGV[4]
+-- with hold = {id, deadline_us, SKU, quantity, ...}. A refusal's events are those of due
+-- holds it expired while checking.
+local id, deadline, key = ARGV[3], tonumber(ARGV[4]), ARGV[5]
+if call('HEXISTS', K_HOLDS, id) == 1 then
+  return answer('id_taken')
+end
 -- The common case first: one line, no key, no one queued, stock enough. The same steps as
 -- below (apply's rules for a hold: enough available, version + reserved within
 -- QUANTITY_MAX) on the level's five numbers, without the general path's tables and loops;
 -- anything else takes the general path.
-if key == '' and #ARGV == 6 then
-  local sku, q = ARGV[5], tonumber(ARGV[6])
+if key == '' and #ARGV == 7 then
+  local sku, q = ARGV[6], tonumber(ARGV[7])
   local packed = call('HGET', K_LEVELS, sku)
   if packed then
     local o, r, v, t, w = sunpack('<ddddd', packed)
     if w == 0 and q <= o - r and v + 1 + r + q <= QUANTITY_MAX then
       local available_before = o - r
       r, v = r + q, v + 1
-      local id = call('INCR', K_SEQUENCE)
       call('HSET', K_LEVELS, sku, spack('<ddddd', o, r, v, t, w))
       append('reserved', id, q, o, r, v, sku)
       if replied then
@@ -33,9 +38,8 @@ if key == '' and #ARGV == 6 then
     end
   end
 end
-local skus, qtys = read_lines(key == '' and 5 or 7)
+local skus, qtys = read_lines(key == '' and 6 or 8)
 if key ~= '' then
-  prune_keys(ARGV[5], ARGV[6])
   local packed = call('HGET', K_KEYS, key)
   if packed then
     local entry = cmsgpack.unpack(packed)
@@ -51,12 +55,12 @@ if key ~= '' then
     local at = open and open[1] or entry[3]
     return answer('replay', hold_reply(entry[1], at, entry[4], entry[5]))
   end
+  prune_keys(ARGV[6], ARGV[7])
 end
 local levels, after = check_lines(skus, qtys, 'reserve')
 if not levels then
   return answer(after[1], after[2])
 end
-local id = call('INCR', K_SEQUENCE)
 for i = 1, #skus do
   local sku = skus[i]
   store_level(sku, after[i])

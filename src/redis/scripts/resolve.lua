@@ -2,7 +2,7 @@
 -- ARGV (after the common head of common.lua): 3 id, 4 "commit" | "release".
 -- Reply: {"ok", hold, events} | {"expired", hold, events} | {"unknown_reservation", {}, {}}
 -- with hold = {id, deadline_us, SKU, quantity, ...} as it was when resolved.
-local id, change = tonumber(ARGV[3]), ARGV[4]
+local id, change = ARGV[3], ARGV[4]
 local h = hold_of(id)
 if not h then
   return answer('unknown_reservation')

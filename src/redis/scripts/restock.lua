@@ -8,8 +8,8 @@ if not l then
   return answer('overflow')
 end
 store_level(sku, l)
-record('restocked', 0, sku, q, l, true)
-reclaim()
+record('restocked', '0', sku, q, l, true)
+sweep_leases()
 serve({ sku })
 low_stock(sku, before[1] - before[2])
 return answer('ok', { l[1], l[2], l[3] })

@@ -16,9 +16,9 @@ if #ARGV == 4 then
       local available_before = o - r
       o, v = o - q, v + 1
       call('HSET', K_LEVELS, sku, spack('<ddddd', o, r, v, t, w))
-      append('sold', 0, q, o, r, v, sku)
+      append('sold', '0', q, o, r, v, sku)
       if replied then
-        push_event('sold', 0, sku, q, o, r, v)
+        push_event('sold', '0', sku, q, o, r, v)
       end
       crossed(sku, available_before, o - r, t, v)
       return answer('ok')
@@ -33,7 +33,7 @@ end
 for i = 1, #skus do
   local sku = skus[i]
   store_level(sku, after[i])
-  record('sold', 0, sku, qtys[i], after[i], true)
+  record('sold', '0', sku, qtys[i], after[i], true)
 end
 for i = 1, #skus do
   local sku = skus[i]

@@ -1,34 +1,41 @@
 -- wait_begin.lua: starts a waiting reservation (WaitingStore::reserve_timeout): takes the
 -- lines in ascending SKU order while stock is there and no one queues before it, and
--- queues on the first line it cannot take (FIFO per SKU, no barging).
--- ARGV (after the common head of common.lua): from 3 the lines, pairs SKU, quantity
--- (merged, sorted).
--- Reply: {"granted", {id, on_hand, reserved, version per line}, events}  the hold is open
---      | {"queued", {id}, events}           poll with wait_poll, give up with wait_cancel
---      | {"unknown_sku", {line}, {}}        nothing held, nothing queued
---      | {"overflow", {line}, {}}           lines held so far given back
-local skus, qtys = read_lines(3)
+-- queues on the first line it cannot take (FIFO per SKU, no barging). Granted at once,
+-- the waiter has its hold in this call: it opens with its deadline here.
+-- ARGV (after the common head of common.lua): 3 the waiter's id (its hold's id, drawn by
+-- the store), 4 lease (us), 5 the hold's TTL (us, 0: none); from 6 the lines, pairs SKU,
+-- quantity (merged, sorted).
+-- Reply: {"granted", {deadline_us}, events}   the hold `id` is open, the caller has it
+--      | {"queued", {last wake}, events}      poll with wait_poll after the wake-up
+--                                             stream's entry `last wake`
+--      | {"id_taken", {}, {}}                 the id is taken: draw another
+--      | {"unknown_sku" | "overflow", {line}, {}}   nothing held, nothing queued
+local id, lease, ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local skus, qtys = read_lines(6)
+if call('HEXISTS', K_HOLDS, id) == 1 or call('HEXISTS', K_WAITERS, id) == 1 then
+  return answer('id_taken')
+end
 for i = 1, #skus do
-  local sku = skus[i]
-  if not level_of(sku) then
+  local l = level_of(skus[i])
+  if not l then
     return answer('unknown_sku', { i })
   end
+  -- Taking the line may never pass a count's maximum (apply's rule), so that a waiter is
+  -- refused here, before any write, rather than midway.
+  if qtys[i] > QUANTITY_MAX or l[3] + 1 + l[2] + qtys[i] > QUANTITY_MAX then
+    return answer('overflow', { i })
+  end
 end
-reclaim()
-local id = call('INCR', K_SEQUENCE)
-local w = { id, skus, qtys, 1, server_now() + LEASE_US, {} }
+sweep_leases()
+local w = { id, skus, qtys, 1, server_now() + lease, {}, '', ttl }
+call('ZADD', K_LEASES, int(w[5]), id)
 local outcome = advance(w)
 if outcome == 'overflow' then
   local line = w[4]
-  serve(drop_waiter(w, false))
+  serve(drop_waiter(w))
   return answer('overflow', { line })
 end
 if outcome == 'granted' then
-  local granted = PREFIX .. 'granted:' .. id_text(id)
-  local levels = cmsgpack.unpack(call('GET', granted))
-  call('DEL', granted, PREFIX .. 'wake:' .. id_text(id))
-  call('ZREM', K_UNCLAIMED, id_text(id))
-  table.insert(levels, 1, id)
-  return answer('granted', levels)
+  return answer('granted', { claim(w) })
 end
-return answer('queued', { id })
+return answer('queued', { last_wake() })
