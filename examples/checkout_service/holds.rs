@@ -46,8 +46,10 @@ pub(crate) struct HoldEntry {
 }
 
 impl HoldEntry {
-    pub(crate) fn new(customer: &Customer, hold: &Reservation<String>) -> Self {
-        let left = hold.expires_at().map_or(Duration::ZERO, |deadline| {
+    /// The entry of `hold`, made for `customer` with the time to live `ttl` (used only if
+    /// the store did not report the hold's deadline).
+    pub(crate) fn new(customer: &Customer, hold: &Reservation<String>, ttl: Duration) -> Self {
+        let left = hold.expires_at().map_or(ttl, |deadline| {
             deadline.saturating_duration_since(Instant::now())
         });
         let left_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);

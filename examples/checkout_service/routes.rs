@@ -148,7 +148,7 @@ async fn hold(
     if let Some(store_key) = store_key {
         options = options.idempotency_key(store_key);
     }
-    let lines = request.lines;
+    let (lines, ttl) = (request.lines, request.ttl);
     let started = Instant::now();
     let held = match (request.wait, app.waiting.clone()) {
         (Some(wait), Some(waiting)) if app.blocks => {
@@ -178,7 +178,7 @@ async fn hold(
         }
     }?;
     let token = new_token();
-    let entry = HoldEntry::new(&customer, &held);
+    let entry = HoldEntry::new(&customer, &held, ttl);
     app.blocking(move |app| match app.holds.insert(&token, &entry) {
         Ok(()) => Ok((StatusCode::CREATED, entry.body(&token))),
         Err(error) => {

@@ -252,7 +252,7 @@ mod on_redis {
         let distinct: HashSet<_> = answers.iter().collect();
         let level = get_level(&http, &bases[1], "phone").await;
         let hold: crate::bodies::ReservationBody = serde_json::from_str(&answers[0].1).unwrap();
-        let by_bob = rules::resolutions(&http, &bases[1], "bob", &[hold.id.clone()])
+        let by_bob = rules::resolutions(&http, &bases[1], "bob", std::slice::from_ref(&hold.id))
             .await
             .unwrap();
         let by_alice = rules::resolutions(&http, &bases[1], "alice", &[hold.id])
