@@ -126,6 +126,10 @@ fn ids_are_never_issued_again_after_a_restart_from_an_older_snapshot() {
         .map(|_| store.reserve(&lines(&[("x", 1)])).unwrap().id())
         .collect();
     server.restart(); // SIGKILL, then the server loads the older dump.rdb
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.try_level(&"x".to_string()).is_err() {
+        assert!(Instant::now() < deadline, "the server is back");
+    }
     assert_eq!(counts(&store, "x"), (100, 1), "the snapshot's state");
     let new: Vec<ReservationId> = (0..20)
         .map(|_| store.reserve(&lines(&[("x", 1)])).unwrap().id())
@@ -292,7 +296,7 @@ fn a_waiting_hold_with_a_ttl_has_its_deadline_from_the_script_that_grants_it() {
     for (name, restock) in [("a", false), ("b", true)] {
         let proxy = FaultProxy::start(server.port());
         let waiting = Arc::new(store_at(&proxy.url(), &namespace));
-        proxy.sever_after_reply_containing(b"granted");
+        proxy.sever_at_reply_containing(b"granted");
         let waiter = {
             let (waiting, options) = (Arc::clone(&waiting), options.clone());
             let request = lines(&[(name, 1)]);
@@ -302,7 +306,7 @@ fn a_waiting_hold_with_a_ttl_has_its_deadline_from_the_script_that_grants_it() {
             until_queued(&observer, name, 1);
             observer.restock(&name.to_string(), 1).unwrap();
         }
-        let _ = waiter.join().unwrap(); // the client is cut off right after the grant
+        let _ = waiter.join().unwrap(); // the client is cut off as its grant is sent
         assert_eq!(counts(&observer, name), (1, 1), "{name}");
         thread::sleep(Duration::from_millis(400));
         observer.expire_due();

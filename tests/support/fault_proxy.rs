@@ -21,9 +21,9 @@ use std::thread;
 struct Rules {
     /// Replies containing the bytes are lost (the count of each: how many more).
     lose_matching: Vec<(Vec<u8>, usize)>,
-    /// After forwarding a reply containing these bytes, the proxy severs every connection
-    /// (see `FaultProxy::sever`).
-    sever_after: Option<Vec<u8>>,
+    /// A reply containing these bytes is lost and the proxy severs every connection (see
+    /// `FaultProxy::sever`).
+    sever_at: Option<Vec<u8>>,
     /// Each reply is lost with this chance (per million).
     lose_per_million: u64,
     /// Each request is cut (its connection closed before it reaches the server) with this
@@ -108,10 +108,11 @@ impl FaultProxy {
         rules.lose_matching.push((pattern.to_vec(), times));
     }
 
-    /// Forwards the next reply that contains `pattern`, then severs every connection and
-    /// refuses new ones (the client's host died right after that reply).
-    pub fn sever_after_reply_containing(&self, pattern: &[u8]) {
-        self.shared.rules.lock().unwrap().sever_after = Some(pattern.to_vec());
+    /// Loses the next reply that contains `pattern` (the server applied its call), severs
+    /// every connection and refuses new ones: the client's host died as that reply was on
+    /// its way.
+    pub fn sever_at_reply_containing(&self, pattern: &[u8]) {
+        self.shared.rules.lock().unwrap().sever_at = Some(pattern.to_vec());
     }
 
     /// Loses each reply with chance `lose_per_million` / 10^6 and cuts each request's
@@ -211,22 +212,23 @@ fn connect(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) {
                     shared.lost.fetch_add(1, Ordering::SeqCst);
                     break 'pump;
                 }
-                if client_out.write_all(&reply).is_err() {
-                    break 'pump;
-                }
                 let sever = {
                     let mut rules = shared.rules.lock().unwrap();
-                    let hit = rules.sever_after.as_ref().is_some_and(|pattern| {
+                    let hit = rules.sever_at.as_ref().is_some_and(|pattern| {
                         reply.windows(pattern.len()).any(|window| window == pattern)
                     });
                     if hit {
-                        rules.sever_after = None;
+                        rules.sever_at = None;
                     }
                     hit
                 };
                 if sever {
+                    shared.lost.fetch_add(1, Ordering::SeqCst);
                     shared.severed.store(true, Ordering::SeqCst);
                     cut_all(&shared);
+                    break 'pump;
+                }
+                if client_out.write_all(&reply).is_err() {
                     break 'pump;
                 }
             }
