@@ -3,11 +3,16 @@
 //! the same way is caught overselling (the negative control); a client killed with
 //! `kill -9` leaves holds that expire by TTL and a waiter that leaves the queue.
 //!
+//! The same replay runs through a fault-injecting proxy (`support/fault_proxy.rs`) that
+//! loses about 1 % of the replies and cuts about 1 % of the requests' connections.
+//!
 //! The child processes are this test binary itself, running the ignored test `worker`
 //! with the environment variables below.
 
 #![cfg(feature = "redis")]
 
+#[path = "support/fault_proxy.rs"]
+mod fault_proxy;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
@@ -18,10 +23,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use fault_proxy::FaultProxy;
 use redis_server::{fresh_namespace, Durability, RedisServer};
 use stockledger::{RedisStore, ReserveOptions, StockError, StockStore, WaitingStore};
 
-/// The worker's mode: `orders`, `naive`, `wait`.
+/// The worker's mode: `orders`, `faulty` (orders through a faulty network: calls answered
+/// `Unavailable` are retried), `naive`, `wait`.
 const MODE: &str = "STOCKLEDGER_REDIS_WORKER";
 const URL: &str = "STOCKLEDGER_REDIS_URL";
 const NAMESPACE: &str = "STOCKLEDGER_REDIS_NAMESPACE";
@@ -49,10 +56,7 @@ struct Order {
 
 /// The first `ORDERS_MAX` orders of the bundled log.
 fn orders() -> Vec<Order> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/data/electronic_sales.csv"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/electronic_sales.csv");
     let mut reader = csv::Reader::from_path(path).unwrap();
     let headers = reader.headers().unwrap().clone();
     let column = |name: &str| headers.iter().position(|header| header == name).unwrap();
@@ -129,11 +133,17 @@ fn worker() {
     let namespace = std::env::var(NAMESPACE).unwrap();
     let index: usize = std::env::var(INDEX).unwrap().parse().unwrap();
     match mode.as_str() {
-        "orders" => {
+        "orders" | "faulty" => {
             let ttl = Duration::from_millis(std::env::var(TTL_MS).unwrap().parse().unwrap());
-            let store = Arc::new(RedisStore::<String>::connect(&url, &namespace).unwrap());
+            let retry = mode == "faulty";
+            let store = Arc::new(
+                RedisStore::<String>::builder(&url, &namespace)
+                    .command_timeout(Duration::from_secs(2))
+                    .build()
+                    .unwrap(),
+            );
             let sold = run_threads(index, |order_index, order, sold| {
-                place_order(&store, index, order_index, order, ttl, sold)
+                place_order(&store, index, order_index, order, (ttl, retry), sold)
             });
             println!("TALLY {}", serde_json::to_string(&sold).unwrap());
         }
@@ -199,40 +209,57 @@ fn run_threads(
 }
 
 /// One order on the store: hold (with a TTL and an idempotency key), then commit or
-/// release; counts what it sold.
+/// release; counts what it sold. With `retry`, a call answered `Unavailable` is made
+/// again (the hold with the same key) until the engine answers.
 fn place_order(
     store: &RedisStore<String>,
     worker: usize,
     order_index: usize,
     order: &Order,
-    ttl: Duration,
+    (ttl, retry): (Duration, bool),
     sold: &mut BTreeMap<String, u64>,
 ) {
     let options = ReserveOptions::new()
         .ttl(ttl)
         .idempotency_key(format!("order-{worker}-{order_index}"));
-    let hold = match store.reserve_with(&order.lines, &options) {
-        Ok(hold) => hold,
-        Err(StockError::InsufficientStock { .. }) => return,
-        Err(error) => panic!("{error}"),
-    };
-    if order.completed {
-        match store.commit(hold.id()) {
-            Ok(_) => {
-                for (sku, units) in hold.lines() {
-                    *sold.entry(sku.clone()).or_default() += units;
-                }
-            }
-            // The TTL ran out first (a slow machine): the stock went back, nothing sold.
-            Err(StockError::Expired(_)) => {}
+    let hold = loop {
+        match store.reserve_with(&order.lines, &options) {
+            Ok(hold) => break hold,
+            Err(StockError::InsufficientStock { .. }) => return,
+            Err(StockError::Unavailable { .. }) if retry => continue,
             Err(error) => panic!("{error}"),
         }
-    } else {
-        match store.release(hold.id()) {
-            Ok(_) | Err(StockError::Expired(_)) => {}
+    };
+    let mut unavailable = false;
+    loop {
+        let outcome = if order.completed {
+            store.commit(hold.id())
+        } else {
+            store.release(hold.id())
+        };
+        match outcome {
+            Err(StockError::Unavailable { .. }) if retry => unavailable = true,
+            // The TTL ran out first (a slow machine): the stock went back, nothing sold.
+            Err(StockError::Expired(_)) => return,
+            // Ok, or an attempt answered `Unavailable` went through (the TTL is far away).
+            _ if ok_or_ours(&outcome, unavailable) => {
+                if order.completed {
+                    for (sku, units) in hold.lines() {
+                        *sold.entry(sku.clone()).or_default() += units;
+                    }
+                }
+                return;
+            }
             Err(error) => panic!("{error}"),
+            Ok(_) => unreachable!("an Ok is taken above"),
         }
     }
+}
+
+/// Whether `outcome` of a commit or release means it took effect: `Ok`, or
+/// `UnknownReservation` after an attempt answered `Unavailable`.
+fn ok_or_ours<T>(outcome: &Result<T, StockError<String>>, unavailable: bool) -> bool {
+    outcome.is_ok() || (unavailable && matches!(outcome, Err(StockError::UnknownReservation(_))))
 }
 
 /// The key of the naive peer's counter of `sku`.
@@ -451,6 +478,45 @@ fn four_processes_replay_the_orders_and_conserve_every_unit() {
         orders.len(),
         stats.reserves,
         stats.refusals
+    );
+}
+
+#[test]
+fn four_processes_replay_through_lost_replies_and_cut_connections_and_conserve_every_unit() {
+    // A correct store: with about 1 % of replies lost and 1 % of connections cut, every
+    // call applies once: per SKU start = on hand + sold, nothing stays reserved, the
+    // workers' tallies match the outbox, and the stream has one entry per change.
+    let server = RedisServer::start(Durability::Memory);
+    let proxy = FaultProxy::start(server.port());
+    proxy.random_faults(10_000, 10_000, 0x5eed);
+    let orders = orders();
+    let (namespace, start) = stocked(&server, "faulty", &orders);
+    let ttl = Duration::from_secs(600);
+    let children: Vec<Child> = (0..PROCESSES)
+        .map(|index| spawn_worker("faulty", &proxy.url(), &namespace, index, ttl))
+        .collect();
+    let mut sold = BTreeMap::new();
+    for child in children {
+        add(&mut sold, tally_of(child));
+    }
+    let store = RedisStore::<String>::connect(&server.url(), &namespace).unwrap();
+    let ledgers = ledgers(&store, &start, &sold);
+    assert_eq!(violations(&ledgers), Vec::<String>::new());
+    let stream = stream_per_sku(&server.url(), store.events_stream());
+    assert_one_entry_per_change(&store, &stream, &start);
+    for (sku, ledger) in &ledgers {
+        let streamed = stream.get(sku).map_or(0, |(_, sold)| *sold);
+        assert_eq!(streamed, ledger.sold, "units sold of {sku} by the stream");
+    }
+    assert!(
+        proxy.lost() > 0 && proxy.cut() > 0,
+        "the proxy injected faults"
+    );
+    let sold_total: u64 = ledgers.values().map(|ledger| ledger.sold).sum();
+    eprintln!(
+        "faulty network: {} replies lost, {} connections cut, {sold_total} units sold, every unit conserved",
+        proxy.lost(),
+        proxy.cut()
     );
 }
 
