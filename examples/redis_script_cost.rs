@@ -10,6 +10,9 @@
 //! - `reserve` then `commit`: N holds of 1 unit, then their N commits;
 //! - `bare`: N `EVALSHA`s of the bench's bare script (`GET`, then `DECRBY` when enough),
 //!   the least a correct server-side sale costs (`benches/redis.rs`);
+//! - `bare + request id`: the same script recording its answer under a request id, as
+//!   `RedisStore`'s scripts do (`GET` of the request key, then `SET ... PX` of the packed
+//!   answer, a new key a call): the difference to `bare` is what a request id costs;
 //!
 //! and prints, for each, `usec_per_call` of its command (`FCALL`, `EVALSHA`), the
 //! server's CPU time per call (`INFO cpu`, network work included), the client thread's
@@ -44,6 +47,19 @@ const UNITS_PER_SKU: u64 = 1 << 36;
 /// The bare peer's script, shared with `benches/redis.rs`: `DECRBY` when the
 /// counter holds enough (KEYS[1] the counter, ARGV[1] units; reply 1 sold, 0 refused).
 const BARE_SCRIPT: &str = include_str!("../benches/bare_decrby.lua");
+
+/// The bare script with its answer recorded under a request id (KEYS[2]) for 60 s, as
+/// `RedisStore`'s scripts record theirs: a resent call gets the first answer back.
+const BARE_REQUEST_SCRIPT: &str = "local done = redis.call('GET', KEYS[2])
+if done then return cmsgpack.unpack(done) end
+local sold = 0
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n >= tonumber(ARGV[1]) then
+  redis.call('DECRBY', KEYS[1], ARGV[1])
+  sold = 1
+end
+redis.call('SET', KEYS[2], cmsgpack.pack(sold), 'PX', 60000)
+return sold";
 
 /// Where a measured loop started: the server's CPU seconds (`INFO cpu`), this thread's CPU
 /// nanoseconds and the wall clock.
@@ -223,6 +239,25 @@ fn main() {
     }
     let bare = cost(&mut admin, &["evalsha"], &mark);
 
+    let recording = redis::Script::new(BARE_REQUEST_SCRIPT);
+    let _: u64 = recording
+        .key("bare:0")
+        .key("request:warm")
+        .arg(1)
+        .invoke(&mut admin)
+        .expect("EVALSHA");
+    let mark = reset(&mut admin);
+    for i in 0..n {
+        let sold: u64 = recording
+            .key(format!("bare:{}", i % SKUS))
+            .key(format!("request:{i}"))
+            .arg(1)
+            .invoke(&mut admin)
+            .expect("EVALSHA");
+        assert_eq!(sold, 1);
+    }
+    let bare_request = cost(&mut admin, &["evalsha"], &mark);
+
     println!("cost per call, N = {n}, {SKUS} SKUs, 1 client thread, microseconds (x bare):");
     println!("                    server usec_per_call  server CPU        client CPU        wall");
     let row = |name: &str, cost: Cost| {
@@ -236,6 +271,7 @@ fn main() {
         );
     };
     row("bare script", bare);
+    row("bare + request id", bare_request);
     row("sell", sell);
     row("reserve", reserve);
     row("commit", commit);

@@ -62,13 +62,17 @@ const BODIES: [(&str, &str); 9] = [
     ("wait_poll", include_str!("scripts/wait_poll.lua")),
 ];
 
-/// How long the server keeps the answer of a call under the call's request id: a resend
-/// of the call within it gets that answer back instead of applying the call again (see
-/// [`RedisStore`](super::RedisStore)'s "Failures"). The store resends at most once, at once
-/// after a failed attempt, so this covers two command timeouts and a reconnection with a
-/// wide margin; it also bounds the memory the records take (one small key per mutating
-/// call, dropped by the server when the retention runs out).
+/// How long the server keeps the answer of a call under the call's request id at least: a
+/// resend of the call within it gets that answer back instead of applying the call again
+/// (see [`RedisStore`](super::RedisStore)'s "Failures"). The store resends at most once, at
+/// once after a failed attempt, so this covers two command timeouts and a reconnection
+/// with a wide margin. The answers of one second of calls share one hash
+/// (`{namespace}:requests:<second>`), which the server drops whole once the retention and
+/// that second have passed: memory for about a minute of calls, freed a second at a time.
 pub(crate) const REQUEST_RETENTION: Duration = Duration::from_secs(60);
+
+/// The span of calls whose answers share one requests hash.
+pub(crate) const REQUEST_BUCKET: Duration = Duration::from_secs(1);
 
 /// The placeholder of the library's version in [`BODIES`]' function names.
 const VERSION: &str = "@VERSION@";
@@ -129,8 +133,8 @@ pub(crate) static SCRIPTS: LazyLock<Library> = LazyLock::new(|| {
         ));
     }
     let code = code.replace(
-        "REQUEST_RETENTION_MS",
-        &REQUEST_RETENTION.as_millis().to_string(),
+        "REQUEST_KEY_TTL_MS",
+        &(REQUEST_RETENTION + REQUEST_BUCKET).as_millis().to_string(),
     );
     let version = Script::new(&code).get_hash()[..16].to_string();
     let function = |script: &str| Function {

@@ -166,9 +166,10 @@ pub struct RedisStore<K> {
     /// holds, deadlines, idempotency, retired, sequence, events, stats, waiters, leases,
     /// queues, wakes.
     keys: [String; 12],
-    /// `{namespace}:request:<16 random hex digits>-`: this store's request ids, then a
-    /// count.
+    /// `<16 random hex digits>-`: this store's request ids, then a count.
     request_prefix: String,
+    /// `{namespace}:requests:`: the hashes of the recorded answers, then the second.
+    requests_prefix: String,
     /// The count of the last request id.
     requests: AtomicU64,
     /// A waiter's lease, in microseconds.
@@ -367,29 +368,32 @@ impl<K: RedisSku> RedisStore<K> {
         })
     }
 
-    /// A new request id: this store's prefix and the next count.
-    fn request_key(&self) -> String {
+    /// A new request id: this store's 16 random hex digits and the next count.
+    fn request_id(&self) -> String {
         let count = self.requests.fetch_add(1, Ordering::Relaxed);
         format!("{}{count}", self.request_prefix)
     }
 
     /// Runs the library function `function` (one of [`SCRIPTS`]', under the name whose
     /// reply carries the events when this store has a sink) with every key of the
-    /// namespace and a new request id declared, the common head and `args`; resent once on
-    /// a fresh connection when the reply is lost (the script answers a resend with the
-    /// answer it recorded).
+    /// namespace and the requests hash of this second declared, the common head, `args`
+    /// and a new request id; resent once on a fresh connection when the reply is lost (the
+    /// script answers a resend with the answer it recorded).
     fn run(&self, function: &Function, args: &[Vec<u8>]) -> Result<Reply, StockError<K>> {
+        let now_us = self.timebase.now_us(self.clock.now());
+        let bucket_us = u64::try_from(engine::REQUEST_BUCKET.as_micros()).unwrap_or(1);
         let mut fcall = redis::cmd("FCALL");
         fcall
             .arg(function.name(self.events.enabled()))
             .arg(self.keys.len() + 1)
             .arg(&self.keys)
-            .arg(self.request_key())
-            .arg(self.timebase.now_us(self.clock.now()))
+            .arg(format!("{}{}", self.requests_prefix, now_us / bucket_us))
+            .arg(now_us)
             .arg(self.events_max);
         for arg in args {
             fcall.arg(arg.as_slice());
         }
+        fcall.arg(self.request_id());
         let value = self.send(|connection| engine::call(connection, &fcall))?;
         Reply::parse(value).map_err(|reason| StockError::Unavailable { reason })
     }

@@ -33,11 +33,18 @@
 --                        in lexical order
 --  12 wakes        stream  one entry (field w: the waiter id) per grant to a queued waiter,
 --                        which reads it with XREAD BLOCK; trimmed to about WAKES_MAX
---  13 request      string  this call's answer, recorded under the store's request id for
---                        REQUEST_RETENTION_MS: a resend of the call gets it back
+--  13 requests     hash  request id -> this call's answer (a string prefixed with '=', or
+--                        a msgpack table): the answers of the calls made in one second of
+--                        the callers' clocks (the key names the second), kept at least
+--                        REQUEST_RETENTION: a resend of a call (the same keys and
+--                        arguments) gets its first answer back. One hash a second, not
+--                        one key a call: a field costs about half of a key with its own
+--                        expiry, and the hash expires whole (REQUEST_KEY_TTL_MS after its
+--                        first call: the retention and the second).
 --
 -- ARGV (common head): 1 now (us on the store's clock), 2 stream cap (entries, approximate
--- trimming); then each script's own from ARGV[3]. Whether the caller wants its events back
+-- trimming); then each script's own from ARGV[3]; last, the call's request id (`begin`
+-- takes it off, so a script's own arguments run to #ARGV). Whether the caller wants its events back
 -- is in the function's name: each script is registered twice, as `<script>` (no) and as
 -- `<script>_events` (yes), which costs the call nothing where an argument costs Redis a
 -- string and a growth of the ARGV table.
@@ -77,7 +84,10 @@ local call, format, spack, sunpack
 -- The call's keys (see above).
 local K_LEVELS, K_HOLDS, K_DEADLINES, K_KEYS, K_RETIRED
 local K_SEQUENCE, K_EVENTS, K_STATS, K_WAITERS, K_LEASES
-local K_QUEUES, K_WAKES, K_REQUEST
+local K_QUEUES, K_WAKES, K_REQUESTS
+-- The call's request id; the requests hash last given its expiry (kept between calls: a
+-- PEXPIRE a second, not a call; after a restart the first call of a second sets it again).
+local REQUEST_ID, EXPIRING
 -- Now (us) and the stream cap as the caller sent them (decimal text: a conversion to a
 -- number costs, and most calls only pass them on to commands).
 local NOW, EVENTS_MAX
@@ -90,7 +100,8 @@ local function begin(keys, args, wanted)
   KEYS, ARGV = keys, args
   K_LEVELS, K_HOLDS, K_DEADLINES, K_KEYS, K_RETIRED = keys[1], keys[2], keys[3], keys[4], keys[5]
   K_SEQUENCE, K_EVENTS, K_STATS, K_WAITERS, K_LEASES = keys[6], keys[7], keys[8], keys[9], keys[10]
-  K_QUEUES, K_WAKES, K_REQUEST = keys[11], keys[12], keys[13]
+  K_QUEUES, K_WAKES, K_REQUESTS = keys[11], keys[12], keys[13]
+  REQUEST_ID = table.remove(args)
   NOW, EVENTS_MAX = args[1], args[2]
   replied = wanted
   events = replied and {} or NONE
@@ -107,16 +118,27 @@ end
 -- lost and the store resent it): the store gets the first answer back, the call is not
 -- applied twice.
 local function recorded()
-  local packed = call('GET', K_REQUEST)
-  if packed then
-    return cmsgpack.unpack(packed)
+  local packed = call('HGET', K_REQUESTS, REQUEST_ID)
+  if not packed then
+    return nil
   end
-  return nil
+  if string.byte(packed, 1) == 61 then -- '=': a string answer
+    return string.sub(packed, 2)
+  end
+  return cmsgpack.unpack(packed)
 end
 
--- Records `reply` under this call's request id for REQUEST_RETENTION_MS, and returns it.
+-- Records `reply` under this call's request id (see `requests` above), and returns it.
 local function record_reply(reply)
-  call('SET', K_REQUEST, cmsgpack.pack(reply), 'PX', REQUEST_RETENTION_MS)
+  if type(reply) == 'string' then
+    call('HSET', K_REQUESTS, REQUEST_ID, '=' .. reply)
+  else
+    call('HSET', K_REQUESTS, REQUEST_ID, cmsgpack.pack(reply))
+  end
+  if K_REQUESTS ~= EXPIRING then
+    call('PEXPIRE', K_REQUESTS, REQUEST_KEY_TTL_MS, 'NX')
+    EXPIRING = K_REQUESTS
+  end
   return reply
 end
 
