@@ -11,8 +11,9 @@
 //! - `bare`: N `EVALSHA`s of the bench's bare script (`GET`, then `DECRBY` when enough),
 //!   the least a correct server-side sale costs (`benches/redis.rs`);
 //! - `bare + request id`: the same script recording its answer under a request id, as
-//!   `RedisStore`'s scripts do (`GET` of the request key, then `SET ... PX` of the packed
-//!   answer, a new key a call): the difference to `bare` is what a request id costs;
+//!   `RedisStore`'s scripts do (`HGET` of the request id in the requests hash of the
+//!   second, then `HSET` of the answer, the hash given its expiry once): the difference
+//!   to `bare` is what a request id costs;
 //!
 //! and prints, for each, `usec_per_call` of its command (`FCALL`, `EVALSHA`), the
 //! server's CPU time per call (`INFO cpu`, network work included), the client thread's
@@ -48,17 +49,20 @@ const UNITS_PER_SKU: u64 = 1 << 36;
 /// counter holds enough (KEYS[1] the counter, ARGV[1] units; reply 1 sold, 0 refused).
 const BARE_SCRIPT: &str = include_str!("../benches/bare_decrby.lua");
 
-/// The bare script with its answer recorded under a request id (KEYS[2]) for 60 s, as
-/// `RedisStore`'s scripts record theirs: a resent call gets the first answer back.
-const BARE_REQUEST_SCRIPT: &str = "local done = redis.call('GET', KEYS[2])
-if done then return cmsgpack.unpack(done) end
+/// The bare script with its answer recorded under a request id (ARGV[2]) in the requests
+/// hash KEYS[2] (which expires 61 s after its first call), as `RedisStore`'s scripts
+/// record theirs: a resent call gets the first answer back.
+const BARE_REQUEST_SCRIPT: &str = "local done = redis.call('HGET', KEYS[2], ARGV[2])
+if done then return tonumber(done) end
 local sold = 0
 local n = tonumber(redis.call('GET', KEYS[1]) or '0')
 if n >= tonumber(ARGV[1]) then
   redis.call('DECRBY', KEYS[1], ARGV[1])
   sold = 1
 end
-redis.call('SET', KEYS[2], cmsgpack.pack(sold), 'PX', 60000)
+if redis.call('HSET', KEYS[2], ARGV[2], sold) == 1 and ARGV[2] == '0' then
+  redis.call('PEXPIRE', KEYS[2], 61000, 'NX')
+end
 return sold";
 
 /// Where a measured loop started: the server's CPU seconds (`INFO cpu`), this thread's CPU
@@ -242,16 +246,18 @@ fn main() {
     let recording = redis::Script::new(BARE_REQUEST_SCRIPT);
     let _: u64 = recording
         .key("bare:0")
-        .key("request:warm")
+        .key("requests:warm")
         .arg(1)
+        .arg("warm")
         .invoke(&mut admin)
         .expect("EVALSHA");
     let mark = reset(&mut admin);
     for i in 0..n {
         let sold: u64 = recording
             .key(format!("bare:{}", i % SKUS))
-            .key(format!("request:{i}"))
+            .key("requests:0")
             .arg(1)
+            .arg(i)
             .invoke(&mut admin)
             .expect("EVALSHA");
         assert_eq!(sold, 1);

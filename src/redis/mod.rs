@@ -889,7 +889,7 @@ impl<K: RedisSku> WaitingStore<K> for RedisStore<K> {
     /// **Does not wait yet** on this store: the future answers on its first poll like
     /// [`reserve_timeout_with`](Self::reserve_timeout_with) with a zero timeout (a hold
     /// when the stock is there and nobody queues before it, else
-    /// [`StockError::Timeout`]). Its waits block on `BLPOP`, which an executor's poll must
+    /// [`StockError::Timeout`]). Its waits block on `XREAD BLOCK`, which an executor's poll must
     /// not do; an async wake-up path is future work.
     ///
     /// # Errors

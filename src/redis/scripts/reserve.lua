@@ -40,6 +40,9 @@ if key == '' and #ARGV == 7 then
 end
 local skus, qtys = read_lines(key == '' and 6 or 8)
 if key ~= '' then
+  -- Forgetting keys past their retention first keeps the key's meaning exact (as in
+  -- memory); it is housekeeping, not a change of this call.
+  prune_keys(ARGV[6], ARGV[7])
   local packed = call('HGET', K_KEYS, key)
   if packed then
     local entry = cmsgpack.unpack(packed)
@@ -55,7 +58,6 @@ if key ~= '' then
     local at = open and open[1] or entry[3]
     return answer('replay', hold_reply(entry[1], at, entry[4], entry[5]))
   end
-  prune_keys(ARGV[6], ARGV[7])
 end
 local levels, after = check_lines(skus, qtys, 'reserve')
 if not levels then
