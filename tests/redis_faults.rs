@@ -468,6 +468,110 @@ fn every_key_a_script_touches_is_declared_in_its_keys() {
     assert!(touched.len() > 10, "the monitor saw the scripts' commands");
 }
 
+/// The commands the server ran while `run` ran, as `MONITOR` shows them: whether a script
+/// ran it, and its arguments.
+fn monitored(server: &RedisServer, run: impl FnOnce()) -> Vec<(bool, Vec<Vec<u8>>)> {
+    let mut monitor = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    monitor.write_all(b"MONITOR\r\n").unwrap();
+    monitor
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(monitor);
+    let mut ok = String::new();
+    reader.read_line(&mut ok).unwrap();
+    assert_eq!(ok, "+OK\r\n");
+    run();
+    let mut admin = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("ECHO")
+        .arg("monitored-end")
+        .query(&mut admin)
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let (from_script, args) = monitor_args(line.trim_end());
+        if !from_script && args.get(1).is_some_and(|arg| arg == b"monitored-end") {
+            return seen;
+        }
+        seen.push((from_script, args));
+    }
+}
+
+#[test]
+fn a_refused_call_changes_nothing_but_its_refusal_count_and_request_record() {
+    // A correct store: every check that can refuse runs before a script's first write, so
+    // a refused call writes nothing but the refusals statistic and its request's answer
+    // (here a waiting request too large for a line: refused before it takes the others).
+    let server = RedisServer::start(Durability::Memory);
+    let store = store_at(&server.url(), "refused");
+    store.restock(&"x".to_string(), 2).unwrap();
+    sold_out(&store, "y");
+    let done = store.reserve(&lines(&[("x", 1)])).unwrap();
+    store.commit(done.id()).unwrap();
+    let keyed = ReserveOptions::new().idempotency_key("order-1");
+    store.reserve_with(&lines(&[("x", 1)]), &keyed).unwrap();
+    let before = (store.level(&"x".to_string()), store.level(&"y".to_string()));
+    let too_many = RedisStore::<String>::QUANTITY_MAX + 1;
+    let seen = monitored(&server, || {
+        let refusals = [
+            store.reserve(&lines(&[("x", 1), ("y", 1)])).map(drop),
+            store.sell(&lines(&[("x", 1), ("y", 1)])),
+            store.reserve(&lines(&[("nope", 1), ("x", 1)])).map(drop),
+            store.restock(&"x".to_string(), too_many).map(drop),
+            store.commit(done.id()).map(drop),
+            store.extend(done.id(), NEVER).map(drop),
+            store.set_low_stock_threshold(&"nope".to_string(), 1),
+            store.reserve_with(&lines(&[("x", 2)]), &keyed).map(drop),
+            store
+                .reserve_timeout(
+                    &lines(&[("x", 1), ("y", too_many)]),
+                    Duration::from_millis(100),
+                )
+                .map(drop),
+        ];
+        for (index, refusal) in refusals.iter().enumerate() {
+            assert!(refusal.is_err(), "call {index}: {refusal:?}");
+        }
+    });
+    let writes = [
+        "HSET", "HDEL", "HINCRBY", "ZADD", "ZREM", "ZPOPMIN", "XADD", "SET", "DEL", "INCR",
+        "PEXPIRE", "RPUSH", "LPUSH", "LPOP", "LREM",
+    ];
+    let mut allowed = 0;
+    let mut wrong = Vec::new();
+    for (from_script, args) in seen.iter().filter(|(from_script, _)| *from_script) {
+        let _ = from_script;
+        let command = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+        if !writes.contains(&command.as_str()) {
+            continue;
+        }
+        let key = String::from_utf8_lossy(&args[1]).to_string();
+        let record = key.starts_with("{refused}:requests:") && command != "HINCRBY";
+        let refusal_count = key == "{refused}:stats"
+            && command == "HINCRBY"
+            && args.get(2).is_some_and(|field| field == b"refusals");
+        if record || refusal_count {
+            allowed += 1;
+        } else {
+            let rest: Vec<String> = args[2..]
+                .iter()
+                .map(|arg| String::from_utf8_lossy(arg).to_string())
+                .collect();
+            wrong.push(format!("{command} {key} {rest:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "writes of refused calls: {wrong:?}");
+    assert!(allowed >= 9, "each refusal recorded its answer");
+    assert_eq!(
+        (store.level(&"x".to_string()), store.level(&"y".to_string())),
+        before
+    );
+}
+
 // ------------------------------------------------------------------ 9: bad replies
 
 #[test]
