@@ -384,14 +384,15 @@ local function queue_head(sku)
   return string.sub(head, #prefix + 17), head
 end
 
--- Serves the queues of `skus` in FIFO order: a head is granted its line when the stock is
--- there, else everyone behind it waits too (no barging). A head whose lease ran out
--- leaves (`sweep_leases` runs first wherever a queue is served).
+-- Serves the queues of `skus` in FIFO order: a head whose lease ran out (its process
+-- died) leaves and passes its turn on; a head is granted its line when the stock is there,
+-- else everyone behind it waits too (no barging).
 local function serve(skus)
   local work = {}
   for i = 1, #skus do
     work[i] = skus[i]
   end
+  local lease_now = nil
   local steps = 0
   while #work > 0 and steps < BATCH_MAX do
     steps = steps + 1
@@ -399,12 +400,17 @@ local function serve(skus)
     local wid, member = queue_head(sku)
     if wid then
       local w = waiter_of(wid)
+      lease_now = lease_now or server_now()
       if not w or w[7] ~= member then
         call('ZREM', K_QUEUES, member)
         local l = level_of(sku)
         l[5] = l[5] - 1
         store_level(sku, l)
         work[#work + 1] = sku
+      elseif w[5] < lease_now then
+        for _, moved in ipairs(drop_waiter(w)) do
+          work[#work + 1] = moved
+        end
       else
         local q = w[3][w[4]]
         local before = level_of(sku)
