@@ -33,8 +33,8 @@
 --                        in lexical order
 --  12 wakes        stream  one entry (field w: the waiter id) per grant to a queued waiter,
 --                        which reads it with XREAD BLOCK; trimmed to about WAKES_MAX
---  13 requests     hash  request id -> this call's answer (a string prefixed with '=', or
---                        a msgpack table): the answers of the calls made in one second of
+--  13 requests     hash  request id -> this call's answer (a status string as it is, or a
+--                        table packed with msgpack, whose first byte is 0x80 or more): the answers of the calls made in one second of
 --                        the callers' clocks (the key names the second), kept at least
 --                        REQUEST_RETENTION: a resend of a call (the same keys and
 --                        arguments) gets its first answer back. One hash a second, not
@@ -122,19 +122,15 @@ local function recorded()
   if not packed then
     return nil
   end
-  if string.byte(packed, 1) == 61 then -- '=': a string answer
-    return string.sub(packed, 2)
+  if string.byte(packed, 1) < 128 then -- a status: ASCII letters
+    return packed
   end
   return cmsgpack.unpack(packed)
 end
 
 -- Records `reply` under this call's request id (see `requests` above), and returns it.
 local function record_reply(reply)
-  if type(reply) == 'string' then
-    call('HSET', K_REQUESTS, REQUEST_ID, '=' .. reply)
-  else
-    call('HSET', K_REQUESTS, REQUEST_ID, cmsgpack.pack(reply))
-  end
+  call('HSET', K_REQUESTS, REQUEST_ID, type(reply) == 'string' and reply or cmsgpack.pack(reply))
   if K_REQUESTS ~= EXPIRING then
     call('PEXPIRE', K_REQUESTS, REQUEST_KEY_TTL_MS, 'NX')
     EXPIRING = K_REQUESTS
