@@ -24,7 +24,8 @@ use crate::lifecycle::idempotency::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_RETENTION}
 pub const POOL_SIZE: u32 = 16;
 
 /// How long a [`RedisStore`] waits for a connection, for the server to answer one call,
-/// or for a free pooled connection, by default; then the call is
+/// or for a free pooled connection, by default; then the call is sent once more on a fresh
+/// connection (see [`RedisStore`]'s "Failures"), and if that fails too it is
 /// [`StockError::Unavailable`].
 ///
 /// # Examples
@@ -115,7 +116,11 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
         self
     }
 
-    /// The command timeout (default [`COMMAND_TIMEOUT`]; at least 10 ms).
+    /// The command timeout (default [`COMMAND_TIMEOUT`]; at least 10 ms). A call whose
+    /// connection fails or times out is sent once more on a fresh connection, so a call
+    /// takes up to about twice this before it is [`StockError::Unavailable`]; keep it well
+    /// under half of [`RedisStore::REQUEST_RETENTION`] (60 s), the time within which a
+    /// resent call gets its first answer back.
     ///
     /// # Examples
     ///

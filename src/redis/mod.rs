@@ -74,7 +74,9 @@ const WAIT_SLICE: Duration = Duration::from_millis(500);
 ///   at most `g * h / 2^63` (10^9 tries against 10^6 open holds: about 1 in 10,000), and an
 ///   id of one namespace is an open hold of another on the same server only by that same
 ///   chance (otherwise [`StockError::UnknownReservation`]). In-memory stores count their
-///   ids from 1, below the top bit: theirs are never a `RedisStore`'s.
+///   ids from 1, below the top bit: theirs are never a `RedisStore`'s. The ids pass 2^53:
+///   a JSON reader that keeps numbers as doubles (JavaScript's) must read them as big
+///   integers.
 /// - **Deadlines** are microseconds on a shared timebase: the wall clock when the store was
 ///   built, moved on by its [`Clock`]. Hosts sharing a server should keep their clocks in
 ///   step (NTP). A hold expires on `commit`/`release`/`extend` past its deadline, on
