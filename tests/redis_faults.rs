@@ -572,6 +572,40 @@ fn a_refused_call_changes_nothing_but_its_refusal_count_and_request_record() {
     );
 }
 
+#[test]
+fn a_key_of_another_type_refuses_the_call_before_its_first_write() {
+    // A correct store: a script checks its keys' types before its first write, so a key
+    // another program overwrote makes the call Unavailable with nothing changed (not a
+    // WRONGTYPE error after the level was already written).
+    let server = RedisServer::start(Durability::Memory);
+    let store = store_at(&server.url(), "typed");
+    store.restock(&"x".to_string(), 5).unwrap();
+    let mut admin = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for command in [
+        redis::cmd("DEL").arg(store.events_stream()).clone(),
+        redis::cmd("SET")
+            .arg(store.events_stream())
+            .arg("not a stream")
+            .clone(),
+        // The scripts check a namespace's keys once per library load: load it again.
+        redis::cmd("FUNCTION").arg("FLUSH").clone(),
+    ] {
+        let _: redis::Value = command.query(&mut admin).unwrap();
+    }
+    let sold = store.sell(&lines(&[("x", 1)]));
+    assert_eq!(counts(&store, "x"), (5, 0), "the sale changed nothing");
+    assert!(
+        matches!(&sold, Err(StockError::Unavailable { reason }) if reason.contains("{typed}:events")),
+        "{sold:?}"
+    );
+    assert!(store.reserve(&lines(&[("x", 1)])).is_err());
+    assert_eq!(counts(&store, "x"), (5, 0), "nothing changed");
+    assert_eq!(store.level(&"x".to_string()).unwrap().version, 1);
+}
+
 // ------------------------------------------------------------------ 9: bad replies
 
 #[test]

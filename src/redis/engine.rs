@@ -127,9 +127,9 @@ pub(crate) static SCRIPTS: LazyLock<Library> = LazyLock::new(|| {
         code.push_str(&format!(
             "local function run_{name}()\n{body}\nend\n\
              redis.register_function('stockledger_{VERSION}_{name}', function(keys, args)\n\
-             begin(keys, args, false)\nreturn recorded() or record_reply(run_{name}())\nend)\n\
+             begin(keys, args, false)\nreturn wrong_type() or recorded() or record_reply(run_{name}())\nend)\n\
              redis.register_function('stockledger_{VERSION}_{name}_events', function(keys, args)\n\
-             begin(keys, args, true)\nreturn recorded() or record_reply(run_{name}())\nend)\n"
+             begin(keys, args, true)\nreturn wrong_type() or recorded() or record_reply(run_{name}())\nend)\n"
         ));
     }
     let code = code.replace(

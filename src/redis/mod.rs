@@ -133,7 +133,10 @@ const WAIT_SLICE: Duration = Duration::from_millis(500);
 /// its answer arrives, the store sends the same call once more on a fresh connection: a
 /// call that did run answers with its recorded answer (it is never applied twice), one
 /// that did not runs now. Every script declares every key it touches and refuses before
-/// its first write, so a refused call (or one a cluster stops) changes nothing.
+/// its first write, so a refused call (or one a cluster stops) changes nothing: that
+/// includes a key another program overwrote with another type (checked once per namespace
+/// and load of the scripts, then answered `Unavailable` naming the key) and a server out of
+/// memory (the scripts are refused whole, never stopped midway).
 ///
 /// When the resend fails too (the server cannot be reached, times out or fails), a call
 /// returns [`StockError::Unavailable`]: **the call may or may not have taken effect**.
@@ -397,7 +400,19 @@ impl<K: RedisSku> RedisStore<K> {
         }
         fcall.arg(self.request_id());
         let value = self.send(|connection| engine::call(connection, &fcall))?;
-        Reply::parse(value).map_err(|reason| StockError::Unavailable { reason })
+        let reply = Reply::parse(value).map_err(|reason| StockError::Unavailable { reason })?;
+        if reply.status == "wrong_type" {
+            let text = |index| engine::text(reply.payload.get(index)).unwrap_or_default();
+            return Err(StockError::Unavailable {
+                reason: format!(
+                    "the key {} holds a {}, not what the store keeps there: another program \
+                     wrote it; nothing was changed",
+                    text(0),
+                    text(1)
+                ),
+            });
+        }
+        Ok(reply)
     }
 
     /// A new hold id: 63 random bits under [`ID_BIT`].

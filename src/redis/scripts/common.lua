@@ -65,8 +65,8 @@
 -- both empty, else one flat array {status, #payload, payload..., events...}: Redis checks
 -- every table of a reply for special fields (err, ok, double, map, ...), so one table
 -- costs a third of three.
--- Every check that can refuse a call (unknown SKU, stock, overflow, a taken id, a bad
--- request) runs before its first write, so a refused call changes nothing but its
+-- Every check that can refuse a call (a key of another type, unknown SKU, stock,
+-- overflow, a taken id, a bad request) runs before its first write, so a refused call changes nothing but its
 -- refusal count and its request record. The functions carry no flags, so the server
 -- refuses them whole when it is out of memory (deny-oom), never midway.
 -- Numbers are exact integers up to 2^53 - 1 (Lua numbers are doubles): QUANTITY_MAX.
@@ -112,6 +112,32 @@ local function begin(keys, args, wanted)
       SMALL[n] = format('%d', n)
     end
   end
+end
+
+-- The type each key must have ("none": absent is fine too), in KEYS order.
+local KEY_TYPES = { 'hash', 'hash', 'zset', 'hash', 'zset', 'string', 'stream', 'hash',
+  'hash', 'zset', 'zset', 'stream', 'hash' }
+-- Per namespace (its levels key) whose twelve keys were found of the right types since
+-- the library loaded, the requests hash checked last: a check costs a TYPE a key, so it
+-- runs once per namespace and server start, and once per requests hash (a second).
+local TYPED = {}
+
+-- Refuses the call, before its first write, when one of its keys holds another type
+-- than the store's (another program wrote it): {"wrong_type", {key, its type}}. A call
+-- must not stop midway on a WRONGTYPE error, after writes it cannot take back.
+local function wrong_type()
+  local checked = TYPED[K_LEVELS]
+  if checked == K_REQUESTS then
+    return nil
+  end
+  for i = checked and 13 or 1, 13 do
+    local found = call('TYPE', KEYS[i]).ok
+    if found ~= 'none' and found ~= KEY_TYPES[i] then
+      return { 'wrong_type', 2, KEYS[i], found }
+    end
+  end
+  TYPED[K_LEVELS] = K_REQUESTS
+  return nil
 end
 
 -- The answer recorded under this call's request id, if the call ran before (its reply was
