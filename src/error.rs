@@ -1,6 +1,6 @@
 //! The one error type every store returns.
 
-use crate::reservation::ReservationId;
+use crate::reservation::{HoldOutcome, ReservationId};
 
 /// Why a stock operation was refused.
 ///
@@ -100,6 +100,36 @@ pub enum StockError<K> {
         key: String,
         /// The reservation the key stands for.
         id: ReservationId,
+    },
+    /// The idempotency key belongs to a hold that has ended (committed, released or
+    /// expired) within the store's retention: a retry with it holds nothing, and there
+    /// is no open hold to commit. `outcome` says what became of the hold; to hold again
+    /// (for example after a failed payment), use a new key.
+    #[error("idempotency key {key:?} made reservation {id}, which was already {outcome}")]
+    HoldEnded {
+        /// The key.
+        key: String,
+        /// The reservation the key made.
+        id: ReservationId,
+        /// What became of it.
+        outcome: HoldOutcome,
+    },
+    /// A waiting request would have to queue for more units of one SKU than a
+    /// [`MonitorStore`](crate::MonitorStore) lets a waiter wait for: the SKU's wait room,
+    /// its on hand plus the store's
+    /// [`wait_units_max`](crate::StoreBuilder::wait_units_max) (by default
+    /// [`MonitorStore::WAIT_UNITS_MAX`](crate::MonitorStore::WAIT_UNITS_MAX); see
+    /// [`MonitorStore::queue_level`](crate::MonitorStore::queue_level)). Refused before it
+    /// queues, so it never keeps the SKU from other buyers; nothing stays held.
+    #[error("a waiter may wait for at most {limit} units of SKU {sku:?}, not {requested}")]
+    WaitTooLarge {
+        /// The SKU.
+        sku: K,
+        /// Units requested on this SKU (the merged quantity of its lines).
+        requested: u64,
+        /// The most a waiter could wait for on this SKU when the request was checked (the
+        /// SKU's `wait_room`).
+        limit: u64,
     },
     /// The idempotency key was empty or longer than
     /// [`IDEMPOTENCY_KEY_BYTES_MAX`](crate::IDEMPOTENCY_KEY_BYTES_MAX) bytes; nothing was

@@ -124,13 +124,14 @@ pub use redis::{
     RedisSku, RedisStore, RedisStoreBuilder, COMMAND_TIMEOUT, EVENTS_MAX, POOL_SIZE,
     SKU_KEY_BYTES_MAX,
 };
-pub use reservation::{Reservation, ReservationId};
+pub use reservation::{HoldOutcome, Reservation, ReservationId};
 pub use stats::StoreStats;
 pub use store::{Sku, StockStore, WaitFuture, WaitingStore};
 pub use strategy::adaptive::AdaptiveStore;
 pub use strategy::monitor::{MonitorStore, ReserveWait};
 pub use strategy::optimistic::OptimisticStore;
 pub use strategy::pessimistic::PessimisticStore;
+pub use wait::QueueLevel;
 
 // The README's examples run as doctests too (the crate page above is not the README).
 #[cfg(doctest)]

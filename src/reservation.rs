@@ -69,6 +69,52 @@ impl fmt::Display for ReservationId {
     }
 }
 
+/// What became of a hold that is no longer open: the answer of
+/// [`StockError::HoldEnded`](crate::StockError::HoldEnded), when a request retried with
+/// the idempotency key of a hold that has ended.
+///
+/// # Examples
+///
+/// ```
+/// use stockledger::{HoldOutcome, PessimisticStore, ReserveOptions, StockError, StockStore};
+///
+/// let store = PessimisticStore::new();
+/// store.restock(&"SKU1005", 2)?;
+/// let options = ReserveOptions::new().idempotency_key("cart-7");
+/// let hold = store.reserve_with(&[("SKU1005", 1)], &options)?;
+/// store.release(hold.id())?; // payment failed
+/// let retry = store.reserve_with(&[("SKU1005", 1)], &options);
+/// assert_eq!(
+///     retry,
+///     Err(StockError::HoldEnded { key: "cart-7".into(), id: hold.id(), outcome: HoldOutcome::Released })
+/// );
+/// assert_eq!(HoldOutcome::Released.to_string(), "released");
+/// # Ok::<(), StockError<&str>>(())
+/// ```
+///
+/// With the `serde` feature it (de)serializes as its name: `"Committed"`.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum HoldOutcome {
+    /// Committed: its units were sold.
+    Committed,
+    /// Released: its units went back (a `release`, or a dropped guard).
+    Released,
+    /// Expired: it passed its deadline and its units went back.
+    Expired,
+}
+
+impl fmt::Display for HoldOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HoldOutcome::Committed => "committed",
+            HoldOutcome::Released => "released",
+            HoldOutcome::Expired => "expired",
+        })
+    }
+}
+
 /// An all-or-nothing hold on one or more lines `(sku, units)`.
 ///
 /// The lines are merged (one line per SKU, quantities summed) and sorted by SKU. Cloning

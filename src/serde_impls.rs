@@ -115,7 +115,9 @@ mod tests {
             | StockError::IdempotencyConflict { .. }
             | StockError::InvalidIdempotencyKey { .. }
             | StockError::Unavailable { .. }
-            | StockError::InvalidSku(_) => {}
+            | StockError::InvalidSku(_)
+            | StockError::HoldEnded { .. }
+            | StockError::WaitTooLarge { .. } => {}
         }
         match event {
             StockEvent::Restocked { .. }

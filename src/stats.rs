@@ -121,6 +121,15 @@ impl Stats {
         }
     }
 
+    /// Counts a replay when `result` is the answer to the key of a hold that has ended
+    /// ([`StockError::HoldEnded`](crate::StockError::HoldEnded)): a retry answered from the
+    /// idempotency table, like a replay of an open hold.
+    pub(crate) fn count_ended_replay<T, K>(&self, result: &Result<T, crate::StockError<K>>) {
+        if let Err(crate::StockError::HoldEnded { .. }) = result {
+            self.count(Stat::Replays);
+        }
+    }
+
     /// The counts now, with the registry's counts of holds (`holds`: what
     /// the registry's `counts` returned).
     pub(crate) fn snapshot(&self, holds: HoldCounts) -> StoreStats {
@@ -169,6 +178,16 @@ pub(crate) enum Resolution {
     Released,
     /// Past its deadline: its stock went back, whatever the caller asked for.
     Expired,
+}
+
+impl From<Resolution> for crate::reservation::HoldOutcome {
+    fn from(resolution: Resolution) -> Self {
+        match resolution {
+            Resolution::Committed => Self::Committed,
+            Resolution::Released => Self::Released,
+            Resolution::Expired => Self::Expired,
+        }
+    }
 }
 
 impl Resolution {

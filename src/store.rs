@@ -110,17 +110,19 @@ pub trait StockStore<K>: Send + Sync {
     /// Holds every line `(sku, units)`, all or nothing, with `options`: a TTL after which
     /// the hold expires, and an idempotency key that deduplicates retries.
     ///
-    /// With a key already seen (its hold open, or resolved within the store's retention),
-    /// the same merged lines return that reservation and hold nothing more; a resolved
-    /// hold is returned as it resolved (committing it again is
-    /// [`StockError::UnknownReservation`]). Racing calls with one key hold once: the key
-    /// is locked from its lookup until its hold is recorded (keys are locked before SKUs).
+    /// With a key already seen, the same merged lines hold nothing more: while its hold is
+    /// open they return that reservation (as it is now); once it has ended (committed,
+    /// released or expired, within the store's retention) they are refused with
+    /// [`StockError::HoldEnded`], which says what became of it, so a retry never gets a
+    /// hold that holds nothing. Racing calls with one key hold once: the key is locked
+    /// from its lookup until its hold is recorded (keys are locked before SKUs).
     ///
     /// # Errors
     ///
     /// - The errors of [`reserve`](Self::reserve), for the same reasons (a refused request
     ///   is not remembered: retrying it with its key may succeed).
     /// - [`StockError::IdempotencyConflict`] when the key was seen with other lines.
+    /// - [`StockError::HoldEnded`] when the key's hold has ended (its `outcome` says how).
     /// - [`StockError::InvalidIdempotencyKey`] when the key is empty or longer than
     ///   [`IDEMPOTENCY_KEY_BYTES_MAX`](crate::IDEMPOTENCY_KEY_BYTES_MAX) bytes.
     ///
@@ -128,15 +130,20 @@ pub trait StockStore<K>: Send + Sync {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use stockledger::{PessimisticStore, ReserveOptions, StockError, StockStore};
+    /// use stockledger::{HoldOutcome, PessimisticStore, ReserveOptions, StockError, StockStore};
     ///
     /// let store = PessimisticStore::new();
     /// store.restock(&"SKU1005", 2)?;
     /// let options = ReserveOptions::new().ttl(Duration::from_secs(900)).idempotency_key("cart-7");
     /// let hold = store.reserve_with(&[("SKU1005", 1)], &options)?;
-    /// store.commit(hold.id())?;
-    /// // A retry after the commit holds nothing more:
+    /// // A retry while the hold is open gets it back, holding nothing more:
     /// assert_eq!(store.reserve_with(&[("SKU1005", 1)], &options)?.id(), hold.id());
+    /// store.commit(hold.id())?;
+    /// // A retry after the commit is told so:
+    /// assert_eq!(
+    ///     store.reserve_with(&[("SKU1005", 1)], &options),
+    ///     Err(StockError::HoldEnded { key: "cart-7".into(), id: hold.id(), outcome: HoldOutcome::Committed })
+    /// );
     /// assert!(matches!(
     ///     store.reserve_with(&[("SKU1005", 2)], &options),
     ///     Err(StockError::IdempotencyConflict { .. })
@@ -371,6 +378,37 @@ pub trait StockStore<K>: Send + Sync {
         Ok(self.stats())
     }
 
+    /// The open hold `id` as it is now (its lines and current deadline); `None` when `id`
+    /// is not an open hold of this store: never issued here, already committed, released
+    /// or expired, or past its deadline (a commit would answer [`StockError::Expired`]).
+    ///
+    /// The in-memory stores look it up in their registry. The default answers `None`:
+    /// a store that keeps its holds elsewhere overrides it (`RedisStore` does not yet).
+    ///
+    /// # Locking behaviour
+    ///
+    /// Locks the shard of the registry that keeps `id` for a moment (as a `commit` of a
+    /// hold in that shard does); reads the clock, with no lock held, for a hold with a
+    /// deadline.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{MonitorStore, StockStore};
+    ///
+    /// let store = MonitorStore::new();
+    /// store.restock(&"lamp", 2)?;
+    /// let hold = store.reserve(&[("lamp", 2)])?;
+    /// assert_eq!(store.reservation(hold.id()), Some(hold.clone()));
+    /// store.commit(hold.id())?;
+    /// assert_eq!(store.reservation(hold.id()), None);
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
+    fn reservation(&self, id: ReservationId) -> Option<Reservation<K>> {
+        let _ = id;
+        None
+    }
+
     /// The largest on hand (in units) this store can keep for one SKU: `u64::MAX`, or
     /// less when the store packs its counts (see
     /// [`OptimisticStore::QUANTITY_MAX`](crate::OptimisticStore::QUANTITY_MAX)).
@@ -440,12 +478,15 @@ pub trait WaitingStore<K>: StockStore<K> {
     ///
     /// - [`StockError::Timeout`] when `timeout` passes first; nothing stays held.
     /// - [`StockError::EmptyRequest`], [`StockError::InvalidQuantity`],
-    ///   [`StockError::UnknownSku`], [`StockError::InvalidIdempotencyKey`] and
-    ///   [`StockError::IdempotencyConflict`] as for [`StockStore::reserve_with`], before
-    ///   any waiting.
+    ///   [`StockError::UnknownSku`], [`StockError::InvalidIdempotencyKey`],
+    ///   [`StockError::IdempotencyConflict`] and [`StockError::HoldEnded`] as for
+    ///   [`StockStore::reserve_with`], before any waiting.
+    /// - [`StockError::WaitTooLarge`] when a line would have to wait for more than the
+    ///   store lets waiters wait for (a [`MonitorStore`](crate::MonitorStore)'s wait room),
+    ///   before it queues.
     /// - [`StockError::Overflow`] as for [`StockStore::reserve`], when the SKU is reached.
     ///
-    /// On `Timeout` or `Overflow`, lines already held are given back: counts are as before,
+    /// On `Timeout`, `WaitTooLarge` or `Overflow`, lines already held are given back: counts are as before,
     /// and each such SKU's version has grown by 2 (its hold and its release).
     ///
     /// # Blocking

@@ -17,8 +17,81 @@
 use std::collections::VecDeque;
 use std::task::Waker;
 
-use crate::level::Moved;
+use crate::level::{Moved, StockLevel};
 use crate::sync::{Arc, Condvar};
+
+/// How many units beyond a SKU's on hand one waiter may wait for, by default:
+/// see [`MonitorStore::WAIT_UNITS_MAX`](crate::MonitorStore::WAIT_UNITS_MAX).
+pub(crate) const WAIT_UNITS_MAX: u64 = 100;
+
+/// A SKU of a [`MonitorStore`](crate::MonitorStore) as a caller sees it: its counts, what a
+/// non-waiting `reserve` or `sell` can take now, and what its queued waiters wait for
+/// (from [`MonitorStore::queue_level`](crate::MonitorStore::queue_level)).
+///
+/// All of it is read under one lock, so it agrees with itself and with the answers of
+/// that instant: while a waiter is queued, `available_now` is 0 and a non-waiting request
+/// is refused with [`StockError::InsufficientStock`](crate::StockError::InsufficientStock)
+/// `{ available: 0, .. }`, though `level.available()` may be more (those units are kept
+/// for the head of the queue); a waiting request for more than `wait_room` units is refused
+/// with [`StockError::WaitTooLarge`](crate::StockError::WaitTooLarge) instead of queuing.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use stockledger::{MonitorStore, StockError, StockStore, WaitingStore};
+///
+/// let store = MonitorStore::new();
+/// store.restock(&"tv", 3)?;
+/// let queue = store.queue_level(&"tv").unwrap();
+/// assert_eq!((queue.available_now, queue.queued_units, queue.waiters), (3, 0, 0));
+/// assert_eq!(queue.wait_room, 3 + MonitorStore::<&str>::WAIT_UNITS_MAX);
+/// assert_eq!(queue.level.available(), 3);
+/// # Ok::<(), StockError<&str>>(())
+/// ```
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QueueLevel {
+    /// The SKU's counts, as [`level`](crate::StockStore::level) reads them (units granted
+    /// to waiters are already in `reserved`).
+    pub level: StockLevel,
+    /// Units a non-waiting `reserve` or `sell` can take now: `level.available()` while
+    /// nobody waits, 0 while a waiter is queued (no barging).
+    pub available_now: u64,
+    /// Units the queued waiters wait for on this SKU, in total.
+    pub queued_units: u64,
+    /// Number of queued waiters (as [`MonitorStore::queued`](crate::MonitorStore::queued)).
+    pub waiters: usize,
+    /// The most units a new waiter may wait for on this SKU now: on hand plus the store's
+    /// [`wait_units_max`](crate::StoreBuilder::wait_units_max) (saturating at `u64::MAX`).
+    pub wait_room: u64,
+}
+
+impl QueueLevel {
+    /// The read of a SKU at `level` whose queue is `queue`, in a store whose waiters may
+    /// wait for `wait_units_max` units beyond on hand.
+    pub(crate) fn of(level: StockLevel, queue: &WaitQueue, wait_units_max: u64) -> Self {
+        let queued_units = queue.queued_units();
+        Self {
+            level,
+            available_now: if queue.is_empty() {
+                level.available()
+            } else {
+                0
+            },
+            queued_units,
+            waiters: queue.len(),
+            wait_room: wait_room(level, wait_units_max),
+        }
+    }
+}
+
+/// The most units a new waiter may wait for on a SKU at `level`: on hand plus
+/// `wait_units_max`.
+#[inline]
+pub(crate) fn wait_room(level: StockLevel, wait_units_max: u64) -> u64 {
+    level.on_hand.saturating_add(wait_units_max)
+}
 
 /// The waiters of one SKU, in arrival order, and the grants they have not picked up yet.
 ///
@@ -106,8 +179,18 @@ impl WaitQueue {
         self.busy.as_ref().map_or(0, |busy| busy.queue.len())
     }
 
+    /// Units the queued waiters wait for, in total (granted ones not counted; saturating
+    /// at `u64::MAX`). Walks the queue: for reads, not for the hand-off.
+    pub(crate) fn queued_units(&self) -> u64 {
+        self.busy.as_ref().map_or(0, |busy| {
+            busy.queue
+                .iter()
+                .fold(0, |sum: u64, waiter| sum.saturating_add(waiter.quantity))
+        })
+    }
+
     /// Queues a waiter for `quantity` units, woken by `waker` (`None`: a blocked thread);
-    /// returns its ticket.
+    /// returns its ticket. The caller checked that `quantity` fits the SKU's wait room.
     pub(crate) fn push(&mut self, quantity: u64, waker: Option<&Waker>) -> u64 {
         let busy = self.busy.get_or_insert_with(Box::default);
         let ticket = busy.next_ticket;
@@ -223,8 +306,6 @@ impl Queues {
 mod tests {
     use super::*;
 
-    use crate::level::StockLevel;
-
     fn moved() -> Moved {
         Moved::new(StockLevel::default(), StockLevel::default(), 0)
     }
@@ -254,6 +335,27 @@ mod tests {
         assert_eq!(queue.len(), 1);
         assert_eq!(queue.cancel(middle), None);
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn queued_units_follow_pushes_grants_and_cancels() {
+        let mut queue = WaitQueue::default();
+        assert_eq!(queue.queued_units(), 0);
+        let _head = queue.push(5, None);
+        let middle = queue.push(2, None);
+        let _tail = queue.push(1, None);
+        assert_eq!(queue.queued_units(), 8);
+        queue.grant_head(moved());
+        assert_eq!(queue.queued_units(), 3, "a granted waiter no longer waits");
+        assert_eq!(queue.cancel(middle), None);
+        assert_eq!(queue.queued_units(), 1);
+        let level = StockLevel {
+            on_hand: 3,
+            reserved: 0,
+            version: 1,
+        };
+        assert_eq!(wait_room(level, 10), 13);
+        assert_eq!(wait_room(level, u64::MAX), u64::MAX);
     }
 
     #[test]

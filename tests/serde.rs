@@ -86,10 +86,20 @@ fn every_error() -> Vec<StockError<String>> {
             reason: "connection refused".to_owned(),
         },
         StockError::InvalidSku(sku()),
+        StockError::HoldEnded {
+            key: "order-42".to_owned(),
+            id,
+            outcome: stockledger::HoldOutcome::Expired,
+        },
+        StockError::WaitTooLarge {
+            sku: sku(),
+            requested: 1_000,
+            limit: 103,
+        },
     ]
 }
 
-const ERROR_VARIANTS: [&str; 13] = [
+const ERROR_VARIANTS: [&str; 15] = [
     "UnknownSku",
     "InsufficientStock",
     "InvalidQuantity",
@@ -103,6 +113,8 @@ const ERROR_VARIANTS: [&str; 13] = [
     "InvalidIdempotencyKey",
     "Unavailable",
     "InvalidSku",
+    "HoldEnded",
+    "WaitTooLarge",
 ];
 
 const EVENT_VARIANTS: [&str; 7] = [

@@ -82,7 +82,7 @@ pub(crate) trait Backend<K: Sku> {
 
 /// The [`StockStore`](crate::StockStore) methods that every store answers from its
 /// [`Lifecycle`] alone, written once: `reserve_with`, `commit`, `release`, `extend`,
-/// `expire_due` and `stats`. Expanded inside each store's `impl StockStore<K>`; the store
+/// `expire_due`, `stats` and `reservation`. Expanded inside each store's `impl StockStore<K>`; the store
 /// implements [`Backend`] and keeps its lifecycle in a field named `lifecycle`.
 macro_rules! lifecycle_methods {
     () => {
@@ -129,6 +129,10 @@ macro_rules! lifecycle_methods {
 
         fn stats(&self) -> $crate::StoreStats {
             self.lifecycle.stats()
+        }
+
+        fn reservation(&self, id: $crate::ReservationId) -> Option<$crate::Reservation<K>> {
+            self.lifecycle.registry.get(id)
         }
     };
 }
@@ -183,6 +187,7 @@ pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
         }
     });
     life.stats.count_refusal(&opened);
+    life.stats.count_ended_replay(&opened);
     match opened? {
         Opened::New(reservation, moved) => {
             life.opened(&reservation, &moved);

@@ -20,7 +20,8 @@ use crate::store::Sku;
 /// [`AdaptiveStore::builder`](crate::AdaptiveStore::builder)); `.build()` makes the store.
 ///
 /// The settings here are shared by every store;
-/// [`retries_max`](StoreBuilder::retries_max) is the optimistic store's own. `S::new()` is
+/// [`retries_max`](StoreBuilder::retries_max) is the optimistic store's own,
+/// [`wait_units_max`](StoreBuilder::wait_units_max) the monitor store's. `S::new()` is
 /// `S::builder().build()`: the [`SystemClock`], no event sink,
 /// [`IDEMPOTENCY_RETENTION`] and [`IDEMPOTENCY_KEYS_MAX`].
 ///
@@ -57,6 +58,8 @@ pub struct StoreBuilder<K, S> {
     pub(crate) retries_max: u32,
     /// When a SKU turns hot or cold (adaptive store only).
     pub(crate) temperature: crate::temperature::Temperature,
+    /// Units beyond a SKU's on hand one waiter may wait for (monitor store only).
+    pub(crate) wait_units_max: u64,
     store: PhantomData<fn() -> S>,
 }
 
@@ -70,6 +73,7 @@ impl<K: Sku, S> StoreBuilder<K, S> {
             idempotency_keys_max: IDEMPOTENCY_KEYS_MAX,
             retries_max,
             temperature: crate::temperature::Temperature::DEFAULT,
+            wait_units_max: crate::wait::WAIT_UNITS_MAX,
             store: PhantomData,
         }
     }
@@ -173,6 +177,7 @@ impl<K, S> fmt::Debug for StoreBuilder<K, S> {
             .field("idempotency_keys_max", &self.idempotency_keys_max)
             .field("retries_max", &self.retries_max)
             .field("temperature", &self.temperature)
+            .field("wait_units_max", &self.wait_units_max)
             .finish_non_exhaustive()
     }
 }

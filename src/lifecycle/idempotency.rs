@@ -6,13 +6,13 @@ use std::sync::Arc as SharedKey;
 use std::time::{Duration, Instant};
 
 use crate::error::StockError;
-use crate::reservation::{Reservation, ReservationId};
+use crate::reservation::{HoldOutcome, Reservation, ReservationId};
 use crate::sync::{Arc, Mutex, ShardedMap};
 
 /// How long a store remembers the idempotency key of a resolved hold, by default: 24
 /// hours (the retention of Stripe's idempotency keys). Within it, a retry with the same
-/// key and lines gets the resolved reservation back and holds nothing; after it, the key
-/// is forgotten and a request with it holds anew. Set per store with
+/// key and lines holds nothing and is answered [`StockError::HoldEnded`], naming what
+/// became of the hold; after it, the key is forgotten and a request with it holds anew. Set per store with
 /// [`StoreBuilder::idempotency_retention`](crate::StoreBuilder::idempotency_retention).
 ///
 /// # Examples
@@ -79,8 +79,8 @@ pub(crate) enum KeySlot<K> {
     Vacant,
     /// The key's hold is open.
     Open(Reservation<K>),
-    /// The key's hold resolved; remembered until pruned.
-    Resolved(Reservation<K>),
+    /// The key's hold resolved, as the outcome says; remembered until pruned.
+    Resolved(Reservation<K>, HoldOutcome),
     /// Pruned: no longer in the table. Whoever finds it looks the key up again.
     Removed,
 }
@@ -145,8 +145,14 @@ impl<K: Clone> KeyTable<K> {
         }
     }
 
-    /// Records that the hold `id` of `key` resolved at `now`.
-    pub(crate) fn resolved(&self, key: &SharedKey<str>, id: ReservationId, now: Instant) {
+    /// Records that the hold `id` of `key` resolved at `now`, as `outcome` says.
+    pub(crate) fn resolved(
+        &self,
+        key: &SharedKey<str>,
+        id: ReservationId,
+        now: Instant,
+        outcome: HoldOutcome,
+    ) {
         let Some(slot) = self.slots.get_cloned(key) else {
             return;
         };
@@ -154,7 +160,7 @@ impl<K: Clone> KeyTable<K> {
             let mut state = slot.lock();
             match &*state {
                 KeySlot::Open(reservation) if reservation.id() == id => {
-                    *state = KeySlot::Resolved(reservation.clone());
+                    *state = KeySlot::Resolved(reservation.clone(), outcome);
                 }
                 _ => return,
             }
@@ -188,7 +194,7 @@ impl<K: Clone> KeyTable<K> {
                 continue;
             };
             let mut state = slot.lock();
-            if matches!(&*state, KeySlot::Resolved(reservation) if reservation.id() == id) {
+            if matches!(&*state, KeySlot::Resolved(reservation, _) if reservation.id() == id) {
                 *state = KeySlot::Removed;
                 self.slots.remove(&key);
             }
@@ -202,23 +208,30 @@ impl<K: Clone> KeyTable<K> {
 }
 
 impl<K: Clone + PartialEq> KeySlot<K> {
-    /// The answer to a retry with `lines`: the key's reservation when the lines match, or
+    /// The answer to a retry with `lines`: the key's open reservation when the lines
+    /// match, [`StockError::HoldEnded`] when they match a hold that has ended, or
     /// [`StockError::IdempotencyConflict`]. `None` for a vacant slot (hold anew).
     pub(crate) fn replay(
         &self,
         key: &SharedKey<str>,
         lines: &[(K, u64)],
     ) -> Option<Result<Reservation<K>, StockError<K>>> {
-        let (KeySlot::Open(reservation) | KeySlot::Resolved(reservation)) = self else {
+        let (KeySlot::Open(reservation) | KeySlot::Resolved(reservation, _)) = self else {
             return None;
         };
-        Some(if reservation.lines() == lines {
-            Ok(reservation.clone())
-        } else {
+        Some(if reservation.lines() != lines {
             Err(StockError::IdempotencyConflict {
                 key: key.to_string(),
                 id: reservation.id(),
             })
+        } else if let KeySlot::Resolved(_, outcome) = self {
+            Err(StockError::HoldEnded {
+                key: key.to_string(),
+                id: reservation.id(),
+                outcome: *outcome,
+            })
+        } else {
+            Ok(reservation.clone())
         })
     }
 }

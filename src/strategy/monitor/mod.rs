@@ -12,7 +12,7 @@ use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::stats::Stats;
 use crate::store::{Sku, StockStore};
 use crate::sync::{GrowOnlyMap, Mutex, MutexGuard, Position};
-use crate::wait::WaitQueue;
+use crate::wait::{QueueLevel, WaitQueue};
 
 pub use waiting::ReserveWait;
 
@@ -21,12 +21,31 @@ pub use waiting::ReserveWait;
 ///
 /// [`reserve_timeout`](crate::WaitingStore::reserve_timeout) (blocking) and
 /// [`reserve_wait`](MonitorStore::reserve_wait) (a future) wait their turn in one FIFO
-/// queue per SKU; stock freed by a
-/// restock, a release or an expiry goes to the waiters in arrival order. There is no barging: while
-/// a waiter is queued on a SKU, that SKU offers **0 units** to non-waiting `reserve` and
-/// `sell` calls, because the head of the queue is entitled to everything up to its need and
-/// nobody behind it goes first. So a large request is never starved by a stream of small
-/// ones (the FIFO handoff of tokio's batch semaphore).
+/// queue per SKU; stock freed by a restock, a release or an expiry goes to the waiters in
+/// arrival order.
+///
+/// **The rule, up front.** This store is fair, as tokio's `Semaphore` is: stock goes out
+/// in the order it was asked for, with no barging. So while a waiter is queued on a SKU,
+/// that SKU offers **0 units** to non-waiting `reserve` and `sell` calls, even when it has
+/// units available: the head of the queue is entitled to everything up to its need, and
+/// nobody behind it goes first. A waiter for 5 units of a SKU with 3 available keeps those
+/// 3 from a `sell` of 1 until it is served or leaves. That way a large request is never
+/// starved by a stream of small ones (the FIFO handoff of tokio's batch semaphore), and
+/// two limits keep the price bounded:
+///
+/// - **A bound on what a waiter waits for.** A waiter may wait for at most its SKU's on
+///   hand plus [`wait_units_max`](crate::StoreBuilder::wait_units_max) units (default
+///   [`WAIT_UNITS_MAX`](Self::WAIT_UNITS_MAX)): no request waits for a restock larger
+///   than that. A waiting request that does not fit is refused at once with
+///   [`StockError::WaitTooLarge`], before it queues, so a request for far more than will
+///   arrive never takes a SKU off sale for its whole timeout.
+/// - **An honest read.** [`queue_level`](Self::queue_level) tells, under one lock, what a
+///   non-waiting caller can take now (`available_now`, 0 while anyone waits), how many
+///   units the waiters are queued for, and the most a new waiter may wait for; a refusal
+///   never contradicts it. [`level`](crate::StockStore::level) gives the counts
+///   alone: its `available()` includes units kept for the queue.
+///
+/// Waiters leave the queue when served, on their timeout, or when their future is dropped.
 ///
 /// A multi-line waiting request takes its SKUs in ascending order, holding the earlier lines
 /// while it waits for the later ones (ordered acquisition keeps this deadlock free); when it
@@ -68,6 +87,8 @@ pub use waiting::ReserveWait;
 pub struct MonitorStore<K> {
     /// SKU -> its monitor (found without a lock, locked in place: see `PessimisticStore`).
     slots: GrowOnlyMap<K, Monitor>,
+    /// Units beyond a SKU's on hand one waiter may wait for.
+    wait_units_max: u64,
     /// Open holds, events, counters.
     lifecycle: Lifecycle<K, MonitorHandle>,
 }
@@ -211,6 +232,31 @@ impl Monitor {
 }
 
 impl<K: Sku> MonitorStore<K> {
+    /// How many units beyond a SKU's on hand one waiter may wait for, by default: 100,
+    /// ten times the largest order line of TPC-C's New-Order (1 to 10 units
+    /// a line). Set per store with
+    /// [`StoreBuilder::wait_units_max`](crate::StoreBuilder::wait_units_max).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stockledger::{MonitorStore, StockError, StockStore, WaitingStore};
+    ///
+    /// assert_eq!(MonitorStore::<&str>::WAIT_UNITS_MAX, 100);
+    /// let store = MonitorStore::new();
+    /// store.restock(&"tv", 3)?;
+    /// // 1,000 units could only come from a restock far larger than the bound: refused at
+    /// // once, instead of keeping the 3 units from every other buyer while it waits.
+    /// assert_eq!(
+    ///     store.reserve_timeout(&[("tv", 1_000)], Duration::from_secs(60)),
+    ///     Err(StockError::WaitTooLarge { sku: "tv", requested: 1_000, limit: 103 })
+    /// );
+    /// store.sell(&[("tv", 1)])?; // still on sale
+    /// # Ok::<(), StockError<&str>>(())
+    /// ```
+    pub const WAIT_UNITS_MAX: u64 = crate::wait::WAIT_UNITS_MAX;
+
     /// An empty store with the default settings: `MonitorStore::builder().build()`.
     ///
     /// # Examples
@@ -261,6 +307,50 @@ impl<K: Sku> MonitorStore<K> {
         self.slots
             .get(sku)
             .map_or(0, |monitor| monitor.state.lock().waiters.len())
+    }
+
+    /// `sku` as a caller sees it, read under one lock: its counts, what a non-waiting
+    /// `reserve` or `sell` can take now, what its waiters are queued for and the most a new
+    /// waiter may wait for (see [`QueueLevel`]); `None` for a SKU never restocked.
+    ///
+    /// # Locking behaviour
+    ///
+    /// Locks `sku`'s monitor for a moment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::{sync::Arc, thread, time::Duration};
+    /// use stockledger::{MonitorStore, StockError, StockStore, WaitingStore};
+    ///
+    /// let store = Arc::new(MonitorStore::new());
+    /// store.restock(&"tv", 3)?;
+    /// let waiter = {
+    ///     let store = Arc::clone(&store);
+    ///     thread::spawn(move || store.reserve_timeout(&[("tv", 5)], Duration::from_secs(60)))
+    /// };
+    /// while store.queued(&"tv") == 0 {
+    ///     thread::yield_now();
+    /// }
+    /// let queue = store.queue_level(&"tv").unwrap();
+    /// assert_eq!((queue.level.available(), queue.available_now, queue.queued_units), (3, 0, 5));
+    /// // The refusal agrees with the read: the 3 units are kept for the waiter.
+    /// assert_eq!(
+    ///     store.sell(&[("tv", 1)]),
+    ///     Err(StockError::InsufficientStock { sku: "tv", requested: 1, available: queue.available_now })
+    /// );
+    /// store.restock(&"tv", 2)?; // the waiter is served
+    /// waiter.join().unwrap()?;
+    /// # Ok::<(), StockError<&str>>(())
+    /// ```
+    pub fn queue_level(&self, sku: &K) -> Option<QueueLevel> {
+        let monitor = self.slots.get(sku)?;
+        let state = monitor.state.lock();
+        Some(QueueLevel::of(
+            state.level,
+            &state.waiters,
+            self.wait_units_max,
+        ))
     }
 }
 
@@ -316,8 +406,37 @@ impl<K: Sku> StoreBuilder<K, MonitorStore<K>> {
     pub fn build(self) -> MonitorStore<K> {
         MonitorStore {
             slots: GrowOnlyMap::new(),
+            wait_units_max: self.wait_units_max,
             lifecycle: self.lifecycle(),
         }
+    }
+
+    /// How many units beyond a SKU's on hand one waiter may wait for (default:
+    /// [`MonitorStore::WAIT_UNITS_MAX`]). A waiting request with a line for more than its
+    /// SKU's on hand plus this is refused at once with [`StockError::WaitTooLarge`]. `0`: waiters may wait only for units on hand (held by
+    /// others, to be released); `u64::MAX`: no bound, as before this setting existed (one
+    /// waiter for more than will ever arrive then keeps the SKU from every non-waiting
+    /// buyer until its timeout).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stockledger::{MonitorStore, StockError, StockStore, WaitingStore};
+    ///
+    /// let store = MonitorStore::builder().wait_units_max(10).build();
+    /// store.restock(&"tv", 1)?;
+    /// store.sell(&[("tv", 1)])?; // sold out: on hand 0
+    /// assert_eq!(store.queue_level(&"tv").unwrap().wait_room, 10);
+    /// assert_eq!(
+    ///     store.reserve_timeout(&[("tv", 11)], Duration::from_secs(60)),
+    ///     Err(StockError::WaitTooLarge { sku: "tv", requested: 11, limit: 10 })
+    /// );
+    /// # Ok::<(), StockError<&str>>(())
+    /// ```
+    pub fn wait_units_max(mut self, units: u64) -> Self {
+        self.wait_units_max = units;
+        self
     }
 }
 
@@ -421,6 +540,7 @@ impl<K: Sku> fmt::Debug for MonitorStore<K> {
         let (keys, deadlines) = self.lifecycle.registry.index_sizes();
         f.debug_struct("MonitorStore")
             .field("skus", &self.slots.len())
+            .field("wait_units_max", &self.wait_units_max)
             .field("open_holds", &self.lifecycle.registry.len())
             .field("deadlines", &deadlines)
             .field("idempotency_keys", &keys)

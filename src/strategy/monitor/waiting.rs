@@ -22,6 +22,7 @@ use crate::reservation::Reservation;
 use crate::stats::{Stat, Stats};
 use crate::store::{Sku, WaitFuture, WaitingStore};
 use crate::sync::{self, MutexGuard};
+use crate::wait::wait_room;
 
 /// Where one waiting line stands after its turn at its SKU's monitor.
 enum Turn {
@@ -34,18 +35,22 @@ enum Turn {
 impl MonitorState {
     /// The turn of the waiting line `(sku, quantity)` whose ticket is `ticket` (`None`: not
     /// queued yet). Not queued: takes the units at once if nobody waits and they are
-    /// available, else queues (setting `ticket`, counting a wait). Queued: picks up its
-    /// grant if it was granted, else keeps `waker` (a task) to be woken by.
+    /// available, else queues (setting `ticket`, counting a wait) if the line fits the
+    /// SKU's wait room (at most `wait_units_max` units beyond on hand).
+    /// Queued: picks up its grant if it was granted, else keeps `waker` (a task) to be
+    /// woken by.
     ///
     /// # Errors
     ///
-    /// [`StockError::Overflow`] when holding the line would pass a count's maximum.
+    /// [`StockError::Overflow`] when holding the line would pass a count's maximum;
+    /// [`StockError::WaitTooLarge`] when it would have to queue and does not fit.
     fn take_turn<K: Clone>(
         &mut self,
         (sku, quantity): (&K, u64),
         ticket: &mut Option<u64>,
         waker: Option<&Waker>,
         stats: &Stats,
+        wait_units_max: u64,
     ) -> Result<Turn, StockError<K>> {
         if let Some(queued) = *ticket {
             if let Some(moved) = self.waiters.take_grant(queued) {
@@ -72,9 +77,32 @@ impl MonitorState {
                 Err(_) => {}
             }
         }
+        self.check_wait_room(sku, quantity, wait_units_max)?;
         stats.count(Stat::Waits);
         *ticket = Some(self.waiters.push(quantity, waker));
         Ok(Turn::Queued)
+    }
+
+    /// Whether a waiter for `quantity` units of `sku` fits the SKU's wait room.
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::WaitTooLarge`] when it does not.
+    fn check_wait_room<K: Clone>(
+        &self,
+        sku: &K,
+        quantity: u64,
+        wait_units_max: u64,
+    ) -> Result<(), StockError<K>> {
+        let limit = wait_room(self.level, wait_units_max);
+        if quantity > limit {
+            return Err(StockError::WaitTooLarge {
+                sku: sku.clone(),
+                requested: quantity,
+                limit,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -129,7 +157,8 @@ impl<'a, K: Sku> Request<'a, K> {
     /// # Errors
     ///
     /// [`StockError::InvalidIdempotencyKey`], [`StockError::IdempotencyConflict`],
-    /// [`StockError::UnknownSku`], and with a key [`StockError::Overflow`].
+    /// [`StockError::UnknownSku`], [`StockError::HoldEnded`], [`StockError::WaitTooLarge`],
+    /// and with a key [`StockError::Overflow`].
     fn start(
         store: &'a MonitorStore<K>,
         lines: Vec<(K, u64)>,
@@ -143,6 +172,7 @@ impl<'a, K: Sku> Request<'a, K> {
                 .reserve(lines.clone(), options, |lines| store.hold(lines));
             if !matches!(opened, Err(StockError::InsufficientStock { .. })) {
                 life.stats.count_refusal(&opened);
+                life.stats.count_ended_replay(&opened);
                 return match opened? {
                     Opened::New(reservation, moved) => {
                         life.opened(&reservation, &moved);
@@ -157,6 +187,14 @@ impl<'a, K: Sku> Request<'a, K> {
             // Short of stock: wait for it below.
         }
         let monitors = lines::slots(store, &lines)?;
+        // Refuse at once a line that could not queue now: before any line is held or any
+        // wait begins (each line is checked again, authoritatively, at its turn).
+        for ((sku, quantity), monitor) in lines.iter().zip(&monitors) {
+            let state = store.lock(monitor);
+            if state.level.available() < *quantity || !state.waiters.is_empty() {
+                state.check_wait_room(sku, *quantity, store.wait_units_max)?;
+            }
+        }
         Ok(Start::Wait(Self {
             store,
             held: Vec::with_capacity(lines.len()),
@@ -177,7 +215,8 @@ impl<'a, K: Sku> Request<'a, K> {
     ///
     /// # Errors
     ///
-    /// [`StockError::Overflow`] (the request is then dropped, giving back what it holds).
+    /// [`StockError::Overflow`] or [`StockError::WaitTooLarge`] (the request is then
+    /// dropped, giving back what it holds).
     fn take_turn(
         &mut self,
         state: &mut MonitorState,
@@ -185,7 +224,14 @@ impl<'a, K: Sku> Request<'a, K> {
     ) -> Result<bool, StockError<K>> {
         let (sku, quantity) = &self.lines[self.held.len()];
         let stats = &self.store.lifecycle.stats;
-        match state.take_turn((sku, *quantity), &mut self.ticket, waker, stats)? {
+        let wait_units_max = self.store.wait_units_max;
+        match state.take_turn(
+            (sku, *quantity),
+            &mut self.ticket,
+            waker,
+            stats,
+            wait_units_max,
+        )? {
             Turn::Held(moved) => {
                 self.held.push(moved);
                 Ok(true)
@@ -341,8 +387,12 @@ impl<K: Sku> MonitorStore<K> {
     /// # Errors
     ///
     /// - [`StockError::EmptyRequest`], [`StockError::InvalidQuantity`],
-    ///   [`StockError::UnknownSku`], [`StockError::InvalidIdempotencyKey`] and
-    ///   [`StockError::IdempotencyConflict`], before any waiting.
+    ///   [`StockError::UnknownSku`], [`StockError::InvalidIdempotencyKey`],
+    ///   [`StockError::IdempotencyConflict`] and [`StockError::HoldEnded`], before any
+    ///   waiting.
+    /// - [`StockError::WaitTooLarge`] when a line would have to queue for more than its
+    ///   SKU's wait room (see [`MonitorStore`]): checked before any waiting, and again when
+    ///   the SKU is reached (lines already held are then given back).
     /// - [`StockError::Overflow`] as for [`reserve`](crate::StockStore::reserve), when the
     ///   SKU is reached (lines already held are given back).
     ///
