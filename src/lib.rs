@@ -108,12 +108,20 @@ mod lifecycle;
 mod redis;
 mod strategy;
 
+/// The channel crate of [`ChannelSink`]'s receivers and senders, re-exported so that its
+/// types (`crossbeam_channel::Receiver`) need no dependency of their own.
+pub use crossbeam_channel;
+/// The channel crate of [`AsyncChannelSink`] (feature `async-channel`), re-exported.
+#[cfg(feature = "async-channel")]
+pub use async_channel;
+#[cfg(feature = "async-channel")]
+pub use lifecycle::async_channel_sink::AsyncChannelSink;
 pub use error::StockError;
 pub use level::StockLevel;
 pub use lifecycle::builder::StoreBuilder;
 pub use lifecycle::clock::{Clock, ManualClock, SystemClock};
 pub use lifecycle::event::{ChannelSink, EventLine, EventSink, StockEvent};
-pub use lifecycle::guard::ReservationGuard;
+pub use lifecycle::guard::{OwnedReservationGuard, ReservationGuard};
 pub use lifecycle::idempotency::{
     IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_KEY_BYTES_MAX, IDEMPOTENCY_RETENTION,
 };

@@ -4,6 +4,7 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::StockError;
@@ -409,6 +410,35 @@ pub trait StockStore<K>: Send + Sync {
         None
     }
 
+    /// This store as a [`WaitingStore`], when it is one: one `Arc<dyn StockStore<K>>`
+    /// handle then serves both plain calls and waits, whatever store was picked at run
+    /// time. The default answers `None`; [`MonitorStore`](crate::MonitorStore) answers
+    /// `Some` (`RedisStore` does not yet).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use stockledger::{MonitorStore, PessimisticStore, StockStore};
+    ///
+    /// let stores: [Arc<dyn StockStore<String>>; 2] =
+    ///     [Arc::new(PessimisticStore::new()), Arc::new(MonitorStore::new())];
+    /// for store in &stores {
+    ///     let sku = "SKU1004".to_string();
+    ///     store.restock(&sku, 1)?;
+    ///     let hold = match store.as_waiting() {
+    ///         Some(waiting) => waiting.reserve_timeout(&[(sku, 1)], Duration::from_secs(1))?,
+    ///         None => store.reserve(&[(sku, 1)])?,
+    ///     };
+    ///     store.commit(hold.id())?;
+    /// }
+    /// assert!(stores[0].as_waiting().is_none() && stores[1].as_waiting().is_some());
+    /// # Ok::<(), stockledger::StockError<String>>(())
+    /// ```
+    fn as_waiting(&self) -> Option<&dyn WaitingStore<K>> {
+        None
+    }
+
     /// The largest on hand (in units) this store can keep for one SKU: `u64::MAX`, or
     /// less when the store packs its counts (see
     /// [`OptimisticStore::QUANTITY_MAX`](crate::OptimisticStore::QUANTITY_MAX)).
@@ -416,6 +446,117 @@ pub trait StockStore<K>: Send + Sync {
         u64::MAX
     }
 }
+
+/// A shared or boxed store is a store: `Arc<S>` and `Box<S>` forward every call to `S`,
+/// also when `S` is a trait object. So an `Arc<dyn WaitingStore<K>>` (one handle for a
+/// store that waits) goes wherever a [`StockStore`] is wanted, on every supported Rust
+/// (trait upcasting, `Arc<dyn WaitingStore<K>>` to `Arc<dyn StockStore<K>>`, needs Rust
+/// 1.86; the crate supports 1.85).
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use stockledger::{MonitorStore, StockStore, WaitingStore};
+///
+/// fn on_hand(store: &dyn StockStore<String>, sku: &str) -> u64 {
+///     store.level(&sku.to_string()).map_or(0, |level| level.on_hand)
+/// }
+///
+/// let store: Arc<dyn WaitingStore<String>> = Arc::new(MonitorStore::new());
+/// store.restock(&"SKU1004".to_string(), 2)?;
+/// assert_eq!(on_hand(&store, "SKU1004"), 2); // the handle itself is a StockStore
+/// let plain: Arc<dyn StockStore<String>> = Arc::new(Arc::clone(&store));
+/// assert!(plain.as_waiting().is_some());
+/// # Ok::<(), stockledger::StockError<String>>(())
+/// ```
+macro_rules! forward_stock_store {
+    ($($pointer:ident),*) => {$(
+        impl<K, S: StockStore<K> + ?Sized> StockStore<K> for $pointer<S> {
+            fn restock(&self, sku: &K, qty: u64) -> Result<StockLevel, StockError<K>> {
+                (**self).restock(sku, qty)
+            }
+
+            fn level(&self, sku: &K) -> Option<StockLevel> {
+                (**self).level(sku)
+            }
+
+            fn reserve(&self, lines: &[(K, u64)]) -> Result<Reservation<K>, StockError<K>> {
+                (**self).reserve(lines)
+            }
+
+            fn reserve_with(
+                &self,
+                lines: &[(K, u64)],
+                options: &ReserveOptions,
+            ) -> Result<Reservation<K>, StockError<K>> {
+                (**self).reserve_with(lines, options)
+            }
+
+            fn commit(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
+                (**self).commit(id)
+            }
+
+            fn release(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
+                (**self).release(id)
+            }
+
+            fn extend(
+                &self,
+                id: ReservationId,
+                ttl: Duration,
+            ) -> Result<Reservation<K>, StockError<K>> {
+                (**self).extend(id, ttl)
+            }
+
+            fn expire_due(&self) -> Vec<Reservation<K>> {
+                (**self).expire_due()
+            }
+
+            fn set_low_stock_threshold(
+                &self,
+                sku: &K,
+                threshold: u64,
+            ) -> Result<(), StockError<K>> {
+                (**self).set_low_stock_threshold(sku, threshold)
+            }
+
+            fn stats(&self) -> StoreStats {
+                (**self).stats()
+            }
+
+            fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
+                (**self).sell(lines)
+            }
+
+            fn try_level(&self, sku: &K) -> Result<Option<StockLevel>, StockError<K>> {
+                (**self).try_level(sku)
+            }
+
+            fn try_expire_due(&self) -> Result<Vec<Reservation<K>>, StockError<K>> {
+                (**self).try_expire_due()
+            }
+
+            fn try_stats(&self) -> Result<StoreStats, StockError<K>> {
+                (**self).try_stats()
+            }
+
+            fn reservation(&self, id: ReservationId) -> Option<Reservation<K>> {
+                (**self).reservation(id)
+            }
+
+            fn quantity_max(&self) -> u64 {
+                (**self).quantity_max()
+            }
+
+            fn as_waiting(&self) -> Option<&dyn WaitingStore<K>> {
+                (**self).as_waiting()
+            }
+        }
+    )*};
+}
+
+forward_stock_store!(Arc, Box);
 
 /// The future of [`WaitingStore::reserve_wait`] through the trait: boxed, so that the trait
 /// stays object safe (`Box<dyn WaitingStore<K>>` works). A store may also offer its own

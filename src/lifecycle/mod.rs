@@ -8,6 +8,8 @@
 //! root) and below the strategies (`strategy/`) and the Redis backend (`redis/`); it
 //! imports only from the core and the sync seam.
 
+#[cfg(feature = "async-channel")]
+pub(crate) mod async_channel_sink;
 pub(crate) mod backend;
 pub(crate) mod builder;
 pub(crate) mod clock;

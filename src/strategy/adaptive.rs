@@ -269,6 +269,32 @@ impl<K: Sku> AdaptiveStore<K> {
         StoreBuilder::new(OPTIMISTIC_ATTEMPTS_MAX)
     }
 
+    /// [`level`](crate::StockStore::level) by any borrowed form of the SKU type, as
+    /// `HashMap::get` takes it: a `String`-keyed store answers a `&str` with no
+    /// allocation. `None` for a SKU never restocked.
+    ///
+    /// # Locking behaviour
+    ///
+    /// As `level`: no lock on the optimistic path, the SKU's lock for a moment on the pessimistic one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{AdaptiveStore, StockStore};
+    ///
+    /// let store = AdaptiveStore::<String>::new();
+    /// store.restock(&"SKU1004".to_string(), 3)?;
+    /// assert_eq!(store.level_of("SKU1004").map(|level| level.on_hand), Some(3));
+    /// assert_eq!(store.level_of("SKU9999"), None);
+    /// # Ok::<(), stockledger::StockError<String>>(())
+    /// ```
+    pub fn level_of<Q: std::hash::Hash + Eq + ?Sized>(&self, sku: &Q) -> Option<StockLevel>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.skus.get(sku).map(Self::slot_level)
+    }
+
     /// Turns `sku` hot or cold now, as its temperature would (for tests and models of a
     /// switch); `false` when `sku` is unknown.
     #[doc(hidden)]

@@ -176,6 +176,32 @@ impl<K: Sku> OptimisticStore<K> {
         StoreBuilder::new(Self::RETRIES_MAX)
     }
 
+    /// [`level`](crate::StockStore::level) by any borrowed form of the SKU type, as
+    /// `HashMap::get` takes it: a `String`-keyed store answers a `&str` with no
+    /// allocation. `None` for a SKU never restocked.
+    ///
+    /// # Locking behaviour
+    ///
+    /// As `level`: no lock; one atomic read of the SKU's word.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{OptimisticStore, StockStore};
+    ///
+    /// let store = OptimisticStore::<String>::new();
+    /// store.restock(&"SKU1004".to_string(), 3)?;
+    /// assert_eq!(store.level_of("SKU1004").map(|level| level.on_hand), Some(3));
+    /// assert_eq!(store.level_of("SKU9999"), None);
+    /// # Ok::<(), stockledger::StockError<String>>(())
+    /// ```
+    pub fn level_of<Q: std::hash::Hash + Eq + ?Sized>(&self, sku: &Q) -> Option<StockLevel>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.skus.get(sku).map(Self::slot_level)
+    }
+
     /// The rest of [`update_then`](Self::update_then) after its first attempt lost a race:
     /// a CAS retry loop with back-off, up to the store's retry bound, then `Conflict`.
     #[cold]

@@ -114,6 +114,32 @@ impl<K: Sku> PessimisticStore<K> {
     pub fn builder() -> StoreBuilder<K, Self> {
         StoreBuilder::new(0)
     }
+
+    /// [`level`](crate::StockStore::level) by any borrowed form of the SKU type, as
+    /// `HashMap::get` takes it: a `String`-keyed store answers a `&str` with no
+    /// allocation. `None` for a SKU never restocked.
+    ///
+    /// # Locking behaviour
+    ///
+    /// As `level`: locks the SKU's slot for a moment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{PessimisticStore, StockStore};
+    ///
+    /// let store = PessimisticStore::<String>::new();
+    /// store.restock(&"SKU1004".to_string(), 3)?;
+    /// assert_eq!(store.level_of("SKU1004").map(|level| level.on_hand), Some(3));
+    /// assert_eq!(store.level_of("SKU9999"), None);
+    /// # Ok::<(), stockledger::StockError<String>>(())
+    /// ```
+    pub fn level_of<Q: std::hash::Hash + Eq + ?Sized>(&self, sku: &Q) -> Option<StockLevel>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.slots.get(sku).map(|slot| slot.lock().level)
+    }
 }
 
 impl<K: Sku> LockedSkus<K> for PessimisticStore<K> {

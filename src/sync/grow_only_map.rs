@@ -26,6 +26,7 @@
 //! slots without touching their entries (the tag is 11 bits at 1M entries). A slot keeps
 //! its tag in place (`tag | position + 1`), so a probe compares it with one mask.
 
+use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::sync::OnceLock;
 
@@ -213,16 +214,23 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
             .expect("an entry is written before a slot points to it")
     }
 
-    /// The value for `key`, or `None`. Wait free; writes nothing shared.
+    /// The value for `key` (any borrowed form of the key type, as `HashMap::get`), or
+    /// `None`. Wait free; writes nothing shared.
     #[inline(always)]
-    pub(crate) fn get(&self, key: &K) -> Option<&V> {
+    pub(crate) fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
         self.get_positioned(key).map(|(_, value)| value)
     }
 
     /// The position of `key`'s entry (for [`at`](Self::at)) and its value, or `None`.
     /// Wait free; writes nothing shared.
     #[inline(always)]
-    pub(crate) fn get_positioned(&self, key: &K) -> Option<(Position, &V)> {
+    pub(crate) fn get_positioned<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<(Position, &V)>
+    where
+        K: Borrow<Q>,
+    {
         let hash = self.hasher.hash_one(key);
         self.get_hashed(key, hash)
             .map(|(position, value)| (position as Position, value))
@@ -239,8 +247,13 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
         &self.entry(position as usize).1
     }
 
+    /// The entry of `key` (a borrowed form of the key type: equal keys hash equal, the
+    /// contract of `Borrow`) whose hash is `hash`.
     #[inline(always)]
-    fn get_hashed(&self, key: &K, hash: u64) -> Option<(usize, &V)> {
+    fn get_hashed<Q: Eq + ?Sized>(&self, key: &Q, hash: u64) -> Option<(usize, &V)>
+    where
+        K: Borrow<Q>,
+    {
         let table = self.table();
         let tag = table.tag(hash);
         // The mask taken from the slice itself, and the slice known not to be empty, lets
@@ -257,7 +270,7 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
             if slot & table.tag_mask == tag {
                 let position = table.position(slot);
                 let (candidate, value) = self.entry(position);
-                if candidate == key {
+                if candidate.borrow() == key {
                     return Some((position, value));
                 }
             }

@@ -286,8 +286,37 @@ impl<K: Sku> MonitorStore<K> {
         StoreBuilder::new(0)
     }
 
+    /// [`level`](crate::StockStore::level) by any borrowed form of the SKU type, as
+    /// `HashMap::get` takes it: a `String`-keyed store answers a `&str` with no
+    /// allocation. `None` for a SKU never restocked.
+    ///
+    /// # Locking behaviour
+    ///
+    /// As `level`: locks the SKU's slot for a moment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{MonitorStore, StockStore};
+    ///
+    /// let store = MonitorStore::<String>::new();
+    /// store.restock(&"SKU1004".to_string(), 3)?;
+    /// assert_eq!(store.level_of("SKU1004").map(|level| level.on_hand), Some(3));
+    /// assert_eq!(store.level_of("SKU9999"), None);
+    /// # Ok::<(), stockledger::StockError<String>>(())
+    /// ```
+    pub fn level_of<Q: std::hash::Hash + Eq + ?Sized>(&self, sku: &Q) -> Option<StockLevel>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.slots
+            .get(sku)
+            .map(|monitor| monitor.state.lock().level)
+    }
+
     /// Number of waiters (`reserve_timeout` and `reserve_wait` lines) queued on `sku` right
-    /// now (0 for an unknown SKU).
+    /// now (0 for an unknown SKU). `sku` may be any borrowed form of the SKU type (a `&str`
+    /// for a `String`-keyed store).
     ///
     /// # Locking behaviour
     ///
@@ -303,7 +332,10 @@ impl<K: Sku> MonitorStore<K> {
     /// assert_eq!(store.queued(&"tv"), 0);
     /// # Ok::<(), stockledger::StockError<&str>>(())
     /// ```
-    pub fn queued(&self, sku: &K) -> usize {
+    pub fn queued<Q: std::hash::Hash + Eq + ?Sized>(&self, sku: &Q) -> usize
+    where
+        K: std::borrow::Borrow<Q>,
+    {
         self.slots
             .get(sku)
             .map_or(0, |monitor| monitor.state.lock().waiters.len())
@@ -311,7 +343,8 @@ impl<K: Sku> MonitorStore<K> {
 
     /// `sku` as a caller sees it, read under one lock: its counts, what a non-waiting
     /// `reserve` or `sell` can take now, what its waiters are queued for and the most a new
-    /// waiter may wait for (see [`QueueLevel`]); `None` for a SKU never restocked.
+    /// waiter may wait for (see [`QueueLevel`]); `None` for a SKU never restocked. `sku` may
+    /// be any borrowed form of the SKU type.
     ///
     /// # Locking behaviour
     ///
@@ -343,7 +376,10 @@ impl<K: Sku> MonitorStore<K> {
     /// waiter.join().unwrap()?;
     /// # Ok::<(), StockError<&str>>(())
     /// ```
-    pub fn queue_level(&self, sku: &K) -> Option<QueueLevel> {
+    pub fn queue_level<Q: std::hash::Hash + Eq + ?Sized>(&self, sku: &Q) -> Option<QueueLevel>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
         let monitor = self.slots.get(sku)?;
         let state = monitor.state.lock();
         Some(QueueLevel::of(
@@ -526,6 +562,10 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
 
     fn sell(&self, lines: &[(K, u64)]) -> Result<(), StockError<K>> {
         lifecycle::sell_locked(self, &self.lifecycle, lines)
+    }
+
+    fn as_waiting(&self) -> Option<&dyn crate::WaitingStore<K>> {
+        Some(self)
     }
 }
 
