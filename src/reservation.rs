@@ -145,7 +145,7 @@ impl fmt::Display for HoldOutcome {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(
     feature = "serde",
-    serde(bound(deserialize = "K: serde::Deserialize<'de>"))
+    serde(bound(deserialize = "K: serde::Deserialize<'de> + Ord"))
 )]
 pub struct Reservation<K> {
     pub(crate) id: ReservationId,

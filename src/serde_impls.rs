@@ -71,13 +71,15 @@ impl<K: Serialize> Serialize for HoldLines<K> {
     }
 }
 
-/// The lines of a [`Reservation`](crate::Reservation), read back: at least one line, every
-/// quantity at least 1, else a deserialization error. Their order and merging are taken as
-/// written (checking them would need `K: Ord`).
+/// The lines of a [`Reservation`](crate::Reservation), read back with the invariant that
+/// [`Reservation::lines`](crate::Reservation::lines) promises: at least one line, every
+/// quantity at least 1, merged and sorted by SKU (each SKU once, in ascending order), else
+/// a deserialization error. Lines written out of order or with a SKU twice are refused, not
+/// repaired: they did not come from a store.
 pub(crate) fn hold_lines<'de, D, K>(deserializer: D) -> Result<HoldLines<K>, D::Error>
 where
     D: Deserializer<'de>,
-    K: Deserialize<'de>,
+    K: Deserialize<'de> + Ord,
 {
     let lines = Vec::<(K, u64)>::deserialize(deserializer)?;
     if lines.is_empty() {
@@ -87,6 +89,11 @@ where
         return Err(D::Error::invalid_value(
             Unexpected::Unsigned(0),
             &"a quantity of at least 1",
+        ));
+    }
+    if !lines.windows(2).all(|pair| pair[0].0 < pair[1].0) {
+        return Err(D::Error::custom(
+            "lines merged and sorted by SKU (each SKU once, in ascending order)",
         ));
     }
     Ok(lines.into())

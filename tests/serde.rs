@@ -297,6 +297,30 @@ fn a_reservation_read_back_has_lines_and_no_zero_quantity() {
 }
 
 #[test]
+fn a_reservation_read_back_has_its_lines_merged_and_sorted_or_is_refused() {
+    let sorted =
+        serde_json::from_str::<Reservation<String>>(r#"{"id":1,"lines":[["a",3],["b",1]]}"#);
+    assert_eq!(
+        sorted.unwrap().lines(),
+        &[("a".to_owned(), 3), ("b".to_owned(), 1)]
+    );
+    // What `lines()` promises never to return: out of order, a SKU twice, or both.
+    for lines in [
+        r#"[["b",1],["a",1],["a",2]]"#,
+        r#"[["b",1],["a",1]]"#,
+        r#"[["a",1],["a",2]]"#,
+    ] {
+        let read =
+            serde_json::from_str::<Reservation<String>>(&format!(r#"{{"id":1,"lines":{lines}}}"#));
+        let error = read.expect_err(lines).to_string();
+        assert!(
+            error.contains("merged and sorted by SKU"),
+            "{lines}: {error}"
+        );
+    }
+}
+
+#[test]
 fn every_stock_error_variant_round_trips_tagged_by_its_name() {
     let errors = every_error();
     let mut tags = Vec::new();
