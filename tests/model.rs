@@ -72,6 +72,10 @@ trait Subject: Debug {
     /// (the optimistic store's documented multi-line sell): two changes, so each SKU's
     /// version grows by 2.
     const SELL_HOLDS_FIRST: bool;
+    /// Units beyond a SKU's on hand one waiter may wait for: a `reserve_timeout` line that
+    /// would have to wait for more is refused with `WaitTooLarge` before any line is held
+    /// (`u64::MAX`: no bound; the RedisStore has none yet).
+    const WAIT_UNITS_MAX: u64 = u64::MAX;
 
     fn new() -> Self;
     fn quantity_max(&self) -> u64;
@@ -86,12 +90,13 @@ trait Subject: Debug {
 
 /// Implements [`Subject`] for a real store by delegating to its `StockStore` methods.
 macro_rules! subject {
-    ($store:ty, version_max: $version_max:expr, sell_holds_first: $holds:expr, waits: $waits:tt) => {
-        subject!($store, new: <$store>::new(), version_max: $version_max, sell_holds_first: $holds, waits: $waits);
+    ($store:ty, version_max: $version_max:expr, sell_holds_first: $holds:expr, waits: $waits:tt $(, wait_units_max: $wait:expr)?) => {
+        subject!($store, new: <$store>::new(), version_max: $version_max, sell_holds_first: $holds, waits: $waits $(, wait_units_max: $wait)?);
     };
-    ($store:ty, new: $new:expr, version_max: $version_max:expr, sell_holds_first: $holds:expr, waits: $waits:tt) => {
+    ($store:ty, new: $new:expr, version_max: $version_max:expr, sell_holds_first: $holds:expr, waits: $waits:tt $(, wait_units_max: $wait:expr)?) => {
         impl Subject for $store {
             const WAITS: bool = $waits;
+            $(const WAIT_UNITS_MAX: u64 = $wait;)?
             const VERSION_MAX: u64 = $version_max;
             const SELL_HOLDS_FIRST: bool = $holds;
 
@@ -137,7 +142,13 @@ macro_rules! subject {
 
 subject!(PessimisticStore<Sku>, version_max: u64::MAX, sell_holds_first: false, waits: false);
 subject!(OptimisticStore<Sku>, version_max: (1 << 48) - 1, sell_holds_first: true, waits: false);
-subject!(MonitorStore<Sku>, version_max: u64::MAX, sell_holds_first: false, waits: true);
+subject!(
+    MonitorStore<Sku>,
+    version_max: u64::MAX,
+    sell_holds_first: false,
+    waits: true,
+    wait_units_max: MonitorStore::<Sku>::WAIT_UNITS_MAX
+);
 subject!(stockledger::AdaptiveStore<Sku>, version_max: (1 << 48) - 1, sell_holds_first: true, waits: false);
 #[cfg(feature = "redis")]
 subject!(
@@ -202,6 +213,7 @@ struct Limits {
     version_max: u64,
     sell_holds_first: bool,
     waits: bool,
+    wait_units_max: u64,
 }
 
 /// The sequential state: what every store must agree with after every call.
@@ -337,12 +349,25 @@ impl ModelState {
     /// given back (each held-then-returned line is two changes: its version grows by 2,
     /// its counts are as before), as the `WaitingStore` docs describe for a timeout. (So
     /// an `Overflow` on a later line also bumps the versions of the earlier lines: the
-    /// monitor store checks a line for overflow only when it gets to it.)
+    /// monitor store checks a line for overflow only when it gets to it.) Before any line
+    /// is held, a line that would have to wait for more than its SKU's on hand plus the
+    /// store's wait bound is refused with `WaitTooLarge`, and nothing changes.
     fn reserve_timeout(
         &mut self,
         lines: &[(Sku, u64)],
     ) -> Result<Vec<(Sku, u64)>, StockError<Sku>> {
         let merged = self.merge(lines)?;
+        for &(sku, qty) in &merged {
+            let level = self.levels[&sku];
+            let limit = level.on_hand.saturating_add(self.limits.wait_units_max);
+            if qty > level.available() && qty > limit {
+                return Err(StockError::WaitTooLarge {
+                    sku,
+                    requested: qty,
+                    limit,
+                });
+            }
+        }
         for (held, &(sku, qty)) in merged.iter().enumerate() {
             let refusal = match self.changed(sku, Change::Reserve, qty) {
                 Ok(level) => {
@@ -466,6 +491,7 @@ impl<S: Subject> ReferenceStateMachine for Model<S> {
             version_max: S::VERSION_MAX,
             sell_holds_first: S::SELL_HOLDS_FIRST,
             waits: S::WAITS,
+            wait_units_max: S::WAIT_UNITS_MAX,
         };
         let on_hand = proptest::option::weighted(0.75, 1..=10_u64);
         proptest::collection::vec(on_hand, RESTOCKED_SKUS as usize)
