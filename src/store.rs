@@ -36,7 +36,10 @@ impl<K: Clone + Eq + Hash + Ord + Debug + Send + Sync + 'static> Sku for K {}
 /// [`OptimisticStore`](crate::OptimisticStore), [`MonitorStore`](crate::MonitorStore) and
 /// [`AdaptiveStore`](crate::AdaptiveStore); with the `redis` feature, `RedisStore` runs
 /// the same contract on a shared Redis server. The trait is object safe, so a store can be
-/// picked at run time.
+/// picked at run time. `Arc<S>` and `Box<S>` of a store (a trait object too) are stores,
+/// forwarding every call: an `Arc<dyn WaitingStore<K>>` goes wherever a `StockStore` is
+/// wanted, with no trait upcasting (Rust 1.86), and [`as_waiting`](Self::as_waiting) goes
+/// the other way.
 ///
 /// Rules every implementation obeys:
 /// - **All or nothing**: a refused call changes nothing, on any line.
