@@ -108,16 +108,16 @@ mod lifecycle;
 mod redis;
 mod strategy;
 
-/// The channel crate of [`ChannelSink`]'s receivers and senders, re-exported so that its
-/// types (`crossbeam_channel::Receiver`) need no dependency of their own.
-pub use crossbeam_channel;
 /// The channel crate of [`AsyncChannelSink`] (feature `async-channel`), re-exported.
 #[cfg(feature = "async-channel")]
 pub use async_channel;
-#[cfg(feature = "async-channel")]
-pub use lifecycle::async_channel_sink::AsyncChannelSink;
+/// The channel crate of [`ChannelSink`]'s receivers and senders, re-exported so that its
+/// types (`crossbeam_channel::Receiver`) need no dependency of their own.
+pub use crossbeam_channel;
 pub use error::StockError;
 pub use level::StockLevel;
+#[cfg(feature = "async-channel")]
+pub use lifecycle::async_channel_sink::AsyncChannelSink;
 pub use lifecycle::builder::StoreBuilder;
 pub use lifecycle::clock::{Clock, ManualClock, SystemClock};
 pub use lifecycle::event::{ChannelSink, EventLine, EventSink, StockEvent};

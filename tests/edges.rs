@@ -501,3 +501,124 @@ fn monitor_a_timed_out_partial_hold_reports_its_crossing() {
     assert_eq!(store.level(&sku("a")).unwrap().available(), 3);
     assert_eq!(sink.low_stock(), [(sku("a"), 1)]);
 }
+
+/// An event sink that panics on every `Reserved` event, and counts the `Released` ones.
+#[derive(Default)]
+struct PanicsOnReserved {
+    released: Mutex<u64>,
+}
+
+impl EventSink<String> for PanicsOnReserved {
+    fn on_event(&self, event: &StockEvent<String>) {
+        match event {
+            StockEvent::Reserved { .. } => panic!("sink bug"),
+            StockEvent::Released { .. } => *self.released.lock().unwrap() += 1,
+            _ => {}
+        }
+    }
+}
+
+/// Every store with a sink that panics on `Reserved`.
+fn stores_panicking_on_reserved() -> Vec<(&'static str, Box<Store>, Arc<PanicsOnReserved>)> {
+    let sinks: [Arc<PanicsOnReserved>; 4] = Default::default();
+    vec![
+        (
+            "pessimistic",
+            Box::new(
+                PessimisticStore::builder()
+                    .event_sink(sinks[0].clone())
+                    .build(),
+            ),
+            sinks[0].clone(),
+        ),
+        (
+            "optimistic",
+            Box::new(
+                OptimisticStore::builder()
+                    .event_sink(sinks[1].clone())
+                    .build(),
+            ),
+            sinks[1].clone(),
+        ),
+        (
+            "monitor",
+            Box::new(MonitorStore::builder().event_sink(sinks[2].clone()).build()),
+            sinks[2].clone(),
+        ),
+        (
+            "adaptive",
+            Box::new(
+                AdaptiveStore::builder()
+                    .event_sink(sinks[3].clone())
+                    .build(),
+            ),
+            sinks[3].clone(),
+        ),
+    ]
+}
+
+#[test]
+fn a_sink_that_panics_on_a_new_hold_leaves_no_hold_that_nobody_knows() {
+    // A correct store: the caller gets the sink's panic, never the hold's id, so the hold
+    // is given back before the panic goes on; nothing stays reserved, even without a TTL.
+    for (name, store, sink) in stores_panicking_on_reserved() {
+        store.restock(&sku("a"), 3).unwrap();
+        let plain = panic::catch_unwind(AssertUnwindSafe(|| store.reserve(&lines(&[("a", 1)]))));
+        assert!(
+            plain.is_err(),
+            "{name}: the sink's panic reaches the caller"
+        );
+        let keyed = ReserveOptions::new().idempotency_key("order-1");
+        let keyed_hold = panic::catch_unwind(AssertUnwindSafe(|| {
+            store.reserve_with(&lines(&[("a", 2)]), &keyed)
+        }));
+        assert!(
+            keyed_hold.is_err(),
+            "{name}: the sink's panic reaches the caller"
+        );
+        let level = store.level(&sku("a")).unwrap();
+        assert_eq!((level.on_hand, level.reserved), (3, 0), "{name}");
+        assert_eq!(*sink.released.lock().unwrap(), 2, "{name}: each given back");
+        assert_eq!(store.stats().reserves, 2, "{name}: both were opened first");
+    }
+}
+
+#[test]
+fn a_sink_that_panics_on_a_granted_wait_leaves_no_hold_that_nobody_knows() {
+    // A correct store: as above, for a hold that a waiting call was granted.
+    let sink = Arc::new(PanicsOnReserved::default());
+    let store = MonitorStore::builder().event_sink(sink.clone()).build();
+    store.restock(&sku("a"), 2).unwrap();
+    let waited = panic::catch_unwind(AssertUnwindSafe(|| {
+        store.reserve_timeout(&lines(&[("a", 2)]), Duration::from_secs(5))
+    }));
+    assert!(
+        waited.is_err(),
+        "the sink's panic reaches the waiting caller"
+    );
+    let level = store.level(&sku("a")).unwrap();
+    assert_eq!((level.on_hand, level.reserved), (2, 0));
+    assert_eq!(*sink.released.lock().unwrap(), 1);
+
+    // Sold out: the call queues, and a restock grants it its hold.
+    store.sell(&lines(&[("a", 2)])).unwrap();
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            while store.queued(&sku("a")) == 0 {
+                thread::yield_now();
+            }
+            store.restock(&sku("a"), 2).unwrap();
+        });
+        let waited = panic::catch_unwind(AssertUnwindSafe(|| {
+            store.reserve_timeout(&lines(&[("a", 2)]), DEADLOCK)
+        }));
+        assert!(
+            waited.is_err(),
+            "the sink's panic reaches the caller that waited"
+        );
+    });
+    let level = store.level(&sku("a")).unwrap();
+    assert_eq!((level.on_hand, level.reserved), (2, 0));
+    assert_eq!(*sink.released.lock().unwrap(), 2);
+    assert!(store.stats().waits >= 1, "the second call waited");
+}

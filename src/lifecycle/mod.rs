@@ -21,6 +21,6 @@ pub(crate) mod reaper;
 pub(crate) mod registry;
 
 pub(crate) use backend::{
-    expire_due, extend, lifecycle_methods, reserve, reserve_with, resolve, sell_locked, Backend,
-    Lifecycle,
+    expire_due, extend, lifecycle_methods, report_opened, reserve, reserve_with, resolve,
+    sell_locked, Backend, Lifecycle,
 };

@@ -175,7 +175,7 @@ impl<'a, K: Sku> Request<'a, K> {
                 life.stats.count_ended_replay(&opened);
                 return match opened? {
                     Opened::New(reservation, moved) => {
-                        life.opened(&reservation, &moved);
+                        crate::lifecycle::report_opened(store, &reservation, &moved);
                         Ok(Start::Done(reservation))
                     }
                     Opened::Replay(reservation) => {
@@ -270,7 +270,7 @@ impl<'a, K: Sku> Request<'a, K> {
         match opened {
             Opened::New(reservation, ()) => {
                 let held = std::mem::take(&mut self.held);
-                life.opened(&reservation, &held);
+                crate::lifecycle::report_opened(self.store, &reservation, &held);
                 Ok(reservation)
             }
             Opened::Replay(reservation) => {
