@@ -5,7 +5,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use stockledger::StockError;
+use stockledger::{HoldOutcome, StockError};
 
 /// The media type of every error body (RFC 9457).
 pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
@@ -37,6 +37,9 @@ pub(crate) enum ApiError {
     UnknownHold,
     /// The hold's deadline passed: its stock went back.
     HoldExpired,
+    /// The hold an `Idempotency-Key` made has ended (a retry after its commit, release or
+    /// expiry, past the service's own record of the answer): the store says how.
+    HoldEnded(HoldOutcome),
     /// The `Idempotency-Key` was used before with another payload (draft: 422).
     KeyReused,
     /// The first request with this `Idempotency-Key` is still being processed (draft: 409).
@@ -65,6 +68,7 @@ impl From<StockError<String>> for ApiError {
             // Hold ids stay inside the service: answer by what the client knows.
             StockError::UnknownReservation(_) => Self::UnknownHold,
             StockError::Expired(_) => Self::HoldExpired,
+            StockError::HoldEnded { outcome, .. } => Self::HoldEnded(outcome),
             error => Self::Stock(error),
         }
     }
@@ -80,6 +84,7 @@ impl ApiError {
             Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Self::UnknownHold => (StatusCode::NOT_FOUND, "unknown-reservation"),
             Self::HoldExpired => (StatusCode::GONE, "expired"),
+            Self::HoldEnded(_) => (StatusCode::CONFLICT, "hold-ended"),
             Self::KeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused"),
             Self::KeyInFlight => (StatusCode::CONFLICT, "idempotency-key-in-flight"),
             Self::NoRoute(_) => (StatusCode::NOT_FOUND, "no-route"),
@@ -101,6 +106,7 @@ impl ApiError {
                     (StatusCode::UNPROCESSABLE_ENTITY, "invalid-idempotency-key")
                 }
                 E::InvalidSku(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-sku"),
+                E::WaitTooLarge { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "wait-too-large"),
                 // A shared engine that could not decide: the client may retry with its
                 // idempotency key. Any variant added later is treated the same.
                 _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -118,6 +124,9 @@ impl ApiError {
             | Self::Unauthenticated(detail) => detail.clone(),
             Self::UnknownHold => "no open hold of yours has this id".into(),
             Self::HoldExpired => "the hold passed its deadline; its stock went back".into(),
+            Self::HoldEnded(outcome) => {
+                format!("the hold this Idempotency-Key made has ended: it was {outcome}")
+            }
             Self::KeyReused => {
                 "this Idempotency-Key was used with another payload (lines, ttl_ms or wait_ms)"
                     .into()
@@ -206,6 +215,22 @@ mod tests {
             (StockError::InvalidIdempotencyKey { length_bytes: 0 }, 422),
             (StockError::InvalidSku(sku()), 422),
             (
+                StockError::WaitTooLarge {
+                    sku: sku(),
+                    requested: 1_000,
+                    limit: 103,
+                },
+                422,
+            ),
+            (
+                StockError::HoldEnded {
+                    key: "k".into(),
+                    id,
+                    outcome: HoldOutcome::Committed,
+                },
+                409,
+            ),
+            (
                 StockError::Unavailable {
                     reason: "down".into(),
                 },
@@ -228,7 +253,16 @@ mod tests {
     #[test]
     fn hold_errors_do_not_name_the_internal_id() {
         let id = ReservationId::from_u64(1_234_567);
-        for error in [StockError::UnknownReservation(id), StockError::Expired(id)] {
+        let ended = StockError::HoldEnded {
+            key: "k".into(),
+            id,
+            outcome: HoldOutcome::Released,
+        };
+        for error in [
+            StockError::UnknownReservation(id),
+            StockError::Expired(id),
+            ended,
+        ] {
             let problem = ApiError::from(error).problem();
             assert!(!problem.detail.contains("1234567"), "{problem:?}");
         }
