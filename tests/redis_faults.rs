@@ -505,7 +505,7 @@ fn monitored(server: &RedisServer, run: impl FnOnce()) -> Vec<(bool, Vec<Vec<u8>
 fn a_refused_call_changes_nothing_but_its_refusal_count_and_request_record() {
     // A correct store: every check that can refuse runs before a script's first write, so
     // a refused call writes nothing but the refusals statistic and its request's answer
-    // (here a waiting request too large for a line: refused before it takes the others).
+    // (a waiting request with an unknown SKU: refused before it takes the others).
     let server = RedisServer::start(Durability::Memory);
     let store = store_at(&server.url(), "refused");
     store.restock(&"x".to_string(), 2).unwrap();
@@ -527,10 +527,7 @@ fn a_refused_call_changes_nothing_but_its_refusal_count_and_request_record() {
             store.set_low_stock_threshold(&"nope".to_string(), 1),
             store.reserve_with(&lines(&[("x", 2)]), &keyed).map(drop),
             store
-                .reserve_timeout(
-                    &lines(&[("x", 1), ("y", too_many)]),
-                    Duration::from_millis(100),
-                )
+                .reserve_timeout(&lines(&[("x", 1), ("nope", 1)]), NEVER)
                 .map(drop),
         ];
         for (index, refusal) in refusals.iter().enumerate() {

@@ -9,23 +9,22 @@
 --      | {"queued", {last wake}, events}      poll with wait_poll after the wake-up
 --                                             stream's entry `last wake`
 --      | {"id_taken", {}, {}}                 the id is taken: draw another
---      | {"unknown_sku" | "overflow", {line}, {}}   nothing held, nothing queued
+--      | {"unknown_sku", {line}, {}}          nothing held, nothing queued
+--      | {"overflow", {line}, {}}             the lines held before it given back
 local id, lease, ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local skus, qtys = read_lines(6)
 if call('HEXISTS', K_HOLDS, id) == 1 or call('HEXISTS', K_WAITERS, id) == 1 then
   return answer('id_taken')
 end
 for i = 1, #skus do
-  local l = level_of(skus[i])
-  if not l then
+  if not level_of(skus[i]) then
     return answer('unknown_sku', { i })
   end
-  -- Taking the line may never pass a count's maximum (apply's rule), so that a waiter is
-  -- refused here, before any write, rather than midway.
-  if qtys[i] > QUANTITY_MAX or l[3] + 1 + l[2] + qtys[i] > QUANTITY_MAX then
-    return answer('overflow', { i })
-  end
 end
+-- A line is checked for overflow when the waiter gets to it, as in memory: a short line
+-- waits (or times out) whatever its size, and an overflow on a later line gives the
+-- earlier ones back (their versions move on by two, as the in-memory monitor's do). That
+-- is the one refusal that writes; it needs a version near 2^53.
 sweep_leases()
 local w = { id, skus, qtys, 1, server_now() + lease, {}, '', ttl }
 call('ZADD', K_LEASES, int(w[5]), id)
