@@ -346,6 +346,55 @@ fn a_timed_out_waiter_leaves_no_stream_entry_as_in_memory() {
     assert!(events.is_empty(), "{events:?}");
 }
 
+/// A sink that panics on every new hold.
+struct PanicsOnReserved;
+
+impl stockledger::EventSink<String> for PanicsOnReserved {
+    fn on_event(&self, event: &StockEvent<String>) {
+        if let StockEvent::Reserved { .. } = event {
+            panic!("sink bug");
+        }
+    }
+}
+
+#[test]
+fn a_sink_that_panics_on_a_new_hold_does_not_strand_it() {
+    // A correct store: a hold whose caller never gets its id (the sink panicked before the
+    // call returned) is released, as in memory: no hold without an owner and a deadline.
+    let namespace = fresh_namespace("panicking-sink");
+    let observer = store_at(&shared().url(), &namespace);
+    observer.restock(&"a".to_string(), 2).unwrap();
+    sold_out(&observer, "b");
+    let store = Arc::new(
+        RedisStore::<String>::builder(&shared().url(), &namespace)
+            .event_sink(Arc::new(PanicsOnReserved))
+            .build()
+            .unwrap(),
+    );
+    let reserve = catch_unwind(AssertUnwindSafe(|| store.reserve(&lines(&[("a", 1)]))));
+    assert!(reserve.is_err(), "the sink's panic reaches the caller");
+    assert_eq!(counts(&observer, "a"), (2, 0));
+    let waiter = {
+        let store = Arc::clone(&store);
+        thread::spawn(move || {
+            catch_unwind(AssertUnwindSafe(|| {
+                store.reserve_timeout(&lines(&[("a", 1), ("b", 1)]), NEVER)
+            }))
+            .is_err()
+        })
+    };
+    until_queued(&observer, "b", 1);
+    observer.restock(&"b".to_string(), 1).unwrap();
+    assert!(
+        waiter.join().unwrap(),
+        "the grant's panic reaches the waiter"
+    );
+    assert_eq!(
+        (counts(&observer, "a"), counts(&observer, "b")),
+        ((2, 0), (1, 0))
+    );
+}
+
 // ------------------------------------------------------------------ 8: declared keys
 
 /// The arguments of one `MONITOR` line (`<time> [<db> <client>] "arg" "arg" ...`).

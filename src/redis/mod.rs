@@ -562,6 +562,22 @@ impl<K: RedisSku> RedisStore<K> {
         self.events.deliver(&changes);
     }
 
+    /// Delivers the events `flat` of the new hold `hold` to the sink. When the sink panics,
+    /// the hold is released before the panic goes on, as in memory: its caller never gets
+    /// the hold's id, so a hold left open would be one nobody knows (without a TTL, stock
+    /// reserved for good). If the release's own events panic too, the hold is released all
+    /// the same and the first panic goes on.
+    fn report_opened(&self, flat: &[Value], hold: &Reservation<K>) {
+        let reported = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.deliver(flat, hold.expires_at());
+        }));
+        if let Err(sink_panic) = reported {
+            let _released =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.release(hold.id())));
+            std::panic::resume_unwind(sink_panic);
+        }
+    }
+
     /// The deadline in microseconds of a hold given `ttl` now; 0 for none (no TTL, or one
     /// too long to represent).
     fn deadline_us(&self, ttl: Option<Duration>) -> u64 {
@@ -762,7 +778,7 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
                         lines.into_owned(),
                         self.timebase.instant(deadline_us),
                     );
-                    self.deliver(&reply.events, hold.expires_at());
+                    self.report_opened(&reply.events, &hold);
                     Ok(hold)
                 }
                 "replay" => self.hold_of(&reply.payload),
@@ -984,7 +1000,7 @@ impl<K: RedisSku> RedisStore<K> {
                         lines.to_vec(),
                         self.timebase.instant(deadline_us),
                     );
-                    self.deliver(&reply.events, hold.expires_at());
+                    self.report_opened(&reply.events, &hold);
                     hold
                 }),
             "timeout" | "gone" => {
