@@ -49,9 +49,9 @@ pub struct StoreStats {
     /// `reserve_with` calls answered from the idempotency table (nothing more held).
     pub replays: u64,
     /// `reserve`, `reserve_with` and `sell` calls refused by a SKU's counts:
-    /// [`InsufficientStock`](crate::StockError::InsufficientStock),
-    /// [`Overflow`](crate::StockError::Overflow) of a count or version, or
-    /// [`Conflict`](crate::StockError::Conflict).
+    /// [`InsufficientStock`](crate::error::StockError::InsufficientStock),
+    /// [`Overflow`](crate::error::StockError::Overflow) of a count or version, or
+    /// [`Conflict`](crate::error::StockError::Conflict).
     pub refusals: u64,
     /// Compare-and-swap attempts lost to another writer (optimistic store; 0 elsewhere).
     pub cas_retries: u64,
@@ -114,18 +114,18 @@ impl Stats {
     }
 
     /// Counts a refusal when `result` is one.
-    pub(crate) fn count_refusal<T, K>(&self, result: &Result<T, crate::StockError<K>>) {
-        use crate::StockError::{Conflict, InsufficientStock, Overflow};
+    pub(crate) fn count_refusal<T, K>(&self, result: &Result<T, crate::error::StockError<K>>) {
+        use crate::error::StockError::{Conflict, InsufficientStock, Overflow};
         if let Err(InsufficientStock { .. } | Overflow { .. } | Conflict { .. }) = result {
             self.count(Stat::Refusals);
         }
     }
 
     /// Counts a replay when `result` is the answer to the key of a hold that has ended
-    /// ([`StockError::HoldEnded`](crate::StockError::HoldEnded)): a retry answered from the
+    /// ([`StockError::HoldEnded`](crate::error::StockError::HoldEnded)): a retry answered from the
     /// idempotency table, like a replay of an open hold.
-    pub(crate) fn count_ended_replay<T, K>(&self, result: &Result<T, crate::StockError<K>>) {
-        if let Err(crate::StockError::HoldEnded { .. }) = result {
+    pub(crate) fn count_ended_replay<T, K>(&self, result: &Result<T, crate::error::StockError<K>>) {
+        if let Err(crate::error::StockError::HoldEnded { .. }) = result {
             self.count(Stat::Replays);
         }
     }

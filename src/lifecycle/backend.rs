@@ -90,49 +90,49 @@ macro_rules! lifecycle_methods {
         fn reserve(
             &self,
             lines: &[(K, u64)],
-        ) -> Result<$crate::Reservation<K>, $crate::StockError<K>> {
+        ) -> Result<$crate::reservation::Reservation<K>, $crate::error::StockError<K>> {
             $crate::lifecycle::reserve(self, lines)
         }
 
         fn reserve_with(
             &self,
             lines: &[(K, u64)],
-            options: &$crate::ReserveOptions,
-        ) -> Result<$crate::Reservation<K>, $crate::StockError<K>> {
+            options: &$crate::options::ReserveOptions,
+        ) -> Result<$crate::reservation::Reservation<K>, $crate::error::StockError<K>> {
             $crate::lifecycle::reserve_with(self, lines, options)
         }
 
         fn commit(
             &self,
-            id: $crate::ReservationId,
-        ) -> Result<$crate::Reservation<K>, $crate::StockError<K>> {
+            id: $crate::reservation::ReservationId,
+        ) -> Result<$crate::reservation::Reservation<K>, $crate::error::StockError<K>> {
             $crate::lifecycle::resolve(self, id, $crate::level::Change::Commit)
         }
 
         fn release(
             &self,
-            id: $crate::ReservationId,
-        ) -> Result<$crate::Reservation<K>, $crate::StockError<K>> {
+            id: $crate::reservation::ReservationId,
+        ) -> Result<$crate::reservation::Reservation<K>, $crate::error::StockError<K>> {
             $crate::lifecycle::resolve(self, id, $crate::level::Change::Release)
         }
 
         fn extend(
             &self,
-            id: $crate::ReservationId,
+            id: $crate::reservation::ReservationId,
             ttl: std::time::Duration,
-        ) -> Result<$crate::Reservation<K>, $crate::StockError<K>> {
+        ) -> Result<$crate::reservation::Reservation<K>, $crate::error::StockError<K>> {
             $crate::lifecycle::extend(self, id, ttl)
         }
 
-        fn expire_due(&self) -> Vec<$crate::Reservation<K>> {
+        fn expire_due(&self) -> Vec<$crate::reservation::Reservation<K>> {
             $crate::lifecycle::expire_due(self)
         }
 
-        fn stats(&self) -> $crate::StoreStats {
+        fn stats(&self) -> $crate::stats::StoreStats {
             self.lifecycle.stats()
         }
 
-        fn reservation(&self, id: $crate::ReservationId) -> Option<$crate::Reservation<K>> {
+        fn reservation(&self, id: $crate::reservation::ReservationId) -> Option<$crate::reservation::Reservation<K>> {
             self.lifecycle.registry.get(id)
         }
     };

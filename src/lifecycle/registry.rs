@@ -463,7 +463,7 @@ mod tests {
     /// `clock`, then clears the registry's `timed` flag: as if a resolution had read the
     /// flag before the hold opened.
     fn registry_with_stale_flag(
-        clock: &Arc<crate::ManualClock>,
+        clock: &Arc<crate::lifecycle::clock::ManualClock>,
     ) -> (Registry<&'static str>, ReservationId) {
         let registry = Registry::new(clock.clone(), Duration::from_secs(60), 16);
         let options = ReserveOptions::new().ttl(Duration::from_secs(1));
@@ -501,7 +501,7 @@ mod tests {
     /// past the deadline, the hold expires (its stock goes back).
     #[test]
     fn a_hold_found_needing_the_clock_is_settled_once_by_a_reading() {
-        let clock = Arc::new(crate::ManualClock::new());
+        let clock = Arc::new(crate::lifecycle::clock::ManualClock::new());
         let (registry, id) = registry_with_stale_flag(&clock);
         clock.advance(Duration::from_secs(2));
         assert_eq!(
@@ -511,7 +511,7 @@ mod tests {
         assert_eq!(registry.len(), 0);
         // Negative control: before its deadline the same hold commits, so the expiry above
         // came from the reading (without one, `is_due` is false and the hold would commit).
-        let clock = Arc::new(crate::ManualClock::new());
+        let clock = Arc::new(crate::lifecycle::clock::ManualClock::new());
         let (registry, id) = registry_with_stale_flag(&clock);
         assert_eq!(
             commit_recording(&registry, id),

@@ -443,11 +443,11 @@ macro_rules! word_backend_methods {
             &self.lifecycle
         }
 
-        fn hold(&self, lines: &[(K, u64)]) -> Result<$crate::lines::Moves, $crate::StockError<K>> {
+        fn hold(&self, lines: &[(K, u64)]) -> Result<$crate::lines::Moves, $crate::error::StockError<K>> {
             $crate::strategy::word_lines::WordStore::reserve_lines(self, lines)
         }
 
-        fn hold_lines_quiet(&self, lines: &[(K, u64)]) -> Result<(), $crate::StockError<K>> {
+        fn hold_lines_quiet(&self, lines: &[(K, u64)]) -> Result<(), $crate::error::StockError<K>> {
             $crate::strategy::word_lines::WordStore::reserve_lines_quiet(self, lines)
         }
 
@@ -463,7 +463,7 @@ macro_rules! word_backend_methods {
         fn hold_quiet(
             &self,
             (sku, quantity): &(K, u64),
-        ) -> Result<Self::Handle, $crate::StockError<K>> {
+        ) -> Result<Self::Handle, $crate::error::StockError<K>> {
             $crate::strategy::word_lines::WordStore::hold_one_quiet(self, sku, *quantity)
         }
 

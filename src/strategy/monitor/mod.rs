@@ -564,7 +564,7 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
         lifecycle::sell_locked(self, &self.lifecycle, lines)
     }
 
-    fn as_waiting(&self) -> Option<&dyn crate::WaitingStore<K>> {
+    fn as_waiting(&self) -> Option<&dyn crate::store::WaitingStore<K>> {
         Some(self)
     }
 }
