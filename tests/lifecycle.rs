@@ -357,13 +357,10 @@ fn a_retry_after_the_hold_ended_holds_nothing_and_says_what_became_of_it() {
 }
 
 /// A hold can be looked up by id while it is open, as it is now (its current deadline),
-/// and not once it ended or passed its deadline (RedisStore: pending, it answers `None`).
+/// and not once it ended or passed its deadline.
 #[test]
 fn an_open_hold_can_be_looked_up_by_id() {
     with_rigged_stores(|name, store, rig| {
-        if name == "redis" {
-            return;
-        }
         store.restock(&sku("a"), 3).unwrap();
         let plain = store.reserve(&lines(&[("a", 1)])).unwrap();
         let timed = store.reserve_with(&lines(&[("a", 1)]), &ttl(1)).unwrap();

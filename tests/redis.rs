@@ -584,6 +584,20 @@ fn a_store_with_a_sink_gets_the_events_of_its_calls_as_the_stream_has_them() {
     );
 }
 
+/// One `Arc<dyn StockStore>` handle serves plain calls and waits on Redis too.
+#[test]
+fn a_redis_store_is_one_handle_for_plain_calls_and_waits() {
+    let store: Arc<dyn StockStore<String>> = store();
+    store.restock(&sku("a"), 1).unwrap();
+    let waiting = store.as_waiting().expect("RedisStore waits");
+    let hold = waiting
+        .reserve_timeout(&lines(&[("a", 1)]), Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(store.reservation(hold.id()), Some(hold.clone()));
+    store.commit(hold.id()).unwrap();
+    assert_eq!(store.reservation(hold.id()), None);
+}
+
 // ---------------------------------------------------------------- faults
 
 /// A store on `server` that gives up on a call after 300 ms.
@@ -605,6 +619,7 @@ fn calls_during_an_outage_are_unavailable_and_a_keyed_retry_holds_once() {
         .reserve_with(&lines(&[("a", 1)]), &keyed("order-1"))
         .unwrap();
 
+    assert_eq!(store.try_reservation(before.id()), Ok(Some(before.clone())));
     server.kill();
     let unavailable = |result: Result<(), StockError<String>>| {
         assert!(
@@ -622,8 +637,10 @@ fn calls_during_an_outage_are_unavailable_and_a_keyed_retry_holds_once() {
     unavailable(store.try_level(&sku("a")).map(drop));
     unavailable(store.try_stats().map(drop));
     unavailable(store.try_expire_due().map(drop));
+    unavailable(store.try_reservation(before.id()).map(drop));
     // The infallible reads answer as if the ledger were empty.
     assert_eq!(store.level(&sku("a")), None);
+    assert_eq!(store.reservation(before.id()), None);
     assert!(store.expire_due().is_empty());
     assert_eq!(store.stats(), Default::default());
 

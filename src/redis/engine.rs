@@ -62,6 +62,11 @@ const BODIES: [(&str, &str); 9] = [
     ("wait_poll", include_str!("scripts/wait_poll.lua")),
 ];
 
+/// The read-only scripts, by name: registered (under both names, neither with events)
+/// with the `no-writes` flag, they record no answer under the call's request id (a resend
+/// reads again) and change nothing.
+const READS: [(&str, &str); 1] = [("lookup", include_str!("scripts/lookup.lua"))];
+
 /// How long the server keeps the answer of a call under the call's request id at least: a
 /// resend of the call within it gets that answer back instead of applying the call again
 /// (see [`RedisStore`](super::RedisStore)'s "Failures"). The store resends at most once, at
@@ -100,6 +105,7 @@ pub(crate) struct Library {
     pub(crate) threshold: Function,
     pub(crate) wait_begin: Function,
     pub(crate) wait_poll: Function,
+    pub(crate) lookup: Function,
 }
 
 /// The two registered names of one script.
@@ -132,6 +138,17 @@ pub(crate) static SCRIPTS: LazyLock<Library> = LazyLock::new(|| {
              begin(keys, args, true)\nreturn wrong_type() or recorded() or record_reply(run_{name}())\nend)\n"
         ));
     }
+    for (name, body) in READS {
+        code.push_str(&format!(
+            "local function run_{name}()\n{body}\nend\n\
+             local function read_{name}(keys, args)\n\
+             begin(keys, args, false)\nreturn wrong_type() or run_{name}()\nend\n\
+             redis.register_function{{function_name = 'stockledger_{VERSION}_{name}', \
+             callback = read_{name}, flags = {{ 'no-writes' }}}}\n\
+             redis.register_function{{function_name = 'stockledger_{VERSION}_{name}_events', \
+             callback = read_{name}, flags = {{ 'no-writes' }}}}\n"
+        ));
+    }
     let code = code.replace(
         "REQUEST_KEY_TTL_MS",
         &(REQUEST_RETENTION + REQUEST_BUCKET).as_millis().to_string(),
@@ -155,6 +172,7 @@ pub(crate) static SCRIPTS: LazyLock<Library> = LazyLock::new(|| {
         threshold: function("threshold"),
         wait_begin: function("wait_begin"),
         wait_poll: function("wait_poll"),
+        lookup: function("lookup"),
     }
 });
 

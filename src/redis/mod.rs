@@ -328,6 +328,59 @@ impl<K: RedisSku> RedisStore<K> {
         Ok(length)
     }
 
+    /// The open hold `id` as it is now (its lines and current deadline), read from the
+    /// server; `None` when no open hold has that id: never issued, committed, released,
+    /// expired, or past its deadline (the next call that finds it expires it), and for a
+    /// waiter whose hold is not picked up yet. [`reservation`](StockStore::reservation)
+    /// answers the same, with `None` for a server error too.
+    ///
+    /// # Errors
+    ///
+    /// [`StockError::Unavailable`] when the server cannot be reached or fails.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use stockledger::{RedisStore, StockStore};
+    ///
+    /// let store = RedisStore::<String>::connect("redis://127.0.0.1/", "shop")?;
+    /// let sku = "SKU1004".to_string();
+    /// store.restock(&sku, 1)?;
+    /// let hold = store.reserve(&[(sku, 1)])?;
+    /// assert_eq!(store.try_reservation(hold.id())?, Some(hold.clone()));
+    /// store.commit(hold.id())?;
+    /// assert_eq!(store.try_reservation(hold.id())?, None);
+    /// # Ok::<(), stockledger::StockError<String>>(())
+    /// ```
+    ///
+    /// # Blocking
+    ///
+    /// One round trip to the server (a read-only function: it writes nothing).
+    pub fn try_reservation(
+        &self,
+        id: ReservationId,
+    ) -> Result<Option<Reservation<K>>, StockError<K>> {
+        let Some(id_arg) = Self::id_arg(id) else {
+            return Ok(None);
+        };
+        let reply = self.run(&SCRIPTS.lookup, &[id_arg])?;
+        match reply.status.as_str() {
+            "unknown_reservation" => Ok(None),
+            "ok" => {
+                let hold = self.hold_of(&reply.payload)?;
+                if hold.id() != id {
+                    return Err(StockError::Unavailable {
+                        reason: engine::malformed("the answer names another hold"),
+                    });
+                }
+                Ok(Some(hold))
+            }
+            status => Err(StockError::Unavailable {
+                reason: engine::malformed(&format!("unexpected status {status:?}")),
+            }),
+        }
+    }
+
     /// The bytes of `sku`'s key.
     fn key_of(&self, sku: &K) -> Result<Vec<u8>, StockError<K>> {
         let key = sku.to_redis_key();
@@ -878,6 +931,24 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
             self.deliver(&reply.events, None);
         }
         outcome
+    }
+
+    /// The open hold `id` as it is now, read from the server (see
+    /// [`try_reservation`](RedisStore::try_reservation)). This signature cannot return
+    /// [`StockError::Unavailable`]: a server that cannot be reached or fails answers
+    /// `None` here, as for an unknown or ended hold; call
+    /// [`try_reservation`](RedisStore::try_reservation) to tell them apart.
+    ///
+    /// # Blocking
+    ///
+    /// One round trip to the server.
+    fn reservation(&self, id: ReservationId) -> Option<Reservation<K>> {
+        self.try_reservation(id).ok().flatten()
+    }
+
+    /// `Some(self)`: a `RedisStore` waits (see its [`WaitingStore`] implementation).
+    fn as_waiting(&self) -> Option<&dyn WaitingStore<K>> {
+        Some(self)
     }
 
     fn quantity_max(&self) -> u64 {
