@@ -335,15 +335,13 @@ fn a_retry_after_the_hold_ended_holds_nothing_and_says_what_became_of_it() {
         for (key, hold, outcome) in ended {
             let retry = store.reserve_with(&lines(&[("a", 1)]), &keyed(key));
             // The retry says what became of the hold, instead of answering `Ok` with a
-            // hold that holds nothing (RedisStore does not say so yet: pending there).
-            if name != "redis" {
-                let said = StockError::HoldEnded {
-                    key: key.to_string(),
-                    id: hold.id(),
-                    outcome,
-                };
-                assert_eq!(retry, Err(said), "{name}: {key}");
-            }
+            // hold that holds nothing.
+            let said = StockError::HoldEnded {
+                key: key.to_string(),
+                id: hold.id(),
+                outcome,
+            };
+            assert_eq!(retry, Err(said), "{name}: {key}");
             assert_eq!(store.reservation(hold.id()), None, "{name}: {key}");
             assert_eq!(
                 store.commit(hold.id()),

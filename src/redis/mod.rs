@@ -28,7 +28,7 @@ use crate::level::StockLevel;
 use crate::lifecycle::clock::Clock;
 use crate::lifecycle::event::{EventLine, Events, StockEvent};
 use crate::options::ReserveOptions;
-use crate::reservation::{Reservation, ReservationId};
+use crate::reservation::{HoldOutcome, Reservation, ReservationId};
 use crate::stats::StoreStats;
 use crate::store::{StockStore, WaitFuture, WaitingStore};
 use engine::{Connector, Function, Reply, Timebase, SCRIPTS};
@@ -835,6 +835,25 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
                     Ok(hold)
                 }
                 "replay" => self.hold_of(&reply.payload),
+                "hold_ended" => Err(StockError::HoldEnded {
+                    key: key.to_string(),
+                    id: ReservationId::from_u64(
+                        engine::number(reply.payload.first()).map_err(malformed)?,
+                    ),
+                    outcome: match engine::text(reply.payload.get(1))
+                        .map_err(malformed)?
+                        .as_str()
+                    {
+                        "committed" => HoldOutcome::Committed,
+                        "released" => HoldOutcome::Released,
+                        "expired" => HoldOutcome::Expired,
+                        other => {
+                            return Err(malformed(engine::malformed(&format!(
+                                "a hold that ended as {other:?}"
+                            ))))
+                        }
+                    },
+                }),
                 "idempotency_conflict" => Err(StockError::IdempotencyConflict {
                     key: key.to_string(),
                     id: ReservationId::from_u64(

@@ -15,7 +15,8 @@
 --   3 deadlines    zset  id scored by deadline_us: the expiry index; a hold is in it exactly
 --                        when its deadline_us is not 0
 --   4 idempotency  hash  key -> msgpack {id, "open" | "resolved", deadline_us, {SKU...},
---                        {quantity...}}
+--                        {quantity...}, how a resolved hold ended: "committed" |
+--                        "released" | "expired"}
 --   5 retired      zset  idempotency key scored by the time its hold resolved (us)
 --   6 sequence     string  the last arrival number of a waiter (INCR): FIFO order only
 --   7 events       stream  one entry per change per SKU of a hold a caller received, sale
@@ -578,7 +579,7 @@ local function settle(id, h, change, kind)
     if packed then
       local entry = cmsgpack.unpack(packed)
       if entry[1] == id then
-        entry[2], entry[3] = 'resolved', h[1]
+        entry[2], entry[3], entry[6] = 'resolved', h[1], kind
         call('HSET', K_KEYS, h[2], cmsgpack.pack(entry))
         call('ZADD', K_RETIRED, NOW, h[2])
       end

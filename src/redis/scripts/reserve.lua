@@ -7,6 +7,8 @@
 --        deadline, it sent them)
 --      | {"replay", hold, {}}                 the key's reservation, nothing more held
 --      | {"idempotency_conflict", {id}, {}}   the key was used with other lines
+--      | {"hold_ended", {id, outcome}, {}}    the key's hold ended: outcome "committed",
+--                                             "released" or "expired"; nothing held
 --      | {"id_taken", {}, {}}                 the id is an open hold's: draw another
 --      | {"unknown_sku" | "overflow", {line}, events}
 --      | {"insufficient", {line, available}, events}
@@ -54,6 +56,9 @@ if key ~= '' then
       return answer('idempotency_conflict', { entry[1] })
     end
     count('replays')
+    if entry[2] == 'resolved' and entry[6] then
+      return answer('hold_ended', { entry[1], entry[6] })
+    end
     local open = entry[2] == 'open' and hold_of(entry[1])
     local at = open and open[1] or entry[3]
     return answer('replay', hold_reply(entry[1], at, entry[4], entry[5]))
