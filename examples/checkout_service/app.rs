@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use axum::routing::{get, post, put};
 use axum::Router;
-use stockledger::{
-    AdaptiveStore, MonitorStore, OptimisticStore, PessimisticStore, StockStore, WaitingStore,
-};
+use stockledger::{AdaptiveStore, MonitorStore, OptimisticStore, PessimisticStore, StockStore};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -81,9 +79,9 @@ impl Limits {
 pub(crate) struct App {
     /// `store="..."` in the metrics: the strategy, or `redis`.
     pub(crate) label: &'static str,
+    /// The one handle on the store: plain calls, and waits through
+    /// [`as_waiting`](StockStore::as_waiting) when it is a store that waits (monitor, Redis).
     pub(crate) store: Arc<dyn StockStore<String>>,
-    /// The same store as a [`WaitingStore`], when it is one (monitor, Redis).
-    pub(crate) waiting: Option<Arc<dyn WaitingStore<String>>>,
     /// The store's calls block on the network (`RedisStore`): run them off the workers.
     pub(crate) blocks: bool,
     pub(crate) holds: Arc<dyn HoldDirectory>,
@@ -97,20 +95,15 @@ pub(crate) struct App {
 impl App {
     /// An instance on an in-memory store of `strategy`.
     pub(crate) fn memory(strategy: Strategy, limits: Limits) -> Self {
-        let (store, waiting): (Arc<dyn StockStore<String>>, _) = match strategy {
-            Strategy::Pessimistic => (Arc::new(PessimisticStore::new()), None),
-            Strategy::Optimistic => (Arc::new(OptimisticStore::new()), None),
-            Strategy::Adaptive => (Arc::new(AdaptiveStore::new()), None),
-            Strategy::Monitor => {
-                let monitor = Arc::new(MonitorStore::new());
-                let waiting: Arc<dyn WaitingStore<String>> = monitor.clone();
-                (monitor, Some(waiting))
-            }
+        let store: Arc<dyn StockStore<String>> = match strategy {
+            Strategy::Pessimistic => Arc::new(PessimisticStore::new()),
+            Strategy::Optimistic => Arc::new(OptimisticStore::new()),
+            Strategy::Adaptive => Arc::new(AdaptiveStore::new()),
+            Strategy::Monitor => Arc::new(MonitorStore::new()),
         };
         Self {
             label: strategy.name(),
             store,
-            waiting,
             blocks: false,
             holds: Arc::new(MemoryHolds::default()),
             keys: Arc::new(MemoryKeys::default()),
@@ -152,7 +145,6 @@ impl App {
         let store = stockledger::RedisStore::<String>::connect(url, namespace)
             .map_err(|error| format!("RedisStore on {url}: {error}"))?;
         let store = Arc::new(store);
-        let waiting: Arc<dyn WaitingStore<String>> = store.clone();
         let pool = Arc::new(
             RedisPool::open(url, namespace).map_err(|error| format!("Redis on {url}: {error}"))?,
         );
@@ -166,7 +158,6 @@ impl App {
         Ok(Self {
             label: "redis",
             store,
-            waiting: Some(waiting),
             blocks: true,
             holds: Arc::new(RedisHolds {
                 pool: Arc::clone(&pool),

@@ -150,11 +150,15 @@ async fn hold(
     }
     let (lines, ttl) = (request.lines, request.ttl);
     let started = Instant::now();
-    let held = match (request.wait, app.waiting.clone()) {
-        (Some(wait), Some(waiting)) if app.blocks => {
-            // RedisStore waits by blocking (BLPOP), on the blocking pool.
+    let held = match (request.wait, app.store.as_waiting()) {
+        (Some(wait), Some(_)) if app.blocks => {
+            // RedisStore waits by blocking (XREAD BLOCK), on the blocking pool: the one
+            // handle is asked for its waiting side there.
             let held = app
-                .blocking(move |_| waiting.reserve_timeout_with(&lines, wait, &options))
+                .blocking(move |app| match app.store.as_waiting() {
+                    Some(waiting) => waiting.reserve_timeout_with(&lines, wait, &options),
+                    None => app.store.reserve_with(&lines, &options),
+                })
                 .await;
             app.metrics.waiting.observe(started.elapsed().as_secs_f64());
             held

@@ -266,6 +266,57 @@ mod on_redis {
         assert_eq!((by_bob, by_alice), (0, 1));
     }
 
+    /// A request with `wait_ms` through one instance waits on Redis (reached through the
+    /// one store handle's `as_waiting`, on the blocking pool) and is served by a restock
+    /// through the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_waiting_request_on_redis_is_served_by_a_restock_of_another_instance() {
+        let server = RedisServer::start(Durability::Memory);
+        let instances = two_instances(&server, "waiting", Limits::default()).await;
+        let http = client(4);
+        let bases: Vec<String> = instances.iter().map(|running| running.url("")).collect();
+        put_stock(&http, format!("{}/stock/console", bases[0]), 1).await;
+        let sale = serde_json::json!({ "lines": [{ "sku": "console", "qty": 1 }] });
+        http.post(format!("{}/sales", bases[0]))
+            .json(&sale)
+            .send()
+            .await
+            .unwrap();
+        let body =
+            serde_json::json!({ "lines": [{ "sku": "console", "qty": 1 }], "wait_ms": 20_000 });
+        let waiter = tokio::spawn(
+            http.post(format!("{}/reservations", bases[0]))
+                .bearer_auth("alice")
+                .json(&body)
+                .send(),
+        );
+        let store = std::sync::Arc::clone(&instances[1].app.store);
+        let started = std::time::Instant::now();
+        loop {
+            let store = std::sync::Arc::clone(&store);
+            let waits = tokio::task::spawn_blocking(move || store.stats().waits)
+                .await
+                .unwrap();
+            if waits >= 1 {
+                break;
+            }
+            assert!(
+                started.elapsed() < rules::PATIENCE,
+                "the waiter never queued"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        put_stock(&http, format!("{}/stock/console", bases[1]), 1).await;
+        let served = waiter.await.unwrap().unwrap();
+        let status = served.status();
+        let level = get_level(&http, &bases[1], "console").await;
+        for running in instances {
+            running.stop().await.unwrap();
+        }
+        assert_eq!(status, 201);
+        assert_eq!((level.on_hand, level.reserved), (1, 1));
+    }
+
     /// The service on a Redis server that is down answers 503 problems, not 404s.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_server_that_went_away_is_503() {
