@@ -584,6 +584,22 @@ fn a_store_with_a_sink_gets_the_events_of_its_calls_as_the_stream_has_them() {
     );
 }
 
+/// `&'static str` SKUs (the README's quickstart) work on Redis: a hold's lines come back
+/// from the server as the same SKUs, whichever store reads them.
+#[test]
+fn static_str_skus_round_trip_through_the_server() {
+    let namespace = fresh_namespace("static");
+    let store = RedisStore::<&'static str>::connect(&shared().url(), &namespace).unwrap();
+    let other = RedisStore::<&'static str>::connect(&shared().url(), &namespace).unwrap();
+    store.restock(&"lamp", 3).unwrap();
+    store.restock(&"desk {oak}", 1).unwrap();
+    let hold = store.reserve(&[("lamp", 2), ("desk {oak}", 1)]).unwrap();
+    assert_eq!(other.reservation(hold.id()), Some(hold.clone()));
+    let committed = other.commit(hold.id()).unwrap();
+    assert_eq!(committed.lines(), &[("desk {oak}", 1), ("lamp", 2)]);
+    assert_eq!(store.level(&"lamp").unwrap().on_hand, 1);
+}
+
 /// One `Arc<dyn StockStore>` handle serves plain calls and waits on Redis too.
 #[test]
 fn a_redis_store_is_one_handle_for_plain_calls_and_waits() {
