@@ -261,6 +261,78 @@ fn bad_waiting_requests_fail_before_waiting() {
     assert_eq!(store.level(&sku("a")).unwrap().version, 1);
 }
 
+/// Starts a waiter for `request` with the idempotency key `key` on `store` and returns once
+/// `on` has `position` waiters queued.
+fn wait_keyed(
+    store: &Store,
+    request: &[(&str, u64)],
+    key: &str,
+    on: &str,
+    position: usize,
+) -> Waiting {
+    let waiter = {
+        let store = Arc::clone(store);
+        let request = lines(request);
+        let options = ReserveOptions::new().idempotency_key(key);
+        thread::spawn(move || store.reserve_timeout_with(&request, NEVER, &options))
+    };
+    while store.queued(&sku(on)).unwrap() < position {
+        if waiter.is_finished() {
+            panic!("answered without waiting: {:?}", waiter.join().unwrap());
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    waiter
+}
+
+/// A waiting request with a key not seen before waits like any other (the trait exempts
+/// only keys already seen), and its key is remembered once it has its hold: a retry
+/// replays it at once, and once it ended says what became of it.
+#[test]
+fn a_keyed_waiter_with_a_new_key_waits_and_its_key_is_remembered() {
+    use stockledger::HoldOutcome;
+    let store = store();
+    store.restock(&sku("a"), 1).unwrap();
+    store.sell(&lines(&[("a", 1)])).unwrap();
+    let waiter = wait_keyed(&store, &[("a", 1)], "cart-1", "a", 1);
+    peer(&store).restock(&sku("a"), 1).unwrap();
+    let hold = waiter.join().unwrap().unwrap();
+    let options = ReserveOptions::new().idempotency_key("cart-1");
+    let retry = store.reserve_timeout_with(&lines(&[("a", 1)]), NEVER, &options);
+    assert_eq!(retry, Ok(hold.clone()));
+    assert_eq!(counts(&store, "a"), (1, 1));
+    store.release(hold.id()).unwrap();
+    let ended = StockError::HoldEnded {
+        key: "cart-1".to_string(),
+        id: hold.id(),
+        outcome: HoldOutcome::Released,
+    };
+    let retry = store.reserve_timeout_with(&lines(&[("a", 1)]), NEVER, &options);
+    assert_eq!(retry, Err(ended.clone()));
+    assert_eq!(
+        store.reserve_with(&lines(&[("a", 1)]), &options),
+        Err(ended)
+    );
+    assert_eq!(counts(&store, "a"), (1, 0));
+}
+
+/// Two waiters with one new key: the first served has the hold and the key; the second,
+/// served too, holds nothing and gets that hold back as a replay.
+#[test]
+fn a_keyed_waiter_whose_key_was_used_meanwhile_holds_nothing_and_replays_it() {
+    let store = store();
+    store.restock(&sku("a"), 1).unwrap();
+    store.sell(&lines(&[("a", 1)])).unwrap();
+    let first = wait_keyed(&store, &[("a", 1)], "cart-1", "a", 1);
+    let second = wait_keyed(&store, &[("a", 1)], "cart-1", "a", 2);
+    peer(&store).restock(&sku("a"), 2).unwrap();
+    let first = first.join().unwrap().unwrap();
+    let second = second.join().unwrap().unwrap();
+    assert_eq!(second, first);
+    assert_eq!(counts(&store, "a"), (2, 1));
+    assert_eq!(store.queued(&sku("a")).unwrap(), 0);
+}
+
 // ---------------------------------------------------------------- bad input over the wire
 
 #[test]

@@ -511,6 +511,43 @@ impl<K: RedisSku> RedisStore<K> {
         }
     }
 
+    /// The answer of a script that found the idempotency key `key` seen before (see
+    /// `keyed_answer` in `scripts/common.lua`): the key's open hold ("replay"),
+    /// [`StockError::HoldEnded`] ("hold_ended") or [`StockError::IdempotencyConflict`].
+    /// Delivers the reply's events (of queues it served on the way) first.
+    fn seen_key(&self, key: &str, reply: &Reply) -> Result<Reservation<K>, StockError<K>> {
+        let malformed = |reason: String| StockError::Unavailable { reason };
+        self.deliver(&reply.events, None);
+        if reply.status == "replay" {
+            return self.hold_of(&reply.payload);
+        }
+        let id = ReservationId::from_u64(engine::number(reply.payload.first()).map_err(malformed)?);
+        if reply.status == "idempotency_conflict" {
+            return Err(StockError::IdempotencyConflict {
+                key: key.to_string(),
+                id,
+            });
+        }
+        let outcome = match engine::text(reply.payload.get(1))
+            .map_err(malformed)?
+            .as_str()
+        {
+            "committed" => HoldOutcome::Committed,
+            "released" => HoldOutcome::Released,
+            "expired" => HoldOutcome::Expired,
+            other => {
+                return Err(malformed(engine::malformed(&format!(
+                    "a hold that ended as {other:?}"
+                ))))
+            }
+        };
+        Err(StockError::HoldEnded {
+            key: key.to_string(),
+            id,
+            outcome,
+        })
+    }
+
     /// A hold from its reply `{id, deadline_us, SKU, quantity, ...}`.
     fn hold_of(&self, reply: &[Value]) -> Result<Reservation<K>, StockError<K>> {
         let malformed = |reason: String| StockError::Unavailable { reason };
@@ -821,7 +858,6 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
             let id = self.new_id()?;
             args[0] = id.to_string().into_bytes();
             let reply = self.run(&SCRIPTS.reserve, &args)?;
-            let malformed = |reason: String| StockError::Unavailable { reason };
             return match reply.status.as_str() {
                 "id_taken" => continue,
                 "ok" => {
@@ -834,32 +870,7 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
                     self.report_opened(&reply.events, &hold);
                     Ok(hold)
                 }
-                "replay" => self.hold_of(&reply.payload),
-                "hold_ended" => Err(StockError::HoldEnded {
-                    key: key.to_string(),
-                    id: ReservationId::from_u64(
-                        engine::number(reply.payload.first()).map_err(malformed)?,
-                    ),
-                    outcome: match engine::text(reply.payload.get(1))
-                        .map_err(malformed)?
-                        .as_str()
-                    {
-                        "committed" => HoldOutcome::Committed,
-                        "released" => HoldOutcome::Released,
-                        "expired" => HoldOutcome::Expired,
-                        other => {
-                            return Err(malformed(engine::malformed(&format!(
-                                "a hold that ended as {other:?}"
-                            ))))
-                        }
-                    },
-                }),
-                "idempotency_conflict" => Err(StockError::IdempotencyConflict {
-                    key: key.to_string(),
-                    id: ReservationId::from_u64(
-                        engine::number(reply.payload.first()).map_err(malformed)?,
-                    ),
-                }),
+                "replay" | "hold_ended" | "idempotency_conflict" => self.seen_key(key, &reply),
                 status => {
                     let refusal = self.refusal((status.to_string(), reply.payload), &lines);
                     if !matches!(refusal, StockError::Unavailable { .. }) {
@@ -981,17 +992,20 @@ impl<K: RedisSku> WaitingStore<K> for RedisStore<K> {
     /// describes. The hold opens with its deadline (its TTL runs from the moment its
     /// waiter picks it up) in the same script that hands it over, so no hold is ever
     /// without an owner and a deadline: until the waiter has it, its lines are covered by
-    /// the waiter's lease. One limit of this store for now: a request with an idempotency
-    /// key does **not wait**: it is answered at once, as
-    /// [`reserve_with`](StockStore::reserve_with) answers it (a replay, a new hold, or
-    /// [`StockError::InsufficientStock`]), so that the key stays exact.
+    /// the waiter's lease.
+    ///
+    /// With an idempotency key, a key already seen answers at once, without waiting (the
+    /// key's open hold, [`StockError::HoldEnded`] or [`StockError::IdempotencyConflict`]);
+    /// a new key waits like any request, and is remembered in the script that hands the
+    /// waiter its hold. Should another call have used the key meanwhile (a retry that held
+    /// at once, or a second waiter with the key served first), the waiter holds nothing:
+    /// its lines go back and it answers as that call's key does.
     ///
     /// # Errors
     ///
     /// Those of [`WaitingStore::reserve_timeout_with`], [`StockError::InvalidSku`] for a
-    /// SKU longer than [`SKU_KEY_BYTES_MAX`], [`StockError::InsufficientStock`] for a keyed
-    /// request short of stock, and [`StockError::Unavailable`] when the server fails
-    /// meanwhile: lines held then go back once the waiter's lease runs out.
+    /// SKU longer than [`SKU_KEY_BYTES_MAX`], and [`StockError::Unavailable`] when the
+    /// server fails meanwhile: lines held then go back once the waiter's lease runs out.
     ///
     /// # Blocking
     ///
@@ -1003,10 +1017,11 @@ impl<K: RedisSku> WaitingStore<K> for RedisStore<K> {
         timeout: Duration,
         options: &ReserveOptions,
     ) -> Result<Reservation<K>, StockError<K>> {
+        let key = options.idempotency_key.as_deref().unwrap_or("");
         if options.idempotency_key.is_some() {
-            return self.reserve_with(lines, options);
+            crate::lifecycle::idempotency::validate_key(key)?;
         }
-        self.wait_for(lines, timeout, options.ttl)
+        self.wait_for(lines, timeout, options.ttl, key)
     }
 
     /// **Does not wait yet** on this store: the future answers on its first poll like
@@ -1033,13 +1048,15 @@ impl<K: RedisSku> WaitingStore<K> for RedisStore<K> {
 }
 
 impl<K: RedisSku> RedisStore<K> {
-    /// The waiting hold of [`reserve_timeout_with`](WaitingStore::reserve_timeout_with)
-    /// without an idempotency key: its hold lives `ttl` from the moment it is picked up.
+    /// The waiting hold of [`reserve_timeout_with`](WaitingStore::reserve_timeout_with):
+    /// its hold lives `ttl` from the moment it is picked up; `key` is its idempotency key
+    /// ("": none).
     fn wait_for(
         &self,
         lines: &[(K, u64)],
         timeout: Duration,
         ttl: Option<Duration>,
+        key: &str,
     ) -> Result<Reservation<K>, StockError<K>> {
         let lines = crate::lines::merge(lines)?.into_owned();
         let deadline = Instant::now().checked_add(timeout);
@@ -1052,6 +1069,9 @@ impl<K: RedisSku> RedisStore<K> {
             Vec::new(),
             self.wait_lease_us.to_string().into_bytes(),
             ttl_us.to_string().into_bytes(),
+            key.as_bytes().to_vec(),
+            self.idempotency_retention_us.to_string().into_bytes(),
+            self.idempotency_keys_max.to_string().into_bytes(),
         ];
         args.extend(self.line_args(&lines)?);
         for _ in 0..ID_DRAWS_MAX {
@@ -1061,27 +1081,29 @@ impl<K: RedisSku> RedisStore<K> {
             if reply.status == "id_taken" {
                 continue;
             }
-            if let Some(outcome) = self.waited(id, &lines, &reply) {
+            if let Some(outcome) = self.waited(id, &lines, key, &reply) {
                 return outcome;
             }
             let last_wake = engine::text(reply.payload.first())
                 .map_err(|reason| StockError::Unavailable { reason })?;
-            return self.wait(id, lines, deadline, last_wake);
+            return self.wait(id, (&lines, key), deadline, last_wake);
         }
         Err(id_draws_exhausted())
     }
 
     /// The outcome of a waiting call's reply `reply` for the waiter `id` of merged
-    /// `lines`: `None` while it is queued.
+    /// `lines` with the idempotency key `key` ("": none): `None` while it is queued.
     fn waited(
         &self,
         id: u64,
         lines: &[(K, u64)],
+        key: &str,
         reply: &Reply,
     ) -> Option<Result<Reservation<K>, StockError<K>>> {
         let malformed = |reason: String| StockError::Unavailable { reason };
         Some(match reply.status.as_str() {
             "queued" => return None,
+            "replay" | "hold_ended" | "idempotency_conflict" => self.seen_key(key, reply),
             "granted" => engine::number(reply.payload.first())
                 .map_err(malformed)
                 .map(|deadline_us| {
@@ -1106,7 +1128,7 @@ impl<K: RedisSku> RedisStore<K> {
     fn wait(
         &self,
         id: u64,
-        lines: Vec<(K, u64)>,
+        (lines, key): (&[(K, u64)], &str),
         deadline: Option<Instant>,
         mut last_wake: String,
     ) -> Result<Reservation<K>, StockError<K>> {
@@ -1132,7 +1154,7 @@ impl<K: RedisSku> RedisStore<K> {
                     self.wait_lease_us.to_string().into_bytes(),
                 ],
             )?;
-            if let Some(outcome) = self.waited(id, &lines, &reply) {
+            if let Some(outcome) = self.waited(id, lines, key, &reply) {
                 return outcome;
             }
             last_wake = engine::text(reply.payload.first())

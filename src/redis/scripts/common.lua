@@ -25,7 +25,9 @@
 --   9 waiters      hash  waiter id (the id its hold will have) -> msgpack {id, {SKU...},
 --                        {quantity...}, position (the line it waits for; #lines + 1 once
 --                        granted), lease_us, {on_hand, reserved, version per line taken},
---                        its member of the queues set ("" when not queued), ttl_us}
+--                        its member of the queues set ("" when not queued), ttl_us,
+--                        idempotency key ("": none; absent in a waiter an older library
+--                        wrote)}
 --  10 leases       zset  waiter id scored by the server time (us) its lease runs out: a
 --                        waiter whose process died leaves, and gives back what it held
 --                        (granted or not), once its lease runs out, whatever queue it is in
@@ -485,11 +487,25 @@ local function last_wake()
   return last and last[1] or '0-0'
 end
 
+-- The answer to a request with the idempotency key `key` seen before (defined below, with
+-- the holds): nil when the key is new.
+local keyed_answer
+
 -- Hands waiter `w`, granted, its hold: the hold opens with its deadline (now + its TTL;
 -- 0: none) in the same call, the waiter is forgotten, and the hold's `reserved` entries go
--- to the stream with the levels each take left. Returns the deadline.
+-- to the stream with the levels each take left. Returns the deadline. A keyed waiter whose
+-- key another call used meanwhile (a retry that held at once) holds nothing: its lines go
+-- back, and it returns nil and the answer to that key (a replay, a conflict, an ended hold).
 local function claim(w)
   local skus, qtys, levels = w[2], w[3], w[6]
+  local key = w[9] or ''
+  if key ~= '' then
+    local seen = keyed_answer(key, skus, qtys)
+    if seen then
+      serve(drop_waiter(w))
+      return nil, seen
+    end
+  end
   local deadline = 0
   if w[8] > 0 then
     deadline = tonumber(NOW) + w[8]
@@ -499,7 +515,10 @@ local function claim(w)
   end
   call('HDEL', K_WAITERS, w[1])
   call('ZREM', K_LEASES, w[1])
-  call('HSET', K_HOLDS, w[1], cmsgpack.pack({ deadline, '', skus, qtys }))
+  call('HSET', K_HOLDS, w[1], cmsgpack.pack({ deadline, key, skus, qtys }))
+  if key ~= '' then
+    call('HSET', K_KEYS, key, cmsgpack.pack({ w[1], 'open', deadline, skus, qtys }))
+  end
   if deadline > 0 then
     call('ZADD', K_DEADLINES, int(deadline), w[1])
   end
@@ -633,6 +652,32 @@ local function answer(status, payload)
     reply[np + 2 + i] = events[i]
   end
   return reply
+end
+
+-- The answer to a request of the lines `skus`, `qtys` with the idempotency key `key` seen
+-- before, or nil when the key is new: {"replay", hold} while its hold is open (with its
+-- current deadline), {"hold_ended", {id, outcome}} once it ended, {"idempotency_conflict",
+-- {id}} for other lines. A replay or an ended hold counts as a replay.
+keyed_answer = function(key, skus, qtys)
+  local packed = call('HGET', K_KEYS, key)
+  if not packed then
+    return nil
+  end
+  local entry = cmsgpack.unpack(packed)
+  local same = #entry[4] == #skus
+  for i = 1, #skus do
+    same = same and entry[4][i] == skus[i] and entry[5][i] == qtys[i]
+  end
+  if not same then
+    return answer('idempotency_conflict', { entry[1] })
+  end
+  count('replays')
+  if entry[2] == 'resolved' and entry[6] then
+    return answer('hold_ended', { entry[1], entry[6] })
+  end
+  local open = entry[2] == 'open' and hold_of(entry[1])
+  local at = open and open[1] or entry[3]
+  return answer('replay', hold_reply(entry[1], at, entry[4], entry[5]))
 end
 
 -- Records the new hold `id` of the lines `skus`, `qtys` (their stock already held), with

@@ -45,23 +45,9 @@ if key ~= '' then
   -- Forgetting keys past their retention first keeps the key's meaning exact (as in
   -- memory); it is housekeeping, not a change of this call.
   prune_keys(ARGV[6], ARGV[7])
-  local packed = call('HGET', K_KEYS, key)
-  if packed then
-    local entry = cmsgpack.unpack(packed)
-    local same = #entry[4] == #skus
-    for i = 1, #skus do
-      same = same and entry[4][i] == skus[i] and entry[5][i] == qtys[i]
-    end
-    if not same then
-      return answer('idempotency_conflict', { entry[1] })
-    end
-    count('replays')
-    if entry[2] == 'resolved' and entry[6] then
-      return answer('hold_ended', { entry[1], entry[6] })
-    end
-    local open = entry[2] == 'open' and hold_of(entry[1])
-    local at = open and open[1] or entry[3]
-    return answer('replay', hold_reply(entry[1], at, entry[4], entry[5]))
+  local seen = keyed_answer(key, skus, qtys)
+  if seen then
+    return seen
   end
 end
 local levels, after = check_lines(skus, qtys, 'reserve')

@@ -3,18 +3,29 @@
 -- queues on the first line it cannot take (FIFO per SKU, no barging). Granted at once,
 -- the waiter has its hold in this call: it opens with its deadline here.
 -- ARGV (after the common head of common.lua): 3 the waiter's id (its hold's id, drawn by
--- the store), 4 lease (us), 5 the hold's TTL (us, 0: none); from 6 the lines, pairs SKU,
--- quantity (merged, sorted).
+-- the store), 4 lease (us), 5 the hold's TTL (us, 0: none), 6 idempotency key ("": none),
+-- 7 idempotency retention (us), 8 idempotency keys max; from 9 the lines, pairs SKU,
+-- quantity (merged, sorted). A key seen before answers at once, as reserve.lua does (no
+-- waiting); a new key waits, and is remembered once its waiter has its hold.
 -- Reply: {"granted", {deadline_us}, events}   the hold `id` is open, the caller has it
+--      | {"replay", hold, events} | {"idempotency_conflict", {id}, events}
+--      | {"hold_ended", {id, outcome}, events}  the key was seen: see reserve.lua
 --      | {"queued", {last wake}, events}      poll with wait_poll after the wake-up
 --                                             stream's entry `last wake`
 --      | {"id_taken", {}, {}}                 the id is taken: draw another
 --      | {"unknown_sku", {line}, {}}          nothing held, nothing queued
 --      | {"overflow", {line}, {}}             the lines held before it given back
-local id, lease, ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local skus, qtys = read_lines(6)
+local id, lease, ttl, key = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local skus, qtys = read_lines(9)
 if call('HEXISTS', K_HOLDS, id) == 1 or call('HEXISTS', K_WAITERS, id) == 1 then
   return answer('id_taken')
+end
+if key ~= '' then
+  prune_keys(ARGV[7], ARGV[8])
+  local seen = keyed_answer(key, skus, qtys)
+  if seen then
+    return seen
+  end
 end
 for i = 1, #skus do
   if not level_of(skus[i]) then
@@ -26,7 +37,7 @@ end
 -- earlier ones back (their versions move on by two, as the in-memory monitor's do). That
 -- is the one refusal that writes; it needs a version near 2^53.
 sweep_leases()
-local w = { id, skus, qtys, 1, server_now() + lease, {}, '', ttl }
+local w = { id, skus, qtys, 1, server_now() + lease, {}, '', ttl, key }
 call('ZADD', K_LEASES, int(w[5]), id)
 local outcome = advance(w)
 if outcome == 'overflow' then
@@ -35,6 +46,7 @@ if outcome == 'overflow' then
   return answer('overflow', { line })
 end
 if outcome == 'granted' then
-  return answer('granted', { claim(w) })
+  local deadline, seen = claim(w)
+  return seen or answer('granted', { deadline })
 end
 return answer('queued', { last_wake() })

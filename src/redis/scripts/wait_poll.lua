@@ -9,13 +9,16 @@
 --      | {"queued", {last wake}, events}      see wait_begin
 --      | {"timeout", {}, events}
 --      | {"gone", {}, {}}  the waiter left: its lease ran out, or an overflow refused it
+--      | {"replay" | "idempotency_conflict" | "hold_ended", ..., events}  a keyed waiter
+--        whose key another call used meanwhile: it held nothing (see claim)
 local id, action, lease = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local w = waiter_of(id)
 if not w then
   return answer('gone')
 end
 if w[4] > #w[2] then
-  return answer('granted', { claim(w) })
+  local deadline, seen = claim(w)
+  return seen or answer('granted', { deadline })
 end
 if action == 'cancel' then
   count('timeouts')
@@ -32,6 +35,7 @@ if not w then
   return answer('gone')
 end
 if w[4] > #w[2] then
-  return answer('granted', { claim(w) })
+  local deadline, seen = claim(w)
+  return seen or answer('granted', { deadline })
 end
 return answer('queued', { last_wake() })
