@@ -142,11 +142,40 @@ const WAIT_SLICE: Duration = Duration::from_millis(500);
 /// returns [`StockError::Unavailable`]: **the call may or may not have taken effect**.
 /// Retry a hold with an [`idempotency_key`](ReserveOptions::idempotency_key) so that a
 /// retry never holds twice. A reply the store does not expect (of the wrong shape) is
-/// `Unavailable` too, with its text, never a panic. The infallible reads answer as if the ledger were empty while the server is
-/// down ([`level`](StockStore::level) is `None`, [`expire_due`](StockStore::expire_due)
-/// expires nothing, [`stats`](StockStore::stats) are zero); their twins
-/// [`try_level`](StockStore::try_level), [`try_expire_due`](StockStore::try_expire_due) and
-/// [`try_stats`](StockStore::try_stats) return `Unavailable` instead.
+/// `Unavailable` too, with its text, never a panic.
+///
+/// The infallible reads answer as if the ledger were empty while the server is down:
+/// [`level`](StockStore::level) answers `None` both for a SKU the ledger does not know
+/// **and** for a server it cannot reach, [`reservation`](StockStore::reservation) `None`
+/// for an unknown hold and a server error alike, [`expire_due`](StockStore::expire_due)
+/// expires nothing, [`stats`](StockStore::stats) are zero. To tell a missing SKU from an
+/// outage, use their twins [`try_level`](StockStore::try_level),
+/// [`try_reservation`](Self::try_reservation),
+/// [`try_expire_due`](StockStore::try_expire_due) and [`try_stats`](StockStore::try_stats),
+/// which return `Unavailable` instead.
+///
+/// # Blocking, and async code
+///
+/// Every call **blocks the calling thread** for at least one network round trip (up to the
+/// [`command_timeout`](RedisStoreBuilder::command_timeout), twice with the resend), and
+/// [`reserve_timeout`](WaitingStore::reserve_timeout) blocks up to its timeout. In async
+/// code, run the calls on the runtime's blocking pool, never on an executor thread: with
+/// tokio, `tokio::task::spawn_blocking(move || store.reserve(&lines))` with the store in an
+/// `Arc`. The checkout service example (`examples/checkout_service`, `App::blocking`) does
+/// so for every call, its waits included. [`reserve_wait`](WaitingStore::reserve_wait)
+/// does not wait on this store (see there).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use stockledger::{RedisStore, StockStore};
+///
+/// # async fn hold(store: Arc<RedisStore<String>>) -> Result<(), Box<dyn std::error::Error>> {
+/// let lines = vec![("SKU1004".to_string(), 1)];
+/// let hold = tokio::task::spawn_blocking(move || store.reserve(&lines)).await??;
+/// # let _ = hold;
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// # Examples
 ///
@@ -816,6 +845,14 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
         Ok(level)
     }
 
+    /// The SKU's level read from the server, or `None`: **both** for a SKU the ledger does
+    /// not know and for a server that cannot be reached or fails. Call
+    /// [`try_level`](StockStore::try_level) to tell them apart (it answers
+    /// [`StockError::Unavailable`] for the second).
+    ///
+    /// # Blocking
+    ///
+    /// One round trip to the server.
     fn level(&self, sku: &K) -> Option<StockLevel> {
         self.try_level(sku).ok().flatten()
     }
