@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use loom_common::{counts, spawn, Outcome, Sku, SKU};
 use stockledger::{
-    Clock, ManualClock, MonitorStore, OptimisticStore, PessimisticStore, Reservation,
+    Clock, HoldOutcome, ManualClock, MonitorStore, OptimisticStore, PessimisticStore, Reservation,
     ReserveOptions, StockError, StockStore, WaitingStore,
 };
 
@@ -167,18 +167,32 @@ fn extensions_race<S: StockStore<Sku> + 'static>(store: S, clock: Arc<ManualCloc
 }
 
 /// Two retries of one checkout (same idempotency key) race, and the first caller commits
-/// what it got: one hold is opened in all, every call answers with it, one unit is sold.
+/// what it got: one hold is opened in all, every call answers with it (or, after the
+/// commit, says it was committed), one unit is sold.
 fn idempotent_retries_hold_once<S: StockStore<Sku> + 'static>(store: S, _: Arc<ManualClock>) {
     let store = Arc::new(store);
     store.restock(&SKU, 2).unwrap();
     let checkout = || ReserveOptions::new().idempotency_key("cart-7");
     let retry = spawn(&store, move |store| {
-        store.reserve_with(&[(SKU, 1)], &checkout()).unwrap()
+        store.reserve_with(&[(SKU, 1)], &checkout())
     });
     let first = store.reserve_with(&[(SKU, 1)], &checkout()).unwrap();
     store.commit(first.id()).unwrap();
-    let retried = retry.join().unwrap();
-    assert_eq!(retried.id(), first.id(), "a retry opened a second hold");
+    match retry.join().unwrap() {
+        Ok(retried) => {
+            assert_eq!(retried.id(), first.id(), "a retry opened a second hold");
+            loom_common::note("the retry answers with the open hold");
+        }
+        Err(ended) => {
+            let committed = StockError::HoldEnded {
+                key: "cart-7".into(),
+                id: first.id(),
+                outcome: HoldOutcome::Committed,
+            };
+            assert_eq!(ended, committed, "a retry after the commit");
+            loom_common::note("the retry says the hold was committed");
+        }
+    }
     assert_eq!(counts(&*store, SKU), (1, 0, 3));
     let stats = store.stats();
     assert_eq!((stats.reserves, stats.replays, stats.commits), (1, 1, 1));
@@ -271,7 +285,10 @@ fn clocked<S: 'static>(
 on_every_clocked_store!(
     commit_release_expiry_once => &["committed", "released", "expired"],
     extend_races_expiry => &["extended", "expired"],
-    idempotent_retries_hold_once => &[],
+    idempotent_retries_hold_once => &[
+        "the retry answers with the open hold",
+        "the retry says the hold was committed",
+    ],
     extend_races_commit => &["extended", "committed first"],
     extensions_race => &["ends with the later deadline", "ends with the first deadline"],
 );
