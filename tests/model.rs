@@ -159,7 +159,8 @@ subject!(
     },
     version_max: stockledger::RedisStore::<Sku>::QUANTITY_MAX,
     sell_holds_first: false,
-    waits: true
+    waits: true,
+    wait_units_max: stockledger::RedisStore::<Sku>::WAIT_UNITS_MAX
 );
 
 #[cfg(feature = "redis")]

@@ -333,6 +333,55 @@ fn a_keyed_waiter_whose_key_was_used_meanwhile_holds_nothing_and_replays_it() {
     assert_eq!(store.queued(&sku("a")).unwrap(), 0);
 }
 
+/// A waiter may wait for at most its SKU's on hand plus the store's bound (100 by default,
+/// as the monitor's): a larger waiting request is `WaitTooLarge` at once, nothing held or
+/// queued, and the SKU stays on sale; the builder sets the bound.
+#[test]
+fn a_waiter_past_the_bound_is_refused_at_once_and_the_sku_stays_on_sale() {
+    // Long enough to see a refusal come at once, short enough to fail, not hang, without.
+    const PATIENT: Duration = Duration::from_secs(2);
+    let store = store();
+    store.restock(&sku("a"), 3).unwrap();
+    store.restock(&sku("b"), 1).unwrap();
+    let too_large = store.reserve_timeout(&lines(&[("a", 1), ("b", 102)]), PATIENT);
+    assert_eq!(
+        too_large,
+        Err(StockError::WaitTooLarge {
+            sku: sku("b"),
+            requested: 102,
+            limit: 101
+        })
+    );
+    assert_eq!(
+        (store.queued(&sku("a")), store.queued(&sku("b"))),
+        (Ok(0), Ok(0))
+    );
+    assert_eq!((counts(&store, "a"), counts(&store, "b")), ((3, 0), (1, 0)));
+    store.sell(&lines(&[("a", 1)])).unwrap();
+    let within = store.reserve_timeout(&lines(&[("b", 101)]), Duration::from_millis(50));
+    assert_eq!(within, Err(StockError::Timeout));
+
+    let strict = RedisStore::<String>::builder(&shared().url(), store.namespace())
+        .wait_units_max(0)
+        .build()
+        .unwrap();
+    let refused = strict.reserve_timeout(&lines(&[("a", 3)]), PATIENT);
+    assert_eq!(
+        refused,
+        Err(StockError::WaitTooLarge {
+            sku: sku("a"),
+            requested: 3,
+            limit: 2
+        })
+    );
+    let unbounded = RedisStore::<String>::builder(&shared().url(), store.namespace())
+        .wait_units_max(u64::MAX)
+        .build()
+        .unwrap();
+    let waited = unbounded.reserve_timeout(&lines(&[("a", 1_000_000)]), Duration::from_millis(50));
+    assert_eq!(waited, Err(StockError::Timeout));
+}
+
 // ---------------------------------------------------------------- bad input over the wire
 
 #[test]

@@ -100,10 +100,10 @@ fn one_handle_serves_plain_calls_and_waits() {
     assert_eq!(waiting.reservation(hold.id()), Some(hold.clone()));
     plain.commit(hold.id()).unwrap();
     assert_eq!(counts(plain.as_ref(), "a"), (0, 0));
-    // Only the monitor store waits.
+    // Only the monitor store and the Redis store wait.
     for (name, store) in stores() {
         let waits = store.as_waiting().is_some();
-        assert_eq!(waits, name == "monitor", "{name}");
+        assert_eq!(waits, name == "monitor" || name == "redis", "{name}");
     }
     // A boxed store is a store too.
     let boxed: Box<dyn StockStore<String>> = Box::new(Box::new(PessimisticStore::new()));

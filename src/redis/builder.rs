@@ -81,6 +81,7 @@ pub struct RedisStoreBuilder<K> {
     idempotency_keys_max: usize,
     events_max: usize,
     wait_lease: Duration,
+    wait_units_max: u64,
     sku: PhantomData<fn() -> K>,
 }
 
@@ -97,6 +98,7 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
             idempotency_keys_max: IDEMPOTENCY_KEYS_MAX,
             events_max: EVENTS_MAX,
             wait_lease: super::WAIT_LEASE,
+            wait_units_max: crate::wait::WAIT_UNITS_MAX,
             sku: PhantomData,
         }
     }
@@ -241,6 +243,28 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
         self
     }
 
+    /// How many units beyond a SKU's on hand one waiter may wait for (default
+    /// [`RedisStore::WAIT_UNITS_MAX`], the same as
+    /// [`MonitorStore::WAIT_UNITS_MAX`](crate::MonitorStore::WAIT_UNITS_MAX)). A waiting
+    /// request with a line for more than its SKU's on hand plus this is refused at once
+    /// with [`StockError::WaitTooLarge`], before it queues, so it never keeps the SKU from
+    /// other buyers. `0`: waiters may wait only for units on hand (held by others, to be
+    /// released); `u64::MAX` (or anything from [`RedisStore::QUANTITY_MAX`] up): no bound.
+    /// Every store of a namespace should use the same bound.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let store = stockledger::RedisStore::<u64>::builder("redis://127.0.0.1/", "shop")
+    ///     .wait_units_max(1_000)
+    ///     .build()?;
+    /// # Ok::<(), stockledger::StockError<u64>>(())
+    /// ```
+    pub fn wait_units_max(mut self, units: u64) -> Self {
+        self.wait_units_max = units;
+        self
+    }
+
     /// Connects and returns the store.
     ///
     /// # Errors
@@ -312,6 +336,7 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
             requests_prefix: format!("{prefix}requests:"),
             requests: std::sync::atomic::AtomicU64::new(0),
             wait_lease_us: u64::try_from(self.wait_lease.as_micros()).unwrap_or(u64::MAX),
+            wait_units_max: self.wait_units_max,
             keys,
             timebase: Timebase::new(self.clock.now()),
             clock: self.clock,
@@ -357,6 +382,7 @@ impl<K> fmt::Debug for RedisStoreBuilder<K> {
             .field("idempotency_keys_max", &self.idempotency_keys_max)
             .field("events_max", &self.events_max)
             .field("wait_lease", &self.wait_lease)
+            .field("wait_units_max", &self.wait_units_max)
             .finish_non_exhaustive()
     }
 }

@@ -122,7 +122,11 @@ const WAIT_SLICE: Duration = Duration::from_millis(500);
 ///   renews no lease; once its lease ([`wait_lease`](RedisStoreBuilder::wait_lease), 10 s
 ///   by default) has run out, [`expire_due`](StockStore::expire_due) (and so the
 ///   [`Reaper`](crate::Reaper)), or any call that serves a queue, gives back every line it
-///   held, granted or not, whatever queue it sits in.
+///   held, granted or not, whatever queue it sits in. A waiter may wait for at most its
+///   SKU's on hand plus [`wait_units_max`](RedisStoreBuilder::wait_units_max) units
+///   ([`WAIT_UNITS_MAX`](Self::WAIT_UNITS_MAX) by default, as on
+///   [`MonitorStore`](crate::MonitorStore)); a larger request is
+///   [`StockError::WaitTooLarge`] at once, before it queues.
 ///
 /// # Failures
 ///
@@ -208,6 +212,8 @@ pub struct RedisStore<K> {
     requests: AtomicU64,
     /// A waiter's lease, in microseconds.
     wait_lease_us: u64,
+    /// How many units beyond a SKU's on hand one waiter may wait for.
+    wait_units_max: u64,
     clock: Arc<dyn Clock>,
     timebase: Timebase,
     events: Events<K>,
@@ -254,6 +260,19 @@ impl<K: RedisSku> RedisStore<K> {
     /// assert_eq!(stockledger::RedisStore::<String>::WAIT_LEASE, Duration::from_secs(10));
     /// ```
     pub const WAIT_LEASE: Duration = WAIT_LEASE;
+
+    /// How many units beyond a SKU's on hand one waiter may wait for unless
+    /// [`wait_units_max`](RedisStoreBuilder::wait_units_max) says otherwise: 100, the same
+    /// bound as [`MonitorStore::WAIT_UNITS_MAX`](crate::MonitorStore::WAIT_UNITS_MAX). A
+    /// larger waiting request is [`StockError::WaitTooLarge`] at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{MonitorStore, RedisStore};
+    /// assert_eq!(RedisStore::<String>::WAIT_UNITS_MAX, MonitorStore::<String>::WAIT_UNITS_MAX);
+    /// ```
+    pub const WAIT_UNITS_MAX: u64 = crate::wait::WAIT_UNITS_MAX;
 
     /// Connects to the Redis server at `url` (`redis://host:port/db`) and opens the ledger
     /// `namespace` with the default settings (see [`builder`](Self::builder)).
@@ -1040,8 +1059,10 @@ impl<K: RedisSku> WaitingStore<K> for RedisStore<K> {
     ///
     /// # Errors
     ///
-    /// Those of [`WaitingStore::reserve_timeout_with`], [`StockError::InvalidSku`] for a
-    /// SKU longer than [`SKU_KEY_BYTES_MAX`], and [`StockError::Unavailable`] when the
+    /// Those of [`WaitingStore::reserve_timeout_with`] ([`StockError::WaitTooLarge`] past
+    /// the store's [`wait_units_max`](RedisStoreBuilder::wait_units_max) included),
+    /// [`StockError::InvalidSku`] for a SKU longer than [`SKU_KEY_BYTES_MAX`], and
+    /// [`StockError::Unavailable`] when the
     /// server fails meanwhile: lines held then go back once the waiter's lease runs out.
     ///
     /// # Blocking
@@ -1109,6 +1130,12 @@ impl<K: RedisSku> RedisStore<K> {
             key.as_bytes().to_vec(),
             self.idempotency_retention_us.to_string().into_bytes(),
             self.idempotency_keys_max.to_string().into_bytes(),
+            // From QUANTITY_MAX up no line can pass the bound: none is sent (-1).
+            if self.wait_units_max >= Self::QUANTITY_MAX {
+                b"-1".to_vec()
+            } else {
+                self.wait_units_max.to_string().into_bytes()
+            },
         ];
         args.extend(self.line_args(&lines)?);
         for _ in 0..ID_DRAWS_MAX {
@@ -1155,6 +1182,21 @@ impl<K: RedisSku> RedisStore<K> {
             "timeout" | "gone" => {
                 self.deliver(&reply.events, None);
                 Err(StockError::Timeout)
+            }
+            "wait_too_large" => {
+                let line = engine::number(reply.payload.first())
+                    .ok()
+                    .and_then(|index| usize::try_from(index).ok())
+                    .and_then(|index| lines.get(index.wrapping_sub(1)));
+                let on_hand = engine::number(reply.payload.get(1));
+                match (line, on_hand) {
+                    (Some((sku, requested)), Ok(on_hand)) => Err(StockError::WaitTooLarge {
+                        sku: sku.clone(),
+                        requested: *requested,
+                        limit: on_hand.saturating_add(self.wait_units_max),
+                    }),
+                    _ => Err(malformed(engine::malformed("a wait too large"))),
+                }
             }
             status => Err(self.refusal((status.to_string(), reply.payload.clone()), lines)),
         })
