@@ -115,10 +115,11 @@ pub enum StockError<K> {
         outcome: HoldOutcome,
     },
     /// A waiting request would have to queue for more units of one SKU than a
-    /// [`MonitorStore`](crate::MonitorStore) lets a waiter wait for: the SKU's wait room,
-    /// its on hand plus the store's
+    /// [`MonitorStore`](crate::MonitorStore) (or `RedisStore`) lets a waiter wait for: the
+    /// SKU's wait room, its on hand plus the store's
     /// [`wait_units_max`](crate::StoreBuilder::wait_units_max) (by default
-    /// [`MonitorStore::WAIT_UNITS_MAX`](crate::MonitorStore::WAIT_UNITS_MAX); see
+    /// [`MonitorStore::WAIT_UNITS_MAX`](crate::MonitorStore::WAIT_UNITS_MAX), 100 units;
+    /// `RedisStore`'s builder has the same setting; see
     /// [`MonitorStore::queue_level`](crate::MonitorStore::queue_level)). Refused before it
     /// queues, so it never keeps the SKU from other buyers; nothing stays held.
     #[error("a waiter may wait for at most {limit} units of SKU {sku:?}, not {requested}")]

@@ -386,8 +386,10 @@ pub trait StockStore<K>: Send + Sync {
     /// is not an open hold of this store: never issued here, already committed, released
     /// or expired, or past its deadline (a commit would answer [`StockError::Expired`]).
     ///
-    /// The in-memory stores look it up in their registry. The default answers `None`:
-    /// a store that keeps its holds elsewhere overrides it (`RedisStore` does not yet).
+    /// The in-memory stores look it up in their registry, `RedisStore` on its server (a
+    /// server it cannot reach answers `None` too; its `try_reservation` tells the two
+    /// apart). The default answers `None`: a store that keeps its holds elsewhere
+    /// overrides it.
     ///
     /// # Locking behaviour
     ///
@@ -415,8 +417,8 @@ pub trait StockStore<K>: Send + Sync {
 
     /// This store as a [`WaitingStore`], when it is one: one `Arc<dyn StockStore<K>>`
     /// handle then serves both plain calls and waits, whatever store was picked at run
-    /// time. The default answers `None`; [`MonitorStore`](crate::MonitorStore) answers
-    /// `Some` (`RedisStore` does not yet).
+    /// time. The default answers `None`; [`MonitorStore`](crate::MonitorStore) and
+    /// `RedisStore` answer `Some`.
     ///
     /// # Examples
     ///

@@ -74,7 +74,7 @@ trait Subject: Debug {
     const SELL_HOLDS_FIRST: bool;
     /// Units beyond a SKU's on hand one waiter may wait for: a `reserve_timeout` line that
     /// would have to wait for more is refused with `WaitTooLarge` before any line is held
-    /// (`u64::MAX`: no bound; the RedisStore has none yet).
+    /// (`u64::MAX`: no bound).
     const WAIT_UNITS_MAX: u64 = u64::MAX;
 
     fn new() -> Self;
