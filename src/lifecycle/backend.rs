@@ -132,7 +132,10 @@ macro_rules! lifecycle_methods {
             self.lifecycle.stats()
         }
 
-        fn reservation(&self, id: $crate::reservation::ReservationId) -> Option<$crate::reservation::Reservation<K>> {
+        fn reservation(
+            &self,
+            id: $crate::reservation::ReservationId,
+        ) -> Option<$crate::reservation::Reservation<K>> {
             self.lifecycle.registry.get(id)
         }
     };

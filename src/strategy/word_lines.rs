@@ -443,7 +443,10 @@ macro_rules! word_backend_methods {
             &self.lifecycle
         }
 
-        fn hold(&self, lines: &[(K, u64)]) -> Result<$crate::lines::Moves, $crate::error::StockError<K>> {
+        fn hold(
+            &self,
+            lines: &[(K, u64)],
+        ) -> Result<$crate::lines::Moves, $crate::error::StockError<K>> {
             $crate::strategy::word_lines::WordStore::reserve_lines(self, lines)
         }
 
