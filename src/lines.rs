@@ -301,14 +301,16 @@ fn lock_all<'a, K: Sku, S: LockedSkus<K>>(
     Ok(())
 }
 
-/// Reads `sku`'s state with `f` under its lock; `None` for a SKU never restocked.
+/// Reads `sku`'s state with `f` under its lock; `None` for a SKU never restocked. `sku`
+/// may be any borrowed form of the SKU type (as `HashMap::get` takes it).
 #[inline]
-pub(crate) fn read_one<K: Sku, S: LockedSkus<K>, R>(
-    store: &S,
-    sku: &K,
-    f: impl FnOnce(&S::Cell) -> R,
-) -> Option<R> {
-    let slot = store.slot(sku)?;
+pub(crate) fn read_one<K, Q, S, R>(store: &S, sku: &Q, f: impl FnOnce(&S::Cell) -> R) -> Option<R>
+where
+    K: Sku + std::borrow::Borrow<Q>,
+    Q: std::hash::Hash + Eq + ?Sized,
+    S: LockedSkus<K>,
+{
+    let slot = store.slot_map().get(sku)?;
     let cell = S::mutex(slot).lock();
     Some(f(&cell))
 }

@@ -288,6 +288,7 @@ impl<K: Sku> AdaptiveStore<K> {
     /// assert_eq!(store.level_of("SKU9999"), None);
     /// # Ok::<(), stockledger::StockError<String>>(())
     /// ```
+    #[inline]
     pub fn level_of<Q: std::hash::Hash + Eq + ?Sized>(&self, sku: &Q) -> Option<StockLevel>
     where
         K: std::borrow::Borrow<Q>,
@@ -584,7 +585,7 @@ impl<K: Sku> StockStore<K> for AdaptiveStore<K> {
 
     #[inline]
     fn level(&self, sku: &K) -> Option<StockLevel> {
-        self.skus.get(sku).map(Self::slot_level)
+        self.level_of(sku)
     }
 
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {

@@ -195,6 +195,7 @@ impl<K: Sku> OptimisticStore<K> {
     /// assert_eq!(store.level_of("SKU9999"), None);
     /// # Ok::<(), stockledger::StockError<String>>(())
     /// ```
+    #[inline]
     pub fn level_of<Q: std::hash::Hash + Eq + ?Sized>(&self, sku: &Q) -> Option<StockLevel>
     where
         K: std::borrow::Borrow<Q>,
@@ -354,7 +355,7 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
 
     #[inline]
     fn level(&self, sku: &K) -> Option<StockLevel> {
-        self.skus.get(sku).map(Self::slot_level)
+        self.level_of(sku)
     }
 
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {

@@ -134,11 +134,12 @@ impl<K: Sku> PessimisticStore<K> {
     /// assert_eq!(store.level_of("SKU9999"), None);
     /// # Ok::<(), stockledger::StockError<String>>(())
     /// ```
+    #[inline]
     pub fn level_of<Q: std::hash::Hash + Eq + ?Sized>(&self, sku: &Q) -> Option<StockLevel>
     where
         K: std::borrow::Borrow<Q>,
     {
-        self.slots.get(sku).map(|slot| slot.lock().level)
+        lines::read_one(self, sku, |slot| slot.level)
     }
 }
 
@@ -243,7 +244,7 @@ impl<K: Sku> StockStore<K> for PessimisticStore<K> {
 
     #[inline]
     fn level(&self, sku: &K) -> Option<StockLevel> {
-        lines::read_one(self, sku, |slot| slot.level)
+        self.level_of(sku)
     }
 
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {

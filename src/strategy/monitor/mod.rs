@@ -305,13 +305,12 @@ impl<K: Sku> MonitorStore<K> {
     /// assert_eq!(store.level_of("SKU9999"), None);
     /// # Ok::<(), stockledger::StockError<String>>(())
     /// ```
+    #[inline]
     pub fn level_of<Q: std::hash::Hash + Eq + ?Sized>(&self, sku: &Q) -> Option<StockLevel>
     where
         K: std::borrow::Borrow<Q>,
     {
-        self.slots
-            .get(sku)
-            .map(|monitor| monitor.state.lock().level)
+        lines::read_one(self, sku, |state| state.level)
     }
 
     /// Number of waiters (`reserve_timeout` and `reserve_wait` lines) queued on `sku` right
@@ -548,7 +547,7 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
 
     #[inline]
     fn level(&self, sku: &K) -> Option<StockLevel> {
-        lines::read_one(self, sku, |state| state.level)
+        self.level_of(sku)
     }
 
     fn set_low_stock_threshold(&self, sku: &K, threshold: u64) -> Result<(), StockError<K>> {
