@@ -446,14 +446,21 @@ fn assert_one_entry_per_change(
     eprintln!("stream: {changes} entries, one per change");
 }
 
-#[test]
-fn four_processes_replay_the_orders_and_conserve_every_unit() {
-    let server = RedisServer::start(Durability::Memory);
+/// Stocks a fresh namespace `label` on `server` for the bundled orders, has `PROCESSES`
+/// workers replay them through `workers_url` (the server, or a proxy in front of it), and
+/// checks the outcome on the server itself: per SKU start = on hand + sold, nothing left
+/// reserved, one stream entry per change, and the outbox agreeing with the workers'
+/// tallies. Returns the units sold in all and started with, and the store.
+fn replay_and_check(
+    server: &RedisServer,
+    workers_url: &str,
+    label: &str,
+) -> (u64, u64, RedisStore<String>, usize) {
     let orders = orders();
-    let (namespace, start) = stocked(&server, "processes", &orders);
+    let (namespace, start) = stocked(server, label, &orders);
     let ttl = Duration::from_secs(600);
     let children: Vec<Child> = (0..PROCESSES)
-        .map(|index| spawn_worker("orders", &server.url(), &namespace, index, ttl))
+        .map(|index| spawn_worker(label, workers_url, &namespace, index, ttl))
         .collect();
     let mut sold = BTreeMap::new();
     for child in children {
@@ -471,11 +478,18 @@ fn four_processes_replay_the_orders_and_conserve_every_unit() {
     }
     let sold_total: u64 = ledgers.values().map(|ledger| ledger.sold).sum();
     let start_total: u64 = start.values().sum();
+    (sold_total, start_total, store, orders.len())
+}
+
+#[test]
+fn four_processes_replay_the_orders_and_conserve_every_unit() {
+    let server = RedisServer::start(Durability::Memory);
+    let (sold_total, start_total, store, orders) =
+        replay_and_check(&server, &server.url(), "orders");
     assert!(sold_total > 0 && sold_total <= start_total);
     let stats = store.stats();
     eprintln!(
-        "{PROCESSES} processes x {THREADS} threads, {} orders: {sold_total} of {start_total} units sold, {} holds, {} refusals",
-        orders.len(),
+        "{PROCESSES} processes x {THREADS} threads, {orders} orders: {sold_total} of {start_total} units sold, {} holds, {} refusals",
         stats.reserves,
         stats.refusals
     );
@@ -489,30 +503,11 @@ fn four_processes_replay_through_lost_replies_and_cut_connections_and_conserve_e
     let server = RedisServer::start(Durability::Memory);
     let proxy = FaultProxy::start(server.port());
     proxy.random_faults(10_000, 10_000, 0x5eed);
-    let orders = orders();
-    let (namespace, start) = stocked(&server, "faulty", &orders);
-    let ttl = Duration::from_secs(600);
-    let children: Vec<Child> = (0..PROCESSES)
-        .map(|index| spawn_worker("faulty", &proxy.url(), &namespace, index, ttl))
-        .collect();
-    let mut sold = BTreeMap::new();
-    for child in children {
-        add(&mut sold, tally_of(child));
-    }
-    let store = RedisStore::<String>::connect(&server.url(), &namespace).unwrap();
-    let ledgers = ledgers(&store, &start, &sold);
-    assert_eq!(violations(&ledgers), Vec::<String>::new());
-    let stream = stream_per_sku(&server.url(), store.events_stream());
-    assert_one_entry_per_change(&store, &stream, &start);
-    for (sku, ledger) in &ledgers {
-        let streamed = stream.get(sku).map_or(0, |(_, sold)| *sold);
-        assert_eq!(streamed, ledger.sold, "units sold of {sku} by the stream");
-    }
+    let (sold_total, _, _, _) = replay_and_check(&server, &proxy.url(), "faulty");
     assert!(
         proxy.lost() > 0 && proxy.cut() > 0,
         "the proxy injected faults"
     );
-    let sold_total: u64 = ledgers.values().map(|ledger| ledger.sold).sum();
     eprintln!(
         "faulty network: {} replies lost, {} connections cut, {sold_total} units sold, every unit conserved",
         proxy.lost(),
