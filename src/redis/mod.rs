@@ -441,20 +441,21 @@ impl<K: RedisSku> RedisStore<K> {
     /// Runs one plain command (a read) on a pooled connection, and once more on a fresh
     /// connection when the first one fails below the command level.
     fn command<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, StockError<K>> {
-        let value = self.send(|connection| command.query::<Value>(connection))?;
+        let value = self.send(|connection, _again| command.query::<Value>(connection))?;
         redis::from_redis_value(value).map_err(unavailable)
     }
 
     /// Runs `send` on a pooled connection; when that connection fails below the command
     /// level (cut, timed out: the reply is lost, the call may have run), runs it once more
-    /// on a fresh connection. A server's error answer is final.
+    /// on a fresh connection, telling it that this is a resend (`again`). A server's error
+    /// answer is final.
     fn send(
         &self,
-        send: impl Fn(&mut redis::Connection) -> redis::RedisResult<Value>,
+        send: impl Fn(&mut redis::Connection, bool) -> redis::RedisResult<Value>,
     ) -> Result<Value, StockError<K>> {
         let first = {
             let mut link = self.pool.get().map_err(unavailable)?;
-            match send(&mut link.connection) {
+            match send(&mut link.connection, false) {
                 Ok(value) => return Ok(value),
                 Err(error) if matches!(error.kind(), redis::ErrorKind::Server(_)) => {
                     return Err(unavailable(error));
@@ -467,7 +468,7 @@ impl<K: RedisSku> RedisStore<K> {
         };
         let resend = (|| {
             let mut link = r2d2::ManageConnection::connect(&self.connector)?;
-            send(&mut link.connection)
+            send(&mut link.connection, true)
         })();
         resend.map_err(|again| StockError::Unavailable {
             reason: format!("{first}; sent again on a fresh connection: {again}"),
@@ -488,19 +489,26 @@ impl<K: RedisSku> RedisStore<K> {
     fn run(&self, function: &Function, args: &[Vec<u8>]) -> Result<Reply, StockError<K>> {
         let now_us = self.timebase.now_us(self.clock.now());
         let bucket_us = u64::try_from(engine::REQUEST_BUCKET.as_micros()).unwrap_or(1);
-        let mut fcall = redis::cmd("FCALL");
-        fcall
-            .arg(function.name(self.events.enabled()))
-            .arg(self.keys.len() + 1)
-            .arg(&self.keys)
-            .arg(format!("{}{}", self.requests_prefix, now_us / bucket_us))
-            .arg(now_us)
-            .arg(self.events_max);
-        for arg in args {
-            fcall.arg(arg.as_slice());
-        }
-        fcall.arg(self.request_id());
-        let value = self.send(|connection| engine::call(connection, &fcall))?;
+        let requests = format!("{}{}", self.requests_prefix, now_us / bucket_us);
+        let request_id = self.request_id();
+        let events = self.events.enabled();
+        // The same keys and arguments on a resend; only the name says it is one.
+        let fcall = |again: bool| {
+            let mut fcall = redis::cmd("FCALL");
+            fcall
+                .arg(function.name(events, again))
+                .arg(self.keys.len() + 1)
+                .arg(&self.keys)
+                .arg(&requests)
+                .arg(now_us)
+                .arg(self.events_max);
+            for arg in args {
+                fcall.arg(arg.as_slice());
+            }
+            fcall.arg(&request_id);
+            fcall
+        };
+        let value = self.send(|connection, again| engine::call(connection, &fcall(again)))?;
         let reply = Reply::parse(value).map_err(|reason| StockError::Unavailable { reason })?;
         if reply.status == "wrong_type" {
             let text = |index| engine::text(reply.payload.get(index)).unwrap_or_default();
