@@ -14,7 +14,9 @@ use crate::sync::{self, GrowOnlyMap, Mutex, MutexGuard, Position};
 
 /// Validates `lines` and merges them: one line per SKU with the summed quantity, sorted by
 /// SKU (the ascending order in which every store acquires SKUs, Havender's ordered
-/// acquisition). A single line is already merged and is borrowed, not copied.
+/// acquisition). A single line, or lines already in ascending SKU order with no SKU twice,
+/// are already merged and are borrowed, not copied: no key is cloned. Other lines are
+/// cloned once, into the `Vec` they are sorted in.
 ///
 /// # Errors
 ///
@@ -33,6 +35,9 @@ pub(crate) fn merge<K: Clone + Ord>(
     }
     if let Some((sku, _)) = lines.iter().find(|(_, quantity)| *quantity == 0) {
         return Err(StockError::InvalidQuantity { sku: sku.clone() });
+    }
+    if lines.windows(2).all(|pair| pair[0].0 < pair[1].0) {
+        return Ok(Cow::Borrowed(lines));
     }
     // Sorted and merged in one `Vec`; equal SKUs are summed, so stability does not matter.
     let mut merged = lines.to_vec();
@@ -532,6 +537,13 @@ mod tests {
         let merged = merge(&[("b", 1), ("a", 2), ("b", 3)]).unwrap();
         assert_eq!(*merged, [("a", 2), ("b", 4)]);
         assert!(matches!(merge(&[("a", 1)]), Ok(Cow::Borrowed(_))));
+        // Sorted, distinct lines are borrowed as they are; any other order is copied.
+        assert!(matches!(
+            merge(&[("a", 1), ("b", 2), ("c", 3)]),
+            Ok(Cow::Borrowed(_))
+        ));
+        assert!(matches!(merge(&[("b", 1), ("a", 2)]), Ok(Cow::Owned(_))));
+        assert!(matches!(merge(&[("a", 1), ("a", 2)]), Ok(Cow::Owned(_))));
     }
 
     #[test]

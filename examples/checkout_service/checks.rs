@@ -291,7 +291,16 @@ pub(crate) async fn run_flash_sale(
     strategy: Strategy,
     args: &SaleArgs,
 ) -> Result<SaleReport, String> {
-    let running = start(strategy).await;
+    run_flash_sale_on(App::memory(strategy, Limits::default()), args).await
+}
+
+/// A flash sale on a service of `app` (whose SKU `flash` is new); returns the report.
+///
+/// # Errors
+///
+/// What the sale's check found.
+pub(crate) async fn run_flash_sale_on(app: App, args: &SaleArgs) -> Result<SaleReport, String> {
+    let running = start_app(app).await;
     let http = client(args.connections);
     let status = put_stock(&http, running.url("/stock/flash"), args.units).await;
     assert_eq!(status, StatusCode::OK);
@@ -516,24 +525,66 @@ pub(crate) async fn smoke(sale: &SaleArgs) -> Result<(), String> {
 /// # Errors
 ///
 /// What a sale's check found.
-pub(crate) async fn load(sale: &SaleArgs) -> Result<(), String> {
+pub(crate) async fn load(sale: &SaleArgs, redis_url: Option<&str>) -> Result<(), String> {
     println!("| strategy | buyers | connections | HTTP requests | requests/s | p50 | p99 |");
     println!("|---|---|---|---|---|---|---|");
     for strategy in STRATEGIES {
-        let mut report = run_flash_sale(strategy, sale).await?;
-        report.latencies.sort();
-        let quantile =
-            |q: f64| report.latencies[((report.latencies.len() - 1) as f64 * q) as usize];
-        let requests = report.latencies.len();
-        println!(
-            "| {} | {} | {} | {requests} | {:.0} | {:.2?} | {:.2?} |",
-            strategy.name(),
-            sale.buyers,
-            sale.connections,
-            requests as f64 / report.elapsed.as_secs_f64(),
-            quantile(0.50),
-            quantile(0.99),
-        );
+        let report = run_flash_sale(strategy, sale).await?;
+        print_load_row(strategy.name(), sale, report);
+    }
+    if let Some(url) = redis_url {
+        load_redis(sale, url).await?;
     }
     Ok(())
+}
+
+/// One row of [`load`]'s table.
+fn print_load_row(name: &str, sale: &SaleArgs, mut report: SaleReport) {
+    report.latencies.sort();
+    let quantile = |q: f64| report.latencies[((report.latencies.len() - 1) as f64 * q) as usize];
+    let requests = report.latencies.len();
+    println!(
+        "| {name} | {} | {} | {requests} | {:.0} | {:.2?} | {:.2?} |",
+        sale.buyers,
+        sale.connections,
+        requests as f64 / report.elapsed.as_secs_f64(),
+        quantile(0.50),
+        quantile(0.99),
+    );
+}
+
+/// The flash sale on `RedisStore` at `url`, twice, each in a fresh namespace: its calls on
+/// tokio's blocking pool (`spawn_blocking`, as the service runs them), then inline on the
+/// async workers (which the service must not do: a worker waits out every round trip).
+/// The two rows show what `spawn_blocking` costs a request.
+///
+/// # Errors
+///
+/// When the server cannot be reached, or what a sale's check found.
+#[cfg(feature = "redis")]
+async fn load_redis(sale: &SaleArgs, url: &str) -> Result<(), String> {
+    for (name, blocks) in [
+        ("redis (spawn_blocking)", true),
+        ("redis (inline, blocking the workers)", false),
+    ] {
+        let namespace = format!("load-{}-{}", std::process::id(), u8::from(blocks));
+        let url = url.to_string();
+        let mut app = tokio::task::spawn_blocking(move || {
+            App::redis(&url, &namespace, Limits::default(), false)
+        })
+        .await
+        .map_err(|error| error.to_string())??;
+        app.blocks = blocks;
+        let report = run_flash_sale_on(app, sale).await?;
+        print_load_row(name, sale, report);
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "redis"))]
+async fn load_redis(_sale: &SaleArgs, url: &str) -> Result<(), String> {
+    Err(format!(
+        "--redis-url {url}: built without the `redis` feature \
+         (cargo run --features redis --example checkout_service -- --load --redis-url ...)"
+    ))
 }

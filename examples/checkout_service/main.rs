@@ -59,7 +59,9 @@
 //! 10,000 buyers must sell exactly 1,000; then the rules above over HTTP. A naive handler
 //! (read the level, then write it) must be caught overselling by the same check: the
 //! negative control. `--load` runs the flash sale per strategy and prints requests/s and
-//! p50/p99 latency. The tests (`cargo test --example checkout_service`, with
+//! p50/p99 latency; `--load --redis-url URL` adds `RedisStore`, once with its calls on
+//! `spawn_blocking` (as the service runs them) and once inline on the async workers, to
+//! show what `spawn_blocking` costs. The tests (`cargo test --example checkout_service`, with
 //! `--all-features` also two instances on one `redis-server`) are in `checks.rs` and
 //! `tests.rs`.
 
@@ -154,7 +156,8 @@ struct Args {
     /// conservation, the rules (and the negative control), and exit.
     #[arg(long)]
     smoke: bool,
-    /// Run the flash sale on every strategy and print requests/s and p50/p99 latency.
+    /// Run the flash sale on every strategy and print requests/s and p50/p99 latency;
+    /// with `--redis-url`, on `RedisStore` too, through `spawn_blocking` and inline.
     #[arg(long)]
     load: bool,
     /// Flash sale: units on sale.
@@ -230,7 +233,7 @@ async fn main() -> ExitCode {
     let outcome = if args.smoke {
         checks::smoke(&sale).await
     } else if args.load {
-        checks::load(&sale).await
+        checks::load(&sale, args.redis_url.as_deref()).await
     } else {
         serve(&args).await
     };
