@@ -129,8 +129,8 @@ pub use lifecycle::reaper::Reaper;
 pub use options::ReserveOptions;
 #[cfg(feature = "redis")]
 pub use redis::{
-    RedisSku, RedisStore, RedisStoreBuilder, COMMAND_TIMEOUT, EVENTS_MAX, POOL_SIZE,
-    SKU_KEY_BYTES_MAX,
+    RedisCluster, RedisSku, RedisStore, RedisStoreBuilder, COMMAND_TIMEOUT, EVENTS_MAX,
+    FAILOVER_TIMEOUT, POOL_SIZE, SKU_KEY_BYTES_MAX,
 };
 pub use reservation::{HoldOutcome, Reservation, ReservationId};
 pub use stats::StoreStats;

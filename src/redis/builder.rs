@@ -6,8 +6,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::cluster::{RedisCluster, Route};
 use super::engine::{Connector, Timebase};
-use super::{RedisSku, RedisStore};
+use super::{RedisSku, RedisStore, Wire};
 use crate::error::StockError;
 use crate::lifecycle::clock::{Clock, SystemClock};
 use crate::lifecycle::event::{EventSink, Events};
@@ -72,7 +73,11 @@ const NAMESPACE_BYTES_MAX: usize = 256;
 #[must_use = "a builder does nothing until `.build()`"]
 pub struct RedisStoreBuilder<K> {
     url: String,
+    /// The cluster the store runs on, when not on the single server at `url`.
+    cluster: Option<RedisCluster>,
     namespace: String,
+    /// `WAIT` for this many replicas, this long at most, after every change.
+    wait_replicas: Option<(u32, Duration)>,
     pool_size: u32,
     command_timeout: Duration,
     clock: Arc<dyn Clock>,
@@ -89,7 +94,9 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
     pub(crate) fn new(url: &str, namespace: &str) -> Self {
         Self {
             url: url.to_string(),
+            cluster: None,
             namespace: namespace.to_string(),
+            wait_replicas: None,
             pool_size: POOL_SIZE,
             command_timeout: COMMAND_TIMEOUT,
             clock: Arc::new(SystemClock),
@@ -103,7 +110,51 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
         }
     }
 
-    /// At most `pool_size` connections (at least 1; default [`POOL_SIZE`]).
+    /// A builder of the store of `namespace` on `cluster` (see [`RedisCluster::store`]).
+    pub(crate) fn on_cluster(cluster: RedisCluster, namespace: &str) -> Self {
+        let mut builder = Self::new("", namespace);
+        builder.command_timeout = cluster.command_timeout_of();
+        builder.cluster = Some(cluster);
+        builder
+    }
+
+    /// After every change, waits until `replicas` replicas of the server (or of the
+    /// slot's primary, on a cluster) have it, for up to `timeout` (Redis's
+    /// `WAIT replicas timeout`, on the connection that made the change), before the call
+    /// returns. Off by default.
+    ///
+    /// Redis replicates asynchronously: without this, a primary that dies (`kill -9`, a
+    /// lost host) right after answering can take changes its callers were told about with
+    /// it, and the replica that takes over never saw them (sales and holds lost, request
+    /// records too, so a resend could apply its call again). With it, a change is
+    /// confirmed by `replicas` replicas first; it costs a round trip to the replicas on
+    /// every change (see `BENCHMARKS.md`) and does not make Redis strongly consistent (a
+    /// replica that confirmed may still lose the election to one that did not, with more
+    /// than one replica per primary).
+    ///
+    /// A change that fewer than `replicas` replicas confirmed within `timeout` is
+    /// [`StockError::Unavailable`]: it did run on the primary and stands there, but may
+    /// be lost if the primary fails now (retry a hold with an idempotency key to get it
+    /// back). `timeout` is at least 1 ms (Redis reads 0 as forever) and at most half the
+    /// command timeout; reads do not wait.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// let store = stockledger::RedisStore::<u64>::builder("redis://127.0.0.1/", "shop")
+    ///     .wait_replicas(1, Duration::from_millis(100))
+    ///     .build()?;
+    /// # Ok::<(), stockledger::StockError<u64>>(())
+    /// ```
+    pub fn wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_replicas = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
+    /// At most `pool_size` connections (at least 1; default [`POOL_SIZE`]). On a cluster
+    /// the pools are the [`RedisCluster`]'s: set [`RedisCluster::pool_size`] instead.
     ///
     /// # Examples
     ///
@@ -118,7 +169,8 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
         self
     }
 
-    /// The command timeout (default [`COMMAND_TIMEOUT`]; at least 10 ms). A call whose
+    /// The command timeout (default [`COMMAND_TIMEOUT`]; at least 10 ms; on a cluster the
+    /// [`RedisCluster`]'s: set [`RedisCluster::command_timeout`] instead). A call whose
     /// connection fails or times out is sent once more on a fresh connection, so a call
     /// takes up to about twice this before it is [`StockError::Unavailable`]; keep it well
     /// under half of [`RedisStore::REQUEST_RETENTION`] (60 s), the time within which a
@@ -271,7 +323,12 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
     ///
     /// [`StockError::Unavailable`] when the URL is invalid, the server cannot be reached
     /// within the command timeout or is older than Redis 7, or the namespace is empty,
-    /// longer than 256 bytes or contains `{` or `}`.
+    /// longer than 256 bytes or contains `{` or `}`. Also when the kind of server is not
+    /// the builder's: a builder of [`RedisStore::builder`] pointed at a Redis Cluster node
+    /// (`redis_mode:cluster`) refuses to bind to that one node (whose other slots it
+    /// could not reach: build it with [`RedisCluster::store`]), and one of
+    /// [`RedisCluster::store`] refuses a server that is not a cluster node. On a cluster,
+    /// when no seed node answers, or loading the function library on a primary fails.
     ///
     /// # Examples
     ///
@@ -295,22 +352,23 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
                 ),
             });
         }
-        let client = redis::Client::open(self.url.as_str()).map_err(super::unavailable)?;
-        let connector = Connector {
-            client: client.clone(),
-            command_timeout: self.command_timeout,
+        let wire = match &self.cluster {
+            Some(cluster) => Wire::Cluster(
+                Route::bind(cluster, namespace)
+                    .map_err(|reason| StockError::Unavailable { reason })?,
+            ),
+            None => self.single_wire()?,
         };
-        let pool = r2d2::Pool::builder()
-            .max_size(self.pool_size)
-            .min_idle(Some(1))
-            .connection_timeout(self.command_timeout)
-            .test_on_check_out(false)
-            .build(Connector {
-                client,
-                command_timeout: self.command_timeout,
-            })
-            .map_err(super::unavailable)?;
+        let command_timeout = self.command_timeout;
+        let wait_replicas = self.wait_replicas.map(|(replicas, timeout)| {
+            let timeout = timeout.clamp(Duration::from_millis(1), command_timeout / 2);
+            (
+                replicas,
+                u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            )
+        });
         let prefix = format!("{{{namespace}}}:");
+
         let keys = [
             "levels",
             "holds",
@@ -329,8 +387,8 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
         let mut random = [0_u8; 8];
         getrandom::getrandom(&mut random).map_err(super::unavailable)?;
         let store = RedisStore {
-            pool,
-            connector,
+            wire,
+            wait_replicas,
             namespace: namespace.clone(),
             request_prefix: format!("{:016x}-", u64::from_le_bytes(random)),
             requests_prefix: format!("{prefix}requests:"),
@@ -348,15 +406,61 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
             events_max: self.events_max,
             command_timeout: self.command_timeout,
         };
-        store.check_version()?;
+        store.check_server(self.cluster.is_some(), &self.url)?;
         Ok(store)
+    }
+
+    /// The pool of connections to the single server at the builder's URL.
+    fn single_wire(&self) -> Result<Wire, StockError<K>> {
+        let client = redis::Client::open(self.url.as_str()).map_err(super::unavailable)?;
+        let connector = Connector {
+            client: client.clone(),
+            command_timeout: self.command_timeout,
+        };
+        let pool = r2d2::Pool::builder()
+            .max_size(self.pool_size)
+            .min_idle(Some(1))
+            .connection_timeout(self.command_timeout)
+            .test_on_check_out(false)
+            .build(Connector {
+                client,
+                command_timeout: self.command_timeout,
+            })
+            .map_err(super::unavailable)?;
+        Ok(Wire::Single { pool, connector })
     }
 }
 
 impl<K: RedisSku> RedisStore<K> {
-    /// Refuses a server older than Redis 7 (the scripts need 7.0's commands).
-    fn check_version(&self) -> Result<(), StockError<K>> {
+    /// Refuses a server older than Redis 7 (the scripts need 7.0's commands), and a
+    /// cluster node for a single-server store (`cluster` false, the server at `url`) or a
+    /// single server for a cluster store.
+    fn check_server(&self, cluster: bool, url: &str) -> Result<(), StockError<K>> {
         let info: String = self.command(redis::cmd("INFO").arg("server"))?;
+        let mode = info
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_mode:"))
+            .map(str::trim);
+        match (cluster, mode) {
+            (false, Some("cluster")) => {
+                return Err(StockError::Unavailable {
+                    reason: format!(
+                        "the server at {url} is a Redis Cluster node: a store bound to one \
+                         node would reach only its slots; build it with \
+                         RedisCluster::new([seed URLs]).store(namespace)"
+                    ),
+                })
+            }
+            (true, mode) if mode != Some("cluster") => {
+                return Err(StockError::Unavailable {
+                    reason: format!(
+                        "the seed nodes are not a Redis Cluster (redis_mode {mode:?}): build \
+                         the store with RedisStore::builder(url, namespace)"
+                    ),
+                })
+            }
+            _ => {}
+        }
         let major = info
             .lines()
             .find_map(|line| line.strip_prefix("redis_version:"))
@@ -375,6 +479,8 @@ impl<K> fmt::Debug for RedisStoreBuilder<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStoreBuilder")
             .field("namespace", &self.namespace)
+            .field("cluster", &self.cluster)
+            .field("wait_replicas", &self.wait_replicas)
             .field("pool_size", &self.pool_size)
             .field("command_timeout", &self.command_timeout)
             .field("event_sink", &self.event_sink.is_some())

@@ -217,6 +217,17 @@ pub(crate) fn call(
     }
 }
 
+/// Loads the function library on the server of `connection` (`FUNCTION LOAD REPLACE`): a
+/// cluster store does so on every primary when it is built.
+pub(crate) fn load_library(connection: &mut redis::Connection) -> redis::RedisResult<()> {
+    let _: Value = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(&SCRIPTS.code)
+        .query(connection)?;
+    Ok(())
+}
+
 /// What a script answered: `{status, payload, events}` (see `scripts/common.lua`).
 #[derive(Debug)]
 pub(crate) struct Reply {

@@ -10,6 +10,7 @@
 //! across processes.
 
 mod builder;
+mod cluster;
 mod engine;
 mod sku;
 
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use redis::Value;
 
 pub use builder::{RedisStoreBuilder, COMMAND_TIMEOUT, EVENTS_MAX, POOL_SIZE};
+pub use cluster::{RedisCluster, FAILOVER_TIMEOUT};
 pub use sku::{RedisSku, SKU_KEY_BYTES_MAX};
 
 use crate::error::StockError;
@@ -195,10 +197,11 @@ const WAIT_SLICE: Duration = Duration::from_millis(500);
 /// # Ok::<(), stockledger::StockError<String>>(())
 /// ```
 pub struct RedisStore<K> {
-    /// Blocking connections with read and write timeouts.
-    pool: r2d2::Pool<Connector>,
-    /// The pool's connector, for the fresh connection of a resend.
-    connector: Connector,
+    /// The connections: to one server, or to the primary of the namespace's slot.
+    wire: Wire,
+    /// `WAIT <replicas> <timeout ms>` after every change, when set (see
+    /// [`RedisStoreBuilder::wait_replicas`]).
+    wait_replicas: Option<(u32, u64)>,
     namespace: String,
     /// The namespace's keys, which every call declares (see `scripts/common.lua`): levels,
     /// holds, deadlines, idempotency, retired, sequence, events, stats, waiters, leases,
@@ -225,6 +228,19 @@ pub struct RedisStore<K> {
 
 /// A script's refusal, before it becomes a [`StockError`] naming the SKU.
 type Refused = (String, Vec<Value>);
+
+/// Where a store's calls go.
+enum Wire {
+    /// One server (or a proxy in front of one).
+    Single {
+        /// Blocking connections with read and write timeouts.
+        pool: r2d2::Pool<Connector>,
+        /// The pool's connector, for the fresh connection of a resend.
+        connector: Connector,
+    },
+    /// The primary that owns the namespace's slot on a Redis Cluster.
+    Cluster(cluster::Route),
+}
 
 impl<K: RedisSku> RedisStore<K> {
     /// The largest on hand (in units) one SKU can have, and the largest version: 2^53 - 1,
@@ -453,8 +469,16 @@ impl<K: RedisSku> RedisStore<K> {
         &self,
         send: impl Fn(&mut redis::Connection, bool) -> redis::RedisResult<Value>,
     ) -> Result<Value, StockError<K>> {
+        let (pool, connector) = match &self.wire {
+            Wire::Single { pool, connector } => (pool, connector),
+            Wire::Cluster(route) => {
+                return route
+                    .send(send)
+                    .map_err(|reason| StockError::Unavailable { reason })
+            }
+        };
         let first = {
-            let mut link = self.pool.get().map_err(unavailable)?;
+            let mut link = pool.get().map_err(unavailable)?;
             match send(&mut link.connection, false) {
                 Ok(value) => return Ok(value),
                 Err(error) if matches!(error.kind(), redis::ErrorKind::Server(_)) => {
@@ -467,7 +491,7 @@ impl<K: RedisSku> RedisStore<K> {
             }
         };
         let resend = (|| {
-            let mut link = r2d2::ManageConnection::connect(&self.connector)?;
+            let mut link = r2d2::ManageConnection::connect(connector)?;
             send(&mut link.connection, true)
         })();
         resend.map_err(|again| StockError::Unavailable {
@@ -508,7 +532,35 @@ impl<K: RedisSku> RedisStore<K> {
             fcall.arg(&request_id);
             fcall
         };
-        let value = self.send(|connection, again| engine::call(connection, &fcall(again)))?;
+        // Changes wait for replicas when asked to, on the connection that made them (a read
+        // changes nothing). `u64::MAX`: no WAIT was sent.
+        let wait = self
+            .wait_replicas
+            .filter(|_| !std::ptr::eq(function, &SCRIPTS.lookup));
+        let acknowledged = std::cell::Cell::new(u64::MAX);
+        let value = self.send(|connection, again| {
+            let value = engine::call(connection, &fcall(again))?;
+            if let Some((replicas, timeout_ms)) = wait {
+                let count: u64 = redis::cmd("WAIT")
+                    .arg(replicas)
+                    .arg(timeout_ms)
+                    .query(connection)?;
+                acknowledged.set(count);
+            }
+            Ok(value)
+        })?;
+        if let Some((replicas, timeout_ms)) = wait {
+            if acknowledged.get() < u64::from(replicas) {
+                return Err(StockError::Unavailable {
+                    reason: format!(
+                        "the call ran on the primary, but {} of the {replicas} replicas asked \
+                         for confirmed it within {timeout_ms} ms: it may be lost if the \
+                         primary fails now",
+                        acknowledged.get()
+                    ),
+                });
+            }
+        }
         let reply = Reply::parse(value).map_err(|reason| StockError::Unavailable { reason })?;
         if reply.status == "wrong_type" {
             let text = |index| engine::text(reply.payload.get(index)).unwrap_or_default();
@@ -1317,11 +1369,22 @@ fn wake_entries(streams: &[Value]) -> Vec<(String, Vec<u8>)> {
 
 impl<K> fmt::Debug for RedisStore<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.pool.state();
+        let (connections, idle_connections, node) = match &self.wire {
+            Wire::Single { pool, .. } => {
+                let state = pool.state();
+                (state.connections, state.idle_connections, None)
+            }
+            Wire::Cluster(route) => {
+                let (connections, idle) = route.state();
+                (connections, idle, Some(route.owner_address()))
+            }
+        };
         f.debug_struct("RedisStore")
             .field("namespace", &self.namespace)
-            .field("connections", &state.connections)
-            .field("idle_connections", &state.idle_connections)
+            .field("node", &node)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("connections", &connections)
+            .field("idle_connections", &idle_connections)
             .field("events", &self.events)
             .finish_non_exhaustive()
     }
