@@ -6,7 +6,8 @@
 --
 -- KEYS: every call declares every key it may read or write, all under the hash tag
 -- {namespace}, so one call touches one slot (Redis Cluster shards by namespace) and a
--- cluster never stops a script midway for an undeclared key:
+-- cluster never stops a script midway for an undeclared key (sell_one.lua, the common
+-- one-line sale, touches three of them and declares those three: see begin_one):
 --   1 levels       hash  SKU -> struct '<ddddd': on_hand, reserved, version, threshold,
 --                        waiters queued on the SKU; little-endian doubles holding
 --                        integers; mod.rs reads it too
@@ -99,11 +100,9 @@ local NOW, EVENTS_MAX
 local events, replied
 local NONE = {}
 
-local function begin(keys, args, wanted)
-  KEYS, ARGV = keys, args
-  K_LEVELS, K_HOLDS, K_DEADLINES, K_KEYS, K_RETIRED = keys[1], keys[2], keys[3], keys[4], keys[5]
-  K_SEQUENCE, K_EVENTS, K_STATS, K_WAITERS, K_LEASES = keys[6], keys[7], keys[8], keys[9], keys[10]
-  K_QUEUES, K_WAKES, K_REQUESTS = keys[11], keys[12], keys[13]
+-- The head every call shares: its request id (taken off the end of `args`), now, the
+-- stream cap, whether it wants its events, and the first call's look-ups.
+local function begin_head(args, wanted)
   REQUEST_ID = table.remove(args)
   NOW, EVENTS_MAX = args[1], args[2]
   replied = wanted
@@ -115,6 +114,14 @@ local function begin(keys, args, wanted)
       SMALL[n] = format('%d', n)
     end
   end
+end
+
+local function begin(keys, args, wanted)
+  KEYS, ARGV = keys, args
+  K_LEVELS, K_HOLDS, K_DEADLINES, K_KEYS, K_RETIRED = keys[1], keys[2], keys[3], keys[4], keys[5]
+  K_SEQUENCE, K_EVENTS, K_STATS, K_WAITERS, K_LEASES = keys[6], keys[7], keys[8], keys[9], keys[10]
+  K_QUEUES, K_WAKES, K_REQUESTS = keys[11], keys[12], keys[13]
+  begin_head(args, wanted)
 end
 
 -- The type each key must have ("none": absent is fine too), in KEYS order.
@@ -140,6 +147,38 @@ local function wrong_type()
     end
   end
   TYPED[K_LEVELS] = K_REQUESTS
+  return nil
+end
+
+-- `begin` for the one-line sale's fast function (sell_one.lua), which declares three keys
+-- only: 1 levels, 2 events, 3 the requests hash (a declared key costs every call some
+-- server time: Redis makes a string of it and Lua interns it; 13 keys cost about 0.5 us
+-- more than one). The keys it does not declare are nil for the call, so a helper that
+-- reached for one would fail at that command, before any write to it.
+local function begin_one(keys, args, wanted)
+  KEYS, ARGV = keys, args
+  K_LEVELS, K_EVENTS, K_REQUESTS = keys[1], keys[2], keys[3]
+  K_HOLDS, K_DEADLINES, K_KEYS, K_RETIRED, K_SEQUENCE = nil, nil, nil, nil, nil
+  K_STATS, K_WAITERS, K_LEASES, K_QUEUES, K_WAKES = nil, nil, nil, nil, nil
+  begin_head(args, wanted)
+end
+
+-- Per namespace (its levels key), the requests hash whose three keys sell_one.lua found
+-- of the right types last (see TYPED).
+local TYPED_ONE = {}
+
+-- `wrong_type` for sell_one.lua's three keys.
+local function wrong_type_one()
+  if TYPED_ONE[K_LEVELS] == K_REQUESTS then
+    return nil
+  end
+  for i, expected in ipairs({ 'hash', 'stream', 'hash' }) do
+    local found = call('TYPE', KEYS[i]).ok
+    if found ~= 'none' and found ~= expected then
+      return { 'wrong_type', 2, KEYS[i], found }
+    end
+  end
+  TYPED_ONE[K_LEVELS] = K_REQUESTS
   return nil
 end
 

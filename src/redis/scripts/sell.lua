@@ -3,28 +3,8 @@
 -- (merged, sorted).
 -- Reply: {"ok", {}, events} | {"unknown_sku" | "overflow", {line}, events}
 --      | {"insufficient", {line, available}, events}
--- The common case first: one line, no one queued, stock enough. The same steps as below
--- (apply's rules for a sale: enough available, version + reserved within QUANTITY_MAX)
--- on the level's five numbers, without a table (less for Lua's collector); anything
--- else takes the general path.
-if #ARGV == 4 then
-  local sku, q = ARGV[3], tonumber(ARGV[4])
-  local packed = call('HGET', K_LEVELS, sku)
-  if packed then
-    local o, r, v, t, w = sunpack('<ddddd', packed)
-    if w == 0 and q <= o - r and v + 1 + r <= QUANTITY_MAX then
-      local available_before = o - r
-      o, v = o - q, v + 1
-      call('HSET', K_LEVELS, sku, spack('<ddddd', o, r, v, t, w))
-      append('sold', '0', q, o, r, v, sku)
-      if replied then
-        push_event('sold', '0', sku, q, o, r, v)
-      end
-      crossed(sku, available_before, o - r, t, v)
-      return answer('ok')
-    end
-  end
-end
+-- The common case (one line, no one queued, stock enough) is sell_one.lua's, on three
+-- keys; the store sends this script when that one answered "general".
 local skus, qtys = read_lines(3)
 local levels, after = check_lines(skus, qtys, 'sell')
 if not levels then
