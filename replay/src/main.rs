@@ -14,12 +14,16 @@
 //!
 //! With the cargo feature `redis`, `--strategy redis --redis-url URL` replays the same
 //! orders on a `RedisStore<String>` in a fresh namespace of that server, waiting like the
-//! monitor run (in the server's per-SKU queues) beside the same restocker.
+//! monitor run (in the server's per-SKU queues) beside the same restocker;
+//! `--strategy redis --redis-cluster host:port,host:port,...` does so on a Redis Cluster
+//! reached through those seed nodes (the namespace lives on the primary of its slot).
 //!
 //! ```text
 //! cargo run --release -p stockledger-replay -- --threads 8 --strategy all
 //! cargo run --release -p stockledger-replay --features redis -- \
 //!     --strategy redis --redis-url redis://127.0.0.1:6379/
+//! cargo run --release -p stockledger-replay --features redis -- \
+//!     --strategy redis --redis-cluster 127.0.0.1:30001,127.0.0.1:30002
 //! ```
 //!
 //! It is a package of its own in the workspace, so the main job compiles the library and
@@ -75,24 +79,40 @@ struct Args {
     /// The strategy to replay against.
     #[arg(long, value_enum, default_value_t = Strategy::All)]
     strategy: Strategy,
-    /// The Redis server of `--strategy redis` (`redis://host:port/`), required with it and
-    /// only used by it; each run opens a fresh namespace `replay-<pid>-<nanos>` there.
+    /// The Redis server of `--strategy redis` (`redis://host:port/`); it or
+    /// `--redis-cluster` is required with it and only used by it; each run opens a fresh
+    /// namespace `replay-<pid>-<nanos>` there.
     #[cfg(feature = "redis")]
-    #[arg(long, value_name = "URL", required_if_eq("strategy", "redis"))]
+    #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster for `--strategy redis`, instead of `--redis-url`
+    /// (`host:port,host:port,...`, any nodes of the cluster).
+    #[cfg(feature = "redis")]
+    #[arg(long, value_name = "HOST:PORT,...", conflicts_with = "redis_url")]
+    redis_cluster: Option<String>,
 }
 
 impl Args {
-    /// The command-line errors clap's attributes cannot express: `--redis-url` without
-    /// `--strategy redis`.
+    /// The command-line errors clap's attributes cannot express: `--redis-url` or
+    /// `--redis-cluster` without `--strategy redis`, and `--strategy redis` without
+    /// either.
     fn check(&self) -> Result<(), clap::Error> {
         #[cfg(feature = "redis")]
-        if self.redis_url.is_some() && self.strategy != Strategy::Redis {
+        {
             use clap::CommandFactory;
-            return Err(Args::command().error(
-                clap::error::ErrorKind::ArgumentConflict,
-                "--redis-url is only used with --strategy redis",
-            ));
+            let engine_given = self.redis_url.is_some() || self.redis_cluster.is_some();
+            if engine_given && self.strategy != Strategy::Redis {
+                return Err(Args::command().error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--redis-url and --redis-cluster are only used with --strategy redis",
+                ));
+            }
+            if !engine_given && self.strategy == Strategy::Redis {
+                return Err(Args::command().error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "--strategy redis needs --redis-url URL or --redis-cluster HOST:PORT,...",
+                ));
+            }
         }
         Ok(())
     }
@@ -390,6 +410,9 @@ struct Engine {
     /// `--redis-url`, for [`Strategy::Redis`].
     #[cfg(feature = "redis")]
     redis_url: Option<String>,
+    /// `--redis-cluster`, for [`Strategy::Redis`] on a cluster.
+    #[cfg(feature = "redis")]
+    redis_cluster: Option<String>,
 }
 
 fn checkout_for(
@@ -414,20 +437,38 @@ fn checkout_for(
     })
 }
 
-/// A `RedisStore` in a namespace of its own on the server of `--redis-url`, with a pooled
-/// connection for each order thread and the restocker (a waiting order holds its
-/// connection while it blocks on the server).
+/// A `RedisStore` in a namespace of its own on the server of `--redis-url` (or the cluster
+/// of `--redis-cluster`), with a pooled connection for each order thread and the
+/// restocker (a waiting order holds its connection while it blocks on the server).
 #[cfg(feature = "redis")]
 fn redis_store(engine: &Engine, threads: usize) -> Result<stockledger::RedisStore<String>, String> {
-    let url = engine
-        .redis_url
-        .as_deref()
-        .ok_or("--strategy redis needs --redis-url URL")?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos());
     let namespace = format!("replay-{}-{nanos}", std::process::id());
     let connections = u32::try_from(threads + 1).unwrap_or(u32::MAX);
+    if let Some(nodes) = engine.redis_cluster.as_deref() {
+        let seeds: Vec<String> = nodes
+            .split(',')
+            .map(str::trim)
+            .filter(|node| !node.is_empty())
+            .map(|node| format!("redis://{node}/"))
+            .collect();
+        let cluster = stockledger::RedisCluster::new(seeds).pool_size(connections);
+        let store = cluster
+            .store(&namespace)
+            .build()
+            .map_err(|error| format!("--redis-cluster {nodes}: {error}"))?;
+        println!(
+            "redis: namespace {namespace} on the cluster of {nodes}, {connections} pooled \
+             connections to its primary"
+        );
+        return Ok(store);
+    }
+    let url = engine
+        .redis_url
+        .as_deref()
+        .ok_or("--strategy redis needs --redis-url URL or --redis-cluster HOST:PORT,...")?;
     let store = stockledger::RedisStore::builder(url, &namespace)
         .pool_size(connections)
         .build()
@@ -814,6 +855,8 @@ fn replay(args: Args) -> Result<bool, String> {
     let engine = Engine {
         #[cfg(feature = "redis")]
         redis_url: args.redis_url.clone(),
+        #[cfg(feature = "redis")]
+        redis_cluster: args.redis_cluster.clone(),
     };
     let mut sound = true;
     for (index, strategy) in args.strategy.runs().into_iter().enumerate() {
