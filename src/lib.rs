@@ -103,6 +103,9 @@ mod wait;
 // clock, builder.
 mod lifecycle;
 
+// Snapshots, the journal and recovery of the in-memory stores.
+mod durability;
+
 // On top: the in-memory strategies and the Redis backend.
 #[cfg(feature = "redis")]
 mod redis;
@@ -114,6 +117,9 @@ pub use async_channel;
 /// The channel crate of [`ChannelSink`]'s receivers and senders, re-exported so that its
 /// types (`crossbeam_channel::Receiver`) need no dependency of their own.
 pub use crossbeam_channel;
+pub use durability::snapshot::{
+    HoldSnapshot, KeySnapshot, SkuSnapshot, Snapshot, SnapshotError, SNAPSHOT_FORMAT_VERSION,
+};
 pub use error::StockError;
 pub use level::StockLevel;
 #[cfg(feature = "async-channel")]

@@ -21,6 +21,7 @@
 //! | [`AtomicU32`], [`AtomicU64`], [`AtomicUsize`], [`AtomicBool`] | `std::sync::atomic` | `loom::sync::atomic` |
 //! | [`StripedCounters`] | `std` atomics, one cache line per stripe | the same (not modelled) |
 //! | [`Tally`] | `std::sync::atomic::AtomicU32` | the same (not modelled) |
+//! | [`Gate`] (a store's snapshot gate) | `crossbeam_utils::sync::ShardedLock<()>` | `loom::sync::RwLock<()>` |
 
 pub(crate) use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -43,20 +44,39 @@ pub(crate) use mocked::*;
 /// they grow per thread, not across threads.
 #[cfg(not(loom))]
 pub(crate) fn next_reservation_id() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     std::thread_local! {
         /// The next id of this thread's block and the end of the block (exclusive).
         static BLOCK: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
     }
     BLOCK.with(|block| {
         let (mut next, mut end) = block.get();
-        if next == end {
+        // A block dealt before a restore may hold ids of restored holds: below the floor,
+        // take a fresh block (one load of a line written only by restores).
+        if next == end || next < ID_FLOOR.load(Ordering::Relaxed) {
             next = NEXT.fetch_add(ID_BLOCK, Ordering::Relaxed);
             end = next + ID_BLOCK;
         }
         block.set((next + 1, end));
         next
     })
+}
+
+/// The process-wide counter of reservation ids: the start of the next block.
+#[cfg(not(loom))]
+static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The lowest id a thread may still issue from its block: raised by a restore past the
+/// ids of the holds it restored, so no id is issued twice.
+#[cfg(not(loom))]
+static ID_FLOOR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Makes every reservation id issued from now on greater than `issued` (the largest id of
+/// the holds a restore brought back, perhaps issued by an earlier process).
+#[cfg(not(loom))]
+pub(crate) fn skip_reservation_ids_through(issued: u64) {
+    let floor = issued.saturating_add(1);
+    NEXT.fetch_max(floor, Ordering::Relaxed);
+    ID_FLOOR.fetch_max(floor, Ordering::Relaxed);
 }
 
 /// Reservation ids a thread takes from the process-wide counter at a time (2⁶⁴ ids last
@@ -198,6 +218,35 @@ mod real {
     pub(crate) use crossbeam_utils::Backoff;
     pub(crate) use parking_lot::{Mutex, MutexGuard};
 
+    /// The snapshot gate of a store: a reader-writer lock sharded per thread (crossbeam's
+    /// `ShardedLock`, a big-reader lock as in Linux's brlock), so that changes entering it
+    /// at once write no shared cache line; a snapshot takes it for writing.
+    #[derive(Debug, Default)]
+    pub(crate) struct Gate(crossbeam_utils::sync::ShardedLock<()>);
+
+    /// A change in progress: the gate held for reading.
+    pub(crate) type GateEntry<'a> = crossbeam_utils::sync::ShardedLockReadGuard<'a, ()>;
+
+    /// A snapshot in progress: the gate held for writing.
+    pub(crate) type GateClosed<'a> = crossbeam_utils::sync::ShardedLockWriteGuard<'a, ()>;
+
+    impl Gate {
+        /// Enters the gate for one change; waits while a snapshot holds it.
+        pub(crate) fn enter(&self) -> GateEntry<'_> {
+            self.0
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+
+        /// Closes the gate: waits for the changes inside to leave, and keeps new ones out
+        /// until the guard drops.
+        pub(crate) fn close(&self) -> GateClosed<'_> {
+            self.0
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+    }
+
     /// The 128-bit word of the optimistic store: `cmpxchg16b` on x86_64 (detected at run
     /// time by portable-atomic), a lock-free fallback or a seqlock elsewhere.
     pub(crate) type Word = portable_atomic::AtomicU128;
@@ -258,6 +307,31 @@ mod mocked {
             static ref NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         }
         NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Nothing to skip under loom: ids restart with every execution.
+    pub(crate) fn skip_reservation_ids_through(issued: u64) {
+        let _ = issued;
+    }
+
+    /// The loom twin of the snapshot gate: loom's reader-writer lock.
+    #[derive(Debug, Default)]
+    pub(crate) struct Gate(loom::sync::RwLock<()>);
+
+    /// A change in progress: the gate held for reading.
+    pub(crate) type GateEntry<'a> = loom::sync::RwLockReadGuard<'a, ()>;
+
+    /// A snapshot in progress: the gate held for writing.
+    pub(crate) type GateClosed<'a> = loom::sync::RwLockWriteGuard<'a, ()>;
+
+    impl Gate {
+        pub(crate) fn enter(&self) -> GateEntry<'_> {
+            self.0.read().expect("loom rwlock poisoned")
+        }
+
+        pub(crate) fn close(&self) -> GateClosed<'_> {
+            self.0.write().expect("loom rwlock poisoned")
+        }
     }
 
     /// loom's mutex with parking_lot's signature: `lock()` returns the guard.
@@ -488,6 +562,12 @@ mod mocked {
 
         pub(crate) fn len(&self) -> usize {
             self.map().0.len()
+        }
+
+        pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+            for (key, value) in &self.map().0 {
+                f(key, value);
+            }
         }
 
         pub(crate) fn fold_tallies<A>(&self, init: A, mut f: impl FnMut(A, &T) -> A) -> A {

@@ -616,6 +616,7 @@ fn every_change_sends_its_event_with_the_versions_after_it() {
             id,
             lines: event_lines,
             expires_at,
+            ..
         } = &events[2]
         else {
             panic!("{name}: {:?}", events[2]);

@@ -675,11 +675,13 @@ fn a_store_with_a_sink_gets_the_events_of_its_calls_as_the_stream_has_them() {
             StockEvent::Reserved {
                 id: hold.id(),
                 lines: vec![line("a", 1, (2, 1, 3))],
-                expires_at: None
+                expires_at: None,
+                key: None
             },
             StockEvent::Committed {
                 id: hold.id(),
-                lines: vec![line("a", 1, (1, 0, 4))]
+                lines: vec![line("a", 1, (1, 0, 4))],
+                key: None
             },
             StockEvent::Sold {
                 lines: vec![line("a", 1, (0, 0, 5)), line("b", 1, (1, 0, 2))]

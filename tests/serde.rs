@@ -267,6 +267,7 @@ fn a_past_deadline_is_zero_and_a_missing_one_is_none() {
         id: ReservationId::from_u64(3),
         lines: vec![line("tv", 1, level(1, 1, 2))],
         expires_at: Some(past),
+        key: None,
     };
     assert_eq!(
         serde_json::to_value(&event).unwrap()["detail"]["ttl_ms"],
@@ -356,13 +357,14 @@ fn every_stock_event_variant_round_trips() {
                 id,
                 lines,
                 expires_at: Some(_),
+                ..
             } => {
                 // The deadline comes back relative to now (its bounds are checked in
                 // `a_deadline_travels_as_the_time_left_to_live`); the rest exactly.
                 assert!(json["detail"]["ttl_ms"].is_u64(), "{json}");
                 let back: StockEvent<String> = serde_json::from_value(json).unwrap();
                 assert!(
-                    matches!(&back, StockEvent::Reserved { id: back_id, lines: back_lines, expires_at: Some(_) }
+                    matches!(&back, StockEvent::Reserved { id: back_id, lines: back_lines, expires_at: Some(_), .. }
                         if back_id == id && back_lines == lines),
                     "{back:?}"
                 );
@@ -421,6 +423,7 @@ fn json_shapes_are_the_documented_ones() {
             id: ReservationId::from_u64(7),
             lines: vec![line("a", 2, level(5, 2, 2))],
             expires_at: None,
+            key: None,
         }),
         r#"{"event":"Reserved","detail":{"id":7,"lines":[{"sku":"a","quantity":2,"level":{"on_hand":5,"reserved":2,"version":2}}],"ttl_ms":null}}"#
     );

@@ -6,6 +6,7 @@
 //! idempotency keys, events, counts) lives here and in the registry.
 
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::event::{EventLine, Events, StockEvent};
@@ -154,6 +155,7 @@ pub(crate) fn reserve<K: Sku, B: Backend<K>>(
     let life = store.lifecycle();
     match lines {
         [line] if line.1 != 0 && !life.events.enabled() => {
+            let _gate = life.registry.enter();
             let held = store.hold_quiet(line);
             life.stats.count_refusal(&held);
             let handle = held?;
@@ -194,7 +196,8 @@ pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
     life.stats.count_ended_replay(&opened);
     match opened? {
         Opened::New(reservation, moved) => {
-            report_opened(store, &reservation, &moved);
+            let key = options.idempotency_key.as_ref();
+            report_opened(store, &reservation, &moved, key);
             Ok(reservation)
         }
         Opened::Replay(reservation) => {
@@ -213,9 +216,10 @@ pub(crate) fn report_opened<K: Sku, B: Backend<K>>(
     store: &B,
     reservation: &Reservation<K>,
     moved: &[Moved],
+    key: Option<&Arc<str>>,
 ) {
     let life = store.lifecycle();
-    let reported = panic::catch_unwind(AssertUnwindSafe(|| life.opened(reservation, moved)));
+    let reported = panic::catch_unwind(AssertUnwindSafe(|| life.opened(reservation, moved, key)));
     if let Err(sink_panic) = reported {
         let id = reservation.id();
         let _released =
@@ -237,6 +241,7 @@ pub(crate) fn sell_locked<K: Sku, H, S: LockedSkus<K>>(
         if *quantity == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
+        let gate = life.registry.enter();
         if !life.events.enabled() {
             // Nobody listens: no move to report, so none is built.
             let sold = lines::apply_one_quiet(store, line, Change::Sell);
@@ -244,17 +249,20 @@ pub(crate) fn sell_locked<K: Sku, H, S: LockedSkus<K>>(
             return sold;
         }
         let sold = lines::apply_one(store, line, Change::Sell);
+        drop(gate);
         life.stats.count_refusal(&sold);
         life.sold(lines, &[sold?]);
         return Ok(());
     }
     let lines = lines::merge(lines)?;
+    let gate = life.registry.enter();
     if !life.events.enabled() {
         let sold = lines::apply_quiet(store, &lines, Change::Sell);
         life.stats.count_refusal(&sold);
         return sold;
     }
     let sold = lines::apply(store, &lines, Change::Sell);
+    drop(gate);
     life.stats.count_refusal(&sold);
     life.sold(&lines, &sold?);
     Ok(())
@@ -277,7 +285,7 @@ pub(crate) fn resolve<K: Sku, B: Backend<K>>(
         id,
         change,
         |lines, handle, change| store.settle_quiet(lines, handle, change),
-        |reservation, expired, ()| {
+        |reservation, expired, (), _| {
             if expired {
                 Err(StockError::Expired(id))
             } else {
@@ -301,11 +309,12 @@ fn resolve_reported<K: Sku, B: Backend<K>>(
         id,
         change,
         |lines, _, change| store.settle(lines, change),
-        |reservation, expired, moved| {
+        |reservation, expired, moved, key| {
             Ok(Resolved {
                 reservation,
                 expired,
                 moved,
+                key,
             })
         },
     )?;
@@ -343,6 +352,7 @@ pub(crate) fn expire_due<K: Sku, B: Backend<K>>(store: &B) -> Vec<Reservation<K>
     let (now, due) = life.registry.take_due();
     let mut expired = Vec::with_capacity(due.len());
     let mut moves = Vec::new();
+    let mut keys = Vec::new();
     for id in due {
         let Some(resolved) = life
             .registry
@@ -352,15 +362,17 @@ pub(crate) fn expire_due<K: Sku, B: Backend<K>>(store: &B) -> Vec<Reservation<K>
         };
         if life.events.enabled() {
             moves.push(resolved.moved);
+            keys.push(resolved.key);
         }
         expired.push(resolved.reservation);
     }
     // User code last, with no lock held.
-    for (reservation, moved) in expired.iter().zip(&moves) {
+    for ((reservation, moved), key) in expired.iter().zip(&moves).zip(keys) {
         let id = reservation.id();
         life.emit(reservation.lines(), moved, |lines| StockEvent::Expired {
             id,
             lines,
+            key,
         });
     }
     expired
@@ -379,14 +391,15 @@ fn report<K: Sku, H>(
 ) -> Result<Reservation<K>, StockError<K>> {
     let reservation = resolved.reservation;
     let id = reservation.id();
+    let key = resolved.key;
     let resolution = Resolution::of(change, resolved.expired);
     life.emit(
         reservation.lines(),
         &resolved.moved,
         |lines| match resolution {
-            Resolution::Expired => StockEvent::Expired { id, lines },
-            Resolution::Committed => StockEvent::Committed { id, lines },
-            Resolution::Released => StockEvent::Released { id, lines },
+            Resolution::Expired => StockEvent::Expired { id, lines, key },
+            Resolution::Committed => StockEvent::Committed { id, lines, key },
+            Resolution::Released => StockEvent::Released { id, lines, key },
         },
     );
     if resolved.expired {
@@ -404,12 +417,19 @@ impl<K: Sku, H: Clone + Default> Lifecycle<K, H> {
 }
 
 impl<K: Sku, H> Lifecycle<K, H> {
-    /// Reports a new hold (counted by the registry) whose stock moved as `moved`.
-    pub(crate) fn opened(&self, reservation: &Reservation<K>, moved: &[Moved]) {
+    /// Reports a new hold (counted by the registry, made with idempotency `key`) whose
+    /// stock moved as `moved`.
+    pub(crate) fn opened(
+        &self,
+        reservation: &Reservation<K>,
+        moved: &[Moved],
+        key: Option<&Arc<str>>,
+    ) {
         self.emit(reservation.lines(), moved, |lines| StockEvent::Reserved {
             id: reservation.id(),
             lines,
             expires_at: reservation.expires_at(),
+            key: key.cloned(),
         });
     }
 

@@ -10,6 +10,7 @@ use super::clock::{Clock, SystemClock};
 use super::event::{EventSink, Events};
 use super::idempotency::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_RETENTION};
 use super::registry::Registry;
+use crate::durability::snapshot::Snapshot;
 use crate::stats::Stats;
 use crate::store::Sku;
 
@@ -60,6 +61,10 @@ pub struct StoreBuilder<K, S> {
     pub(crate) temperature: crate::temperature::Temperature,
     /// Units beyond a SKU's on hand one waiter may wait for (monitor store only).
     pub(crate) wait_units_max: u64,
+    /// Whether the store gets a snapshot gate (`snapshots`, or a `restore`).
+    snapshots: bool,
+    /// The state to build the store in (`restore`), validated for the store's limits.
+    pub(crate) restored: Option<Snapshot<K>>,
     store: PhantomData<fn() -> S>,
 }
 
@@ -74,6 +79,8 @@ impl<K: Sku, S> StoreBuilder<K, S> {
             retries_max,
             temperature: crate::temperature::Temperature::DEFAULT,
             wait_units_max: crate::wait::WAIT_UNITS_MAX,
+            snapshots: false,
+            restored: None,
             store: PhantomData,
         }
     }
@@ -155,13 +162,57 @@ impl<K: Sku, S> StoreBuilder<K, S> {
     }
 
     /// The shared parts of the store these settings describe.
+    /// Gives the store a snapshot gate, so that its `snapshot()` copies one consistent
+    /// state while other threads keep changing it (a store built without one answers
+    /// [`SnapshotError::Disabled`](crate::SnapshotError::Disabled)). A
+    /// [`restore`](Self::restore) turns it on too.
+    ///
+    /// The gate is a reader-writer lock sharded per thread (crossbeam's `ShardedLock`, a
+    /// big-reader lock): every change of stock or holds enters it for reading, which
+    /// writes only the calling thread's own shard, and a snapshot closes it for writing
+    /// while it copies. It costs each change a few nanoseconds, so it is off by default.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{PessimisticStore, StockStore};
+    ///
+    /// let store = PessimisticStore::builder().snapshots().build();
+    /// store.restock(&"SKU1004", 3)?;
+    /// let snapshot = store.snapshot().expect("built with snapshots");
+    /// assert_eq!(snapshot.skus[0].on_hand, 3);
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
+    pub fn snapshots(mut self) -> Self {
+        self.snapshots = true;
+        self
+    }
+
+    /// Takes the snapshot to restore, if any (a store's `build` applies it).
+    pub(crate) fn take_restored(&mut self) -> Option<Snapshot<K>> {
+        self.restored.take()
+    }
+
+    /// Keeps `snapshot` to build the store in that state, with a snapshot gate.
+    pub(crate) fn set_restored(mut self, snapshot: Snapshot<K>) -> Self {
+        self.restored = Some(snapshot);
+        self.snapshots = true;
+        self
+    }
+
     pub(crate) fn lifecycle<H: Clone + Default>(self) -> Lifecycle<K, H> {
+        let registry = Registry::new(
+            self.clock,
+            self.idempotency_retention,
+            self.idempotency_keys_max,
+        );
+        let registry = if self.snapshots {
+            registry.with_gate()
+        } else {
+            registry
+        };
         Lifecycle {
-            registry: Registry::new(
-                self.clock,
-                self.idempotency_retention,
-                self.idempotency_keys_max,
-            ),
+            registry,
             events: Events::new(self.event_sink),
             stats: Stats::new(),
         }
@@ -178,6 +229,8 @@ impl<K, S> fmt::Debug for StoreBuilder<K, S> {
             .field("retries_max", &self.retries_max)
             .field("temperature", &self.temperature)
             .field("wait_units_max", &self.wait_units_max)
+            .field("snapshots", &self.snapshots)
+            .field("restored", &self.restored.is_some())
             .finish_non_exhaustive()
     }
 }

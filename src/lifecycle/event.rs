@@ -62,7 +62,10 @@ pub struct EventLine<K> {
 /// With the `serde` feature it (de)serializes tagged by variant name, its fields under
 /// `detail`: `{"event":"Restocked","detail":{"line":{"sku":"lamp","quantity":2,"level":…}}}`.
 /// `Reserved`'s deadline is `ttl_ms`, the milliseconds left to live, as in
-/// [`Reservation`](crate::Reservation). A variant unknown to the reader is an error.
+/// [`Reservation`](crate::Reservation). A hold's idempotency key, when it has one, is
+/// `"key":"order-17"` in the four hold events; the field is left out without a key, and
+/// JSON written before it existed reads as no key. A variant unknown to the reader is an
+/// error.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -83,6 +86,14 @@ pub enum StockEvent<K> {
         #[cfg_attr(feature = "serde", serde(rename = "ttl_ms", default))]
         #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::deadline_ttl_ms"))]
         expires_at: Option<Instant>,
+        /// The idempotency key the hold was made with, if any
+        /// ([`ReserveOptions::idempotency_key`](crate::ReserveOptions::idempotency_key)): what
+        /// a recovery from a journal needs to answer the key's retries again.
+        #[cfg_attr(
+            feature = "serde",
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
+        key: Option<Arc<str>>,
     },
     /// A hold became a sale.
     Committed {
@@ -90,6 +101,14 @@ pub enum StockEvent<K> {
         id: ReservationId,
         /// Its lines.
         lines: Vec<EventLine<K>>,
+        /// The idempotency key the hold was made with, if any
+        /// ([`ReserveOptions::idempotency_key`](crate::ReserveOptions::idempotency_key)): what
+        /// a recovery from a journal needs to answer the key's retries again.
+        #[cfg_attr(
+            feature = "serde",
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
+        key: Option<Arc<str>>,
     },
     /// A hold was given back by `release` (or a dropped guard).
     Released {
@@ -97,6 +116,14 @@ pub enum StockEvent<K> {
         id: ReservationId,
         /// Its lines.
         lines: Vec<EventLine<K>>,
+        /// The idempotency key the hold was made with, if any
+        /// ([`ReserveOptions::idempotency_key`](crate::ReserveOptions::idempotency_key)): what
+        /// a recovery from a journal needs to answer the key's retries again.
+        #[cfg_attr(
+            feature = "serde",
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
+        key: Option<Arc<str>>,
     },
     /// A hold passed its deadline and was given back (by `expire_due`, a reaper, or a
     /// `commit`, `release` or `extend` that found it past its deadline).
@@ -105,6 +132,14 @@ pub enum StockEvent<K> {
         id: ReservationId,
         /// Its lines.
         lines: Vec<EventLine<K>>,
+        /// The idempotency key the hold was made with, if any
+        /// ([`ReserveOptions::idempotency_key`](crate::ReserveOptions::idempotency_key)): what
+        /// a recovery from a journal needs to answer the key's retries again.
+        #[cfg_attr(
+            feature = "serde",
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
+        key: Option<Arc<str>>,
     },
     /// A direct sale without a hold.
     Sold {

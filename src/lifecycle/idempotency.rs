@@ -85,6 +85,19 @@ pub(crate) enum KeySlot<K> {
     Removed,
 }
 
+/// A key of a resolved hold as a snapshot copies it (and a restore brings it back).
+#[derive(Debug, Clone)]
+pub(crate) struct ResolvedKey<K> {
+    /// The key.
+    pub(crate) key: SharedKey<str>,
+    /// The hold it made.
+    pub(crate) reservation: Reservation<K>,
+    /// How the hold ended.
+    pub(crate) outcome: HoldOutcome,
+    /// When it ended, by the store's clock.
+    pub(crate) resolved_at: Instant,
+}
+
 /// A resolved key waiting to be forgotten, in resolution order.
 #[derive(Debug)]
 struct Retired {
@@ -199,6 +212,58 @@ impl<K: Clone> KeyTable<K> {
                 self.slots.remove(&key);
             }
         }
+    }
+
+    /// How long a resolved key is remembered.
+    pub(crate) fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    /// A copy of the resolved keys still remembered, oldest first. The retired queue is
+    /// copied under its lock, then each slot is read alone (the lock order above).
+    pub(crate) fn copy_resolved(&self) -> Vec<ResolvedKey<K>> {
+        let retired: Vec<(SharedKey<str>, ReservationId, Instant)> = self
+            .retired
+            .lock()
+            .iter()
+            .map(|retired| (retired.key.clone(), retired.id, retired.resolved_at))
+            .collect();
+        let mut keys = Vec::with_capacity(retired.len());
+        for (key, id, resolved_at) in retired {
+            let Some(slot) = self.slots.get_cloned(&key) else {
+                continue;
+            };
+            let state = slot.lock();
+            if let KeySlot::Resolved(reservation, outcome) = &*state {
+                if reservation.id() == id {
+                    keys.push(ResolvedKey {
+                        key,
+                        reservation: reservation.clone(),
+                        outcome: *outcome,
+                        resolved_at,
+                    });
+                }
+            }
+        }
+        keys
+    }
+
+    /// Records a restored key of a resolved hold (call oldest first, on a table nobody
+    /// uses yet).
+    pub(crate) fn restore_resolved(&self, resolved: ResolvedKey<K>) {
+        let ResolvedKey {
+            key,
+            reservation,
+            outcome,
+            resolved_at,
+        } = resolved;
+        let id = reservation.id();
+        self.with_slot(&key, |slot| *slot = KeySlot::Resolved(reservation, outcome));
+        self.retired.lock().push_back(Retired {
+            resolved_at,
+            key,
+            id,
+        });
     }
 
     /// Number of keys remembered (open and resolved).

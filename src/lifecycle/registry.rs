@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use super::clock::Clock;
 use super::expiry::ExpiryIndex;
-use super::idempotency::{KeySlot, KeyTable};
+use super::idempotency::{KeySlot, KeyTable, ResolvedKey};
 use crate::error::StockError;
 use crate::level::Change;
 use crate::options::ReserveOptions;
 use crate::reservation::{HoldLines, Reservation, ReservationId};
 use crate::stats::{HoldCounts, Resolution};
-use crate::sync::{self, AtomicBool, IdHasher, Ordering, ShardedMap};
+use crate::sync::{self, AtomicBool, Gate, GateClosed, GateEntry, IdHasher, Ordering, ShardedMap};
 
 /// An open hold as the registry keeps it.
 #[derive(Debug, Clone)]
@@ -57,6 +57,8 @@ pub(crate) struct Resolved<K, M> {
     pub(crate) expired: bool,
     /// What moving its stock returned.
     pub(crate) moved: M,
+    /// The idempotency key it was made with, if any.
+    pub(crate) key: Option<Arc<str>>,
 }
 
 /// What `reserve` found: a new hold, or the hold of an idempotency key already seen.
@@ -106,6 +108,26 @@ pub(crate) struct Registry<K, H = ()> {
     /// Set (for good) once a hold with a deadline or an idempotency key was opened: until
     /// then no resolution reads the clock.
     timed: AtomicBool,
+    /// The snapshot gate (`StoreBuilder::snapshots`), if the store has one: every change
+    /// of the store's stock or holds enters it (after any clock reading, before any other
+    /// lock), and a snapshot closes it for its copy. `None`: no snapshots, no cost.
+    gate: Option<Gate>,
+}
+
+impl<K, H> Registry<K, H> {
+    /// Enters the snapshot gate for one change (`None` without a gate). Taken before any
+    /// other lock of the store and after any clock reading; dropped before any event is
+    /// delivered.
+    #[inline(always)]
+    pub(crate) fn enter(&self) -> Option<GateEntry<'_>> {
+        self.gate.as_ref().map(Gate::enter)
+    }
+
+    /// Closes the snapshot gate: waits for the changes in progress, keeps new ones out
+    /// while the guard lives. `None` without a gate.
+    pub(crate) fn close(&self) -> Option<GateClosed<'_>> {
+        self.gate.as_ref().map(Gate::close)
+    }
 }
 
 impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
@@ -120,7 +142,19 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
             keys: KeyTable::new(idempotency_retention, idempotency_keys_max),
             clock,
             timed: AtomicBool::new(false),
+            gate: None,
         }
+    }
+
+    /// This registry with a snapshot gate.
+    pub(crate) fn with_gate(mut self) -> Self {
+        self.gate = Some(Gate::default());
+        self
+    }
+
+    /// The store's clock (read by a snapshot before it closes the gate).
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// Holds merged `lines` with `hold` (which takes the stock, all or nothing) and records
@@ -148,6 +182,7 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
             .ttl
             .zip(now)
             .and_then(|(ttl, now)| now.checked_add(ttl));
+        let _gate = self.enter();
         let (Some(key), Some(now)) = (key, now) else {
             let moved = hold(&lines)?;
             let reservation = self.open(lines, expires_at, None, H::default());
@@ -242,7 +277,7 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
         id: ReservationId,
         change: Change,
         settle: impl FnOnce(&[(K, u64)], &H, Change) -> M,
-        done: impl FnOnce(Reservation<K>, bool, M) -> Result<R, StockError<K>>,
+        done: impl FnOnce(Reservation<K>, bool, M, Option<Arc<str>>) -> Result<R, StockError<K>>,
     ) -> Result<R, StockError<K>> {
         // The clock is user code: read it before the hold's shard is locked, and only once
         // some hold needed it. A hold found needing it without a reading sends us back for
@@ -253,6 +288,7 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
             let mut outcome = None;
             // `settle`, handed back when the hold needs a clock reading first.
             let mut unused = None;
+            let gate = self.enter();
             let removed = self.holds.remove_if(&id, |hold, counts| {
                 if now.is_none() && hold.needs_clock() {
                     unused = Some(settle);
@@ -278,8 +314,10 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
                 let (expired, moved) = outcome.expect("a removed hold was settled");
                 let resolution = Resolution::of(change, expired);
                 self.leave(&reservation, key.as_ref(), now, resolution);
-                return done(reservation, expired, moved);
+                drop(gate);
+                return done(reservation, expired, moved, key);
             }
+            drop(gate);
             let Some(back) = unused else {
                 return Err(StockError::UnknownReservation(id));
             };
@@ -303,6 +341,7 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
     ) -> Result<Extension<K, M>, StockError<K>> {
         let now = self.clock.now();
         let deadline = now.checked_add(ttl);
+        let _gate = self.enter();
         let mut outcome = None;
         let removed = self.holds.remove_if(&id, |hold, counts| {
             if hold.is_due(Some(now)) {
@@ -358,6 +397,7 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
         now: Instant,
         settle: impl FnOnce(&[(K, u64)]) -> M,
     ) -> Option<Resolved<K, M>> {
+        let _gate = self.enter();
         let mut moved = None;
         let removed = self.holds.remove_if(&id, |hold, counts| {
             if !hold.is_due(Some(now)) {
@@ -403,6 +443,7 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
             reservation,
             expired: true,
             moved,
+            key,
         }
     }
 
@@ -435,6 +476,55 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
             Some(deadline) if self.clock.now() >= deadline => None,
             _ => Some(reservation),
         }
+    }
+
+    /// A copy of every open hold with its idempotency key, for a snapshot (exact while the
+    /// snapshot gate is closed).
+    pub(crate) fn copy_holds(&self) -> Vec<(Reservation<K>, Option<Arc<str>>)> {
+        let mut holds = Vec::with_capacity(self.holds.len());
+        self.holds.for_each(|_, hold| {
+            holds.push((hold.reservation.clone(), hold.key.clone()));
+        });
+        holds
+    }
+
+    /// A copy of the keys of resolved holds still remembered, oldest first.
+    pub(crate) fn copy_resolved_keys(&self) -> Vec<ResolvedKey<K>> {
+        self.keys.copy_resolved()
+    }
+
+    /// How long a resolved hold's key is remembered.
+    pub(crate) fn retention(&self) -> Duration {
+        self.keys.retention()
+    }
+
+    /// Records a restored open hold (its stock already reserved by the store's restore)
+    /// under its own id, with its deadline and key. Call on a store nobody uses yet.
+    pub(crate) fn restore_hold(&self, reservation: Reservation<K>, key: Option<Arc<str>>) {
+        if reservation.expires_at.is_some() || key.is_some() {
+            self.timed.store(true, Ordering::Release);
+        }
+        let id = reservation.id;
+        if let Some(deadline) = reservation.expires_at {
+            self.expiry.insert(deadline, id);
+        }
+        if let Some(key) = &key {
+            let open = reservation.clone();
+            self.keys.with_slot(key, |slot| *slot = KeySlot::Open(open));
+        }
+        let hold = Hold {
+            reservation,
+            key,
+            handle: H::default(),
+        };
+        self.holds.insert_new(id, hold, |counts| {
+            counts.opened = counts.opened.wrapping_add(1);
+        });
+    }
+
+    /// Records a restored key of a resolved hold; call oldest first.
+    pub(crate) fn restore_resolved_key(&self, resolved: ResolvedKey<K>) {
+        self.keys.restore_resolved(resolved);
     }
 
     /// Number of open holds.
@@ -488,7 +578,7 @@ mod tests {
                 assert_eq!(lines, [("a", 1)]);
                 settles.push(change);
             },
-            |reservation, expired, ()| {
+            |reservation, expired, (), _| {
                 assert_eq!(reservation.id(), id);
                 Ok(expired)
             },

@@ -751,14 +751,28 @@ impl<K: RedisSku> RedisStore<K> {
                 "restocked" => StockEvent::Restocked {
                     line: lines.into_iter().next().expect("one line"),
                 },
+                // The stream does not carry a hold's idempotency key (yet): `key` is None.
                 "reserved" => StockEvent::Reserved {
                     id,
                     lines,
                     expires_at,
+                    key: None,
                 },
-                "committed" => StockEvent::Committed { id, lines },
-                "released" => StockEvent::Released { id, lines },
-                "expired" => StockEvent::Expired { id, lines },
+                "committed" => StockEvent::Committed {
+                    id,
+                    lines,
+                    key: None,
+                },
+                "released" => StockEvent::Released {
+                    id,
+                    lines,
+                    key: None,
+                },
+                "expired" => StockEvent::Expired {
+                    id,
+                    lines,
+                    key: None,
+                },
                 _ => StockEvent::Sold { lines },
             };
             events.push(event);

@@ -519,17 +519,22 @@ impl<K: Sku> StoreBuilder<K, AdaptiveStore<K>> {
     /// let store = AdaptiveStore::<&str>::builder().build();
     /// assert_eq!(store.quantity_max(), AdaptiveStore::<&str>::QUANTITY_MAX);
     /// ```
-    pub fn build(self) -> AdaptiveStore<K> {
+    pub fn build(mut self) -> AdaptiveStore<K> {
         let temperature = self.temperature;
         assert!(
             temperature.cold_per_mille < temperature.hot_per_mille,
             "the cold threshold must be below the hot threshold"
         );
-        AdaptiveStore {
+        let restored = self.take_restored();
+        let store = AdaptiveStore {
             skus: GrowOnlyMap::new(),
             lifecycle: self.lifecycle(),
             temperature,
+        };
+        if let Some(snapshot) = restored {
+            crate::durability::capture::apply(&store, snapshot);
         }
+        store
     }
 }
 
@@ -569,6 +574,28 @@ impl<K: Sku> Backend<K> for AdaptiveStore<K> {
     crate::strategy::word_lines::word_backend_methods!();
 }
 
+impl<K: Sku> crate::durability::capture::SkuTable<K> for AdaptiveStore<K> {
+    const LIMITS: crate::level::Limits = LIMITS;
+
+    fn each_sku(&self, f: &mut dyn FnMut(&K, StockLevel, u64)) {
+        self.skus.for_each(|sku, slot| {
+            let threshold = slot
+                .low_stock_threshold
+                .load(crate::sync::Ordering::Relaxed);
+            f(sku, Self::slot_level(slot), threshold);
+        });
+    }
+
+    fn restore_sku(&self, sku: &K, level: StockLevel, threshold: u64) -> bool {
+        let slot = self.skus.get_or_insert_with(sku, || Slot::new(level));
+        if let Some((slot, _)) = slot {
+            slot.low_stock_threshold
+                .store(threshold, crate::sync::Ordering::Relaxed);
+        }
+        slot.is_some()
+    }
+}
+
 impl<K: Sku> StockStore<K> for AdaptiveStore<K> {
     lifecycle::lifecycle_methods!();
 
@@ -576,9 +603,11 @@ impl<K: Sku> StockStore<K> for AdaptiveStore<K> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
+        let gate = self.lifecycle.registry.enter();
         let moved = lines::restock_sku(&self.skus, sku, qty, LIMITS, Slot::new, |slot| {
             self.update_slot(sku, slot, Change::Restock, qty)
         })?;
+        drop(gate);
         self.lifecycle.restocked(sku, qty, moved);
         Ok(moved.level)
     }

@@ -298,13 +298,18 @@ impl<K: Sku> StoreBuilder<K, OptimisticStore<K>> {
     /// let store = OptimisticStore::<&str>::builder().build();
     /// assert_eq!(store.quantity_max(), OptimisticStore::<&str>::QUANTITY_MAX);
     /// ```
-    pub fn build(self) -> OptimisticStore<K> {
+    pub fn build(mut self) -> OptimisticStore<K> {
         let retries_max = self.retries_max;
-        OptimisticStore {
+        let restored = self.take_restored();
+        let store = OptimisticStore {
             skus: GrowOnlyMap::new(),
             lifecycle: self.lifecycle(),
             retries_max,
+        };
+        if let Some(snapshot) = restored {
+            crate::durability::capture::apply(&store, snapshot);
         }
+        store
     }
 }
 
@@ -339,6 +344,28 @@ impl<K: Sku> Backend<K> for OptimisticStore<K> {
     crate::strategy::word_lines::word_backend_methods!();
 }
 
+impl<K: Sku> crate::durability::capture::SkuTable<K> for OptimisticStore<K> {
+    const LIMITS: crate::level::Limits = LIMITS;
+
+    fn each_sku(&self, f: &mut dyn FnMut(&K, StockLevel, u64)) {
+        self.skus.for_each(|sku, slot| {
+            let threshold = slot
+                .low_stock_threshold
+                .load(crate::sync::Ordering::Relaxed);
+            f(sku, Self::slot_level(slot), threshold);
+        });
+    }
+
+    fn restore_sku(&self, sku: &K, level: StockLevel, threshold: u64) -> bool {
+        let slot = self.skus.get_or_insert_with(sku, || Slot::new(level));
+        if let Some((slot, _)) = slot {
+            slot.low_stock_threshold
+                .store(threshold, crate::sync::Ordering::Relaxed);
+        }
+        slot.is_some()
+    }
+}
+
 impl<K: Sku> StockStore<K> for OptimisticStore<K> {
     lifecycle::lifecycle_methods!();
 
@@ -346,9 +373,11 @@ impl<K: Sku> StockStore<K> for OptimisticStore<K> {
         if qty == 0 {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
+        let gate = self.lifecycle.registry.enter();
         let moved = lines::restock_sku(&self.skus, sku, qty, LIMITS, Slot::new, |slot| {
             self.restock_slot(sku, slot, qty)
         })?;
+        drop(gate);
         self.lifecycle.restocked(sku, qty, moved);
         Ok(moved.level)
     }

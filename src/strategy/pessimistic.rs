@@ -172,11 +172,37 @@ impl<K: Sku> StoreBuilder<K, PessimisticStore<K>> {
     /// let store = PessimisticStore::<&str>::builder().build();
     /// assert_eq!(store.level(&"anything"), None);
     /// ```
-    pub fn build(self) -> PessimisticStore<K> {
-        PessimisticStore {
+    pub fn build(mut self) -> PessimisticStore<K> {
+        let restored = self.take_restored();
+        let store = PessimisticStore {
             slots: GrowOnlyMap::new(),
             lifecycle: self.lifecycle(),
+        };
+        if let Some(snapshot) = restored {
+            crate::durability::capture::apply(&store, snapshot);
         }
+        store
+    }
+}
+
+impl<K: Sku> crate::durability::capture::SkuTable<K> for PessimisticStore<K> {
+    const LIMITS: Limits = Limits::U64;
+
+    fn each_sku(&self, f: &mut dyn FnMut(&K, StockLevel, u64)) {
+        self.slots.for_each(|sku, slot| {
+            let slot = slot.lock();
+            f(sku, slot.level, slot.low_stock_threshold);
+        });
+    }
+
+    fn restore_sku(&self, sku: &K, level: StockLevel, threshold: u64) -> bool {
+        let slot = || {
+            Mutex::new(Slot {
+                level,
+                low_stock_threshold: threshold,
+            })
+        };
+        self.slots.get_or_insert_with(sku, slot).is_some()
     }
 }
 
@@ -230,6 +256,7 @@ impl<K: Sku> StockStore<K> for PessimisticStore<K> {
                 low_stock_threshold: 0,
             })
         };
+        let gate = self.lifecycle.registry.enter();
         let moved = lines::restock_sku(&self.slots, sku, qty, Limits::U64, new_slot, |slot| {
             let mut slot = self.lock(slot);
             let before = slot.level;
@@ -238,6 +265,7 @@ impl<K: Sku> StockStore<K> for PessimisticStore<K> {
                 .map_err(|refusal| refusal.into_error(sku.clone(), qty))?;
             Ok(Moved::new(before, slot.level, slot.low_stock_threshold))
         })?;
+        drop(gate);
         self.lifecycle.restocked(sku, qty, moved);
         Ok(moved.level)
     }

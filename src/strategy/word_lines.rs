@@ -329,6 +329,7 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
         match lines {
             [(sku, quantity)] if *quantity != 0 && !life.events.enabled() => {
                 // Nobody listens: no move to report, so none is built.
+                let _gate = life.registry.enter();
                 let sold = self.update_sku_quiet(sku, Change::Sell, *quantity);
                 life.stats.count_refusal(&sold);
                 sold
@@ -352,7 +353,9 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
             if *quantity == 0 {
                 return Err(StockError::InvalidQuantity { sku: sku.clone() });
             }
+            let gate = life.registry.enter();
             let sold = self.update_sku(sku, Change::Sell, *quantity);
+            drop(gate);
             life.stats.count_refusal(&sold);
             let moved = sold?;
             if life.events.enabled() {
@@ -365,6 +368,7 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
             // Duplicate lines of one SKU: one change, as for a single line.
             return self.sell_lines(&lines);
         }
+        let gate = life.registry.enter();
         if !life.events.enabled() {
             // Nobody listens: no move to report, so none is built.
             let held = self.reserve_lines_quiet(&lines);
@@ -377,6 +381,7 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
         life.stats.count_refusal(&held);
         let held = held?;
         let committed = self.resolve_lines(&lines, Change::Commit);
+        drop(gate);
         if life.events.enabled() {
             // Available fell at the hold; the commit leaves it as it is. Report the sale's
             // levels with the crossing of the hold, at the sale's version.

@@ -367,6 +367,16 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Acquire)
     }
+
+    /// Calls `f` with every entry, in insertion order (a snapshot's walk over the SKUs).
+    /// Entries inserted while it runs may or may not be seen. Wait free; writes nothing.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+        let len = self.len.load(Ordering::Acquire);
+        for position in 0..len {
+            let (key, value) = self.entry(position);
+            f(key, value);
+        }
+    }
 }
 
 #[cfg(all(test, not(loom)))]

@@ -183,6 +183,17 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default, T: Default> Shard
         }
     }
 
+    /// Calls `f` with every entry, each shard locked in turn (not a snapshot of one
+    /// instant while other threads change the map; exact once they stopped). `f` must not
+    /// touch this map.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+        for shard in self.shards.iter() {
+            for (key, value) in shard.lock().table.iter() {
+                f(key, value);
+            }
+        }
+    }
+
     /// Number of entries (each shard locked in turn: not a snapshot of one instant while
     /// other threads change the map).
     pub(crate) fn len(&self) -> usize {

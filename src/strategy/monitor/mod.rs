@@ -438,12 +438,17 @@ impl<K: Sku> StoreBuilder<K, MonitorStore<K>> {
     /// let store = MonitorStore::<&str>::builder().build();
     /// assert_eq!(store.queued(&"anything"), 0);
     /// ```
-    pub fn build(self) -> MonitorStore<K> {
-        MonitorStore {
+    pub fn build(mut self) -> MonitorStore<K> {
+        let restored = self.take_restored();
+        let store = MonitorStore {
             slots: GrowOnlyMap::new(),
             wait_units_max: self.wait_units_max,
             lifecycle: self.lifecycle(),
+        };
+        if let Some(snapshot) = restored {
+            crate::durability::capture::apply(&store, snapshot);
         }
+        store
     }
 
     /// How many units beyond a SKU's on hand one waiter may wait for (default:
@@ -518,6 +523,25 @@ impl<K: Sku> Backend<K> for MonitorStore<K> {
     }
 }
 
+impl<K: Sku> crate::durability::capture::SkuTable<K> for MonitorStore<K> {
+    const LIMITS: Limits = Limits::U64;
+
+    fn each_sku(&self, f: &mut dyn FnMut(&K, StockLevel, u64)) {
+        self.slots.for_each(|sku, monitor| {
+            let state = monitor.state.lock();
+            f(sku, state.level, state.low_stock_threshold);
+        });
+    }
+
+    fn restore_sku(&self, sku: &K, level: StockLevel, threshold: u64) -> bool {
+        let monitor = self.slots.get_or_insert_with(sku, || Monitor::new(level));
+        if let Some((monitor, _)) = monitor {
+            monitor.state.lock().low_stock_threshold = threshold;
+        }
+        monitor.is_some()
+    }
+}
+
 impl<K: Sku> StockStore<K> for MonitorStore<K> {
     lifecycle::lifecycle_methods!();
 
@@ -526,6 +550,7 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
             return Err(StockError::InvalidQuantity { sku: sku.clone() });
         }
         // A new SKU has no waiter to grant (a waiter needs the SKU to exist).
+        let gate = self.lifecycle.registry.enter();
         let moved = lines::restock_sku(
             &self.slots,
             sku,
@@ -541,6 +566,7 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
                 Ok(moved)
             },
         )?;
+        drop(gate);
         self.lifecycle.restocked(sku, qty, moved);
         Ok(moved.level)
     }

@@ -175,7 +175,8 @@ impl<'a, K: Sku> Request<'a, K> {
                 life.stats.count_ended_replay(&opened);
                 return match opened? {
                     Opened::New(reservation, moved) => {
-                        crate::lifecycle::report_opened(store, &reservation, &moved);
+                        let key = options.idempotency_key.as_ref();
+                        crate::lifecycle::report_opened(store, &reservation, &moved, key);
                         Ok(Start::Done(reservation))
                     }
                     Opened::Replay(reservation) => {
@@ -270,7 +271,8 @@ impl<'a, K: Sku> Request<'a, K> {
         match opened {
             Opened::New(reservation, ()) => {
                 let held = std::mem::take(&mut self.held);
-                crate::lifecycle::report_opened(self.store, &reservation, &held);
+                let key = self.options.idempotency_key.as_ref();
+                crate::lifecycle::report_opened(self.store, &reservation, &held, key);
                 Ok(reservation)
             }
             Opened::Replay(reservation) => {
