@@ -259,6 +259,30 @@ fn a_store_built_from_a_replica_or_another_node_works() {
     }
 }
 
+#[test]
+fn a_primary_that_lost_the_functions_gets_them_again_from_the_store() {
+    // A correct store: the functions are loaded on every primary when it is built, and
+    // loaded again on the node that answers "Function not found" (a flushed primary).
+    let cluster = shared();
+    let _turn = fault_turn();
+    for port in cluster.primaries() {
+        let _: String = cluster.command(port, &["FUNCTION", "FLUSH"]);
+    }
+    let store: Store = handle(cluster)
+        .store(&fresh_namespace("functions"))
+        .build()
+        .unwrap();
+    for port in cluster.primaries() {
+        let libraries: Vec<redis::Value> = cluster.command(port, &["FUNCTION", "LIST"]);
+        assert_eq!(libraries.len(), 1, "the library is loaded on {port}");
+    }
+    store.restock(&sku("a"), 2).unwrap();
+    let owner = cluster.owner_of(slot_of(cluster, store.namespace()));
+    let _: String = cluster.command(owner, &["FUNCTION", "FLUSH"]);
+    store.sell(&lines(&[("a", 1)])).unwrap();
+    assert_eq!(counts(&store, "a"), (1, 0));
+}
+
 // ------------------------------------------------------------------ failover
 
 /// Waits until the node on `port` is a primary that owns slots.
@@ -281,12 +305,38 @@ fn a_hold_opened_before_a_manual_failover_is_committed_after_it() {
     let store: Store = handle(cluster).store(&namespace).build().unwrap();
     store.restock(&sku("a"), 5).unwrap();
     let hold = store.reserve(&lines(&[("a", 2)])).unwrap();
+    // A waiter queued before the failover, through a store of its own.
+    store.restock(&sku("w"), 1).unwrap();
+    store.sell(&lines(&[("w", 1)])).unwrap();
+    let waiting: Arc<Store> = Arc::new(handle(cluster).store(&namespace).build().unwrap());
+    let waiter = {
+        let waiting = Arc::clone(&waiting);
+        thread::spawn(move || waiting.reserve_timeout(&lines(&[("w", 1)]), Duration::from_secs(60)))
+    };
+    while store.queued(&sku("w")).unwrap() < 1 {
+        thread::sleep(Duration::from_millis(2));
+    }
     let replica = cluster.replica_of(primary);
     let _: String = cluster.command(replica, &["CLUSTER", "FAILOVER"]);
     until_primary(cluster, replica);
     assert_eq!(store.commit(hold.id()).unwrap(), hold);
     store.sell(&lines(&[("a", 1)])).unwrap();
     assert_eq!(counts(&store, "a"), (2, 0));
+    // The waiter gets its hold, or gives up (Unavailable) and its lines go back with its
+    // lease: never a grant nobody owns.
+    store.restock(&sku("w"), 1).unwrap();
+    match waiter.join().unwrap() {
+        Ok(granted) => {
+            assert_eq!(counts(&store, "w"), (1, 1));
+            waiting.commit(granted.id()).unwrap();
+            assert_eq!(counts(&store, "w"), (0, 0));
+        }
+        Err(StockError::Unavailable { reason }) => {
+            println!("the waiter gave up across the failover: {reason}");
+            assert_eq!(counts(&store, "w").0, 1);
+        }
+        Err(other) => panic!("{other:?}"),
+    }
     assert!(
         format!("{store:?}").contains(&format!(":{replica}")),
         "{store:?}"

@@ -607,11 +607,16 @@ impl Route {
                         .redirect_node()
                         .and_then(|(address, _)| self.cluster.node(address).ok());
                 }
+                // A migration under way, or a loading node: the owner is right, wait.
+                ErrorKind::Server(ServerErrorKind::TryAgain | ServerErrorKind::BusyLoading) => {
+                    if !self.pause(deadline, &mut pause) {
+                        break;
+                    }
+                }
+                // A failover under way: wait, then ask who owns the slot now.
                 ErrorKind::Server(
-                    ServerErrorKind::TryAgain
-                    | ServerErrorKind::ClusterDown
+                    ServerErrorKind::ClusterDown
                     | ServerErrorKind::MasterDown
-                    | ServerErrorKind::BusyLoading
                     | ServerErrorKind::ReadOnly,
                 ) => {
                     if !self.wait(deadline, &mut pause) {
@@ -644,12 +649,21 @@ impl Route {
     /// Pauses before the next attempt and reads the slot's owner again; `false` once the
     /// deadline has passed.
     fn wait(&self, deadline: Instant, pause: &mut Duration) -> bool {
+        if !self.pause(deadline, pause) {
+            return false;
+        }
+        self.refresh();
+        Instant::now() < deadline
+    }
+
+    /// Pauses before the next attempt (twice as long as the last time, up to
+    /// [`PAUSE_MAX`]); `false` once the deadline has passed.
+    fn pause(&self, deadline: Instant, pause: &mut Duration) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
         std::thread::sleep((*pause).min(deadline.saturating_duration_since(Instant::now())));
         *pause = (*pause * 2).min(PAUSE_MAX);
-        self.refresh();
         Instant::now() < deadline
     }
 
