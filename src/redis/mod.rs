@@ -231,6 +231,17 @@ pub struct RedisStore<K> {
     command_timeout: Duration,
 }
 
+/// `prefix` then the decimal digits of `n`, in one allocation (`format!` costs about a
+/// thousand instructions a call more, callgrind).
+fn decimal_after(prefix: &str, n: u64) -> String {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(n);
+    let mut text = String::with_capacity(prefix.len() + digits.len());
+    text.push_str(prefix);
+    text.push_str(digits);
+    text
+}
+
 /// A script's refusal, before it becomes a [`StockError`] naming the SKU.
 type Refused = (String, Vec<Value>);
 
@@ -507,7 +518,7 @@ impl<K: RedisSku> RedisStore<K> {
     /// A new request id: this store's 16 random hex digits and the next count.
     fn request_id(&self) -> String {
         let count = self.requests.fetch_add(1, Ordering::Relaxed);
-        format!("{}{count}", self.request_prefix)
+        decimal_after(&self.request_prefix, count)
     }
 
     /// Runs the library function `function` (one of [`SCRIPTS`]', under the name whose
@@ -530,13 +541,23 @@ impl<K: RedisSku> RedisStore<K> {
     ) -> Result<Reply, StockError<K>> {
         let now_us = self.timebase.now_us(self.clock.now());
         let bucket_us = u64::try_from(engine::REQUEST_BUCKET.as_micros()).unwrap_or(1);
-        let requests = format!("{}{}", self.requests_prefix, now_us / bucket_us);
+        let requests = decimal_after(&self.requests_prefix, now_us / bucket_us);
         let request_id = self.request_id();
         let events = self.events.enabled();
+        // The command's arguments and their bytes, so that it is written into one buffer
+        // allocated once (growing it argument by argument reallocated it about ten times a
+        // call: a third of the client's instructions per `sell`, callgrind).
+        let arg_count = 7 + keys.len() + args.len();
+        let data_bytes = 64
+            + keys.iter().map(|key| key.len()).sum::<usize>()
+            + requests.len()
+            + request_id.len()
+            + args.iter().map(Vec::len).sum::<usize>();
         // The same keys and arguments on a resend; only the name says it is one.
         let fcall = |again: bool| {
-            let mut fcall = redis::cmd("FCALL");
+            let mut fcall = redis::Cmd::with_capacity(arg_count, data_bytes);
             fcall
+                .arg("FCALL")
                 .arg(function.name(events, again))
                 .arg(keys.len() + 1)
                 .arg(keys)
@@ -756,14 +777,28 @@ impl<K: RedisSku> RedisStore<K> {
                 "restocked" => StockEvent::Restocked {
                     line: lines.into_iter().next().expect("one line"),
                 },
+                // The stream does not carry a hold's idempotency key (yet): `key` is None.
                 "reserved" => StockEvent::Reserved {
                     id,
                     lines,
                     expires_at,
+                    key: None,
                 },
-                "committed" => StockEvent::Committed { id, lines },
-                "released" => StockEvent::Released { id, lines },
-                "expired" => StockEvent::Expired { id, lines },
+                "committed" => StockEvent::Committed {
+                    id,
+                    lines,
+                    key: None,
+                },
+                "released" => StockEvent::Released {
+                    id,
+                    lines,
+                    key: None,
+                },
+                "expired" => StockEvent::Expired {
+                    id,
+                    lines,
+                    key: None,
+                },
                 _ => StockEvent::Sold { lines },
             };
             events.push(event);
