@@ -780,3 +780,44 @@ fn a_lost_reply_never_applies_a_call_twice() {
     store.sell(&lines(&[("a", 1)])).unwrap();
     assert_eq!(counts(&observer, "a"), (6, 0), "two sales");
 }
+
+#[test]
+fn an_unkeyed_hold_whose_reserve_was_unavailable_is_released_by_the_next_call() {
+    // A correct store: when both attempts of a `reserve` without an idempotency key lose
+    // their replies, the caller gets `Unavailable` and has no hold; the script may have
+    // opened one (it did here), and without a TTL nothing would give it back. The store
+    // drew its id, so its next answered call releases it. A keyed hold stays: its caller
+    // retries with the key and gets it.
+    let server = shared();
+    let namespace = fresh_namespace("in-doubt");
+    let observer = store_at(&server.url(), &namespace);
+    let proxy = FaultProxy::start(server.port());
+    let store = store_at(&proxy.url(), &namespace);
+    let a = "a".to_string();
+    store.restock(&a, 10).unwrap();
+    proxy.lose_replies_containing(b"$2\r\nok\r\n", 2);
+    assert!(matches!(
+        store.reserve(&lines(&[("a", 2)])),
+        Err(StockError::Unavailable { .. })
+    ));
+    assert_eq!(proxy.lost(), 2);
+    assert_eq!(
+        counts(&observer, "a"),
+        (10, 2),
+        "the script opened the hold"
+    );
+    store.restock(&a, 1).unwrap();
+    assert_eq!(counts(&observer, "a"), (11, 0), "the next call released it");
+    // A keyed hold in the same straits is kept for its caller's retry.
+    let options = ReserveOptions::new().idempotency_key("order-1");
+    proxy.lose_replies_containing(b"$2\r\nok\r\n", 2);
+    assert!(matches!(
+        store.reserve_with(&lines(&[("a", 3)]), &options),
+        Err(StockError::Unavailable { .. })
+    ));
+    store.restock(&a, 1).unwrap();
+    assert_eq!(counts(&observer, "a"), (12, 3), "kept for the retry");
+    let hold = store.reserve_with(&lines(&[("a", 3)]), &options).unwrap();
+    assert_eq!(store.commit(hold.id()).unwrap().lines(), &[(a.clone(), 3)]);
+    assert_eq!(counts(&observer, "a"), (9, 0));
+}

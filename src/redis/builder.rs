@@ -393,6 +393,7 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
             request_prefix: format!("{:016x}-", u64::from_le_bytes(random)),
             requests_prefix: format!("{prefix}requests:"),
             requests: std::sync::atomic::AtomicU64::new(0),
+            in_doubt: super::InDoubt::default(),
             wait_lease_us: u64::try_from(self.wait_lease.as_micros()).unwrap_or(u64::MAX),
             wait_units_max: self.wait_units_max,
             keys,

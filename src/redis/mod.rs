@@ -152,7 +152,10 @@ const WAIT_SLICE: Duration = Duration::from_millis(500);
 /// When the resend fails too (the server cannot be reached, times out or fails), a call
 /// returns [`StockError::Unavailable`]: **the call may or may not have taken effect**.
 /// Retry a hold with an [`idempotency_key`](ReserveOptions::idempotency_key) so that a
-/// retry never holds twice. A reply the store does not expect (of the wrong shape) is
+/// retry never holds twice. A hold **without** a key whose `reserve` returned
+/// `Unavailable` is nobody's, yet the script may have opened it: the store drew its id, so
+/// its next call the server answers releases it (presumed abort), and no hold is left
+/// without an owner, TTL or not. A reply the store does not expect (of the wrong shape) is
 /// `Unavailable` too, with its text, never a panic.
 ///
 /// The infallible reads answer as if the ledger were empty while the server is down:
@@ -218,6 +221,9 @@ pub struct RedisStore<K> {
     requests_prefix: String,
     /// The count of the last request id.
     requests: AtomicU64,
+    /// Holds without an idempotency key whose `reserve` returned `Unavailable`: no caller
+    /// has them; the next call releases them (see [`InDoubt`]).
+    in_doubt: InDoubt,
     /// A waiter's lease, in microseconds.
     wait_lease_us: u64,
     /// How many units beyond a SKU's on hand one waiter may wait for.
@@ -240,6 +246,38 @@ fn decimal_after(prefix: &str, n: u64) -> String {
     text.push_str(prefix);
     text.push_str(digits);
     text
+}
+
+/// The ids of holds without an idempotency key whose `reserve` returned
+/// [`StockError::Unavailable`]: the script may have opened the hold (its reply was lost,
+/// and so was the resend's), and then no caller has it and, without a TTL, nothing would
+/// ever give its units back. The store drew the id, so it knows it: its next call releases
+/// each such hold first (a hold that was never opened answers "unknown", which is fine).
+/// This is presumed abort, as in two-phase commit (Gray and Reuter, *Transaction
+/// Processing*, 1993): an outcome the caller never learned is undone. A keyed hold is not
+/// released: its caller retries with the key and gets it.
+#[derive(Debug, Default)]
+pub(crate) struct InDoubt {
+    /// Whether `ids` may hold any: one load on every call, the lock only when set.
+    any: std::sync::atomic::AtomicBool,
+    ids: crate::sync::Mutex<Vec<ReservationId>>,
+}
+
+impl InDoubt {
+    fn push(&self, id: ReservationId) {
+        self.ids.lock().push(id);
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// Takes every id (none when none is in doubt: one atomic load).
+    fn take(&self) -> Vec<ReservationId> {
+        if !self.any.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut ids = self.ids.lock();
+        self.any.store(false, Ordering::Release);
+        std::mem::take(&mut *ids)
+    }
 }
 
 /// A script's refusal, before it becomes a [`StockError`] naming the SKU.
@@ -528,7 +566,10 @@ impl<K: RedisSku> RedisStore<K> {
     /// script answers a resend with the answer it recorded).
     fn run(&self, function: &Function, args: &[Vec<u8>]) -> Result<Reply, StockError<K>> {
         let keys: [&str; 12] = std::array::from_fn(|i| self.keys[i].as_str());
-        self.run_on(function, &keys, args)
+        let reply = self.run_on(function, &keys, args)?;
+        // The server answers again: undo what failed calls may have left.
+        self.release_in_doubt();
+        Ok(reply)
     }
 
     /// [`run`](Self::run) declaring `keys` (then the requests hash of this second) instead
@@ -612,6 +653,20 @@ impl<K: RedisSku> RedisStore<K> {
             });
         }
         Ok(reply)
+    }
+
+    /// Releases the holds in doubt (see [`InDoubt`]), after a call the server answered;
+    /// when a release fails to reach it, that hold and the rest stay in doubt for the next
+    /// answered call. Events and statistics count these releases as any.
+    fn release_in_doubt(&self) {
+        let mut ids = self.in_doubt.take().into_iter();
+        while let Some(id) = ids.next() {
+            if let Err(StockError::Unavailable { .. }) = self.resolve(id, "release") {
+                self.in_doubt.push(id);
+                ids.for_each(|id| self.in_doubt.push(id));
+                return;
+            }
+        }
     }
 
     /// A new hold id: 63 random bits under [`ID_BIT`].
@@ -1025,7 +1080,16 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
         for _ in 0..ID_DRAWS_MAX {
             let id = self.new_id()?;
             args[0] = id.to_string().into_bytes();
-            let reply = self.run(&SCRIPTS.reserve, &args)?;
+            let reply = match self.run(&SCRIPTS.reserve, &args) {
+                Ok(reply) => reply,
+                Err(unavailable) => {
+                    if options.idempotency_key.is_none() {
+                        // It may have opened the hold; nobody has it: undone next call.
+                        self.in_doubt.push(ReservationId::from_u64(id));
+                    }
+                    return Err(unavailable);
+                }
+            };
             return match reply.status.as_str() {
                 "id_taken" => continue,
                 "ok" => {
