@@ -785,11 +785,19 @@ impl<K: RedisSku> RedisStore<K> {
         }
         let mut events: Vec<StockEvent<K>> = Vec::new();
         let mut open: Option<(String, u64)> = None;
+        // The idempotency key of the hold whose tuples follow a "key" tuple.
+        let mut keyed: Option<(u64, Arc<str>)> = None;
         for tuple in flat.chunks(7) {
             let field = |index: usize| engine::number(tuple.get(index)).unwrap_or(0);
             let Ok(kind) = engine::text(tuple.first()) else {
                 continue;
             };
+            if kind == "key" {
+                keyed = engine::text(tuple.get(2))
+                    .ok()
+                    .map(|key| (field(1), Arc::from(key)));
+                continue;
+            }
             let Some(sku) = engine::bytes(tuple.get(2)).ok().and_then(K::from_redis_key) else {
                 continue;
             };
@@ -827,33 +835,24 @@ impl<K: RedisSku> RedisStore<K> {
                 continue;
             }
             let id = ReservationId::from_u64(group.1);
+            let key = keyed
+                .as_ref()
+                .filter(|(hold, _)| *hold == group.1)
+                .map(|(_, key)| Arc::clone(key));
             let lines = vec![line];
             let event = match group.0.as_str() {
                 "restocked" => StockEvent::Restocked {
                     line: lines.into_iter().next().expect("one line"),
                 },
-                // The stream does not carry a hold's idempotency key (yet): `key` is None.
                 "reserved" => StockEvent::Reserved {
                     id,
                     lines,
                     expires_at,
-                    key: None,
+                    key,
                 },
-                "committed" => StockEvent::Committed {
-                    id,
-                    lines,
-                    key: None,
-                },
-                "released" => StockEvent::Released {
-                    id,
-                    lines,
-                    key: None,
-                },
-                "expired" => StockEvent::Expired {
-                    id,
-                    lines,
-                    key: None,
-                },
+                "committed" => StockEvent::Committed { id, lines, key },
+                "released" => StockEvent::Released { id, lines, key },
+                "expired" => StockEvent::Expired { id, lines, key },
                 _ => StockEvent::Sold { lines },
             };
             events.push(event);

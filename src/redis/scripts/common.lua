@@ -64,7 +64,8 @@
 --   events   flat 7-tuples for the caller's event sink (empty unless it wants them): kind,
 --            id ("0" for none), SKU, quantity, on_hand, reserved, version; a "low_stock"
 --            tuple carries available, threshold, 0 in the quantity, on_hand and reserved
---            places.
+--            places; a "key" tuple (push_key) carries the idempotency key of the hold
+--            whose tuples follow in the SKU's place.
 -- On the wire (`answer`) that is the status alone (a string) when payload and events are
 -- both empty, else one flat array {status, #payload, payload..., events...}: Redis checks
 -- every table of a reply for special fields (err, ok, double, map, ...), so one table
@@ -302,6 +303,15 @@ local function push_event(kind, id, sku, q, o, r, v)
   local n = #events
   events[n + 1], events[n + 2], events[n + 3], events[n + 4] = kind, id, sku, q
   events[n + 5], events[n + 6], events[n + 7] = o, r, v
+end
+
+-- Tells the caller (when it wants events) the idempotency key of the hold `id` whose
+-- events follow: a "key" tuple (the key in the SKU's place), none for a hold without a key
+-- (""). The stream does not carry keys: its consumers join on the hold's id.
+local function push_key(id, key)
+  if replied and key ~= '' then
+    push_event('key', id, key, 0, 0, 0, 0)
+  end
 end
 
 -- Appends the change to the stream and, when `to_caller`, to the events this call answers
@@ -563,6 +573,7 @@ local function claim(w)
     call('ZADD', K_DEADLINES, int(deadline), w[1])
   end
   count('reserves')
+  push_key(w[1], key)
   for i = 1, #skus do
     local at = 3 * (i - 1)
     record('reserved', w[1], skus[i], qtys[i], { levels[at + 1], levels[at + 2], levels[at + 3] }, true)
@@ -595,6 +606,7 @@ end
 -- A hold is in the deadlines set exactly when its deadline (h[1]) is set.
 local function settle(id, h, change, kind)
   local skus, qtys = h[3], h[4]
+  push_key(id, h[2] or '')
   call('HDEL', K_HOLDS, id)
   if h[1] > 0 then
     call('ZREM', K_DEADLINES, id)

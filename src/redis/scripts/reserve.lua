@@ -54,6 +54,7 @@ local levels, after = check_lines(skus, qtys, 'reserve')
 if not levels then
   return answer(after[1], after[2])
 end
+push_key(id, key)
 for i = 1, #skus do
   local sku = skus[i]
   store_level(sku, after[i])
