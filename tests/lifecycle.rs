@@ -1015,3 +1015,57 @@ fn the_retry_bound_defaults_to_retries_max() {
         "{debug}"
     );
 }
+
+/// Every store's hold events carry the hold's idempotency key (the outbox consumer's join
+/// key) when it opens, commits, is released and expires; a hold without a key has `None`.
+#[test]
+fn hold_events_carry_the_idempotency_key_of_their_hold() {
+    with_rigged_stores(|name, store, rig| {
+        store.restock(&sku("a"), 10).unwrap();
+        let keyed = |key: &str| ReserveOptions::new().idempotency_key(key);
+        let first = store
+            .reserve_with(&lines(&[("a", 1)]), &keyed("order-1"))
+            .unwrap();
+        store.commit(first.id()).unwrap();
+        let second = store
+            .reserve_with(&lines(&[("a", 2)]), &keyed("order-2"))
+            .unwrap();
+        store.release(second.id()).unwrap();
+        let third = store
+            .reserve_with(
+                &lines(&[("a", 1)]),
+                &keyed("order-3").ttl(Duration::from_secs(1)),
+            )
+            .unwrap();
+        rig.clock.advance(Duration::from_secs(2));
+        assert_eq!(store.expire_due().len(), 1, "{name}");
+        let plain = store.reserve(&lines(&[("a", 1)])).unwrap();
+        let seen: Vec<(&str, stockledger::ReservationId, Option<String>)> = rig
+            .events
+            .take()
+            .into_iter()
+            .filter_map(|event| match event {
+                StockEvent::Reserved { id, key, .. } => Some(("reserved", id, key)),
+                StockEvent::Committed { id, key, .. } => Some(("committed", id, key)),
+                StockEvent::Released { id, key, .. } => Some(("released", id, key)),
+                StockEvent::Expired { id, key, .. } => Some(("expired", id, key)),
+                _ => None,
+            })
+            .map(|(kind, id, key)| (kind, id, key.map(|key| key.to_string())))
+            .collect();
+        let key = |key: &str| Some(key.to_string());
+        assert_eq!(
+            seen,
+            [
+                ("reserved", first.id(), key("order-1")),
+                ("committed", first.id(), key("order-1")),
+                ("reserved", second.id(), key("order-2")),
+                ("released", second.id(), key("order-2")),
+                ("reserved", third.id(), key("order-3")),
+                ("expired", third.id(), key("order-3")),
+                ("reserved", plain.id(), None),
+            ],
+            "{name}"
+        );
+    });
+}
