@@ -71,11 +71,22 @@
 //!   tests), the event sink, the idempotency settings and each strategy's settings;
 //!   [`StockStore::stats`] returns [`StoreStats`].
 //!
+//! # Durability
+//!
+//! A store built with [`StoreBuilder::snapshots`] copies itself at one instant
+//! ([`Snapshot`], `snapshot()` on each in-memory store), and
+//! [`StoreBuilder::restore`] builds a store from a copy. With the `journal` feature,
+//! `JournalSink` appends every change to a file before the call returns (group commit,
+//! `fdatasync`), compacts it with snapshots, and recovers snapshot plus journal after a
+//! crash.
+//!
 //! # Features
 //!
 //! - `redis` (off by default): `RedisStore` and its builder, on redis-rs (needs Rust 1.88).
 //! - `serde` (off by default): `Serialize` and `Deserialize` for the value types (ids,
 //!   levels, holds, events, errors, statistics, options).
+//! - `journal` (off by default, turns on `serde`): `JournalSink`, which writes every
+//!   change to a file and acknowledges it only once it is on disk, and its recovery.
 //!
 //! The minimum supported Rust version is 1.85. How the stores are tested (loom models,
 //! property, linearizability and stress tests) is in
@@ -117,6 +128,12 @@ pub use async_channel;
 /// The channel crate of [`ChannelSink`]'s receivers and senders, re-exported so that its
 /// types (`crossbeam_channel::Receiver`) need no dependency of their own.
 pub use crossbeam_channel;
+#[cfg(all(feature = "journal", not(loom)))]
+pub use durability::journal::{
+    JournalError, JournalPosition, JournalSink, SyncPolicy, ORPHAN_CLOSES_MAX,
+};
+#[cfg(all(feature = "journal", not(loom)))]
+pub use durability::recovery::Recovery;
 pub use durability::snapshot::{
     HoldSnapshot, KeySnapshot, SkuSnapshot, Snapshot, SnapshotError, SNAPSHOT_FORMAT_VERSION,
 };

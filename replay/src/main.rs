@@ -18,8 +18,14 @@
 //! `--strategy redis --redis-cluster host:port,host:port,...` does so on a Redis Cluster
 //! reached through those seed nodes (the namespace lives on the primary of its slot).
 //!
+//! With `--journal DIR`, each in-memory run journals every change to `DIR/<strategy>`
+//! (`JournalSink`, synced before each call returns) and starts from what it recovers
+//! there: run it twice, or kill it and run it again, and the second run prints what it
+//! recovered and goes on from that stock.
+//!
 //! ```text
 //! cargo run --release -p stockledger-replay -- --threads 8 --strategy all
+//! cargo run --release -p stockledger-replay -- --strategy pessimistic --journal /tmp/ledger
 //! cargo run --release -p stockledger-replay --features redis -- \
 //!     --strategy redis --redis-url redis://127.0.0.1:6379/
 //! cargo run --release -p stockledger-replay --features redis -- \
@@ -39,6 +45,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+
+mod journal;
 use rand::Rng;
 use stockledger::{
     AdaptiveStore, MonitorStore, OptimisticStore, PessimisticStore, Reservation, StockError,
@@ -90,6 +98,11 @@ struct Args {
     #[cfg(feature = "redis")]
     #[arg(long, value_name = "HOST:PORT,...", conflicts_with = "redis_url")]
     redis_cluster: Option<String>,
+    /// Journal every change of the in-memory stores to `DIR/<strategy>` (synced before each
+    /// call returns) and, on start, recover from it: a run then starts from the stock it
+    /// recovered (open holds of the last run are released: their orders died with it).
+    #[arg(long, value_name = "DIR")]
+    journal: Option<PathBuf>,
 }
 
 impl Args {
@@ -407,6 +420,8 @@ impl<S: WaitingStore<String>> Checkout for Waiting<S> {
 /// Where the stores of a run live: in this process, or on a Redis server.
 #[derive(Debug, Clone, Default)]
 struct Engine {
+    /// `--journal`: the directory whose `<strategy>` folder journals each in-memory run.
+    journal: Option<PathBuf>,
     /// `--redis-url`, for [`Strategy::Redis`].
     #[cfg(feature = "redis")]
     redis_url: Option<String>,
@@ -420,7 +435,12 @@ fn checkout_for(
     engine: &Engine,
     threads: usize,
 ) -> Result<Box<dyn Checkout>, String> {
-    let _ = (engine, threads); // used by the Redis run only
+    let _ = threads; // used by the Redis run only
+    if let Some(dir) = &engine.journal {
+        if let Some(checkout) = journal::checkout(strategy, &dir.join(strategy.name()))? {
+            return Ok(checkout);
+        }
+    }
     Ok(match strategy {
         Strategy::Pessimistic => Box::new(Immediate(PessimisticStore::new())),
         Strategy::Optimistic => Box::new(Immediate(OptimisticStore::new())),
@@ -640,13 +660,20 @@ fn run(
 ) -> Result<Run, String> {
     let checkout = checkout_for(strategy, engine, threads)?;
     let store = checkout.store();
-    for (sku, &units) in catalog.skus.iter().zip(start) {
-        if units > 0 {
-            store
-                .restock(sku, units)
-                .map_err(|error| format!("start stock: {error}"))?;
+    // A journaled store that recovered stock starts from it; a new one is stocked.
+    let start = match journal::recovered_stock(store, &catalog.skus) {
+        Some(recovered) => recovered,
+        None => {
+            for (sku, &units) in catalog.skus.iter().zip(start) {
+                if units > 0 {
+                    store
+                        .restock(sku, units)
+                        .map_err(|error| format!("start stock: {error}"))?;
+                }
+            }
+            start.to_vec()
         }
-    }
+    };
     let restocker = strategy.waits();
     let began = Instant::now();
     let (tally, restocks) =
@@ -666,7 +693,7 @@ fn run(
         strategy,
         elapsed,
         tally,
-        start: start.to_vec(),
+        start,
         restocks,
         levels,
     })
@@ -853,6 +880,7 @@ fn replay(args: Args) -> Result<bool, String> {
     let threads = args.threads.map_or_else(default_threads, NonZeroUsize::get);
     print_intro(&args, &orders, &catalog, &start, threads);
     let engine = Engine {
+        journal: args.journal.clone(),
         #[cfg(feature = "redis")]
         redis_url: args.redis_url.clone(),
         #[cfg(feature = "redis")]

@@ -1,9 +1,17 @@
 //! Durability for the in-memory stores: a consistent [`Snapshot`](snapshot::Snapshot) of
-//! a store and a store built back from one ([`capture`]).
+//! a store and a store built back from one ([`capture`]); with the `journal` feature, a
+//! journal of every event on disk (`journal`, in the directory layout of `files`) and the
+//! recovery of snapshot plus journal (`recovery`).
 //!
 //! This layer sits beside the strategies: it reaches a store through its lifecycle (the
 //! registry's snapshot gate, holds and keys) and the small [`capture::SkuTable`] hook
 //! each store implements.
 
 pub(crate) mod capture;
+#[cfg(all(feature = "journal", not(loom)))]
+pub(crate) mod files;
+#[cfg(all(feature = "journal", not(loom)))]
+pub(crate) mod journal;
+#[cfg(all(feature = "journal", not(loom)))]
+pub(crate) mod recovery;
 pub(crate) mod snapshot;

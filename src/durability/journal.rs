@@ -1,0 +1,638 @@
+//! The journal: an [`EventSink`] that appends every event to a file and answers only once
+//! it is on disk, with group commit; and its compaction by snapshots.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::files::{self, Kind};
+use super::recovery::{self, Recovery};
+use super::snapshot::{Snapshot, SnapshotError};
+use crate::lifecycle::event::{EventSink, StockEvent};
+use crate::store::Sku;
+use crate::sync::{Condvar, Mutex, MutexGuard};
+
+/// When the journal makes an appended record durable, named after Redis's
+/// [`appendfsync`](https://redis.io/docs/latest/operate/oss_and_stack/management/persistence/)
+/// settings.
+///
+/// Every policy writes each record to the file (the operating system's page cache) before
+/// `on_event` returns, so a crash of the process loses nothing; they differ in what a crash
+/// of the machine (power, kernel) may lose.
+///
+/// # Examples
+///
+/// ```
+/// use stockledger::SyncPolicy;
+///
+/// assert_eq!(SyncPolicy::default(), SyncPolicy::Always);
+/// ```
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum SyncPolicy {
+    /// `fdatasync` before `on_event` returns: a change is acknowledged to its caller only
+    /// once it is on disk. Concurrent callers share one sync (group commit).
+    #[default]
+    Always,
+    /// `fdatasync` once a second, from a thread of the journal: a machine crash loses at
+    /// most about the last second of acknowledged changes.
+    EverySec,
+    /// Never sync; the operating system writes the file back when it likes (on Linux,
+    /// within about 30 s).
+    No,
+}
+
+/// Why the journal could not be opened, read or compacted.
+///
+/// # Examples
+///
+/// ```
+/// use stockledger::{JournalError, JournalSink, SyncPolicy};
+///
+/// let dir = std::env::temp_dir().join(format!("stockledger-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// std::fs::write(dir.join("snapshot-0000000000000001.bin"), b"not a snapshot")?;
+/// let opened = JournalSink::<String>::open(&dir, SyncPolicy::Always);
+/// assert!(matches!(opened, Err(JournalError::Corrupt { .. })));
+/// std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// A file operation failed.
+    #[error("journal I/O on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is damaged somewhere other than a torn last record (which recovery drops):
+    /// a bad checksum with whole records after it, a bad snapshot file, a record whose
+    /// JSON does not parse, sequence numbers out of order.
+    #[error("corrupt journal file {path} at byte {offset}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Where the damage starts.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Taking or checking a snapshot failed.
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
+}
+
+impl JournalError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(path: &Path, offset: u64, reason: &str) -> Self {
+        Self::Corrupt {
+            path: path.to_path_buf(),
+            offset,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// A place in the journal: a file's generation and a byte offset in it.
+///
+/// # Examples
+///
+/// ```
+/// use stockledger::JournalPosition;
+///
+/// let a = JournalPosition { generation: 1, offset: 900 };
+/// assert!(a < JournalPosition { generation: 2, offset: 8 });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct JournalPosition {
+    /// The generation of the journal file.
+    pub generation: u64,
+    /// Bytes from the start of that file.
+    pub offset: u64,
+}
+
+/// Holds whose close the journal saw before their open, kept at most this many (oldest
+/// forgotten first); see [`JournalSink::compact`].
+pub const ORPHAN_CLOSES_MAX: usize = 100_000;
+
+/// A durable [`EventSink`]: appends every change of a store to a journal file in a
+/// directory, and, under [`SyncPolicy::Always`], returns from `on_event` (so the store
+/// returns to its caller) only once the change is on disk. Recovery
+/// ([`open`](Self::open)) gives back the store's state as of the last whole record.
+///
+/// **Records.** Each event but `LowStock` (which recovery does not need) is one record:
+/// its length, a CRC-32 checksum, the journal's sequence number, the wall-clock time and
+/// the event as JSON (layout in the module `files`). A record is written with one `write`
+/// before `on_event` returns, whatever the policy.
+///
+/// **Group commit.** Under `Always`, a caller whose record is not yet durable either
+/// becomes the leader, which runs one `fdatasync` (`File::sync_data`) for every record
+/// appended so far, or waits for the leader in progress; so concurrent callers share one
+/// sync, as in PostgreSQL's WAL flush and MySQL's binary-log group commit. A machine that
+/// syncs 64 bytes in 3 ms thus acknowledges far more than 333 changes a second.
+///
+/// **Compaction.** [`compact`](Self::compact) starts a new journal file, takes a snapshot of
+/// the store, writes it and removes the files before it, so a journal never grows past
+/// what happened since the last snapshot.
+///
+/// **Order.** A store delivers events after its locks are released, so two threads'
+/// records may reach the file in the other order than their changes. Recovery does not
+/// depend on the file's order: each SKU's counts come from its record of highest version,
+/// and a hold is open when its opening record is there and no closing one (a close may
+/// come first). One window is left: a commit or release whose record is not written yet
+/// while a later change of one of its SKUs is already synced; a machine crash right then
+/// recovers the later counts with the hold still open. Recovery reports that as an
+/// inconsistency rather than guessing.
+///
+/// **Failure.** A failed `write` or `fdatasync` cannot be returned through `on_event`; as
+/// PostgreSQL does since 2018, the journal then refuses to go on: this call and every
+/// later one panic (after a failed `fdatasync` the kernel may have dropped the dirty
+/// pages, so retrying could acknowledge a change that is not on disk).
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use stockledger::{JournalSink, PessimisticStore, StockStore, SyncPolicy};
+///
+/// let dir = std::env::temp_dir().join(format!("stockledger-journal-doc-{}", std::process::id()));
+/// {
+///     let (journal, recovered) = JournalSink::<String>::open(&dir, SyncPolicy::Always)?;
+///     assert!(recovered.snapshot.skus.is_empty()); // a new directory
+///     let store = PessimisticStore::builder()
+///         .restore(recovered.snapshot)?
+///         .event_sink(journal.clone())
+///         .build();
+///     store.restock(&"SKU1004".to_string(), 5).unwrap();
+///     store.sell(&[("SKU1004".to_string(), 2)]).unwrap(); // on disk when it returns
+/// } // the process dies here
+/// let (_journal, recovered) = JournalSink::<String>::open(&dir, SyncPolicy::Always)?;
+/// let store = PessimisticStore::builder().restore(recovered.snapshot)?.build();
+/// assert_eq!(store.level(&"SKU1004".to_string()).unwrap().on_hand, 3);
+/// std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct JournalSink<K> {
+    shared: Arc<Shared>,
+    /// The thread that syncs once a second under `EverySec`.
+    flusher: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Held by a compaction: one at a time.
+    compaction: Mutex<()>,
+    /// The SKU type of the events it takes.
+    sku: std::marker::PhantomData<fn(K)>,
+}
+
+/// What the sink's callers and its flusher share.
+struct Shared {
+    dir: PathBuf,
+    policy: SyncPolicy,
+    /// Everything below; held while a record is written (not while it is synced).
+    state: Mutex<State>,
+    /// Signalled when a sync ends (and when the sink closes).
+    synced: Condvar,
+}
+
+/// The journal's state, guarded by [`Shared::state`].
+struct State {
+    /// The journal file appended to.
+    file: Arc<File>,
+    /// Its generation.
+    generation: u64,
+    /// Bytes written to it (its length).
+    written: u64,
+    /// Bytes of it known to be on disk.
+    durable: u64,
+    /// Whether a leader is syncing now.
+    syncing: bool,
+    /// The sequence number of the next record.
+    next_sequence: u64,
+    /// Why the journal stopped, once a write or sync failed.
+    failed: Option<String>,
+    /// Holds whose opening record was written and whose closing one was not.
+    open: HashSet<u64>,
+    /// Closing records of holds whose opening record was not written yet, with the order
+    /// they came in (to forget the oldest first).
+    orphans: HashMap<u64, (u64, Vec<u8>)>,
+    /// Set when the sink is dropped: the flusher stops.
+    closing: bool,
+}
+
+impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
+    /// Recovers the state kept in `dir` (created if missing) and opens a journal there
+    /// for appending. Returns the sink, to give to the store's builder
+    /// ([`event_sink`](crate::StoreBuilder::event_sink)), and the [`Recovery`], whose
+    /// snapshot the store is built from ([`restore`](crate::StoreBuilder::restore)).
+    ///
+    /// Opening writes the recovered state as a new snapshot and starts a new journal file,
+    /// then removes the older files: a torn tail is gone for good, and the next crash
+    /// recovers from here.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Io`] when the directory or a file cannot be read or written,
+    /// [`JournalError::Corrupt`] for damage other than a torn last record,
+    /// [`JournalError::Snapshot`] for a snapshot file this build cannot read, or a
+    /// recovered state that contradicts itself (see the type's docs, **Order**);
+    /// [`JournalError::Io`] also when the `EverySec` thread cannot be started.
+    ///
+    /// # Blocking
+    ///
+    /// Reads every file of the directory and syncs the new ones.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        policy: SyncPolicy,
+    ) -> Result<(Arc<Self>, Recovery<K>), JournalError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|source| JournalError::io(&dir, source))?;
+        let recovery = recovery::recover::<K>(&dir)?;
+        let generation = recovery.generation + 1;
+        write_snapshot(&dir, generation, &recovery.snapshot)?;
+        let file = files::create_journal(&dir, generation)?;
+        files::remove_before(&dir, generation)?;
+        let state = State {
+            file: Arc::new(file),
+            generation,
+            written: files::JOURNAL_MAGIC.len() as u64,
+            durable: files::JOURNAL_MAGIC.len() as u64,
+            syncing: false,
+            next_sequence: recovery.last_sequence.map_or(1, |last| last + 1),
+            failed: None,
+            open: recovery
+                .snapshot
+                .holds
+                .iter()
+                .map(|hold| hold.id.get())
+                .collect(),
+            orphans: HashMap::new(),
+            closing: false,
+        };
+        let shared = Arc::new(Shared {
+            dir,
+            policy,
+            state: Mutex::new(state),
+            synced: Condvar::new(),
+        });
+        let flusher = if policy == SyncPolicy::EverySec {
+            let weak = Arc::downgrade(&shared);
+            let spawned = std::thread::Builder::new()
+                .name("stockledger-journal".into())
+                .spawn(move || flush_every_second(&weak));
+            Some(spawned.map_err(|source| JournalError::io(&shared.dir, source))?)
+        } else {
+            None
+        };
+        let sink = Arc::new(Self {
+            shared,
+            flusher: std::sync::Mutex::new(flusher),
+            compaction: Mutex::new(()),
+            sku: std::marker::PhantomData,
+        });
+        Ok((sink, recovery))
+    }
+
+    /// Compacts the journal: starts a new journal file, calls `snapshot` (the store's
+    /// `snapshot()`), writes what it returns, and removes the older files. Changes go on
+    /// meanwhile, into the new file; recovery replays it over the snapshot (a change that
+    /// the snapshot holds already is recognised by its SKU versions and its hold ids).
+    ///
+    /// Holds whose closing record came before their opening one are written again at the
+    /// start of the new file (at most [`ORPHAN_CLOSES_MAX`]), so that an opening record
+    /// that comes late cannot bring back a hold the snapshot no longer has.
+    ///
+    /// # Errors
+    ///
+    /// What `snapshot` returns (as [`JournalError::Snapshot`]), [`JournalError::Io`]. On
+    /// an error the journal goes on in the new file and recovery still finds everything.
+    ///
+    /// # Blocking
+    ///
+    /// Syncs the old file and the new ones, and writes the whole snapshot; appends wait
+    /// only while the files are switched.
+    pub fn compact(
+        &self,
+        snapshot: impl FnOnce() -> Result<Snapshot<K>, SnapshotError>,
+    ) -> Result<JournalPosition, JournalError> {
+        let _one = self.compaction.lock();
+        let generation = self.rotate()?;
+        let snapshot = snapshot()?;
+        let dir = &self.shared.dir;
+        write_snapshot(dir, generation, &snapshot)?;
+        files::remove_before(dir, generation)?;
+        Ok(JournalPosition {
+            generation,
+            offset: 0,
+        })
+    }
+
+    /// Syncs the current file, switches to a new one and writes the orphan closes there;
+    /// returns the new generation.
+    fn rotate(&self) -> Result<u64, JournalError> {
+        let shared = &self.shared;
+        let mut state = shared.state.lock();
+        let written = state.written;
+        state = self.wait_durable(state, written);
+        let generation = state.generation + 1;
+        let file = files::create_journal(&shared.dir, generation)?;
+        state.file = Arc::new(file);
+        state.generation = generation;
+        state.written = files::JOURNAL_MAGIC.len() as u64;
+        state.durable = state.written;
+        let mut orphans: Vec<(u64, Vec<u8>)> = state.orphans.values().cloned().collect();
+        orphans.sort_unstable_by_key(|(order, _)| *order);
+        for (_, payload) in orphans {
+            state.append(&payload, &shared.dir);
+        }
+        // On disk before the snapshot lets the older file go: they stand in for it.
+        let written = state.written;
+        drop(self.wait_durable(state, written));
+        Ok(generation)
+    }
+}
+
+impl<K> JournalSink<K> {
+    /// The directory of the journal.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{JournalSink, SyncPolicy};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("stockledger-dir-doc-{}", std::process::id()));
+    /// let (journal, _) = JournalSink::<String>::open(&dir, SyncPolicy::No)?;
+    /// assert_eq!(journal.dir(), dir);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), stockledger::JournalError>(())
+    /// ```
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The sync policy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{JournalSink, SyncPolicy};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("stockledger-policy-doc-{}", std::process::id()));
+    /// let (journal, _) = JournalSink::<String>::open(&dir, SyncPolicy::EverySec)?;
+    /// assert_eq!(journal.policy(), SyncPolicy::EverySec);
+    /// # drop(journal);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), stockledger::JournalError>(())
+    /// ```
+    pub fn policy(&self) -> SyncPolicy {
+        self.shared.policy
+    }
+
+    /// How far the journal is known to be on disk: every record before this position
+    /// survives a crash of the machine. Under `Always` it covers every record whose
+    /// `on_event` has returned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{JournalSink, PessimisticStore, StockStore, SyncPolicy};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("stockledger-durable-doc-{}", std::process::id()));
+    /// let (journal, _) = JournalSink::<String>::open(&dir, SyncPolicy::Always)?;
+    /// let before = journal.durable();
+    /// let store = PessimisticStore::builder().event_sink(journal.clone()).build();
+    /// store.restock(&"tv".to_string(), 1).unwrap();
+    /// assert!(journal.durable() > before);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), stockledger::JournalError>(())
+    /// ```
+    pub fn durable(&self) -> JournalPosition {
+        let state = self.shared.state.lock();
+        JournalPosition {
+            generation: state.generation,
+            offset: state.durable,
+        }
+    }
+
+    /// Syncs every record written so far (what `EverySec` does each second).
+    ///
+    /// # Panics
+    ///
+    /// When a write or sync of the journal failed (see the type's docs, **Failure**).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{JournalSink, PessimisticStore, StockStore, SyncPolicy};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("stockledger-sync-doc-{}", std::process::id()));
+    /// let (journal, _) = JournalSink::<String>::open(&dir, SyncPolicy::No)?;
+    /// let store = PessimisticStore::builder().event_sink(journal.clone()).build();
+    /// store.restock(&"tv".to_string(), 1).unwrap();
+    /// let written = journal.durable();
+    /// journal.sync();
+    /// assert!(journal.durable() > written);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), stockledger::JournalError>(())
+    /// ```
+    pub fn sync(&self) {
+        let state = self.shared.state.lock();
+        let written = state.written;
+        drop(self.wait_durable(state, written));
+    }
+
+    /// Waits until the first `target` bytes of the current file are durable, syncing as
+    /// the leader when no sync is in progress (group commit); returns the lock.
+    fn wait_durable<'a>(
+        &'a self,
+        state: MutexGuard<'a, State>,
+        target: u64,
+    ) -> MutexGuard<'a, State> {
+        wait_durable(&self.shared, state, target)
+    }
+}
+
+/// [`JournalSink::wait_durable`], for the sink and its flusher.
+fn wait_durable<'a>(
+    shared: &'a Shared,
+    mut state: MutexGuard<'a, State>,
+    target: u64,
+) -> MutexGuard<'a, State> {
+    let generation = state.generation;
+    loop {
+        if let Some(failure) = &state.failed {
+            panic!("the journal in {} failed: {failure}", shared.dir.display());
+        }
+        if state.generation != generation || state.durable >= target {
+            return state;
+        }
+        if state.syncing {
+            state = shared.synced.wait_until(state, None).0;
+            continue;
+        }
+        // The leader: one sync for everything written so far.
+        state.syncing = true;
+        let upto = state.written;
+        let file = Arc::clone(&state.file);
+        drop(state);
+        let synced = file.sync_data();
+        state = shared.state.lock();
+        state.syncing = false;
+        match synced {
+            Ok(()) if state.generation == generation => state.durable = state.durable.max(upto),
+            Ok(()) => {}
+            Err(error) => state.failed = Some(format!("fdatasync: {error}")),
+        }
+        shared.synced.notify_all();
+    }
+}
+
+/// The `EverySec` thread: syncs once a second until the sink is dropped.
+fn flush_every_second(shared: &Weak<Shared>) {
+    loop {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut state = shared.state.lock();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !state.closing && Instant::now() < deadline {
+            state = shared.synced.wait_until(state, Some(deadline)).0;
+        }
+        if state.closing || state.failed.is_some() {
+            return;
+        }
+        let written = state.written;
+        drop(wait_durable(&shared, state, written));
+    }
+}
+
+impl State {
+    /// Writes one record of `payload` to the current file.
+    fn append(&mut self, payload: &[u8], dir: &Path) {
+        if let Some(failure) = &self.failed {
+            panic!("the journal in {} failed: {failure}", dir.display());
+        }
+        let record = files::frame(self.next_sequence, files::unix_ms(), payload);
+        match (&*self.file).write_all(&record) {
+            Ok(()) => {
+                self.next_sequence += 1;
+                self.written += record.len() as u64;
+            }
+            Err(error) => {
+                let failure = format!("write: {error}");
+                self.failed = Some(failure.clone());
+                panic!("the journal in {} failed: {failure}", dir.display());
+            }
+        }
+    }
+
+    /// Notes the hold `event` opens or closes; `true` when it is the close of a hold whose
+    /// open was not written yet (kept as an orphan, with its record `payload`).
+    fn track(&mut self, id: u64, opens: bool, payload: &[u8]) {
+        if opens {
+            if self.orphans.remove(&id).is_none() {
+                self.open.insert(id);
+            }
+        } else if !self.open.remove(&id) {
+            if self.orphans.len() >= ORPHAN_CLOSES_MAX {
+                let oldest = self.orphans.iter().min_by_key(|(_, (order, _))| *order);
+                if let Some(oldest) = oldest.map(|(id, _)| *id) {
+                    self.orphans.remove(&oldest);
+                }
+            }
+            let order = self.next_sequence;
+            self.orphans.insert(id, (order, payload.to_vec()));
+        }
+    }
+}
+
+impl<K: Sku + Serialize + DeserializeOwned> EventSink<K> for JournalSink<K> {
+    /// Appends `event` (unless it is a `LowStock`) and, under [`SyncPolicy::Always`],
+    /// waits until it is on disk.
+    ///
+    /// # Panics
+    ///
+    /// When a write or sync of the journal failed (see the type's docs, **Failure**).
+    fn on_event(&self, event: &StockEvent<K>) {
+        let hold = match event {
+            StockEvent::Reserved { id, .. } => Some((id.get(), true)),
+            StockEvent::Committed { id, .. }
+            | StockEvent::Released { id, .. }
+            | StockEvent::Expired { id, .. } => Some((id.get(), false)),
+            StockEvent::LowStock { .. } => return,
+            _ => None,
+        };
+        // Encoded before the lock: only the write is serialized.
+        let payload = serde_json::to_vec(event).expect("a stock event encodes as JSON");
+        let shared = &self.shared;
+        let mut state = shared.state.lock();
+        if let Some((id, opens)) = hold {
+            state.track(id, opens, &payload);
+        }
+        state.append(&payload, &shared.dir);
+        if shared.policy == SyncPolicy::Always {
+            let written = state.written;
+            drop(self.wait_durable(state, written));
+        }
+    }
+}
+
+impl<K> Drop for JournalSink<K> {
+    fn drop(&mut self) {
+        {
+            let mut state = self.shared.state.lock();
+            state.closing = true;
+            self.shared.synced.notify_all();
+            if self.shared.policy == SyncPolicy::EverySec && state.failed.is_none() {
+                let _ = state.file.sync_data();
+            }
+        }
+        let flusher = self.flusher.get_mut().map(Option::take);
+        if let Ok(Some(flusher)) = flusher {
+            let _ = flusher.join();
+        }
+    }
+}
+
+impl<K> fmt::Debug for JournalSink<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared.state.lock();
+        f.debug_struct("JournalSink")
+            .field("dir", &self.shared.dir)
+            .field("policy", &self.shared.policy)
+            .field("generation", &state.generation)
+            .field("written", &state.written)
+            .field("durable", &state.durable)
+            .field("failed", &state.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes `snapshot` as the snapshot file of `generation` in `dir`, whole or not at all.
+fn write_snapshot<K: Serialize>(
+    dir: &Path,
+    generation: u64,
+    snapshot: &Snapshot<K>,
+) -> Result<(), JournalError> {
+    let path = files::path(dir, Kind::Snapshot, generation);
+    let payload = serde_json::to_vec(snapshot).map_err(|error| {
+        JournalError::corrupt(&path, 0, &format!("the snapshot does not encode: {error}"))
+    })?;
+    files::write_whole(dir, &path, &files::snapshot_file(&payload))
+}

@@ -1,0 +1,397 @@
+//! The journal in one process, on real files in temporary directories: recovery of
+//! snapshot plus journal, a torn tail cut at every byte, damage in the middle refused,
+//! records that arrive out of order, compaction, group commit under concurrent callers.
+#![cfg(feature = "journal")]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use stockledger::{
+    EventLine, HoldOutcome, JournalError, JournalSink, OptimisticStore, PessimisticStore,
+    ReservationId, ReserveOptions, Snapshot, StockError, StockEvent, StockLevel, StockStore,
+    SyncPolicy,
+};
+
+fn sku(name: &str) -> String {
+    name.to_string()
+}
+
+/// The journal files of `dir`, oldest first.
+fn journals(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// `(on hand, reserved, version)` per SKU and the open hold ids: what must survive.
+type Essence = (BTreeMap<String, (u64, u64, u64)>, Vec<ReservationId>);
+
+/// The [`Essence`] of a snapshot.
+fn essence(snapshot: &Snapshot<String>) -> Essence {
+    let skus = snapshot
+        .skus
+        .iter()
+        .map(|sku| (sku.sku.clone(), (sku.on_hand, sku.reserved, sku.version)))
+        .collect();
+    (skus, snapshot.holds.iter().map(|hold| hold.id).collect())
+}
+
+#[test]
+fn a_reopened_journal_gives_back_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, recovered) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
+    let store = OptimisticStore::builder()
+        .restore(recovered.snapshot)
+        .unwrap()
+        .event_sink(journal.clone())
+        .snapshots()
+        .build();
+    store.restock(&sku("a"), 10).unwrap();
+    store.restock(&sku("b"), 4).unwrap();
+    let keyed = ReserveOptions::new()
+        .ttl(Duration::from_secs(600))
+        .idempotency_key("order-1");
+    let open = store
+        .reserve_with(&[(sku("a"), 2), (sku("b"), 1)], &keyed)
+        .unwrap();
+    let done = store
+        .reserve_with(
+            &[(sku("a"), 1)],
+            &ReserveOptions::new().idempotency_key("order-0"),
+        )
+        .unwrap();
+    store.commit(done.id()).unwrap();
+    store.sell(&[(sku("a"), 3), (sku("b"), 1)]).unwrap();
+    let released = store.reserve(&[(sku("b"), 1)]).unwrap();
+    store.release(released.id()).unwrap();
+    let before = store.snapshot().unwrap();
+    drop((store, journal));
+
+    let (_journal, recovered) =
+        JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
+    assert_eq!(recovered.records, 8);
+    assert_eq!(recovered.torn_bytes, 0);
+    assert_eq!(essence(&recovered.snapshot), essence(&before));
+    let ttl = recovered.snapshot.holds[0].ttl_ms.unwrap();
+    assert!(
+        ttl <= 600_000 && ttl > 590_000,
+        "the deadline comes back: {ttl} ms left"
+    );
+    let store = OptimisticStore::builder()
+        .restore(recovered.snapshot)
+        .unwrap()
+        .build();
+    assert_eq!(
+        store
+            .reserve_with(&[(sku("a"), 2), (sku("b"), 1)], &keyed)
+            .unwrap()
+            .id(),
+        open.id()
+    );
+    let retry = store.reserve_with(
+        &[(sku("a"), 1)],
+        &ReserveOptions::new().idempotency_key("order-0"),
+    );
+    assert!(
+        matches!(
+            retry,
+            Err(StockError::HoldEnded {
+                outcome: HoldOutcome::Committed,
+                ..
+            })
+        ),
+        "{retry:?}"
+    );
+    store.commit(open.id()).unwrap();
+    assert_eq!(store.level(&sku("a")).unwrap().on_hand, 10 - 1 - 3 - 2);
+}
+
+/// One store's run, single threaded, each call one record: the state after each call.
+fn scripted_run(dir: &Path) -> Vec<Snapshot<String>> {
+    let (journal, recovered) = JournalSink::<String>::open(dir, SyncPolicy::Always).unwrap();
+    let store = PessimisticStore::builder()
+        .restore(recovered.snapshot)
+        .unwrap()
+        .event_sink(journal.clone())
+        .build();
+    let mut states = vec![store.snapshot().unwrap()];
+    store.restock(&sku("a"), 5).unwrap();
+    states.push(store.snapshot().unwrap());
+    store.restock(&sku("b"), 5).unwrap();
+    states.push(store.snapshot().unwrap());
+    let hold = store.reserve(&[(sku("a"), 2), (sku("b"), 1)]).unwrap();
+    states.push(store.snapshot().unwrap());
+    store.sell(&[(sku("a"), 1)]).unwrap();
+    states.push(store.snapshot().unwrap());
+    store.commit(hold.id()).unwrap();
+    states.push(store.snapshot().unwrap());
+    let hold = store.reserve(&[(sku("b"), 3)]).unwrap();
+    states.push(store.snapshot().unwrap());
+    store.release(hold.id()).unwrap();
+    states.push(store.snapshot().unwrap());
+    states
+}
+
+#[test]
+fn a_torn_tail_recovers_to_the_last_whole_record_wherever_it_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let states = scripted_run(dir.path());
+    let journal = journals(dir.path()).pop().unwrap();
+    let bytes = std::fs::read(&journal).unwrap();
+    // Record boundaries, from the recovery of every prefix: a cut at a boundary keeps
+    // every record before it, a cut inside a record drops that record only.
+    let mut whole_records_seen = Vec::new();
+    // The cuts: every byte of the header, and around and inside every record (its length
+    // is the frame's first 4 bytes, little endian; 24 bytes of frame before the payload).
+    let mut cuts: Vec<usize> = (0..=8).collect();
+    let mut start = 8;
+    while start < bytes.len() {
+        let length = u32::from_le_bytes(bytes[start..start + 4].try_into().unwrap()) as usize;
+        let end = start + 24 + length;
+        cuts.extend([
+            start + 1,
+            start + 4,
+            start + 12,
+            start + 23,
+            start + 24,
+            start + 24 + length / 2,
+            end - 1,
+            end,
+        ]);
+        start = end;
+    }
+    assert_eq!(start, bytes.len(), "the frames tile the file");
+    for cut in cuts {
+        let copy = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+        }
+        std::fs::write(
+            copy.path().join(journal.file_name().unwrap()),
+            &bytes[..cut],
+        )
+        .unwrap();
+        let (_journal, recovered) = JournalSink::<String>::open(copy.path(), SyncPolicy::No)
+            .unwrap_or_else(|error| panic!("cut at {cut}: {error}"));
+        let records = recovered.records as usize;
+        assert_eq!(
+            essence(&recovered.snapshot),
+            essence(&states[records]),
+            "cut at byte {cut}: the state after {records} records"
+        );
+        let whole = recovered.torn_bytes == 0;
+        if whole {
+            whole_records_seen.push(records);
+        }
+    }
+    whole_records_seen.dedup(); // an empty file and the bare header both hold no record
+    let every_prefix: Vec<usize> = (0..states.len()).collect();
+    assert_eq!(
+        whole_records_seen, every_prefix,
+        "one clean cut per record boundary"
+    );
+}
+
+#[test]
+fn damage_before_whole_records_is_an_error_not_a_silent_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    scripted_run(dir.path());
+    let journal = journals(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes[8 + 30] ^= 0xFF; // inside the first record's payload
+    std::fs::write(&journal, &bytes).unwrap();
+    let opened = JournalSink::<String>::open(dir.path(), SyncPolicy::No);
+    assert!(
+        matches!(opened, Err(JournalError::Corrupt { .. })),
+        "{opened:?}"
+    );
+    // Control: the same flip in the last record is a torn tail.
+    let dir = tempfile::tempdir().unwrap();
+    scripted_run(dir.path());
+    let journal = journals(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&journal).unwrap();
+    let end = bytes.len();
+    bytes[end - 3] ^= 0xFF;
+    std::fs::write(&journal, &bytes).unwrap();
+    let (_, recovered) = JournalSink::<String>::open(dir.path(), SyncPolicy::No).unwrap();
+    assert!(recovered.torn_bytes > 0);
+}
+
+fn line(name: &str, quantity: u64, on_hand: u64, reserved: u64, version: u64) -> EventLine<String> {
+    EventLine {
+        sku: sku(name),
+        quantity,
+        level: StockLevel {
+            on_hand,
+            reserved,
+            version,
+        },
+    }
+}
+
+/// Records in another order than their changes: the counts of highest version win, a
+/// close before its open still closes the hold, a hold whose opening record was lost is
+/// free again.
+#[test]
+fn recovery_does_not_depend_on_the_order_of_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
+    let (h1, h2) = (ReservationId::from_u64(101), ReservationId::from_u64(102));
+    let events = [
+        StockEvent::Restocked {
+            line: line("a", 10, 10, 0, 1),
+        },
+        // v3 (a sale) arrives before v2 (a hold), as two threads may deliver them.
+        StockEvent::Sold {
+            lines: vec![line("a", 1, 9, 2, 3)],
+        },
+        // h1 expired (v4) before its opening record (v2) was delivered.
+        StockEvent::Expired {
+            id: h1,
+            lines: vec![line("a", 2, 9, 0, 4)],
+            key: None,
+        },
+        StockEvent::Reserved {
+            id: h1,
+            lines: vec![line("a", 2, 10, 2, 2)],
+            expires_at: None,
+            key: None,
+        },
+        StockEvent::Reserved {
+            id: h2,
+            lines: vec![line("a", 3, 9, 3, 5)],
+            expires_at: None,
+            key: Some(Arc::from("k")),
+        },
+    ];
+    for event in &events {
+        journal.on_event_for_test(event);
+    }
+    drop(journal);
+    let (_, recovered) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
+    let (skus, holds) = essence(&recovered.snapshot);
+    assert_eq!(skus[&sku("a")], (9, 3, 5));
+    assert_eq!(holds, [h2]);
+    assert_eq!(
+        recovered.snapshot.holds[0].idempotency_key.as_deref(),
+        Some("k")
+    );
+}
+
+trait OnEvent {
+    fn on_event_for_test(&self, event: &StockEvent<String>);
+}
+
+impl OnEvent for Arc<JournalSink<String>> {
+    fn on_event_for_test(&self, event: &StockEvent<String>) {
+        stockledger::EventSink::on_event(self.as_ref(), event);
+    }
+}
+
+/// A close that reached the journal before its open survives a compaction: the late open
+/// in the new file does not bring the hold back.
+#[test]
+fn a_close_before_its_open_survives_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
+    let h = ReservationId::from_u64(7);
+    journal.on_event_for_test(&StockEvent::Restocked {
+        line: line("a", 5, 5, 0, 1),
+    });
+    journal.on_event_for_test(&StockEvent::Expired {
+        id: h,
+        lines: vec![line("a", 1, 5, 0, 3)],
+        key: None,
+    });
+    let empty_state = |on_hand| {
+        let store = PessimisticStore::builder().snapshots().build();
+        store.restock(&sku("a"), on_hand).unwrap();
+        store.snapshot()
+    };
+    // The snapshot of the compaction: the hold already gone (its units back).
+    journal.compact(|| empty_state(5)).unwrap();
+    assert_eq!(journals(dir.path()).len(), 1, "the older journal is gone");
+    journal.on_event_for_test(&StockEvent::Reserved {
+        id: h,
+        lines: vec![line("a", 1, 5, 1, 2)],
+        expires_at: None,
+        key: None,
+    });
+    drop(journal);
+    let (_, recovered) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
+    assert!(
+        recovered.snapshot.holds.is_empty(),
+        "{:?}",
+        recovered.snapshot.holds
+    );
+}
+
+#[test]
+fn compaction_keeps_the_state_and_drops_old_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, recovered) =
+        JournalSink::<String>::open(dir.path(), SyncPolicy::EverySec).unwrap();
+    let store = PessimisticStore::builder()
+        .restore(recovered.snapshot)
+        .unwrap()
+        .event_sink(journal.clone())
+        .build();
+    store.restock(&sku("a"), 10).unwrap();
+    let early = store.reserve(&[(sku("a"), 2)]).unwrap();
+    journal.compact(|| store.snapshot()).unwrap();
+    store.sell(&[(sku("a"), 1)]).unwrap();
+    store.commit(early.id()).unwrap();
+    let late = store.reserve(&[(sku("a"), 3)]).unwrap();
+    journal.compact(|| store.snapshot()).unwrap();
+    store.sell(&[(sku("a"), 1)]).unwrap();
+    let before = store.snapshot().unwrap();
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(files, 2, "one snapshot and one journal");
+    drop((store, journal));
+    let (_, recovered) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
+    assert_eq!(
+        recovered.records, 1,
+        "only the journal after the last snapshot is replayed"
+    );
+    assert_eq!(essence(&recovered.snapshot), essence(&before));
+    assert_eq!(recovered.snapshot.holds[0].id, late.id());
+}
+
+/// Many threads at `Always`: every acknowledged change is recovered (group commit shares
+/// syncs without losing anyone's record).
+#[test]
+fn concurrent_callers_at_always_all_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, recovered) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
+    let store = OptimisticStore::builder()
+        .restore(recovered.snapshot)
+        .unwrap()
+        .event_sink(journal.clone())
+        .build();
+    for n in 0..8 {
+        store.restock(&sku(&format!("s{n}")), 1_000).unwrap();
+    }
+    std::thread::scope(|scope| {
+        for n in 0..8 {
+            let store = &store;
+            scope.spawn(move || {
+                for _ in 0..25 {
+                    store.sell(&[(sku(&format!("s{n}")), 1)]).unwrap();
+                }
+            });
+        }
+    });
+    drop((store, journal));
+    let (_, recovered) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
+    assert_eq!(recovered.records, 8 + 8 * 25);
+    for sku in &recovered.snapshot.skus {
+        assert_eq!((sku.on_hand, sku.version), (975, 26), "{}", sku.sku);
+    }
+}
