@@ -16,10 +16,19 @@
 //! own `redis-server` (from `PATH`, in memory, on a free port in a temporary directory) and
 //! writes `target/criterion/stockledger/redis_run.json`.
 //!
-//! Run: `cargo bench --features redis --bench redis` (about a minute).
+//! Group `R3_redis_cluster_sell`: `RedisStore::sell` on a Redis Cluster of 3 primaries and
+//! 3 replicas started by the bench (`tests/support/redis_cluster.rs`), at 8 and 32 client
+//! threads: `one_namespace` (every thread on one namespace, so one primary), and
+//! `three_namespaces` (one namespace on each primary, thread `t` on namespace `t % 3`, the
+//! three stores on one `RedisCluster` handle), each also with `wait_replicas(1, 100 ms)`
+//! (`..._wait1`). Every node runs on the same 2 cores as the clients.
+//!
+//! Run: `cargo bench --features redis --bench redis` (about two minutes).
 
 #[allow(dead_code)] // each bench target uses a part of the shared harness
 mod common;
+#[path = "../tests/support/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
 
@@ -29,7 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use redis::ConnectionLike;
 use serde_json::json;
-use stockledger::{PessimisticStore, RedisStore, POOL_SIZE};
+use stockledger::{PessimisticStore, RedisCluster, RedisStore, StockStore, POOL_SIZE};
 
 use common::{at, run_threads, workload, Sku, Store, Subject, Visit};
 use redis_server::{Durability, RedisServer};
@@ -254,6 +263,100 @@ fn r2_reserve_commit(criterion: &mut Criterion, server: &RedisServer) {
     group.finish();
 }
 
+/// Client threads of the cluster group.
+const CLUSTER_THREADS: [usize; 2] = [8, 32];
+
+/// How long a change waits for its replica in the `_wait1` variants at most.
+const WAIT_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A namespace whose slot the primary on `port` owns.
+fn namespace_on(cluster: &redis_cluster::RedisCluster, port: u16, what: &str) -> String {
+    (0..)
+        .map(|n| format!("{what}-{n}"))
+        .find(|namespace| cluster.owner_of(cluster.slot_of(&format!("{{{namespace}}}"))) == port)
+        .expect("some namespace lands on every primary")
+}
+
+/// The stores of one variant: one per namespace, all on `handle`, their SKUs filled.
+fn cluster_stores(
+    handle: &RedisCluster,
+    namespaces: &[String],
+    wait: bool,
+) -> Vec<RedisStore<Sku>> {
+    namespaces
+        .iter()
+        .map(|namespace| {
+            let mut builder = handle.store(namespace);
+            if wait {
+                builder = builder.wait_replicas(1, WAIT_TIMEOUT);
+            }
+            let store = builder.build().expect("a store on the bench's cluster");
+            for sku in 0..SKUS {
+                store.restock(&sku, UNITS_PER_SKU).expect("restock");
+            }
+            store
+        })
+        .collect()
+}
+
+/// R3: `sell` of 1 unit on one namespace against three namespaces over three primaries, with
+/// and without `WAIT 1`. Returns what the run saw (calls that failed, by variant).
+fn r3_cluster_sell(criterion: &mut Criterion) -> serde_json::Value {
+    let cluster = redis_cluster::RedisCluster::start();
+    let primaries = cluster.primaries();
+    let handle = RedisCluster::new(cluster.urls());
+    let streams = workload::uniform_skus(CLUSTER_THREADS[CLUSTER_THREADS.len() - 1], SKUS);
+    let spread: Vec<String> = primaries
+        .iter()
+        .map(|port| namespace_on(&cluster, *port, "bench-r3"))
+        .collect();
+    let variants = [
+        ("one_namespace", &spread[..1], false),
+        ("three_namespaces", &spread[..], false),
+        ("one_namespace_wait1", &spread[..1], true),
+        ("three_namespaces_wait1", &spread[..], true),
+    ];
+    let stores: Vec<(&str, Vec<RedisStore<Sku>>, AtomicU64)> = variants
+        .iter()
+        .map(|(name, namespaces, wait)| {
+            let namespaces: Vec<String> = namespaces
+                .iter()
+                .map(|namespace| format!("{namespace}-{name}"))
+                .collect();
+            (
+                *name,
+                cluster_stores(&handle, &namespaces, *wait),
+                AtomicU64::new(0),
+            )
+        })
+        .collect();
+    let mut group = criterion.benchmark_group("R3_redis_cluster_sell");
+    for threads in CLUSTER_THREADS {
+        for (name, stores, failed) in &stores {
+            bench(&mut group, name, threads, |iters| {
+                run_threads(threads, iters, &|thread, i| {
+                    let store = &stores[thread % stores.len()];
+                    if store.sell(&[(at(&streams[thread], i), 1)]).is_err() {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+    let failed: serde_json::Map<String, serde_json::Value> = stores
+        .iter()
+        .map(|(name, _, failed)| (name.to_string(), json!(failed.load(Ordering::Relaxed))))
+        .collect();
+    json!({
+        "primaries": primaries.len(),
+        "replicas_per_primary": 1,
+        "pool_size_per_node": POOL_SIZE,
+        "wait_timeout_ms": WAIT_TIMEOUT.as_millis() as u64,
+        "failed_calls": failed,
+    })
+}
+
 /// The server's `redis_version`.
 fn server_version(server: &RedisServer) -> Option<String> {
     let client = redis::Client::open(server.url()).ok()?;
@@ -300,6 +403,7 @@ fn main() {
     let server = RedisServer::start(Durability::Memory);
     let peers = r1_sell(&mut criterion, &server);
     r2_reserve_commit(&mut criterion, &server);
+    let cluster = r3_cluster_sell(&mut criterion);
     criterion.final_summary();
     common::write_side_file(
         "redis_run",
@@ -316,6 +420,7 @@ fn main() {
             "skus": SKUS,
             "threads": THREADS,
             "peers": peers,
+            "cluster": cluster,
             "refusals": common::REFUSALS.load(Ordering::Relaxed),
         }),
     );

@@ -17,7 +17,11 @@ pub const STORES: [&str; 4] = ["pessimistic", "optimistic", "monitor", "adaptive
 
 /// The groups of `benches/redis.rs` (feature `redis`), judged by that bench's own run
 /// (`stockledger/redis_run.json`), since it runs apart from `scenarios`.
-pub const REDIS_GROUPS: [&str; 2] = ["R1_redis_sell", "R2_redis_reserve_commit"];
+pub const REDIS_GROUPS: [&str; 3] = [
+    "R1_redis_sell",
+    "R2_redis_reserve_commit",
+    "R3_redis_cluster_sell",
+];
 
 /// The naive peers that keep open holds by id (the fair peers of reserve+commit).
 pub const HOLD_PEERS: [&str; 2] = ["mutex_hashmap_holds", "dashmap_holds"];

@@ -34,6 +34,77 @@ const COLUMNS: [(&str, &str, &str); 6] = [
     ),
 ];
 
+/// The cluster group.
+const CLUSTER: &str = "R3_redis_cluster_sell";
+
+/// The cluster table's columns: title and function.
+const CLUSTER_COLUMNS: [(&str, &str); 4] = [
+    ("one namespace", "one_namespace"),
+    ("three namespaces", "three_namespaces"),
+    ("one namespace, `WAIT 1`", "one_namespace_wait1"),
+    ("three namespaces, `WAIT 1`", "three_namespaces_wait1"),
+];
+
+/// The Redis Cluster table: `sell` on one namespace (one primary) against three namespaces
+/// (one on each primary), with and without `wait_replicas(1, ..)`. Written only when the
+/// run holds the cluster group.
+fn cluster_table(data: &Data, report: &mut String) {
+    let mut threads: Vec<usize> = data
+        .results
+        .keys()
+        .filter(|(group, _, _)| group == CLUSTER)
+        .map(|(_, _, threads)| *threads)
+        .collect();
+    threads.sort_unstable();
+    threads.dedup();
+    if threads.is_empty() {
+        return;
+    }
+    let cluster = &data.redis_run["cluster"];
+    let number = |key: &str| cluster[key].as_u64().map_or("?".into(), |n| n.to_string());
+    let _ = writeln!(
+        report,
+        "#### Redis Cluster\n\n`RedisStore::sell` of 1 unit on a local cluster of {} primaries \
+         with {} replica each (`redis-server` {}, started by the bench), {} connections per \
+         node: every thread on one namespace (one primary), or thread `t` on namespace \
+         `t mod 3`, one namespace on each primary (three stores on one `RedisCluster` \
+         handle); `WAIT 1`: `wait_replicas(1, {} ms)`, each change confirmed by the \
+         primary's replica before it returns. All six servers and the client threads share \
+         the same 2 cores, so the three primaries cannot run side by side here: the table \
+         shows what routing and `WAIT` cost, not how a cluster scales on its own hosts.\n",
+        number("primaries"),
+        number("replicas_per_primary"),
+        data.redis_run["redis_version"].as_str().unwrap_or("?"),
+        number("pool_size_per_node"),
+        number("wait_timeout_ms"),
+    );
+    let mut header = "| threads |".to_string();
+    let mut rule = "|---:|".to_string();
+    for (title, _) in CLUSTER_COLUMNS {
+        let _ = write!(header, " {title} ops/s |");
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(
+        report,
+        "{header} three × one | `WAIT 1` × none (one namespace) |\n{rule}---:|---:|"
+    );
+    for count in threads {
+        let _ = write!(report, "| {count} |");
+        for (_, function) in CLUSTER_COLUMNS {
+            let cell = data.ops(CLUSTER, function, count).map_or("–".into(), rate);
+            let _ = write!(report, " {cell} |");
+        }
+        let ops = |function| data.ops(CLUSTER, function, count);
+        let _ = writeln!(
+            report,
+            " {} | {} |",
+            ratio(divide(ops("three_namespaces"), ops("one_namespace"))),
+            ratio(divide(ops("one_namespace_wait1"), ops("one_namespace"))),
+        );
+    }
+    let _ = writeln!(report);
+}
+
 /// `RedisStore::sell` over the bare script at `threads`, and whether it meets the target.
 pub fn sell_over_bare(data: &Data, threads: usize) -> (Option<f64>, Option<bool>) {
     let value = divide(
@@ -144,4 +215,5 @@ pub fn section(data: &Data, report: &mut String) {
         );
     }
     let _ = writeln!(report);
+    cluster_table(data, report);
 }
