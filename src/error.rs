@@ -140,6 +140,28 @@ pub enum StockError<K> {
         /// The key's length in bytes of UTF-8.
         length_bytes: usize,
     },
+    /// A [`commit_partial`](crate::StockStore::commit_partial) named a SKU the hold does not
+    /// hold; nothing changed, the hold stays open.
+    #[error("reservation {id} holds no units of SKU {sku:?}")]
+    NotInHold {
+        /// The hold.
+        id: ReservationId,
+        /// The SKU it does not hold.
+        sku: K,
+    },
+    /// A [`commit_partial`](crate::StockStore::commit_partial) asked to commit more units of
+    /// a SKU than the hold holds; nothing changed, the hold stays open.
+    #[error("reservation {id} holds {held} units of SKU {sku:?}, not {requested}")]
+    AboveHold {
+        /// The hold.
+        id: ReservationId,
+        /// The SKU.
+        sku: K,
+        /// Units the hold holds of it.
+        held: u64,
+        /// Units asked to commit (the merged quantity of its lines).
+        requested: u64,
+    },
     /// The shared engine (`RedisStore`, feature `redis`) could not be
     /// reached, timed out or failed. **The call may or may not have taken effect**: retry a
     /// hold with an [`idempotency_key`](crate::ReserveOptions::idempotency_key), so that a

@@ -124,7 +124,9 @@ mod tests {
             | StockError::Unavailable { .. }
             | StockError::InvalidSku(_)
             | StockError::HoldEnded { .. }
-            | StockError::WaitTooLarge { .. } => {}
+            | StockError::WaitTooLarge { .. }
+            | StockError::NotInHold { .. }
+            | StockError::AboveHold { .. } => {}
         }
         match event {
             StockEvent::Restocked { .. }

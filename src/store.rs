@@ -172,6 +172,55 @@ pub trait StockStore<K>: Send + Sync {
     ///   stock goes back, even if no sweep ran yet.
     fn commit(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>>;
 
+    /// Turns part of the hold `id` into a sale and gives the rest back, resolving it once,
+    /// as [`commit`](Self::commit) does (TigerBeetle's post of less than the pending
+    /// amount). `lines` are SKU, units to commit (merged like a request's: a SKU named
+    /// twice commits the sum); each SKU must be one of the hold's, with at most the units
+    /// it holds; a SKU of the hold left out is given back whole. Returns the hold as it
+    /// was made.
+    ///
+    /// The stock moves in two steps while the hold is resolved: first `reserved -= rest`
+    /// on the lines with units left over (a [`StockEvent::Released`](crate::StockEvent)
+    /// of those, waking waiters of a [`WaitingStore`]), then `on_hand -= q` and
+    /// `reserved -= q` on the committed lines (a `Committed` event of those); each SKU's
+    /// version grows by one per step. A hold resolves once: racing `commit`,
+    /// `commit_partial`, `release` and expiry of one hold, exactly one succeeds.
+    ///
+    /// # Errors
+    ///
+    /// Each refusal changes nothing and leaves the hold open, except `Expired`:
+    ///
+    /// - [`StockError::EmptyRequest`] when `lines` is empty (use
+    ///   [`release`](Self::release) to give everything back).
+    /// - [`StockError::InvalidQuantity`] for a line of 0 units; [`StockError::Overflow`]
+    ///   when the lines of one SKU sum past `u64::MAX`.
+    /// - [`StockError::NotInHold`] for a SKU the hold does not hold.
+    /// - [`StockError::AboveHold`] for more units of a SKU than the hold holds.
+    /// - [`StockError::UnknownReservation`] when `id` is not an open hold of this store.
+    /// - [`StockError::Expired`] when the hold is past its deadline: its stock goes back
+    ///   whole, as an expiry.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{PessimisticStore, StockStore};
+    ///
+    /// let store = PessimisticStore::new();
+    /// store.restock(&"cable", 5)?;
+    /// store.restock(&"plug", 5)?;
+    /// let hold = store.reserve(&[("cable", 3), ("plug", 2)])?;
+    /// // Two cables were in stock at the packing table, and no plug.
+    /// store.commit_partial(hold.id(), &[("cable", 2)])?;
+    /// let (cable, plug) = (store.level(&"cable").unwrap(), store.level(&"plug").unwrap());
+    /// assert_eq!((cable.on_hand, cable.reserved, plug.on_hand, plug.reserved), (3, 0, 5, 0));
+    /// # Ok::<(), stockledger::StockError<&str>>(())
+    /// ```
+    fn commit_partial(
+        &self,
+        id: ReservationId,
+        lines: &[(K, u64)],
+    ) -> Result<Reservation<K>, StockError<K>>;
+
     /// Gives the hold `id` back: `reserved -= q` on every line (the compensation step).
     /// Returns the resolved hold. Wakes waiters of a [`WaitingStore`].
     ///
@@ -504,6 +553,14 @@ macro_rules! forward_stock_store {
 
             fn release(&self, id: ReservationId) -> Result<Reservation<K>, StockError<K>> {
                 (**self).release(id)
+            }
+
+            fn commit_partial(
+                &self,
+                id: ReservationId,
+                lines: &[(K, u64)],
+            ) -> Result<Reservation<K>, StockError<K>> {
+                (**self).commit_partial(id, lines)
             }
 
             fn extend(

@@ -364,3 +364,126 @@ fn errors_display_what_went_wrong() {
         "unknown reservation #7"
     );
 }
+
+#[test]
+fn commit_partial_commits_the_named_units_and_gives_back_the_rest() {
+    with_stores(|name, store| {
+        store.restock(&sku("a"), 5).unwrap();
+        store.restock(&sku("b"), 5).unwrap();
+        store.restock(&sku("c"), 5).unwrap();
+        let hold = store
+            .reserve(&lines(&[("a", 3), ("b", 2), ("c", 1)]))
+            .unwrap();
+        // Two of a (named twice: merged), all of c, none of b.
+        let resolved = store
+            .commit_partial(hold.id(), &lines(&[("c", 1), ("a", 1), ("a", 1)]))
+            .unwrap();
+        assert_eq!(resolved, hold, "{name}: the hold as it was made");
+        assert_eq!(counts(store, "a"), (3, 0), "{name}");
+        assert_eq!(counts(store, "b"), (5, 0), "{name}");
+        assert_eq!(counts(store, "c"), (4, 0), "{name}");
+        // Resolved once: nothing more to commit, release or commit in part.
+        let unknown = Err(StockError::UnknownReservation(hold.id()));
+        assert_eq!(store.commit(hold.id()), unknown, "{name}");
+        assert_eq!(store.release(hold.id()), unknown, "{name}");
+        assert_eq!(
+            store.commit_partial(hold.id(), &lines(&[("a", 1)])),
+            unknown,
+            "{name}"
+        );
+        // Every unit of the hold named: a whole commit.
+        let whole = store.reserve(&lines(&[("b", 2)])).unwrap();
+        store
+            .commit_partial(whole.id(), &lines(&[("b", 2)]))
+            .unwrap();
+        assert_eq!(counts(store, "b"), (3, 0), "{name}");
+    });
+}
+
+#[test]
+fn a_refused_commit_partial_changes_nothing_and_keeps_the_hold() {
+    with_stores(|name, store| {
+        store.restock(&sku("a"), 5).unwrap();
+        store.restock(&sku("b"), 5).unwrap();
+        let hold = store.reserve(&lines(&[("a", 3)])).unwrap();
+        let id = hold.id();
+        let before = snapshot(store, &["a", "b"]);
+        let refusals = [
+            (
+                lines(&[("b", 1)]),
+                StockError::NotInHold { id, sku: sku("b") },
+            ),
+            (
+                lines(&[("a", 2), ("a", 2)]),
+                StockError::AboveHold {
+                    id,
+                    sku: sku("a"),
+                    held: 3,
+                    requested: 4,
+                },
+            ),
+            (Vec::new(), StockError::EmptyRequest),
+            (
+                lines(&[("a", 0)]),
+                StockError::InvalidQuantity { sku: sku("a") },
+            ),
+        ];
+        for (request, refusal) in refusals {
+            assert_eq!(
+                store.commit_partial(id, &request),
+                Err(refusal),
+                "{name}: {request:?}"
+            );
+            assert_eq!(snapshot(store, &["a", "b"]), before, "{name}: {request:?}");
+        }
+        assert_eq!(store.reservation(id), Some(hold), "{name}: still open");
+        store.commit_partial(id, &lines(&[("a", 1)])).unwrap();
+        assert_eq!(counts(store, "a"), (4, 0), "{name}");
+    });
+}
+
+/// Racing `commit_partial`, `commit` and `release` of one hold: exactly one succeeds,
+/// the others find it unknown, and the stock adds up to what the winner did.
+#[test]
+fn racing_partial_commits_commits_and_releases_of_one_hold_resolve_it_once() {
+    const ROUNDS: u64 = 200;
+    for (name, store) in stores() {
+        let store: Arc<dyn StockStore<String>> = Arc::from(store);
+        store.restock(&sku("a"), 2 * ROUNDS).unwrap();
+        let mut sold = 0;
+        for round in 0..ROUNDS {
+            let hold = store.reserve(&lines(&[("a", 2)])).unwrap();
+            let id = hold.id();
+            let barrier = Arc::new(std::sync::Barrier::new(3));
+            let racers: Vec<_> = (0..3)
+                .map(|racer| {
+                    let store = Arc::clone(&store);
+                    let barrier = Arc::clone(&barrier);
+                    thread::spawn(move || {
+                        barrier.wait();
+                        let outcome = match racer {
+                            0 => store.commit_partial(id, &lines(&[("a", 1)])),
+                            1 => store.commit(id),
+                            _ => store.release(id),
+                        };
+                        (racer, outcome)
+                    })
+                })
+                .collect();
+            let outcomes: Vec<_> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+            let winners: Vec<_> = outcomes.iter().filter(|(_, o)| o.is_ok()).collect();
+            assert_eq!(winners.len(), 1, "{name} round {round}: {outcomes:?}");
+            for (_, outcome) in &outcomes {
+                if let Err(error) = outcome {
+                    assert_eq!(*error, StockError::UnknownReservation(id), "{name}");
+                }
+            }
+            sold += [1, 2, 0][winners[0].0];
+            assert_eq!(
+                counts(store.as_ref(), "a"),
+                (2 * ROUNDS - sold, 0),
+                "{name} round {round}"
+            );
+        }
+    }
+}

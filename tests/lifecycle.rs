@@ -1069,3 +1069,68 @@ fn hold_events_carry_the_idempotency_key_of_their_hold() {
         );
     });
 }
+
+/// A partial commit's events: the rest `Released`, then the named units `Committed`, both
+/// naming the hold and its key, each line with its level after that step; past the
+/// deadline the hold expires whole instead (`Expired`), with its stock back.
+#[test]
+fn commit_partial_reports_the_released_rest_then_the_committed_part() {
+    with_rigged_stores(|name, store, rig| {
+        store.restock(&sku("a"), 5).unwrap();
+        store.restock(&sku("b"), 5).unwrap();
+        let options = ReserveOptions::new()
+            .idempotency_key("order-7")
+            .ttl(Duration::from_secs(10));
+        let hold = store
+            .reserve_with(&lines(&[("a", 3), ("b", 2)]), &options)
+            .unwrap();
+        rig.events.take();
+        store
+            .commit_partial(hold.id(), &lines(&[("a", 2)]))
+            .unwrap();
+        let key = Some(Arc::from("order-7"));
+        let line = |name: &str, quantity, (on_hand, reserved, version)| stockledger::EventLine {
+            sku: sku(name),
+            quantity,
+            level: StockLevel {
+                on_hand,
+                reserved,
+                version,
+            },
+        };
+        assert_eq!(
+            rig.events.take(),
+            [
+                StockEvent::Released {
+                    id: hold.id(),
+                    lines: vec![line("a", 1, (5, 2, 3)), line("b", 2, (5, 0, 3))],
+                    key: key.clone(),
+                },
+                StockEvent::Committed {
+                    id: hold.id(),
+                    lines: vec![line("a", 2, (3, 0, 4))],
+                    key,
+                },
+            ],
+            "{name}"
+        );
+        // Past its deadline the hold expires whole, whatever the lines.
+        let late = store
+            .reserve_with(
+                &lines(&[("a", 1)]),
+                &ReserveOptions::new().ttl(Duration::from_secs(1)),
+            )
+            .unwrap();
+        rig.clock.advance(Duration::from_secs(2));
+        assert_eq!(
+            store.commit_partial(late.id(), &lines(&[("a", 1)])),
+            Err(StockError::Expired(late.id())),
+            "{name}"
+        );
+        assert_eq!(counts(store, "a"), (3, 0), "{name}");
+        assert!(
+            matches!(rig.events.take().last(), Some(StockEvent::Expired { .. })),
+            "{name}"
+        );
+    });
+}

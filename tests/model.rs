@@ -84,6 +84,11 @@ trait Subject: Debug {
     fn reserve(&self, lines: &[(Sku, u64)]) -> Result<Reservation<Sku>, StockError<Sku>>;
     fn reserve_timeout(&self, lines: &[(Sku, u64)]) -> Result<Reservation<Sku>, StockError<Sku>>;
     fn commit(&self, id: ReservationId) -> Result<Reservation<Sku>, StockError<Sku>>;
+    fn commit_partial(
+        &self,
+        id: ReservationId,
+        lines: &[(Sku, u64)],
+    ) -> Result<Reservation<Sku>, StockError<Sku>>;
     fn release(&self, id: ReservationId) -> Result<Reservation<Sku>, StockError<Sku>>;
     fn sell(&self, lines: &[(Sku, u64)]) -> Result<(), StockError<Sku>>;
 }
@@ -123,6 +128,13 @@ macro_rules! subject {
             }
             fn commit(&self, id: ReservationId) -> Result<Reservation<Sku>, StockError<Sku>> {
                 StockStore::commit(self, id)
+            }
+            fn commit_partial(
+                &self,
+                id: ReservationId,
+                lines: &[(Sku, u64)],
+            ) -> Result<Reservation<Sku>, StockError<Sku>> {
+                StockStore::commit_partial(self, id, lines)
             }
             fn release(&self, id: ReservationId) -> Result<Reservation<Sku>, StockError<Sku>> {
                 StockStore::release(self, id)
@@ -191,6 +203,9 @@ enum Call {
     ReserveTimeout(Vec<(Sku, u64)>),
     Sell(Vec<(Sku, u64)>),
     Commit(HoldRef),
+    /// `commit_partial` of the hold with these lines (random: often valid, sometimes a SKU
+    /// the hold lacks or more units than it holds).
+    CommitPartial(HoldRef, Vec<(Sku, u64)>),
     Release(HoldRef),
 }
 
@@ -205,6 +220,23 @@ enum Expected {
     Sell(Result<(), StockError<Sku>>),
     /// The resolved hold's lines, or `None` for `UnknownReservation`.
     Resolve(Option<Vec<(Sku, u64)>>),
+    /// A partial commit: the hold's lines, or the refusal.
+    Partial(Result<Vec<(Sku, u64)>, PartialRefusal>),
+}
+
+/// Why the model refuses a partial commit (the store's errors name the hold's id, which the
+/// model does not know).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PartialRefusal {
+    /// An error of the lines themselves (empty, a zero quantity, overflow).
+    Lines(StockError<Sku>),
+    Unknown,
+    NotInHold(Sku),
+    AboveHold {
+        sku: Sku,
+        held: u64,
+        requested: u64,
+    },
 }
 
 /// The store's limits, as the model needs them.
@@ -292,6 +324,19 @@ impl ModelState {
     /// SKU whose lines sum past `u64::MAX` is `Overflow`; the lowest SKU never restocked is
     /// `UnknownSku`.
     fn merge(&self, lines: &[(Sku, u64)]) -> Result<Vec<(Sku, u64)>, StockError<Sku>> {
+        let result = Self::merge_lines(lines)?;
+        if let Some(&(sku, _)) = result
+            .iter()
+            .find(|(sku, _)| !self.levels.contains_key(sku))
+        {
+            return Err(StockError::UnknownSku(sku));
+        }
+        Ok(result)
+    }
+
+    /// `merge` without the check that every SKU is known (a partial commit checks its
+    /// lines against the hold instead).
+    fn merge_lines(lines: &[(Sku, u64)]) -> Result<Vec<(Sku, u64)>, StockError<Sku>> {
         if lines.is_empty() {
             return Err(StockError::EmptyRequest);
         }
@@ -306,12 +351,6 @@ impl ModelState {
         for (sku, qty) in merged {
             let qty = u64::try_from(qty).map_err(|_| StockError::Overflow { sku })?;
             result.push((sku, qty));
-        }
-        if let Some(&(sku, _)) = result
-            .iter()
-            .find(|(sku, _)| !self.levels.contains_key(sku))
-        {
-            return Err(StockError::UnknownSku(sku));
         }
         Ok(result)
     }
@@ -416,6 +455,59 @@ impl ModelState {
             }
         }
         Some(lines)
+    }
+
+    /// A partial commit: the lines are checked (as a request's, then against the hold);
+    /// the rest of the hold is released, then the named units are committed, each step
+    /// one version on every SKU it touches; the hold resolves once.
+    fn commit_partial(
+        &mut self,
+        hold: HoldRef,
+        lines: &[(Sku, u64)],
+    ) -> Result<Vec<(Sku, u64)>, PartialRefusal> {
+        let committed = Self::merge_lines(lines).map_err(PartialRefusal::Lines)?;
+        let held = match hold {
+            HoldRef::Issued(index) => self.holds[index].clone(),
+            _ => None,
+        }
+        .ok_or(PartialRefusal::Unknown)?;
+        for &(sku, requested) in &committed {
+            match held.iter().find(|(held_sku, _)| *held_sku == sku) {
+                None => return Err(PartialRefusal::NotInHold(sku)),
+                Some(&(_, qty)) if qty < requested => {
+                    return Err(PartialRefusal::AboveHold {
+                        sku,
+                        held: qty,
+                        requested,
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        let HoldRef::Issued(index) = hold else {
+            unreachable!("only an issued hold is open")
+        };
+        self.holds[index] = None;
+        let rest: Vec<(Sku, u64)> = held
+            .iter()
+            .filter_map(|&(sku, qty)| {
+                let taken = committed
+                    .iter()
+                    .find(|(committed_sku, _)| *committed_sku == sku)
+                    .map_or(0, |(_, taken)| *taken);
+                (qty > taken).then_some((sku, qty - taken))
+            })
+            .collect();
+        if !rest.is_empty() {
+            self.change_all(&rest, Change::Release)
+                .expect("an open hold always resolves");
+        }
+        self.change_all(&committed, Change::Commit)
+            .expect("an open hold always resolves");
+        for &(sku, qty) in &committed {
+            *self.sold.entry(sku).or_default() += u128::from(qty);
+        }
+        Ok(held)
     }
 
     /// Units of `sku` held by open holds.
@@ -524,6 +616,7 @@ impl<S: Subject> ReferenceStateMachine for Model<S> {
             timeout_weight => lines(max).prop_map(Call::ReserveTimeout),
             2 => lines(max).prop_map(Call::Sell),
             resolve_weight => hold.clone().prop_map(Call::Commit),
+            resolve_weight => (hold.clone(), lines(4)).prop_map(|(hold, lines)| Call::CommitPartial(hold, lines)),
             resolve_weight => hold.prop_map(Call::Release),
         ]
         .boxed()
@@ -531,9 +624,9 @@ impl<S: Subject> ReferenceStateMachine for Model<S> {
 
     fn preconditions(state: &ModelState, call: &Call) -> bool {
         match call {
-            Call::Commit(HoldRef::Issued(index)) | Call::Release(HoldRef::Issued(index)) => {
-                *index < state.holds.len()
-            }
+            Call::Commit(HoldRef::Issued(index))
+            | Call::Release(HoldRef::Issued(index))
+            | Call::CommitPartial(HoldRef::Issued(index), _) => *index < state.holds.len(),
             Call::ReserveTimeout(_) => state.limits.waits,
             _ => true,
         }
@@ -546,6 +639,9 @@ impl<S: Subject> ReferenceStateMachine for Model<S> {
             Call::ReserveTimeout(lines) => Expected::Reserve(state.reserve_timeout(lines)),
             Call::Sell(lines) => Expected::Sell(state.sell(lines)),
             Call::Commit(hold) => Expected::Resolve(state.resolve(*hold, Change::Commit)),
+            Call::CommitPartial(hold, lines) => {
+                Expected::Partial(state.commit_partial(*hold, lines))
+            }
             Call::Release(hold) => Expected::Resolve(state.resolve(*hold, Change::Release)),
         };
         state
@@ -683,6 +779,37 @@ impl<S: Subject> StateMachineTest for StoreTest<S> {
                 let actual = sut.store.commit(id);
                 let failed = actual.is_err();
                 sut.check_resolve(id, actual, expected);
+                failed
+            }
+            Call::CommitPartial(hold, lines) => {
+                let id = sut.id(hold);
+                let actual = sut.store.commit_partial(id, &lines);
+                let failed = actual.is_err();
+                let actual = actual
+                    .map(|hold| {
+                        assert_eq!(hold.id(), id);
+                        hold.lines().to_vec()
+                    })
+                    .map_err(|error| match error {
+                        StockError::UnknownReservation(named) if named == id => {
+                            PartialRefusal::Unknown
+                        }
+                        StockError::NotInHold { id: named, sku } if named == id => {
+                            PartialRefusal::NotInHold(sku)
+                        }
+                        StockError::AboveHold {
+                            id: named,
+                            sku,
+                            held,
+                            requested,
+                        } if named == id => PartialRefusal::AboveHold {
+                            sku,
+                            held,
+                            requested,
+                        },
+                        other => PartialRefusal::Lines(other),
+                    });
+                assert_eq!(Expected::Partial(actual), *expected);
                 failed
             }
             Call::Release(hold) => {
@@ -839,6 +966,13 @@ macro_rules! mutant {
 }
 
 mutant!(PerLineSell {
+    fn commit_partial(
+        &self,
+        id: ReservationId,
+        lines: &[(Sku, u64)],
+    ) -> Result<Reservation<Sku>, StockError<Sku>> {
+        Subject::commit_partial(&self.0, id, lines)
+    }
     fn restock(&self, sku: Sku, qty: u64) -> Result<StockLevel, StockError<Sku>> {
         Subject::restock(&self.0, sku, qty)
     }
@@ -851,6 +985,13 @@ mutant!(PerLineSell {
 });
 
 mutant!(ClampingRestock {
+    fn commit_partial(
+        &self,
+        id: ReservationId,
+        lines: &[(Sku, u64)],
+    ) -> Result<Reservation<Sku>, StockError<Sku>> {
+        Subject::commit_partial(&self.0, id, lines)
+    }
     fn restock(&self, sku: Sku, qty: u64) -> Result<StockLevel, StockError<Sku>> {
         let on_hand = Subject::level(&self.0, sku).map_or(0, |level| level.on_hand);
         let room = u64::MAX - on_hand;
@@ -858,6 +999,28 @@ mutant!(ClampingRestock {
     }
     fn sell(&self, lines: &[(Sku, u64)]) -> Result<(), StockError<Sku>> {
         Subject::sell(&self.0, lines)
+    }
+});
+
+/// A pessimistic store whose `commit_partial` commits the whole hold, whatever lines it is
+/// given (the rest is sold instead of given back).
+#[derive(Debug)]
+struct WholeCommit(PessimisticStore<Sku>);
+
+mutant!(WholeCommit {
+    fn restock(&self, sku: Sku, qty: u64) -> Result<StockLevel, StockError<Sku>> {
+        Subject::restock(&self.0, sku, qty)
+    }
+    fn sell(&self, lines: &[(Sku, u64)]) -> Result<(), StockError<Sku>> {
+        Subject::sell(&self.0, lines)
+    }
+    fn commit_partial(
+        &self,
+        id: ReservationId,
+        lines: &[(Sku, u64)],
+    ) -> Result<Reservation<Sku>, StockError<Sku>> {
+        let _ = lines;
+        Subject::commit(&self.0, id)
     }
 });
 
@@ -870,6 +1033,12 @@ fn control_config() -> Config {
 fn negative_control_per_line_sell_is_caught() {
     let error = run::<PerLineSell>(control_config()).expect_err("a per-line sell must fail");
     assert!(error.contains("Sell"), "{error}");
+}
+
+#[test]
+fn negative_control_whole_commit_is_caught() {
+    let error = run::<WholeCommit>(control_config()).expect_err("a whole commit must fail");
+    assert!(error.contains("CommitPartial"), "{error}");
 }
 
 #[test]

@@ -96,10 +96,17 @@ fn every_error() -> Vec<StockError<String>> {
             requested: 1_000,
             limit: 103,
         },
+        StockError::NotInHold { id, sku: sku() },
+        StockError::AboveHold {
+            id,
+            sku: sku(),
+            held: 2,
+            requested: 3,
+        },
     ]
 }
 
-const ERROR_VARIANTS: [&str; 15] = [
+const ERROR_VARIANTS: [&str; 17] = [
     "UnknownSku",
     "InsufficientStock",
     "InvalidQuantity",
@@ -115,6 +122,8 @@ const ERROR_VARIANTS: [&str; 15] = [
     "InvalidSku",
     "HoldEnded",
     "WaitTooLarge",
+    "NotInHold",
+    "AboveHold",
 ];
 
 const EVENT_VARIANTS: [&str; 7] = [

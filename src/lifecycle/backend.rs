@@ -117,6 +117,14 @@ macro_rules! lifecycle_methods {
             $crate::lifecycle::resolve(self, id, $crate::level::Change::Release)
         }
 
+        fn commit_partial(
+            &self,
+            id: $crate::reservation::ReservationId,
+            lines: &[(K, u64)],
+        ) -> Result<$crate::reservation::Reservation<K>, $crate::error::StockError<K>> {
+            $crate::lifecycle::commit_partial(self, id, lines)
+        }
+
         fn extend(
             &self,
             id: $crate::reservation::ReservationId,
@@ -319,6 +327,111 @@ fn resolve_reported<K: Sku, B: Backend<K>>(
         },
     )?;
     report(life, resolved, change)
+}
+
+/// [`StockStore::commit_partial`](crate::StockStore::commit_partial) for any store: checks
+/// `lines` against the hold, then resolves it once (as `commit`), moving its stock in two
+/// steps under the hold's shard lock: the rest released, then the named units committed.
+///
+/// # Errors
+///
+/// As [`StockStore::commit_partial`](crate::StockStore::commit_partial).
+pub(crate) fn commit_partial<K: Sku, B: Backend<K>>(
+    store: &B,
+    id: ReservationId,
+    lines: &[(K, u64)],
+) -> Result<Reservation<K>, StockError<K>> {
+    let life = store.lifecycle();
+    let committed = lines::merge(lines)?;
+    // A hold's lines never change, so they are checked here, before it is resolved: a
+    // refusal changes nothing and leaves the hold open.
+    let Some(hold) = life.registry.peek(id) else {
+        return Err(StockError::UnknownReservation(id));
+    };
+    let (part, rest) = split_hold(id, hold.lines(), &committed)?;
+    let resolved = life.registry.resolve(
+        id,
+        Change::Commit,
+        |held, _, change| {
+            if change == Change::Release {
+                // Past its deadline: everything goes back, as for `commit`.
+                return (store.settle(held, Change::Release), Moves::Many(Vec::new()));
+            }
+            let released = if rest.is_empty() {
+                Moves::Many(Vec::new())
+            } else {
+                store.settle(&rest, Change::Release)
+            };
+            (released, store.settle(&part, Change::Commit))
+        },
+        |reservation, expired, moved, key| Ok((reservation, expired, moved, key)),
+    )?;
+    let (reservation, expired, (released, committed_moves), key) = resolved;
+    if expired {
+        life.emit(reservation.lines(), &released, |lines| StockEvent::Expired {
+            id,
+            lines,
+            key,
+        });
+        return Err(StockError::Expired(id));
+    }
+    if !rest.is_empty() {
+        let key = key.clone();
+        life.emit(&rest, &released, |lines| StockEvent::Released { id, lines, key });
+    }
+    life.emit(&part, &committed_moves, |lines| StockEvent::Committed {
+        id,
+        lines,
+        key,
+    });
+    Ok(reservation)
+}
+
+/// Lines of a hold, SKU and units, in SKU order.
+type Lines<K> = Vec<(K, u64)>;
+
+/// The parts of the hold `id` with lines `held` that a partial commit of the merged lines
+/// `committed` makes: the committed lines and the rest (`held` less `committed`, SKUs left
+/// at 0 dropped), both in SKU order.
+///
+/// # Errors
+///
+/// [`StockError::NotInHold`] for a SKU of `committed` that `held` lacks,
+/// [`StockError::AboveHold`] for a quantity above the held one.
+pub(crate) fn split_hold<K: Sku>(
+    id: ReservationId,
+    held: &[(K, u64)],
+    committed: &[(K, u64)],
+) -> Result<(Lines<K>, Lines<K>), StockError<K>> {
+    for (sku, requested) in committed {
+        match held.binary_search_by(|(held_sku, _)| held_sku.cmp(sku)) {
+            Err(_) => {
+                return Err(StockError::NotInHold {
+                    id,
+                    sku: sku.clone(),
+                })
+            }
+            Ok(at) if held[at].1 < *requested => {
+                return Err(StockError::AboveHold {
+                    id,
+                    sku: sku.clone(),
+                    held: held[at].1,
+                    requested: *requested,
+                })
+            }
+            Ok(_) => {}
+        }
+    }
+    let rest = held
+        .iter()
+        .filter_map(|(sku, quantity)| {
+            let taken = committed
+                .binary_search_by(|(committed_sku, _)| committed_sku.cmp(sku))
+                .map_or(0, |at| committed[at].1);
+            (*quantity > taken).then(|| (sku.clone(), quantity - taken))
+        })
+        .collect();
+    Ok((committed.to_vec(), rest))
 }
 
 /// [`StockStore::extend`](crate::StockStore::extend) for any store.

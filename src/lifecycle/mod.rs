@@ -21,6 +21,7 @@ pub(crate) mod reaper;
 pub(crate) mod registry;
 
 pub(crate) use backend::{
-    expire_due, extend, lifecycle_methods, report_opened, reserve, reserve_with, resolve,
+    commit_partial, expire_due, extend, lifecycle_methods, report_opened, reserve, reserve_with,
+    resolve,
     sell_locked, Backend, Lifecycle,
 };

@@ -469,6 +469,12 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
     /// The open hold `id`, as it is now (with its current deadline); `None` when it is
     /// not open: never issued here, resolved, or past its deadline (then it expires on its
     /// next resolution or sweep, and cannot be committed).
+    /// The open hold `id` as it was made, whether or not its deadline passed (`get` hides
+    /// a due hold); no clock reading.
+    pub(crate) fn peek(&self, id: ReservationId) -> Option<Reservation<K>> {
+        Some(self.holds.get(&id)?.reservation.clone())
+    }
+
     pub(crate) fn get(&self, id: ReservationId) -> Option<Reservation<K>> {
         let reservation = self.holds.get(&id)?.reservation.clone();
         // The clock is user code: read after the shard lock is released.

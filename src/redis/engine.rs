@@ -50,11 +50,12 @@ impl r2d2::ManageConnection for Connector {
 const COMMON: &str = include_str!("scripts/common.lua");
 
 /// The scripts, by name: each the body of one function of the library.
-const BODIES: [(&str, &str); 9] = [
+const BODIES: [(&str, &str); 10] = [
     ("restock", include_str!("scripts/restock.lua")),
     ("reserve", include_str!("scripts/reserve.lua")),
     ("sell", include_str!("scripts/sell.lua")),
     ("resolve", include_str!("scripts/resolve.lua")),
+    ("commit_partial", include_str!("scripts/commit_partial.lua")),
     ("extend", include_str!("scripts/extend.lua")),
     ("expire_due", include_str!("scripts/expire_due.lua")),
     ("threshold", include_str!("scripts/threshold.lua")),
@@ -106,6 +107,7 @@ pub(crate) struct Library {
     /// `sell_one.lua`: the keys are levels, events and the requests hash only.
     pub(crate) sell_one: Function,
     pub(crate) resolve: Function,
+    pub(crate) commit_partial: Function,
     pub(crate) extend: Function,
     pub(crate) expire_due: Function,
     pub(crate) threshold: Function,
@@ -208,6 +210,7 @@ pub(crate) static SCRIPTS: LazyLock<Library> = LazyLock::new(|| {
         sell: function("sell"),
         sell_one: function("sell_one"),
         resolve: function("resolve"),
+        commit_partial: function("commit_partial"),
         extend: function("extend"),
         expire_due: function("expire_due"),
         threshold: function("threshold"),

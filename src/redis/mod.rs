@@ -1122,6 +1122,46 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
         self.resolve(id, "release")
     }
 
+    /// As [`StockStore::commit_partial`], in one script (`commit_partial.lua`): the lines
+    /// are checked against the hold on the server before its first write.
+    ///
+    /// # Errors
+    ///
+    /// As [`StockStore::commit_partial`], and [`StockError::Unavailable`] when the server
+    /// cannot be reached or answers unexpectedly.
+    ///
+    /// # Blocking
+    ///
+    /// One round trip to the server (two when the first reply is lost).
+    fn commit_partial(
+        &self,
+        id: ReservationId,
+        lines: &[(K, u64)],
+    ) -> Result<Reservation<K>, StockError<K>> {
+        let lines = crate::lines::merge(lines)?;
+        let id_arg = Self::id_arg(id).ok_or(StockError::UnknownReservation(id))?;
+        let mut args = vec![id_arg];
+        args.extend(self.line_args(&lines)?);
+        let reply = self.run(&SCRIPTS.commit_partial, &args)?;
+        let line = engine::number(reply.payload.first())
+            .ok()
+            .and_then(|index| usize::try_from(index).ok())
+            .and_then(|index| lines.get(index.wrapping_sub(1)));
+        match (reply.status.as_str(), line) {
+            ("not_in_hold", Some((sku, _))) => Err(StockError::NotInHold {
+                id,
+                sku: sku.clone(),
+            }),
+            ("above_hold", Some((sku, requested))) => Err(StockError::AboveHold {
+                id,
+                sku: sku.clone(),
+                held: engine::number(reply.payload.get(1)).unwrap_or(0),
+                requested: *requested,
+            }),
+            _ => self.settled(id, reply),
+        }
+    }
+
     fn extend(&self, id: ReservationId, ttl: Duration) -> Result<Reservation<K>, StockError<K>> {
         let id_arg = Self::id_arg(id).ok_or(StockError::UnknownReservation(id))?;
         let deadline = self.deadline_us(Some(ttl));

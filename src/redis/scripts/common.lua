@@ -601,16 +601,10 @@ local function prune_keys(retention, keys_max)
   end
 end
 
--- Moves the stock of the open hold `id` (`change` "commit" or "release"), removes it and
--- records it as `kind`; serves the queues it freed stock for. Never refused.
--- A hold is in the deadlines set exactly when its deadline (h[1]) is set.
-local function settle(id, h, change, kind)
-  local skus, qtys = h[3], h[4]
-  push_key(id, h[2] or '')
-  call('HDEL', K_HOLDS, id)
-  if h[1] > 0 then
-    call('ZREM', K_DEADLINES, id)
-  end
+-- Moves the stock of `skus`, `qtys` (lines of the hold `id`) by `change` ("commit" or
+-- "release") and records each line as `kind`; a release serves the queues it freed stock
+-- for. Never refused.
+local function move_lines(id, skus, qtys, change, kind)
   if change == 'commit' and #skus == 1 then
     -- The common case: the commit of one line, on the level's five numbers without a
     -- table (apply's commit: on hand and reserved less the quantity, never refused).
@@ -624,27 +618,40 @@ local function settle(id, h, change, kind)
       push_event(kind, id, sku, q, o, r, v)
     end
     crossed(sku, available_before, o - r, t, v)
-  else
-    local before, after = {}, {}
-    for i = 1, #skus do
-      local sku = skus[i]
-      local l = level_of(sku)
-      before[i] = l[1] - l[2]
-      l = apply(l, change, qtys[i], 0)
-      store_level(sku, l)
-      record(kind, id, sku, qtys[i], l, true)
-      after[i] = l
-    end
-    if change == 'release' then
-      serve(skus)
-      -- Waiters served may have taken some of it: read the levels again.
-      after = {}
-    end
-    for i = 1, #skus do
-      local sku = skus[i]
-      low_stock(sku, before[i], after[i])
-    end
+    return
   end
+  local before, after = {}, {}
+  for i = 1, #skus do
+    local sku = skus[i]
+    local l = level_of(sku)
+    before[i] = l[1] - l[2]
+    l = apply(l, change, qtys[i], 0)
+    store_level(sku, l)
+    record(kind, id, sku, qtys[i], l, true)
+    after[i] = l
+  end
+  if change == 'release' then
+    serve(skus)
+    -- Waiters served may have taken some of it: read the levels again.
+    after = {}
+  end
+  for i = 1, #skus do
+    local sku = skus[i]
+    low_stock(sku, before[i], after[i])
+  end
+end
+
+-- Resolves the open hold `id` (`h` as hold_of reads it): removes it, calls `move()` to
+-- move its stock (after the key tuple, so the caller's events carry the key), records its
+-- idempotency key as resolved as `kind` and counts it. A hold is in the deadlines set
+-- exactly when its deadline (h[1]) is set.
+local function retire(id, h, kind, move)
+  push_key(id, h[2] or '')
+  call('HDEL', K_HOLDS, id)
+  if h[1] > 0 then
+    call('ZREM', K_DEADLINES, id)
+  end
+  move()
   if h[2] ~= '' then
     local packed = call('HGET', K_KEYS, h[2])
     if packed then
@@ -656,7 +663,27 @@ local function settle(id, h, change, kind)
       end
     end
   end
-  count(kind == 'expired' and 'expirations' or (change == 'commit' and 'commits' or 'releases'))
+  count(kind == 'expired' and 'expirations' or (kind == 'committed' and 'commits' or 'releases'))
+end
+
+-- Moves the stock of the open hold `id` (`change` "commit" or "release"), removes it and
+-- records it as `kind`; serves the queues it freed stock for. Never refused.
+local function settle(id, h, change, kind)
+  retire(id, h, kind, function()
+    move_lines(id, h[3], h[4], change, kind)
+  end)
+end
+
+-- Commits `part_skus`, `part_qtys` of the open hold `id` and releases the rest
+-- (`rest_skus`, `rest_qtys`; may be empty), in that order of events: the rest first, so
+-- queued waiters are served from it; the hold resolves once, as committed.
+local function settle_partial(id, h, part_skus, part_qtys, rest_skus, rest_qtys)
+  retire(id, h, 'committed', function()
+    if #rest_skus > 0 then
+      move_lines(id, rest_skus, rest_qtys, 'release', 'released')
+    end
+    move_lines(id, part_skus, part_qtys, 'commit', 'committed')
+  end)
 end
 
 -- Expires up to BATCH_MAX holds due now, in deadline order; returns them as hold replies.
