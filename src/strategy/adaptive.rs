@@ -64,6 +64,11 @@ const OPTIMISTIC_ATTEMPTS_MAX: u32 = 64;
 /// counts). MOCC decays a logarithmic temperature by time and locks per transaction; here
 /// one window of operations per SKU plays that part.
 ///
+/// **A new SKU starts cold**, on the path that costs less when nobody contends: a cold
+/// update is one compare-and-swap, a hot one locks the mutex, compare-and-swaps and
+/// unlocks (three atomic read-modify-writes where one does). Only the SKU's measured
+/// conflicts turn it hot.
+///
 /// The defaults turn a SKU hot at a lost race every other operation (500 per mille) and
 /// cold again at one in ten (100): a lost race here costs one more compare-and-swap, far
 /// less than MOCC's aborted transaction, so the lock only pays once the retries pile up.
