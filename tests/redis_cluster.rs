@@ -248,6 +248,19 @@ fn a_store_built_from_a_replica_or_another_node_works() {
     }
     // A cluster handle pointed at a single server.
     let server = redis_server::RedisServer::start(redis_server::Durability::Memory);
+    // wait_replicas on a server without replicas: the change runs, and says it is
+    // unconfirmed.
+    let lonely = RedisStore::<String>::builder(&server.url(), "lonely")
+        .wait_replicas(1, Duration::from_millis(20))
+        .build()
+        .unwrap();
+    match lonely.restock(&sku("a"), 1) {
+        Err(StockError::Unavailable { reason }) => {
+            assert!(reason.contains("0 of the 1 replicas"), "{reason}")
+        }
+        other => panic!("a change no replica confirmed: {other:?}"),
+    }
+    assert_eq!(lonely.level(&sku("a")).map(|level| level.on_hand), Some(1));
     match RedisCluster::new([server.url()])
         .store::<String>("x")
         .build()
@@ -642,6 +655,23 @@ fn a_call_that_outlives_its_timeout_is_applied_once_and_a_blind_resender_is_caug
     sleeper.join().unwrap();
     let sold = 100 - counts(&observer, "a").0;
     assert_eq!(sold, 1, "one sale ({answer:?})");
+    // The same with wait_replicas: the resend's answer is the recorded one, and the replica
+    // is waited for past the first attempt's writes (the fence), not on an idle connection.
+    let waited: Store = RedisCluster::new(cluster.urls())
+        .command_timeout(Duration::from_millis(300))
+        .store(&namespace)
+        .wait_replicas(1, Duration::from_millis(100))
+        .build()
+        .unwrap();
+    waited.level(&sku("a")).unwrap();
+    let sleeper = busy();
+    let answer = waited.sell(&lines(&[("a", 1)]));
+    sleeper.join().unwrap();
+    assert_eq!(counts(&observer, "a").0, 98, "one sale ({answer:?})");
+    assert!(answer.is_ok(), "{answer:?}");
+    let fence: u64 = cluster.command(primary, &["EXISTS", &format!("{{{namespace}}}:fence")]);
+    assert_eq!(fence, 1, "the resend wrote the fence before its WAIT");
+    store.restock(&sku("a"), 1).unwrap();
     // The control: resend blindly, as a new call, until one is answered.
     let sleeper = busy();
     let mut calls = 1;

@@ -136,7 +136,10 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
     /// [`StockError::Unavailable`]: it did run on the primary and stands there, but may
     /// be lost if the primary fails now (retry a hold with an idempotency key to get it
     /// back). `timeout` is at least 1 ms (Redis reads 0 as forever) and at most half the
-    /// command timeout; reads do not wait.
+    /// command timeout; reads do not wait. A call resent after a lost reply (answered from
+    /// the server's record on a fresh connection) first writes the key
+    /// `{namespace}:fence` (it expires after a minute), so that its `WAIT` covers the first
+    /// attempt's writes too.
     ///
     /// # Examples
     ///

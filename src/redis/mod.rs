@@ -620,10 +620,15 @@ impl<K: RedisSku> RedisStore<K> {
         let value = self.send(|connection, again| {
             let value = engine::call(connection, &fcall(again))?;
             if let Some((replicas, timeout_ms)) = wait {
-                let count: u64 = redis::cmd("WAIT")
-                    .arg(replicas)
-                    .arg(timeout_ms)
-                    .query(connection)?;
+                let count = self
+                    .wait_for_replicas(connection, again, replicas, timeout_ms)
+                    .map_err(|error| {
+                        // The call ran: a failure now must lead to a resend under its
+                        // request id (an I/O error), never to a redirect that runs it anew.
+                        redis::RedisError::from(std::io::Error::other(format!(
+                            "the call ran, then waiting for replicas failed: {error}"
+                        )))
+                    })?;
                 acknowledged.set(count);
             }
             Ok(value)
@@ -667,6 +672,33 @@ impl<K: RedisSku> RedisStore<K> {
                 return;
             }
         }
+    }
+
+    /// `WAIT replicas timeout_ms` on `connection`, after a call ran on it: how many replicas
+    /// have every write of the connection. A resend (`again`) on a fresh connection may have
+    /// written nothing (its answer was recorded by the first attempt, on another
+    /// connection), and `WAIT` would then confirm nothing: it first writes the namespace's
+    /// fence key (`{namespace}:fence`, kept one request retention), so that the replicas
+    /// must reach the primary's present offset, past the first attempt's writes.
+    fn wait_for_replicas(
+        &self,
+        connection: &mut redis::Connection,
+        again: bool,
+        replicas: u32,
+        timeout_ms: u64,
+    ) -> redis::RedisResult<u64> {
+        if again {
+            redis::cmd("SET")
+                .arg(format!("{{{}}}:fence", self.namespace))
+                .arg(self.request_prefix.as_str())
+                .arg("PX")
+                .arg(u64::try_from(engine::REQUEST_RETENTION.as_millis()).unwrap_or(u64::MAX))
+                .query::<()>(connection)?;
+        }
+        redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout_ms)
+            .query(connection)
     }
 
     /// A new hold id: 63 random bits under [`ID_BIT`].
