@@ -1,0 +1,204 @@
+//! Criterion groups of the durable in-memory store (`PessimisticStore<u64>` over 1,000 SKUs
+//! drawn uniformly, 1 unit a call):
+//!
+//! - `D1_journal_sell`: `sell` at 1, 8 and 32 threads, with no journal (`none`), and with a
+//!   `JournalSink` at `SyncPolicy::EverySec` (`everysec`) and `SyncPolicy::Always`
+//!   (`always`: every call returns once its record is `fdatasync`'d, concurrent calls
+//!   sharing a sync);
+//! - `D2_journal_reserve_commit`: `reserve` + `commit`, the same variants;
+//! - `D3_snapshot`: `snapshot()` of a store of 1,000,000 SKUs (`snapshot_1m`) and
+//!   `restore` of that snapshot into a new store (`restore_1m`).
+//!
+//! Functions as above, thread count as the parameter (`<group>/<variant>/<threads>`, as in
+//! `benches/scenarios.rs`). The journals live in a temporary directory under criterion's
+//! output directory (the disk the target directory is on, never a tmpfs). Side file
+//! `target/criterion/stockledger/durability_run.json`: the snapshot's bytes as JSON, its
+//! time, and the longest a `sell` waited for the snapshot gate while a snapshot of 1M SKUs
+//! was taken (the pause the store's writers see).
+//!
+//! Run: `cargo bench --features journal --bench durability` (about three minutes).
+
+#[allow(dead_code)] // each bench target uses a part of the shared harness
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use serde_json::json;
+use stockledger::{JournalSink, PessimisticStore, Snapshot, StockStore, SyncPolicy};
+
+use common::{output_dir, run_threads};
+
+/// Client threads of the journal benchmarks (the issue's 1, 8 and 32).
+const THREADS: [usize; 3] = [1, 8, 32];
+/// SKUs of the journal benchmarks.
+const SKUS: u64 = 1_000;
+/// SKUs of the snapshot benchmarks.
+const SNAPSHOT_SKUS: u64 = 1_000_000;
+/// Units of each SKU before a run: no benchmark sells out.
+const UNITS_PER_SKU: u64 = 1 << 36;
+
+/// The journal variants: a name and its policy (`None`: no journal).
+const VARIANTS: [(&str, Option<SyncPolicy>); 3] = [
+    ("none", None),
+    ("everysec", Some(SyncPolicy::EverySec)),
+    ("always", Some(SyncPolicy::Always)),
+];
+
+/// A stocked store with the journal `policy` in a new directory under `root` (kept alive by
+/// the returned guard).
+fn store(
+    root: &std::path::Path,
+    policy: Option<SyncPolicy>,
+) -> (PessimisticStore<u64>, Option<Arc<JournalSink<u64>>>) {
+    let builder = PessimisticStore::builder();
+    let (store, journal) = match policy {
+        None => (builder.build(), None),
+        Some(policy) => {
+            let dir = tempfile::tempdir_in(root)
+                .expect("a journal directory")
+                .keep();
+            let (journal, _) = JournalSink::<u64>::open(&dir, policy).expect("open the journal");
+            (builder.event_sink(journal.clone()).build(), Some(journal))
+        }
+    };
+    for sku in 0..SKUS {
+        store.restock(&sku, UNITS_PER_SKU).expect("stock");
+    }
+    (store, journal)
+}
+
+/// A SKU for thread `thread`'s `i`-th call: a cheap mix, uniform enough over `SKUS`.
+fn sku(thread: usize, i: u64) -> u64 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (thread as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93))
+        % SKUS
+}
+
+fn journal_groups(c: &mut Criterion, root: &std::path::Path) {
+    let mut group = c.benchmark_group("D1_journal_sell");
+    for (name, policy) in VARIANTS {
+        let (store, _journal) = store(root, policy);
+        for threads in THREADS {
+            group.throughput(Throughput::Elements(threads as u64));
+            group.bench_function(BenchmarkId::new(name, threads), |bencher| {
+                bencher.iter_custom(|iters| {
+                    run_threads(threads, iters, &|thread, i| {
+                        store.sell(&[(sku(thread, i), 1)]).expect("in stock");
+                    })
+                });
+            });
+        }
+    }
+    group.finish();
+    let mut group = c.benchmark_group("D2_journal_reserve_commit");
+    for (name, policy) in VARIANTS {
+        let (store, _journal) = store(root, policy);
+        for threads in THREADS {
+            group.throughput(Throughput::Elements(threads as u64));
+            group.bench_function(BenchmarkId::new(name, threads), |bencher| {
+                bencher.iter_custom(|iters| {
+                    run_threads(threads, iters, &|thread, i| {
+                        let hold = store.reserve(&[(sku(thread, i), 1)]).expect("in stock");
+                        store.commit(hold.id()).expect("open");
+                    })
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+/// A store of [`SNAPSHOT_SKUS`] SKUs with snapshots on.
+fn big_store() -> PessimisticStore<u64> {
+    let store = PessimisticStore::builder().snapshots().build();
+    for sku in 0..SNAPSHOT_SKUS {
+        store.restock(&sku, 1_000).expect("stock");
+    }
+    store
+}
+
+/// The longest a `sell` waited while `store.snapshot()` ran on another thread, and the
+/// snapshot's own time.
+fn pause_seen_by_a_writer(store: &PessimisticStore<u64>) -> (Duration, Duration) {
+    let stop = AtomicBool::new(false);
+    let longest_ns = AtomicU64::new(0);
+    let taken = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let began = Instant::now();
+                store.sell(&[(i % SNAPSHOT_SKUS, 1)]).expect("in stock");
+                let waited = began.elapsed().as_nanos() as u64;
+                longest_ns.fetch_max(waited, Ordering::Relaxed);
+                i += 1;
+            }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let began = Instant::now();
+        let snapshot = store.snapshot().expect("snapshots on");
+        let taken = began.elapsed();
+        std::thread::sleep(Duration::from_millis(50));
+        stop.store(true, Ordering::Relaxed);
+        drop(snapshot);
+        taken
+    });
+    (Duration::from_nanos(longest_ns.into_inner()), taken)
+}
+
+fn snapshot_group(c: &mut Criterion) {
+    let store = big_store();
+    let mut group = c.benchmark_group("D3_snapshot");
+    group.sample_size(10);
+    group.bench_function("snapshot_1m", |bencher| {
+        bencher.iter(|| store.snapshot().expect("snapshots on"));
+    });
+    let snapshot: Snapshot<u64> = store.snapshot().expect("snapshots on");
+    group.bench_function("restore_1m", |bencher| {
+        bencher.iter(|| {
+            let builder = PessimisticStore::builder().restore(snapshot.clone());
+            builder.expect("a valid snapshot").build()
+        });
+    });
+    group.finish();
+    let bytes = serde_json::to_vec(&snapshot).expect("encode").len();
+    let pauses: Vec<(Duration, Duration)> =
+        (0..5).map(|_| pause_seen_by_a_writer(&store)).collect();
+    let longest = pauses
+        .iter()
+        .map(|(pause, _)| *pause)
+        .max()
+        .unwrap_or_default();
+    let slowest = pauses
+        .iter()
+        .map(|(_, taken)| *taken)
+        .max()
+        .unwrap_or_default();
+    println!(
+        "snapshot of {SNAPSHOT_SKUS} SKUs: {bytes} bytes of JSON; over 5 snapshots under a \
+         selling thread the longest sale took {:.1} ms, the slowest snapshot {:.1} ms",
+        longest.as_secs_f64() * 1e3,
+        slowest.as_secs_f64() * 1e3
+    );
+    common::write_side_file(
+        "durability_run",
+        &json!({
+            "snapshot_skus": SNAPSHOT_SKUS,
+            "snapshot_json_bytes": bytes,
+            "longest_sale_during_snapshot_ms": longest.as_secs_f64() * 1e3,
+            "slowest_snapshot_ms": slowest.as_secs_f64() * 1e3,
+            "source": common::source_revision(),
+        }),
+    );
+}
+
+fn main() {
+    let root = output_dir().join("stockledger").join("journals");
+    std::fs::create_dir_all(&root).expect("the journals' directory");
+    let mut c = common::criterion_config().configure_from_args();
+    journal_groups(&mut c, &root);
+    snapshot_group(&mut c);
+    c.final_summary();
+    let _ = std::fs::remove_dir_all(&root);
+}
