@@ -331,7 +331,9 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
     /// (`redis_mode:cluster`) refuses to bind to that one node (whose other slots it
     /// could not reach: build it with [`RedisCluster::store`]), and one of
     /// [`RedisCluster::store`] refuses a server that is not a cluster node. On a cluster,
-    /// when no seed node answers, or loading the function library on a primary fails.
+    /// when no seed node answers, or loading the function library on the namespace's
+    /// primary fails (the other primaries are loaded too; one that fails now gets the
+    /// library when it first answers "Function not found").
     ///
     /// # Examples
     ///

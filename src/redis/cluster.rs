@@ -511,8 +511,11 @@ impl Route {
         }
         let slot = slot.ok_or_else(|| format!("no seed node answered CLUSTER KEYSLOT: {last}"))?;
         let (owner, primaries) = cluster.slots(slot)?;
-        for primary in &primaries {
-            cluster.load_library(primary)?;
+        // The owner must take the library now; another primary that fails to (down, or
+        // failing over) gets it when it first answers "Function not found".
+        cluster.load_library(&owner)?;
+        for primary in primaries.iter().filter(|primary| **primary != owner) {
+            let _ = cluster.load_library(primary);
         }
         Ok(Self {
             owner: Mutex::new(cluster.node(&owner)?),
