@@ -92,6 +92,23 @@ pub enum JournalError {
     /// Taking or checking a snapshot failed.
     #[error("snapshot: {0}")]
     Snapshot(#[from] SnapshotError),
+    /// Recovery found holds open on a SKU for more units than the SKU's latest counts
+    /// reserve: the record of a commit, release or expiry is missing while a later change
+    /// of that SKU is there. Events reach the journal after the store's locks are
+    /// released, so a crash between a change and its record can leave this (see
+    /// [`JournalSink`], **Order**); recovery stops rather than guess which hold ended.
+    #[error(
+        "SKU {sku}: recovered holds hold {held} units, its latest counts reserve {reserved}: \
+         the record of a hold's end is missing"
+    )]
+    LostClose {
+        /// The SKU, as `Debug` shows it.
+        sku: String,
+        /// Units of the recovered open holds on it.
+        held: u64,
+        /// Units its latest record reserves.
+        reserved: u64,
+    },
 }
 
 impl JournalError {
@@ -158,10 +175,11 @@ pub const ORPHAN_CLOSES_MAX: usize = 100_000;
 /// records may reach the file in the other order than their changes. Recovery does not
 /// depend on the file's order: each SKU's counts come from its record of highest version,
 /// and a hold is open when its opening record is there and no closing one (a close may
-/// come first). One window is left: a commit or release whose record is not written yet
-/// while a later change of one of its SKUs is already synced; a machine crash right then
-/// recovers the later counts with the hold still open. Recovery reports that as an
-/// inconsistency rather than guessing.
+/// come first). One window is left: a commit, release or expiry whose record is not
+/// written yet while a later change of one of its SKUs is already written; a crash right
+/// then would recover the later counts with the hold still open. Recovery detects it (the
+/// open holds exceed what the SKU's latest record reserves) and answers
+/// [`JournalError::LostClose`] rather than guess.
 ///
 /// **Failure.** A failed `write` or `fdatasync` cannot be returned through `on_event`; as
 /// PostgreSQL does since 2018, the journal then refuses to go on: this call and every
@@ -250,9 +268,10 @@ impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
     ///
     /// [`JournalError::Io`] when the directory or a file cannot be read or written,
     /// [`JournalError::Corrupt`] for damage other than a torn last record,
-    /// [`JournalError::Snapshot`] for a snapshot file this build cannot read, or a
-    /// recovered state that contradicts itself (see the type's docs, **Order**);
-    /// [`JournalError::Io`] also when the `EverySec` thread cannot be started.
+    /// [`JournalError::Snapshot`] for a snapshot file this build cannot read or a
+    /// recovered state that contradicts itself, [`JournalError::LostClose`] for the window
+    /// in the type's docs (**Order**); [`JournalError::Io`] also when the `EverySec` thread
+    /// cannot be started.
     ///
     /// # Blocking
     ///

@@ -79,7 +79,14 @@ pub struct Recovery<K> {
 /// The state being rebuilt.
 struct Rebuild<K> {
     skus: BTreeMap<K, SkuSnapshot<K>>,
+    /// Per SKU, the reserved units of its line of highest version (the snapshot's, or a
+    /// record's): what the store held for open holds (and passing partial holds, and
+    /// waiters' grants) right after that change.
+    top_reserved: HashMap<K, u64>,
     holds: BTreeMap<ReservationId, HoldSnapshot<K>>,
+    /// Per open hold from a record, the version of each of its SKUs when it opened (holds
+    /// of the snapshot opened before every version there).
+    opened_at: HashMap<ReservationId, Vec<u64>>,
     closed: std::collections::HashSet<ReservationId>,
     keys: HashMap<String, KeySnapshot<K>>,
     key_order: Vec<String>,
@@ -227,6 +234,12 @@ impl<K: Sku> Rebuild<K> {
             keys.insert(key.key.clone(), key);
         }
         Self {
+            top_reserved: snapshot
+                .skus
+                .iter()
+                .map(|sku| (sku.sku.clone(), sku.reserved))
+                .collect(),
+            opened_at: HashMap::new(),
             skus: snapshot
                 .skus
                 .into_iter()
@@ -261,6 +274,8 @@ impl<K: Sku> Rebuild<K> {
             if line.level.version > sku.version {
                 sku.on_hand = line.level.on_hand;
                 sku.version = line.level.version;
+                self.top_reserved
+                    .insert(line.sku.clone(), line.level.reserved);
             }
         }
         let elapsed = Duration::from_millis(self.now_unix_ms.saturating_sub(unix_ms));
@@ -277,6 +292,8 @@ impl<K: Sku> Rebuild<K> {
                         let ttl = deadline.saturating_duration_since(Instant::now());
                         duration_ms(ttl.saturating_sub(elapsed))
                     });
+                    let versions = lines.iter().map(|line| line.level.version).collect();
+                    self.opened_at.insert(id, versions);
                     let hold = HoldSnapshot {
                         id,
                         lines: lines
@@ -296,6 +313,7 @@ impl<K: Sku> Rebuild<K> {
             _ => return,
         };
         let hold = self.holds.remove(&id);
+        self.opened_at.remove(&id);
         self.closed.insert(id);
         let Some(key) = key else {
             return;
@@ -322,6 +340,44 @@ impl<K: Sku> Rebuild<K> {
         );
     }
 
+    /// Checks that no hold is open here that the counts say was closed: per SKU, the open
+    /// holds opened at or before its line of highest version hold at most the units
+    /// reserved in that line (a store's reserved units cover every open hold, and more only
+    /// for passing partial holds and waiters' grants). More means a commit, release or
+    /// expiry changed the counts while its own record never reached the journal, though a
+    /// later change of the SKU did (see `JournalSink`'s docs, **Order**).
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::LostClose`] naming the SKU.
+    fn check_no_close_lost(&self) -> Result<(), JournalError> {
+        let mut held: HashMap<&K, u64> = HashMap::new();
+        for hold in self.holds.values() {
+            let opened = self.opened_at.get(&hold.id);
+            for (index, (sku, quantity)) in hold.lines.iter().enumerate() {
+                let at = opened
+                    .and_then(|versions| versions.get(index))
+                    .copied()
+                    .unwrap_or(0);
+                let top = self.skus.get(sku).map_or(0, |sku| sku.version);
+                if at <= top {
+                    *held.entry(sku).or_default() += quantity;
+                }
+            }
+        }
+        for (sku, units) in held {
+            let reserved = self.top_reserved.get(sku).copied().unwrap_or(0);
+            if units > reserved {
+                return Err(JournalError::LostClose {
+                    sku: format!("{sku:?}"),
+                    held: units,
+                    reserved,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The recovered snapshot: reserved units from the open holds.
     ///
     /// # Errors
@@ -329,6 +385,7 @@ impl<K: Sku> Rebuild<K> {
     /// [`JournalError::Snapshot`] when the open holds of a SKU exceed its on hand (the
     /// window named in `JournalSink`'s docs, **Order**).
     fn finish(self) -> Result<Snapshot<K>, JournalError> {
+        self.check_no_close_lost()?;
         let Self {
             mut skus,
             holds,
