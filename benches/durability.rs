@@ -9,6 +9,12 @@
 //! - `D3_snapshot`: `snapshot()` of a store of 1,000,000 SKUs (`snapshot_1m`) and
 //!   `restore` of that snapshot into a new store (`restore_1m`).
 //!
+//! With the `redis` feature too, `D4_redis_appendfsync`: `RedisStore<u64>::sell` and
+//! `reserve` + `commit` (`sell_always`, `reserve_commit_always`, `sell_everysec`,
+//! `reserve_commit_everysec`) at 1, 8 and 32 threads on a `redis-server` of the bench's
+//! own (from `PATH`, its directory on the same disk) with `appendonly yes` and
+//! `appendfsync always` or `everysec`, one pooled connection per thread.
+//!
 //! Functions as above, thread count as the parameter (`<group>/<variant>/<threads>`, as in
 //! `benches/scenarios.rs`). The journals live in a temporary directory under criterion's
 //! output directory (the disk the target directory is on, never a tmpfs). Side file
@@ -16,10 +22,14 @@
 //! time, and the longest a `sell` waited for the snapshot gate while a snapshot of 1M SKUs
 //! was taken (the pause the store's writers see).
 //!
-//! Run: `cargo bench --features journal --bench durability` (about three minutes).
+//! Run: `cargo bench --features journal --bench durability` (about three minutes), with
+//! `--features journal,redis` for the Redis rows (about two more).
 
 #[allow(dead_code)] // each bench target uses a part of the shared harness
 mod common;
+#[cfg(feature = "redis")]
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -193,12 +203,70 @@ fn snapshot_group(c: &mut Criterion) {
     );
 }
 
+/// `RedisStore` on a server with an append-only file synced `always` or `everysec`.
+#[cfg(feature = "redis")]
+fn redis_group(c: &mut Criterion) {
+    use redis_server::{Durability, RedisServer};
+    use stockledger::RedisStore;
+
+    let server = RedisServer::start(Durability::Memory);
+    let client = redis::Client::open(server.url()).expect("a client");
+    let mut connection = client
+        .get_connection()
+        .expect("the bench's redis-server answers");
+    let mut group = c.benchmark_group("D4_redis_appendfsync");
+    for policy in ["always", "everysec"] {
+        for (name, value) in [("appendonly", "yes"), ("appendfsync", policy)] {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(name)
+                .arg(value)
+                .query(&mut connection)
+                .expect("CONFIG SET");
+        }
+        for threads in THREADS {
+            let namespace = format!("durability-{policy}-{threads}");
+            let pool = u32::try_from(threads + 1).expect("a small pool");
+            let store = RedisStore::<u64>::builder(&server.url(), &namespace)
+                .pool_size(pool)
+                .build()
+                .expect("connect to the bench's redis-server");
+            for sku in 0..SKUS {
+                store.restock(&sku, UNITS_PER_SKU).expect("stock");
+            }
+            group.throughput(Throughput::Elements(threads as u64));
+            group.bench_function(
+                BenchmarkId::new(format!("sell_{policy}"), threads),
+                |bencher| {
+                    bencher.iter_custom(|iters| {
+                        run_threads(threads, iters, &|thread, i| {
+                            store.sell(&[(sku(thread, i), 1)]).expect("in stock");
+                        })
+                    });
+                },
+            );
+            let name = format!("reserve_commit_{policy}");
+            group.bench_function(BenchmarkId::new(name, threads), |bencher| {
+                bencher.iter_custom(|iters| {
+                    run_threads(threads, iters, &|thread, i| {
+                        let hold = store.reserve(&[(sku(thread, i), 1)]).expect("in stock");
+                        store.commit(hold.id()).expect("open");
+                    })
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
 fn main() {
     let root = output_dir().join("stockledger").join("journals");
     std::fs::create_dir_all(&root).expect("the journals' directory");
     let mut c = common::criterion_config().configure_from_args();
     journal_groups(&mut c, &root);
     snapshot_group(&mut c);
+    #[cfg(feature = "redis")]
+    redis_group(&mut c);
     c.final_summary();
     let _ = std::fs::remove_dir_all(&root);
 }
