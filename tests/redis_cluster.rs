@@ -223,6 +223,7 @@ fn a_store_built_from_a_replica_or_another_node_works() {
     // error instead of binding to the wrong thing.
     let cluster = shared();
     let _turn = fault_turn();
+    cluster.wait_settled();
     let primaries = cluster.primaries();
     let namespace = namespace_on(cluster, primaries[0], "seed");
     let replica = cluster.replica_of(primaries[1]);
@@ -278,6 +279,7 @@ fn a_primary_that_lost_the_functions_gets_them_again_from_the_store() {
     // loaded again on the node that answers "Function not found" (a flushed primary).
     let cluster = shared();
     let _turn = fault_turn();
+    cluster.wait_settled();
     for port in cluster.primaries() {
         let _: String = cluster.command(port, &["FUNCTION", "FLUSH"]);
     }
@@ -313,6 +315,7 @@ fn a_hold_opened_before_a_manual_failover_is_committed_after_it() {
     // being rebuilt, and commits the hold it opened before.
     let cluster = shared();
     let _turn = fault_turn();
+    cluster.wait_settled();
     let primary = cluster.primaries()[0];
     let namespace = namespace_on(cluster, primary, "failover");
     let store: Store = handle(cluster).store(&namespace).build().unwrap();
@@ -330,7 +333,16 @@ fn a_hold_opened_before_a_manual_failover_is_committed_after_it() {
         thread::sleep(Duration::from_millis(2));
     }
     let replica = cluster.replica_of(primary);
-    let _: String = cluster.command(replica, &["CLUSTER", "FAILOVER"]);
+    // The replica refuses while its link to the primary is down (another test kept the
+    // primary busy a moment ago): ask again until it accepts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(error) = redis_cluster::query::<String>(replica, &["CLUSTER", "FAILOVER"]) {
+        assert!(
+            Instant::now() < deadline,
+            "CLUSTER FAILOVER refused: {error}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
     until_primary(cluster, replica);
     assert_eq!(store.commit(hold.id()).unwrap(), hold);
     store.sell(&lines(&[("a", 1)])).unwrap();
@@ -524,6 +536,7 @@ fn a_live_slot_migration_applies_every_call_once_or_refuses_it_whole() {
     // without gaps, and every SKU conserves its units.
     let cluster = shared();
     let _turn = fault_turn();
+    cluster.wait_settled();
     let primaries = cluster.primaries();
     let (from, to) = (primaries[1], primaries[2]);
     let namespace = namespace_on(cluster, from, "migrate");
@@ -623,6 +636,7 @@ fn a_call_that_outlives_its_timeout_is_applied_once_and_a_blind_resender_is_caug
     // call (a fresh request id) sells more than it was told it sold.
     let cluster = shared();
     let _turn = fault_turn();
+    cluster.wait_settled();
     let primary = cluster.primaries()[0];
     let namespace = namespace_on(cluster, primary, "busy");
     let timeout = Duration::from_millis(150);
