@@ -21,9 +21,13 @@ pub(crate) trait SkuTable<K: Sku>: Backend<K> {
     /// The store's count limits (the compare-and-swap stores pack their counts).
     const LIMITS: Limits;
 
-    /// Calls `f` with every SKU, its level and its low-stock threshold, each read under the
-    /// SKU's own lock or in one atomic load. Called with the snapshot gate closed.
-    fn each_sku(&self, f: &mut dyn FnMut(&K, StockLevel, u64));
+    /// Number of SKUs.
+    fn sku_count(&self) -> usize;
+
+    /// Calls `f` with every SKU (borrowed from the store's map, where it stays put for the
+    /// store's life), its level and its low-stock threshold, each read under the SKU's own
+    /// lock or in one atomic load. Called with the snapshot gate closed.
+    fn each_sku<'a>(&'a self, f: &mut dyn FnMut(&'a K, StockLevel, u64));
 
     /// Creates `sku` at `level` with `threshold`, on a store nobody uses yet; `false` when
     /// the store's SKU map is full.
@@ -39,11 +43,17 @@ pub(crate) fn take<K: Sku, S: SkuTable<K>>(store: &S) -> Result<Snapshot<K>, Sna
     let registry = &store.lifecycle().registry;
     // The clock is user code: read before the gate closes.
     let now = registry.clock().now();
+    // Room for every SKU before the gate closes (one that appears meanwhile grows it).
+    let mut skus: Vec<(&K, StockLevel, u64)> = Vec::with_capacity(store.sku_count() + 64);
     let closed = registry.close().ok_or(SnapshotError::Disabled)?;
-    let mut skus = Vec::new();
-    store.each_sku(&mut |sku, level, threshold| skus.push((sku.clone(), level, threshold)));
+    // The pause: counts read, SKUs borrowed (cloned after the gate reopens), holds copied.
+    store.each_sku(&mut |sku, level, threshold| skus.push((sku, level, threshold)));
     let holds = registry.copy_holds();
     drop(closed);
+    let skus = skus
+        .into_iter()
+        .map(|(sku, level, threshold)| (sku.clone(), level, threshold))
+        .collect();
     // Keys of resolved holds are not part of any count; pruning may forget some
     // meanwhile, as it would have a moment later.
     let keys = registry.copy_resolved_keys();

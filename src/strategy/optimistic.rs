@@ -347,7 +347,11 @@ impl<K: Sku> Backend<K> for OptimisticStore<K> {
 impl<K: Sku> crate::durability::capture::SkuTable<K> for OptimisticStore<K> {
     const LIMITS: crate::level::Limits = LIMITS;
 
-    fn each_sku(&self, f: &mut dyn FnMut(&K, StockLevel, u64)) {
+    fn sku_count(&self) -> usize {
+        self.skus.len()
+    }
+
+    fn each_sku<'a>(&'a self, f: &mut dyn FnMut(&'a K, StockLevel, u64)) {
         self.skus.for_each(|sku, slot| {
             let threshold = slot
                 .low_stock_threshold

@@ -188,7 +188,11 @@ impl<K: Sku> StoreBuilder<K, PessimisticStore<K>> {
 impl<K: Sku> crate::durability::capture::SkuTable<K> for PessimisticStore<K> {
     const LIMITS: Limits = Limits::U64;
 
-    fn each_sku(&self, f: &mut dyn FnMut(&K, StockLevel, u64)) {
+    fn sku_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn each_sku<'a>(&'a self, f: &mut dyn FnMut(&'a K, StockLevel, u64)) {
         self.slots.for_each(|sku, slot| {
             let slot = slot.lock();
             f(sku, slot.level, slot.low_stock_threshold);

@@ -370,7 +370,7 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
 
     /// Calls `f` with every entry, in insertion order (a snapshot's walk over the SKUs).
     /// Entries inserted while it runs may or may not be seen. Wait free; writes nothing.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+    pub(crate) fn for_each<'a>(&'a self, mut f: impl FnMut(&'a K, &'a V)) {
         let len = self.len.load(Ordering::Acquire);
         for position in 0..len {
             let (key, value) = self.entry(position);

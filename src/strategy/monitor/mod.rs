@@ -526,7 +526,11 @@ impl<K: Sku> Backend<K> for MonitorStore<K> {
 impl<K: Sku> crate::durability::capture::SkuTable<K> for MonitorStore<K> {
     const LIMITS: Limits = Limits::U64;
 
-    fn each_sku(&self, f: &mut dyn FnMut(&K, StockLevel, u64)) {
+    fn sku_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn each_sku<'a>(&'a self, f: &mut dyn FnMut(&'a K, StockLevel, u64)) {
         self.slots.for_each(|sku, monitor| {
             let state = monitor.state.lock();
             f(sku, state.level, state.low_stock_threshold);
