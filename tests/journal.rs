@@ -453,3 +453,14 @@ fn concurrent_callers_at_always_all_survive() {
         assert_eq!((sku.on_hand, sku.version), (975, 26), "{}", sku.sku);
     }
 }
+
+/// The journal's public types can cross threads (a sink is shared by every caller).
+#[test]
+fn journal_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<JournalSink<String>>();
+    send_sync::<stockledger::Recovery<String>>();
+    send_sync::<JournalError>();
+    send_sync::<SyncPolicy>();
+    send_sync::<stockledger::JournalPosition>();
+}

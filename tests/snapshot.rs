@@ -566,3 +566,46 @@ fn hold_events_carry_their_key() {
     let old: StockEvent<String> = serde_json::from_str(old).unwrap();
     assert!(matches!(old, StockEvent::Released { key: None, .. }));
 }
+
+/// A monitor store's waiter that holds its first line while it waits for the second is not
+/// in a snapshot (no hold yet): its units count as free, as if it had not been served, and
+/// the snapshot restores; once the waiter has its hold, the next snapshot has it.
+#[test]
+fn a_waiter_half_served_is_not_in_a_snapshot() {
+    use stockledger::WaitingStore;
+    let store = Arc::new(MonitorStore::builder().snapshots().build());
+    store.restock(&sku("a"), 2).unwrap();
+    store.restock(&sku("b"), 1).unwrap();
+    store.sell(&[(sku("b"), 1)]).unwrap(); // b sold out: the waiter holds a, waits for b
+    let waiter = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            store.reserve_timeout(&[(sku("a"), 2), (sku("b"), 1)], Duration::from_secs(60))
+        })
+    };
+    while store.level(&sku("a")).unwrap().reserved < 2 {
+        std::thread::yield_now();
+    }
+    let half = store.snapshot().unwrap();
+    assert!(half.holds.is_empty());
+    assert_eq!((half.skus[0].on_hand, half.skus[0].reserved), (2, 0));
+    let copy = MonitorStore::builder().restore(half).unwrap().build();
+    assert_eq!(copy.level(&sku("a")).unwrap().available(), 2);
+    store.restock(&sku("b"), 1).unwrap();
+    let hold = waiter.join().unwrap().unwrap();
+    let whole = store.snapshot().unwrap();
+    assert_eq!(
+        whole.holds.iter().map(|h| h.id).collect::<Vec<_>>(),
+        [hold.id()]
+    );
+    assert_eq!((whole.skus[0].reserved, whole.skus[1].reserved), (2, 1));
+}
+
+/// The new public types can cross threads.
+#[test]
+fn snapshots_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Snapshot<String>>();
+    send_sync::<SnapshotError>();
+    send_sync::<StoreBuilder<String, PessimisticStore<String>>>();
+}
