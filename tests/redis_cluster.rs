@@ -300,15 +300,6 @@ fn a_primary_that_lost_the_functions_gets_them_again_from_the_store() {
 
 // ------------------------------------------------------------------ failover
 
-/// Waits until the node on `port` is a primary that owns slots.
-fn until_primary(cluster: &Cluster, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cluster.primaries().contains(&port) {
-        assert!(Instant::now() < deadline, "{port} never took over");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_hold_opened_before_a_manual_failover_is_committed_after_it() {
     // A correct store: after CLUSTER FAILOVER it follows the new primary (MOVED) without
@@ -333,17 +324,7 @@ fn a_hold_opened_before_a_manual_failover_is_committed_after_it() {
         thread::sleep(Duration::from_millis(2));
     }
     let replica = cluster.replica_of(primary);
-    // The replica refuses while its link to the primary is down (another test kept the
-    // primary busy a moment ago): ask again until it accepts.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Err(error) = redis_cluster::query::<String>(replica, &["CLUSTER", "FAILOVER"]) {
-        assert!(
-            Instant::now() < deadline,
-            "CLUSTER FAILOVER refused: {error}"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-    until_primary(cluster, replica);
+    cluster.failover(replica);
     assert_eq!(store.commit(hold.id()).unwrap(), hold);
     store.sell(&lines(&[("a", 1)])).unwrap();
     assert_eq!(counts(&store, "a"), (2, 0));
@@ -425,7 +406,7 @@ fn after_kill_9_of_its_primary_the_store_recovers_and_waited_changes_survive() {
     thread::sleep(Duration::from_millis(300));
     let replica = cluster.replica_of(primary);
     cluster.kill(primary);
-    until_primary(&cluster, replica);
+    cluster.until_primary(replica);
     // Both stores work again, without a rebuild.
     let deadline = Instant::now() + Duration::from_secs(30);
     while waited.try_level(&sku("waited")).is_err() || plain.try_level(&sku("plain")).is_err() {
@@ -462,43 +443,6 @@ fn after_kill_9_of_its_primary_the_store_recovers_and_waited_changes_survive() {
 }
 
 // ------------------------------------------------------------------ slot migration
-
-/// Moves `slot` from the primary on `from` to the one on `to` live, as
-/// `redis-cli --cluster reshard` does: IMPORTING, MIGRATING, `MIGRATE ... KEYS` in small
-/// batches (with pauses, so calls meet every stage), then `SETSLOT ... NODE` everywhere.
-fn migrate_slot(cluster: &Cluster, slot: u16, from: u16, to: u16) {
-    let slot_text = slot.to_string();
-    let from_id: String = cluster.command(from, &["CLUSTER", "MYID"]);
-    let to_id: String = cluster.command(to, &["CLUSTER", "MYID"]);
-    let _: String = cluster.command(
-        to,
-        &["CLUSTER", "SETSLOT", &slot_text, "IMPORTING", &from_id],
-    );
-    let _: String = cluster.command(
-        from,
-        &["CLUSTER", "SETSLOT", &slot_text, "MIGRATING", &to_id],
-    );
-    thread::sleep(Duration::from_millis(150));
-    loop {
-        let keys: Vec<String> =
-            cluster.command(from, &["CLUSTER", "GETKEYSINSLOT", &slot_text, "3"]);
-        if keys.is_empty() {
-            break;
-        }
-        let to_text = to.to_string();
-        let mut args = vec!["MIGRATE", "127.0.0.1", &to_text, "", "0", "5000", "KEYS"];
-        args.extend(keys.iter().map(String::as_str));
-        let _: String = cluster.command(from, &args);
-        thread::sleep(Duration::from_millis(100));
-    }
-    for port in [to, from] {
-        let _: String = cluster.command(port, &["CLUSTER", "SETSLOT", &slot_text, "NODE", &to_id]);
-    }
-    for port in cluster.primaries() {
-        let _: Result<String, _> =
-            redis_cluster::query(port, &["CLUSTER", "SETSLOT", &slot_text, "NODE", &to_id]);
-    }
-}
 
 /// How many `ASK` and `TRYAGAIN` answers the nodes on `ports` gave so far
 /// (`INFO errorstats`).
@@ -581,7 +525,7 @@ fn a_live_slot_migration_applies_every_call_once_or_refuses_it_whole() {
         .collect();
     let redirects_before = redirects(cluster, &[from, to]);
     thread::sleep(Duration::from_millis(200));
-    migrate_slot(cluster, slot, from, to);
+    cluster.migrate_slot(slot, from, to);
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     let outcomes: Vec<Outcomes> = workers.into_iter().map(|w| w.join().unwrap()).collect();

@@ -250,6 +250,78 @@ impl RedisCluster {
         query(port, args).unwrap_or_else(|error| panic!("{args:?} on {port}: {error}"))
     }
 
+    /// `CLUSTER FAILOVER` on the replica on `replica`, asked again while the replica refuses
+    /// (its link to its primary is down a moment after a busy spell), then waits until it
+    /// is a primary that owns slots.
+    ///
+    /// # Panics
+    ///
+    /// When the replica refuses or does not take over for 30 s.
+    pub fn failover(&self, replica: u16) {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while let Err(error) = query::<String>(replica, &["CLUSTER", "FAILOVER"]) {
+            assert!(
+                Instant::now() < deadline,
+                "CLUSTER FAILOVER refused: {error}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.until_primary(replica);
+    }
+
+    /// Waits until the node on `port` is a primary that owns slots.
+    ///
+    /// # Panics
+    ///
+    /// When that takes longer than 30 s.
+    pub fn until_primary(&self, port: u16) {
+        self.wait_for(&format!("{port} to take over"), || {
+            self.primaries().contains(&port)
+        });
+    }
+
+    /// Moves `slot` from the primary on `from` to the one on `to` live, as
+    /// `redis-cli --cluster reshard` does: IMPORTING, MIGRATING, `MIGRATE ... KEYS` in
+    /// batches of 3 keys with pauses (so that calls meet every stage), then
+    /// `SETSLOT ... NODE` on both and on every other primary.
+    ///
+    /// # Panics
+    ///
+    /// When a node refuses a step.
+    pub fn migrate_slot(&self, slot: u16, from: u16, to: u16) {
+        let slot_text = slot.to_string();
+        let from_id: String = self.command(from, &["CLUSTER", "MYID"]);
+        let to_id: String = self.command(to, &["CLUSTER", "MYID"]);
+        let _: String = self.command(
+            to,
+            &["CLUSTER", "SETSLOT", &slot_text, "IMPORTING", &from_id],
+        );
+        let _: String = self.command(
+            from,
+            &["CLUSTER", "SETSLOT", &slot_text, "MIGRATING", &to_id],
+        );
+        std::thread::sleep(Duration::from_millis(150));
+        let to_text = to.to_string();
+        loop {
+            let keys: Vec<String> =
+                self.command(from, &["CLUSTER", "GETKEYSINSLOT", &slot_text, "3"]);
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["MIGRATE", "127.0.0.1", &to_text, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            let _: String = self.command(from, &args);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for port in [to, from] {
+            let _: String = self.command(port, &["CLUSTER", "SETSLOT", &slot_text, "NODE", &to_id]);
+        }
+        for port in self.primaries() {
+            let _: Result<String, _> =
+                query(port, &["CLUSTER", "SETSLOT", &slot_text, "NODE", &to_id]);
+        }
+    }
+
     /// `kill -9` of the node on `port`; waits until it no longer answers.
     pub fn kill(&mut self, port: u16) {
         let node = self
