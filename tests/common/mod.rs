@@ -28,9 +28,34 @@ pub fn stores() -> Vec<(&'static str, Store)> {
 /// A `RedisStore` on the shared test server, in a namespace of its own.
 #[cfg(feature = "redis")]
 pub fn redis_store() -> stockledger::RedisStore<String> {
-    let server = redis_server::shared();
-    stockledger::RedisStore::connect(&server.url(), &redis_server::fresh_namespace("contract"))
+    redis_builder(&redis_server::fresh_namespace("contract"))
+        .build()
         .expect("the test server answers")
+}
+
+/// The variable that runs these suites' Redis stores on a Redis Cluster instead of the
+/// shared test server: its seed URLs, comma-separated (`.ci/run` runs the contract and
+/// lifecycle suites so once more, on a cluster of 3 primaries and 3 replicas).
+#[cfg(feature = "redis")]
+pub const REDIS_CLUSTER_VAR: &str = "STOCKLEDGER_REDIS_CLUSTER";
+
+/// A builder of the `RedisStore` of `namespace`: on the cluster of [`REDIS_CLUSTER_VAR`]
+/// when it is set (one handle, so one pool per node, for every store of the run), else on
+/// the shared test server.
+#[cfg(feature = "redis")]
+pub fn redis_builder(namespace: &str) -> stockledger::RedisStoreBuilder<String> {
+    static CLUSTER: std::sync::OnceLock<Option<stockledger::RedisCluster>> =
+        std::sync::OnceLock::new();
+    let cluster = CLUSTER.get_or_init(|| {
+        let seeds = std::env::var(REDIS_CLUSTER_VAR).ok()?;
+        Some(stockledger::RedisCluster::new(
+            seeds.split(',').map(String::from),
+        ))
+    });
+    match cluster {
+        Some(cluster) => cluster.store(namespace),
+        None => stockledger::RedisStore::builder(&redis_server::shared().url(), namespace),
+    }
 }
 
 /// Runs `body` once on each strategy.
@@ -172,9 +197,8 @@ impl Rig {
     /// A `RedisStore` on the shared test server with this rig's clock and recorder and
     /// `settings`, in a namespace of its own.
     fn configure_redis(&self, settings: Settings) -> stockledger::RedisStore<String> {
-        let url = redis_server::shared().url();
         let namespace = redis_server::fresh_namespace("lifecycle");
-        let mut builder = stockledger::RedisStore::builder(&url, &namespace)
+        let mut builder = redis_builder(&namespace)
             .clock(self.clock.clone())
             .event_sink(self.events.clone());
         if let Some(retention) = settings.idempotency_retention {
