@@ -126,9 +126,12 @@ impl<K: RedisSku> RedisStoreBuilder<K> {
     /// Redis replicates asynchronously: without this, a primary that dies (`kill -9`, a
     /// lost host) right after answering can take changes its callers were told about with
     /// it, and the replica that takes over never saw them (sales and holds lost, request
-    /// records too, so a resend could apply its call again). With it, a change is
+    /// records too, so a resend could apply its call again; on one host, where the replica
+    /// keeps up, the crate's tests saw no acknowledged change lost to a `kill -9` even
+    /// without it: the window is the replication lag). With it, a change is
     /// confirmed by `replicas` replicas first; it costs a round trip to the replicas on
-    /// every change (see `BENCHMARKS.md`) and does not make Redis strongly consistent (a
+    /// every change (on a local 2-core cluster, sales per second fell to 0.76× and 0.61× at
+    /// 8 and 32 threads: `BENCHMARKS.md`) and does not make Redis strongly consistent (a
     /// replica that confirmed may still lose the election to one that did not, with more
     /// than one replica per primary).
     ///
