@@ -181,6 +181,12 @@ pub const ORPHAN_CLOSES_MAX: usize = 100_000;
 /// open holds exceed what the SKU's latest record reserves) and answers
 /// [`JournalError::LostClose`] rather than guess.
 ///
+/// **One store a directory.** A journal records one store's changes: give each store a
+/// directory of its own. Low-stock thresholds are kept by snapshots only (setting one is
+/// not an event): set them again after a recovery, or compact after setting them. TTLs
+/// in records are measured by the system clock (`Instant` and the wall clock), whatever
+/// clock the store was given.
+///
 /// **Failure.** A failed `write` or `fdatasync` cannot be returned through `on_event`; as
 /// PostgreSQL does since 2018, the journal then refuses to go on: this call and every
 /// later one panic (after a failed `fdatasync` the kernel may have dropped the dirty
@@ -587,7 +593,9 @@ impl<K: Sku + Serialize + DeserializeOwned> EventSink<K> for JournalSink<K> {
     ///
     /// # Panics
     ///
-    /// When a write or sync of the journal failed (see the type's docs, **Failure**).
+    /// When a write or sync of the journal failed (see the type's docs, **Failure**), and
+    /// when the event does not encode as JSON (a SKU type whose `Serialize` fails, such as
+    /// a map with keys that are not strings); the change itself is complete either way.
     fn on_event(&self, event: &StockEvent<K>) {
         let hold = match event {
             StockEvent::Reserved { id, .. } => Some((id.get(), true)),
