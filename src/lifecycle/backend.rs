@@ -368,16 +368,18 @@ pub(crate) fn commit_partial<K: Sku, B: Backend<K>>(
     )?;
     let (reservation, expired, (released, committed_moves), key) = resolved;
     if expired {
-        life.emit(reservation.lines(), &released, |lines| StockEvent::Expired {
-            id,
-            lines,
-            key,
+        life.emit(reservation.lines(), &released, |lines| {
+            StockEvent::Expired { id, lines, key }
         });
         return Err(StockError::Expired(id));
     }
     if !rest.is_empty() {
         let key = key.clone();
-        life.emit(&rest, &released, |lines| StockEvent::Released { id, lines, key });
+        life.emit(&rest, &released, |lines| StockEvent::Released {
+            id,
+            lines,
+            key,
+        });
     }
     life.emit(&part, &committed_moves, |lines| StockEvent::Committed {
         id,

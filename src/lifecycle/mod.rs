@@ -22,6 +22,5 @@ pub(crate) mod registry;
 
 pub(crate) use backend::{
     commit_partial, expire_due, extend, lifecycle_methods, report_opened, reserve, reserve_with,
-    resolve,
-    sell_locked, Backend, Lifecycle,
+    resolve, sell_locked, Backend, Lifecycle,
 };
