@@ -199,6 +199,7 @@ impl RedisCluster {
     /// let cluster = stockledger::RedisCluster::new(["redis://127.0.0.1:30001/"]).pool_size(4);
     /// # let _ = cluster;
     /// ```
+    #[must_use = "the setting is on the returned handle"]
     pub fn pool_size(self, pool_size: u32) -> Self {
         let inner = &self.inner;
         Self::with_settings(
@@ -221,6 +222,7 @@ impl RedisCluster {
     ///     .command_timeout(Duration::from_millis(500));
     /// # let _ = cluster;
     /// ```
+    #[must_use = "the setting is on the returned handle"]
     pub fn command_timeout(self, timeout: Duration) -> Self {
         let inner = &self.inner;
         Self::with_settings(
@@ -244,6 +246,7 @@ impl RedisCluster {
     ///     .failover_timeout(Duration::from_secs(5));
     /// # let _ = cluster;
     /// ```
+    #[must_use = "the setting is on the returned handle"]
     pub fn failover_timeout(self, timeout: Duration) -> Self {
         let inner = &self.inner;
         Self::with_settings(
@@ -425,6 +428,13 @@ impl RedisCluster {
         Ok(())
     }
 }
+
+// Shared by the stores of many threads.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<RedisCluster>();
+    send_sync::<Route>();
+};
 
 /// The owner of `slot` and every primary's address in a `CLUSTER SLOTS` reply.
 fn owners(reply: &Value, slot: u16) -> Result<(Option<String>, Vec<String>), String> {
