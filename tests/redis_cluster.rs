@@ -398,6 +398,23 @@ fn after_kill_9_of_its_primary_the_store_recovers_and_waited_changes_survive() {
     // replica left, so every change through `waited` is Unavailable (ran, unconfirmed).
     plain.restock(&sku("held"), 3).unwrap();
     let hold = plain.reserve(&lines(&[("held", 2)])).unwrap();
+    // A waiter queued before the kill, with a short lease.
+    plain.restock(&sku("w"), 1).unwrap();
+    plain.sell(&lines(&[("w", 1)])).unwrap();
+    let waiting: Arc<Store> = Arc::new(
+        handle(&cluster)
+            .store(&namespace)
+            .wait_lease(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
+    let waiter = {
+        let waiting = Arc::clone(&waiting);
+        thread::spawn(move || waiting.reserve_timeout(&lines(&[("w", 1)]), Duration::from_secs(60)))
+    };
+    while plain.queued(&sku("w")).unwrap() < 1 {
+        thread::sleep(Duration::from_millis(2));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let writers = [
         restocker(Arc::clone(&waited), "waited", Arc::clone(&stop)),
@@ -418,6 +435,19 @@ fn after_kill_9_of_its_primary_the_store_recovers_and_waited_changes_survive() {
     let [waited_tally, plain_tally] = writers.map(|writer| writer.join().unwrap());
     assert_eq!(plain.commit(hold.id()).unwrap(), hold);
     assert_eq!(counts(&waited, "held"), (1, 0));
+    // The waiter gets its hold, or gives up and its lines go back once its lease has run
+    // out: never a grant nobody owns.
+    plain.restock(&sku("w"), 1).unwrap();
+    match waiter.join().unwrap() {
+        Ok(granted) => plain.commit(granted.id()).map(drop).unwrap(),
+        Err(StockError::Timeout | StockError::Unavailable { .. }) => {
+            thread::sleep(Duration::from_millis(1_200));
+            plain.try_expire_due().unwrap();
+            assert_eq!(counts(&plain, "w").1, 0, "a grant nobody owns");
+        }
+        Err(other) => panic!("{other:?}"),
+    }
+    assert_eq!(counts(&plain, "w").1, 0);
     let on_hand = |name| waited.level(&sku(name)).map_or(0, |level| level.on_hand);
     let (waited_units, plain_units) = (on_hand("waited"), on_hand("plain"));
     assert!(
