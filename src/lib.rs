@@ -130,7 +130,7 @@ pub use async_channel;
 pub use crossbeam_channel;
 #[cfg(all(feature = "journal", not(loom)))]
 pub use durability::journal::{
-    JournalError, JournalPosition, JournalSink, SyncPolicy, ORPHAN_CLOSES_MAX,
+    JournalError, JournalPosition, JournalSink, SyncPolicy, ORDER_WAIT_MAX, ORPHAN_CLOSES_MAX,
 };
 #[cfg(all(feature = "journal", not(loom)))]
 pub use durability::recovery::Recovery;

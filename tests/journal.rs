@@ -319,6 +319,8 @@ fn a_lost_close_before_a_later_change_is_detected() {
     for with_commit in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _) = JournalSink::<String>::open(dir.path(), SyncPolicy::No).unwrap();
+        // Records in the order given, as a journal that does not wait for order writes them.
+        journal.set_order_wait_max(Duration::ZERO);
         for event in records(with_commit) {
             journal.on_event_for_test(&event);
         }
@@ -338,6 +340,152 @@ fn a_lost_close_before_a_later_change_is_detected() {
                     })
                 ),
                 "{opened:?}"
+            );
+        }
+    }
+}
+
+/// The journal writes a change after the end of a hold before it on its SKU, though it
+/// came first: the sale (delivered first, on another thread) waits for the commit's
+/// record, so the file never holds the sale without the commit. Control: with no waiting,
+/// the same deliveries leave a file whose recovery finds the lost close.
+#[test]
+fn a_change_waits_for_the_end_of_a_hold_before_it() {
+    let h = ReservationId::from_u64(11);
+    let commit = StockEvent::Committed {
+        id: h,
+        lines: vec![line("a", 4, 6, 0, 3)],
+        key: None,
+    };
+    let sale = StockEvent::Sold {
+        lines: vec![line("a", 1, 5, 0, 4)],
+    };
+    for wait in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
+        journal.set_order_wait_max(if wait {
+            Duration::from_secs(60)
+        } else {
+            Duration::ZERO
+        });
+        journal.on_event_for_test(&StockEvent::Restocked {
+            line: line("a", 10, 10, 0, 1),
+        });
+        journal.on_event_for_test(&StockEvent::Reserved {
+            id: h,
+            lines: vec![line("a", 4, 10, 4, 2)],
+            expires_at: None,
+            key: None,
+        });
+        let crash = tempfile::tempdir().unwrap();
+        // A crash after the sale's delivery began and before the commit's record: the
+        // file as it is then.
+        let copy_the_file = || {
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                let path = entry.unwrap().path();
+                std::fs::copy(&path, crash.path().join(path.file_name().unwrap())).unwrap();
+            }
+        };
+        std::thread::scope(|scope| {
+            if wait {
+                // The sale waits for the commit: delivered on a thread of its own.
+                let seller = scope.spawn(|| journal.on_event_for_test(&sale));
+                std::thread::sleep(Duration::from_millis(20));
+                copy_the_file();
+                journal.on_event_for_test(&commit);
+                seller.join().unwrap();
+            } else {
+                journal.on_event_for_test(&sale); // written (and synced) at once
+                copy_the_file();
+                journal.on_event_for_test(&commit);
+            }
+        });
+        let sold = JournalSink::<String>::open(crash.path(), SyncPolicy::No).map(|(_, r)| r);
+        drop(journal);
+        let (_, whole) = JournalSink::<String>::open(dir.path(), SyncPolicy::No).unwrap();
+        assert_eq!(
+            essence(&whole.snapshot).0[&sku("a")],
+            (5, 0, 4),
+            "wait {wait}"
+        );
+        if wait {
+            // Crashed before the commit's record: the sale was not written either.
+            let crashed = sold.unwrap();
+            assert_eq!(essence(&crashed.snapshot).0[&sku("a")], (10, 4, 2));
+        } else {
+            assert!(
+                matches!(sold, Err(JournalError::LostClose { .. })),
+                "{sold:?}"
+            );
+        }
+    }
+}
+
+/// The other order: a hold's opening record that comes after a change whose counts left
+/// its units (the hold ended in between) waits for the end's record, so the file never
+/// holds the hold open beside those counts. Control: with no waiting, the crash copy's
+/// recovery finds the lost close.
+#[test]
+fn a_late_open_waits_for_the_end_of_its_hold() {
+    let h = ReservationId::from_u64(12);
+    let reserved = StockEvent::Reserved {
+        id: h,
+        lines: vec![line("a", 4, 10, 4, 2)],
+        expires_at: None,
+        key: None,
+    };
+    let commit = StockEvent::Committed {
+        id: h,
+        lines: vec![line("a", 4, 6, 0, 3)],
+        key: None,
+    };
+    for wait in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
+        journal.set_order_wait_max(if wait {
+            Duration::from_secs(60)
+        } else {
+            Duration::ZERO
+        });
+        journal.on_event_for_test(&StockEvent::Restocked {
+            line: line("a", 10, 10, 0, 1),
+        });
+        journal.on_event_for_test(&StockEvent::Sold {
+            lines: vec![line("a", 1, 5, 0, 4)],
+        });
+        let crash = tempfile::tempdir().unwrap();
+        let copy_the_file = || {
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                let path = entry.unwrap().path();
+                std::fs::copy(&path, crash.path().join(path.file_name().unwrap())).unwrap();
+            }
+        };
+        std::thread::scope(|scope| {
+            if wait {
+                let opener = scope.spawn(|| journal.on_event_for_test(&reserved));
+                std::thread::sleep(Duration::from_millis(20));
+                copy_the_file();
+                journal.on_event_for_test(&commit);
+                opener.join().unwrap();
+            } else {
+                journal.on_event_for_test(&reserved);
+                copy_the_file();
+                journal.on_event_for_test(&commit);
+            }
+        });
+        let crashed = JournalSink::<String>::open(crash.path(), SyncPolicy::No).map(|(_, r)| r);
+        drop(journal);
+        let (_, whole) = JournalSink::<String>::open(dir.path(), SyncPolicy::No).unwrap();
+        assert_eq!(
+            essence(&whole.snapshot),
+            (BTreeMap::from([(sku("a"), (5, 0, 4))]), vec![])
+        );
+        if wait {
+            assert_eq!(essence(&crashed.unwrap().snapshot).0[&sku("a")], (5, 0, 4));
+        } else {
+            assert!(
+                matches!(crashed, Err(JournalError::LostClose { .. })),
+                "{crashed:?}"
             );
         }
     }
@@ -531,6 +679,8 @@ fn recovery_is_independent_of_the_order_of_records() {
     let recover = |events: &[StockEvent<String>]| {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _) = JournalSink::<String>::open(dir.path(), SyncPolicy::No).unwrap();
+        // Written in the shuffled order (no waiting for order): recovery alone must cope.
+        journal.set_order_wait_max(Duration::ZERO);
         for event in events {
             journal.on_event_for_test(event);
         }

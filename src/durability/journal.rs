@@ -1,7 +1,7 @@
 //! The journal: an [`EventSink`] that appends every event to a file and answers only once
 //! it is on disk, with group commit; and its compaction by snapshots.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::Write;
@@ -147,6 +147,11 @@ pub struct JournalPosition {
     pub offset: u64,
 }
 
+/// The longest a record waits for the record of a hold's end that changed one of its SKUs
+/// before it (see [`JournalSink`], **Order**); past it, the record is written all the
+/// same.
+pub const ORDER_WAIT_MAX: Duration = Duration::from_millis(500);
+
 /// Holds whose close the journal saw before their open, kept at most this many (oldest
 /// forgotten first); see [`JournalSink::compact`].
 pub const ORPHAN_CLOSES_MAX: usize = 100_000;
@@ -172,13 +177,20 @@ pub const ORPHAN_CLOSES_MAX: usize = 100_000;
 /// what happened since the last snapshot.
 ///
 /// **Order.** A store delivers events after its locks are released, so two threads'
-/// records may reach the file in the other order than their changes. Recovery does not
+/// records may reach the journal in the other order than their changes. Recovery does not
 /// depend on the file's order: each SKU's counts come from its record of highest version,
 /// and a hold is open when its opening record is there and no closing one (a close may
-/// come first). One window is left: a commit, release or expiry whose record is not
-/// written yet while a later change of one of its SKUs is already written; a crash right
-/// then would recover the later counts with the hold still open. Recovery detects it (the
-/// open holds exceed what the SKU's latest record reserves) and answers
+/// come first). What the file must not hold is a change of a SKU without the end (commit,
+/// release, expiry) of a hold that came before it on that SKU: recovery would find the
+/// later counts with the hold still open. So the journal keeps, per SKU, the units its
+/// highest version written reserves, and a record after which the holds open in the file
+/// (opened at or before that version) would hold more waits, with no store lock held,
+/// until the record of the missing end is written first: a change whose counts already
+/// left a hold's units, or a hold's opening record that comes after such a change. It
+/// waits at most [`set_order_wait_max`](Self::set_order_wait_max) ([`ORDER_WAIT_MAX`] by
+/// default, reached only when the end's caller is stalled, or when two multi-line
+/// resolutions of the optimistic or adaptive store cross); a record is then written all
+/// the same, and if a crash leaves the file so, recovery answers
 /// [`JournalError::LostClose`] rather than guess.
 ///
 /// **One store a directory.** A journal records one store's changes: give each store a
@@ -216,27 +228,25 @@ pub const ORPHAN_CLOSES_MAX: usize = 100_000;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct JournalSink<K> {
-    shared: Arc<Shared>,
+    shared: Arc<Shared<K>>,
     /// The thread that syncs once a second under `EverySec`.
     flusher: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// Held by a compaction: one at a time.
     compaction: Mutex<()>,
-    /// The SKU type of the events it takes.
-    sku: std::marker::PhantomData<fn(K)>,
 }
 
 /// What the sink's callers and its flusher share.
-struct Shared {
+struct Shared<K> {
     dir: PathBuf,
     policy: SyncPolicy,
     /// Everything below; held while a record is written (not while it is synced).
-    state: Mutex<State>,
+    state: Mutex<State<K>>,
     /// Signalled when a sync ends (and when the sink closes).
     synced: Condvar,
 }
 
 /// The journal's state, guarded by [`Shared::state`].
-struct State {
+struct State<K> {
     /// The journal file appended to.
     file: Arc<File>,
     /// Its generation.
@@ -251,13 +261,21 @@ struct State {
     next_sequence: u64,
     /// Why the journal stopped, once a write or sync failed.
     failed: Option<String>,
-    /// Holds whose opening record was written and whose closing one was not.
-    open: HashSet<u64>,
+    /// Holds whose opening record was written and whose closing one was not: their SKUs.
+    open: HashMap<u64, Vec<K>>,
+    /// Per SKU, the holds of `open` on it: `(hold id, the SKU's version at the open,
+    /// units)` (version 0 for a hold recovered from a snapshot).
+    open_on: HashMap<K, Vec<(u64, u64, u64)>>,
+    /// Per SKU, its highest version in the file and the units reserved at it.
+    top: HashMap<K, (u64, u64)>,
     /// Closing records of holds whose opening record was not written yet, with the order
     /// they came in (to forget the oldest first).
     orphans: HashMap<u64, (u64, Vec<u8>)>,
     /// Set when the sink is dropped: the flusher stops.
     closing: bool,
+    /// The longest a record waits for an earlier hold end's record ([`ORDER_WAIT_MAX`]
+    /// unless set otherwise).
+    order_wait: Duration,
 }
 
 impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
@@ -305,10 +323,23 @@ impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
                 .snapshot
                 .holds
                 .iter()
-                .map(|hold| hold.id.get())
+                .map(|hold| {
+                    (
+                        hold.id.get(),
+                        hold.lines.iter().map(|(sku, _)| sku.clone()).collect(),
+                    )
+                })
+                .collect(),
+            open_on: open_on(&recovery.snapshot),
+            top: recovery
+                .snapshot
+                .skus
+                .iter()
+                .map(|sku| (sku.sku.clone(), (sku.version, sku.reserved)))
                 .collect(),
             orphans: HashMap::new(),
             closing: false,
+            order_wait: ORDER_WAIT_MAX,
         };
         let shared = Arc::new(Shared {
             dir,
@@ -329,7 +360,6 @@ impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
             shared,
             flusher: std::sync::Mutex::new(flusher),
             compaction: Mutex::new(()),
-            sku: std::marker::PhantomData,
         });
         Ok((sink, recovery))
     }
@@ -482,23 +512,45 @@ impl<K> JournalSink<K> {
         drop(self.wait_durable(state, written));
     }
 
+    /// Sets the longest a record waits for the record of a hold's end that changed one
+    /// of its SKUs before it (default [`ORDER_WAIT_MAX`]; see the type's docs, **Order**).
+    /// `Duration::ZERO` never waits: records go to the file in the order they come, and a
+    /// crash may leave a change without the end of a hold before it
+    /// ([`JournalError::LostClose`] on recovery).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stockledger::{JournalSink, SyncPolicy};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("stockledger-wait-doc-{}", std::process::id()));
+    /// let (journal, _) = JournalSink::<String>::open(&dir, SyncPolicy::Always)?;
+    /// journal.set_order_wait_max(Duration::from_millis(50));
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), stockledger::JournalError>(())
+    /// ```
+    pub fn set_order_wait_max(&self, wait: Duration) {
+        self.shared.state.lock().order_wait = wait;
+    }
+
     /// Waits until the first `target` bytes of the current file are durable, syncing as
     /// the leader when no sync is in progress (group commit); returns the lock.
     fn wait_durable<'a>(
         &'a self,
-        state: MutexGuard<'a, State>,
+        state: MutexGuard<'a, State<K>>,
         target: u64,
-    ) -> MutexGuard<'a, State> {
+    ) -> MutexGuard<'a, State<K>> {
         wait_durable(&self.shared, state, target)
     }
 }
 
 /// [`JournalSink::wait_durable`], for the sink and its flusher.
-fn wait_durable<'a>(
-    shared: &'a Shared,
-    mut state: MutexGuard<'a, State>,
+fn wait_durable<'a, K>(
+    shared: &'a Shared<K>,
+    mut state: MutexGuard<'a, State<K>>,
     target: u64,
-) -> MutexGuard<'a, State> {
+) -> MutexGuard<'a, State<K>> {
     let generation = state.generation;
     loop {
         if let Some(failure) = &state.failed {
@@ -529,7 +581,7 @@ fn wait_durable<'a>(
 }
 
 /// The `EverySec` thread: syncs once a second until the sink is dropped.
-fn flush_every_second(shared: &Weak<Shared>) {
+fn flush_every_second<K>(shared: &Weak<Shared<K>>) {
     loop {
         let Some(shared) = shared.upgrade() else {
             return;
@@ -547,7 +599,7 @@ fn flush_every_second(shared: &Weak<Shared>) {
     }
 }
 
-impl State {
+impl<K> State<K> {
     /// Writes one record of `payload` to the current file.
     fn append(&mut self, payload: &[u8], dir: &Path) {
         if let Some(failure) = &self.failed {
@@ -566,15 +618,34 @@ impl State {
             }
         }
     }
+}
 
-    /// Notes the hold `event` opens or closes; `true` when it is the close of a hold whose
-    /// open was not written yet (kept as an orphan, with its record `payload`).
-    fn track(&mut self, id: u64, opens: bool, payload: &[u8]) {
+impl<K: Sku> State<K> {
+    /// Notes the hold `id` that `event` opens (`opens`) or closes; the close of a hold whose
+    /// opening record was not written yet is kept as an orphan, with its record `payload`.
+    fn track(&mut self, id: u64, opens: bool, event: &StockEvent<K>, payload: &[u8]) {
         if opens {
             if self.orphans.remove(&id).is_none() {
-                self.open.insert(id);
+                for line in event.lines() {
+                    let entry = (id, line.level.version, line.quantity);
+                    self.open_on
+                        .entry(line.sku.clone())
+                        .or_default()
+                        .push(entry);
+                }
+                let skus = event.lines().iter().map(|line| line.sku.clone()).collect();
+                self.open.insert(id, skus);
             }
-        } else if !self.open.remove(&id) {
+        } else if let Some(skus) = self.open.remove(&id) {
+            for sku in skus {
+                if let Some(holds) = self.open_on.get_mut(&sku) {
+                    holds.retain(|(hold, _, _)| *hold != id);
+                    if holds.is_empty() {
+                        self.open_on.remove(&sku);
+                    }
+                }
+            }
+        } else {
             if self.orphans.len() >= ORPHAN_CLOSES_MAX {
                 let oldest = self.orphans.iter().min_by_key(|(_, (order, _))| *order);
                 if let Some(oldest) = oldest.map(|(id, _)| *id) {
@@ -583,6 +654,50 @@ impl State {
             }
             let order = self.next_sequence;
             self.orphans.insert(id, (order, payload.to_vec()));
+        }
+    }
+
+    /// Whether writing `event` now keeps the file consistent: on each of its SKUs, the
+    /// holds open in the file (after `event`) that opened at or before the SKU's highest
+    /// version in the file (after `event`) hold at most the units that version's counts
+    /// reserve. More means the end (commit, release, expiry) of one of those holds changed
+    /// the SKU before a change already written, or before `event`, and its record has not
+    /// come yet: a crash then would leave a change without the end before it. `hold` is
+    /// the hold `event` opens (`true`) or closes (`false`), if any.
+    fn in_order(&self, event: &StockEvent<K>, hold: Option<(u64, bool)>) -> bool {
+        // A hold whose close came first is never opened in the file.
+        let opens = hold.filter(|(id, opens)| *opens && !self.orphans.contains_key(id));
+        let closes = hold.filter(|(_, opens)| !*opens).map(|(id, _)| id);
+        event.lines().iter().all(|line| {
+            let (top, reserved) = match self.top.get(&line.sku) {
+                Some(&(version, reserved)) if version >= line.level.version => (version, reserved),
+                _ => (line.level.version, line.level.reserved),
+            };
+            let mut held: u64 = self.open_on.get(&line.sku).map_or(0, |holds| {
+                holds
+                    .iter()
+                    .filter(|(id, at, _)| Some(*id) != closes && *at <= top)
+                    .map(|(_, _, units)| units)
+                    .sum()
+            });
+            if opens.is_some() && line.level.version <= top {
+                held += line.quantity;
+            }
+            held <= reserved
+        })
+    }
+
+    /// Notes the counts of `event`'s SKUs, written now: each SKU's highest version.
+    fn note_top(&mut self, event: &StockEvent<K>) {
+        for line in event.lines() {
+            let level = (line.level.version, line.level.reserved);
+            match self.top.get_mut(&line.sku) {
+                Some(top) if top.0 >= level.0 => {}
+                Some(top) => *top = level,
+                None => {
+                    self.top.insert(line.sku.clone(), level);
+                }
+            }
         }
     }
 }
@@ -609,10 +724,20 @@ impl<K: Sku + Serialize + DeserializeOwned> EventSink<K> for JournalSink<K> {
         let payload = serde_json::to_vec(event).expect("a stock event encodes as JSON");
         let shared = &self.shared;
         let mut state = shared.state.lock();
+        // A change after a hold's end on one SKU waits for the end's record (**Order**).
+        if !state.in_order(event, hold) {
+            let deadline = Instant::now() + state.order_wait;
+            while !state.in_order(event, hold) && Instant::now() < deadline {
+                state = shared.synced.wait_until(state, Some(deadline)).0;
+            }
+        }
         if let Some((id, opens)) = hold {
-            state.track(id, opens, &payload);
+            state.track(id, opens, event, &payload);
         }
         state.append(&payload, &shared.dir);
+        state.note_top(event);
+        // Wakes changes waiting for this record to come first.
+        shared.synced.notify_all();
         if shared.policy == SyncPolicy::Always {
             let written = state.written;
             drop(self.wait_durable(state, written));
@@ -649,6 +774,21 @@ impl<K> fmt::Debug for JournalSink<K> {
             .field("failed", &state.failed)
             .finish_non_exhaustive()
     }
+}
+
+/// Per SKU, the open holds of `snapshot` as [`State::open_on`] keeps them (opened at
+/// version 0: before every record after the snapshot).
+fn open_on<K: Sku>(snapshot: &Snapshot<K>) -> HashMap<K, Vec<(u64, u64, u64)>> {
+    let mut open_on: HashMap<K, Vec<(u64, u64, u64)>> = HashMap::new();
+    for hold in &snapshot.holds {
+        for (sku, units) in &hold.lines {
+            open_on
+                .entry(sku.clone())
+                .or_default()
+                .push((hold.id.get(), 0, *units));
+        }
+    }
+    open_on
 }
 
 /// Writes `snapshot` as the snapshot file of `generation` in `dir`, whole or not at all.
