@@ -738,3 +738,45 @@ fn recovery_is_independent_of_the_order_of_records() {
         "{verdict:?}"
     );
 }
+
+/// A partial commit through the journal: its two records (the released part, then the
+/// committed part) end the hold once, the units sold are the committed part's, and the
+/// key remembers the hold as committed.
+#[test]
+fn a_partial_commit_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, recovered) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
+    let store = OptimisticStore::builder()
+        .restore(recovered.snapshot)
+        .unwrap()
+        .event_sink(journal.clone())
+        .build();
+    store.restock(&sku("a"), 10).unwrap();
+    store.restock(&sku("b"), 10).unwrap();
+    let keyed = ReserveOptions::new().idempotency_key("order-9");
+    let hold = store
+        .reserve_with(&[(sku("a"), 5), (sku("b"), 2)], &keyed)
+        .unwrap();
+    store.commit_partial(hold.id(), &[(sku("a"), 2)]).unwrap();
+    drop((store, journal));
+    let (_, recovered) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
+    let (skus, holds) = essence(&recovered.snapshot);
+    assert!(holds.is_empty());
+    assert_eq!((skus[&sku("a")].0, skus[&sku("a")].1), (8, 0));
+    assert_eq!((skus[&sku("b")].0, skus[&sku("b")].1), (10, 0));
+    let store = OptimisticStore::builder()
+        .restore(recovered.snapshot)
+        .unwrap()
+        .build();
+    let retry = store.reserve_with(&[(sku("a"), 5), (sku("b"), 2)], &keyed);
+    assert!(
+        matches!(
+            retry,
+            Err(StockError::HoldEnded {
+                outcome: HoldOutcome::Committed,
+                ..
+            })
+        ),
+        "{retry:?}"
+    );
+}

@@ -1,7 +1,7 @@
 //! The journal: an [`EventSink`] that appends every event to a file and answers only once
 //! it is on disk, with group commit; and its compaction by snapshots.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io::Write;
@@ -147,6 +147,10 @@ pub struct JournalPosition {
     pub offset: u64,
 }
 
+/// Ends of holds the journal remembers, to know a second record of one end from the
+/// close of a hold whose opening record has not come.
+const RECENT_ENDS: usize = 1024;
+
 /// The longest a record waits for the record of a hold's end that changed one of its SKUs
 /// before it (see [`JournalSink`], **Order**); past it, the record is written all the
 /// same.
@@ -271,6 +275,12 @@ struct State<K> {
     /// Closing records of holds whose opening record was not written yet, with the order
     /// they came in (to forget the oldest first).
     orphans: HashMap<u64, (u64, Vec<u8>)>,
+    /// The ids of `orphans`, oldest first (an id already gone is skipped).
+    orphan_order: VecDeque<u64>,
+    /// The last [`RECENT_ENDS`] holds whose end was written, oldest first: a second record
+    /// of one end (a partial commit reports its released part, then its committed part)
+    /// is not an orphan.
+    recent_ends: VecDeque<u64>,
     /// Set when the sink is dropped: the flusher stops.
     closing: bool,
     /// The longest a record waits for an earlier hold end's record ([`ORDER_WAIT_MAX`]
@@ -338,6 +348,8 @@ impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
                 .map(|sku| (sku.sku.clone(), (sku.version, sku.reserved)))
                 .collect(),
             orphans: HashMap::new(),
+            orphan_order: VecDeque::new(),
+            recent_ends: VecDeque::new(),
             closing: false,
             order_wait: ORDER_WAIT_MAX,
         };
@@ -625,7 +637,13 @@ impl<K: Sku> State<K> {
     /// opening record was not written yet is kept as an orphan, with its record `payload`.
     fn track(&mut self, id: u64, opens: bool, event: &StockEvent<K>, payload: &[u8]) {
         if opens {
-            if self.orphans.remove(&id).is_none() {
+            if self.orphans.remove(&id).is_some() {
+                // Its id stays in `orphan_order` until skipped; drop the gone ones at times.
+                if self.orphan_order.len() > 2 * self.orphans.len() + 64 {
+                    let orphans = &self.orphans;
+                    self.orphan_order.retain(|id| orphans.contains_key(id));
+                }
+            } else {
                 for line in event.lines() {
                     let entry = (id, line.level.version, line.quantity);
                     self.open_on
@@ -645,15 +663,20 @@ impl<K: Sku> State<K> {
                     }
                 }
             }
-        } else {
-            if self.orphans.len() >= ORPHAN_CLOSES_MAX {
-                let oldest = self.orphans.iter().min_by_key(|(_, (order, _))| *order);
-                if let Some(oldest) = oldest.map(|(id, _)| *id) {
-                    self.orphans.remove(&oldest);
-                }
+            if self.recent_ends.len() == RECENT_ENDS {
+                self.recent_ends.pop_front();
+            }
+            self.recent_ends.push_back(id);
+        } else if !self.recent_ends.contains(&id) {
+            while self.orphans.len() >= ORPHAN_CLOSES_MAX {
+                let Some(oldest) = self.orphan_order.pop_front() else {
+                    break;
+                };
+                self.orphans.remove(&oldest);
             }
             let order = self.next_sequence;
             self.orphans.insert(id, (order, payload.to_vec()));
+            self.orphan_order.push_back(id);
         }
     }
 

@@ -320,7 +320,17 @@ impl<K: Sku> Rebuild<K> {
         };
         let lines = match hold {
             Some(hold) => hold.lines,
-            None => Vec::new(),
+            None => {
+                // A second record of one end: a partial commit reports its released part,
+                // then its committed part. The hold's key says it was committed.
+                let key = self.keys.get_mut(key.as_ref());
+                if let Some(known) = key.filter(|known| known.id == id) {
+                    if outcome == HoldOutcome::Committed {
+                        known.outcome = outcome;
+                    }
+                }
+                return;
+            }
         };
         let retained_ms = duration_ms(self.retention.saturating_sub(elapsed));
         if lines.is_empty() || retained_ms == 0 {
