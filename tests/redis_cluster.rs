@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use redis_cluster::RedisCluster as Cluster;
+use redis_cluster::{url, RedisCluster as Cluster};
 use redis_server::fresh_namespace;
 use stockledger::{RedisCluster, RedisStore, ReserveOptions, StockError, StockStore, WaitingStore};
 
@@ -398,6 +398,23 @@ fn after_kill_9_of_its_primary_the_store_recovers_and_waited_changes_survive() {
     // replica left, so every change through `waited` is Unavailable (ran, unconfirmed).
     plain.restock(&sku("held"), 3).unwrap();
     let hold = plain.reserve(&lines(&[("held", 2)])).unwrap();
+    // The hold reaches the replica before the kill (this test is about the store, not
+    // about Redis's asynchronous replication): a write of this connection and its WAIT
+    // cover every write before it on the primary's one replication stream.
+    let mut connection = redis::Client::open(url(primary))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let (_, replicas): ((), u64) = redis::pipe()
+        .cmd("SET")
+        .arg(format!("{{{namespace}}}:fence"))
+        .arg(1)
+        .cmd("WAIT")
+        .arg(1)
+        .arg(5_000)
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(replicas, 1, "the replica has the hold");
     // A waiter queued before the kill, with a short lease.
     plain.restock(&sku("w"), 1).unwrap();
     plain.sell(&lines(&[("w", 1)])).unwrap();

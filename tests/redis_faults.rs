@@ -821,3 +821,32 @@ fn an_unkeyed_hold_whose_reserve_was_unavailable_is_released_by_the_next_call() 
     assert_eq!(store.commit(hold.id()).unwrap().lines(), &[(a.clone(), 3)]);
     assert_eq!(counts(&observer, "a"), (9, 0));
 }
+
+#[test]
+fn a_resend_that_overtakes_its_first_attempt_applies_the_call_once() {
+    // A correct store: a first attempt held up on its way times out, the store resends it
+    // on a fresh connection and the resend runs first; when the first attempt reaches the
+    // server after all, it finds the answer the resend recorded and changes nothing. (The
+    // server runs the calls of two connections in no promised order.)
+    let server = shared();
+    let namespace = fresh_namespace("overtaken");
+    let observer = store_at(&server.url(), &namespace);
+    let proxy = FaultProxy::start(server.port());
+    let store = RedisStore::<String>::builder(&proxy.url(), &namespace)
+        .command_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    store.restock(&"a".to_string(), 10).unwrap();
+    // The one-line sale's first attempt (the rule holds one request; the resend passes).
+    proxy.delay_requests_containing(b"_sell_one\r\n", Duration::from_millis(800), 1);
+    store.sell(&lines(&[("a", 1)])).unwrap();
+    assert_eq!(counts(&observer, "a"), (9, 0), "the resend sold");
+    // The held first attempt goes on to the server after the resend's answer.
+    while proxy.delayed() == 0 {
+        thread::sleep(Duration::from_millis(50));
+    }
+    // It was written to the server's socket; a round trip of the observer's lets the
+    // server read it (it reads every ready connection each turn of its event loop).
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(counts(&observer, "a"), (9, 0), "one sale, not two");
+}

@@ -7,8 +7,8 @@
 //! way), and waits out `TRYAGAIN`, `CLUSTERDOWN` and friends (a migration or failover under
 //! way). All of these mean the call did not run, so they are followed freely. A call whose
 //! outcome is unknown (the connection failed or timed out after the call was sent) is sent
-//! again only under its request id and the `_again` function name, at most once, as on a
-//! single server: the script answers a resend with the answer it recorded.
+//! again only under its request id, at most once, as on a single server: the script
+//! answers a resend with the answer it recorded.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

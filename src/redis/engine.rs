@@ -67,7 +67,7 @@ const BODIES: [(&str, &str); 10] = [
 /// "general" (nothing written) when the sale needs `sell`.
 const SELL_ONE: &str = include_str!("scripts/sell_one.lua");
 
-/// The read-only scripts, by name: registered (under all four names, none with events)
+/// The read-only scripts, by name: registered (under both names, neither with events)
 /// with the `no-writes` flag, they record no answer under the call's request id (a resend
 /// reads again) and change nothing.
 const READS: [(&str, &str); 1] = [("lookup", include_str!("scripts/lookup.lua"))];
@@ -116,32 +116,27 @@ pub(crate) struct Library {
     pub(crate) lookup: Function,
 }
 
-/// The registered names of one script: with or without the call's events in the reply,
-/// each as a first attempt or as a resend.
+/// The two registered names of one script.
 ///
-/// A first attempt carries a request id never sent before, so its script skips the look-up
-/// of a recorded answer (one `HGET` less on every call); a resend (`_again`, after a lost
-/// reply) looks its answer up first and gets it back instead of applying the call twice.
+/// Every call, a first attempt as much as a resend, looks up the answer recorded under its
+/// request id before it runs: a first attempt held up on its way can reach the server after
+/// the resend that overtook it (the server runs the calls of two connections in no
+/// promised order), and must then answer from the record, not apply the call again
+/// (`tests/redis_faults.rs`, `a_resend_that_overtakes_its_first_attempt_applies_the_call_once`).
 pub(crate) struct Function {
     /// `stockledger_<version>_<script>`: no events in the reply.
     pub(crate) plain: String,
     /// `stockledger_<version>_<script>_events`: the call's events in the reply.
     pub(crate) events: String,
-    /// `..._<script>_again`: a resend, no events.
-    pub(crate) plain_again: String,
-    /// `..._<script>_events_again`: a resend, with the events.
-    pub(crate) events_again: String,
 }
 
 impl Function {
-    /// The name to call: with or without the events in the reply, as a first attempt or
-    /// as a resend (`again`).
-    pub(crate) fn name(&self, events: bool, again: bool) -> &str {
-        match (events, again) {
-            (false, false) => &self.plain,
-            (true, false) => &self.events,
-            (false, true) => &self.plain_again,
-            (true, true) => &self.events_again,
+    /// The name to call: with or without the events in the reply.
+    pub(crate) fn name(&self, events: bool) -> &str {
+        if events {
+            &self.events
+        } else {
+            &self.plain
         }
     }
 }
@@ -152,12 +147,8 @@ pub(crate) static SCRIPTS: LazyLock<Library> = LazyLock::new(|| {
         code.push_str(&format!(
             "local function run_{name}()\n{body}\nend\n\
              redis.register_function('stockledger_{VERSION}_{name}', function(keys, args)\n\
-             begin(keys, args, false)\nreturn wrong_type() or record_reply(run_{name}())\nend)\n\
-             redis.register_function('stockledger_{VERSION}_{name}_events', function(keys, args)\n\
-             begin(keys, args, true)\nreturn wrong_type() or record_reply(run_{name}())\nend)\n\
-             redis.register_function('stockledger_{VERSION}_{name}_again', function(keys, args)\n\
              begin(keys, args, false)\nreturn wrong_type() or recorded() or record_reply(run_{name}())\nend)\n\
-             redis.register_function('stockledger_{VERSION}_{name}_events_again', function(keys, args)\n\
+             redis.register_function('stockledger_{VERSION}_{name}_events', function(keys, args)\n\
              begin(keys, args, true)\nreturn wrong_type() or recorded() or record_reply(run_{name}())\nend)\n"
         ));
     }
@@ -166,12 +157,8 @@ pub(crate) static SCRIPTS: LazyLock<Library> = LazyLock::new(|| {
     code.push_str(&format!(
         "local function run_sell_one()\n{SELL_ONE}\nend\n\
          redis.register_function('stockledger_{VERSION}_sell_one', function(keys, args)\n\
-         begin_one(keys, args, false)\nreturn wrong_type_one() or run_sell_one()\nend)\n\
-         redis.register_function('stockledger_{VERSION}_sell_one_events', function(keys, args)\n\
-         begin_one(keys, args, true)\nreturn wrong_type_one() or run_sell_one()\nend)\n\
-         redis.register_function('stockledger_{VERSION}_sell_one_again', function(keys, args)\n\
          begin_one(keys, args, false)\nreturn wrong_type_one() or recorded() or run_sell_one()\nend)\n\
-         redis.register_function('stockledger_{VERSION}_sell_one_events_again', function(keys, args)\n\
+         redis.register_function('stockledger_{VERSION}_sell_one_events', function(keys, args)\n\
          begin_one(keys, args, true)\nreturn wrong_type_one() or recorded() or run_sell_one()\nend)\n"
     ));
     for (name, body) in READS {
@@ -182,10 +169,6 @@ pub(crate) static SCRIPTS: LazyLock<Library> = LazyLock::new(|| {
              redis.register_function{{function_name = 'stockledger_{VERSION}_{name}', \
              callback = read_{name}, flags = {{ 'no-writes' }}}}\n\
              redis.register_function{{function_name = 'stockledger_{VERSION}_{name}_events', \
-             callback = read_{name}, flags = {{ 'no-writes' }}}}\n\
-             redis.register_function{{function_name = 'stockledger_{VERSION}_{name}_again', \
-             callback = read_{name}, flags = {{ 'no-writes' }}}}\n\
-             redis.register_function{{function_name = 'stockledger_{VERSION}_{name}_events_again', \
              callback = read_{name}, flags = {{ 'no-writes' }}}}\n"
         ));
     }
@@ -197,8 +180,6 @@ pub(crate) static SCRIPTS: LazyLock<Library> = LazyLock::new(|| {
     let function = |script: &str| Function {
         plain: format!("stockledger_{version}_{script}"),
         events: format!("stockledger_{version}_{script}_events"),
-        plain_again: format!("stockledger_{version}_{script}_again"),
-        events_again: format!("stockledger_{version}_{script}_events_again"),
     };
     Library {
         code: format!(

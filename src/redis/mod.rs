@@ -594,23 +594,21 @@ impl<K: RedisSku> RedisStore<K> {
             + requests.len()
             + request_id.len()
             + args.iter().map(Vec::len).sum::<usize>();
-        // The same keys and arguments on a resend; only the name says it is one.
-        let fcall = |again: bool| {
-            let mut fcall = redis::Cmd::with_capacity(arg_count, data_bytes);
-            fcall
-                .arg("FCALL")
-                .arg(function.name(events, again))
-                .arg(keys.len() + 1)
-                .arg(keys)
-                .arg(&requests)
-                .arg(now_us)
-                .arg(self.events_max);
-            for arg in args {
-                fcall.arg(arg.as_slice());
-            }
-            fcall.arg(&request_id);
-            fcall
-        };
+        // The same command on a resend: the script answers it from the record of the
+        // attempt that ran, whichever of the two reaches the server first.
+        let mut fcall = redis::Cmd::with_capacity(arg_count, data_bytes);
+        fcall
+            .arg("FCALL")
+            .arg(function.name(events))
+            .arg(keys.len() + 1)
+            .arg(keys)
+            .arg(&requests)
+            .arg(now_us)
+            .arg(self.events_max);
+        for arg in args {
+            fcall.arg(arg.as_slice());
+        }
+        fcall.arg(&request_id);
         // Changes wait for replicas when asked to, on the connection that made them (a read
         // changes nothing). `u64::MAX`: no WAIT was sent.
         let wait = self
@@ -618,7 +616,7 @@ impl<K: RedisSku> RedisStore<K> {
             .filter(|_| !std::ptr::eq(function, &SCRIPTS.lookup));
         let acknowledged = std::cell::Cell::new(u64::MAX);
         let value = self.send(|connection, again| {
-            let value = engine::call(connection, &fcall(again))?;
+            let value = engine::call(connection, &fcall)?;
             if let Some((replicas, timeout_ms)) = wait {
                 let count = self
                     .wait_for_replicas(connection, again, replicas, timeout_ms)

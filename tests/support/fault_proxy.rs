@@ -21,6 +21,9 @@ use std::thread;
 struct Rules {
     /// Replies containing the bytes are lost (the count of each: how many more).
     lose_matching: Vec<(Vec<u8>, usize)>,
+    /// Requests containing the bytes are held this long before they go on to the server
+    /// (the count of each: how many more).
+    delay_matching: Vec<(Vec<u8>, std::time::Duration, usize)>,
     /// A reply containing these bytes is lost and the proxy severs every connection (see
     /// `FaultProxy::sever`).
     sever_at: Option<Vec<u8>>,
@@ -53,6 +56,8 @@ struct Shared {
     severed: AtomicBool,
     lost: AtomicU64,
     cut: AtomicU64,
+    /// Requests held by a delay rule that went on to the server.
+    delayed: AtomicU64,
 }
 
 /// A proxy on a free port of 127.0.0.1 in front of `127.0.0.1:upstream`; it stops
@@ -108,6 +113,19 @@ impl FaultProxy {
         rules.lose_matching.push((pattern.to_vec(), times));
     }
 
+    /// Holds the next `times` requests that contain `pattern` for `delay` before they go on
+    /// to the server (on their connection, even if the client gave up on it meanwhile): a
+    /// call held up on its way, which a resend can overtake.
+    pub fn delay_requests_containing(
+        &self,
+        pattern: &[u8],
+        delay: std::time::Duration,
+        times: usize,
+    ) {
+        let mut rules = self.shared.rules.lock().unwrap();
+        rules.delay_matching.push((pattern.to_vec(), delay, times));
+    }
+
     /// Loses the next reply that contains `pattern` (the server applied its call), severs
     /// every connection and refuses new ones: the client's host died as that reply was on
     /// its way.
@@ -139,6 +157,12 @@ impl FaultProxy {
     /// How many replies were lost so far.
     pub fn lost(&self) -> u64 {
         self.shared.lost.load(Ordering::SeqCst)
+    }
+
+    /// How many requests held by [`delay_requests_containing`](Self::delay_requests_containing)
+    /// went on to the server so far.
+    pub fn delayed(&self) -> u64 {
+        self.shared.delayed.load(Ordering::SeqCst)
     }
 
     /// How many requests were cut so far.
@@ -188,7 +212,15 @@ fn connect(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) {
                     shared.cut.fetch_add(1, Ordering::SeqCst);
                     break;
                 }
-                if server_out.write_all(&buffer[..read]).is_err() {
+                let delay = shared.rules.lock().unwrap().delay(&buffer[..read]);
+                if let Some(delay) = delay {
+                    thread::sleep(delay);
+                }
+                let written = server_out.write_all(&buffer[..read]);
+                if delay.is_some() {
+                    shared.delayed.fetch_add(1, Ordering::SeqCst);
+                }
+                if written.is_err() {
                     break;
                 }
             }
@@ -242,6 +274,21 @@ impl Rules {
     fn chance_cut(&mut self) -> bool {
         let per_million = self.cut_per_million;
         self.chance(per_million)
+    }
+
+    /// How long `request` is held, if a delay rule matches it.
+    fn delay(&mut self, request: &[u8]) -> Option<std::time::Duration> {
+        for (pattern, delay, times) in &mut self.delay_matching {
+            if *times > 0
+                && request
+                    .windows(pattern.len())
+                    .any(|window| window == pattern)
+            {
+                *times -= 1;
+                return Some(*delay);
+            }
+        }
+        None
     }
 
     /// Whether `reply` is lost.

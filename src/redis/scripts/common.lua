@@ -185,8 +185,8 @@ end
 
 -- The answer recorded under this call's request id, if the call ran before (its reply was
 -- lost and the store resent it): the store gets the first answer back, the call is not
--- applied twice. Only resends look (the functions named `..._again`, engine.rs): a first
--- attempt's request id was never sent before, so it has no answer to find.
+-- applied twice. Every call looks, a first attempt too: one held up on its way can arrive
+-- after the resend that overtook it.
 local function recorded()
   local packed = call('HGET', K_REQUESTS, REQUEST_ID)
   if not packed then
