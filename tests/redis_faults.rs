@@ -850,3 +850,38 @@ fn a_resend_that_overtakes_its_first_attempt_applies_the_call_once() {
     thread::sleep(Duration::from_millis(100));
     assert_eq!(counts(&observer, "a"), (9, 0), "one sale, not two");
 }
+
+#[test]
+fn a_reserve_still_on_its_way_after_its_store_gave_up_opens_nothing() {
+    // A correct store: both attempts of a `reserve` without an idempotency key are held up
+    // on their way, so the caller gets `Unavailable`. The store's next call aborts that
+    // request (records an answer under its request id) before it releases the hold, so
+    // the attempts that reach the server later find the answer and open no hold that
+    // nobody has.
+    let server = shared();
+    let namespace = fresh_namespace("aborted");
+    let observer = store_at(&server.url(), &namespace);
+    let proxy = FaultProxy::start(server.port());
+    let store = RedisStore::<String>::builder(&proxy.url(), &namespace)
+        .command_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let a = "a".to_string();
+    store.restock(&a, 10).unwrap();
+    proxy.delay_requests_containing(b"_reserve\r\n", Duration::from_millis(800), 2);
+    assert!(matches!(
+        store.reserve(&lines(&[("a", 2)])),
+        Err(StockError::Unavailable { .. })
+    ));
+    store.restock(&a, 1).unwrap();
+    while proxy.delayed() < 2 {
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Both were written to the server's socket; let the server read them.
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        counts(&observer, "a"),
+        (11, 0),
+        "no hold opened after the abort"
+    );
+}

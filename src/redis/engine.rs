@@ -50,12 +50,13 @@ impl r2d2::ManageConnection for Connector {
 const COMMON: &str = include_str!("scripts/common.lua");
 
 /// The scripts, by name: each the body of one function of the library.
-const BODIES: [(&str, &str); 10] = [
+const BODIES: [(&str, &str); 11] = [
     ("restock", include_str!("scripts/restock.lua")),
     ("reserve", include_str!("scripts/reserve.lua")),
     ("sell", include_str!("scripts/sell.lua")),
     ("resolve", include_str!("scripts/resolve.lua")),
     ("commit_partial", include_str!("scripts/commit_partial.lua")),
+    ("abort", include_str!("scripts/abort.lua")),
     ("extend", include_str!("scripts/extend.lua")),
     ("expire_due", include_str!("scripts/expire_due.lua")),
     ("threshold", include_str!("scripts/threshold.lua")),
@@ -108,6 +109,8 @@ pub(crate) struct Library {
     pub(crate) sell_one: Function,
     pub(crate) resolve: Function,
     pub(crate) commit_partial: Function,
+    /// `abort.lua`: records "aborted" under a request id that has no answer yet.
+    pub(crate) abort: Function,
     pub(crate) extend: Function,
     pub(crate) expire_due: Function,
     pub(crate) threshold: Function,
@@ -192,6 +195,7 @@ pub(crate) static SCRIPTS: LazyLock<Library> = LazyLock::new(|| {
         sell_one: function("sell_one"),
         resolve: function("resolve"),
         commit_partial: function("commit_partial"),
+        abort: function("abort"),
         extend: function("extend"),
         expire_due: function("expire_due"),
         threshold: function("threshold"),

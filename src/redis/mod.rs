@@ -153,9 +153,10 @@ const WAIT_SLICE: Duration = Duration::from_millis(500);
 /// returns [`StockError::Unavailable`]: **the call may or may not have taken effect**.
 /// Retry a hold with an [`idempotency_key`](ReserveOptions::idempotency_key) so that a
 /// retry never holds twice. A hold **without** a key whose `reserve` returned
-/// `Unavailable` is nobody's, yet the script may have opened it: the store drew its id, so
-/// its next call the server answers releases it (presumed abort), and no hold is left
-/// without an owner, TTL or not. A reply the store does not expect (of the wrong shape) is
+/// `Unavailable` is nobody's, yet the script may have opened it: the store drew its id and
+/// made the request, so its next call the server answers aborts that request (an attempt
+/// still on its way then opens nothing) and releases the hold (presumed abort), and no hold
+/// is left without an owner, TTL or not. A reply the store does not expect (of the wrong shape) is
 /// `Unavailable` too, with its text, never a panic.
 ///
 /// The infallible reads answer as if the ledger were empty while the server is down:
@@ -251,8 +252,10 @@ fn decimal_after(prefix: &str, n: u64) -> String {
 /// The ids of holds without an idempotency key whose `reserve` returned
 /// [`StockError::Unavailable`]: the script may have opened the hold (its reply was lost,
 /// and so was the resend's), and then no caller has it and, without a TTL, nothing would
-/// ever give its units back. The store drew the id, so it knows it: its next call releases
-/// each such hold first (a hold that was never opened answers "unknown", which is fine).
+/// ever give its units back. The store drew the id and made the request, so it knows both:
+/// its next answered call aborts the request (records an answer under its request id, so
+/// that an attempt still on its way finds it and opens nothing) and then releases the hold
+/// (a hold that was never opened answers "unknown", which is fine).
 /// This is presumed abort, as in two-phase commit (Gray and Reuter, *Transaction
 /// Processing*, 1993): an outcome the caller never learned is undone. A keyed hold is not
 /// released: its caller retries with the key and gets it.
@@ -260,17 +263,27 @@ fn decimal_after(prefix: &str, n: u64) -> String {
 pub(crate) struct InDoubt {
     /// Whether `ids` may hold any: one load on every call, the lock only when set.
     any: std::sync::atomic::AtomicBool,
-    ids: crate::sync::Mutex<Vec<ReservationId>>,
+    /// Each hold's id and the request of its `reserve`.
+    ids: crate::sync::Mutex<Vec<(ReservationId, Request)>>,
+}
+
+/// One call's request: the requests hash it is recorded in, its id, and the store's time
+/// when it was made (us).
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    now_us: u64,
+    requests: String,
+    id: String,
 }
 
 impl InDoubt {
-    fn push(&self, id: ReservationId) {
-        self.ids.lock().push(id);
+    fn push(&self, entry: (ReservationId, Request)) {
+        self.ids.lock().push(entry);
         self.any.store(true, Ordering::Release);
     }
 
-    /// Takes every id (none when none is in doubt: one atomic load).
-    fn take(&self) -> Vec<ReservationId> {
+    /// Takes every entry (none when none is in doubt: one atomic load).
+    fn take(&self) -> Vec<(ReservationId, Request)> {
         if !self.any.load(Ordering::Acquire) {
             return Vec::new();
         }
@@ -580,10 +593,35 @@ impl<K: RedisSku> RedisStore<K> {
         keys: &[&str],
         args: &[Vec<u8>],
     ) -> Result<Reply, StockError<K>> {
+        self.run_request(function, keys, args, &self.new_request())
+    }
+
+    /// A new request: the requests hash of this second and a new request id.
+    fn new_request(&self) -> Request {
         let now_us = self.timebase.now_us(self.clock.now());
         let bucket_us = u64::try_from(engine::REQUEST_BUCKET.as_micros()).unwrap_or(1);
-        let requests = decimal_after(&self.requests_prefix, now_us / bucket_us);
-        let request_id = self.request_id();
+        Request {
+            now_us,
+            requests: decimal_after(&self.requests_prefix, now_us / bucket_us),
+            id: self.request_id(),
+        }
+    }
+
+    /// [`run_on`](Self::run_on) under the request `request` (its requests hash, id and
+    /// time): an abort sends the request of the call it aborts.
+    fn run_request(
+        &self,
+        function: &Function,
+        keys: &[&str],
+        args: &[Vec<u8>],
+        request: &Request,
+    ) -> Result<Reply, StockError<K>> {
+        let Request {
+            now_us,
+            requests,
+            id: request_id,
+        } = request;
+        let now_us = *now_us;
         let events = self.events.enabled();
         // The command's arguments and their bytes, so that it is written into one buffer
         // allocated once (growing it argument by argument reallocated it about ten times a
@@ -658,15 +696,22 @@ impl<K: RedisSku> RedisStore<K> {
         Ok(reply)
     }
 
-    /// Releases the holds in doubt (see [`InDoubt`]), after a call the server answered;
-    /// when a release fails to reach it, that hold and the rest stay in doubt for the next
-    /// answered call. Events and statistics count these releases as any.
+    /// Aborts the requests and releases the holds in doubt (see [`InDoubt`]), after a
+    /// call the server answered; when one fails to reach it, that hold and the rest stay in
+    /// doubt for the next answered call. Events and statistics count these releases as
+    /// any.
     fn release_in_doubt(&self) {
-        let mut ids = self.in_doubt.take().into_iter();
-        while let Some(id) = ids.next() {
-            if let Err(StockError::Unavailable { .. }) = self.resolve(id, "release") {
-                self.in_doubt.push(id);
-                ids.for_each(|id| self.in_doubt.push(id));
+        let mut entries = self.in_doubt.take().into_iter();
+        while let Some((id, request)) = entries.next() {
+            let keys: [&str; 12] = std::array::from_fn(|i| self.keys[i].as_str());
+            let aborted = self.run_request(&SCRIPTS.abort, &keys, &[], &request);
+            let released = aborted.and_then(|_| match self.resolve(id, "release") {
+                Err(error @ StockError::Unavailable { .. }) => Err(error),
+                _ => Ok(()),
+            });
+            if released.is_err() {
+                self.in_doubt.push((id, request));
+                entries.for_each(|entry| self.in_doubt.push(entry));
                 return;
             }
         }
@@ -1109,12 +1154,17 @@ impl<K: RedisSku> StockStore<K> for RedisStore<K> {
         for _ in 0..ID_DRAWS_MAX {
             let id = self.new_id()?;
             args[0] = id.to_string().into_bytes();
-            let reply = match self.run(&SCRIPTS.reserve, &args) {
-                Ok(reply) => reply,
+            let request = self.new_request();
+            let keys: [&str; 12] = std::array::from_fn(|i| self.keys[i].as_str());
+            let reply = match self.run_request(&SCRIPTS.reserve, &keys, &args, &request) {
+                Ok(reply) => {
+                    self.release_in_doubt();
+                    reply
+                }
                 Err(unavailable) => {
                     if options.idempotency_key.is_none() {
                         // It may have opened the hold; nobody has it: undone next call.
-                        self.in_doubt.push(ReservationId::from_u64(id));
+                        self.in_doubt.push((ReservationId::from_u64(id), request));
                     }
                     return Err(unavailable);
                 }
