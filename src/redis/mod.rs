@@ -640,13 +640,13 @@ impl<K: RedisSku> RedisStore<K> {
             .arg(function.name(events))
             .arg(keys.len() + 1)
             .arg(keys)
-            .arg(&requests)
+            .arg(requests)
             .arg(now_us)
             .arg(self.events_max);
         for arg in args {
             fcall.arg(arg.as_slice());
         }
-        fcall.arg(&request_id);
+        fcall.arg(request_id);
         // Changes wait for replicas when asked to, on the connection that made them (a read
         // changes nothing). `u64::MAX`: no WAIT was sent.
         let wait = self
