@@ -3,8 +3,9 @@
 //! A store keeps, per SKU, the units **on hand**, the units **reserved** by open holds and a
 //! **version** bumped by every change. An order [reserves](StockStore::reserve) an
 //! all-or-nothing hold on one or more lines, then [commits](StockStore::commit) it (payment
-//! succeeded) or [releases](StockStore::release) it (the compensation step);
-//! [`sell`](StockStore::sell) is a sale without a hold. Every store keeps the contract of
+//! succeeded), commits part of it and gives the rest back
+//! ([`commit_partial`](StockStore::commit_partial)), or [releases](StockStore::release) it
+//! (the compensation step); [`sell`](StockStore::sell) is a sale without a hold. Every store keeps the contract of
 //! [`StockStore`]: all or nothing on every line, duplicate lines merged before they are
 //! checked, SKUs taken in ascending order (ordered acquisition, so no deadlock), a hold
 //! resolved exactly once however commits, releases and expiries race, and a typed
