@@ -130,8 +130,10 @@ pub use async_channel;
 /// types (`crossbeam_channel::Receiver`) need no dependency of their own.
 pub use crossbeam_channel;
 #[cfg(all(feature = "journal", not(loom)))]
+pub use durability::error::JournalError;
+#[cfg(all(feature = "journal", not(loom)))]
 pub use durability::journal::{
-    JournalError, JournalPosition, JournalSink, SyncPolicy, ORDER_WAIT_MAX, ORPHAN_CLOSES_MAX,
+    JournalPosition, JournalSink, SyncPolicy, ORDER_WAIT_MAX, ORPHAN_CLOSES_MAX,
 };
 #[cfg(all(feature = "journal", not(loom)))]
 pub use durability::recovery::Recovery;

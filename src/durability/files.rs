@@ -24,7 +24,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::journal::JournalError;
+use super::error::JournalError;
 
 /// The first bytes of every journal file (format 1).
 pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"SLJRNL01";

@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::capture;
+use super::error::JournalError;
 use super::files::{self, Kind, Record};
-use super::journal::JournalError;
 use super::snapshot::{
     duration_ms, HoldSnapshot, KeySnapshot, SkuSnapshot, Snapshot, SnapshotError,
 };

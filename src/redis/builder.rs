@@ -7,34 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::cluster::{RedisCluster, Route};
-use super::engine::{Connector, Timebase};
+use super::engine::{Connector, Timebase, COMMAND_TIMEOUT, POOL_SIZE};
 use super::{RedisSku, RedisStore, Wire};
 use crate::error::StockError;
 use crate::lifecycle::clock::{Clock, SystemClock};
 use crate::lifecycle::event::{EventSink, Events};
 use crate::lifecycle::idempotency::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_RETENTION};
-
-/// Connections a [`RedisStore`] keeps open by default (its pool's maximum): one per
-/// thread that calls it at once; more threads wait for a free connection.
-///
-/// # Examples
-///
-/// ```
-/// assert_eq!(stockledger::POOL_SIZE, 16);
-/// ```
-pub const POOL_SIZE: u32 = 16;
-
-/// How long a [`RedisStore`] waits for a connection, for the server to answer one call,
-/// or for a free pooled connection, by default; then the call is sent once more on a fresh
-/// connection (see [`RedisStore`]'s "Failures"), and if that fails too it is
-/// [`StockError::Unavailable`].
-///
-/// # Examples
-///
-/// ```
-/// assert_eq!(stockledger::COMMAND_TIMEOUT, std::time::Duration::from_secs(5));
-/// ```
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The cap of the namespace's event stream by default: each script trims it approximately
 /// (`XADD ... MAXLEN ~`), so the stream keeps at least this many entries (a little more
@@ -499,5 +477,23 @@ impl<K> fmt::Debug for RedisStoreBuilder<K> {
             .field("wait_lease", &self.wait_lease)
             .field("wait_units_max", &self.wait_units_max)
             .finish_non_exhaustive()
+    }
+}
+
+impl RedisCluster {
+    /// A builder for the store of `namespace` on this cluster, sharing this handle's pools
+    /// (the builder's [`pool_size`](RedisStoreBuilder::pool_size) and
+    /// [`command_timeout`](RedisStoreBuilder::command_timeout) are this handle's, not the
+    /// builder's, on a cluster).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let cluster = stockledger::RedisCluster::new(["redis://127.0.0.1:30001/"]);
+    /// let store = cluster.store::<String>("eu").build()?;
+    /// # Ok::<(), stockledger::StockError<String>>(())
+    /// ```
+    pub fn store<K: RedisSku>(&self, namespace: &str) -> RedisStoreBuilder<K> {
+        RedisStoreBuilder::on_cluster(self.clone(), namespace)
     }
 }

@@ -20,9 +20,7 @@ use redis::{
 };
 use scheduled_thread_pool::ScheduledThreadPool;
 
-use super::builder::{RedisStoreBuilder, COMMAND_TIMEOUT, POOL_SIZE};
-use super::engine::{self, Connector, Link};
-use super::RedisSku;
+use super::engine::{self, Connector, Link, COMMAND_TIMEOUT, POOL_SIZE};
 
 /// How long a call on a cluster follows redirects and waits for a failover or a migration
 /// to finish by default before it is [`StockError::Unavailable`](crate::StockError).
@@ -75,7 +73,7 @@ const PAUSE_MAX: Duration = Duration::from_millis(200);
 ///
 /// Redis replicates asynchronously: a primary killed (`kill -9`, a lost host) can take the
 /// last writes it acknowledged with it, request records included. Build stores with
-/// [`wait_replicas`](RedisStoreBuilder::wait_replicas) to have each change confirmed by
+/// [`wait_replicas`](super::RedisStoreBuilder::wait_replicas) to have each change confirmed by
 /// replicas before its call returns.
 ///
 /// During a live slot migration the namespace's scripts, which declare every key of the
@@ -215,7 +213,7 @@ impl RedisCluster {
     }
 
     /// The command timeout of every connection (default [`COMMAND_TIMEOUT`]; at least
-    /// 10 ms), as [`RedisStoreBuilder::command_timeout`] on a single server. Set it before
+    /// 10 ms), as [`RedisStoreBuilder::command_timeout`](super::RedisStoreBuilder::command_timeout) on a single server. Set it before
     /// building stores (see [`pool_size`](Self::pool_size)).
     ///
     /// # Examples
@@ -271,22 +269,6 @@ impl RedisCluster {
     /// ```
     pub fn seeds(&self) -> &[String] {
         &self.inner.seeds
-    }
-
-    /// A builder for the store of `namespace` on this cluster, sharing this handle's pools
-    /// (the builder's [`pool_size`](RedisStoreBuilder::pool_size) and
-    /// [`command_timeout`](RedisStoreBuilder::command_timeout) are this handle's, not the
-    /// builder's, on a cluster).
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// let cluster = stockledger::RedisCluster::new(["redis://127.0.0.1:30001/"]);
-    /// let store = cluster.store::<String>("eu").build()?;
-    /// # Ok::<(), stockledger::StockError<String>>(())
-    /// ```
-    pub fn store<K: RedisSku>(&self, namespace: &str) -> RedisStoreBuilder<K> {
-        RedisStoreBuilder::on_cluster(self.clone(), namespace)
     }
 
     pub(crate) fn command_timeout_of(&self) -> Duration {

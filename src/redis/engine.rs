@@ -13,6 +13,28 @@ pub(crate) struct Link {
     pub(crate) broken: bool,
 }
 
+/// Connections a [`RedisStore`](super::RedisStore) keeps open by default (its pool's maximum): one per
+/// thread that calls it at once; more threads wait for a free connection.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(stockledger::POOL_SIZE, 16);
+/// ```
+pub const POOL_SIZE: u32 = 16;
+
+/// How long a [`RedisStore`](super::RedisStore) waits for a connection, for the server to answer one call,
+/// or for a free pooled connection, by default; then the call is sent once more on a fresh
+/// connection (see [`RedisStore`](super::RedisStore)'s "Failures"), and if that fails too it is
+/// [`StockError::Unavailable`](crate::StockError::Unavailable).
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(stockledger::COMMAND_TIMEOUT, std::time::Duration::from_secs(5));
+/// ```
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Opens connections for the r2d2 pool: connect timeout, then read and write timeouts
 /// (the command timeout) on the socket.
 #[derive(Debug)]

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-pub use builder::{RedisStoreBuilder, COMMAND_TIMEOUT, EVENTS_MAX, POOL_SIZE};
+pub use builder::{RedisStoreBuilder, EVENTS_MAX};
 pub use cluster::{RedisCluster, FAILOVER_TIMEOUT};
+pub use engine::{COMMAND_TIMEOUT, POOL_SIZE};
 pub use sku::{RedisSku, SKU_KEY_BYTES_MAX};
 
 use crate::error::StockError;
