@@ -880,67 +880,27 @@ fn a_restart_mid_run_loses_no_acknowledged_change_and_keyed_retries_hold_once() 
     eprintln!("restart mid-run: {sold} orders, {unavailable} calls answered Unavailable");
 }
 
-/// Hold events carry the hold's idempotency key, as in memory (the outbox consumer's join
-/// key): when it opens (`reserve_with`, and a waiter's grant), commits, is released and
-/// expires; a hold without a key has `None`.
+/// A waiting hold's events carry its idempotency key too (the other hold events are
+/// checked on every store, this one included, in `tests/lifecycle.rs`): the grant's
+/// `Reserved` names the key it was asked with.
 #[test]
-fn hold_events_carry_the_idempotency_key_of_their_hold() {
+fn a_granted_hold_reports_its_idempotency_key() {
     let (sink, received) = ChannelSink::unbounded();
-    let store = RedisStore::<String>::builder(&shared().url(), &fresh_namespace("keyed-events"))
+    let store = RedisStore::<String>::builder(&shared().url(), &fresh_namespace("keyed-grant"))
         .event_sink(sink)
         .build()
         .unwrap();
-    store.restock(&sku("a"), 10).unwrap();
-    let keyed = |key: &str| ReserveOptions::new().idempotency_key(key);
-    let first = store
-        .reserve_with(&lines(&[("a", 1)]), &keyed("order-1"))
-        .unwrap();
-    store.commit(first.id()).unwrap();
-    let second = store
-        .reserve_with(&lines(&[("a", 2)]), &keyed("order-2"))
-        .unwrap();
-    store.release(second.id()).unwrap();
-    let third = store
-        .reserve_with(
-            &lines(&[("a", 1)]),
-            &keyed("order-3").ttl(Duration::from_millis(1)),
-        )
-        .unwrap();
-    thread::sleep(Duration::from_millis(5));
-    assert_eq!(store.expire_due().len(), 1);
+    store.restock(&sku("a"), 1).unwrap();
+    let options = ReserveOptions::new().idempotency_key("order-4");
     let waited = store
-        .reserve_timeout_with(
-            &lines(&[("a", 1)]),
-            Duration::from_secs(1),
-            &keyed("order-4"),
-        )
+        .reserve_timeout_with(&lines(&[("a", 1)]), Duration::from_secs(1), &options)
         .unwrap();
-    let plain = store.reserve(&lines(&[("a", 1)])).unwrap();
-    let keys: Vec<(String, ReservationId, Option<String>)> = received
+    let reserved: Vec<_> = received
         .try_iter()
         .filter_map(|event| match event {
-            StockEvent::Reserved { id, key, .. } => Some(("reserved", id, key)),
-            StockEvent::Committed { id, key, .. } => Some(("committed", id, key)),
-            StockEvent::Released { id, key, .. } => Some(("released", id, key)),
-            StockEvent::Expired { id, key, .. } => Some(("expired", id, key)),
+            StockEvent::Reserved { id, key, .. } => Some((id, key.map(|key| key.to_string()))),
             _ => None,
         })
-        .map(|(kind, id, key)| (kind.to_string(), id, key.map(|key| key.to_string())))
         .collect();
-    let expect = |kind: &str, hold: &Reservation<String>, key: Option<&str>| {
-        (kind.to_string(), hold.id(), key.map(str::to_string))
-    };
-    assert_eq!(
-        keys,
-        [
-            expect("reserved", &first, Some("order-1")),
-            expect("committed", &first, Some("order-1")),
-            expect("reserved", &second, Some("order-2")),
-            expect("released", &second, Some("order-2")),
-            expect("reserved", &third, Some("order-3")),
-            expect("expired", &third, Some("order-3")),
-            expect("reserved", &waited, Some("order-4")),
-            expect("reserved", &plain, None),
-        ]
-    );
+    assert_eq!(reserved, [(waited.id(), Some("order-4".to_string()))]);
 }

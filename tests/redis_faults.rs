@@ -822,32 +822,45 @@ fn an_unkeyed_hold_whose_reserve_was_unavailable_is_released_by_the_next_call() 
     assert_eq!(counts(&observer, "a"), (9, 0));
 }
 
-#[test]
-fn a_resend_that_overtakes_its_first_attempt_applies_the_call_once() {
-    // A correct store: a first attempt held up on its way times out, the store resends it
-    // on a fresh connection and the resend runs first; when the first attempt reaches the
-    // server after all, it finds the answer the resend recorded and changes nothing. (The
-    // server runs the calls of two connections in no promised order.)
+/// A namespace's observer on the shared server, a fault proxy in front of that server, and
+/// a store behind the proxy whose calls time out after 200 ms (so a request the proxy
+/// holds back is given up on and resent).
+fn behind_a_proxy(what: &str) -> (Store, FaultProxy, Store) {
     let server = shared();
-    let namespace = fresh_namespace("overtaken");
+    let namespace = fresh_namespace(what);
     let observer = store_at(&server.url(), &namespace);
     let proxy = FaultProxy::start(server.port());
     let store = RedisStore::<String>::builder(&proxy.url(), &namespace)
         .command_timeout(Duration::from_millis(200))
         .build()
         .unwrap();
+    (observer, proxy, store)
+}
+
+/// Waits until `count` requests the proxy held back went on to the server, then a little
+/// longer for the server to read them (it reads every ready connection each turn of its
+/// event loop).
+fn until_delivered(proxy: &FaultProxy, count: u64) {
+    while proxy.delayed() < count {
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(100));
+}
+
+#[test]
+fn a_resend_that_overtakes_its_first_attempt_applies_the_call_once() {
+    // A correct store: a first attempt held up on its way times out, the store resends it
+    // on a fresh connection and the resend runs first; when the first attempt reaches the
+    // server after all, it finds the answer the resend recorded and changes nothing. (The
+    // server runs the calls of two connections in no promised order.)
+    let (observer, proxy, store) = behind_a_proxy("overtaken");
     store.restock(&"a".to_string(), 10).unwrap();
     // The one-line sale's first attempt (the rule holds one request; the resend passes).
     proxy.delay_requests_containing(b"_sell_one\r\n", Duration::from_millis(800), 1);
     store.sell(&lines(&[("a", 1)])).unwrap();
     assert_eq!(counts(&observer, "a"), (9, 0), "the resend sold");
     // The held first attempt goes on to the server after the resend's answer.
-    while proxy.delayed() == 0 {
-        thread::sleep(Duration::from_millis(50));
-    }
-    // It was written to the server's socket; a round trip of the observer's lets the
-    // server read it (it reads every ready connection each turn of its event loop).
-    thread::sleep(Duration::from_millis(100));
+    until_delivered(&proxy, 1);
     assert_eq!(counts(&observer, "a"), (9, 0), "one sale, not two");
 }
 
@@ -858,14 +871,7 @@ fn a_reserve_still_on_its_way_after_its_store_gave_up_opens_nothing() {
     // request (records an answer under its request id) before it releases the hold, so
     // the attempts that reach the server later find the answer and open no hold that
     // nobody has.
-    let server = shared();
-    let namespace = fresh_namespace("aborted");
-    let observer = store_at(&server.url(), &namespace);
-    let proxy = FaultProxy::start(server.port());
-    let store = RedisStore::<String>::builder(&proxy.url(), &namespace)
-        .command_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
+    let (observer, proxy, store) = behind_a_proxy("aborted");
     let a = "a".to_string();
     store.restock(&a, 10).unwrap();
     proxy.delay_requests_containing(b"_reserve\r\n", Duration::from_millis(800), 2);
@@ -874,11 +880,7 @@ fn a_reserve_still_on_its_way_after_its_store_gave_up_opens_nothing() {
         Err(StockError::Unavailable { .. })
     ));
     store.restock(&a, 1).unwrap();
-    while proxy.delayed() < 2 {
-        thread::sleep(Duration::from_millis(50));
-    }
-    // Both were written to the server's socket; let the server read them.
-    thread::sleep(Duration::from_millis(100));
+    until_delivered(&proxy, 2);
     assert_eq!(
         counts(&observer, "a"),
         (11, 0),
