@@ -587,21 +587,11 @@ impl<K: Sku> crate::durability::capture::SkuTable<K> for AdaptiveStore<K> {
     }
 
     fn each_sku<'a>(&'a self, f: &mut dyn FnMut(&'a K, StockLevel, u64)) {
-        self.skus.for_each(|sku, slot| {
-            let threshold = slot
-                .low_stock_threshold
-                .load(crate::sync::Ordering::Relaxed);
-            f(sku, Self::slot_level(slot), threshold);
-        });
+        crate::strategy::word_lines::each_sku(self, f);
     }
 
     fn restore_sku(&self, sku: &K, level: StockLevel, threshold: u64) -> bool {
-        let slot = self.skus.get_or_insert_with(sku, || Slot::new(level));
-        if let Some((slot, _)) = slot {
-            slot.low_stock_threshold
-                .store(threshold, crate::sync::Ordering::Relaxed);
-        }
-        slot.is_some()
+        crate::strategy::word_lines::restore_sku(self, sku, threshold, || Slot::new(level))
     }
 }
 

@@ -21,6 +21,36 @@ pub(crate) trait WordSlot: Send + Sync {
     fn low_stock_threshold(&self) -> &AtomicU64;
 }
 
+/// [`SkuTable::each_sku`](crate::durability::capture::SkuTable::each_sku) of any word
+/// store: every SKU with its level (one atomic load of its word) and its low-stock
+/// threshold.
+pub(crate) fn each_sku<'a, K: Sku, S: WordStore<K>>(
+    store: &'a S,
+    f: &mut dyn FnMut(&'a K, StockLevel, u64),
+) {
+    store.skus().for_each(|sku, slot| {
+        let threshold = slot.low_stock_threshold().load(Ordering::Relaxed);
+        f(sku, S::slot_level(slot), threshold);
+    });
+}
+
+/// [`SkuTable::restore_sku`](crate::durability::capture::SkuTable::restore_sku) of any
+/// word store: `sku` created in the slot `new_slot` makes (at the restored level), with
+/// `threshold`; `false` when the map is full.
+pub(crate) fn restore_sku<K: Sku, S: WordStore<K>>(
+    store: &S,
+    sku: &K,
+    threshold: u64,
+    new_slot: impl FnOnce() -> S::Slot,
+) -> bool {
+    let slot = store.skus().get_or_insert_with(sku, new_slot);
+    if let Some((slot, _)) = slot {
+        slot.low_stock_threshold()
+            .store(threshold, Ordering::Relaxed);
+    }
+    slot.is_some()
+}
+
 /// What a one-line hold of a word store keeps to settle without a lookup: its SKU's
 /// position in the store's map (`None`: a hold opened otherwise, found again by its SKUs).
 pub(crate) type WordHandle = Option<Position>;
