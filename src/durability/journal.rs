@@ -233,6 +233,30 @@ impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
     /// # Blocking
     ///
     /// Reads every file of the directory and syncs the new ones.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stockledger::{JournalSink, PessimisticStore, StockStore, SyncPolicy};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("stockledger-open-{}", std::process::id()));
+    /// let (journal, recovered) = JournalSink::<String>::open(&dir, SyncPolicy::Always)?;
+    /// let store = PessimisticStore::builder()
+    ///     .restore(recovered.snapshot)?
+    ///     .event_sink(journal.clone())
+    ///     .build();
+    /// store.restock(&"SKU1004".to_string(), 3)?; // on disk when it returns
+    /// journal.compact(|| store.snapshot())?;
+    /// store.sell(&[("SKU1004".to_string(), 1)])?;
+    /// drop((store, journal));
+    ///
+    /// // After a crash (here: the next run), the same directory gives the stock back.
+    /// let (_journal, recovered) = JournalSink::<String>::open(&dir, SyncPolicy::Always)?;
+    /// let store = PessimisticStore::builder().restore(recovered.snapshot)?.build();
+    /// assert_eq!(store.level(&"SKU1004".to_string()).unwrap().on_hand, 2);
+    /// std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(
         dir: impl AsRef<Path>,
         policy: SyncPolicy,
@@ -317,6 +341,10 @@ impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
     ///
     /// Syncs the old file and the new ones, and writes the whole snapshot; appends wait
     /// only while the files are switched.
+    ///
+    /// # Examples
+    ///
+    /// See [`open`](Self::open): `journal.compact(|| store.snapshot())`.
     pub fn compact(
         &self,
         snapshot: impl FnOnce() -> Result<Snapshot<K>, SnapshotError>,
