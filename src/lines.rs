@@ -193,12 +193,13 @@ pub(crate) trait LockedSkus<K> {
     /// The store's counters.
     fn stats(&self) -> &Stats;
 
-    /// Locks `slot`, counting the lock as contended if it was held.
+    /// Locks `slot`, adding to the contended count when a sampled lock found it held
+    /// (see [`sync::lock_sampling_contention`]).
     #[inline(always)]
     fn lock<'a>(&self, slot: &'a Self::Slot) -> MutexGuard<'a, Self::Cell> {
-        let (guard, contended) = sync::lock_noting_contention(Self::mutex(slot));
-        if contended {
-            self.stats().count(Stat::Contended);
+        let (guard, contended) = sync::lock_sampling_contention(Self::mutex(slot));
+        if contended != 0 {
+            self.stats().add(Stat::Contended, contended);
         }
         guard
     }
