@@ -94,6 +94,35 @@ fn hot_reserve_commit(criterion: &mut Criterion) {
     group.finish();
 }
 
+/// Single-thread `reserve` with a TTL then `commit` of 1 unit over 100k SKUs (uniform),
+/// the four stores: next to `hot_reserve_commit`, what a deadline adds to a hold.
+fn hot_reserve_commit_ttl(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("hot_reserve_commit_ttl");
+    let streams = workload::uniform_skus(1, SKUS);
+    for (name, subject) in common::ttl_ledgers(SKUS, UNITS_PER_SKU) {
+        bench(&mut group, name, 1, 1, |iters| {
+            subject.run_reserve_commits(1, iters, &streams)
+        });
+    }
+    group.finish();
+}
+
+/// S1 once more at the end of the run (unbounded stock only): how far one figure moves
+/// within a run.
+fn s1_repeat(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("S1_repeat");
+    let hot = vec![vec![0_u64]; THREADS[THREADS.len() - 1]];
+    let subjects = common::ledgers(1, UNITS_PER_SKU, Peers::Plain, Limits::HotCounter);
+    bench_in_turns(
+        &mut group,
+        "",
+        &subjects,
+        &THREADS,
+        |subject, threads, iters| subject.run_sells(threads, iters, &hot),
+    );
+    group.finish();
+}
+
 /// The scaling guard: per-thread padded counters share nothing, so 2 threads should give
 /// about 2x one thread on an idle 2-core machine.
 fn scaling_guard(criterion: &mut Criterion) {
@@ -313,6 +342,7 @@ fn main() {
     let mut criterion = common::criterion_config().configure_from_args();
     hot_sell(&mut criterion);
     hot_reserve_commit(&mut criterion);
+    hot_reserve_commit_ttl(&mut criterion);
     scaling_guard(&mut criterion);
     s1_flash_sale(&mut criterion);
     let uniform = workload::uniform_requests(THREADS[THREADS.len() - 1], SKUS);
@@ -324,6 +354,7 @@ fn main() {
     s5_oversubscription(&mut criterion, &zipf);
     s6_handoff(&mut criterion);
     s7_hot_and_cold(&mut criterion);
+    s1_repeat(&mut criterion);
     criterion.final_summary();
     common::write_side_file(
         "scenarios_run",
