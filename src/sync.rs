@@ -189,14 +189,25 @@ pub(crate) fn lock_sampling_contention<T>(mutex: &Mutex<T>) -> (MutexGuard<'_, T
     let sample = COUNTDOWN.with(|countdown| {
         let left = countdown.get();
         let sample = left == 0;
-        countdown.set(if sample { CONTENTION_SAMPLE - 1 } else { left - 1 });
+        countdown.set(if sample {
+            CONTENTION_SAMPLE - 1
+        } else {
+            left - 1
+        });
         sample
     });
     if !sample {
         return (mutex.lock(), 0);
     }
     let (guard, contended) = lock_noting_contention(mutex);
-    (guard, if contended { u64::from(CONTENTION_SAMPLE) } else { 0 })
+    (
+        guard,
+        if contended {
+            u64::from(CONTENTION_SAMPLE)
+        } else {
+            0
+        },
+    )
 }
 
 /// Whether `deadline` has passed. `None` is a deadline that never passes.
