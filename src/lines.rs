@@ -10,7 +10,7 @@ use crate::level::{Change, Limits, Moved, StockLevel};
 use crate::reservation::HoldLines;
 use crate::stats::{Stat, Stats};
 use crate::store::Sku;
-use crate::sync::{self, GrowOnlyMap, Mutex, MutexGuard, Position};
+use crate::sync::{self, Fill, GrowOnlyMap, Mutex, MutexGuard, Position};
 
 /// Validates `lines` and merges them: one line per SKU with the summed quantity, sorted by
 /// SKU (the ascending order in which every store acquires SKUs, Havender's ordered
@@ -145,7 +145,7 @@ impl FromIterator<Moved> for Moves {
 ///
 /// [`StockError::Overflow`] when `qty` passes `limits`, when `restock` returns it, or when
 /// `sku` is new and the map already holds its most SKUs (2³⁰).
-pub(crate) fn restock_sku<K: Sku, V>(
+pub(crate) fn restock_sku<K: Sku, V: Fill>(
     slots: &GrowOnlyMap<K, V>,
     sku: &K,
     qty: u64,
@@ -192,6 +192,24 @@ pub(crate) trait LockedSkus<K> {
 
     /// The store's counters.
     fn stats(&self) -> &Stats;
+
+    /// Finds `sku`'s slot and locks it, the lock's compare-and-swap the first touch of the
+    /// slot's cache line ([`GrowOnlyMap::get_claiming`]); returns the slot's position and
+    /// the guard, or `None` for a SKU never restocked.
+    ///
+    /// Only for a caller that holds no slot's lock (a single-line change): a tag collision
+    /// may make it wait for another SKU's lock, which is safe only while it holds nothing
+    /// that SKU's holder could wait for (every other lock of the store comes before slot
+    /// locks in the lock order: the snapshot gate, idempotency keys, hold shards).
+    #[inline(always)]
+    fn lock_sku(&self, sku: &K) -> Option<(Position, MutexGuard<'_, Self::Cell>)>
+    where
+        K: Sku,
+    {
+        self.slot_map()
+            .get_claiming(sku, |slot| self.lock(slot))
+            .map(|(position, _, cell)| (position, cell))
+    }
 
     /// Locks `slot`, adding to the contended count when a sampled lock found it held
     /// (see [`sync::lock_sampling_contention`]).
@@ -341,10 +359,9 @@ pub(crate) fn apply_one<K: Sku, S: LockedSkus<K>>(
     line: &(K, u64),
     change: Change,
 ) -> Result<Moved, StockError<K>> {
-    let Some(slot) = store.slot(&line.0) else {
+    let Some((_, mut cell)) = store.lock_sku(&line.0) else {
         return Err(StockError::UnknownSku(line.0.clone()));
     };
-    let mut cell = store.lock(slot);
     let moved = next_move(&*cell, line, change, Limits::U64)?;
     cell.set_level(moved.level);
     Ok(moved)
@@ -394,10 +411,9 @@ fn apply_one_keeping_slot<K: Sku, S: LockedSkus<K>>(
     line @ (sku, _): &(K, u64),
     change: Change,
 ) -> Result<Position, StockError<K>> {
-    let Some((position, slot)) = store.slot_map().get_positioned(sku) else {
+    let Some((position, mut cell)) = store.lock_sku(sku) else {
         return Err(StockError::UnknownSku(sku.clone()));
     };
-    let mut cell = store.lock(slot);
     let after = next_level(&*cell, line, change, Limits::U64)?;
     cell.set_level(after);
     Ok(position)

@@ -245,7 +245,7 @@ pub(crate) type Hasher = hash_family::FixedState;
 pub(crate) use foldhash::quality as hash_family;
 
 mod grow_only_map;
-pub(crate) use grow_only_map::{GrowOnlyMap, Position};
+pub(crate) use grow_only_map::{Fill, GrowOnlyMap, Position};
 
 mod id_hash;
 pub(crate) use id_hash::IdHasher;
@@ -406,6 +406,12 @@ mod mocked {
         }
     }
 
+    impl<T: Default> Default for Mutex<T> {
+        fn default() -> Self {
+            Self::new(T::default())
+        }
+    }
+
     /// loom's guard together with the mutex it locks, so that [`Condvar::wait_until`] can
     /// release the mutex and take it again (loom's guard does not expose its mutex).
     pub(crate) struct MutexGuard<'a, T> {
@@ -496,6 +502,10 @@ mod mocked {
 
         pub(crate) fn load(&self, _order: Ordering) -> u128 {
             *self.0.lock().expect("loom mutex poisoned")
+        }
+
+        pub(crate) fn store(&self, value: u128, _order: Ordering) {
+            *self.0.lock().expect("loom mutex poisoned") = value;
         }
 
         pub(crate) fn compare_exchange(

@@ -13,8 +13,8 @@ use crate::store::{Sku, StockStore};
 use crate::strategy::word::{attempt, pack, Attempt, LIMITS};
 use crate::strategy::word_lines::{WordHandle, WordSlot, WordStore};
 use crate::sync::{
-    lock_noting_contention, AtomicBool, AtomicU64, Backoff, GrowOnlyMap, Mutex, Ordering, Tally,
-    Word,
+    lock_noting_contention, AtomicBool, AtomicU64, Backoff, Fill, GrowOnlyMap, Mutex, Ordering,
+    Tally, Word,
 };
 use crate::temperature::Temperature;
 
@@ -164,6 +164,33 @@ impl WordSlot for Slot {
     #[inline]
     fn low_stock_threshold(&self) -> &AtomicU64 {
         &self.low_stock_threshold
+    }
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self::new(StockLevel::default())
+    }
+}
+
+impl Fill for Slot {
+    fn fill(&self, from: Self) {
+        // Relaxed: the SKU map publishes the entry (a Release store of its table slot).
+        let Self {
+            word,
+            lock: _,
+            hot,
+            window_conflicts,
+            low_stock_threshold,
+        } = from;
+        self.word
+            .store(word.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.hot
+            .store(hot.load(Ordering::Relaxed), Ordering::Relaxed);
+        let conflicts = window_conflicts.load(Ordering::Relaxed);
+        self.window_conflicts.store(conflicts, Ordering::Relaxed);
+        let threshold = low_stock_threshold.load(Ordering::Relaxed);
+        self.low_stock_threshold.store(threshold, Ordering::Relaxed);
     }
 }
 

@@ -11,7 +11,7 @@ use crate::stats::Stat;
 use crate::store::{Sku, StockStore};
 use crate::strategy::word::{attempt, pack, Attempt, LIMITS};
 use crate::strategy::word_lines::{WordHandle, WordSlot, WordStore};
-use crate::sync::{AtomicU64, Backoff, GrowOnlyMap, Word};
+use crate::sync::{AtomicU64, Backoff, Fill, GrowOnlyMap, Ordering, Word};
 
 /// A stock store with **optimistic concurrency control**: each SKU's
 /// `(on_hand, reserved, version)` lives in one 128-bit atomic word, changed by
@@ -102,6 +102,26 @@ impl WordSlot for Slot {
     #[inline]
     fn low_stock_threshold(&self) -> &AtomicU64 {
         &self.low_stock_threshold
+    }
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self::new(StockLevel::default())
+    }
+}
+
+impl Fill for Slot {
+    fn fill(&self, from: Self) {
+        // Relaxed: the SKU map publishes the entry (a Release store of its table slot).
+        let Self {
+            word,
+            low_stock_threshold,
+        } = from;
+        self.word
+            .store(word.load(Ordering::Relaxed), Ordering::Relaxed);
+        let threshold = low_stock_threshold.load(Ordering::Relaxed);
+        self.low_stock_threshold.store(threshold, Ordering::Relaxed);
     }
 }
 

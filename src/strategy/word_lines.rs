@@ -9,7 +9,7 @@ use crate::lifecycle::Backend;
 use crate::lines::{self, Moves, PerLine};
 use crate::store::{Sku, StockStore};
 use crate::strategy::word::{unpack, LIMITS};
-use crate::sync::{AtomicU64, GrowOnlyMap, Ordering, Position, Word};
+use crate::sync::{AtomicU64, Fill, GrowOnlyMap, Ordering, Position, Word};
 
 /// One SKU's slot in a word store: its packed word, beside whatever else the store keeps.
 pub(crate) trait WordSlot: Send + Sync {
@@ -66,7 +66,7 @@ pub(crate) type WordHandle = Option<Position>;
 /// refused request gives them back).
 pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
     /// One SKU's state: its word and what the store keeps beside it.
-    type Slot: WordSlot;
+    type Slot: WordSlot + Fill;
 
     /// The store's SKU map.
     fn skus(&self) -> &GrowOnlyMap<K, Self::Slot>;

@@ -19,6 +19,14 @@
 //! instructions on papaya's pin and lookup, and the locking stores about 30 on dashmap's
 //! shard lock and the slot's reference count (callgrind, `benches/instructions.rs`).
 //!
+//! Every entry of a segment holds a value from the segment's allocation on (`V::default()`),
+//! and an insert fills it in place ([`Fill`]) before it writes the key; the key sits beside
+//! the value in a `OnceLock` that readers check. So [`get_claiming`](GrowOnlyMap::get_claiming)
+//! can lock a candidate's value before it reads anything else of the entry's cache line:
+//! a read of the line (the key, the `OnceLock` state) before the lock's compare-and-swap
+//! fetched the line shared and then again for writing. With two threads selling one SKU,
+//! that second transfer was about a sixth of a sale's cycles (perf, 2 threads).
+//!
 //! The table is linear probing (Knuth, TAOCP vol. 3, 6.4, algorithm L) over 32-bit slots.
 //! A slot is 0 while empty, then for good the entry's position plus one in its low bits
 //! (as many as the table's capacity has: a position is below half the capacity) and the
@@ -31,6 +39,19 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::OnceLock;
 
 use super::{AtomicU32, AtomicUsize, Hasher, Mutex, Ordering};
+
+/// A value the map keeps in place from its segment's allocation on: a default value until
+/// an insert fills it, through a shared reference, before any reader can reach it.
+pub(crate) trait Fill: Default {
+    /// Makes `self` (a default value no reader reaches yet) hold `from`'s state.
+    fn fill(&self, from: Self);
+}
+
+impl<T: Default> Fill for Mutex<T> {
+    fn fill(&self, from: Self) {
+        std::mem::swap(&mut *self.lock(), &mut *from.lock());
+    }
+}
 
 /// Log2 of the first table's slots (2 slots under loom, so that a model's second insert
 /// grows the table).
@@ -63,7 +84,7 @@ const SEGMENTS: usize = (TABLE_BITS_MAX - FIRST_SEGMENT_BITS) as usize;
 /// Keys are hashed with the maps' [`Hasher`] (foldhash's quality hasher, seeded per map).
 /// It holds at most [`ENTRIES_MAX`] entries.
 pub(crate) struct GrowOnlyMap<K, V> {
-    /// Every entry, `(key, value)`, at its position: segment `s` holds positions
+    /// Every entry, its value and key, at its position: segment `s` holds positions
     /// `16·(2^s − 1)` to `16·(2^(s+1) − 1) − 1`, allocated by the insert of its first.
     segments: [OnceLock<Segment<K, V>>; ARRAY_LEN],
     /// Every table built: table `i` has `2^(FIRST_TABLE_BITS + i)` slots; `current` is in
@@ -94,8 +115,25 @@ enum Fault {
     NoLookupUnderLock,
 }
 
-/// One segment of entries, each written once, each on cache lines of its own.
-type Segment<K, V> = Box<[Line<OnceLock<(K, V)>>]>;
+/// One segment of entries, each on cache lines of its own.
+type Segment<K, V> = Box<[Line<Entry<K, V>>]>;
+
+/// One entry: a value from the segment's allocation on, and the key, written once when
+/// the value is filled (a position the table points to has both).
+struct Entry<K, V> {
+    value: V,
+    key: OnceLock<K>,
+}
+
+impl<K, V> Entry<K, V> {
+    /// The key of an entry the table points to.
+    #[inline(always)]
+    fn key(&self) -> &K {
+        self.key
+            .get()
+            .expect("an entry is written before a slot points to it")
+    }
+}
 
 /// A value aligned to a cache line (64 bytes on the targets this crate is measured on), so
 /// that an entry of up to 64 bytes (a SKU's key, its lock or word, and its counts) is read
@@ -130,6 +168,10 @@ impl Table {
     /// half that lie above a position.
     #[inline(always)]
     fn tag(&self, hash: u64) -> u32 {
+        #[cfg(all(test, not(loom)))]
+        if tests::TAGLESS.with(std::cell::Cell::get) {
+            return 0;
+        }
         (hash >> 32) as u32 & self.tag_mask
     }
 
@@ -204,14 +246,14 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
             .expect("a table is set before it is made current")
     }
 
-    /// The entry at `position`.
+    /// The entry at `position` (reads nothing of the entry itself).
     #[inline(always)]
-    fn entry(&self, position: usize) -> &(K, V) {
+    fn entry(&self, position: usize) -> &Entry<K, V> {
         let (segment, offset) = locate(position);
-        self.segments[segment & (ARRAY_LEN - 1)]
+        let segment = self.segments[segment & (ARRAY_LEN - 1)]
             .get()
-            .and_then(|segment| segment[offset].0.get())
-            .expect("an entry is written before a slot points to it")
+            .expect("a segment is allocated before a slot points into it");
+        &segment[offset].0
     }
 
     /// The value for `key` (any borrowed form of the key type, as `HashMap::get`), or
@@ -244,7 +286,7 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     /// When no entry of this map has that position (a position from another map).
     #[inline]
     pub(crate) fn at(&self, position: Position) -> &V {
-        &self.entry(position as usize).1
+        &self.entry(position as usize).value
     }
 
     /// The entry of `key` (a borrowed form of the key type: equal keys hash equal, the
@@ -254,6 +296,51 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     where
         K: Borrow<Q>,
     {
+        self.probe(hash, |position, entry| {
+            (entry.key().borrow() == key).then_some((position, &entry.value))
+        })
+    }
+
+    /// The position of `key`'s entry, its value, and what `claim` returned for it; `None`
+    /// when `key` is absent. `claim` (a lock of the value) runs on each candidate entry
+    /// (one whose table slot carries the key's tag) *before* the entry's key is read, so
+    /// that nothing of the entry's cache line is read before the claim (see the module
+    /// docs); a claim of a candidate whose key differs (a tag collision, about 1 probe in
+    /// 2¹¹ at 1M entries) is dropped and the probe goes on. Wait free but for `claim`.
+    ///
+    /// So `claim` may wait for another key's value: call this only holding nothing that a
+    /// holder of another value's claim may wait for (no other entry claimed), or a tag
+    /// collision could close a cycle of waits.
+    #[inline(always)]
+    pub(crate) fn get_claiming<'a, Q, G>(
+        &'a self,
+        key: &Q,
+        mut claim: impl FnMut(&'a V) -> G,
+    ) -> Option<(Position, &'a V, G)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hasher.hash_one(key);
+        self.probe(hash, |position, entry| {
+            let claimed = claim(&entry.value);
+            if entry.key().borrow() == key {
+                Some((position as Position, &entry.value, claimed))
+            } else {
+                drop(claimed);
+                None
+            }
+        })
+    }
+
+    /// Probes the table for `hash`: calls `visit` with each entry whose slot carries the
+    /// hash's tag, in probe order, until it returns `Some` or an empty slot ends the probe.
+    #[inline(always)]
+    fn probe<'a, R>(
+        &'a self,
+        hash: u64,
+        mut visit: impl FnMut(usize, &'a Entry<K, V>) -> Option<R>,
+    ) -> Option<R> {
         let table = self.table();
         let tag = table.tag(hash);
         // The mask taken from the slice itself, and the slice known not to be empty, lets
@@ -269,9 +356,8 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
             }
             if slot & table.tag_mask == tag {
                 let position = table.position(slot);
-                let (candidate, value) = self.entry(position);
-                if candidate.borrow() == key {
-                    return Some((position, value));
+                if let Some(found) = visit(position, self.entry(position)) {
+                    return Some(found);
                 }
             }
             index = (index + 1) & mask;
@@ -281,11 +367,13 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     /// The value for `key` and `false`; when absent, inserts `init()` and returns it and
     /// `true` (the caller's value is the one in the map, so it can be inserted already
     /// complete: a SKU visible with its first restock). `init` runs under the writer lock
-    /// and must not touch this map. `None` when `key` is absent and the map already holds
-    /// [`ENTRIES_MAX`] entries (`init` not called).
+    /// and must not touch this map; its value is moved into the entry's default value
+    /// ([`Fill`]) before the key is written and the table points to it. `None` when `key`
+    /// is absent and the map already holds [`ENTRIES_MAX`] entries (`init` not called).
     pub(crate) fn get_or_insert_with(&self, key: &K, init: impl FnOnce() -> V) -> Option<(&V, bool)>
     where
         K: Clone,
+        V: Fill,
     {
         let hash = self.hasher.hash_one(key);
         if let Some((_, value)) = self.get_hashed(key, hash) {
@@ -305,12 +393,19 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
         let (segment, offset) = locate(position);
         let segment = self.segments[segment].get_or_init(|| {
             (0..16_usize << segment)
-                .map(|_| Line(OnceLock::new()))
+                .map(|_| {
+                    Line(Entry {
+                        value: V::default(),
+                        key: OnceLock::new(),
+                    })
+                })
                 .collect()
         });
         let entry = &segment[offset].0;
+        entry.value.fill(init());
         entry
-            .set((key.clone(), init()))
+            .key
+            .set(key.clone())
             .unwrap_or_else(|_| unreachable!("each position is written once, by the writer"));
         let mut table = self.table();
         if (position + 1) * 2 > table.slots.len() {
@@ -318,7 +413,7 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
         }
         table.place(hash, position);
         self.len.store(position + 1, Ordering::Release);
-        entry.get().map(|(_, value)| (value, true))
+        Some((&entry.value, true))
     }
 
     /// Builds a table twice the size of the current one holding its slots, makes it
@@ -337,7 +432,7 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
             let slot = slot.load(Ordering::Relaxed);
             if slot != 0 {
                 let position = old.position(slot);
-                let (key, _) = self.entry(position);
+                let key = self.entry(position).key();
                 table.place(self.hasher.hash_one(key), position);
             }
         }
@@ -373,8 +468,8 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
     pub(crate) fn for_each<'a>(&'a self, mut f: impl FnMut(&'a K, &'a V)) {
         let len = self.len.load(Ordering::Acquire);
         for position in 0..len {
-            let (key, value) = self.entry(position);
-            f(key, value);
+            let entry = self.entry(position);
+            f(entry.key(), &entry.value);
         }
     }
 }
@@ -383,22 +478,73 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
 mod tests {
     use super::*;
 
+    std::thread_local! {
+        /// Set by a test: every key of this thread's maps gets tag 0, so that every entry
+        /// on a probe's way is a candidate (a tag collision at every step).
+        pub(super) static TAGLESS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// With every tag colliding, `get_claiming` claims entries of other keys on its way,
+    /// drops each of those claims, and returns the claim of the key's own entry; an absent
+    /// key leaves nothing claimed. The claims are `try_lock`s, so a claim left held would
+    /// show as a failed one, not as a hang.
+    #[test]
+    fn claims_of_other_keys_on_the_way_are_dropped() {
+        TAGLESS.with(|tagless| tagless.set(true));
+        let map = GrowOnlyMap::new();
+        const KEYS: u64 = 1_000;
+        for key in 0..KEYS {
+            map.get_or_insert_with(&key, || Mutex::new(key));
+        }
+        let claims = std::cell::Cell::new(0_u64);
+        for key in 0..KEYS + 100 {
+            let found = map.get_claiming(&key, |value| {
+                claims.set(claims.get() + 1);
+                value.try_lock()
+            });
+            match found {
+                Some((position, value, Some(guard))) => {
+                    assert_eq!(*guard, key, "the claim is of the key's own entry");
+                    assert!(std::ptr::eq(value, map.at(position)));
+                }
+                Some((_, _, None)) => panic!("key {key}: a claim left held by an earlier probe"),
+                None => assert!(key >= KEYS, "key {key} not found"),
+            }
+        }
+        TAGLESS.with(|tagless| tagless.set(false));
+        assert!(
+            claims.get() > KEYS,
+            "no probe met another key's entry ({} claims): the test tests nothing",
+            claims.get()
+        );
+        map.for_each(|key, value| {
+            assert!(value.try_lock().is_some(), "key {key} left claimed");
+        });
+    }
+
+    /// The value a lookup found, read under its lock.
+    fn read(value: Option<&Mutex<u64>>) -> Option<u64> {
+        value.map(|value| *value.lock())
+    }
+
     #[test]
     fn finds_every_key_inserted_across_growths() {
         let map = GrowOnlyMap::new();
         for key in 0..10_000_u64 {
-            let (value, created) = map.get_or_insert_with(&key, || key * 3).unwrap();
+            let (value, created) = map
+                .get_or_insert_with(&key, || Mutex::new(key * 3))
+                .unwrap();
             assert!(created);
-            assert_eq!(*value, key * 3);
+            assert_eq!(*value.lock(), key * 3);
         }
         assert_eq!(map.len(), 10_000);
         for key in 0..10_000_u64 {
-            assert_eq!(map.get(&key), Some(&(key * 3)));
-            let (value, created) = map.get_or_insert_with(&key, || 0).unwrap();
+            assert_eq!(read(map.get(&key)), Some(key * 3));
+            let (value, created) = map.get_or_insert_with(&key, || Mutex::new(0)).unwrap();
             assert!(!created);
-            assert_eq!(*value, key * 3);
+            assert_eq!(*value.lock(), key * 3);
         }
-        assert_eq!(map.get(&10_000), None);
+        assert!(map.get(&10_000).is_none());
         assert_eq!(map.len(), 10_000);
     }
 
@@ -411,18 +557,20 @@ mod tests {
             ..GrowOnlyMap::new()
         };
         for key in 0..3_u64 {
-            assert_eq!(map.get_or_insert_with(&key, || key), Some((&key, true)));
+            let (value, created) = map.get_or_insert_with(&key, || Mutex::new(key)).unwrap();
+            assert_eq!((*value.lock(), created), (key, true));
         }
         let mut called = false;
         let refused = map.get_or_insert_with(&3, || {
             called = true;
-            3
+            Mutex::new(3)
         });
-        assert_eq!(refused, None);
+        assert!(refused.is_none());
         assert!(!called, "the initialiser of a refused key ran");
-        assert_eq!(map.get_or_insert_with(&1, || 9), Some((&1, false)));
+        let (value, created) = map.get_or_insert_with(&1, || Mutex::new(9)).unwrap();
+        assert_eq!((*value.lock(), created), (1, false));
         assert_eq!(map.len(), 3);
-        assert_eq!(map.get(&3), None);
+        assert!(map.get(&3).is_none());
     }
 
     /// Writers racing to create overlapping keys while the table grows: every key is
@@ -443,15 +591,17 @@ mod tests {
                     for step in 0..KEYS {
                         let key = (step + writer * KEYS / WRITERS) % KEYS;
                         let (value, new) = map
-                            .get_or_insert_with(&key, || (key, writer))
+                            .get_or_insert_with(&key, || Mutex::new((key, writer)))
                             .expect("far below the limit");
-                        assert_eq!(value.0, key);
+                        assert_eq!(value.lock().0, key);
                         if new {
-                            assert_eq!(value.1, writer, "a creator sees its own value");
+                            assert_eq!(value.lock().1, writer, "a creator sees its own value");
                             created.fetch_add(1, Ordering::Relaxed);
                         }
                         // Every key this writer touched stays found, with one value.
-                        assert_eq!(map.get(&key), Some(value));
+                        assert!(map
+                            .get(&key)
+                            .is_some_and(|found| std::ptr::eq(found, value)));
                     }
                 });
             }
@@ -463,7 +613,7 @@ mod tests {
         );
         assert_eq!(map.len(), KEYS as usize);
         for key in 0..KEYS {
-            assert_eq!(map.get(&key).map(|value| value.0), Some(key));
+            assert_eq!(map.get(&key).map(|value| value.lock().0), Some(key));
         }
     }
 
@@ -495,7 +645,7 @@ mod tests {
                 scope.spawn(|| loop {
                     let known = inserted.load(Ordering::Acquire);
                     for key in known.saturating_sub(64)..known {
-                        assert_eq!(map.get(&key), Some(&!key), "key {key} of {known}");
+                        assert_eq!(read(map.get(&key)), Some(!key), "key {key} of {known}");
                     }
                     if known == 50_000 {
                         break;
@@ -503,7 +653,7 @@ mod tests {
                 });
             }
             for key in 0..50_000_u64 {
-                map.get_or_insert_with(&key, || !key);
+                map.get_or_insert_with(&key, || Mutex::new(!key));
                 inserted.store(key + 1, Ordering::Release);
             }
         });
@@ -518,8 +668,13 @@ mod tests {
 mod loom_model {
     use super::*;
 
+    /// The value a lookup found, read under its lock.
+    fn read(value: Option<&Mutex<u64>>) -> Option<u64> {
+        value.map(|value| *value.lock())
+    }
+
     /// A shared map of `u64` keys and values with `fault` planted (none: the real map).
-    fn shared_map(fault: Option<Fault>) -> loom::sync::Arc<GrowOnlyMap<u64, u64>> {
+    fn shared_map(fault: Option<Fault>) -> loom::sync::Arc<GrowOnlyMap<u64, Mutex<u64>>> {
         loom::sync::Arc::new(GrowOnlyMap {
             fault,
             ..GrowOnlyMap::new()
@@ -547,24 +702,24 @@ mod loom_model {
     fn lookups_race_a_growth(fault: Option<Fault>) {
         loom::model(move || {
             let map = shared_map(fault);
-            map.get_or_insert_with(&1_u64, || 10_u64);
+            map.get_or_insert_with(&1_u64, || Mutex::new(10_u64));
             let reader = {
                 let map = map.clone();
                 loom::thread::spawn(move || {
-                    assert_eq!(map.get(&1), Some(&10), "the first key was lost");
-                    let second = map.get(&2).copied();
+                    assert_eq!(read(map.get(&1)), Some(10), "the first key was lost");
+                    let second = read(map.get(&2));
                     assert!(matches!(second, None | Some(20)), "{second:?}");
                     // Once seen, never lost (the newer table holds it too).
                     if second.is_some() {
-                        assert_eq!(map.get(&2), Some(&20));
+                        assert_eq!(read(map.get(&2)), Some(20));
                     }
-                    assert_eq!(map.get(&1), Some(&10), "the first key was lost");
+                    assert_eq!(read(map.get(&1)), Some(10), "the first key was lost");
                 })
             };
-            let (value, created) = map.get_or_insert_with(&2, || 20).unwrap();
-            assert_eq!((*value, created), (20, true));
+            let (value, created) = map.get_or_insert_with(&2, || Mutex::new(20)).unwrap();
+            assert_eq!((*value.lock(), created), (20, true));
             reader.join().unwrap();
-            assert_eq!(map.get(&2), Some(&20));
+            assert_eq!(read(map.get(&2)), Some(20));
             assert_eq!(
                 map.current.load(Ordering::Relaxed),
                 1,
@@ -595,15 +750,19 @@ mod loom_model {
             let other = {
                 let map = map.clone();
                 loom::thread::spawn(move || {
-                    let (value, created) = map.get_or_insert_with(&7_u64, || 1_u64).unwrap();
-                    (*value, created)
+                    let (value, created) = map
+                        .get_or_insert_with(&7_u64, || Mutex::new(1_u64))
+                        .unwrap();
+                    let value = *value.lock();
+                    (value, created)
                 })
             };
-            let (value, created) = map.get_or_insert_with(&7, || 2).unwrap();
+            let (value, created) = map.get_or_insert_with(&7, || Mutex::new(2)).unwrap();
+            let value = *value.lock();
             let (other_value, other_created) = other.join().unwrap();
             assert_ne!(created, other_created, "exactly one creates the key");
-            assert_eq!(*value, other_value);
-            assert_eq!(*value, if created { 2 } else { 1 });
+            assert_eq!(value, other_value);
+            assert_eq!(value, if created { 2 } else { 1 });
             assert_eq!(map.len(), 1);
         });
     }

@@ -11,7 +11,7 @@ use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::stats::Stats;
 use crate::store::{Sku, StockStore};
-use crate::sync::{GrowOnlyMap, Mutex, MutexGuard, Position};
+use crate::sync::{Fill, GrowOnlyMap, Mutex, MutexGuard, Position};
 use crate::wait::{QueueLevel, WaitQueue};
 
 pub use waiting::ReserveWait;
@@ -108,6 +108,18 @@ type MonitorHandle = Option<Position>;
 pub(crate) struct Monitor {
     /// The SKU's counts and wait queue.
     state: Mutex<MonitorState>,
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Self::new(StockLevel::default())
+    }
+}
+
+impl Fill for Monitor {
+    fn fill(&self, from: Self) {
+        self.state.fill(from.state);
+    }
 }
 
 /// The state of one SKU, guarded by [`Monitor::state`].
