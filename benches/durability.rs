@@ -37,7 +37,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use serde_json::json;
-use stockledger::{JournalSink, PessimisticStore, Snapshot, StockStore, SyncPolicy};
+use stockledger::{
+    EventSink, JournalSink, PessimisticStore, Snapshot, StockEvent, StockStore, SyncPolicy,
+};
 
 use common::{output_dir, run_threads};
 
@@ -50,23 +52,58 @@ const SNAPSHOT_SKUS: u64 = 1_000_000;
 /// Units of each SKU before a run: no benchmark sells out.
 const UNITS_PER_SKU: u64 = 1 << 36;
 
-/// The journal variants: a name and its policy (`None`: no journal).
-const VARIANTS: [(&str, Option<SyncPolicy>); 3] = [
-    ("none", None),
-    ("everysec", Some(SyncPolicy::EverySec)),
-    ("always", Some(SyncPolicy::Always)),
+/// What a store of the journal benchmarks delivers its events to.
+#[derive(Debug, Clone, Copy)]
+enum Variant {
+    /// No sink: the store builds no event at all.
+    None,
+    /// A sink that does nothing: what building and delivering the events costs the store,
+    /// the floor of any sink.
+    Noop,
+    /// A sink that only encodes each event as JSON (scratch).
+    Json,
+    /// A `JournalSink` with this policy.
+    Journal(SyncPolicy),
+}
+
+/// The journal variants, by name.
+const VARIANTS: [(&str, Variant); 5] = [
+    ("none", Variant::None),
+    ("noop_sink", Variant::Noop),
+    ("json_sink", Variant::Json),
+    ("everysec", Variant::Journal(SyncPolicy::EverySec)),
+    ("always", Variant::Journal(SyncPolicy::Always)),
 ];
 
-/// A stocked store with the journal `policy` in a new directory under `root` (kept alive by
-/// the returned guard).
+/// An [`EventSink`] that drops every event.
+struct NoopSink;
+
+impl EventSink<u64> for NoopSink {
+    fn on_event(&self, event: &StockEvent<u64>) {
+        std::hint::black_box(event);
+    }
+}
+
+/// An [`EventSink`] that encodes every event as JSON and drops it.
+struct JsonSink;
+
+impl EventSink<u64> for JsonSink {
+    fn on_event(&self, event: &StockEvent<u64>) {
+        std::hint::black_box(serde_json::to_vec(event).expect("encode"));
+    }
+}
+
+/// A stocked store of `variant`, its journal in a new directory under `root`.
 fn store(
     root: &std::path::Path,
-    policy: Option<SyncPolicy>,
+    variant: Variant,
 ) -> (PessimisticStore<u64>, Option<Arc<JournalSink<u64>>>) {
     let builder = PessimisticStore::builder();
-    let (store, journal) = match policy {
-        None => (builder.build(), None),
-        Some(policy) => {
+    let (store, journal) = match variant {
+        Variant::None => (builder.build(), None),
+        Variant::Noop => (builder.event_sink(Arc::new(NoopSink)).build(), None),
+        Variant::Json => (builder.event_sink(Arc::new(JsonSink)).build(), None),
+        Variant::Journal(policy) => {
             let dir = tempfile::tempdir_in(root)
                 .expect("a journal directory")
                 .keep();
@@ -88,8 +125,8 @@ fn sku(thread: usize, i: u64) -> u64 {
 
 fn journal_groups(c: &mut Criterion, root: &std::path::Path) {
     let mut group = c.benchmark_group("D1_journal_sell");
-    for (name, policy) in VARIANTS {
-        let (store, _journal) = store(root, policy);
+    for (name, variant) in VARIANTS {
+        let (store, _journal) = store(root, variant);
         for threads in THREADS {
             group.throughput(Throughput::Elements(threads as u64));
             group.bench_function(BenchmarkId::new(name, threads), |bencher| {
@@ -103,8 +140,8 @@ fn journal_groups(c: &mut Criterion, root: &std::path::Path) {
     }
     group.finish();
     let mut group = c.benchmark_group("D2_journal_reserve_commit");
-    for (name, policy) in VARIANTS {
-        let (store, _journal) = store(root, policy);
+    for (name, variant) in VARIANTS {
+        let (store, _journal) = store(root, variant);
         for threads in THREADS {
             group.throughput(Throughput::Elements(threads as u64));
             group.bench_function(BenchmarkId::new(name, threads), |bencher| {

@@ -570,6 +570,123 @@ fn compaction_keeps_the_state_and_drops_old_files() {
     assert_eq!(recovered.snapshot.holds[0].id, late.id());
 }
 
+/// A copy of the files of `dir` in a new directory: what a crash of the process at this
+/// moment would leave (the page cache survives it).
+fn copy_of(dir: &Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+    }
+    copy
+}
+
+/// `EverySec` and `No` keep appended events in memory until their thread writes them,
+/// once a second: `sync()` writes them at once (a copy of the files taken right after it
+/// recovers every change), and so does dropping the sink.
+#[test]
+fn everysec_and_no_write_their_buffer_on_sync_and_on_drop() {
+    for policy in [SyncPolicy::EverySec, SyncPolicy::No] {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = JournalSink::<String>::open(dir.path(), policy).unwrap();
+        let store = PessimisticStore::builder()
+            .event_sink(journal.clone())
+            .build();
+        store.restock(&sku("a"), 10).unwrap();
+        let hold = store.reserve(&[(sku("a"), 3)]).unwrap();
+        store.sell(&[(sku("a"), 2)]).unwrap();
+        journal.sync();
+        let (_, synced) = JournalSink::<String>::open(copy_of(dir.path()).path(), policy).unwrap();
+        assert_eq!(
+            essence(&synced.snapshot),
+            (BTreeMap::from([(sku("a"), (8, 3, 3))]), vec![hold.id()]),
+            "{policy:?}: after sync()"
+        );
+        store.commit(hold.id()).unwrap();
+        store.sell(&[(sku("a"), 1)]).unwrap();
+        drop((store, journal));
+        let (_, dropped) = JournalSink::<String>::open(dir.path(), policy).unwrap();
+        assert_eq!(
+            essence(&dropped.snapshot),
+            (BTreeMap::from([(sku("a"), (4, 0, 5))]), vec![]),
+            "{policy:?}: after drop"
+        );
+    }
+}
+
+/// Under `EverySec` the buffer is written once it passes 1 MiB, before its thread's tick:
+/// memory stays bounded however fast changes come.
+#[test]
+fn everysec_writes_a_full_buffer_without_waiting_for_its_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = JournalSink::<String>::open(dir.path(), SyncPolicy::EverySec).unwrap();
+    let store = PessimisticStore::builder()
+        .event_sink(journal.clone())
+        .build();
+    let name = sku(&"x".repeat(100)); // about 120 bytes a sale
+    store.restock(&name, 1 << 40).unwrap();
+    for _ in 0..10_000 {
+        store.sell(&[(name.clone(), 1)]).unwrap();
+    }
+    let written = std::fs::metadata(journals(dir.path()).pop().unwrap())
+        .unwrap()
+        .len();
+    assert!(written >= 1 << 20, "{written} bytes written");
+}
+
+/// A journal file of format 1 (each record one event as JSON, before the binary
+/// encoding) is still recovered.
+#[test]
+fn a_journal_of_format_1_is_still_read() {
+    /// CRC-32 (IEEE), bit by bit.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for byte in bytes {
+            crc ^= u32::from(*byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    let events = [
+        StockEvent::Restocked {
+            line: line("a", 10, 10, 0, 1),
+        },
+        StockEvent::Sold {
+            lines: vec![line("a", 4, 6, 0, 2)],
+        },
+    ];
+    let mut file = b"SLJRNL01".to_vec();
+    for (sequence, event) in (1u64..).zip(&events) {
+        let payload = serde_json::to_vec(event).unwrap();
+        let mut body = sequence.to_le_bytes().to_vec();
+        body.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+        body.extend_from_slice(&payload);
+        file.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        file.extend_from_slice(&crc32(&body).to_le_bytes());
+        file.extend_from_slice(&body);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("journal-0000000000000001.log"), &file).unwrap();
+    let (_, recovered) = JournalSink::<String>::open(dir.path(), SyncPolicy::No).unwrap();
+    assert_eq!((recovered.records, recovered.last_sequence), (2, Some(2)));
+    assert_eq!(essence(&recovered.snapshot).0[&sku("a")], (6, 0, 2));
+    // Control: a flipped bit in the first record is damage, not a format.
+    file[8 + 24] ^= 1;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("journal-0000000000000001.log"), &file).unwrap();
+    let opened = JournalSink::<String>::open(dir.path(), SyncPolicy::No);
+    assert!(
+        matches!(opened, Err(JournalError::Corrupt { .. })),
+        "{opened:?}"
+    );
+}
+
 /// Many threads at `Always`: every acknowledged change is recovered (group commit shares
 /// syncs without losing anyone's record).
 #[test]

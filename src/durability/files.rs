@@ -12,9 +12,17 @@
 //! |---|---|
 //! | 0..4 | payload length `n`, little endian |
 //! | 4..8 | CRC-32 (IEEE, as zlib's) of bytes 8..24+n |
-//! | 8..16 | sequence number, little endian |
-//! | 16..24 | wall-clock time of the append, milliseconds since the Unix epoch |
-//! | 24..24+n | the event, JSON |
+//! | 8..16 | sequence number of the record's first event, little endian |
+//! | 16..24 | wall-clock time of the write, milliseconds since the Unix epoch |
+//! | 24..24+n | the events, one after the other, in the binary encoding of `codec` |
+//!
+//! A record holds the events appended since the journal's previous write (one, under
+//! `SyncPolicy::Always` with one caller at a time; up to about [`BLOCK_FLUSH_BYTES`]
+//! under `EverySec`), numbered from its sequence number up. A record is whole or not
+//! there: its checksum covers every event in it.
+//!
+//! Format 1 ([`JOURNAL_MAGIC_V1`], written before the binary encoding) framed each event
+//! alone, as JSON, with the same header; recovery still reads it.
 //!
 //! A snapshot file is [`SNAPSHOT_MAGIC`], the payload length (8 bytes), its CRC-32 (4
 //! bytes), and the snapshot as JSON.
@@ -26,15 +34,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::error::JournalError;
 
-/// The first bytes of every journal file (format 1).
-pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"SLJRNL01";
+/// The first bytes of every journal file written now (format 2: records of binary events).
+pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"SLJRNL02";
+/// The first bytes of a journal file of format 1 (a record a JSON event), still read.
+pub(crate) const JOURNAL_MAGIC_V1: &[u8; 8] = b"SLJRNL01";
 /// The first bytes of every snapshot file (format 1).
 pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"SLSNAP01";
 /// Bytes of a record's frame before its payload.
 pub(crate) const RECORD_HEADER_BYTES: usize = 24;
 /// The largest payload a record may have (a hold of many lines fits easily): a length
-/// past it is a torn or corrupt frame, never an allocation.
+/// past it is a torn or corrupt frame.
 pub(crate) const RECORD_BYTES_MAX: usize = 64 << 20;
+/// The journal writes its buffered events once they pass this many bytes (1 MiB), so
+/// its memory stays bounded whatever the policy.
+pub(crate) const BLOCK_FLUSH_BYTES: usize = 1 << 20;
 
 /// The kind of a file of the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -75,18 +88,16 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<(Kind, u64)>, JournalError> {
     Ok(files)
 }
 
-/// One framed record: `payload` with its sequence number and append time.
-pub(crate) fn frame(sequence: u64, unix_ms: u64, payload: &[u8]) -> Vec<u8> {
-    let mut record = Vec::with_capacity(RECORD_HEADER_BYTES + payload.len());
-    let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    record.extend_from_slice(&length.to_le_bytes());
-    record.extend_from_slice(&[0; 4]);
-    record.extend_from_slice(&sequence.to_le_bytes());
-    record.extend_from_slice(&unix_ms.to_le_bytes());
-    record.extend_from_slice(payload);
-    let crc = crc32fast::hash(&record[8..]);
-    record[4..8].copy_from_slice(&crc.to_le_bytes());
-    record
+/// Fills in the frame header at the start of `block` (the first [`RECORD_HEADER_BYTES`]
+/// bytes, left for it), whose events follow: the first event's `sequence`, the time
+/// `unix_ms`, the length and the checksum.
+pub(crate) fn seal(block: &mut [u8], sequence: u64, unix_ms: u64) {
+    let length = u32::try_from(block.len() - RECORD_HEADER_BYTES).unwrap_or(u32::MAX);
+    block[0..4].copy_from_slice(&length.to_le_bytes());
+    block[8..16].copy_from_slice(&sequence.to_le_bytes());
+    block[16..24].copy_from_slice(&unix_ms.to_le_bytes());
+    let crc = crc32fast::hash(&block[8..]);
+    block[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// A record read back from a journal file.

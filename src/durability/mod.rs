@@ -9,6 +9,8 @@
 
 pub(crate) mod capture;
 #[cfg(all(feature = "journal", not(loom)))]
+pub(crate) mod codec;
+#[cfg(all(feature = "journal", not(loom)))]
 pub(crate) mod error;
 #[cfg(all(feature = "journal", not(loom)))]
 pub(crate) mod files;

@@ -20,13 +20,16 @@
 //!   may count a compare-and-swap store's passing partial hold).
 //! - **Idempotency keys** come back with their holds, and a closing record's key is
 //!   remembered as that hold's outcome for what is left of the retention (measured from
-//!   the record's wall-clock time).
-//! - **TTLs** count from the record's wall-clock time, so a hold's deadline does not move
-//!   while the process is down.
+//!   the wall-clock time of the record's write, which under `SyncPolicy::EverySec` may
+//!   come up to about a second after the close: the key is kept that much longer).
+//! - **TTLs** come back as the wall-clock deadline the record holds (format 2; format 1
+//!   counted the TTL from the record's time), so a hold's deadline does not move while
+//!   the process is down.
 //!
 //! A torn last record (the file ends inside it, or its checksum fails with no whole record
-//! after it) was never acknowledged under `SyncPolicy::Always`: it is dropped and counted
-//! in [`Recovery::torn_bytes`]. Damage anywhere else is [`JournalError::Corrupt`].
+//! after it) was never acknowledged under `SyncPolicy::Always`: it is dropped, with every
+//! event in it, and counted in [`Recovery::torn_bytes`]. Damage anywhere else is
+//! [`JournalError::Corrupt`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -35,6 +38,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::capture;
+use super::codec;
 use super::error::JournalError;
 use super::files::{self, Kind, Record};
 use super::snapshot::{
@@ -68,9 +72,10 @@ pub struct Recovery<K> {
     pub snapshot_generation: Option<u64>,
     /// The newest generation of any file in the directory (0 when empty).
     pub generation: u64,
-    /// Journal records replayed over the snapshot.
+    /// Journal events replayed over the snapshot (a record of the journal holds one event
+    /// or more).
     pub records: u64,
-    /// The sequence number of the last record replayed, if any.
+    /// The sequence number of the last event replayed, if any.
     pub last_sequence: Option<u64>,
     /// Bytes of a torn last record dropped (0: the journal ended on a whole record).
     pub torn_bytes: u64,
@@ -130,22 +135,30 @@ pub(crate) fn recover<K: Sku + DeserializeOwned>(dir: &Path) -> Result<Recovery<
         let path = files::path(dir, Kind::Journal, *journal);
         let bytes = std::fs::read(&path).map_err(|source| JournalError::io(&path, source))?;
         let last = index + 1 == journals.len();
-        torn_bytes = read_records(&path, &bytes, last, |record, offset| {
-            if let Some(previous) = last_sequence {
-                if record.sequence <= previous {
-                    return Err(JournalError::corrupt(
-                        &path,
-                        offset,
-                        "sequence numbers go back",
-                    ));
+        torn_bytes = read_records(&path, &bytes, last, |record, offset, format| {
+            let corrupt = |reason: &str| JournalError::corrupt(&path, offset, reason);
+            let mut replay = |sequence: u64, event: StockEvent<K>| {
+                if last_sequence.is_some_and(|previous| sequence <= previous) {
+                    return Err(corrupt("sequence numbers go back"));
                 }
+                rebuild.apply(event, record.unix_ms);
+                last_sequence = Some(sequence);
+                records += 1;
+                Ok(())
+            };
+            if format == Format::Json {
+                let event = serde_json::from_slice(record.payload)
+                    .map_err(|error| corrupt(&format!("record does not parse: {error}")))?;
+                return replay(record.sequence, event);
             }
-            let event: StockEvent<K> = serde_json::from_slice(record.payload).map_err(|error| {
-                JournalError::corrupt(&path, offset, &format!("record does not parse: {error}"))
-            })?;
-            rebuild.apply(event, record.unix_ms);
-            last_sequence = Some(record.sequence);
-            records += 1;
+            let mut events = record.payload;
+            let mut sequence = record.sequence;
+            while !events.is_empty() {
+                let event = codec::decode(&mut events, record.unix_ms)
+                    .map_err(|error| corrupt(&format!("record does not parse: {error}")))?;
+                replay(sequence, event)?;
+                sequence = sequence.saturating_add(1);
+            }
             Ok(())
         })?;
     }
@@ -171,27 +184,41 @@ fn read_snapshot<K: Sku + DeserializeOwned>(path: &Path) -> Result<Snapshot<K>, 
     Ok(snapshot)
 }
 
-/// Calls `apply` with every whole record of the journal file `bytes` (at `path`) and its
-/// offset; returns the bytes of a torn tail dropped (only when `last`, the newest file).
+/// The format of a journal file, by its magic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// Format 1: a record is one event, as JSON.
+    Json,
+    /// Format 2: a record is events in the binary encoding of `codec`.
+    Binary,
+}
+
+/// Calls `apply` with every whole record of the journal file `bytes` (at `path`), its
+/// offset and the file's format; returns the bytes of a torn tail dropped (only when
+/// `last`, the newest file).
 fn read_records(
     path: &Path,
     bytes: &[u8],
     last: bool,
-    mut apply: impl FnMut(Record<'_>, u64) -> Result<(), JournalError>,
+    mut apply: impl FnMut(Record<'_>, u64, Format) -> Result<(), JournalError>,
 ) -> Result<u64, JournalError> {
     let magic = files::JOURNAL_MAGIC.as_slice();
     if bytes.len() < magic.len() && last && magic.starts_with(bytes) {
         return Ok(bytes.len() as u64); // torn while its magic was written
     }
-    if !bytes.starts_with(magic) {
+    let format = if bytes.starts_with(magic) {
+        Format::Binary
+    } else if bytes.starts_with(files::JOURNAL_MAGIC_V1) {
+        Format::Json
+    } else {
         return Err(JournalError::corrupt(path, 0, "not a journal file (magic)"));
-    }
+    };
     let mut offset = magic.len();
     while offset < bytes.len() {
         let rest = &bytes[offset..];
         match files::unframe(rest) {
             Some((record, length)) => {
-                apply(record, offset as u64)?;
+                apply(record, offset as u64, format)?;
                 offset += length;
             }
             None if last && !whole_record_after(rest) => {
