@@ -151,19 +151,13 @@ fn millis_ceil(duration: Duration) -> u64 {
 
 #[inline]
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    if value < 0x80 {
-        out.push(value as u8);
-        return;
-    }
-    let mut bytes = [0u8; 10];
-    let mut length = 0;
+    // Byte by byte: `extend_from_slice` of a few bytes calls `memmove`, which cost more
+    // than the whole encoding of an event.
     while value >= 0x80 {
-        bytes[length] = (value as u8) | 0x80;
+        out.push((value as u8) | 0x80);
         value >>= 7;
-        length += 1;
     }
-    bytes[length] = value as u8;
-    out.extend_from_slice(&bytes[..=length]);
+    out.push(value as u8);
 }
 
 fn put_hold(out: &mut Vec<u8>, id: ReservationId, key: Option<&str>) {

@@ -47,7 +47,7 @@ pub(crate) const RECORD_HEADER_BYTES: usize = 24;
 pub(crate) const RECORD_BYTES_MAX: usize = 64 << 20;
 /// The journal writes its buffered events once they pass this many bytes (1 MiB), so
 /// its memory stays bounded whatever the policy.
-pub(crate) const BLOCK_FLUSH_BYTES: usize = 1 << 20;
+pub(crate) const BLOCK_FLUSH_BYTES: usize = 128 << 10;
 
 /// The kind of a file of the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

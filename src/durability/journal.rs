@@ -207,15 +207,17 @@ pub struct JournalSink<K> {
 struct Shared<K> {
     dir: PathBuf,
     policy: SyncPolicy,
-    /// Held while a record is written and synced (one writer at a time, so records reach
-    /// the file in the order their buffers were taken): the spare buffer, which the next
-    /// writer swaps in for the one it takes.
+    /// Held while a record is written (one writer at a time, so records reach the file in
+    /// the order their buffers were taken; not while it is synced): the spare buffer,
+    /// which the next writer swaps in for the one it takes.
     writer: Mutex<Vec<u8>>,
     /// Everything below; held while an event is appended to the buffer (not while the
     /// buffer is written or synced).
     state: Mutex<State<K>>,
     /// Signalled after an append when a record waits for its turn (**Order**).
     appended: Condvar,
+    /// Signalled when a sync ends.
+    synced: Condvar,
     /// Signalled when the sink closes: the flusher stops.
     closed: Condvar,
 }
@@ -241,6 +243,8 @@ struct State<K> {
     written: u64,
     /// Bytes of it known to be on disk.
     durable: u64,
+    /// Whether a leader is syncing the file now.
+    syncing: bool,
     /// Why the journal stopped, once a write or sync failed.
     failed: Option<String>,
     /// Per SKU, what **Order** needs to know of the file (after the events in `block`).
@@ -344,6 +348,7 @@ impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
             durable_sequence: next_sequence,
             written: files::JOURNAL_MAGIC.len() as u64,
             durable: files::JOURNAL_MAGIC.len() as u64,
+            syncing: false,
             failed: None,
             skus: sku_orders(&recovery.snapshot),
             open: recovery
@@ -368,6 +373,7 @@ impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
             writer: Mutex::new(empty_block()),
             state: Mutex::new(state),
             appended: Condvar::new(),
+            synced: Condvar::new(),
             closed: Condvar::new(),
         });
         let flusher = if policy == SyncPolicy::Always {
@@ -433,11 +439,14 @@ impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
     /// closes there (synced); returns the new generation.
     fn rotate(&self) -> Result<u64, JournalError> {
         let shared = &self.shared;
+        let failed = |failure: String| -> ! {
+            panic!("the journal in {} failed: {failure}", shared.dir.display())
+        };
+        // The writer lock, held throughout: nothing reaches the old file after its sync.
         let mut spare = shared.writer.lock();
         let everything = shared.state.lock().next_sequence;
-        flush_holding(shared, &mut spare, everything, true).unwrap_or_else(|failure| {
-            panic!("the journal in {} failed: {failure}", shared.dir.display())
-        });
+        write_holding(shared, &mut spare, everything).unwrap_or_else(|why| failed(why));
+        sync_written(shared, everything).unwrap_or_else(|why| failed(why));
         let mut state = shared.state.lock();
         let generation = state.generation + 1;
         let file = files::create_journal(&shared.dir, generation)?;
@@ -445,7 +454,7 @@ impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
         state.generation = generation;
         state.written = files::JOURNAL_MAGIC.len() as u64;
         state.durable = state.written;
-        // Events appended since the flush above go to the new file, before the orphans.
+        // Events appended since the write above go to the new file, before the orphans.
         let mut orphans: Vec<(u64, Vec<u8>)> = state.orphans.values().cloned().collect();
         orphans.sort_unstable_by_key(|(order, _)| *order);
         for (_, payload) in orphans {
@@ -454,9 +463,8 @@ impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
         // On disk before the snapshot lets the older file go: they stand in for it.
         let everything = state.next_sequence;
         drop(state);
-        flush_holding(shared, &mut spare, everything, true).unwrap_or_else(|failure| {
-            panic!("the journal in {} failed: {failure}", shared.dir.display())
-        });
+        write_holding(shared, &mut spare, everything).unwrap_or_else(|why| failed(why));
+        sync_written(shared, everything).unwrap_or_else(|why| failed(why));
         Ok(generation)
     }
 }
@@ -587,36 +595,43 @@ fn empty_block() -> Vec<u8> {
     vec![0; files::RECORD_HEADER_BYTES]
 }
 
-/// Writes every event numbered below `upto` to the file as one record (with the events
-/// appended since) and, with `sync`, makes it durable, unless that is done already; as
-/// the one writer, after any write in progress (group commit: a caller whose event the
-/// writer before it took along returns at once).
+/// Writes every event numbered below `upto` to the file (with the events appended since,
+/// as one record) and, with `sync`, makes it durable, unless that is done already.
 ///
 /// # Errors
 ///
 /// Why the journal failed: this write or sync, or an earlier one.
 fn flush<K>(shared: &Shared<K>, upto: u64, sync: bool) -> Result<(), String> {
-    let mut spare = shared.writer.lock();
-    flush_holding(shared, &mut spare, upto, sync)
+    let written = {
+        let state = shared.state.lock();
+        if let Some(failure) = &state.failed {
+            return Err(failure.clone());
+        }
+        state.written_sequence >= upto
+    };
+    if !written {
+        let mut spare = shared.writer.lock();
+        write_holding(shared, &mut spare, upto)?;
+    }
+    if sync {
+        sync_written(shared, upto)?;
+    }
+    Ok(())
 }
 
-/// [`flush`], for a caller that holds the writer lock (whose guarded buffer is `spare`).
-fn flush_holding<K>(
-    shared: &Shared<K>,
-    spare: &mut Vec<u8>,
-    upto: u64,
-    sync: bool,
-) -> Result<(), String> {
+/// Writes the buffer as one record, unless every event numbered below `upto` is written
+/// already (by the writer before, which took it along); for a caller that holds the
+/// writer lock, whose guarded spare buffer is `spare`. Appends go on meanwhile.
+///
+/// # Errors
+///
+/// Why the journal failed: this write, or an earlier write or sync.
+fn write_holding<K>(shared: &Shared<K>, spare: &mut Vec<u8>, upto: u64) -> Result<(), String> {
     let mut state = shared.state.lock();
     if let Some(failure) = &state.failed {
         return Err(failure.clone());
     }
-    let done = if sync {
-        state.durable_sequence
-    } else {
-        state.written_sequence
-    };
-    if done >= upto {
+    if state.written_sequence >= upto {
         return Ok(());
     }
     let mut block = std::mem::replace(&mut state.block, std::mem::take(spare));
@@ -633,11 +648,6 @@ fn flush_holding<K>(
             .map(|()| block.len() as u64)
             .map_err(|error| format!("write: {error}"));
     }
-    if sync && outcome.is_ok() {
-        if let Err(error) = file.sync_data() {
-            outcome = Err(format!("fdatasync: {error}"));
-        }
-    }
     block.truncate(files::RECORD_HEADER_BYTES);
     *spare = block;
     let mut state = shared.state.lock();
@@ -645,16 +655,55 @@ fn flush_holding<K>(
         Ok(bytes) => {
             state.written += bytes;
             state.written_sequence = end;
-            if sync {
-                state.durable = state.written;
-                state.durable_sequence = end;
-            }
             Ok(())
         }
         Err(failure) => {
             state.failed = Some(failure.clone());
             Err(failure)
         }
+    }
+}
+
+/// Waits until every event numbered below `upto`, written already, is on disk, syncing as
+/// the leader when no sync is in progress (group commit: one `fdatasync` for everything
+/// written so far, while later events are appended and written).
+///
+/// # Errors
+///
+/// Why the journal failed: this sync, or an earlier write or sync.
+fn sync_written<K>(shared: &Shared<K>, upto: u64) -> Result<(), String> {
+    let mut state = shared.state.lock();
+    debug_assert!(state.written_sequence >= upto, "synced before written");
+    loop {
+        if let Some(failure) = &state.failed {
+            return Err(failure.clone());
+        }
+        if state.durable_sequence >= upto {
+            return Ok(());
+        }
+        if state.syncing {
+            state = shared.synced.wait_until(state, None).0;
+            continue;
+        }
+        // The leader: one sync for everything written so far.
+        state.syncing = true;
+        let (sequence, bytes) = (state.written_sequence, state.written);
+        let (generation, file) = (state.generation, Arc::clone(&state.file));
+        drop(state);
+        let synced = file.sync_data();
+        state = shared.state.lock();
+        state.syncing = false;
+        match synced {
+            Ok(()) => {
+                // A compaction syncs the old file before it switches to a new one.
+                state.durable_sequence = state.durable_sequence.max(sequence);
+                if state.generation == generation {
+                    state.durable = state.durable.max(bytes);
+                }
+            }
+            Err(error) => state.failed = Some(format!("fdatasync: {error}")),
+        }
+        shared.synced.notify_all();
     }
 }
 
