@@ -8,18 +8,19 @@
 //! | step | adds |
 //! |---|---|
 //! | `0_mutex_hashmap` | the peer: one `parking_lot::Mutex<HashMap<u64, u64>>` |
-//! | `1_sku_lock` | a read-only SKU map (foldhash), a lock per SKU, found without a lock; the SKU's key, lock and count on one cache line, the key compared before the lock is taken (the store's SKU map entry) |
-//! | `2_try_lock` | `try_lock` before `lock` on every sale, to note contention |
-//! | `3_sampled_try_lock` | instead, `try_lock` on one sale in 32 of each thread (the store's contention sample) |
-//! | `4_version` | the SKU's `(on_hand, reserved, version)`: the version bumped per change |
+//! | `1_sku_lock` | a read-only SKU map (foldhash), a lock per SKU, found without a lock; the SKU's key, lock and count on one cache line, the key compared before the lock is taken (a read of the line before the lock's compare-and-swap) |
+//! | `2_try_lock` | `try_lock` before `lock` on every sale, to note contention (the store's) |
+//! | `3_sampled_try_lock` | instead, `try_lock` on one sale in 32 of each thread (measured, not taken: see `lock_noting_contention` in `src/sync.rs`) |
+//! | `4_version` | on rung 2: the SKU's `(on_hand, reserved, version)`, the version bumped per change |
 //! | `5_low_stock` | the low-stock check of the level after the change |
-//! | `6_contended_tally` | a striped counter of contended samples (per-thread line) |
+//! | `6_contended_tally` | a striped counter of contended locks (per-thread line) |
 //! | `7_sink_check` | the event-sink check (`Option` of a sink, not taken) |
-//! | `8_key_apart` | the key on a cache line apart from the lock and the counts (not what the store does: it would cost 64 bytes more a SKU) |
+//! | `8_key_apart` | the key on a cache line apart from the lock and the counts (not taken: 64 bytes more a SKU) |
+//! | `9_lock_first` | instead, the key compared after the lock is taken (the store's `GrowOnlyMap::get_claiming`) |
 //! | `pessimistic` | the real `PessimisticStore::sell` |
 //!
-//! Steps 1-8 copy what the store does with the same crates (parking_lot, foldhash,
-//! crossbeam's `CachePadded`); the last row is the store itself, so the gap between row 7
+//! Steps 1-9 copy what the store does with the same crates (parking_lot, foldhash,
+//! crossbeam's `CachePadded`); the last row is the store itself, so the gap between row 9
 //! and it is what the ladder has not named. Each sale takes 1 unit of a SKU with unbounded
 //! stock.
 //!
@@ -96,11 +97,17 @@ impl<T> Slots<T> {
 
     #[inline]
     fn get(&self, sku: u64) -> &T {
-        let hash = self.map.hasher().hash_one(sku);
-        std::hint::black_box(hash);
-        let entry = &self.map[&sku];
+        let entry = self.entry(sku);
         assert_eq!(std::hint::black_box(entry.key), sku);
         &entry.value
+    }
+
+    /// `sku`'s entry, its key not read (the hash table's own probe aside).
+    #[inline]
+    fn entry(&self, sku: u64) -> &Entry<T> {
+        let hash = self.map.hasher().hash_one(sku);
+        std::hint::black_box(hash);
+        &self.map[&sku]
     }
 }
 
@@ -189,14 +196,19 @@ impl Ladder {
         true
     }
 
-    /// Steps 6 to 8: a sale on `mutex` with everything of the store the ladder names.
+    /// Steps 7 to 9: a sale on the slot `lock` locks, with everything of the store the
+    /// ladder names.
     #[inline(always)]
-    fn full_sale(&self, mutex: &Mutex<Slot>, thread: usize) -> bool {
-        let (mut slot, contended) = Self::sampled_lock(mutex);
+    fn full_sale<'a>(
+        &self,
+        lock: impl FnOnce() -> (MutexGuard<'a, Slot>, bool),
+        thread: usize,
+    ) -> bool {
+        let (mut slot, contended) = lock();
         let sold = Self::take(&mut slot, true);
         drop(slot);
         if contended {
-            self.tally[thread % STRIPES].fetch_add(u64::from(SAMPLE), Ordering::Relaxed);
+            self.tally[thread % STRIPES].fetch_add(1, Ordering::Relaxed);
         }
         if let Some(sink) = &self.sink {
             sink(HOT);
@@ -237,29 +249,38 @@ impl Ladder {
                 units(guard)
             }
             4 | 5 => {
-                let (mut slot, contended) = Self::sampled_lock(self.slots.get(HOT));
+                let (mut slot, contended) = Self::try_then_lock(self.slots.get(HOT));
                 std::hint::black_box(contended);
                 Self::take(&mut slot, STEP == 5)
             }
             6 => {
-                let (mut slot, contended) = Self::sampled_lock(self.slots.get(HOT));
+                let (mut slot, contended) = Self::try_then_lock(self.slots.get(HOT));
                 let sold = Self::take(&mut slot, true);
                 drop(slot);
                 if contended {
-                    self.tally[thread % STRIPES].fetch_add(u64::from(SAMPLE), Ordering::Relaxed);
+                    self.tally[thread % STRIPES].fetch_add(1, Ordering::Relaxed);
                 }
                 sold
             }
-            7 => self.full_sale(self.slots.get(HOT), thread),
-            8 => self.full_sale(self.apart.get(HOT), thread),
-            9 => self.store.sell(&[(HOT, 1)]).is_ok(),
+            7 => self.full_sale(|| Self::try_then_lock(self.slots.get(HOT)), thread),
+            8 => self.full_sale(|| Self::try_then_lock(self.apart.get(HOT)), thread),
+            9 => self.full_sale(
+                || {
+                    let entry = self.slots.entry(HOT);
+                    let locked = Self::try_then_lock(&entry.value);
+                    assert_eq!(std::hint::black_box(entry.key), HOT);
+                    locked
+                },
+                thread,
+            ),
+            10 => self.store.sell(&[(HOT, 1)]).is_ok(),
             _ => unreachable!("no rung {STEP}"),
         }
     }
 }
 
 /// The rungs, in order.
-const STEPS: [&str; 10] = [
+const STEPS: [&str; 11] = [
     "0_mutex_hashmap",
     "1_sku_lock",
     "2_try_lock",
@@ -269,6 +290,7 @@ const STEPS: [&str; 10] = [
     "6_contended_tally",
     "7_sink_check",
     "8_key_apart",
+    "9_lock_first",
     "pessimistic",
 ];
 
@@ -302,6 +324,7 @@ fn ladder(criterion: &mut Criterion) {
         ladder.sell::<7>(0),
         ladder.sell::<8>(0),
         ladder.sell::<9>(0),
+        ladder.sell::<10>(0),
     ];
     assert!(
         sold.iter().all(|&sold| sold),
@@ -320,6 +343,7 @@ fn ladder(criterion: &mut Criterion) {
         rung::<7>(&mut group, &ladder, threads);
         rung::<8>(&mut group, &ladder, threads);
         rung::<9>(&mut group, &ladder, threads);
+        rung::<10>(&mut group, &ladder, threads);
     }
     group.finish();
 }

@@ -193,9 +193,9 @@ pub(crate) trait LockedSkus<K> {
     /// The store's counters.
     fn stats(&self) -> &Stats;
 
-    /// Finds `sku`'s slot and locks it, the lock's compare-and-swap the first touch of the
-    /// slot's cache line ([`GrowOnlyMap::get_claiming`]); returns the slot's position and
-    /// the guard, or `None` for a SKU never restocked.
+    /// Finds `sku`'s slot and locks it before it reads anything else of the slot's cache
+    /// line ([`GrowOnlyMap::get_claiming`]); returns the slot's position and the guard, or
+    /// `None` for a SKU never restocked.
     ///
     /// Only for a caller that holds no slot's lock (a single-line change): a tag collision
     /// may make it wait for another SKU's lock, which is safe only while it holds nothing
@@ -211,13 +211,12 @@ pub(crate) trait LockedSkus<K> {
             .map(|(position, _, cell)| (position, cell))
     }
 
-    /// Locks `slot`, adding to the contended count when a sampled lock found it held
-    /// (see [`sync::lock_sampling_contention`]).
+    /// Locks `slot`, counting the lock as contended if it was held.
     #[inline(always)]
     fn lock<'a>(&self, slot: &'a Self::Slot) -> MutexGuard<'a, Self::Cell> {
-        let (guard, contended) = sync::lock_sampling_contention(Self::mutex(slot));
-        if contended != 0 {
-            self.stats().add(Stat::Contended, contended);
+        let (guard, contended) = sync::lock_noting_contention(Self::mutex(slot));
+        if contended {
+            self.stats().count(Stat::Contended);
         }
         guard
     }

@@ -56,10 +56,7 @@ pub struct StoreStats {
     /// Compare-and-swap attempts lost to another writer (optimistic store; 0 elsewhere).
     pub cas_retries: u64,
     /// SKU updates that found the SKU busy: a mutex already locked (pessimistic and monitor
-    /// stores: an estimate, from one lock in 32 of each thread, each found locked counted
-    /// 32 times, because noting every lock slowed a contended sale by about a third; 0
-    /// when nothing was contended), a compare-and-swap loop that lost at least once
-    /// (optimistic store), or either (adaptive store, counted exactly).
+    /// stores), or a compare-and-swap loop that lost at least once (optimistic store).
     pub contended: u64,
     /// `reserve_timeout` and `reserve_wait` lines that had to queue and wait (monitor
     /// store; 0 elsewhere).

@@ -156,58 +156,19 @@ pub(crate) type Tally = std::sync::atomic::AtomicU32;
 /// Locks `mutex`; also returns whether it was contended (already locked, so this thread
 /// had to wait). Uncontended, this costs one successful `try_lock`: a load of the lock's
 /// cache line, then the compare-and-swap.
+///
+/// Counting only a sample of locks (a `try_lock` on one lock in 32 of each thread, plain
+/// `lock()` otherwise) was measured and dropped: with two threads selling one SKU it took
+/// about 2 % off a sale (A/B of the store, 10 alternations), and its per-thread countdown
+/// cost 24 instructions a `sell` (callgrind), a third more than the 200 the crate allows
+/// itself. The ladder (`benches/ladder.rs`, rungs `2_try_lock` and `3_sampled_try_lock`)
+/// shows the `try_lock`'s cost alone.
 #[inline(always)]
 pub(crate) fn lock_noting_contention<T>(mutex: &Mutex<T>) -> (MutexGuard<'_, T>, bool) {
     match mutex.try_lock() {
         Some(guard) => (guard, false),
         None => (mutex.lock(), true),
     }
-}
-
-/// One lock in this many, per thread, is taken by [`lock_sampling_contention`] with a
-/// `try_lock` that notes contention (every lock under loom, so the models see the noting
-/// path on every step).
-pub(crate) const CONTENTION_SAMPLE: u32 = if cfg!(loom) { 1 } else { 32 };
-
-/// Locks `mutex`, noting contention on one lock in [`CONTENTION_SAMPLE`] of this thread;
-/// returns the guard and this lock's weight in an estimate of contended locks: the
-/// sample size when it was a sample and found the mutex held, else 0.
-///
-/// A plain `lock()` is one compare-and-swap, which takes the cache line for writing at
-/// once; `try_lock` loads the line first (parking_lot's `try_lock` reads the state before
-/// its compare-and-swap) and then takes it again for writing, and when it fails, `lock()`
-/// tries once more. With two threads selling one SKU, that cost about 25 ns a sale of
-/// about 78 (`benches/ladder.rs`, rungs `1_sku_lock` and `2_try_lock`), so the
-/// pessimistic and monitor stores count contention on a sample. The sample is taken by a
-/// per-thread countdown (one thread-local counter, written by its thread only).
-#[inline(always)]
-pub(crate) fn lock_sampling_contention<T>(mutex: &Mutex<T>) -> (MutexGuard<'_, T>, u64) {
-    std::thread_local! {
-        /// Locks of this thread until its next sample.
-        static COUNTDOWN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-    }
-    let sample = COUNTDOWN.with(|countdown| {
-        let left = countdown.get();
-        let sample = left == 0;
-        countdown.set(if sample {
-            CONTENTION_SAMPLE - 1
-        } else {
-            left - 1
-        });
-        sample
-    });
-    if !sample {
-        return (mutex.lock(), 0);
-    }
-    let (guard, contended) = lock_noting_contention(mutex);
-    (
-        guard,
-        if contended {
-            u64::from(CONTENTION_SAMPLE)
-        } else {
-            0
-        },
-    )
 }
 
 /// Whether `deadline` has passed. `None` is a deadline that never passes.
