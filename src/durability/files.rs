@@ -18,8 +18,9 @@
 //!
 //! A record holds the events appended since the journal's previous write (one, under
 //! `SyncPolicy::Always` with one caller at a time; up to about [`BLOCK_FLUSH_BYTES`]
-//! under `EverySec`), numbered from its sequence number up. A record is whole or not
-//! there: its checksum covers every event in it.
+//! under `EverySec`), grouped by the journal's shards (the events of one SKU in the
+//! order they were appended), numbered from its sequence number up. A record is whole
+//! or not there: its checksum covers every event in it.
 //!
 //! Format 1 ([`JOURNAL_MAGIC_V1`], written before the binary encoding) framed each event
 //! alone, as JSON, with the same header; recovery still reads it.
@@ -44,10 +45,11 @@ pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"SLSNAP01";
 pub(crate) const RECORD_HEADER_BYTES: usize = 24;
 /// The largest payload a record may have (a hold of many lines fits easily): a length
 /// past it is a torn or corrupt frame.
-pub(crate) const RECORD_BYTES_MAX: usize = 64 << 20;
-/// The journal writes its buffered events once they pass this many bytes (1 MiB), so
-/// its memory stays bounded whatever the policy.
-pub(crate) const BLOCK_FLUSH_BYTES: usize = 128 << 10;
+pub(crate) const RECORD_BYTES_MAX: usize = 256 << 20;
+/// The journal writes its buffered events once those of one of its shards pass this many
+/// bytes over the number of shards (1 MiB over 16), so its memory stays bounded (about
+/// this much) whatever the policy.
+pub(crate) const BLOCK_FLUSH_BYTES: usize = 1 << 20;
 
 /// The kind of a file of the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

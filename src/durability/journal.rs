@@ -3,7 +3,6 @@
 //! buffer in memory written once a second); and its compaction by snapshots.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io::Write;
@@ -14,16 +13,16 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use smallvec::SmallVec;
 
 use super::codec;
 use super::error::JournalError;
 use super::files::{self, Kind};
+use super::order::{Locked, Shards, SHARDS};
 use super::recovery::{self, Recovery};
 use super::snapshot::{Snapshot, SnapshotError};
-use crate::lifecycle::event::{EventLine, EventSink, StockEvent};
+use crate::lifecycle::event::{EventSink, StockEvent};
 use crate::store::Sku;
-use crate::sync::{Condvar, Hasher, Mutex, MutexGuard};
+use crate::sync::{self, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
 
 /// When the journal writes an appended event to its file and makes it durable, named
 /// after Redis's
@@ -55,17 +54,20 @@ pub enum SyncPolicy {
     #[default]
     Always,
     /// Buffer in memory; a thread of the journal writes the buffer to the file and
-    /// `fdatasync`s it once a second. `on_event` makes no system call (it writes itself
-    /// only when the buffer passes 1 MiB, without a sync), so it adds to a change
-    /// only its encoding and an append under a lock; in exchange a crash of the process or of the machine
-    /// loses the changes of about the last second (up to the last tick, plus the time
-    /// that tick's write and sync take). [`JournalSink::sync`], compaction and dropping
-    /// the sink write and sync the buffer too.
+    /// `fdatasync`s it once a second. `on_event` makes no system call (but when the
+    /// buffer is full, see [`JournalSink`]: then it writes, without a sync), so it adds
+    /// to a change only its encoding and an append under a short lock (one of 16, picked
+    /// by the SKU). In exchange a crash of the *process* or of the machine loses the
+    /// changes acknowledged since the thread's last write (or sync, for the machine):
+    /// about the last second, plus the time that write and sync take.
+    /// [`JournalSink::sync`], compaction and dropping the sink write and sync the buffer
+    /// too.
     EverySec,
-    /// Buffer in memory as `EverySec` does, written to the file once a second (and at 1
-    /// MiB, [`JournalSink::sync`], compaction and drop) but never synced by the thread:
-    /// the operating system writes the file back when it likes (on Linux, within about 30
-    /// s). A crash of the process loses about the last second; of the machine, more.
+    /// Buffer in memory as `EverySec` does, written to the file once a second (and when
+    /// full, by [`JournalSink::sync`], compaction and drop) but never synced by the
+    /// thread: the operating system writes the file back when it likes (on Linux, within
+    /// about 30 s). A crash of the process loses about the last second; of the machine,
+    /// more.
     No,
 }
 
@@ -93,12 +95,12 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The largest encoded event the journal takes (about 700,000 lines): with every shard's
+/// events before a write, a record stays within [`files::RECORD_BYTES_MAX`].
+pub(crate) const EVENT_BYTES_MAX: usize = 15 << 20;
+
 /// A caller keeps an encoding buffer of at most this many bytes between its events.
 const SCRATCH_BYTES_MAX: usize = 64 << 10;
-
-/// Ends of holds the journal remembers, to know a second record of one end from the
-/// close of a hold whose opening record has not come.
-const RECENT_ENDS: usize = 1024;
 
 /// The longest a record waits for the record of a hold's end that changed one of its SKUs
 /// before it (see [`JournalSink`], **Order**); past it, the record is written all the
@@ -122,11 +124,11 @@ pub const ORPHAN_CLOSES_MAX: usize = 100_000;
 ///
 /// **When the buffer is written.** Under `Always`, before `on_event` returns (see **Group
 /// commit**). Under `EverySec` and `No`, once a second by the journal's thread, and
-/// sooner when the buffer passes 1 MiB (by the caller whose event passed it), by
-/// [`sync`](Self::sync), by [`compact`](Self::compact) and when the sink is dropped: so
-/// under those policies a crash of the *process*, not only of the machine, loses the
-/// changes of about the last second (see [`SyncPolicy`]), and at most about 1 MiB of
-/// events waits in memory.
+/// sooner when the events appended under one of the buffer's 16 locks pass 64 KiB (by
+/// the caller whose event passed it), by [`sync`](Self::sync), by
+/// [`compact`](Self::compact) and when the sink is dropped: so under those policies a
+/// crash of the *process*, not only of the machine, loses the changes of about the last
+/// second (see [`SyncPolicy`]), and about 1 MiB of events at most waits in memory.
 ///
 /// **Group commit.** Under `Always`, a caller whose event is not yet durable either
 /// becomes the leader, which writes every event appended so far as one record and runs
@@ -202,43 +204,61 @@ pub struct JournalSink<K> {
 
 /// What the sink's callers and its flusher share.
 ///
-/// Lock order: [`writer`](Self::writer), then [`state`](Self::state); never the other
-/// way round.
+/// Lock order: [`writer`](Self::writer), then the shards (see the module `order`), then
+/// [`meta`](Self::meta); [`waiting`](Self::waiting) before the shards.
 struct Shared<K> {
     dir: PathBuf,
     policy: SyncPolicy,
-    /// Held while a record is written (one writer at a time, so records reach the file in
-    /// the order their buffers were taken; not while it is synced): the spare buffer,
-    /// which the next writer swaps in for the one it takes.
-    writer: Mutex<Vec<u8>>,
-    /// Everything below; held while an event is appended to the buffer (not while the
-    /// buffer is written or synced).
-    state: Mutex<State<K>>,
+    /// The **Order** bookkeeping and the appended events not yet written, in shards.
+    shards: Shards<K>,
+    /// Writes begun (each takes every SKU shard's events): an event appended while it is
+    /// `e` is written by the write that makes it `e + 1`. Changed only with every SKU
+    /// shard locked.
+    epoch: AtomicU64,
+    /// Set when a write or sync failed (the reason is in [`Meta::failed`]).
+    failed: AtomicBool,
+    /// Callers waiting for their turn (**Order**): an append wakes them only when there
+    /// are any.
+    order_waiters: AtomicUsize,
+    /// The longest a record waits for an earlier hold end's record, in nanoseconds
+    /// ([`ORDER_WAIT_MAX`] unless set otherwise).
+    order_wait_ns: AtomicU64,
+    /// Held by a caller waiting for its turn while it checks, and by an append that wakes
+    /// such callers (so no wake-up is lost).
+    waiting: Mutex<()>,
     /// Signalled after an append when a record waits for its turn (**Order**).
     appended: Condvar,
+    /// Held while a record is written (one writer at a time, so records reach the file in
+    /// the order their events were taken; not while it is synced).
+    writer: Mutex<Writer>,
+    /// The file and what of it is written and synced.
+    meta: Mutex<Meta>,
     /// Signalled when a sync ends.
     synced: Condvar,
     /// Signalled when the sink closes: the flusher stops.
     closed: Condvar,
 }
 
-/// The journal's state, guarded by [`Shared::state`].
-struct State<K> {
+/// The writer's buffers, guarded by [`Shared::writer`].
+struct Writer {
+    /// Per SKU shard, the empty buffer swapped in for the one a write takes.
+    spares: Vec<Vec<u8>>,
+    /// The record being written: frame header, then every shard's events.
+    record: Vec<u8>,
+}
+
+/// The journal file and its progress, guarded by [`Shared::meta`].
+struct Meta {
     /// The journal file written to.
     file: Arc<File>,
     /// Its generation.
     generation: u64,
-    /// The events appended and not yet written: room for a record's frame header
-    /// ([`files::RECORD_HEADER_BYTES`]), then the events, encoded.
-    block: Vec<u8>,
-    /// The sequence number of the first event in `block`.
-    block_first: u64,
-    /// The sequence number of the next event appended.
+    /// The sequence number of the next event written.
     next_sequence: u64,
-    /// Every event numbered below this is written to the file.
-    written_sequence: u64,
-    /// Every event numbered below this is on disk.
-    durable_sequence: u64,
+    /// Every event of an epoch below this is written to the file.
+    written_epoch: u64,
+    /// Every event of an epoch below this is on disk.
+    durable_epoch: u64,
     /// Bytes written to the file (its length).
     written: u64,
     /// Bytes of it known to be on disk.
@@ -247,37 +267,8 @@ struct State<K> {
     syncing: bool,
     /// Why the journal stopped, once a write or sync failed.
     failed: Option<String>,
-    /// Per SKU, what **Order** needs to know of the file (after the events in `block`).
-    skus: HashMap<K, SkuOrder, Hasher>,
-    /// Holds whose opening event was appended and whose closing one was not: their SKUs.
-    open: HashMap<u64, SmallVec<[K; 2]>, Hasher>,
-    /// Closing events of holds whose opening event was not appended yet, with their
-    /// sequence numbers (to forget the oldest first and write them again in order).
-    orphans: HashMap<u64, (u64, Vec<u8>), Hasher>,
-    /// The ids of `orphans`, oldest first (an id already gone is skipped).
-    orphan_order: VecDeque<u64>,
-    /// The last [`RECENT_ENDS`] holds whose end was appended, oldest first: a second event
-    /// of one end (a partial commit reports its released part, then its committed part)
-    /// is not an orphan.
-    recent_ends: VecDeque<u64>,
-    /// Callers waiting for their turn (**Order**): an append wakes them only when there
-    /// are any.
-    order_waiters: usize,
     /// Set when the sink is dropped: the flusher stops.
     closing: bool,
-    /// The longest a record waits for an earlier hold end's record ([`ORDER_WAIT_MAX`]
-    /// unless set otherwise).
-    order_wait: Duration,
-}
-
-/// What the journal keeps of one SKU for **Order**.
-#[derive(Debug, Default)]
-struct SkuOrder {
-    /// The SKU's highest version appended and the units reserved at it.
-    top: (u64, u64),
-    /// The holds open on it (appended, not closed): `(hold id, the SKU's version at the
-    /// open, units)` (version 0 for a hold recovered from a snapshot).
-    holds: Vec<(u64, u64, u64)>,
 }
 
 impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
@@ -337,42 +328,33 @@ impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
         write_snapshot(&dir, generation, &recovery.snapshot)?;
         let file = files::create_journal(&dir, generation)?;
         files::remove_before(&dir, generation)?;
-        let next_sequence = recovery.last_sequence.map_or(1, |last| last + 1);
-        let state = State {
+        let meta = Meta {
             file: Arc::new(file),
             generation,
-            block: empty_block(),
-            block_first: next_sequence,
-            next_sequence,
-            written_sequence: next_sequence,
-            durable_sequence: next_sequence,
+            next_sequence: recovery.last_sequence.map_or(1, |last| last + 1),
+            written_epoch: 0,
+            durable_epoch: 0,
             written: files::JOURNAL_MAGIC.len() as u64,
             durable: files::JOURNAL_MAGIC.len() as u64,
             syncing: false,
             failed: None,
-            skus: sku_orders(&recovery.snapshot),
-            open: recovery
-                .snapshot
-                .holds
-                .iter()
-                .map(|hold| {
-                    let skus = hold.lines.iter().map(|(sku, _)| sku.clone()).collect();
-                    (hold.id.get(), skus)
-                })
-                .collect(),
-            orphans: HashMap::default(),
-            orphan_order: VecDeque::new(),
-            recent_ends: VecDeque::new(),
-            order_waiters: 0,
             closing: false,
-            order_wait: ORDER_WAIT_MAX,
         };
         let shared = Arc::new(Shared {
             dir,
             policy,
-            writer: Mutex::new(empty_block()),
-            state: Mutex::new(state),
+            shards: Shards::new(&recovery.snapshot, ORPHAN_CLOSES_MAX),
+            epoch: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            order_waiters: AtomicUsize::new(0),
+            order_wait_ns: AtomicU64::new(nanos(ORDER_WAIT_MAX)),
+            waiting: Mutex::new(()),
             appended: Condvar::new(),
+            writer: Mutex::new(Writer {
+                spares: vec![Vec::new(); SHARDS],
+                record: Vec::new(),
+            }),
+            meta: Mutex::new(meta),
             synced: Condvar::new(),
             closed: Condvar::new(),
         });
@@ -443,27 +425,40 @@ impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
             panic!("the journal in {} failed: {failure}", shared.dir.display())
         };
         // The writer lock, held throughout: nothing reaches the old file after its sync.
-        let mut spare = shared.writer.lock();
-        let everything = shared.state.lock().next_sequence;
-        write_holding(shared, &mut spare, everything).unwrap_or_else(|why| failed(why));
+        let mut writer = shared.writer.lock();
+        let everything = shared.everything();
+        write_holding(shared, &mut writer, everything).unwrap_or_else(|why| failed(why));
         sync_written(shared, everything).unwrap_or_else(|why| failed(why));
-        let mut state = shared.state.lock();
-        let generation = state.generation + 1;
+        let generation = shared.meta.lock().generation + 1;
         let file = files::create_journal(&shared.dir, generation)?;
-        state.file = Arc::new(file);
-        state.generation = generation;
-        state.written = files::JOURNAL_MAGIC.len() as u64;
-        state.durable = state.written;
-        // Events appended since the write above go to the new file, before the orphans.
-        let mut orphans: Vec<(u64, Vec<u8>)> = state.orphans.values().cloned().collect();
-        orphans.sort_unstable_by_key(|(order, _)| *order);
-        for (_, payload) in orphans {
-            state.append(&payload);
+        {
+            let mut meta = shared.meta.lock();
+            meta.file = Arc::new(file);
+            meta.generation = generation;
+            meta.written = files::JOURNAL_MAGIC.len() as u64;
+            meta.durable = meta.written;
         }
+        // Events appended since the write above go to the new file, and the orphans.
+        let holds: Vec<_> = shared
+            .shards
+            .holds
+            .iter()
+            .map(|shard| shard.0.lock())
+            .collect();
+        let mut orphans: Vec<&(u64, Vec<u8>)> =
+            holds.iter().flat_map(|shard| shard.orphans()).collect();
+        orphans.sort_unstable_by_key(|(order, _)| *order);
+        {
+            let mut first = shared.shards.skus[0].0.lock();
+            for (_, payload) in orphans {
+                first.block.extend_from_slice(payload);
+                first.events += 1;
+            }
+        }
+        drop(holds);
         // On disk before the snapshot lets the older file go: they stand in for it.
-        let everything = state.next_sequence;
-        drop(state);
-        write_holding(shared, &mut spare, everything).unwrap_or_else(|why| failed(why));
+        let everything = shared.everything();
+        write_holding(shared, &mut writer, everything).unwrap_or_else(|why| failed(why));
         sync_written(shared, everything).unwrap_or_else(|why| failed(why));
         Ok(generation)
     }
@@ -525,10 +520,10 @@ impl<K> JournalSink<K> {
     /// # Ok::<(), stockledger::JournalError>(())
     /// ```
     pub fn durable(&self) -> JournalPosition {
-        let state = self.shared.state.lock();
+        let meta = self.shared.meta.lock();
         JournalPosition {
-            generation: state.generation,
-            offset: state.durable,
+            generation: meta.generation,
+            offset: meta.durable,
         }
     }
 
@@ -561,8 +556,7 @@ impl<K> JournalSink<K> {
     /// ```
     pub fn sync(&self) {
         let shared = &self.shared;
-        let everything = shared.state.lock().next_sequence;
-        flush(shared, everything, true).unwrap_or_else(|failure| {
+        flush(shared, shared.everything(), true).unwrap_or_else(|failure| {
             panic!("the journal in {} failed: {failure}", shared.dir.display())
         });
     }
@@ -586,32 +580,53 @@ impl<K> JournalSink<K> {
     /// # Ok::<(), stockledger::JournalError>(())
     /// ```
     pub fn set_order_wait_max(&self, wait: Duration) {
-        self.shared.state.lock().order_wait = wait;
+        let nanos = nanos(wait);
+        self.shared.order_wait_ns.store(nanos, Ordering::Relaxed);
     }
 }
 
-/// A buffer with room for a record's frame header and no event yet.
-fn empty_block() -> Vec<u8> {
-    vec![0; files::RECORD_HEADER_BYTES]
+/// Whole nanoseconds of `duration`, at most `u64::MAX` (585 years).
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Writes every event numbered below `upto` to the file (with the events appended since,
-/// as one record) and, with `sync`, makes it durable, unless that is done already.
+impl<K> Shared<K> {
+    /// The epoch bound that covers every event appended before now: what `sync`, a
+    /// compaction, the flusher and `Drop` write.
+    fn everything(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst) + 1
+    }
+
+    /// Records `failure` as the journal's (the first one stays) and returns it.
+    fn fail(&self, meta: &mut Meta, failure: String) -> String {
+        self.failed.store(true, Ordering::SeqCst);
+        meta.failed.get_or_insert(failure).clone()
+    }
+
+    /// Panics with the journal's failure.
+    fn panic_failed(&self) -> ! {
+        let failure = self.meta.lock().failed.clone().unwrap_or_default();
+        panic!("the journal in {} failed: {failure}", self.dir.display())
+    }
+}
+
+/// Writes every event of an epoch below `upto` to the file (with the events appended
+/// since, as one record) and, with `sync`, makes it durable, unless that is done already.
 ///
 /// # Errors
 ///
 /// Why the journal failed: this write or sync, or an earlier one.
 fn flush<K>(shared: &Shared<K>, upto: u64, sync: bool) -> Result<(), String> {
     let written = {
-        let state = shared.state.lock();
-        if let Some(failure) = &state.failed {
+        let meta = shared.meta.lock();
+        if let Some(failure) = &meta.failed {
             return Err(failure.clone());
         }
-        state.written_sequence >= upto
+        meta.written_epoch >= upto
     };
     if !written {
-        let mut spare = shared.writer.lock();
-        write_holding(shared, &mut spare, upto)?;
+        let mut writer = shared.writer.lock();
+        write_holding(shared, &mut writer, upto)?;
     }
     if sync {
         sync_written(shared, upto)?;
@@ -619,237 +634,140 @@ fn flush<K>(shared: &Shared<K>, upto: u64, sync: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes the buffer as one record, unless every event numbered below `upto` is written
+/// Takes every SKU shard's events (all shards locked at once, so the record holds a
+/// consistent cut: every event whose bookkeeping another event's admission saw) and
+/// writes them as one record, unless every event of an epoch below `upto` is written
 /// already (by the writer before, which took it along); for a caller that holds the
-/// writer lock, whose guarded spare buffer is `spare`. Appends go on meanwhile.
+/// writer lock. Appends go on while the record is written.
 ///
 /// # Errors
 ///
 /// Why the journal failed: this write, or an earlier write or sync.
-fn write_holding<K>(shared: &Shared<K>, spare: &mut Vec<u8>, upto: u64) -> Result<(), String> {
-    let mut state = shared.state.lock();
-    if let Some(failure) = &state.failed {
-        return Err(failure.clone());
+fn write_holding<K>(shared: &Shared<K>, writer: &mut Writer, upto: u64) -> Result<(), String> {
+    {
+        let meta = shared.meta.lock();
+        if let Some(failure) = &meta.failed {
+            return Err(failure.clone());
+        }
+        if meta.written_epoch >= upto {
+            return Ok(());
+        }
     }
-    if state.written_sequence >= upto {
-        return Ok(());
+    let mut events = 0;
+    let epoch = {
+        let mut shards: Vec<_> = shared
+            .shards
+            .skus
+            .iter()
+            .map(|shard| shard.0.lock())
+            .collect();
+        let epoch = shared.epoch.load(Ordering::Relaxed) + 1;
+        shared.epoch.store(epoch, Ordering::SeqCst);
+        for (shard, spare) in shards.iter_mut().zip(&mut writer.spares) {
+            std::mem::swap(&mut shard.block, spare);
+            events += std::mem::take(&mut shard.events);
+        }
+        epoch
+    };
+    let record = &mut writer.record;
+    record.clear();
+    record.resize(files::RECORD_HEADER_BYTES, 0);
+    for spare in &mut writer.spares {
+        record.extend_from_slice(spare);
+        spare.clear();
     }
-    let mut block = std::mem::replace(&mut state.block, std::mem::take(spare));
-    let first = state.block_first;
-    let end = state.next_sequence;
-    state.block_first = end;
-    let file = Arc::clone(&state.file);
-    drop(state);
+    let (first, file) = {
+        let mut meta = shared.meta.lock();
+        let first = meta.next_sequence;
+        meta.next_sequence += events;
+        (first, Arc::clone(&meta.file))
+    };
     let mut outcome = Ok(0);
-    if block.len() > files::RECORD_HEADER_BYTES {
-        files::seal(&mut block, first, files::unix_ms());
+    if events > 0 {
+        files::seal(record, first, files::unix_ms());
         outcome = (&*file)
-            .write_all(&block)
-            .map(|()| block.len() as u64)
+            .write_all(record)
+            .map(|()| record.len() as u64)
             .map_err(|error| format!("write: {error}"));
     }
-    block.truncate(files::RECORD_HEADER_BYTES);
-    *spare = block;
-    let mut state = shared.state.lock();
+    if record.capacity() > 4 * files::BLOCK_FLUSH_BYTES {
+        *record = Vec::new(); // after a burst of large events
+    }
+    let mut meta = shared.meta.lock();
     match outcome {
         Ok(bytes) => {
-            state.written += bytes;
-            state.written_sequence = end;
+            meta.written += bytes;
+            meta.written_epoch = epoch;
             Ok(())
         }
-        Err(failure) => {
-            state.failed = Some(failure.clone());
-            Err(failure)
-        }
+        Err(failure) => Err(shared.fail(&mut meta, failure)),
     }
 }
 
-/// Waits until every event numbered below `upto`, written already, is on disk, syncing as
-/// the leader when no sync is in progress (group commit: one `fdatasync` for everything
-/// written so far, while later events are appended and written).
+/// Waits until every event of an epoch below `upto`, written already, is on disk,
+/// syncing as the leader when no sync is in progress (group commit: one `fdatasync` for
+/// everything written so far, while later events are appended and written).
 ///
 /// # Errors
 ///
 /// Why the journal failed: this sync, or an earlier write or sync.
 fn sync_written<K>(shared: &Shared<K>, upto: u64) -> Result<(), String> {
-    let mut state = shared.state.lock();
-    debug_assert!(state.written_sequence >= upto, "synced before written");
+    let mut meta = shared.meta.lock();
+    debug_assert!(meta.written_epoch >= upto, "synced before written");
     loop {
-        if let Some(failure) = &state.failed {
+        if let Some(failure) = &meta.failed {
             return Err(failure.clone());
         }
-        if state.durable_sequence >= upto {
+        if meta.durable_epoch >= upto {
             return Ok(());
         }
-        if state.syncing {
-            state = shared.synced.wait_until(state, None).0;
+        if meta.syncing {
+            meta = shared.synced.wait_until(meta, None).0;
             continue;
         }
         // The leader: one sync for everything written so far.
-        state.syncing = true;
-        let (sequence, bytes) = (state.written_sequence, state.written);
-        let (generation, file) = (state.generation, Arc::clone(&state.file));
-        drop(state);
+        meta.syncing = true;
+        let (epoch, bytes) = (meta.written_epoch, meta.written);
+        let (generation, file) = (meta.generation, Arc::clone(&meta.file));
+        drop(meta);
         let synced = file.sync_data();
-        state = shared.state.lock();
-        state.syncing = false;
+        meta = shared.meta.lock();
+        meta.syncing = false;
         match synced {
             Ok(()) => {
                 // A compaction syncs the old file before it switches to a new one.
-                state.durable_sequence = state.durable_sequence.max(sequence);
-                if state.generation == generation {
-                    state.durable = state.durable.max(bytes);
+                meta.durable_epoch = meta.durable_epoch.max(epoch);
+                if meta.generation == generation {
+                    meta.durable = meta.durable.max(bytes);
                 }
             }
-            Err(error) => state.failed = Some(format!("fdatasync: {error}")),
+            Err(error) => {
+                shared.fail(&mut meta, format!("fdatasync: {error}"));
+            }
         }
         shared.synced.notify_all();
     }
 }
 
-/// The thread of `EverySec` and `No`: writes the buffer once a second (and syncs it under
-/// `EverySec`) until the sink is dropped or the journal fails.
+/// The thread of `EverySec` and `No`: writes the buffered events once a second (and syncs
+/// them under `EverySec`) until the sink is dropped or the journal fails.
 fn flush_every_second<K>(shared: &Weak<Shared<K>>) {
     loop {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let mut state = shared.state.lock();
+        let mut meta = shared.meta.lock();
         let deadline = Instant::now() + Duration::from_secs(1);
-        while !state.closing && Instant::now() < deadline {
-            state = shared.closed.wait_until(state, Some(deadline)).0;
+        while !meta.closing && Instant::now() < deadline {
+            meta = shared.closed.wait_until(meta, Some(deadline)).0;
         }
-        if state.closing || state.failed.is_some() {
+        if meta.closing || meta.failed.is_some() {
             return;
         }
-        let everything = state.next_sequence;
-        drop(state);
-        if flush(&shared, everything, shared.policy == SyncPolicy::EverySec).is_err() {
+        drop(meta);
+        let sync = shared.policy == SyncPolicy::EverySec;
+        if flush(&shared, shared.everything(), sync).is_err() {
             return;
-        }
-    }
-}
-
-impl<K> State<K> {
-    /// Appends one encoded event to the buffer; returns its sequence number.
-    fn append(&mut self, event: &[u8]) -> u64 {
-        self.block.extend_from_slice(event);
-        let sequence = self.next_sequence;
-        self.next_sequence += 1;
-        sequence
-    }
-
-    /// Bytes of events in the buffer.
-    fn buffered(&self) -> usize {
-        self.block.len() - files::RECORD_HEADER_BYTES
-    }
-}
-
-impl<K: Sku> State<K> {
-    /// Notes the hold `id` that `event` opens (`opens`) or closes; the close of a hold whose
-    /// opening event was not appended yet is kept as an orphan, with its encoding
-    /// `payload`.
-    fn track(&mut self, id: u64, opens: bool, event: &StockEvent<K>, payload: &[u8]) {
-        if opens {
-            if self.orphans.remove(&id).is_some() {
-                // Its id stays in `orphan_order` until skipped; drop the gone ones at times.
-                if self.orphan_order.len() > 2 * self.orphans.len() + 64 {
-                    let orphans = &self.orphans;
-                    self.orphan_order.retain(|id| orphans.contains_key(id));
-                }
-            } else {
-                for line in event.lines() {
-                    let entry = (id, line.level.version, line.quantity);
-                    match self.skus.get_mut(&line.sku) {
-                        Some(order) => order.holds.push(entry),
-                        None => {
-                            let order = SkuOrder {
-                                top: (0, 0),
-                                holds: vec![entry],
-                            };
-                            self.skus.insert(line.sku.clone(), order);
-                        }
-                    }
-                }
-                let skus = event.lines().iter().map(|line| line.sku.clone()).collect();
-                self.open.insert(id, skus);
-            }
-        } else if let Some(skus) = self.open.remove(&id) {
-            for sku in &skus {
-                if let Some(order) = self.skus.get_mut(sku) {
-                    order.holds.retain(|(hold, _, _)| *hold != id);
-                }
-            }
-            if self.recent_ends.len() == RECENT_ENDS {
-                self.recent_ends.pop_front();
-            }
-            self.recent_ends.push_back(id);
-        } else if !self.recent_ends.contains(&id) {
-            while self.orphans.len() >= ORPHAN_CLOSES_MAX {
-                let Some(oldest) = self.orphan_order.pop_front() else {
-                    break;
-                };
-                self.orphans.remove(&oldest);
-            }
-            let order = self.next_sequence;
-            self.orphans.insert(id, (order, payload.to_vec()));
-            self.orphan_order.push_back(id);
-        }
-    }
-
-    /// Whether appending `event` now keeps the file consistent: on each of its SKUs, the
-    /// holds open in the file (after `event`) that opened at or before the SKU's highest
-    /// version in the file (after `event`) hold at most the units that version's counts
-    /// reserve. More means the end (commit, release, expiry) of one of those holds changed
-    /// the SKU before a change already appended, or before `event`, and its event has not
-    /// come yet: a crash then would leave a change without the end before it. `hold` is
-    /// the hold `event` opens (`true`) or closes (`false`), if any.
-    fn in_order(&self, event: &StockEvent<K>, hold: Option<(u64, bool)>) -> bool {
-        // A hold whose close came first is never opened in the file.
-        let opens = hold.filter(|(id, opens)| *opens && !self.orphans.contains_key(id));
-        let closes = hold.filter(|(_, opens)| !*opens).map(|(id, _)| id);
-        event
-            .lines()
-            .iter()
-            .all(|line| line_in_order(self.skus.get(&line.sku), line, opens.is_some(), closes))
-    }
-
-    /// [`in_order`](Self::in_order) then [`note_top`](Self::note_top) for an event of one
-    /// line on a SKU the journal knows, with one lookup (the common case); `false`, with
-    /// nothing changed, for any other event or when it must wait.
-    fn admit_one_line(&mut self, event: &StockEvent<K>, hold: Option<(u64, bool)>) -> bool {
-        let [line] = event.lines() else {
-            return false;
-        };
-        let opens = hold.filter(|(id, opens)| *opens && !self.orphans.contains_key(id));
-        let closes = hold.filter(|(_, opens)| !*opens).map(|(id, _)| id);
-        let Some(order) = self.skus.get_mut(&line.sku) else {
-            return false;
-        };
-        if !line_in_order(Some(order), line, opens.is_some(), closes) {
-            return false;
-        }
-        if order.top.0 < line.level.version {
-            order.top = (line.level.version, line.level.reserved);
-        }
-        true
-    }
-
-    /// Notes the counts of `event`'s SKUs, appended now: each SKU's highest version.
-    fn note_top(&mut self, event: &StockEvent<K>) {
-        for line in event.lines() {
-            let level = (line.level.version, line.level.reserved);
-            match self.skus.get_mut(&line.sku) {
-                Some(order) if order.top.0 >= level.0 => {}
-                Some(order) => order.top = level,
-                None => {
-                    let order = SkuOrder {
-                        top: level,
-                        holds: Vec::new(),
-                    };
-                    self.skus.insert(line.sku.clone(), order);
-                }
-            }
         }
     }
 }
@@ -857,15 +775,15 @@ impl<K: Sku> State<K> {
 impl<K: Sku + Serialize + DeserializeOwned> EventSink<K> for JournalSink<K> {
     /// Appends `event` (unless it is a `LowStock`) to the journal's buffer; under
     /// [`SyncPolicy::Always`], writes and syncs it (or waits for the writer that does)
-    /// before it returns, under `EverySec` and `No` only when the buffer passes 1 MiB
+    /// before it returns, under `EverySec` and `No` only when the buffer is full
     /// (see the type's docs, **When the buffer is written**).
     ///
     /// # Panics
     ///
     /// When a write or sync of the journal failed (see the type's docs, **Failure**), and
     /// when the event does not encode (a SKU type whose `Serialize` fails in JSON, such as
-    /// a map with keys that are not strings, or an event of more than 64 MiB); the change
-    /// itself is complete either way.
+    /// a map with keys that are not strings, or an event of more than 15 MiB, some
+    /// 700,000 lines); the change itself is complete either way.
     fn on_event(&self, event: &StockEvent<K>) {
         let hold = match event {
             StockEvent::Reserved { id, .. } => Some((id.get(), true)),
@@ -896,71 +814,69 @@ impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
         let shared = &self.shared;
         codec::encode(event, payload).unwrap_or_else(|why| panic!("{why}"));
         assert!(
-            payload.len() <= files::RECORD_BYTES_MAX,
-            "an event of {} bytes is past the journal's record limit",
+            payload.len() <= EVENT_BYTES_MAX,
+            "an event of {} bytes is past the journal's limit of {EVENT_BYTES_MAX}",
             payload.len()
         );
-        let mut state = shared.state.lock();
-        if let Some(failure) = &state.failed {
-            panic!("the journal in {} failed: {failure}", shared.dir.display());
+        if shared.failed.load(Ordering::Relaxed) {
+            shared.panic_failed();
         }
-        let fits = state.buffered() + payload.len() <= files::RECORD_BYTES_MAX;
-        if !(fits && state.admit_one_line(event, hold)) {
-            state = self.admit(state, event, hold, payload.len());
-        }
-        if let Some((id, opens)) = hold {
-            state.track(id, opens, event, payload);
-        }
-        let sequence = state.append(payload);
-        if state.order_waiters > 0 {
+        let shards = &shared.shards;
+        let fast = hold
+            .is_none()
+            .then(|| shards.append_one_line(event, payload, &shared.epoch))
+            .flatten();
+        // The epoch is read under the shard's lock: the write that takes this event makes
+        // it `epoch + 1`.
+        let (bytes, epoch) = fast.unwrap_or_else(|| {
+            let mut locked = shards.lock(event, hold);
+            let waited = !locked.in_order(shards, event, hold);
+            if waited {
+                // A change after a hold's end on one SKU waits for the end's event
+                // (**Order**).
+                drop(locked);
+                locked = self.wait_for_order(event, hold);
+            }
+            let bytes = locked.admit(shards, event, hold, payload);
+            let epoch = shared.epoch.load(Ordering::Relaxed);
+            drop(locked);
+            if waited {
+                shared.order_waiters.fetch_sub(1, Ordering::SeqCst);
+            }
+            (bytes, epoch)
+        });
+        if shared.order_waiters.load(Ordering::SeqCst) > 0 {
             // Wakes changes waiting for this event to come first.
+            let _waiting = shared.waiting.lock();
             shared.appended.notify_all();
         }
-        let full = state.buffered() >= files::BLOCK_FLUSH_BYTES;
-        drop(state);
         let sync = shared.policy == SyncPolicy::Always;
-        if sync || full {
-            flush(shared, sequence + 1, sync).unwrap_or_else(|failure| {
+        if sync || bytes >= files::BLOCK_FLUSH_BYTES / SHARDS {
+            flush(shared, epoch + 1, sync).unwrap_or_else(|failure| {
                 panic!("the journal in {} failed: {failure}", shared.dir.display())
             });
         }
     }
 
-    /// Waits until `event` may be appended (**Order**, at most the order wait) and its
-    /// `bytes` fit in the buffer's record (writing the buffer first when not), then
-    /// notes its SKUs' counts; returns the lock.
-    fn admit<'a>(
-        &'a self,
-        mut state: MutexGuard<'a, State<K>>,
-        event: &StockEvent<K>,
-        hold: Option<(u64, bool)>,
-        bytes: usize,
-    ) -> MutexGuard<'a, State<K>> {
+    /// Waits, with no shard locked, until `event` may be appended (**Order**) or the order
+    /// wait has passed; returns its shards, locked. Counts itself in the order waiters
+    /// (the caller takes itself off once it has appended).
+    fn wait_for_order(&self, event: &StockEvent<K>, hold: Option<(u64, bool)>) -> Locked<'_, K> {
         let shared = &self.shared;
+        let shards = &shared.shards;
+        let wait = Duration::from_nanos(shared.order_wait_ns.load(Ordering::Relaxed));
+        let deadline = Instant::now().checked_add(wait);
+        shared.order_waiters.fetch_add(1, Ordering::SeqCst);
+        let mut waiting = shared.waiting.lock();
         loop {
-            if let Some(failure) = &state.failed {
-                panic!("the journal in {} failed: {failure}", shared.dir.display());
+            // Checked with `waiting` held: an append that comes after the check wakes the
+            // wait below.
+            let locked = shards.lock(event, hold);
+            if locked.in_order(shards, event, hold) || sync::deadline_passed(deadline) {
+                return locked;
             }
-            // A change after a hold's end on one SKU waits for the end's event (**Order**).
-            if !state.in_order(event, hold) {
-                let deadline = Instant::now() + state.order_wait;
-                state.order_waiters += 1;
-                while !state.in_order(event, hold) && Instant::now() < deadline {
-                    state = shared.appended.wait_until(state, Some(deadline)).0;
-                }
-                state.order_waiters -= 1;
-            }
-            if state.buffered() + bytes <= files::RECORD_BYTES_MAX {
-                state.note_top(event);
-                return state;
-            }
-            // The record would pass its limit: write the buffer first.
-            let everything = state.next_sequence;
-            drop(state);
-            flush(shared, everything, false).unwrap_or_else(|failure| {
-                panic!("the journal in {} failed: {failure}", shared.dir.display())
-            });
-            state = shared.state.lock();
+            drop(locked);
+            waiting = shared.appended.wait_until(waiting, deadline).0;
         }
     }
 }
@@ -971,83 +887,31 @@ impl<K> Drop for JournalSink<K> {
     /// earlier calls panicked on it already, or recovery sees the file as it is).
     fn drop(&mut self) {
         let shared = &self.shared;
-        let everything = {
-            let mut state = shared.state.lock();
-            state.closing = true;
+        {
+            let mut meta = shared.meta.lock();
+            meta.closing = true;
             shared.closed.notify_all();
-            state.next_sequence
-        };
+        }
         let flusher = self.flusher.get_mut().map(Option::take);
         if let Ok(Some(flusher)) = flusher {
             let _ = flusher.join();
         }
-        let _ = flush(shared, everything, shared.policy != SyncPolicy::No);
+        let _ = flush(shared, shared.everything(), shared.policy != SyncPolicy::No);
     }
 }
 
 impl<K> fmt::Debug for JournalSink<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.shared.state.lock();
+        let meta = self.shared.meta.lock();
         f.debug_struct("JournalSink")
             .field("dir", &self.shared.dir)
             .field("policy", &self.shared.policy)
-            .field("generation", &state.generation)
-            .field("buffered", &state.buffered())
-            .field("written", &state.written)
-            .field("durable", &state.durable)
-            .field("failed", &state.failed)
+            .field("generation", &meta.generation)
+            .field("written", &meta.written)
+            .field("durable", &meta.durable)
+            .field("failed", &meta.failed)
             .finish_non_exhaustive()
     }
-}
-
-/// Whether `line`'s SKU, whose [`SkuOrder`] is `order`, stays consistent in the file
-/// with `line` appended (see [`State::in_order`]): `opens` when its event opens a hold
-/// not closed already, `closes` the hold its event closes.
-fn line_in_order<K>(
-    order: Option<&SkuOrder>,
-    line: &EventLine<K>,
-    opens: bool,
-    closes: Option<u64>,
-) -> bool {
-    let (top, reserved) = match order.map(|order| order.top) {
-        Some((version, reserved)) if version >= line.level.version => (version, reserved),
-        _ => (line.level.version, line.level.reserved),
-    };
-    let mut held: u64 = order.map_or(0, |order| {
-        order
-            .holds
-            .iter()
-            .filter(|(id, at, _)| Some(*id) != closes && *at <= top)
-            .map(|(_, _, units)| units)
-            .sum()
-    });
-    if opens && line.level.version <= top {
-        held += line.quantity;
-    }
-    held <= reserved
-}
-
-/// Per SKU of `snapshot`, its [`SkuOrder`]: its counts, and its open holds (opened at
-/// version 0: before every event after the snapshot).
-fn sku_orders<K: Sku>(snapshot: &Snapshot<K>) -> HashMap<K, SkuOrder, Hasher> {
-    let mut orders: HashMap<K, SkuOrder, Hasher> = snapshot
-        .skus
-        .iter()
-        .map(|sku| {
-            let order = SkuOrder {
-                top: (sku.version, sku.reserved),
-                holds: Vec::new(),
-            };
-            (sku.sku.clone(), order)
-        })
-        .collect();
-    for hold in &snapshot.holds {
-        for (sku, units) in &hold.lines {
-            let entry = (hold.id.get(), 0, *units);
-            orders.entry(sku.clone()).or_default().holds.push(entry);
-        }
-    }
-    orders
 }
 
 /// Writes `snapshot` as the snapshot file of `generation` in `dir`, whole or not at all.

@@ -17,5 +17,7 @@ pub(crate) mod files;
 #[cfg(all(feature = "journal", not(loom)))]
 pub(crate) mod journal;
 #[cfg(all(feature = "journal", not(loom)))]
+pub(crate) mod order;
+#[cfg(all(feature = "journal", not(loom)))]
 pub(crate) mod recovery;
 pub(crate) mod snapshot;
