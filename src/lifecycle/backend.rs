@@ -182,6 +182,14 @@ pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
     options: &ReserveOptions,
 ) -> Result<Reservation<K>, StockError<K>> {
     let life = store.lifecycle();
+    if let ([line], Some(ttl), None) = (lines, options.ttl, &options.idempotency_key) {
+        if line.1 != 0 && !life.events.enabled() {
+            // One line with a TTL and nothing listening: `reserve`'s path, with a deadline.
+            // (Through the generic path below, a reserve + commit over 100k SKUs took 400
+            // ns against 290, one thread.)
+            return reserve_one_timed(store, line, ttl);
+        }
+    }
     // A single line stays inline (no allocation for the hold's lines); several go into
     // one shared allocation.
     let lines = HoldLines::merged(lines)?;
@@ -213,6 +221,25 @@ pub(crate) fn reserve_with<K: Sku, B: Backend<K>>(
             Ok(reservation)
         }
     }
+}
+
+/// [`reserve_with`] of one line (quantity at least 1) with a TTL, no idempotency key and
+/// no event sink: the clock read once, then the stock held as [`reserve`] holds it, kept
+/// with the handle that settles it without a lookup.
+fn reserve_one_timed<K: Sku, B: Backend<K>>(
+    store: &B,
+    line: &(K, u64),
+    ttl: std::time::Duration,
+) -> Result<Reservation<K>, StockError<K>> {
+    let life = store.lifecycle();
+    let expires_at = life.registry.deadline_after(ttl);
+    let _gate = life.registry.enter();
+    let held = store.hold_quiet(line);
+    life.stats.count_refusal(&held);
+    let handle = held?;
+    Ok(life
+        .registry
+        .open_timed(HoldLines::One([line.clone()]), expires_at, handle))
 }
 
 /// Reports the new hold `reservation` (its stock moved as `moved`) to the event sink. When

@@ -213,6 +213,25 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
         self.open(lines, None, None, handle)
     }
 
+    /// The deadline `ttl` from now on the store's clock (`None`: past what an `Instant`
+    /// holds, a hold that never expires), as `reserve` computes it.
+    #[inline]
+    pub(crate) fn deadline_after(&self, ttl: Duration) -> Option<Instant> {
+        self.clock.now().checked_add(ttl)
+    }
+
+    /// Records a hold with the deadline `expires_at` and no idempotency key whose stock is
+    /// already reserved, and returns it. `handle` as in [`open_plain`](Self::open_plain).
+    #[inline]
+    pub(crate) fn open_timed(
+        &self,
+        lines: HoldLines<K>,
+        expires_at: Option<Instant>,
+        handle: H,
+    ) -> Reservation<K> {
+        self.open(lines, expires_at, None, handle)
+    }
+
     /// Records a hold whose stock is already reserved and returns it. Always inline: out
     /// of line (as the compiler left it for the monitor store), the hold was built in
     /// memory and copied through the call.
