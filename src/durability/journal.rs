@@ -822,10 +822,10 @@ impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
             shared.panic_failed();
         }
         let shards = &shared.shards;
-        let fast = hold
-            .is_none()
-            .then(|| shards.append_one_line(event, payload, &shared.epoch))
-            .flatten();
+        let fast = match hold {
+            None => shards.append_one_line(event, payload, &shared.epoch),
+            Some(hold) => shards.append_one_line_hold(event, hold, payload, &shared.epoch),
+        };
         // The epoch is read under the shard's lock: the write that takes this event makes
         // it `epoch + 1`.
         let (bytes, epoch) = fast.unwrap_or_else(|| {

@@ -170,6 +170,59 @@ impl<K: Sku> Shards<K> {
         Some((shard.block.len(), epoch.load(Ordering::Relaxed)))
     }
 
+    /// [`append_one_line`](Self::append_one_line) for an event of one line that opens
+    /// (`opens`) or closes the hold `id` of that one SKU: two locks, no allocation for a
+    /// SKU stored inline; `None`, with nothing changed, when the general path must take
+    /// it (a hold of several SKUs, a close before its open, a change that must wait).
+    pub(super) fn append_one_line_hold(
+        &self,
+        event: &StockEvent<K>,
+        (id, opens): (u64, bool),
+        payload: &[u8],
+        epoch: &AtomicU64,
+    ) -> Option<(usize, u64)> {
+        let [line] = event.lines() else {
+            return None;
+        };
+        let mut hold = self.holds[hold_index(id)].0.lock();
+        if opens {
+            if hold.orphans.contains_key(&id) {
+                return None;
+            }
+        } else if hold
+            .open
+            .get(&id)
+            .is_none_or(|skus| skus.len() != 1 || skus[0] != line.sku)
+        {
+            return None;
+        }
+        let mut shard = self.skus[self.sku_index(&line.sku)].0.lock();
+        let order = shard.orders.get_mut(&line.sku)?;
+        let closes = (!opens).then_some(id);
+        if !line_in_order(Some(order), line, opens, closes) {
+            return None;
+        }
+        if order.top.0 < line.level.version {
+            order.top = (line.level.version, line.level.reserved);
+        }
+        if opens {
+            order.holds.push((id, line.level.version, line.quantity));
+            let mut skus = SmallVec::new();
+            skus.push(line.sku.clone());
+            hold.open.insert(id, skus);
+        } else {
+            order.holds.retain(|(hold, _, _)| *hold != id);
+            hold.open.remove(&id);
+            if hold.recent_ends.len() == RECENT_ENDS {
+                hold.recent_ends.pop_front();
+            }
+            hold.recent_ends.push_back(id);
+        }
+        shard.block.extend_from_slice(payload);
+        shard.events += 1;
+        Some((shard.block.len(), epoch.load(Ordering::Relaxed)))
+    }
+
     fn sku_index(&self, sku: &K) -> usize {
         (self.hasher.hash_one(sku) >> 32) as usize & (SHARDS - 1)
     }
