@@ -102,8 +102,8 @@ pub(crate) const EVENT_BYTES_MAX: usize = 15 << 20;
 /// A caller keeps an encoding buffer of at most this many bytes between its events.
 const SCRATCH_BYTES_MAX: usize = 64 << 10;
 
-/// The longest a record waits for the record of a hold's end that changed one of its SKUs
-/// before it (see [`JournalSink`], **Order**); past it, the record is written all the
+/// The longest an event waits for the event of a hold's end that changed one of its SKUs
+/// before it (see [`JournalSink`], **Order**); past it, the event is appended all the
 /// same.
 pub const ORDER_WAIT_MAX: Duration = Duration::from_millis(500);
 
@@ -148,13 +148,15 @@ pub const ORPHAN_CLOSES_MAX: usize = 100_000;
 /// come first). What the file must not hold is a change of a SKU without the end (commit,
 /// release, expiry) of a hold that came before it on that SKU: recovery would find the
 /// later counts with the hold still open. So the journal keeps, per SKU, the units its
-/// highest version written reserves, and a record after which the holds open in the file
-/// (opened at or before that version) would hold more waits, with no store lock held,
-/// until the record of the missing end is written first: a change whose counts already
-/// left a hold's units, or a hold's opening record that comes after such a change. It
+/// highest version appended reserves, and an event after which the holds open in the
+/// journal (opened at or before that version) would hold more waits, with no store lock
+/// held, until the missing end is appended: a change whose counts already left a hold's
+/// units, or a hold's opening event that comes after such a change. A write takes every
+/// event appended before it at once (one record, whole or dropped), so the file never
+/// holds the change without the end. It
 /// waits at most [`set_order_wait_max`](Self::set_order_wait_max) ([`ORDER_WAIT_MAX`] by
 /// default, reached only when the end's caller is stalled, or when two multi-line
-/// resolutions of the optimistic or adaptive store cross); a record is then written all
+/// resolutions of the optimistic or adaptive store cross); an event is then appended all
 /// the same, and if a crash leaves the file so, recovery answers
 /// [`JournalError::LostClose`] rather than guess.
 ///
@@ -396,7 +398,8 @@ impl<K: Sku + Serialize + DeserializeOwned> JournalSink<K> {
     /// # Blocking
     ///
     /// Writes the buffered events and syncs the old file and the new ones, and writes the
-    /// whole snapshot; appends wait only while the files are switched.
+    /// whole snapshot; appends go on meanwhile (those of holds wait while the orphan
+    /// closes are copied).
     ///
     /// # Examples
     ///
@@ -561,9 +564,9 @@ impl<K> JournalSink<K> {
         });
     }
 
-    /// Sets the longest a record waits for the record of a hold's end that changed one
-    /// of its SKUs before it (default [`ORDER_WAIT_MAX`]; see the type's docs, **Order**).
-    /// `Duration::ZERO` never waits: records go to the file in the order they come, and a
+    /// Sets the longest an event waits for the event of a hold's end that changed one of
+    /// its SKUs before it (default [`ORDER_WAIT_MAX`]; see the type's docs, **Order**).
+    /// `Duration::ZERO` never waits: events are appended in the order they come, and a
     /// crash may leave a change without the end of a hold before it
     /// ([`JournalError::LostClose`] on recovery).
     ///
@@ -784,6 +787,13 @@ impl<K: Sku + Serialize + DeserializeOwned> EventSink<K> for JournalSink<K> {
     /// when the event does not encode (a SKU type whose `Serialize` fails in JSON, such as
     /// a map with keys that are not strings, or an event of more than 15 MiB, some
     /// 700,000 lines); the change itself is complete either way.
+    ///
+    /// # Blocking
+    ///
+    /// Under `Always`, for a `write` and an `fdatasync` (its own or the ones it shares).
+    /// Under `EverySec` and `No`, for a `write` of about 1 MiB when its event fills the
+    /// buffer, else only for the short lock of a shard. Under any policy, an event that
+    /// must wait for a hold's end (**Order**) waits up to the order wait.
     fn on_event(&self, event: &StockEvent<K>) {
         let hold = match event {
             StockEvent::Reserved { id, .. } => Some((id.get(), true)),
