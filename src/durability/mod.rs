@@ -1,7 +1,8 @@
 //! Durability for the in-memory stores: a consistent [`Snapshot`](snapshot::Snapshot) of
 //! a store and a store built back from one ([`capture`]); with the `journal` feature, a
-//! journal of every event on disk (`journal`, in the directory layout of `files`) and the
-//! recovery of snapshot plus journal (`recovery`).
+//! journal of every event on disk (`journal`, its events in the binary encoding of
+//! `codec`, the bookkeeping of their order in the shards of `order`, in the directory
+//! layout of `files`) and the recovery of snapshot plus journal (`recovery`).
 //!
 //! This layer sits beside the strategies: it reaches a store through its lifecycle (the
 //! registry's snapshot gate, holds and keys) and the small [`capture::SkuTable`] hook
