@@ -77,9 +77,10 @@
 //! A store built with [`StoreBuilder::snapshots`] copies itself at one instant
 //! ([`Snapshot`], `snapshot()` on each in-memory store), and
 //! [`StoreBuilder::restore`] builds a store from a copy. With the `journal` feature,
-//! `JournalSink` appends every change to a file before the call returns (group commit,
-//! `fdatasync`), compacts it with snapshots, and recovers snapshot plus journal after a
-//! crash.
+//! `JournalSink` appends every change to a file: at `SyncPolicy::Always` the change is on
+//! disk before the call returns (group commit, `fdatasync`); at `EverySec` it is buffered
+//! and written and synced once a second. It compacts the file with snapshots and recovers
+//! snapshot plus journal after a crash.
 //!
 //! # Features
 //!
@@ -87,7 +88,8 @@
 //! - `serde` (off by default): `Serialize` and `Deserialize` for the value types (ids,
 //!   levels, holds, events, errors, statistics, options).
 //! - `journal` (off by default, turns on `serde`): `JournalSink`, which writes every
-//!   change to a file and acknowledges it only once it is on disk, and its recovery.
+//!   change to a file (at `SyncPolicy::Always`, acknowledged only once it is on disk), and
+//!   its recovery.
 //!
 //! The minimum supported Rust version is 1.85. How the stores are tested (loom models,
 //! property, linearizability and stress tests) is in
