@@ -111,16 +111,18 @@ fn hot_reserve_commit_ttl(criterion: &mut Criterion) {
 /// within a run.
 fn s1_repeat(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("S1_repeat");
+    s1_unbounded(&mut group);
+    group.finish();
+}
+
+/// S1's sales of 1 unit of one SKU with unbounded stock, every subject in turns at each
+/// thread count, into `group`.
+fn s1_unbounded(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     let hot = vec![vec![0_u64]; THREADS[THREADS.len() - 1]];
     let subjects = common::ledgers(1, UNITS_PER_SKU, Peers::Plain, Limits::HotCounter);
-    bench_in_turns(
-        &mut group,
-        "",
-        &subjects,
-        &THREADS,
-        |subject, threads, iters| subject.run_sells(threads, iters, &hot),
-    );
-    group.finish();
+    bench_in_turns(group, "", &subjects, &THREADS, |subject, threads, iters| {
+        subject.run_sells(threads, iters, &hot)
+    });
 }
 
 /// The scaling guard: per-thread padded counters share nothing, so 2 threads should give
@@ -143,16 +145,7 @@ fn scaling_guard(criterion: &mut Criterion) {
 /// S1 flash sale: one SKU, 1 unit a sale; unbounded stock, and sell-outs of 10k units.
 fn s1_flash_sale(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("S1_flash_sale");
-    let hot = vec![vec![0_u64]; THREADS[THREADS.len() - 1]];
-    let subjects = common::ledgers(1, UNITS_PER_SKU, Peers::Plain, Limits::HotCounter);
-    bench_in_turns(
-        &mut group,
-        "",
-        &subjects,
-        &THREADS,
-        |subject, threads, iters| subject.run_sells(threads, iters, &hot),
-    );
-    drop(subjects);
+    s1_unbounded(&mut group);
     let mut subjects = common::ledgers(1, 0, Peers::Plain, Limits::HotCounter);
     subjects.retain(|(name, _)| *name != "atomic_fetch_sub"); // blind: it would oversell past zero
     for threads in THREADS {

@@ -194,17 +194,6 @@ fn refused(error: &StockError<Sku>) -> bool {
     )
 }
 
-impl<S: StockStore<Sku>> Store<S> {
-    /// `store.sell(lines)`: whether it sold (a refusal a contended run may see is `false`).
-    fn sell_on(store: &S, lines: &[(Sku, u64)]) -> bool {
-        match store.sell(lines) {
-            Ok(()) => true,
-            Err(error) if refused(&error) => false,
-            Err(error) => panic!("sell failed: {error:?}"),
-        }
-    }
-}
-
 impl<S: StockStore<Sku>> Ledger for Store<S> {
     type Hold = ReservationId;
 
@@ -217,7 +206,11 @@ impl<S: StockStore<Sku>> Ledger for Store<S> {
     }
 
     fn sell(&self, lines: &[(Sku, u64)]) -> bool {
-        Self::sell_on(&self.0, lines)
+        match self.0.sell(lines) {
+            Ok(()) => true,
+            Err(error) if refused(&error) => false,
+            Err(error) => panic!("sell failed: {error:?}"),
+        }
     }
 
     fn reserve(&self, lines: &[(Sku, u64)]) -> Option<ReservationId> {
@@ -238,9 +231,9 @@ impl<S: StockStore<Sku>> Ledger for Store<S> {
 }
 
 /// A store whose every hold has a TTL ([`HOLD_TTL`]): what a hold with a deadline costs
-/// next to [`Store`]'s holds without one.
+/// next to [`Store`]'s holds without one. Everything but `reserve` is [`Store`]'s.
 #[derive(Debug, Default)]
-pub struct TtlStore<S>(pub S);
+pub struct TtlStore<S>(pub Store<S>);
 
 /// The TTL of [`TtlStore`]'s holds: longer than any run, so no hold expires.
 pub const HOLD_TTL: Duration = Duration::from_secs(3600);
@@ -249,32 +242,32 @@ impl<S: StockStore<Sku>> Ledger for TtlStore<S> {
     type Hold = ReservationId;
 
     fn restock(&self, sku: Sku, units: u64) {
-        self.0.restock(&sku, units).expect("restock");
+        self.0.restock(sku, units);
     }
 
     fn available(&self, sku: Sku) -> Option<u64> {
-        self.0.level(&sku).map(|level| level.available())
+        self.0.available(sku)
     }
 
     fn sell(&self, lines: &[(Sku, u64)]) -> bool {
-        Store::sell_on(&self.0, lines)
+        self.0.sell(lines)
     }
 
     fn reserve(&self, lines: &[(Sku, u64)]) -> Option<ReservationId> {
         let options = stockledger::ReserveOptions::new().ttl(HOLD_TTL);
-        match self.0.reserve_with(lines, &options) {
+        match self.0 .0.reserve_with(lines, &options) {
             Ok(hold) => Some(hold.id()),
             Err(error) if refused(&error) => None,
             Err(error) => panic!("reserve failed: {error:?}"),
         }
     }
 
-    fn commit(&self, hold: ReservationId, _lines: &[(Sku, u64)]) {
-        self.0.commit(hold).expect("commit an open hold");
+    fn commit(&self, hold: ReservationId, lines: &[(Sku, u64)]) {
+        self.0.commit(hold, lines);
     }
 
-    fn release(&self, hold: ReservationId, _lines: &[(Sku, u64)]) {
-        self.0.release(hold).expect("release an open hold");
+    fn release(&self, hold: ReservationId, lines: &[(Sku, u64)]) {
+        self.0.release(hold, lines);
     }
 }
 
@@ -283,25 +276,25 @@ pub fn ttl_ledgers(skus: u64, units: u64) -> Vec<(&'static str, Box<dyn Visit>)>
     vec![
         made(
             "pessimistic",
-            TtlStore(stockledger::PessimisticStore::new()),
+            TtlStore(Store(stockledger::PessimisticStore::new())),
             skus,
             units,
         ),
         made(
             "optimistic",
-            TtlStore(stockledger::OptimisticStore::new()),
+            TtlStore(Store(stockledger::OptimisticStore::new())),
             skus,
             units,
         ),
         made(
             "monitor",
-            TtlStore(stockledger::MonitorStore::new()),
+            TtlStore(Store(stockledger::MonitorStore::new())),
             skus,
             units,
         ),
         made(
             "adaptive",
-            TtlStore(stockledger::AdaptiveStore::new()),
+            TtlStore(Store(stockledger::AdaptiveStore::new())),
             skus,
             units,
         ),

@@ -205,14 +205,6 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
         })
     }
 
-    /// Records a hold with no deadline and no idempotency key whose stock is already
-    /// reserved, and returns it: `reserve`'s common case. `handle` is what the store kept
-    /// to settle it ([`resolve`](Self::resolve) hands it back).
-    #[inline]
-    pub(crate) fn open_plain(&self, lines: HoldLines<K>, handle: H) -> Reservation<K> {
-        self.open(lines, None, None, handle)
-    }
-
     /// The deadline `ttl` from now on the store's clock (`None`: past what an `Instant`
     /// holds, a hold that never expires), as `reserve` computes it.
     #[inline]
@@ -220,10 +212,11 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
         self.clock.now().checked_add(ttl)
     }
 
-    /// Records a hold with the deadline `expires_at` and no idempotency key whose stock is
-    /// already reserved, and returns it. `handle` as in [`open_plain`](Self::open_plain).
+    /// Records a hold with the deadline `expires_at` (`None`: none) and no idempotency key
+    /// whose stock is already reserved, and returns it: `reserve`'s common case. `handle`
+    /// is what the store kept to settle it ([`resolve`](Self::resolve) hands it back).
     #[inline]
-    pub(crate) fn open_timed(
+    pub(crate) fn open_quiet(
         &self,
         lines: HoldLines<K>,
         expires_at: Option<Instant>,
