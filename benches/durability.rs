@@ -112,38 +112,55 @@ fn sku(thread: usize, i: u64) -> u64 {
         % SKUS
 }
 
-fn journal_groups(c: &mut Criterion, root: &std::path::Path) {
-    let mut group = c.benchmark_group("D1_journal_sell");
-    for (name, variant) in VARIANTS {
-        let (store, _journal) = store(root, variant);
-        for threads in THREADS {
-            group.throughput(Throughput::Elements(threads as u64));
-            group.bench_function(BenchmarkId::new(name, threads), |bencher| {
-                bencher.iter_custom(|iters| {
-                    run_threads(threads, iters, &|thread, i| {
-                        store.sell(&[(sku(thread, i), 1)]).expect("in stock");
-                    })
-                });
-            });
-        }
-    }
-    group.finish();
-    let mut group = c.benchmark_group("D2_journal_reserve_commit");
-    for (name, variant) in VARIANTS {
-        let (store, _journal) = store(root, variant);
-        for threads in THREADS {
-            group.throughput(Throughput::Elements(threads as u64));
-            group.bench_function(BenchmarkId::new(name, threads), |bencher| {
-                bencher.iter_custom(|iters| {
-                    run_threads(threads, iters, &|thread, i| {
-                        let hold = store.reserve(&[(sku(thread, i), 1)]).expect("in stock");
+/// The two operations of the journal groups.
+#[derive(Clone, Copy)]
+enum Operation {
+    /// `sell` of 1 unit.
+    Sell,
+    /// `reserve` of 1 unit, then `commit`.
+    ReserveCommit,
+}
+
+/// Benchmarks `operation` on `store` at `threads` threads as `id` in `group`.
+fn bench_operation<S: StockStore<u64> + Sync>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: BenchmarkId,
+    store: &S,
+    threads: usize,
+    operation: Operation,
+) {
+    group.throughput(Throughput::Elements(threads as u64));
+    group.bench_function(id, |bencher| {
+        bencher.iter_custom(|iters| {
+            run_threads(threads, iters, &|thread, i| {
+                let line = [(sku(thread, i), 1)];
+                match operation {
+                    Operation::Sell => store.sell(&line).expect("in stock"),
+                    Operation::ReserveCommit => {
+                        let hold = store.reserve(&line).expect("in stock");
                         store.commit(hold.id()).expect("open");
-                    })
-                });
-            });
+                    }
+                }
+            })
+        });
+    });
+}
+
+fn journal_groups(c: &mut Criterion, root: &std::path::Path) {
+    for (group, operation) in [
+        ("D1_journal_sell", Operation::Sell),
+        ("D2_journal_reserve_commit", Operation::ReserveCommit),
+    ] {
+        let mut group = c.benchmark_group(group);
+        for (name, variant) in VARIANTS {
+            let (store, _journal) = store(root, variant);
+            for threads in THREADS {
+                let id = BenchmarkId::new(name, threads);
+                bench_operation(&mut group, id, &store, threads, operation);
+            }
         }
+        group.finish();
     }
-    group.finish();
 }
 
 /// A store of [`SNAPSHOT_SKUS`] SKUs with snapshots on.
@@ -260,26 +277,13 @@ fn redis_group(c: &mut Criterion) {
             for sku in 0..SKUS {
                 store.restock(&sku, UNITS_PER_SKU).expect("stock");
             }
-            group.throughput(Throughput::Elements(threads as u64));
-            group.bench_function(
-                BenchmarkId::new(format!("sell_{policy}"), threads),
-                |bencher| {
-                    bencher.iter_custom(|iters| {
-                        run_threads(threads, iters, &|thread, i| {
-                            store.sell(&[(sku(thread, i), 1)]).expect("in stock");
-                        })
-                    });
-                },
-            );
-            let name = format!("reserve_commit_{policy}");
-            group.bench_function(BenchmarkId::new(name, threads), |bencher| {
-                bencher.iter_custom(|iters| {
-                    run_threads(threads, iters, &|thread, i| {
-                        let hold = store.reserve(&[(sku(thread, i), 1)]).expect("in stock");
-                        store.commit(hold.id()).expect("open");
-                    })
-                });
-            });
+            for (name, operation) in [
+                ("sell", Operation::Sell),
+                ("reserve_commit", Operation::ReserveCommit),
+            ] {
+                let id = BenchmarkId::new(format!("{name}_{policy}"), threads);
+                bench_operation(&mut group, id, &store, threads, operation);
+            }
         }
     }
     group.finish();

@@ -104,11 +104,26 @@ const SCRATCH_BYTES_MAX: usize = 64 << 10;
 
 /// The longest an event waits for the event of a hold's end that changed one of its SKUs
 /// before it (see [`JournalSink`], **Order**); past it, the event is appended all the
-/// same.
+/// same. Set another per journal with
+/// [`set_order_wait_max`](JournalSink::set_order_wait_max).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// assert_eq!(stockledger::ORDER_WAIT_MAX, Duration::from_millis(500));
+/// ```
 pub const ORDER_WAIT_MAX: Duration = Duration::from_millis(500);
 
 /// Holds whose close the journal saw before their open, kept at most this many (oldest
 /// forgotten first); see [`JournalSink::compact`].
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(stockledger::ORPHAN_CLOSES_MAX, 100_000);
+/// ```
 pub const ORPHAN_CLOSES_MAX: usize = 100_000;
 
 /// A durable [`EventSink`]: appends every change of a store to a journal file in a
