@@ -360,49 +360,16 @@ fn a_change_waits_for_the_end_of_a_hold_before_it() {
     let sale = StockEvent::Sold {
         lines: vec![line("a", 1, 5, 0, 4)],
     };
+    let reserved = StockEvent::Reserved {
+        id: h,
+        lines: vec![line("a", 4, 10, 4, 2)],
+        expires_at: None,
+        key: None,
+    };
     for wait in [true, false] {
-        let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
-        journal.set_order_wait_max(if wait {
-            Duration::from_secs(60)
-        } else {
-            Duration::ZERO
-        });
-        journal.on_event_for_test(&StockEvent::Restocked {
-            line: line("a", 10, 10, 0, 1),
-        });
-        journal.on_event_for_test(&StockEvent::Reserved {
-            id: h,
-            lines: vec![line("a", 4, 10, 4, 2)],
-            expires_at: None,
-            key: None,
-        });
-        let crash = tempfile::tempdir().unwrap();
-        // A crash after the sale's delivery began and before the commit's record: the
-        // file as it is then.
-        let copy_the_file = || {
-            for entry in std::fs::read_dir(dir.path()).unwrap() {
-                let path = entry.unwrap().path();
-                std::fs::copy(&path, crash.path().join(path.file_name().unwrap())).unwrap();
-            }
-        };
-        std::thread::scope(|scope| {
-            if wait {
-                // The sale waits for the commit: delivered on a thread of its own.
-                let seller = scope.spawn(|| journal.on_event_for_test(&sale));
-                std::thread::sleep(Duration::from_millis(20));
-                copy_the_file();
-                journal.on_event_for_test(&commit);
-                seller.join().unwrap();
-            } else {
-                journal.on_event_for_test(&sale); // written (and synced) at once
-                copy_the_file();
-                journal.on_event_for_test(&commit);
-            }
-        });
-        let sold = JournalSink::<String>::open(crash.path(), SyncPolicy::No).map(|(_, r)| r);
-        drop(journal);
-        let (_, whole) = JournalSink::<String>::open(dir.path(), SyncPolicy::No).unwrap();
+        // The sale waits for the commit when the journal waits: delivered on a thread of
+        // its own.
+        let (sold, whole) = race_with_a_crash(&[reserved.clone()], &sale, &commit, wait);
         assert_eq!(
             essence(&whole.snapshot).0[&sku("a")],
             (5, 0, 4),
@@ -419,6 +386,59 @@ fn a_change_waits_for_the_end_of_a_hold_before_it() {
             );
         }
     }
+}
+
+/// Delivers `before` (after a restock of 10 units of SKU "a"), then `late` (on a thread
+/// of its own when `wait`: it waits for `end`'s record) and `end` to a journal that waits
+/// for the end of a hold (`wait`) or never does; copies the journal's files between
+/// `late`'s delivery and `end`'s (a crash then). Returns the recovery of the crash copy
+/// and of the whole journal.
+fn race_with_a_crash(
+    before: &[StockEvent<String>],
+    late: &StockEvent<String>,
+    end: &StockEvent<String>,
+    wait: bool,
+) -> (
+    Result<stockledger::Recovery<String>, JournalError>,
+    stockledger::Recovery<String>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
+    journal.set_order_wait_max(if wait {
+        Duration::from_secs(60)
+    } else {
+        Duration::ZERO
+    });
+    journal.on_event_for_test(&StockEvent::Restocked {
+        line: line("a", 10, 10, 0, 1),
+    });
+    for event in before {
+        journal.on_event_for_test(event);
+    }
+    let crash = tempfile::tempdir().unwrap();
+    let copy_the_file = || {
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, crash.path().join(path.file_name().unwrap())).unwrap();
+        }
+    };
+    std::thread::scope(|scope| {
+        if wait {
+            let late = scope.spawn(|| journal.on_event_for_test(late));
+            std::thread::sleep(Duration::from_millis(20));
+            copy_the_file();
+            journal.on_event_for_test(end);
+            late.join().unwrap();
+        } else {
+            journal.on_event_for_test(late); // written (and synced) at once
+            copy_the_file();
+            journal.on_event_for_test(end);
+        }
+    });
+    let crashed = JournalSink::<String>::open(crash.path(), SyncPolicy::No).map(|(_, r)| r);
+    drop(journal);
+    let (_, whole) = JournalSink::<String>::open(dir.path(), SyncPolicy::No).unwrap();
+    (crashed, whole)
 }
 
 /// The other order: a hold's opening record that comes after a change whose counts left
@@ -439,43 +459,11 @@ fn a_late_open_waits_for_the_end_of_its_hold() {
         lines: vec![line("a", 4, 6, 0, 3)],
         key: None,
     };
+    let sale = StockEvent::Sold {
+        lines: vec![line("a", 1, 5, 0, 4)],
+    };
     for wait in [true, false] {
-        let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
-        journal.set_order_wait_max(if wait {
-            Duration::from_secs(60)
-        } else {
-            Duration::ZERO
-        });
-        journal.on_event_for_test(&StockEvent::Restocked {
-            line: line("a", 10, 10, 0, 1),
-        });
-        journal.on_event_for_test(&StockEvent::Sold {
-            lines: vec![line("a", 1, 5, 0, 4)],
-        });
-        let crash = tempfile::tempdir().unwrap();
-        let copy_the_file = || {
-            for entry in std::fs::read_dir(dir.path()).unwrap() {
-                let path = entry.unwrap().path();
-                std::fs::copy(&path, crash.path().join(path.file_name().unwrap())).unwrap();
-            }
-        };
-        std::thread::scope(|scope| {
-            if wait {
-                let opener = scope.spawn(|| journal.on_event_for_test(&reserved));
-                std::thread::sleep(Duration::from_millis(20));
-                copy_the_file();
-                journal.on_event_for_test(&commit);
-                opener.join().unwrap();
-            } else {
-                journal.on_event_for_test(&reserved);
-                copy_the_file();
-                journal.on_event_for_test(&commit);
-            }
-        });
-        let crashed = JournalSink::<String>::open(crash.path(), SyncPolicy::No).map(|(_, r)| r);
-        drop(journal);
-        let (_, whole) = JournalSink::<String>::open(dir.path(), SyncPolicy::No).unwrap();
+        let (crashed, whole) = race_with_a_crash(&[sale.clone()], &reserved, &commit, wait);
         assert_eq!(
             essence(&whole.snapshot),
             (BTreeMap::from([(sku("a"), (5, 0, 4))]), vec![])
