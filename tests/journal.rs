@@ -369,7 +369,8 @@ fn a_change_waits_for_the_end_of_a_hold_before_it() {
     for wait in [true, false] {
         // The sale waits for the commit when the journal waits: delivered on a thread of
         // its own.
-        let (sold, whole) = race_with_a_crash(&[reserved.clone()], &sale, &commit, wait);
+        let (sold, whole) =
+            race_with_a_crash(std::slice::from_ref(&reserved), &sale, &commit, wait);
         assert_eq!(
             essence(&whole.snapshot).0[&sku("a")],
             (5, 0, 4),
@@ -463,7 +464,8 @@ fn a_late_open_waits_for_the_end_of_its_hold() {
         lines: vec![line("a", 1, 5, 0, 4)],
     };
     for wait in [true, false] {
-        let (crashed, whole) = race_with_a_crash(&[sale.clone()], &reserved, &commit, wait);
+        let (crashed, whole) =
+            race_with_a_crash(std::slice::from_ref(&sale), &reserved, &commit, wait);
         assert_eq!(
             essence(&whole.snapshot),
             (BTreeMap::from([(sku("a"), (5, 0, 4))]), vec![])
