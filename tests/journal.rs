@@ -481,6 +481,23 @@ fn a_late_open_waits_for_the_end_of_its_hold() {
     }
 }
 
+/// A new journal at `Always` in a directory of its own, and an optimistic store built from
+/// its (empty) recovery that journals every change to it.
+fn journaled_store() -> (
+    tempfile::TempDir,
+    Arc<JournalSink<String>>,
+    OptimisticStore<String>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, recovered) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
+    let store = OptimisticStore::builder()
+        .restore(recovered.snapshot)
+        .unwrap()
+        .event_sink(journal.clone())
+        .build();
+    (dir, journal, store)
+}
+
 trait OnEvent {
     fn on_event_for_test(&self, event: &StockEvent<String>);
 }
@@ -681,13 +698,7 @@ fn a_journal_of_format_1_is_still_read() {
 /// syncs without losing anyone's record).
 #[test]
 fn concurrent_callers_at_always_all_survive() {
-    let dir = tempfile::tempdir().unwrap();
-    let (journal, recovered) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
-    let store = OptimisticStore::builder()
-        .restore(recovered.snapshot)
-        .unwrap()
-        .event_sink(journal.clone())
-        .build();
+    let (dir, journal, store) = journaled_store();
     for n in 0..8 {
         store.restock(&sku(&format!("s{n}")), 1_000).unwrap();
     }
@@ -851,13 +862,7 @@ fn recovery_is_independent_of_the_order_of_records() {
 /// key remembers the hold as committed.
 #[test]
 fn a_partial_commit_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let (journal, recovered) = JournalSink::<String>::open(dir.path(), SyncPolicy::Always).unwrap();
-    let store = OptimisticStore::builder()
-        .restore(recovered.snapshot)
-        .unwrap()
-        .event_sink(journal.clone())
-        .build();
+    let (dir, journal, store) = journaled_store();
     store.restock(&sku("a"), 10).unwrap();
     store.restock(&sku("b"), 10).unwrap();
     let keyed = ReserveOptions::new().idempotency_key("order-9");
