@@ -62,10 +62,10 @@ fn redis_store() -> stockledger::RedisStore<&'static str> {
     .expect("the test server answers")
 }
 
-/// Starts a waiter for `lines` on any waiting store and returns once it is queued on `sku`
+/// Starts a waiter for `lines` on a waiting store and returns once it is queued on `sku`
 /// as the `position`-th waiter (1-based).
-fn wait_on(
-    store: &AnyStore,
+fn wait_on<S: Waits + ?Sized + 'static>(
+    store: &Arc<S>,
     lines: &'static [(&'static str, u64)],
     timeout: Duration,
     sku: &'static str,
@@ -81,37 +81,13 @@ fn wait_on(
     waiter
 }
 
-fn counts_of(store: &AnyStore, sku: &'static str) -> (u64, u64) {
+fn counts_of<S: Waits + ?Sized>(store: &Arc<S>, sku: &'static str) -> (u64, u64) {
     let level = store.level(&sku).unwrap();
     (level.on_hand, level.reserved)
 }
 
 /// Long enough never to pass in these tests: they end by stock arriving, not by time.
 const NEVER: Duration = Duration::from_secs(600);
-
-/// Starts a waiter for `lines` and returns once it is queued on `sku` as the
-/// `position`-th waiter (1-based).
-fn wait_for(
-    store: &Store,
-    lines: &'static [(&'static str, u64)],
-    timeout: Duration,
-    sku: &'static str,
-    position: usize,
-) -> Waiting {
-    let waiter = {
-        let store = Arc::clone(store);
-        thread::spawn(move || store.reserve_timeout(lines, timeout))
-    };
-    while store.queued(&sku) < position {
-        thread::yield_now();
-    }
-    waiter
-}
-
-fn counts(store: &Store, sku: &'static str) -> (u64, u64) {
-    let level = store.level(&sku).unwrap();
-    (level.on_hand, level.reserved)
-}
 
 #[test]
 fn available_stock_is_taken_at_once() {
@@ -278,7 +254,7 @@ fn frozen(store: &Store, sku: &'static str) -> bool {
 fn the_read_agrees_with_the_refusal_while_a_waiter_is_queued() {
     let store: Store = Arc::new(MonitorStore::new());
     store.restock(&"a", 3).unwrap();
-    let waiter = wait_for(&store, &[("a", 5)], NEVER, "a", 1);
+    let waiter = wait_on(&store, &[("a", 5)], NEVER, "a", 1);
     let queue = store.queue_level(&"a").unwrap();
     assert_eq!(queue.level, store.level(&"a").unwrap());
     assert_eq!(queue.level.available(), 3);
@@ -323,11 +299,11 @@ fn a_waiter_beyond_the_wait_room_is_refused_at_once_and_the_sku_stays_on_sale() 
     assert_eq!(store.queued(&"a"), 0);
     assert!(!frozen(&store, "a"));
     store.sell(&[("a", 1)]).unwrap();
-    assert_eq!(counts(&store, "a"), (2, 0));
+    assert_eq!(counts_of(&store, "a"), (2, 0));
     assert_eq!(store.stats().waits, 0, "it never queued");
     // A request that fits the room waits as before (on hand 2: the room is 102).
     assert_eq!(limit - 1, 102);
-    let fits = wait_for(&store, &[("a", 102)], NEVER, "a", 1);
+    let fits = wait_on(&store, &[("a", 102)], NEVER, "a", 1);
     store.restock(&"a", 100).unwrap();
     fits.join().unwrap().unwrap();
 }
@@ -339,7 +315,7 @@ fn negative_control_an_unbounded_waiter_is_caught_freezing_a_sku() {
     let store = bounded(u64::MAX);
     store.restock(&"a", 3).unwrap();
     assert!(!frozen(&store, "a"));
-    let waiter = wait_for(&store, &[("a", 1_000)], NEVER, "a", 1);
+    let waiter = wait_on(&store, &[("a", 1_000)], NEVER, "a", 1);
     assert!(frozen(&store, "a"), "the unbounded waiter froze the SKU");
     assert!(matches!(
         store.sell(&[("a", 1)]),
@@ -359,7 +335,7 @@ fn the_wait_room_bounds_each_waiter_by_on_hand_plus_the_setting() {
     store.restock(&"a", 2).unwrap();
     let held = store.reserve(&[("a", 2)]).unwrap(); // on hand 2, none available
     assert_eq!(store.queue_level(&"a").unwrap().wait_room, 6);
-    let first = wait_for(&store, &[("a", 6)], NEVER, "a", 1);
+    let first = wait_on(&store, &[("a", 6)], NEVER, "a", 1);
     assert_eq!(
         store.reserve_timeout(&[("a", 7)], NEVER).unwrap_err(),
         StockError::WaitTooLarge {
@@ -368,7 +344,7 @@ fn the_wait_room_bounds_each_waiter_by_on_hand_plus_the_setting() {
             limit: 6,
         }
     );
-    let second = wait_for(&store, &[("a", 6)], NEVER, "a", 2);
+    let second = wait_on(&store, &[("a", 6)], NEVER, "a", 2);
     let queue = store.queue_level(&"a").unwrap();
     assert_eq!(
         (queue.queued_units, queue.waiters, queue.wait_room),
@@ -379,7 +355,7 @@ fn the_wait_room_bounds_each_waiter_by_on_hand_plus_the_setting() {
     store.release(held.id()).unwrap();
     first.join().unwrap().unwrap();
     second.join().unwrap().unwrap();
-    assert_eq!(counts(&store, "a"), (12, 12));
+    assert_eq!(counts_of(&store, "a"), (12, 12));
 }
 
 /// A multi-line request whose later line does not fit is refused before any line is held:
@@ -400,11 +376,11 @@ fn a_multi_line_waiter_beyond_the_room_holds_nothing() {
             limit: 1,
         }
     );
-    assert_eq!(counts(&store, "a"), (5, 0));
+    assert_eq!(counts_of(&store, "a"), (5, 0));
     assert_eq!(store.level(&"a").unwrap().version, version_a);
     // Within on hand, a zero bound still lets a waiter wait for a release.
     let hold = store.reserve(&[("b", 1)]).unwrap();
-    let waiter = wait_for(&store, &[("b", 1)], NEVER, "b", 1);
+    let waiter = wait_on(&store, &[("b", 1)], NEVER, "b", 1);
     store.release(hold.id()).unwrap();
     waiter.join().unwrap().unwrap();
 }
@@ -430,6 +406,6 @@ fn a_waiting_retry_of_an_ended_hold_says_what_became_of_it() {
     assert_eq!(blocking.unwrap_err(), ended);
     let future = futures_executor::block_on(store.reserve_wait(&[("a", 1)], &options));
     assert_eq!(future.unwrap_err(), ended);
-    assert_eq!(counts(&store, "a"), (1, 0));
+    assert_eq!(counts_of(&store, "a"), (1, 0));
     assert_eq!(store.stats().replays, 2);
 }
