@@ -17,9 +17,12 @@
 
 #![cfg(feature = "redis")]
 
+#[path = "support/order_log.rs"]
+mod order_log;
 #[path = "support/redis_cluster.rs"]
 mod redis_cluster;
 
+use order_log::{orders, Order};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -68,47 +71,6 @@ const ROLES: [Role; 4] = [
     Role::KilledWaited,
     Role::Killed,
 ];
-
-/// One order of the log: its lines and whether it completed (commit) or was cancelled
-/// (release).
-struct Order {
-    lines: Vec<(String, u64)>,
-    completed: bool,
-}
-
-/// The first `ORDERS_MAX` orders of the bundled log.
-fn orders() -> Vec<Order> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/electronic_sales.csv");
-    let mut reader = csv::Reader::from_path(path).unwrap();
-    let headers = reader.headers().unwrap().clone();
-    let column = |name: &str| headers.iter().position(|header| header == name).unwrap();
-    let (sku, quantity, status, addons) = (
-        column("SKU"),
-        column("Quantity"),
-        column("Order Status"),
-        column("Add-ons Purchased"),
-    );
-    reader
-        .records()
-        .take(ORDERS_MAX)
-        .map(|record| {
-            let record = record.unwrap();
-            let mut lines = vec![(
-                record[sku].trim().to_string(),
-                record[quantity].trim().parse().unwrap(),
-            )];
-            for addon in record[addons].split(',').map(str::trim) {
-                if !addon.is_empty() {
-                    lines.push((format!("addon:{addon}"), 1));
-                }
-            }
-            Order {
-                lines,
-                completed: &record[status] == "Completed",
-            }
-        })
-        .collect()
-}
 
 /// A handle on the cluster of `seeds` as the workers and the checks use it.
 fn handle(seeds: &[String]) -> RedisCluster {
@@ -164,7 +126,7 @@ fn worker() {
         .zip(&namespaces)
         .map(|(role, namespace)| store(&handle, namespace, *role))
         .collect();
-    let orders = orders();
+    let orders = orders(ORDERS_MAX);
     let tallies: Vec<BTreeMap<(usize, String), Tally>> = thread::scope(|scope| {
         let workers: Vec<_> = (0..THREADS)
             .map(|thread| {
@@ -300,7 +262,7 @@ fn three_processes_replay_over_three_primaries_through_a_failover_a_migration_an
         .map(|namespace| store(&parent, namespace, Role::Failover))
         .collect();
     let skus: Vec<String> = {
-        let mut skus: Vec<String> = orders()
+        let mut skus: Vec<String> = orders(ORDERS_MAX)
             .iter()
             .flat_map(|order| order.lines.iter().map(|(sku, _)| sku.clone()))
             .collect();

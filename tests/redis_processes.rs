@@ -13,9 +13,12 @@
 
 #[path = "support/fault_proxy.rs"]
 mod fault_proxy;
+#[path = "support/order_log.rs"]
+mod order_log;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
+use order_log::{orders, Order};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -46,47 +49,6 @@ const STOCK_RATIO: f64 = 0.6;
 const PROGRESS_EVERY: usize = 25;
 /// How long the checks wait for expiries and queues at most (a failure past it).
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// One order of the log: its lines (SKU × quantity, one unit per add-on) and whether it
-/// completed (commit) or was cancelled (release).
-struct Order {
-    lines: Vec<(String, u64)>,
-    completed: bool,
-}
-
-/// The first `ORDERS_MAX` orders of the bundled log.
-fn orders() -> Vec<Order> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/electronic_sales.csv");
-    let mut reader = csv::Reader::from_path(path).unwrap();
-    let headers = reader.headers().unwrap().clone();
-    let column = |name: &str| headers.iter().position(|header| header == name).unwrap();
-    let (sku, quantity, status, addons) = (
-        column("SKU"),
-        column("Quantity"),
-        column("Order Status"),
-        column("Add-ons Purchased"),
-    );
-    reader
-        .records()
-        .take(ORDERS_MAX)
-        .map(|record| {
-            let record = record.unwrap();
-            let mut lines = vec![(
-                record[sku].trim().to_string(),
-                record[quantity].trim().parse().unwrap(),
-            )];
-            for addon in record[addons].split(',').map(str::trim) {
-                if !addon.is_empty() {
-                    lines.push((format!("addon:{addon}"), 1));
-                }
-            }
-            Order {
-                lines,
-                completed: &record[status] == "Completed",
-            }
-        })
-        .collect()
-}
 
 /// Start stock per SKU: `floor(STOCK_RATIO × units the completed orders buy)`.
 fn start_stock(orders: &[Order]) -> BTreeMap<String, u64> {
@@ -170,7 +132,7 @@ fn run_threads(
     index: usize,
     place: impl Fn(usize, &Order, &mut BTreeMap<String, u64>) + Sync,
 ) -> BTreeMap<String, u64> {
-    let orders = orders();
+    let orders = orders(ORDERS_MAX);
     let mine: Vec<(usize, &Order)> = orders
         .iter()
         .enumerate()
@@ -456,7 +418,7 @@ fn replay_and_check(
     workers_url: &str,
     label: &str,
 ) -> (u64, u64, RedisStore<String>, usize) {
-    let orders = orders();
+    let orders = orders(ORDERS_MAX);
     let (namespace, start) = stocked(server, label, &orders);
     let ttl = Duration::from_secs(600);
     let children: Vec<Child> = (0..PROCESSES)
@@ -518,7 +480,7 @@ fn four_processes_replay_through_lost_replies_and_cut_connections_and_conserve_e
 #[test]
 fn the_naive_get_set_peer_oversells_and_is_caught() {
     let server = RedisServer::start(Durability::Memory);
-    let orders = orders();
+    let orders = orders(ORDERS_MAX);
     let namespace = fresh_namespace("naive");
     let start = start_stock(&orders);
     let mut connection = redis::Client::open(server.url())
@@ -576,7 +538,7 @@ fn the_naive_get_set_peer_oversells_and_is_caught() {
 #[test]
 fn a_client_killed_mid_run_leaves_holds_that_expire_by_ttl() {
     let server = RedisServer::start(Durability::Memory);
-    let orders = orders();
+    let orders = orders(ORDERS_MAX);
     let (namespace, start) = stocked(&server, "killed", &orders);
     let ttl = Duration::from_secs(2);
     let mut children: Vec<Child> = (0..PROCESSES)
