@@ -75,34 +75,6 @@ fn namespace_on(cluster: &Cluster, port: u16, what: &str) -> String {
     }
 }
 
-/// The slot of `namespace`'s keys.
-fn slot_of(cluster: &Cluster, namespace: &str) -> u16 {
-    cluster.slot_of(&format!("{{{namespace}}}"))
-}
-
-/// The entries of the stream `stream` on the node on `port`: `(kind, quantity, version,
-/// SKU)` each.
-fn stream_entries(cluster: &Cluster, port: u16, stream: &str) -> Vec<(String, u64, u64, String)> {
-    use redis::streams::StreamRangeReply;
-    let reply: StreamRangeReply = cluster.command(port, &["XRANGE", stream, "-", "+"]);
-    reply
-        .ids
-        .iter()
-        .map(|entry| {
-            let event: String = entry.get("event").unwrap();
-            let mut fields = event.splitn(7, ' ');
-            let kind = fields.next().unwrap().to_string();
-            let numbers: Vec<u64> = fields
-                .by_ref()
-                .take(5)
-                .map(|n| n.parse().unwrap())
-                .collect();
-            let sku = fields.next().unwrap().to_string();
-            (kind, numbers[1], numbers[4], sku)
-        })
-        .collect()
-}
-
 // ------------------------------------------------------------------ the contract
 
 /// The contract checks of `tests/contract.rs` and `tests/lifecycle.rs` that say most about
@@ -292,7 +264,7 @@ fn a_primary_that_lost_the_functions_gets_them_again_from_the_store() {
         assert_eq!(libraries.len(), 1, "the library is loaded on {port}");
     }
     store.restock(&sku("a"), 2).unwrap();
-    let owner = cluster.owner_of(slot_of(cluster, store.namespace()));
+    let owner = cluster.owner_of(cluster.namespace_slot(store.namespace()));
     let _: String = cluster.command(owner, &["FUNCTION", "FLUSH"]);
     store.sell(&lines(&[("a", 1)])).unwrap();
     assert_eq!(counts(&store, "a"), (1, 0));
@@ -531,7 +503,7 @@ fn a_live_slot_migration_applies_every_call_once_or_refuses_it_whole() {
     let primaries = cluster.primaries();
     let (from, to) = (primaries[1], primaries[2]);
     let namespace = namespace_on(cluster, from, "migrate");
-    let slot = slot_of(cluster, &namespace);
+    let slot = cluster.namespace_slot(&namespace);
     let handle = handle(cluster);
     let store: Arc<Store> = Arc::new(handle.store(&namespace).build().unwrap());
     for name in ["s0", "s1", "s2", "s3"] {
@@ -582,7 +554,7 @@ fn a_live_slot_migration_applies_every_call_once_or_refuses_it_whole() {
         redirects(cluster, &[from, to]) > redirects_before,
         "no call met the migration"
     );
-    let entries = stream_entries(cluster, to, store.events_stream());
+    let entries = cluster.stream_entries(to, store.events_stream());
     for (index, name) in ["s0", "s1", "s2", "s3"].into_iter().enumerate() {
         let seen = &outcomes[index];
         let mine: Vec<_> = entries.iter().filter(|entry| entry.3 == name).collect();

@@ -208,39 +208,8 @@ fn place(
 fn namespace_on(cluster: &Cluster, port: u16, what: &str) -> String {
     (0..)
         .map(|n| format!("{what}-{}-{n}", std::process::id()))
-        .find(|namespace| cluster.owner_of(slot_of(cluster, namespace)) == port)
+        .find(|namespace| cluster.owner_of(cluster.namespace_slot(namespace)) == port)
         .unwrap()
-}
-
-fn slot_of(cluster: &Cluster, namespace: &str) -> u16 {
-    cluster.slot_of(&format!("{{{namespace}}}"))
-}
-
-/// The entries of the stream `stream` on the node on `port`: `(kind, quantity, version,
-/// SKU)` each.
-fn stream_entries(cluster: &Cluster, port: u16, stream: &str) -> Vec<(String, u64, u64, String)> {
-    use redis::streams::StreamRangeReply;
-    let reply: StreamRangeReply = cluster.command(port, &["XRANGE", stream, "-", "+"]);
-    reply
-        .ids
-        .iter()
-        .map(|entry| {
-            let event: String = entry.get("event").unwrap();
-            let mut fields = event.splitn(7, ' ');
-            let kind = fields.next().unwrap().to_string();
-            let numbers: Vec<u64> = fields
-                .by_ref()
-                .take(5)
-                .map(|n| n.parse().unwrap())
-                .collect();
-            (
-                kind,
-                numbers[1],
-                numbers[4],
-                fields.next().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -296,7 +265,7 @@ fn three_processes_replay_over_three_primaries_through_a_failover_a_migration_an
     let failover_replica = cluster.replica_of(homes[0]);
     cluster.failover(failover_replica);
     thread::sleep(Duration::from_millis(500));
-    let migrated_slot = slot_of(&cluster, &namespaces[1]);
+    let migrated_slot = cluster.namespace_slot(&namespaces[1]);
     cluster.migrate_slot(migrated_slot, homes[1], failover_replica);
     thread::sleep(Duration::from_millis(500));
     let killed_replica = cluster.replica_of(homes[2]);
@@ -336,8 +305,8 @@ fn three_processes_replay_over_three_primaries_through_a_failover_a_migration_an
     let mut committed_total = 0;
     for (index, role) in ROLES.iter().enumerate() {
         let store = &stores[index];
-        let owner = cluster.owner_of(slot_of(&cluster, &namespaces[index]));
-        let entries = stream_entries(&cluster, owner, store.events_stream());
+        let owner = cluster.owner_of(cluster.namespace_slot(&namespaces[index]));
+        let entries = cluster.stream_entries(owner, store.events_stream());
         for sku in &skus {
             let mine: Vec<_> = entries.iter().filter(|entry| &entry.3 == sku).collect();
             for (position, entry) in mine.iter().enumerate() {

@@ -217,6 +217,34 @@ impl RedisCluster {
     }
 
     /// The ports of the primaries that own slots now.
+    /// The slot of a store namespace's keys (`{namespace}:...`).
+    pub fn namespace_slot(&self, namespace: &str) -> u16 {
+        self.slot_of(&format!("{{{namespace}}}"))
+    }
+
+    /// The entries of the stream `stream` on the node on `port`: `(kind, quantity,
+    /// version, SKU)` each.
+    pub fn stream_entries(&self, port: u16, stream: &str) -> Vec<(String, u64, u64, String)> {
+        use redis::streams::StreamRangeReply;
+        let reply: StreamRangeReply = self.command(port, &["XRANGE", stream, "-", "+"]);
+        reply
+            .ids
+            .iter()
+            .map(|entry| {
+                let event: String = entry.get("event").unwrap();
+                let mut fields = event.splitn(7, ' ');
+                let kind = fields.next().unwrap().to_string();
+                let numbers: Vec<u64> = fields
+                    .by_ref()
+                    .take(5)
+                    .map(|n| n.parse().unwrap())
+                    .collect();
+                let sku = fields.next().unwrap().to_string();
+                (kind, numbers[1], numbers[4], sku)
+            })
+            .collect()
+    }
+
     pub fn primaries(&self) -> Vec<u16> {
         let mut primaries: Vec<u16> = self
             .ports()
