@@ -611,3 +611,64 @@ fn the_redis_groups_are_judged_by_the_redis_run() {
     assert!(data.get("R1_redis_sell", "redis_store", 8).is_none());
     assert!(!data.has_redis());
 }
+
+/// `data` with a single-thread `reserve` + `commit` of the pessimistic store taking
+/// `plain_ns` without a TTL and `ttl_ns` with one.
+fn with_ttl(data: &Data, plain_ns: f64, ttl_ns: f64) -> Data {
+    let mut data = data.clone();
+    for (group, ns) in [
+        ("hot_reserve_commit", plain_ns),
+        ("hot_reserve_commit_ttl", ttl_ns),
+    ] {
+        data.results.insert(
+            (group.to_string(), "pessimistic".to_string(), 1),
+            crate::data::Measurement { ns, elements: 1 },
+        );
+    }
+    data
+}
+
+/// The TTL target is met at 1.2× and missed at 1.5× (the checker can fail), and has no
+/// verdict without the TTL group.
+#[test]
+fn the_ttl_target_follows_the_data() {
+    let verdict = |data: &Data| {
+        targets::targets(data)
+            .into_iter()
+            .find(|target| target.target.contains("pessimistic with a TTL"))
+            .expect("a TTL target")
+            .met
+    };
+    let data = Data::load(&fixture());
+    assert_eq!(verdict(&with_ttl(&data, 100.0, 120.0)), Some(true));
+    assert_eq!(verdict(&with_ttl(&data, 100.0, 150.0)), Some(false));
+    let mut without = with_ttl(&data, 100.0, 120.0);
+    without
+        .results
+        .retain(|(group, _, _), _| group != "hot_reserve_commit_ttl");
+    assert_eq!(verdict(&without), None);
+}
+
+/// The S1 repeat table is written only when the run repeated S1, with each store over its
+/// peer in both places.
+#[test]
+fn the_s1_repeat_table_follows_the_data() {
+    let data = Data::load(&fixture());
+    assert!(!report_of(&data).contains("S1_repeat"));
+    let mut repeated = data.clone();
+    for (function, ops) in [("pessimistic", 5e6), ("mutex_hashmap", 1e7)] {
+        repeated.results.insert(
+            ("S1_repeat".to_string(), function.to_string(), 2),
+            crate::data::Measurement {
+                ns: 2.0 * 1e9 / ops,
+                elements: 2,
+            },
+        );
+    }
+    let report = report_of(&repeated);
+    let row = report
+        .lines()
+        .find(|line| line.starts_with("| pessimistic |") && line.ends_with("`mutex_hashmap` |"))
+        .unwrap_or_else(|| panic!("a repeat row in\n{report}"));
+    assert!(row.contains("| 5.00 M | 0.50× `mutex_hashmap` |"), "{row}");
+}
