@@ -30,13 +30,23 @@ enum Operation {
     ReserveCommit,
     /// `level` (a read).
     Level,
+    /// `reserve` of 1 unit, then `commit`, over the first [`WARM_SKUS`] SKUs only, each
+    /// restocked [`WARM_CHANGES`] times before the measured loop: SKUs that are busy, not
+    /// met for the first time (the stores keep a busy SKU's one-line holds in its slot).
+    ReserveCommitWarm,
 }
 
-const OPERATIONS: [(&str, Operation); 3] = [
+const OPERATIONS: [(&str, Operation); 4] = [
     ("sell", Operation::Sell),
     ("reserve_commit", Operation::ReserveCommit),
     ("level", Operation::Level),
+    ("reserve_commit_warm", Operation::ReserveCommitWarm),
 ];
+
+/// SKUs of the `reserve_commit_warm` workload.
+const WARM_SKUS: Sku = 1_000;
+/// Restocks of each of them before its measured loop (the stores' `WARM_VERSION`).
+const WARM_CHANGES: u64 = 64;
 
 const SUBJECTS: [&str; 9] = [
     "pessimistic",
@@ -73,6 +83,19 @@ fn run_ledger<L: Ledger>(ledger: L, operation: Operation, ops: u64, skus: &[Sku]
         Operation::Level => callgrind_measured(ops, skus, |sku| {
             std::hint::black_box(ledger.available(sku));
         }),
+        Operation::ReserveCommitWarm => {
+            for sku in 0..WARM_SKUS {
+                for _ in 0..WARM_CHANGES {
+                    ledger.restock(sku, 1);
+                }
+            }
+            let warm: Vec<Sku> = skus.iter().map(|sku| sku % WARM_SKUS).collect();
+            callgrind_measured(ops, &warm, |sku| {
+                let lines = [(sku, 1)];
+                let hold = ledger.reserve(&lines).expect("stock never runs out");
+                ledger.commit(hold, &lines);
+            })
+        }
     }
 }
 

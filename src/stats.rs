@@ -84,10 +84,19 @@ pub(crate) enum Stat {
     Timeouts,
     TurnedHot,
     TurnedCold,
+    /// A one-line hold opened in its SKU's slot (`lifecycle::slot_holds`; the registry
+    /// counts its own holds under its shard locks).
+    SlotHoldsOpened,
+    /// A slot hold committed.
+    SlotHoldsCommitted,
+    /// A slot hold released.
+    SlotHoldsReleased,
+    /// A slot hold expired.
+    SlotHoldsExpired,
 }
 
 /// Number of [`Stat`]s.
-const STAT_COUNT: usize = 9;
+const STAT_COUNT: usize = 13;
 
 /// The counters of one store.
 pub(crate) struct Stats {
@@ -113,6 +122,29 @@ impl Stats {
         self.add(stat, 1);
     }
 
+    /// How many holds the SKUs' slots opened and resolved.
+    fn slot_holds(&self) -> HoldCounts {
+        let sum = |stat: Stat| self.counters.sum(stat as usize);
+        HoldCounts {
+            opened: sum(Stat::SlotHoldsOpened),
+            committed: sum(Stat::SlotHoldsCommitted),
+            released: sum(Stat::SlotHoldsReleased),
+            expired: sum(Stat::SlotHoldsExpired),
+        }
+    }
+
+    /// How many holds are open in the SKUs' slots (exact once no hold opens or resolves
+    /// meanwhile).
+    pub(crate) fn slot_holds_open(&self) -> usize {
+        let counts = self.slot_holds();
+        let resolved = counts
+            .committed
+            .wrapping_add(counts.released)
+            .wrapping_add(counts.expired);
+        // A sum read while holds resolve may see a resolution before its opening.
+        usize::try_from(counts.opened.saturating_sub(resolved)).unwrap_or(usize::MAX)
+    }
+
     /// Counts a refusal when `result` is one.
     pub(crate) fn count_refusal<T, K>(&self, result: &Result<T, crate::error::StockError<K>>) {
         use crate::error::StockError::{Conflict, InsufficientStock, Overflow};
@@ -134,6 +166,7 @@ impl Stats {
     /// the registry's `counts` returned).
     pub(crate) fn snapshot(&self, holds: HoldCounts) -> StoreStats {
         let sum = |stat: Stat| self.counters.sum(stat as usize);
+        let holds = holds.plus(&self.slot_holds());
         StoreStats {
             reserves: holds.opened,
             commits: holds.committed,
@@ -243,6 +276,10 @@ mod tests {
             Stat::Timeouts,
             Stat::TurnedHot,
             Stat::TurnedCold,
+            Stat::SlotHoldsOpened,
+            Stat::SlotHoldsCommitted,
+            Stat::SlotHoldsReleased,
+            Stat::SlotHoldsExpired,
         ];
         assert_eq!(all.len(), STAT_COUNT);
         for (index, stat) in all.into_iter().enumerate() {
@@ -270,7 +307,13 @@ mod tests {
             snapshot.hot_skus,
             snapshot.switches,
         ];
-        // 12 turned hot and 13 turned cold: none hot now (never below 0), 25 switches.
-        assert_eq!(values, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0, 25]);
+        // The holds add the slots' (14 opened, 15 committed, 16 released, 17 expired) to
+        // the registry's; 12 turned hot and 13 turned cold: none hot now (never below 0),
+        // 25 switches.
+        assert_eq!(values, [15, 17, 19, 21, 5, 6, 7, 8, 9, 10, 11, 0, 25]);
+        // 14 opened, 48 resolved (as a sum read mid-resolution may see): none open.
+        assert_eq!(stats.slot_holds_open(), 0);
+        stats.add(Stat::SlotHoldsOpened, 40);
+        assert_eq!(stats.slot_holds_open(), 6);
     }
 }

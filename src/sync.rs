@@ -84,35 +84,74 @@ pub(crate) fn skip_reservation_ids_through(issued: u64) {
 #[cfg(not(loom))]
 const ID_BLOCK: u64 = 1024;
 
-/// Stripes of [`StripedCounters`]: a power of two (a thread's stripe is a mask away), a
-/// few times the cores of a typical host, so threads seldom share a stripe.
-const STRIPES: usize = 16;
-const _: () = assert!(STRIPES.is_power_of_two());
+/// Stripes of [`StripedCounters`] a thread may own: a few times the cores of a typical
+/// host. An owner adds with a plain load and store, no locked read-modify-write.
+const OWNED_STRIPES: usize = 16;
+/// Stripes shared (with `fetch_add`) by the threads that found no stripe to own.
+const SHARED_STRIPES: usize = 4;
+/// Every stripe: the owned ones first. A power of two, so a masked index needs no bounds
+/// check.
+const STRIPES: usize = 32;
+const _: () = assert!(OWNED_STRIPES + SHARED_STRIPES <= STRIPES && STRIPES.is_power_of_two());
 
-/// The stripe of the calling thread: threads are dealt stripes round robin on first use.
-///
-/// A `const` thread-local with no destructor (so no lazy-initialisation state to check on
-/// every access), `usize::MAX` until the thread's first count; masked, so indexing a
-/// stripe needs no bounds check.
-#[inline]
-fn stripe() -> usize {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    std::thread_local! {
-        static STRIPE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
-    }
-    STRIPE.with(|stripe| {
-        let mut index = stripe.get();
-        if index == usize::MAX {
-            index = NEXT.fetch_add(1, Ordering::Relaxed);
-            stripe.set(index);
+/// The owned stripes nobody owns: bit `i` set while stripe `i` is free.
+static FREE_STRIPES: std::sync::atomic::AtomicU32 =
+    std::sync::atomic::AtomicU32::new((1 << OWNED_STRIPES) - 1);
+
+/// A thread's stripe: owned (below [`OWNED_STRIPES`]) until the thread ends, then freed
+/// for another thread; or shared.
+struct StripeClaim(usize);
+
+impl StripeClaim {
+    /// Owns a free stripe, or takes a shared one round robin when none is free.
+    fn new() -> Self {
+        static NEXT_SHARED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let mut free = FREE_STRIPES.load(Ordering::Acquire);
+        while free != 0 {
+            let index = free.trailing_zeros() as usize;
+            // Acquire: the stripe's last owner's stores happen before our loads.
+            match FREE_STRIPES.compare_exchange_weak(
+                free,
+                free & !(1 << index),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Self(index),
+                Err(now) => free = now,
+            }
         }
-        index & (STRIPES - 1)
-    })
+        let shared = NEXT_SHARED.fetch_add(1, Ordering::Relaxed) % SHARED_STRIPES;
+        Self(OWNED_STRIPES + shared)
+    }
 }
 
-/// `N` event counters striped over [`STRIPES`] cache lines (a `LongAdder`): a thread adds
-/// to its own stripe, so counting never makes threads share a written cache line; a read
-/// sums the stripes.
+impl Drop for StripeClaim {
+    fn drop(&mut self) {
+        if self.0 < OWNED_STRIPES {
+            // Release: our stores happen before the next owner's loads.
+            FREE_STRIPES.fetch_or(1 << self.0, Ordering::Release);
+        }
+    }
+}
+
+/// The stripe of the calling thread, claimed on its first count: one it owns while one of
+/// [`OWNED_STRIPES`] is free (a thread that ends frees its stripe), else a shared one
+/// (also while the thread's locals are being destroyed). Masked, so indexing a stripe
+/// needs no bounds check.
+#[inline]
+fn stripe() -> usize {
+    std::thread_local! {
+        static STRIPE: StripeClaim = StripeClaim::new();
+    }
+    STRIPE.try_with(|claim| claim.0).unwrap_or(OWNED_STRIPES) & (STRIPES - 1)
+}
+
+/// `N` event counters striped over cache lines (a `LongAdder`): a thread adds to its own
+/// stripe, so counting never makes threads share a written cache line, and on a stripe it
+/// owns (the first [`OWNED_STRIPES`] threads alive at once) it adds with a plain load and
+/// store, not a locked read-modify-write: a one-line `reserve` + `commit` of the
+/// pessimistic store counts twice, and its locks take 4 read-modify-writes. A read sums
+/// the stripes.
 ///
 /// Plain `std` atomics with `Relaxed` ordering even under loom: the counts are statistics,
 /// no decision reads them, so they add nothing for the models to check (and would only
@@ -135,7 +174,15 @@ impl<const N: usize> StripedCounters<N> {
     /// Adds `amount` to counter `index` (`index < N`) on the calling thread's stripe.
     #[inline]
     pub(crate) fn add(&self, index: usize, amount: u64) {
-        self.stripes[stripe()][index].fetch_add(amount, Ordering::Relaxed);
+        let stripe = stripe();
+        let counter = &self.stripes[stripe][index];
+        if stripe < OWNED_STRIPES {
+            // Nobody else writes this stripe while we own it.
+            let sum = counter.load(Ordering::Relaxed).wrapping_add(amount);
+            counter.store(sum, Ordering::Relaxed);
+        } else {
+            counter.fetch_add(amount, Ordering::Relaxed);
+        }
     }
 
     /// The sum of counter `index` over every stripe (wrapping, like the counters).

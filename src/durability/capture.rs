@@ -11,7 +11,7 @@ use super::snapshot::{
 };
 use crate::level::{Limits, StockLevel};
 use crate::lifecycle::idempotency::{validate_key, ResolvedKey};
-use crate::lifecycle::Backend;
+use crate::lifecycle::{slot_holds, Backend};
 use crate::reservation::{HoldLines, Reservation};
 use crate::store::Sku;
 
@@ -48,7 +48,8 @@ pub(crate) fn take<K: Sku, S: SkuTable<K>>(store: &S) -> Result<Snapshot<K>, Sna
     let closed = registry.close().ok_or(SnapshotError::Disabled)?;
     // The pause: counts read, SKUs borrowed (cloned after the gate reopens), holds copied.
     store.each_sku(&mut |sku, level, threshold| skus.push((sku, level, threshold)));
-    let holds = registry.copy_holds();
+    let mut holds = registry.copy_holds();
+    store.copy_slot_holds(&mut holds);
     drop(closed);
     let skus = skus
         .into_iter()
@@ -229,7 +230,10 @@ pub(crate) fn apply<K: Sku, S: SkuTable<K>>(store: &S, snapshot: Snapshot<K>) {
     }
     let mut largest_id = 0;
     for hold in snapshot.holds {
-        largest_id = largest_id.max(hold.id.get());
+        // A hold that lived in its SKU's slot comes back into the registry; the counter
+        // moves past its value, so no new hold gets its id.
+        let serial = slot_holds::serial_of(hold.id).unwrap_or(hold.id.get());
+        largest_id = largest_id.max(serial);
         let reservation = Reservation {
             id: hold.id,
             lines: HoldLines::from(hold.lines),

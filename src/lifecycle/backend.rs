@@ -7,7 +7,7 @@
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::event::{EventLine, Events, StockEvent};
 use super::registry::{Extension, Opened, Registry, Resolved};
@@ -80,6 +80,76 @@ pub(crate) trait Backend<K: Sku> {
         let _ = handle;
         self.settle(lines, change);
     }
+
+    /// Holds one validated line (quantity at least 1) for a caller that needs no report of
+    /// the move: in its SKU's slot when `in_slot` (no deadline) and the store keeps holds
+    /// there ([`slot_holds::hold`](super::slot_holds::hold)), else returning the handle to
+    /// record the hold with in the registry ([`hold_quiet`](Self::hold_quiet)).
+    ///
+    /// # Errors
+    ///
+    /// As [`hold`](Self::hold).
+    #[inline(always)]
+    fn hold_one(
+        &self,
+        line: &(K, u64),
+        in_slot: bool,
+    ) -> Result<HeldOne<K, Self::Handle>, StockError<K>> {
+        let _ = in_slot;
+        self.hold_quiet(line).map(HeldOne::Reserved)
+    }
+
+    /// Resolves the slot hold `id` ([`slot_holds::resolve`](super::slot_holds::resolve)):
+    /// the hold and whether it expired, or `None` when `id` is no open slot hold of this
+    /// store (the registry may have it).
+    #[inline(always)]
+    fn resolve_in_slot(
+        &self,
+        id: ReservationId,
+        change: Change,
+        part: Option<u64>,
+    ) -> Option<(Reservation<K>, bool)> {
+        let _ = (id, change, part);
+        None
+    }
+
+    /// The open slot hold `id`, or `None` when `id` is no open slot hold of this store.
+    fn peek_in_slot(&self, id: ReservationId) -> Option<Reservation<K>> {
+        let _ = id;
+        None
+    }
+
+    /// [`extend`] of an open slot hold, or `None` when `id` is no open slot hold of this
+    /// store.
+    fn extend_in_slot(&self, id: ReservationId, ttl: Duration) -> Option<Extension<K, Moves>> {
+        let _ = (id, ttl);
+        None
+    }
+
+    /// Expires the slot hold `id` if open and due at `now`, or `None` when `id` is no slot
+    /// hold of this store.
+    fn expire_in_slot(
+        &self,
+        id: ReservationId,
+        now: Instant,
+    ) -> Option<Option<Resolved<K, Moves>>> {
+        let _ = (id, now);
+        None
+    }
+
+    /// Appends a copy of every open slot hold to `holds` (a snapshot).
+    fn copy_slot_holds(&self, holds: &mut Vec<(Reservation<K>, Option<Arc<str>>)>) {
+        let _ = holds;
+    }
+}
+
+/// What [`Backend::hold_one`] did.
+#[derive(Debug)]
+pub(crate) enum HeldOne<K, H> {
+    /// The hold lives in its SKU's slot: done.
+    InSlot(Reservation<K>),
+    /// The stock is reserved: record the hold in the registry with this handle.
+    Reserved(H),
 }
 
 /// The [`StockStore`](crate::StockStore) methods that every store answers from its
@@ -138,14 +208,14 @@ macro_rules! lifecycle_methods {
         }
 
         fn stats(&self) -> $crate::stats::StoreStats {
-            self.lifecycle.stats()
+            $crate::lifecycle::stats(self)
         }
 
         fn reservation(
             &self,
             id: $crate::reservation::ReservationId,
         ) -> Option<$crate::reservation::Reservation<K>> {
-            self.lifecycle.registry.get(id)
+            $crate::lifecycle::reservation(self, id)
         }
     };
 }
@@ -228,9 +298,14 @@ fn reserve_one<K: Sku, B: Backend<K>>(
 ) -> Result<Reservation<K>, StockError<K>> {
     let life = store.lifecycle();
     let _gate = life.registry.enter();
-    let held = store.hold_quiet(line);
+    // In its SKU's slot if the store keeps holds there: 2 locked read-modify-writes (the
+    // SKU's lock), not 4 (and a hold shard's lock).
+    let held = store.hold_one(line, expires_at.is_none());
     life.stats.count_refusal(&held);
-    let handle = held?;
+    let handle = match held? {
+        HeldOne::InSlot(reservation) => return Ok(reservation),
+        HeldOne::Reserved(handle) => handle,
+    };
     Ok(life
         .registry
         .open_quiet(HoldLines::One([line.clone()]), expires_at, handle))
@@ -305,6 +380,15 @@ pub(crate) fn resolve<K: Sku, B: Backend<K>>(
     id: ReservationId,
     change: Change,
 ) -> Result<Reservation<K>, StockError<K>> {
+    // A hold in its SKU's slot is resolved there. (Only a store with no event sink opens
+    // such holds, so there is no move to report.)
+    if let Some((reservation, expired)) = store.resolve_in_slot(id, change, None) {
+        return if expired {
+            Err(StockError::Expired(id))
+        } else {
+            Ok(reservation)
+        };
+    }
     let life = store.lifecycle();
     if life.events.enabled() {
         return resolve_reported(store, id, change);
@@ -366,6 +450,17 @@ pub(crate) fn commit_partial<K: Sku, B: Backend<K>>(
     let committed = lines::merge(lines)?;
     // A hold's lines never change, so they are checked here, before it is resolved: a
     // refusal changes nothing and leaves the hold open.
+    if let Some(hold) = store.peek_in_slot(id) {
+        let (part, _rest) = split_hold(id, hold.lines(), &committed)?;
+        let units = part.iter().map(|(_, quantity)| quantity).sum();
+        // A slot hold never moves to the registry: gone from its slot, it was resolved
+        // meanwhile.
+        return match store.resolve_in_slot(id, Change::Commit, Some(units)) {
+            None => Err(StockError::UnknownReservation(id)),
+            Some((_, true)) => Err(StockError::Expired(id)),
+            Some((reservation, false)) => Ok(reservation),
+        };
+    }
     let Some(hold) = life.registry.peek(id) else {
         return Err(StockError::UnknownReservation(id));
     };
@@ -464,9 +559,12 @@ pub(crate) fn extend<K: Sku, B: Backend<K>>(
     ttl: Duration,
 ) -> Result<Reservation<K>, StockError<K>> {
     let life = store.lifecycle();
-    let extension = life
-        .registry
-        .extend(id, ttl, |lines| store.settle(lines, Change::Release))?;
+    let extension = match store.extend_in_slot(id, ttl) {
+        Some(extension) => extension,
+        None => life
+            .registry
+            .extend(id, ttl, |lines| store.settle(lines, Change::Release))?,
+    };
     match extension {
         Extension::Extended(reservation) => {
             life.stats.count(Stat::Extensions);
@@ -490,10 +588,13 @@ pub(crate) fn expire_due<K: Sku, B: Backend<K>>(store: &B) -> Vec<Reservation<K>
     let mut moves = Vec::new();
     let mut keys = Vec::new();
     for id in due {
-        let Some(resolved) = life
-            .registry
-            .expire(id, now, |lines| store.settle(lines, Change::Release))
-        else {
+        let resolved = match store.expire_in_slot(id, now) {
+            Some(resolved) => resolved,
+            None => life
+                .registry
+                .expire(id, now, |lines| store.settle(lines, Change::Release)),
+        };
+        let Some(resolved) = resolved else {
             continue;
         };
         if life.events.enabled() {
@@ -512,6 +613,35 @@ pub(crate) fn expire_due<K: Sku, B: Backend<K>>(store: &B) -> Vec<Reservation<K>
         });
     }
     expired
+}
+
+/// [`StockStore::reservation`](crate::StockStore::reservation) for any store: the open
+/// hold `id` as it is now, `None` when not open or past its deadline.
+pub(crate) fn reservation<K: Sku, B: Backend<K>>(
+    store: &B,
+    id: ReservationId,
+) -> Option<Reservation<K>> {
+    let life = store.lifecycle();
+    let Some(reservation) = store.peek_in_slot(id) else {
+        return life.registry.get(id);
+    };
+    // The clock is user code: read after the SKU's lock is released.
+    match reservation.expires_at {
+        Some(deadline) if life.registry.now() >= deadline => None,
+        _ => Some(reservation),
+    }
+}
+
+/// [`StockStore::stats`](crate::StockStore::stats) for any store: the striped counters
+/// (with the slot holds'), and the registry's counts of holds.
+pub(crate) fn stats<K: Sku, B: Backend<K>>(store: &B) -> StoreStats {
+    store.lifecycle().stats()
+}
+
+/// The open holds of `store`: the registry's and the slots'.
+pub(crate) fn open_holds<K: Sku, B: Backend<K>>(store: &B) -> usize {
+    let life = store.lifecycle();
+    life.registry.len() + life.stats.slot_holds_open()
 }
 
 /// Reports a hold resolved by `change` (`Commit` or `Release`; its stock already moved,

@@ -1,7 +1,8 @@
 //! The life of a hold, written once for every in-memory store: the registry that opens and
 //! resolves holds ([`registry`]), their deadlines ([`expiry`], [`clock`], [`reaper`]), their
 //! idempotency keys ([`idempotency`]), the events they report ([`event`]), the RAII guard
-//! ([`guard`]), the builder every store shares ([`builder`]), and the [`Backend`] a store
+//! ([`guard`]), the builder every store shares ([`builder`]), the holds that live in their
+//! SKU's slot instead of the registry ([`slot_holds`]), and the [`Backend`] a store
 //! implements to get all of it ([`backend`]).
 //!
 //! This layer sits above the core (the traits, levels, lines, errors and ids at the crate
@@ -19,8 +20,9 @@ pub(crate) mod guard;
 pub(crate) mod idempotency;
 pub(crate) mod reaper;
 pub(crate) mod registry;
+pub(crate) mod slot_holds;
 
 pub(crate) use backend::{
-    commit_partial, expire_due, extend, lifecycle_methods, report_opened, reserve, reserve_with,
-    resolve, sell_locked, Backend, Lifecycle,
+    commit_partial, expire_due, extend, lifecycle_methods, open_holds, report_opened, reservation,
+    reserve, reserve_with, resolve, sell_locked, stats, Backend, Lifecycle,
 };

@@ -212,6 +212,36 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
         self.clock.now().checked_add(ttl)
     }
 
+    /// The clock's reading when some hold may need one (a hold with a deadline or a key was
+    /// opened or given a deadline), else `None`: what a resolution reads before any lock.
+    #[inline]
+    pub(crate) fn reading(&self) -> Option<Instant> {
+        self.timed.load(Ordering::Acquire).then(|| self.clock.now())
+    }
+
+    /// The clock's reading (user code: call with no internal lock held).
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// Records that a hold is about to get a deadline: from now on every resolution reads
+    /// the clock. Call before the deadline is visible to anyone.
+    pub(crate) fn mark_timed(&self) {
+        if !self.timed.load(Ordering::Relaxed) {
+            self.timed.store(true, Ordering::Release);
+        }
+    }
+
+    /// Adds `deadline` of the hold `id` (kept outside this registry) to the expiry index.
+    pub(crate) fn index_deadline(&self, deadline: Instant, id: ReservationId) {
+        self.expiry.insert(deadline, id);
+    }
+
+    /// Removes `deadline` of the hold `id` from the expiry index.
+    pub(crate) fn unindex_deadline(&self, deadline: Instant, id: ReservationId) {
+        self.expiry.remove(deadline, id);
+    }
+
     /// Records a hold with the deadline `expires_at` (`None`: none) and no idempotency key
     /// whose stock is already reserved, and returns it: `reserve`'s common case. `handle`
     /// is what the store kept to settle it ([`resolve`](Self::resolve) hands it back).

@@ -5,11 +5,12 @@ use std::fmt;
 use crate::error::StockError;
 use crate::level::{Change, Limits, Moved, StockLevel};
 use crate::lifecycle::builder::StoreBuilder;
+use crate::lifecycle::slot_holds::{self, Deadlines, HoldWord, HoldsCell, SlotHeld};
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::stats::Stats;
 use crate::store::{Sku, StockStore};
-use crate::sync::{GrowOnlyMap, Mutex, Position};
+use crate::sync::{GrowOnlyMap, Mutex, MutexGuard, Position};
 
 /// A stock store with **pessimistic concurrency control**: every SKU has its own mutex
 /// (parking_lot), found in the store's SKU map.
@@ -49,7 +50,9 @@ use crate::sync::{GrowOnlyMap, Mutex, Position};
 pub struct PessimisticStore<K> {
     /// SKU -> its slot; each slot's mutex guards that SKU's counts and threshold.
     slots: GrowOnlyMap<K, Mutex<Slot>>,
-    /// Open holds, events, counters.
+    /// The deadlines of the holds kept in their SKU's slot that were given one.
+    deadlines: Deadlines,
+    /// Open holds (but those kept in their SKU's slot), events, counters.
     lifecycle: Lifecycle<K, SlotHandle>,
 }
 
@@ -63,6 +66,15 @@ pub(crate) struct Slot {
     level: StockLevel,
     /// Its low-stock threshold (0: none).
     low_stock_threshold: u64,
+    /// The one-line hold that lives in the slot, if any ([`slot_holds`]).
+    hold: HoldWord,
+}
+
+impl HoldsCell for Slot {
+    #[inline(always)]
+    fn hold_word(&mut self) -> &mut HoldWord {
+        &mut self.hold
+    }
 }
 
 impl LevelCell for Slot {
@@ -176,6 +188,7 @@ impl<K: Sku> StoreBuilder<K, PessimisticStore<K>> {
         let restored = self.take_restored();
         let store = PessimisticStore {
             slots: GrowOnlyMap::new(),
+            deadlines: Deadlines::new(),
             lifecycle: self.lifecycle(),
         };
         if let Some(snapshot) = restored {
@@ -204,14 +217,37 @@ impl<K: Sku> crate::durability::capture::SkuTable<K> for PessimisticStore<K> {
             Mutex::new(Slot {
                 level,
                 low_stock_threshold: threshold,
+                hold: HoldWord::default(),
             })
         };
         self.slots.get_or_insert_with(sku, slot).is_some()
     }
 }
 
+impl<K: Sku> SlotHeld<K> for PessimisticStore<K> {
+    fn deadlines(&self) -> &Deadlines {
+        &self.deadlines
+    }
+
+    #[inline(always)]
+    fn settle_locked(
+        &self,
+        _slot: &Mutex<Slot>,
+        mut cell: MutexGuard<'_, Slot>,
+        quantity: u64,
+        change: Change,
+    ) {
+        cell.level = cell
+            .level
+            .apply(change, quantity, 0, Limits::U64)
+            .expect("an open hold can always be resolved");
+    }
+}
+
 impl<K: Sku> Backend<K> for PessimisticStore<K> {
     type Handle = SlotHandle;
+
+    slot_holds::slot_hold_methods!();
 
     fn lifecycle(&self) -> &Lifecycle<K, SlotHandle> {
         &self.lifecycle
@@ -258,6 +294,7 @@ impl<K: Sku> StockStore<K> for PessimisticStore<K> {
             Mutex::new(Slot {
                 level,
                 low_stock_threshold: 0,
+                hold: HoldWord::default(),
             })
         };
         let gate = self.lifecycle.registry.enter();
@@ -307,7 +344,7 @@ where
         let (keys, deadlines) = self.lifecycle.registry.index_sizes();
         f.debug_struct("PessimisticStore")
             .field("skus", &self.slots.len())
-            .field("open_holds", &self.lifecycle.registry.len())
+            .field("open_holds", &lifecycle::open_holds(self))
             .field("deadlines", &deadlines)
             .field("idempotency_keys", &keys)
             .field("events", &self.lifecycle.events)

@@ -291,6 +291,17 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
         &self.entry(position as usize).value
     }
 
+    /// The key of the entry at `position`, as [`get_positioned`](Self::get_positioned)
+    /// returned it.
+    ///
+    /// # Panics
+    ///
+    /// As [`at`](Self::at).
+    #[inline]
+    pub(crate) fn key_at(&self, position: Position) -> &K {
+        self.entry(position as usize).key()
+    }
+
     /// The entry of `key` (a borrowed form of the key type: equal keys hash equal, the
     /// contract of `Borrow`) whose hash is `hash`.
     #[inline(always)]
@@ -324,15 +335,19 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hasher.hash_one(key);
-        self.probe(hash, |position, entry| {
-            let claimed = claim(&entry.value);
-            if entry.key().borrow() == key {
-                Some((position as Position, &entry.value, claimed))
-            } else {
-                drop(claimed);
-                None
-            }
-        })
+        self.probe(
+            hash,
+            #[inline(always)]
+            |position, entry| {
+                let claimed = claim(&entry.value);
+                if entry.key().borrow() == key {
+                    Some((position as Position, &entry.value, claimed))
+                } else {
+                    drop(claimed);
+                    None
+                }
+            },
+        )
     }
 
     /// Probes the table for `hash`: calls `visit` with each entry whose slot carries the
