@@ -9,7 +9,10 @@ use std::time::Instant;
 /// The id of a reservation (hold).
 ///
 /// Ids are unique across every store in the process: an id issued by one store is never
-/// an open hold in another, and a resolved id is never issued again.
+/// an open hold in another, and a resolved id is never issued again. They are opaque and
+/// use all 64 bits (the pessimistic store's holds that live in their SKU's slot have the
+/// top bit set): carry them to JavaScript as strings, whose numbers hold integers exactly
+/// only up to 2⁵³.
 ///
 /// # Examples
 ///

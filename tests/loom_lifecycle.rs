@@ -53,11 +53,33 @@ fn held_with_ttl<S: StockStore<Sku>>(store: S, on_hand: u64) -> (Arc<S>, Reserva
     (store, hold)
 }
 
+/// [`held_with_ttl`] by way of a plain hold then given its deadline by `extend`: in the
+/// pessimistic store, a hold that lives in its SKU's slot, its deadline kept beside it.
+fn held_then_extended<S: StockStore<Sku>>(store: S, on_hand: u64) -> (Arc<S>, Reservation<Sku>) {
+    let store = Arc::new(store);
+    store.restock(&SKU, on_hand).unwrap();
+    let hold = store.reserve(&[(SKU, 1)]).unwrap();
+    let hold = store.extend(hold.id(), TTL).unwrap();
+    (store, hold)
+}
+
+/// How a model's hold is made: [`held_with_ttl`] or [`held_then_extended`].
+type Held<S> = fn(S, u64) -> (Arc<S>, Reservation<Sku>);
+
 /// A commit, a release, and the clock passing the deadline followed by `expire_due`, race
 /// on one hold: exactly one of them resolves it, and stock moves once (sold only if the
 /// commit won before the deadline).
 fn commit_release_expiry_once<S: StockStore<Sku> + 'static>(store: S, clock: Arc<ManualClock>) {
-    let (store, hold) = held_with_ttl(store, 2);
+    commit_release_expiry_once_of(store, clock, held_with_ttl);
+}
+
+/// [`commit_release_expiry_once`] on a hold made by `held`.
+fn commit_release_expiry_once_of<S: StockStore<Sku> + 'static>(
+    store: S,
+    clock: Arc<ManualClock>,
+    held: Held<S>,
+) {
+    let (store, hold) = held(store, 2);
     let id = hold.id();
     let committer = spawn(&store, move |store| store.commit(id));
     let sweeper = spawn(&store, move |store| {
@@ -88,7 +110,16 @@ fn commit_release_expiry_once<S: StockStore<Sku> + 'static>(store: S, clock: Arc
 /// `extend` races the clock passing the deadline and `expire_due`: the hold is either
 /// extended (and still open, so it can be committed) or expired, once.
 fn extend_races_expiry<S: StockStore<Sku> + 'static>(store: S, clock: Arc<ManualClock>) {
-    let (store, hold) = held_with_ttl(store, 1);
+    extend_races_expiry_of(store, clock, held_with_ttl);
+}
+
+/// [`extend_races_expiry`] on a hold made by `held`.
+fn extend_races_expiry_of<S: StockStore<Sku> + 'static>(
+    store: S,
+    clock: Arc<ManualClock>,
+    held: Held<S>,
+) {
+    let (store, hold) = held(store, 1);
     let id = hold.id();
     let extender = spawn(&store, move |store| store.extend(id, 6 * TTL));
     clock.advance(PAST_THE_DEADLINE);
@@ -115,9 +146,18 @@ fn extend_races_expiry<S: StockStore<Sku> + 'static>(store: S, clock: Arc<Manual
 /// expiry index (read from the store's `Debug`, which counts the indexed deadlines).
 fn extend_races_commit<S: StockStore<Sku> + std::fmt::Debug + 'static>(
     store: S,
-    _: Arc<ManualClock>,
+    clock: Arc<ManualClock>,
 ) {
-    let (store, hold) = held_with_ttl(store, 1);
+    extend_races_commit_of(store, clock, held_with_ttl);
+}
+
+/// [`extend_races_commit`] on a hold made by `held`.
+fn extend_races_commit_of<S: StockStore<Sku> + std::fmt::Debug + 'static>(
+    store: S,
+    _: Arc<ManualClock>,
+    held: Held<S>,
+) {
+    let (store, hold) = held(store, 1);
     let id = hold.id();
     let extender = spawn(&store, move |store| store.extend(id, 6 * TTL));
     store.commit(id).unwrap();
@@ -292,6 +332,57 @@ on_every_clocked_store!(
     extend_races_commit => &["extended", "committed first"],
     extensions_race => &["ends with the later deadline", "ends with the first deadline"],
 );
+
+/// The races above on a hold of the pessimistic store that lives in its SKU's slot (a
+/// plain one-line hold, then given a deadline by `extend`): its deadline lives beside the
+/// slot and in the expiry index, and the slot's lock decides every race.
+mod slot_hold {
+    use super::*;
+
+    fn store(clock: Arc<dyn Clock>) -> PessimisticStore<Sku> {
+        PessimisticStore::builder().clock(clock).build()
+    }
+
+    /// [`held_then_extended`], checked to live in its slot (its id has the slot tag).
+    fn held_in_slot(
+        store: PessimisticStore<Sku>,
+        on_hand: u64,
+    ) -> (Arc<PessimisticStore<Sku>>, Reservation<Sku>) {
+        let (store, hold) = held_then_extended(store, on_hand);
+        assert_ne!(hold.id().get() & 1 << 63, 0, "a slot hold: {hold:?}");
+        (store, hold)
+    }
+
+    #[test]
+    fn commit_release_expiry_once() {
+        clocked(
+            "slot_hold::commit_release_expiry_once",
+            store,
+            |store, clock| super::commit_release_expiry_once_of(store, clock, held_in_slot),
+            &["committed", "released", "expired"],
+        );
+    }
+
+    #[test]
+    fn extend_races_expiry() {
+        clocked(
+            "slot_hold::extend_races_expiry",
+            store,
+            |store, clock| super::extend_races_expiry_of(store, clock, held_in_slot),
+            &["extended", "expired"],
+        );
+    }
+
+    #[test]
+    fn extend_races_commit() {
+        clocked(
+            "slot_hold::extend_races_commit",
+            store,
+            |store, clock| super::extend_races_commit_of(store, clock, held_in_slot),
+            &["extended", "committed first"],
+        );
+    }
+}
 
 /// With one compare-and-swap attempt per update (`retries_max(1)`), two sales of one unit
 /// race: some interleaving makes one lose its attempt and get `Conflict` (loom explores it

@@ -22,6 +22,14 @@ use crate::sync::{GrowOnlyMap, Mutex, MutexGuard, Position};
 /// locks its SKUs in ascending order (Havender's ordered acquisition, 1968), checks every
 /// line, then writes every line, so it is all or nothing and deadlock free.
 ///
+/// A one-line hold (no TTL, no idempotency key, no event sink) lives in its SKU's slot,
+/// one word beside the counts, written and cleared under the lock the stock moves under:
+/// a `reserve` + `commit` takes 4 locked read-modify-writes, where a hold kept in the
+/// store's registry of holds takes 8 (the hold shard's lock at each end). Its id names
+/// the slot. A SKU has one such word: a second hold of it while the first is open, and
+/// every other hold, live in the registry. Both kinds resolve alike, linearizably (see
+/// `lifecycle::slot_holds`).
+///
 /// Pick it as the every-day default: it never retries and never refuses for contention,
 /// and its critical sections are a few instructions long.
 ///
