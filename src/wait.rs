@@ -99,7 +99,9 @@ pub(crate) fn wait_room(level: StockLevel, wait_units_max: u64) -> u64 {
 /// One pointer while nobody waits: the queues (and the condition variable blocked waiters
 /// sleep on) are allocated when the first waiter arrives and freed when the last grant is
 /// picked up, so the many SKUs nobody waits for carry 8 bytes of wait state, not 104
-/// (`benches/memory.rs`, bytes per SKU). Tickets restart then: no waiter holds one.
+/// (`benches/memory.rs`, bytes per SKU). Tickets restart then: no waiter holds one. The
+/// SKU's low-stock threshold lives here too (kept allocated while it is set): so the
+/// monitor's first cache line has room for the hold that lives in the slot.
 #[derive(Debug, Default)]
 pub(crate) struct WaitQueue {
     /// `None`: nobody waits and no grant is left to pick up.
@@ -121,6 +123,8 @@ struct Queues {
     wake_list: Vec<Waker>,
     /// The ticket of the next waiter to arrive.
     next_ticket: u64,
+    /// The SKU's low-stock threshold (0: none).
+    low_stock_threshold: u64,
     /// Notified (all) whenever queued waiters were granted stock: blocked threads sleep on
     /// it with the SKU's mutex released. Shared, so that a sleeper holds it without
     /// borrowing the state its mutex guards; a sleeper is queued or granted, so these
@@ -129,7 +133,7 @@ struct Queues {
 }
 
 impl Queues {
-    /// Whether nothing is left: no waiter, no grant to pick up, no waker to wake.
+    /// Whether nobody is left: no waiter, no grant to pick up, no waker to wake.
     fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.granted.is_empty() && self.wake_list.is_empty()
     }
@@ -159,7 +163,27 @@ impl WaitQueue {
     /// wake (its queues are freed), so a change of the SKU has nobody to grant or wake.
     #[inline]
     pub(crate) fn is_idle(&self) -> bool {
-        self.busy.is_none()
+        self.busy.as_ref().is_none_or(|busy| busy.is_idle())
+    }
+
+    /// The SKU's low-stock threshold (0: none).
+    #[inline]
+    pub(crate) fn low_stock_threshold(&self) -> u64 {
+        self.busy
+            .as_ref()
+            .map_or(0, |busy| busy.low_stock_threshold)
+    }
+
+    /// Sets the SKU's low-stock threshold (0: none); the queues stay allocated while it is
+    /// set.
+    pub(crate) fn set_low_stock_threshold(&mut self, threshold: u64) {
+        if threshold == 0 && self.busy.is_none() {
+            return;
+        }
+        self.busy
+            .get_or_insert_with(Box::default)
+            .low_stock_threshold = threshold;
+        self.free_when_idle();
     }
 
     /// Whether nobody waits.
@@ -286,9 +310,13 @@ impl WaitQueue {
         wakers
     }
 
-    /// Frees the queues once nothing is left in them.
+    /// Frees the queues once nothing is left in them (nobody, and no threshold).
     fn free_when_idle(&mut self) {
-        if self.busy.as_ref().is_some_and(|busy| busy.is_idle()) {
+        if self
+            .busy
+            .as_ref()
+            .is_some_and(|busy| busy.is_idle() && busy.low_stock_threshold == 0)
+        {
             self.busy = None;
         }
     }
@@ -375,5 +403,24 @@ mod tests {
         let third = queue.push(1, None);
         assert_eq!(queue.cancel(third), None);
         assert!(queue.busy.is_none(), "freed with the last waiter gone");
+    }
+
+    #[test]
+    fn a_threshold_keeps_the_queues_and_nobody_waits() {
+        let mut queue = WaitQueue::default();
+        queue.set_low_stock_threshold(0);
+        assert!(queue.busy.is_none(), "no allocation for no threshold");
+        queue.set_low_stock_threshold(5);
+        assert_eq!(queue.low_stock_threshold(), 5);
+        assert!(
+            queue.is_idle() && queue.is_empty(),
+            "a threshold is nobody waiting"
+        );
+        let ticket = queue.push(1, None);
+        assert!(!queue.is_idle());
+        assert_eq!(queue.cancel(ticket), None);
+        assert_eq!(queue.low_stock_threshold(), 5, "kept past the last waiter");
+        queue.set_low_stock_threshold(0);
+        assert!(queue.busy.is_none(), "freed with the threshold cleared");
     }
 }

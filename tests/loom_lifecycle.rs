@@ -333,56 +333,58 @@ on_every_clocked_store!(
     extensions_race => &["ends with the later deadline", "ends with the first deadline"],
 );
 
-/// The races above on a hold of the pessimistic store that lives in its SKU's slot (a
-/// plain one-line hold, then given a deadline by `extend`): its deadline lives beside the
-/// slot and in the expiry index, and the slot's lock decides every race.
-mod slot_hold {
-    use super::*;
-
-    fn store(clock: Arc<dyn Clock>) -> PessimisticStore<Sku> {
-        PessimisticStore::builder().clock(clock).build()
-    }
-
-    /// [`held_then_extended`], checked to live in its slot (its id has the slot tag).
-    fn held_in_slot(
-        store: PessimisticStore<Sku>,
-        on_hand: u64,
-    ) -> (Arc<PessimisticStore<Sku>>, Reservation<Sku>) {
-        let (store, hold) = held_then_extended(store, on_hand);
-        assert_ne!(hold.id().get() & 1 << 63, 0, "a slot hold: {hold:?}");
-        (store, hold)
-    }
-
-    #[test]
-    fn commit_release_expiry_once() {
-        clocked(
-            "slot_hold::commit_release_expiry_once",
-            store,
-            |store, clock| super::commit_release_expiry_once_of(store, clock, held_in_slot),
-            &["committed", "released", "expired"],
-        );
-    }
-
-    #[test]
-    fn extend_races_expiry() {
-        clocked(
-            "slot_hold::extend_races_expiry",
-            store,
-            |store, clock| super::extend_races_expiry_of(store, clock, held_in_slot),
-            &["extended", "expired"],
-        );
-    }
-
-    #[test]
-    fn extend_races_commit() {
-        clocked(
-            "slot_hold::extend_races_commit",
-            store,
-            |store, clock| super::extend_races_commit_of(store, clock, held_in_slot),
-            &["extended", "committed first"],
-        );
-    }
+/// [`held_then_extended`], checked to live in its slot (its id has the slot tag).
+fn held_in_slot<S: StockStore<Sku>>(store: S, on_hand: u64) -> (Arc<S>, Reservation<Sku>) {
+    let (store, hold) = held_then_extended(store, on_hand);
+    assert_ne!(hold.id().get() & 1 << 63, 0, "a slot hold: {hold:?}");
+    (store, hold)
 }
+
+/// The races above on a hold that lives in its SKU's slot (a plain one-line hold of the
+/// pessimistic or monitor store, then given a deadline by `extend`): its deadline lives
+/// beside the slot and in the expiry index, and the slot's lock decides every race.
+macro_rules! slot_hold_models {
+    ($($name:ident => $store:expr),+ $(,)?) => {$(
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn commit_release_expiry_once() {
+                clocked(
+                    concat!(stringify!($name), "::commit_release_expiry_once"),
+                    $store,
+                    |store, clock| super::commit_release_expiry_once_of(store, clock, held_in_slot),
+                    &["committed", "released", "expired"],
+                );
+            }
+
+            #[test]
+            fn extend_races_expiry() {
+                clocked(
+                    concat!(stringify!($name), "::extend_races_expiry"),
+                    $store,
+                    |store, clock| super::extend_races_expiry_of(store, clock, held_in_slot),
+                    &["extended", "expired"],
+                );
+            }
+
+            #[test]
+            fn extend_races_commit() {
+                clocked(
+                    concat!(stringify!($name), "::extend_races_commit"),
+                    $store,
+                    |store, clock| super::extend_races_commit_of(store, clock, held_in_slot),
+                    &["extended", "committed first"],
+                );
+            }
+        }
+    )+};
+}
+
+slot_hold_models!(
+    slot_hold_pessimistic => |clock| PessimisticStore::builder().clock(clock).build(),
+    slot_hold_monitor => |clock| MonitorStore::builder().clock(clock).build(),
+);
 
 /// With one compare-and-swap attempt per update (`retries_max(1)`), two sales of one unit
 /// race: some interleaving makes one lose its attempt and get `Conflict` (loom explores it

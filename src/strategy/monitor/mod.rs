@@ -7,6 +7,7 @@ use std::fmt;
 use crate::error::StockError;
 use crate::level::{Change, Limits, Moved, Refusal, StockLevel};
 use crate::lifecycle::builder::StoreBuilder;
+use crate::lifecycle::slot_holds::{self, Deadlines, HoldWord, HoldsCell, SlotHeld};
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::stats::Stats;
@@ -89,7 +90,9 @@ pub struct MonitorStore<K> {
     slots: GrowOnlyMap<K, Monitor>,
     /// Units beyond a SKU's on hand one waiter may wait for.
     wait_units_max: u64,
-    /// Open holds, events, counters.
+    /// The deadlines of the holds kept in their SKU's slot that were given one.
+    deadlines: Deadlines,
+    /// Open holds (but those kept in their SKU's slot), events, counters.
     lifecycle: Lifecycle<K, MonitorHandle>,
 }
 
@@ -130,10 +133,18 @@ impl Fill for Monitor {
 pub(crate) struct MonitorState {
     /// The SKU's counts; granted waiters' units are already in `reserved`.
     level: StockLevel,
-    /// The low-stock threshold (0: none).
-    low_stock_threshold: u64,
-    /// Waiters (threads and tasks) in arrival order, and their grants not picked up yet.
+    /// The one-line hold that lives in the slot, if any ([`slot_holds`]).
+    hold: HoldWord,
+    /// Waiters (threads and tasks) in arrival order, their grants not picked up yet, and
+    /// the low-stock threshold.
     waiters: WaitQueue,
+}
+
+impl HoldsCell for MonitorState {
+    #[inline(always)]
+    fn hold_word(&mut self) -> &mut HoldWord {
+        &mut self.hold
+    }
 }
 
 impl LevelCell for MonitorState {
@@ -155,7 +166,7 @@ impl LevelCell for MonitorState {
     }
 
     fn low_stock_threshold(&self) -> u64 {
-        self.low_stock_threshold
+        self.waiters.low_stock_threshold()
     }
 }
 
@@ -172,7 +183,7 @@ impl MonitorState {
             match before.apply(Change::Reserve, quantity, 0, Limits::U64) {
                 Ok(level) => {
                     self.level = level;
-                    let moved = Moved::new(before, level, self.low_stock_threshold);
+                    let moved = Moved::new(before, level, self.waiters.low_stock_threshold());
                     self.waiters.grant_head(moved);
                     granted = true;
                 }
@@ -193,7 +204,7 @@ impl MonitorState {
     ) -> Result<(Moved, bool), Refusal> {
         let before = self.level;
         self.level = before.apply(change, quantity, 0, Limits::U64)?;
-        let moved = Moved::new(before, self.level, self.low_stock_threshold);
+        let moved = Moved::new(before, self.level, self.waiters.low_stock_threshold());
         let granted = self.grant_waiters();
         Ok((moved, granted))
     }
@@ -455,6 +466,7 @@ impl<K: Sku> StoreBuilder<K, MonitorStore<K>> {
         let store = MonitorStore {
             slots: GrowOnlyMap::new(),
             wait_units_max: self.wait_units_max,
+            deadlines: Deadlines::new(),
             lifecycle: self.lifecycle(),
         };
         if let Some(snapshot) = restored {
@@ -492,8 +504,35 @@ impl<K: Sku> StoreBuilder<K, MonitorStore<K>> {
     }
 }
 
+impl<K: Sku> SlotHeld<K> for MonitorStore<K> {
+    fn deadlines(&self) -> &Deadlines {
+        &self.deadlines
+    }
+
+    /// As `settle_quiet_on`: the freed units go to the SKU's waiters, if any.
+    #[inline(always)]
+    fn settle_locked(
+        &self,
+        monitor: &Monitor,
+        mut state: MutexGuard<'_, MonitorState>,
+        quantity: u64,
+        change: Change,
+    ) {
+        if !state.waiters.is_idle() {
+            monitor.resolve(state, quantity, change);
+            return;
+        }
+        state.level = state
+            .level
+            .apply(change, quantity, 0, Limits::U64)
+            .expect("an open hold can always be resolved");
+    }
+}
+
 impl<K: Sku> Backend<K> for MonitorStore<K> {
     type Handle = MonitorHandle;
+
+    slot_holds::slot_hold_methods!();
 
     fn lifecycle(&self) -> &Lifecycle<K, MonitorHandle> {
         &self.lifecycle
@@ -545,14 +584,18 @@ impl<K: Sku> crate::durability::capture::SkuTable<K> for MonitorStore<K> {
     fn each_sku<'a>(&'a self, f: &mut dyn FnMut(&'a K, StockLevel, u64)) {
         self.slots.for_each(|sku, monitor| {
             let state = monitor.state.lock();
-            f(sku, state.level, state.low_stock_threshold);
+            f(sku, state.level, state.waiters.low_stock_threshold());
         });
     }
 
     fn restore_sku(&self, sku: &K, level: StockLevel, threshold: u64) -> bool {
         let monitor = self.slots.get_or_insert_with(sku, || Monitor::new(level));
         if let Some((monitor, _)) = monitor {
-            monitor.state.lock().low_stock_threshold = threshold;
+            monitor
+                .state
+                .lock()
+                .waiters
+                .set_low_stock_threshold(threshold);
         }
         monitor.is_some()
     }
@@ -597,7 +640,11 @@ impl<K: Sku> StockStore<K> for MonitorStore<K> {
             .slots
             .get(sku)
             .ok_or_else(|| StockError::UnknownSku(sku.clone()))?;
-        monitor.state.lock().low_stock_threshold = threshold;
+        monitor
+            .state
+            .lock()
+            .waiters
+            .set_low_stock_threshold(threshold);
         Ok(())
     }
 
@@ -622,7 +669,7 @@ impl<K: Sku> fmt::Debug for MonitorStore<K> {
         f.debug_struct("MonitorStore")
             .field("skus", &self.slots.len())
             .field("wait_units_max", &self.wait_units_max)
-            .field("open_holds", &self.lifecycle.registry.len())
+            .field("open_holds", &lifecycle::open_holds(self))
             .field("deadlines", &deadlines)
             .field("idempotency_keys", &keys)
             .field("events", &self.lifecycle.events)

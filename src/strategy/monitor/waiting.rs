@@ -68,7 +68,7 @@ impl MonitorState {
             match before.apply(Change::Reserve, quantity, 0, Limits::U64) {
                 Ok(level) => {
                     self.level = level;
-                    let moved = Moved::new(before, level, self.low_stock_threshold);
+                    let moved = Moved::new(before, level, self.waiters.low_stock_threshold());
                     return Ok(Turn::Held(moved));
                 }
                 Err(refusal @ Refusal::Overflow) => {
