@@ -12,8 +12,11 @@ binary, libc). Run, from the repository root:
         --callgrind-out-file=/tmp/rc.out $BIN --workload pessimistic/reserve_commit_warm --ops 100000
     python3 benches/locked_rmw.py /tmp/rc.out 100000
 
-The monitor store's `reserve_commit_warm` (its holds live in the registry) gives 8, the
-pessimistic store's 4: the count tells the two apart.
+What it gave (`reserve_commit_warm`, per reserve + commit): the pessimistic and monitor
+stores 4 (a lock and an unlock of the SKU at each end; the hold lives in the SKU's slot),
+`mutex_hashmap_holds` 4, the optimistic store 6 (a compare-and-swap of the SKU's word and a
+lock and an unlock of a hold shard at each end). Its control: the monitor store before its
+holds moved into the slot gave 8.
 """
 import re, subprocess, sys
 profile, ops = sys.argv[1], int(sys.argv[2])

@@ -208,7 +208,7 @@ macro_rules! lifecycle_methods {
         }
 
         fn stats(&self) -> $crate::stats::StoreStats {
-            $crate::lifecycle::stats(self)
+            self.lifecycle.stats()
         }
 
         fn reservation(
@@ -632,12 +632,6 @@ pub(crate) fn reservation<K: Sku, B: Backend<K>>(
     }
 }
 
-/// [`StockStore::stats`](crate::StockStore::stats) for any store: the striped counters
-/// (with the slot holds'), and the registry's counts of holds.
-pub(crate) fn stats<K: Sku, B: Backend<K>>(store: &B) -> StoreStats {
-    store.lifecycle().stats()
-}
-
 /// The open holds of `store`: the registry's and the slots'.
 pub(crate) fn open_holds<K: Sku, B: Backend<K>>(store: &B) -> usize {
     let life = store.lifecycle();
@@ -676,7 +670,8 @@ fn report<K: Sku, H>(
 }
 
 impl<K: Sku, H: Clone + Default> Lifecycle<K, H> {
-    /// The store's statistics: the striped counters, and the registry's counts of holds.
+    /// The store's statistics: the striped counters (with the counts of the holds that
+    /// live in SKUs' slots), and the registry's counts of holds.
     pub(crate) fn stats(&self) -> StoreStats {
         self.stats.snapshot(self.registry.counts())
     }

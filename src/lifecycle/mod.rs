@@ -24,5 +24,5 @@ pub(crate) mod slot_holds;
 
 pub(crate) use backend::{
     commit_partial, expire_due, extend, lifecycle_methods, open_holds, report_opened, reservation,
-    reserve, reserve_with, resolve, sell_locked, stats, Backend, Lifecycle,
+    reserve, reserve_with, resolve, sell_locked, Backend, Lifecycle,
 };
