@@ -263,7 +263,8 @@ pub fn instructions_table(data: &Data, report: &mut String) {
     let _ = writeln!(
         report,
         "*reserve+commit, busy SKUs*: the same over the first 1,000 SKUs, each restocked 64 \
-         times before the measured loop.\n"
+         times before the measured loop (the stores only: a peer keeps nothing a busy SKU \
+         changes).\n"
     );
     let _ = writeln!(
         report,
