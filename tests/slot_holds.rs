@@ -20,6 +20,27 @@ fn in_slot(id: ReservationId) -> bool {
     id.get() & SLOT_TAG != 0
 }
 
+/// A clock that counts its readings.
+#[derive(Debug, Default)]
+struct CountingClock {
+    inner: ManualClock,
+    readings: std::sync::atomic::AtomicU64,
+}
+
+impl Clock for CountingClock {
+    fn now(&self) -> std::time::Instant {
+        self.readings
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.now()
+    }
+}
+
+impl CountingClock {
+    fn readings(&self) -> u64 {
+        self.readings.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The tests below, once per store that keeps holds in its slots.
 macro_rules! slot_hold_tests {
     ($($name:ident => $Store:ident),+ $(,)?) => {$(
@@ -170,6 +191,27 @@ macro_rules! slot_hold_tests {
             clock.advance(Duration::from_secs(9));
             assert!(store.commit(sold.id()).is_ok());
             assert_eq!(store.level(&"tv").unwrap().on_hand, 4);
+        }
+
+        /// A slot hold without a deadline never reads the clock, even in a store whose
+        /// other holds have TTLs (the registry then reads it at every resolution).
+        #[test]
+        fn a_slot_hold_without_a_deadline_reads_no_clock() {
+            let clock = Arc::new(CountingClock::default());
+            let store = $Store::builder().clock(clock.clone()).build();
+            store.restock(&"tv", 5).unwrap();
+            store.restock(&"cable", 5).unwrap();
+            let timed = store
+                .reserve_with(&[("cable", 1)], &ReserveOptions::new().ttl(Duration::from_secs(60)))
+                .unwrap();
+            let before = clock.readings();
+            let plain = store.reserve(&[("tv", 1)]).unwrap();
+            assert!(in_slot(plain.id()));
+            store.commit(plain.id()).unwrap();
+            assert_eq!(clock.readings(), before, "no reading for the slot hold");
+            // Control: the hold with a TTL reads the clock at its commit.
+            store.commit(timed.id()).unwrap();
+            assert!(clock.readings() > before);
         }
 
         /// A partial commit of a slot hold sells the named units and gives the rest back; a

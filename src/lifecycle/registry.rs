@@ -212,24 +212,9 @@ impl<K: Clone + PartialEq, H: Clone + Default> Registry<K, H> {
         self.clock.now().checked_add(ttl)
     }
 
-    /// The clock's reading when some hold may need one (a hold with a deadline or a key was
-    /// opened or given a deadline), else `None`: what a resolution reads before any lock.
-    #[inline]
-    pub(crate) fn reading(&self) -> Option<Instant> {
-        self.timed.load(Ordering::Acquire).then(|| self.clock.now())
-    }
-
     /// The clock's reading (user code: call with no internal lock held).
     pub(crate) fn now(&self) -> Instant {
         self.clock.now()
-    }
-
-    /// Records that a hold is about to get a deadline: from now on every resolution reads
-    /// the clock. Call before the deadline is visible to anyone.
-    pub(crate) fn mark_timed(&self) {
-        if !self.timed.load(Ordering::Relaxed) {
-            self.timed.store(true, Ordering::Release);
-        }
     }
 
     /// Adds `deadline` of the hold `id` (kept outside this registry) to the expiry index.

@@ -241,9 +241,11 @@ pub(crate) fn resolve<K: Sku, S: SlotHeld<K>>(
 ) -> Option<(Reservation<K>, bool)> {
     let (position, slot, serial) = slot_of(store, id)?;
     let registry = &store.lifecycle().registry;
-    // The clock is user code: read before the lock, and only once some hold needed it; a
-    // hold found with a deadline and no reading sends us back for one.
-    let mut now = registry.reading();
+    // The clock is user code, read with no lock held, and only for a hold that has a
+    // deadline (its word says so): such a hold, found without a reading, sends us back
+    // for one. So a slot hold without a deadline never reads the clock, even in a store
+    // whose other holds have TTLs.
+    let mut now = None;
     loop {
         let gate = registry.enter();
         let mut cell = store.lock(slot);
@@ -325,8 +327,6 @@ pub(crate) fn extend<K: Sku, S: SlotHeld<K>>(
     let registry = &store.lifecycle().registry;
     let now = registry.now();
     let deadline = now.checked_add(ttl);
-    // Before a deadline is visible: a resolution that finds it reads the clock.
-    registry.mark_timed();
     let gate = registry.enter();
     let mut cell = store.lock(slot);
     let word = *cell.hold_word();
