@@ -419,16 +419,8 @@ impl<K: Sku> MonitorStore<K> {
     /// `reserve` + `commit`).
     #[inline(always)]
     fn settle_quiet_on(&self, monitor: &Monitor, quantity: u64, change: Change) {
-        let mut state = self.lock(monitor);
-        if !state.waiters.is_idle() {
-            monitor.resolve(state, quantity, change);
-            return;
-        }
-        // Nobody waits: nobody to grant or wake, only the level changes.
-        state.level = state
-            .level
-            .apply(change, quantity, 0, Limits::U64)
-            .expect("an open hold can always be resolved");
+        let state = self.lock(monitor);
+        self.settle_locked(monitor, state, quantity, change);
     }
 }
 
@@ -509,7 +501,7 @@ impl<K: Sku> SlotHeld<K> for MonitorStore<K> {
         &self.deadlines
     }
 
-    /// As `settle_quiet_on`: the freed units go to the SKU's waiters, if any.
+    /// The freed units go to the SKU's waiters, if any (also `settle_quiet_on`'s body).
     #[inline(always)]
     fn settle_locked(
         &self,
@@ -522,6 +514,7 @@ impl<K: Sku> SlotHeld<K> for MonitorStore<K> {
             monitor.resolve(state, quantity, change);
             return;
         }
+        // Nobody waits: nobody to grant or wake, only the level changes.
         state.level = state
             .level
             .apply(change, quantity, 0, Limits::U64)
