@@ -387,65 +387,15 @@ pub(crate) fn apply_one<K: Sku, S: LockedSkus<K>>(
 #[inline]
 pub(crate) fn apply_one_quiet<K: Sku, S: LockedSkus<K>>(
     store: &S,
-    line: &(K, u64),
-    change: Change,
-) -> Result<(), StockError<K>> {
-    apply_one_keeping_slot(store, line, change).map(drop)
-}
-
-/// [`apply_one_quiet`] of a `Reserve` that returns the position of the slot it locked in
-/// the store's map, for a hold to settle later without looking its SKU up again
-/// ([`settle_slot_quiet`] on [`GrowOnlyMap::at`]).
-///
-/// # Errors
-///
-/// As [`apply_one_quiet`].
-#[inline(always)]
-pub(crate) fn hold_one_quiet<K: Sku, S: LockedSkus<K>>(
-    store: &S,
-    line: &(K, u64),
-) -> Result<Position, StockError<K>> {
-    apply_one_keeping_slot(store, line, Change::Reserve)
-}
-
-/// The change of [`apply_one_quiet`], returning the position of the slot it locked.
-///
-/// # Errors
-///
-/// As [`apply_one_quiet`].
-#[inline(always)]
-fn apply_one_keeping_slot<K: Sku, S: LockedSkus<K>>(
-    store: &S,
     line @ (sku, _): &(K, u64),
     change: Change,
-) -> Result<Position, StockError<K>> {
-    let Some((position, mut cell)) = store.lock_sku(sku) else {
+) -> Result<(), StockError<K>> {
+    let Some((_, mut cell)) = store.lock_sku(sku) else {
         return Err(StockError::UnknownSku(sku.clone()));
     };
     let after = next_level(&*cell, line, change, Limits::U64)?;
     cell.set_level(after);
-    Ok(position)
-}
-
-/// Commits or releases (`change`) `quantity` units held on the SKU of `slot`, the slot an
-/// open hold kept ([`hold_one_quiet`]): no lookup, never refused.
-///
-/// # Panics
-///
-/// When the SKU holds fewer than `quantity` units reserved (a broken invariant).
-#[inline(always)]
-pub(crate) fn settle_slot_quiet<K, S: LockedSkus<K>>(
-    store: &S,
-    slot: &S::Slot,
-    quantity: u64,
-    change: Change,
-) {
-    let mut cell = store.lock(slot);
-    let after = cell
-        .level()
-        .apply(change, quantity, 0, Limits::U64)
-        .expect("an open hold can always be resolved");
-    cell.set_level(after);
+    Ok(())
 }
 
 /// A SKU's state behind its lock, as the batch below reads and writes it.
@@ -511,7 +461,7 @@ fn next_move<K: Clone, C: LevelCell>(
 ///
 /// [`StockError::InsufficientStock`] or [`StockError::Overflow`] naming `line`'s SKU.
 #[inline(always)]
-fn next_level<K: Clone, C: LevelCell>(
+pub(crate) fn next_level<K: Clone, C: LevelCell>(
     cell: &C,
     (sku, quantity): &(K, u64),
     change: Change,

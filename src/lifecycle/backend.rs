@@ -59,32 +59,20 @@ pub(crate) trait Backend<K: Sku> {
         self.hold(lines).map(drop)
     }
 
-    /// [`hold`](Self::hold) of one validated line (quantity at least 1) for a caller that
-    /// needs no report of the move (no event sink); returns the handle to keep with the
-    /// hold.
-    ///
-    /// # Errors
-    ///
-    /// As [`hold`](Self::hold).
-    #[inline]
-    fn hold_quiet(&self, line: &(K, u64)) -> Result<Self::Handle, StockError<K>> {
-        self.hold(std::slice::from_ref(line))
-            .map(|_| Self::Handle::default())
-    }
-
     /// [`settle`](Self::settle) for a caller that needs no report of the moves (no event
     /// sink); `handle` is the one kept with the hold (`Default` when it was opened
-    /// otherwise than by [`hold_quiet`](Self::hold_quiet)).
+    /// otherwise than by [`hold_one`](Self::hold_one)).
     #[inline]
     fn settle_quiet(&self, lines: &[(K, u64)], handle: &Self::Handle, change: Change) {
         let _ = handle;
         self.settle(lines, change);
     }
 
-    /// Holds one validated line (quantity at least 1) for a caller that needs no report of
-    /// the move: in its SKU's slot when `in_slot` (no deadline) and the store keeps holds
-    /// there ([`slot_holds::hold`](super::slot_holds::hold)), else returning the handle to
-    /// record the hold with in the registry ([`hold_quiet`](Self::hold_quiet)).
+    /// [`hold`](Self::hold) of one validated line (quantity at least 1) for a caller that
+    /// needs no report of the move (no event sink): in its SKU's slot when `in_slot` (no
+    /// deadline) and the store keeps holds there
+    /// ([`slot_holds::hold`](super::slot_holds::hold)), else returning the handle to record
+    /// the hold with in the registry (by default, none).
     ///
     /// # Errors
     ///
@@ -96,7 +84,8 @@ pub(crate) trait Backend<K: Sku> {
         in_slot: bool,
     ) -> Result<HeldOne<K, Self::Handle>, StockError<K>> {
         let _ = in_slot;
-        self.hold_quiet(line).map(HeldOne::Reserved)
+        self.hold(std::slice::from_ref(line))
+            .map(|_| HeldOne::Reserved(Self::Handle::default()))
     }
 
     /// Resolves the slot hold `id` ([`slot_holds::resolve`](super::slot_holds::resolve)):

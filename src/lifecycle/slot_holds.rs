@@ -30,11 +30,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::backend::Backend;
+use super::backend::{Backend, HeldOne};
 use super::registry::{Extension, Resolved};
 use crate::error::StockError;
 use crate::level::{Change, Limits};
-use crate::lines::{LevelCell, LockedSkus, Moves};
+use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::reservation::{HoldLines, Reservation, ReservationId};
 use crate::stats::Stat;
 use crate::store::Sku;
@@ -131,20 +131,10 @@ pub(crate) trait SlotHeld<K: Sku>: LockedSkus<K, Cell: HoldsCell> + Backend<K> {
     );
 }
 
-/// What [`hold`] did with a hold of one line.
-#[derive(Debug)]
-pub(crate) enum HeldOne<K> {
-    /// Recorded in its SKU's slot: the hold, done.
-    InSlot(Reservation<K>),
-    /// The stock is reserved; the caller records the hold in the registry, with the
-    /// position of its SKU's slot to settle it by.
-    Reserved(Position),
-}
-
 /// Holds one validated line (quantity at least 1): locks the SKU, checks and moves the
 /// stock, and, when `in_slot` (no deadline, no key, no event sink) and the slot's word is
 /// free, writes the hold there before it unlocks. Otherwise the caller records it in the
-/// registry.
+/// registry, with the position of the SKU's slot to settle it by.
 ///
 /// # Errors
 ///
@@ -155,17 +145,14 @@ pub(crate) fn hold<K: Sku, S: SlotHeld<K>>(
     store: &S,
     line @ (sku, quantity): &(K, u64),
     in_slot: bool,
-) -> Result<HeldOne<K>, StockError<K>> {
+) -> Result<HeldOne<K, Position>, StockError<K>> {
     // `lock_sku`'s lookup, with a claim of our own: sharing its closure with `sell` made
     // the compiler keep the probe out of line (callgrind: `sell` 182 -> 213 instructions).
     let claimed = store.slot_map().get_claiming(sku, |slot| store.lock(slot));
     let Some((position, _, mut cell)) = claimed else {
         return Err(StockError::UnknownSku(sku.clone()));
     };
-    let after = cell
-        .level()
-        .apply(Change::Reserve, *quantity, cell.withheld(), Limits::U64)
-        .map_err(|refusal| refusal.into_error(sku.clone(), *quantity))?;
+    let after = lines::next_level(&*cell, line, Change::Reserve, Limits::U64)?;
     cell.set_level(after);
     let fits = in_slot && *quantity < QUANTITY_END && u64::from(position) < POSITION_END;
     if !fits || cell.hold_word().is_open() {
@@ -225,6 +212,47 @@ fn count_resolved<K: Sku, S: SlotHeld<K>>(store: &S, change: Change, expired: bo
     store.stats().count(stat);
 }
 
+/// The deadline of the slot hold `id`, whose word is `word`, if `extend` gave it one;
+/// `take` removes it from [`Deadlines`]. Call under the hold's SKU lock.
+fn deadline_of<K: Sku, S: SlotHeld<K>>(
+    store: &S,
+    id: ReservationId,
+    word: HoldWord,
+    take: bool,
+) -> Option<Instant> {
+    match (word.timed(), take) {
+        (false, _) => None,
+        (true, true) => store.deadlines().remove(&id),
+        (true, false) => store.deadlines().get_cloned(&id),
+    }
+}
+
+/// Expires the slot hold `id` (word `word`, at `position`, locked as `cell` inside `gate`)
+/// whose deadline `deadline` passed, its deadline already out of [`Deadlines`]: clears the
+/// word, gives its units back, releases the lock and the gate, counts it and takes the
+/// deadline out of the expiry index. What `extend` and `expire` do with a due hold.
+fn expire_locked<K: Sku, S: SlotHeld<K>>(
+    store: &S,
+    (slot, mut cell): (&S::Slot, MutexGuard<'_, S::Cell>),
+    gate: Option<sync::GateEntry<'_>>,
+    (id, position, word): (ReservationId, Position, HoldWord),
+    deadline: Option<Instant>,
+) -> Resolved<K, Moves> {
+    *cell.hold_word() = HoldWord::default();
+    store.settle_locked(slot, cell, word.quantity(), Change::Release);
+    drop(gate);
+    count_resolved(store, Change::Release, true);
+    if let Some(deadline) = deadline {
+        store.lifecycle().registry.unindex_deadline(deadline, id);
+    }
+    Resolved {
+        reservation: reservation_of(store, id, position, word.quantity(), deadline),
+        expired: true,
+        moved: Moves::Many(Vec::new()),
+        key: None,
+    }
+}
+
 /// Resolves the slot hold `id` by `change` (`Commit` or `Release`; `Release` whatever was
 /// asked once past its deadline): under its SKU's lock, finds and clears its word and
 /// moves its stock; with `part` (a partial commit of that many units, at most the hold's),
@@ -261,7 +289,7 @@ pub(crate) fn resolve<K: Sku, S: SlotHeld<K>>(
                 now = Some(registry.now());
                 continue;
             }
-            expires_at = store.deadlines().remove(&id);
+            expires_at = deadline_of(store, id, word, true);
         }
         let expired = expires_at
             .zip(now)
@@ -299,11 +327,7 @@ pub(crate) fn peek<K: Sku, S: SlotHeld<K>>(store: &S, id: ReservationId) -> Opti
     if !word.is(serial) {
         return None;
     }
-    let expires_at = if word.timed() {
-        store.deadlines().get_cloned(&id)
-    } else {
-        None
-    };
+    let expires_at = deadline_of(store, id, word, false);
     drop(cell);
     Some(reservation_of(
         store,
@@ -333,26 +357,11 @@ pub(crate) fn extend<K: Sku, S: SlotHeld<K>>(
     if !word.is(serial) {
         return None;
     }
-    let before = if word.timed() {
-        store.deadlines().remove(&id)
-    } else {
-        None
-    };
-    let quantity = word.quantity();
+    let before = deadline_of(store, id, word, true);
     if before.is_some_and(|before| now >= before) {
-        *cell.hold_word() = HoldWord::default();
-        store.settle_locked(slot, cell, quantity, Change::Release);
-        drop(gate);
-        count_resolved(store, Change::Release, true);
-        if let Some(before) = before {
-            registry.unindex_deadline(before, id);
-        }
-        return Some(Extension::Expired(Resolved {
-            reservation: reservation_of(store, id, position, quantity, before),
-            expired: true,
-            moved: Moves::Many(Vec::new()),
-            key: None,
-        }));
+        let hold = (id, position, word);
+        let expired = expire_locked(store, (slot, cell), gate, hold, before);
+        return Some(Extension::Expired(expired));
     }
     // Re-indexed under the SKU's lock, so no resolution of the hold runs between the
     // deadline change and the index change (as the registry's `extend`). Lock order: the
@@ -371,13 +380,14 @@ pub(crate) fn extend<K: Sku, S: SlotHeld<K>>(
     }
     drop(cell);
     drop(gate);
+    let quantity = word.quantity();
     Some(Extension::Extended(reservation_of(
         store, id, position, quantity, deadline,
     )))
 }
 
-/// Expires the slot hold `id` if it is still open and due at `now` (its deadline already
-/// out of the expiry index): its stock goes back. `None` when `id` is no slot hold of this
+/// Expires the slot hold `id` if it is still open and due at `now` (taken out of the expiry
+/// index by the sweep): its stock goes back. `None` when `id` is no slot hold of this
 /// store; `Some(None)` when the hold is gone or not due.
 pub(crate) fn expire<K: Sku, S: SlotHeld<K>>(
     store: &S,
@@ -389,24 +399,22 @@ pub(crate) fn expire<K: Sku, S: SlotHeld<K>>(
     let gate = registry.enter();
     let mut cell = store.lock(slot);
     let word = *cell.hold_word();
-    if !word.is(serial) || !word.timed() {
+    if !word.is(serial) {
         return Some(None);
     }
-    let deadline = store.deadlines().get_cloned(&id);
+    let deadline = deadline_of(store, id, word, false);
     if deadline.is_none_or(|deadline| now < deadline) {
         return Some(None);
     }
     store.deadlines().remove(&id);
-    *cell.hold_word() = HoldWord::default();
-    store.settle_locked(slot, cell, word.quantity(), Change::Release);
-    drop(gate);
-    count_resolved(store, Change::Release, true);
-    Some(Some(Resolved {
-        reservation: reservation_of(store, id, position, word.quantity(), deadline),
-        expired: true,
-        moved: Moves::Many(Vec::new()),
-        key: None,
-    }))
+    let hold = (id, position, word);
+    Some(Some(expire_locked(
+        store,
+        (slot, cell),
+        gate,
+        hold,
+        deadline,
+    )))
 }
 
 /// Appends a copy of every open slot hold (with no idempotency key) to `holds`, for a
@@ -447,11 +455,12 @@ macro_rules! slot_hold_methods {
             $crate::error::StockError<K>,
         > {
             use $crate::lifecycle::backend::HeldOne;
-            use $crate::lifecycle::slot_holds::{self, HeldOne as Slot};
-            Ok(match slot_holds::hold(self, line, in_slot)? {
-                Slot::InSlot(reservation) => HeldOne::InSlot(reservation),
-                Slot::Reserved(position) => HeldOne::Reserved(Some(position)),
-            })
+            Ok(
+                match $crate::lifecycle::slot_holds::hold(self, line, in_slot)? {
+                    HeldOne::InSlot(reservation) => HeldOne::InSlot(reservation),
+                    HeldOne::Reserved(position) => HeldOne::Reserved(Some(position)),
+                },
+            )
         }
 
         #[inline(always)]

@@ -274,16 +274,11 @@ impl<K: Sku> Backend<K> for PessimisticStore<K> {
     }
 
     #[inline]
-    fn hold_quiet(&self, line: &(K, u64)) -> Result<Self::Handle, StockError<K>> {
-        lines::hold_one_quiet(self, line).map(Some)
-    }
-
-    #[inline]
     fn settle_quiet(&self, lines: &[(K, u64)], handle: &Self::Handle, change: Change) {
         let settled = match (handle, lines) {
             (Some(position), [(_, quantity)]) => {
                 let slot = self.slots.at(*position);
-                return lines::settle_slot_quiet(self, slot, *quantity, change);
+                return self.settle_locked(slot, self.lock(slot), *quantity, change);
             }
             _ => lines::apply_quiet(self, lines, change),
         };

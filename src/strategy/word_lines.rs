@@ -498,11 +498,16 @@ macro_rules! word_backend_methods {
         }
 
         #[inline]
-        fn hold_quiet(
+        fn hold_one(
             &self,
             (sku, quantity): &(K, u64),
-        ) -> Result<Self::Handle, $crate::error::StockError<K>> {
+            _in_slot: bool,
+        ) -> Result<
+            $crate::lifecycle::backend::HeldOne<K, Self::Handle>,
+            $crate::error::StockError<K>,
+        > {
             $crate::strategy::word_lines::WordStore::hold_one_quiet(self, sku, *quantity)
+                .map($crate::lifecycle::backend::HeldOne::Reserved)
         }
 
         #[inline]

@@ -540,11 +540,6 @@ impl<K: Sku> Backend<K> for MonitorStore<K> {
     }
 
     #[inline]
-    fn hold_quiet(&self, line: &(K, u64)) -> Result<Self::Handle, StockError<K>> {
-        lines::hold_one_quiet(self, line).map(Some)
-    }
-
-    #[inline]
     fn settle_quiet(&self, lines: &[(K, u64)], handle: &Self::Handle, change: Change) {
         if let (Some(position), [(_, quantity)]) = (handle, lines) {
             return self.settle_quiet_on(self.slots.at(*position), *quantity, change);
