@@ -1,7 +1,8 @@
-//! Holds that live in their SKU's slot (the pessimistic and monitor stores' one-line
-//! holds with no TTL, key or sink): what the registry's holds do, they do too, and an id of one never
+//! Holds that live in their SKU's slot (every store's one-line holds with no TTL, key or
+//! sink: under the SKU's lock in the pessimistic and monitor stores, by compare-and-swap of a
+//! hold word in the optimistic and adaptive stores): what the registry's holds do, they do too, and an id of one never
 //! reaches a hold it did not name. The contract, model, loom and linearizability suites run
-//! them as well (every plain one-line `reserve` of the pessimistic store makes one); these
+//! them as well (every plain one-line `reserve` of a store makes one); these
 //! tests pin what only they have: their ids, the one word a SKU has for them, and their
 //! way through `extend`, expiry, partial commits, statistics and snapshots.
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stockledger::{
-    Clock, ManualClock, MonitorStore, PessimisticStore, ReservationId, ReserveOptions, StockError,
+    AdaptiveStore, Clock, ManualClock, MonitorStore, OptimisticStore, PessimisticStore, ReservationId, ReserveOptions, StockError,
     StockStore, WaitingStore,
 };
 
@@ -95,20 +96,20 @@ macro_rules! slot_hold_tests {
             assert!(format!("{store:?}").contains("open_holds: 0"));
         }
 
-        /// A hold of more units than a slot's word carries (2²⁴ or more) lives in the registry.
+        /// A hold of more units than a slot's word carries (2²³ or more) lives in the registry.
         #[test]
         fn a_hold_too_large_for_the_word_lives_in_the_registry() {
             let store = $Store::new();
             store.restock(&"bolt", 1 << 25).unwrap();
-            let small = store.reserve(&[("bolt", (1 << 24) - 1)]).unwrap();
+            let small = store.reserve(&[("bolt", (1 << 23) - 1)]).unwrap();
             store.release(small.id()).unwrap();
-            let large = store.reserve(&[("bolt", 1 << 24)]).unwrap();
+            let large = store.reserve(&[("bolt", 1 << 23)]).unwrap();
             assert!(in_slot(small.id()) && !in_slot(large.id()));
             assert_eq!(
                 store.commit(large.id()).unwrap().lines(),
-                [("bolt", 1 << 24)]
+                [("bolt", 1 << 23)]
             );
-            assert_eq!(store.level(&"bolt").unwrap().on_hand, (1 << 25) - (1 << 24));
+            assert_eq!(store.level(&"bolt").unwrap().on_hand, (1 << 25) - (1 << 23));
         }
 
         /// An id names a slot position, not a store: the same position in another store (whose
@@ -295,7 +296,12 @@ macro_rules! slot_hold_tests {
     )+};
 }
 
-slot_hold_tests!(pessimistic => PessimisticStore, monitor => MonitorStore);
+slot_hold_tests!(
+    pessimistic => PessimisticStore,
+    monitor => MonitorStore,
+    optimistic => OptimisticStore,
+    adaptive => AdaptiveStore,
+);
 
 /// The monitor store's slot hold, released, hands its units to the SKU's first waiter.
 #[test]

@@ -27,6 +27,9 @@ pub(crate) struct Lifecycle<K, H = ()> {
     pub(crate) events: Events<K>,
     /// What the store counted.
     pub(crate) stats: Stats,
+    /// The deadlines of the holds kept in their SKU's slot that `extend` gave one
+    /// ([`slot_holds`](super::slot_holds)).
+    pub(crate) deadlines: super::slot_holds::Deadlines,
 }
 
 /// The stock movements of one store, which the lifecycle drives.

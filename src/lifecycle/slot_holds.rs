@@ -36,7 +36,7 @@ use crate::error::StockError;
 use crate::level::{Change, Limits};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::reservation::{HoldLines, Reservation, ReservationId};
-use crate::stats::Stat;
+use crate::stats::{Stat, Stats};
 use crate::store::Sku;
 use crate::sync::{self, IdHasher, MutexGuard, Position, ShardedMap};
 
@@ -49,16 +49,21 @@ const SERIAL_END: u64 = 1 << SERIAL_BITS;
 /// The slot positions whose holds may live in their slot: below this (2²⁴).
 const POSITION_END: u64 = TAG >> SERIAL_BITS;
 /// Bits of a word's quantity.
-const QUANTITY_BITS: u32 = 24;
-/// The quantities a word holds: below this.
-const QUANTITY_END: u64 = 1 << QUANTITY_BITS;
+const QUANTITY_BITS: u32 = 23;
+/// The quantities a word holds: below this (2²³).
+pub(crate) const QUANTITY_END: u64 = 1 << QUANTITY_BITS;
 /// The word's bit set while the hold has a deadline (kept in [`Deadlines`]).
 const TIMED: u64 = 1 << QUANTITY_BITS;
-const _: () = assert!(SERIAL_BITS + QUANTITY_BITS + 1 == 64);
+/// The word's bit set while one thread reads or changes the hold's deadline (the stores
+/// without SKU locks, `strategy::word_holds`; the locking stores never set it).
+const BUSY: u64 = TIMED << 1;
+/// Where a word's counter value starts.
+const SERIAL_SHIFT: u32 = QUANTITY_BITS + 2;
+const _: () = assert!(SERIAL_BITS + SERIAL_SHIFT == 64);
 
 /// The position and counter value of the slot hold `id`, or `None` for a registry id.
 #[inline(always)]
-fn parts(id: ReservationId) -> Option<(Position, u64)> {
+pub(crate) fn parts(id: ReservationId) -> Option<(Position, u64)> {
     let raw = id.get();
     // Below 2²⁴ after the shift: the cast keeps every bit.
     #[allow(clippy::cast_possible_truncation)]
@@ -71,34 +76,83 @@ pub(crate) fn serial_of(id: ReservationId) -> Option<u64> {
     parts(id).map(|(_, serial)| serial)
 }
 
-/// One slot's hold: `serial << 25 | timed << 24 | quantity`, or 0 for none. Guarded by
-/// the slot's lock.
+/// The id of the slot hold with counter value `serial` in the slot at `position`.
+#[inline(always)]
+pub(crate) fn id_of(position: Position, serial: u64) -> ReservationId {
+    ReservationId::from_u64(TAG | u64::from(position) << SERIAL_BITS | serial)
+}
+
+/// Whether a hold of `quantity` units of the SKU at `position` fits a slot's word.
+#[inline(always)]
+pub(crate) fn fits(position: Position, quantity: u64) -> bool {
+    quantity < QUANTITY_END && u64::from(position) < POSITION_END
+}
+
+/// A fresh counter value for a slot hold's id, or `None` past the slot holds' room (the
+/// value then goes unused).
+#[inline(always)]
+pub(crate) fn next_serial() -> Option<u64> {
+    Some(sync::next_reservation_id()).filter(|serial| *serial < SERIAL_END)
+}
+
+/// One slot's hold: `serial << 25 | busy << 24 | timed << 23 | quantity`, or 0 for none.
+/// Guarded by the slot's lock in the locking stores, changed by compare-and-swap in the
+/// others.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct HoldWord(u64);
 
 impl HoldWord {
     /// The word of a hold of `quantity` (below [`QUANTITY_END`]) with counter value
     /// `serial` (from 1, below [`SERIAL_END`]), without a deadline.
-    fn new(serial: u64, quantity: u64) -> Self {
-        Self(serial << (QUANTITY_BITS + 1) | quantity)
+    pub(crate) fn new(serial: u64, quantity: u64) -> Self {
+        Self(serial << SERIAL_SHIFT | quantity)
+    }
+
+    /// The word as its bits, and back.
+    pub(crate) fn bits(self) -> u64 {
+        self.0
+    }
+
+    pub(crate) fn from_bits(bits: u64) -> Self {
+        Self(bits)
     }
 
     /// Whether it holds the hold with counter value `serial`.
     #[inline(always)]
-    fn is(self, serial: u64) -> bool {
-        self.0 != 0 && self.0 >> (QUANTITY_BITS + 1) == serial
+    pub(crate) fn is(self, serial: u64) -> bool {
+        self.0 != 0 && self.0 >> SERIAL_SHIFT == serial
     }
 
-    fn quantity(self) -> u64 {
+    /// The counter value of its hold's id.
+    pub(crate) fn serial(self) -> u64 {
+        self.0 >> SERIAL_SHIFT
+    }
+
+    pub(crate) fn quantity(self) -> u64 {
         self.0 & (QUANTITY_END - 1)
     }
 
-    fn timed(self) -> bool {
+    pub(crate) fn timed(self) -> bool {
         self.0 & TIMED != 0
     }
 
+    /// The word with its deadline bit set (`true`) or cleared.
+    pub(crate) fn with_timed(self, timed: bool) -> Self {
+        Self(if timed { self.0 | TIMED } else { self.0 & !TIMED })
+    }
+
+    /// Whether a thread is reading or changing its deadline.
+    pub(crate) fn busy(self) -> bool {
+        self.0 & BUSY != 0
+    }
+
+    /// The word with its busy bit set.
+    pub(crate) fn claimed(self) -> Self {
+        Self(self.0 | BUSY)
+    }
+
     /// Whether it holds a hold.
-    fn is_open(self) -> bool {
+    pub(crate) fn is_open(self) -> bool {
         self.0 != 0
     }
 }
@@ -117,9 +171,6 @@ pub(crate) type Deadlines = ShardedMap<ReservationId, Instant, IdHasher>;
 /// A store whose one-line holds may live in their SKUs' slots (the pessimistic and monitor
 /// stores).
 pub(crate) trait SlotHeld<K: Sku>: LockedSkus<K, Cell: HoldsCell> + Backend<K> {
-    /// The deadlines of its slot holds.
-    fn deadlines(&self) -> &Deadlines;
-
     /// Moves `quantity` held units of `slot`'s SKU by `change` (`Commit` or `Release`),
     /// then releases `cell` (the slot's lock): never refused.
     fn settle_locked(
@@ -154,20 +205,17 @@ pub(crate) fn hold<K: Sku, S: SlotHeld<K>>(
     };
     let after = lines::next_level(&*cell, line, Change::Reserve, Limits::U64)?;
     cell.set_level(after);
-    let fits = in_slot && *quantity < QUANTITY_END && u64::from(position) < POSITION_END;
-    if !fits || cell.hold_word().is_open() {
+    if !in_slot || !fits(position, *quantity) || cell.hold_word().is_open() {
         return Ok(HeldOne::Reserved(position));
     }
-    // A value of the process-wide counter; one past the slot holds' room goes unused.
-    let serial = sync::next_reservation_id();
-    if serial >= SERIAL_END {
+    let Some(serial) = next_serial() else {
         return Ok(HeldOne::Reserved(position));
-    }
+    };
     *cell.hold_word() = HoldWord::new(serial, *quantity);
     drop(cell);
     store.stats().count(Stat::SlotHoldsOpened);
     Ok(HeldOne::InSlot(Reservation {
-        id: ReservationId::from_u64(TAG | u64::from(position) << SERIAL_BITS | serial),
+        id: id_of(position, serial),
         lines: HoldLines::One([line.clone()]),
         expires_at: None,
     }))
@@ -194,22 +242,37 @@ fn reservation_of<K: Sku, S: SlotHeld<K>>(
     quantity: u64,
     expires_at: Option<Instant>,
 ) -> Reservation<K> {
-    let sku = store.slot_map().key_at(position).clone();
+    let sku = store.slot_map().key_at(position);
+    reservation(id, sku, quantity, expires_at)
+}
+
+/// The reservation of the slot hold `id` of `quantity` units of `sku`.
+pub(crate) fn reservation<K: Sku>(
+    id: ReservationId,
+    sku: &K,
+    quantity: u64,
+    expires_at: Option<Instant>,
+) -> Reservation<K> {
     Reservation {
         id,
-        lines: HoldLines::One([(sku, quantity)]),
+        lines: HoldLines::One([(sku.clone(), quantity)]),
         expires_at,
     }
 }
 
 /// Counts a slot hold resolved by `change`, `expired` or not.
 fn count_resolved<K: Sku, S: SlotHeld<K>>(store: &S, change: Change, expired: bool) {
+    count_resolution(store.stats(), change, expired);
+}
+
+/// Counts in `stats` a slot hold resolved by `change`, `expired` or not.
+pub(crate) fn count_resolution(stats: &Stats, change: Change, expired: bool) {
     let stat = match (expired, change) {
         (true, _) => Stat::SlotHoldsExpired,
         (false, Change::Commit) => Stat::SlotHoldsCommitted,
         (false, _) => Stat::SlotHoldsReleased,
     };
-    store.stats().count(stat);
+    stats.count(stat);
 }
 
 /// The deadline of the slot hold `id`, whose word is `word`, if `extend` gave it one;
@@ -222,8 +285,8 @@ fn deadline_of<K: Sku, S: SlotHeld<K>>(
 ) -> Option<Instant> {
     match (word.timed(), take) {
         (false, _) => None,
-        (true, true) => store.deadlines().remove(&id),
-        (true, false) => store.deadlines().get_cloned(&id),
+        (true, true) => store.lifecycle().deadlines.remove(&id),
+        (true, false) => store.lifecycle().deadlines.get_cloned(&id),
     }
 }
 
@@ -369,11 +432,11 @@ pub(crate) fn extend<K: Sku, S: SlotHeld<K>>(
     // way round.
     *cell.hold_word() = match deadline {
         Some(deadline) => {
-            store.deadlines().insert_new(id, deadline, |()| {});
+            store.lifecycle().deadlines.insert_new(id, deadline, |()| {});
             registry.index_deadline(deadline, id);
-            HoldWord(word.0 | TIMED)
+            word.with_timed(true)
         }
-        None => HoldWord(word.0 & !TIMED),
+        None => word.with_timed(false),
     };
     if let Some(before) = before.filter(|before| Some(*before) != deadline) {
         registry.unindex_deadline(before, id);
@@ -406,7 +469,7 @@ pub(crate) fn expire<K: Sku, S: SlotHeld<K>>(
     if deadline.is_none_or(|deadline| now < deadline) {
         return Some(None);
     }
-    store.deadlines().remove(&id);
+    store.lifecycle().deadlines.remove(&id);
     let hold = (id, position, word);
     Some(Some(expire_locked(
         store,
@@ -427,15 +490,9 @@ pub(crate) fn copy_holds<K: Sku, S: SlotHeld<K>>(
     store.slot_map().for_each(|sku, slot| {
         let word = *S::mutex(slot).lock().hold_word();
         if word.is_open() {
-            let serial = word.0 >> (QUANTITY_BITS + 1);
-            let id = ReservationId::from_u64(TAG | u64::from(position) << SERIAL_BITS | serial);
-            let expires_at = store.deadlines().get_cloned(&id);
-            let reservation = Reservation {
-                id,
-                lines: HoldLines::One([(sku.clone(), word.quantity())]),
-                expires_at,
-            };
-            holds.push((reservation, None));
+            let id = id_of(position, word.serial());
+            let expires_at = store.lifecycle().deadlines.get_cloned(&id);
+            holds.push((reservation(id, sku, word.quantity(), expires_at), None));
         }
         position += 1;
     });
@@ -522,6 +579,8 @@ mod tests {
         let word = HoldWord::new(77, 3);
         assert!(word.is(77) && !word.is(78) && !HoldWord::default().is(0));
         assert_eq!((word.quantity(), word.timed()), (3, false));
-        assert!(HoldWord(word.0 | TIMED).is(77));
+        assert!(word.with_timed(true).is(77) && word.claimed().is(77));
+        assert_eq!(word.with_timed(true).claimed().quantity(), 3);
+        assert_eq!(id_of(5, 77), ReservationId::from_u64(TAG | 5 << SERIAL_BITS | 77));
     }
 }

@@ -136,7 +136,8 @@ pub struct AdaptiveStore<K> {
     temperature: Temperature,
 }
 
-/// One SKU: its counts word, its lock and mode, its temperature, its low-stock threshold.
+/// One SKU: its counts word, its lock and mode, its temperature, its low-stock threshold,
+/// its hold word.
 #[derive(Debug)]
 pub(crate) struct Slot {
     /// `(on_hand, reserved, version)`, packed (see [`AdaptiveStore::skus`]); changed only
@@ -148,11 +149,13 @@ pub(crate) struct Slot {
     hot: AtomicBool,
     /// Conflicts in the current window (a heuristic: read by no correctness decision),
     /// saturating at `u32::MAX`. The window's operations need no counter: the version in
-    /// `word` counts them. 32 bits, so that the slot fits in 32 bytes (a SKU map entry of
-    /// 48 bytes with its key, as the optimistic store's).
+    /// `word` counts them. 32 bits, so that the slot with its hold word fits in 48 bytes
+    /// (a SKU map entry of 64 bytes, one cache line, with a key of up to 16 bytes).
     window_conflicts: Tally,
     /// The low-stock threshold (0: none); read only when an event sink is set.
     low_stock_threshold: AtomicU64,
+    /// A one-line hold kept with its SKU (`strategy::word_holds`), 0 for none.
+    hold: AtomicU64,
 }
 
 impl WordSlot for Slot {
@@ -164,6 +167,11 @@ impl WordSlot for Slot {
     #[inline]
     fn low_stock_threshold(&self) -> &AtomicU64 {
         &self.low_stock_threshold
+    }
+
+    #[inline(always)]
+    fn hold_word(&self) -> &AtomicU64 {
+        &self.hold
     }
 }
 
@@ -182,6 +190,7 @@ impl Fill for Slot {
             hot,
             window_conflicts,
             low_stock_threshold,
+            hold,
         } = from;
         self.word
             .store(word.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -191,6 +200,7 @@ impl Fill for Slot {
         self.window_conflicts.store(conflicts, Ordering::Relaxed);
         let threshold = low_stock_threshold.load(Ordering::Relaxed);
         self.low_stock_threshold.store(threshold, Ordering::Relaxed);
+        self.hold.store(hold.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
@@ -203,6 +213,7 @@ impl Slot {
             hot: AtomicBool::new(false),
             window_conflicts: Tally::new(0),
             low_stock_threshold: AtomicU64::new(0),
+            hold: AtomicU64::new(0),
         }
     }
 
@@ -683,10 +694,11 @@ mod tests {
 
     #[test]
     #[cfg(not(loom))]
-    fn a_slot_fits_in_32_bytes() {
-        // With its 8-byte key, a SKU map entry of 48 bytes, as the optimistic store's.
+    fn a_slot_fits_in_48_bytes() {
+        // With a key of up to 16 bytes (a `u64` in its `OnceLock`), a SKU map entry of one
+        // 64-byte line, as the other stores'.
         assert!(
-            std::mem::size_of::<Slot>() <= 32,
+            std::mem::size_of::<Slot>() <= 48,
             "{}",
             std::mem::size_of::<Slot>()
         );

@@ -84,13 +84,16 @@ pub struct OptimisticStore<K> {
     retries_max: u32,
 }
 
-/// One SKU: its counts word and its low-stock threshold.
+/// One SKU: its counts word, its low-stock threshold and its hold word.
 #[derive(Debug)]
 pub(crate) struct Slot {
     /// `(on_hand, reserved, version)`, packed (see [`OptimisticStore::skus`]).
     word: Word,
     /// The low-stock threshold (0: none); read only when an event sink is set.
     low_stock_threshold: AtomicU64,
+    /// A one-line hold kept with its SKU (`strategy::word_holds`), 0 for none. In the
+    /// 16-byte alignment's padding after the threshold: the slot stays 32 bytes.
+    hold: AtomicU64,
 }
 
 impl WordSlot for Slot {
@@ -102,6 +105,11 @@ impl WordSlot for Slot {
     #[inline]
     fn low_stock_threshold(&self) -> &AtomicU64 {
         &self.low_stock_threshold
+    }
+
+    #[inline(always)]
+    fn hold_word(&self) -> &AtomicU64 {
+        &self.hold
     }
 }
 
@@ -117,11 +125,13 @@ impl Fill for Slot {
         let Self {
             word,
             low_stock_threshold,
+            hold,
         } = from;
         self.word
             .store(word.load(Ordering::Relaxed), Ordering::Relaxed);
         let threshold = low_stock_threshold.load(Ordering::Relaxed);
         self.low_stock_threshold.store(threshold, Ordering::Relaxed);
+        self.hold.store(hold.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
@@ -131,6 +141,7 @@ impl Slot {
         Self {
             word: Word::new(pack(level)),
             low_stock_threshold: AtomicU64::new(0),
+            hold: AtomicU64::new(0),
         }
     }
 }

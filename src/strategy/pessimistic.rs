@@ -5,7 +5,7 @@ use std::fmt;
 use crate::error::StockError;
 use crate::level::{Change, Limits, Moved, StockLevel};
 use crate::lifecycle::builder::StoreBuilder;
-use crate::lifecycle::slot_holds::{self, Deadlines, HoldWord, HoldsCell, SlotHeld};
+use crate::lifecycle::slot_holds::{self, HoldWord, HoldsCell, SlotHeld};
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::stats::Stats;
@@ -58,8 +58,6 @@ use crate::sync::{GrowOnlyMap, Mutex, MutexGuard, Position};
 pub struct PessimisticStore<K> {
     /// SKU -> its slot; each slot's mutex guards that SKU's counts and threshold.
     slots: GrowOnlyMap<K, Mutex<Slot>>,
-    /// The deadlines of the holds kept in their SKU's slot that were given one.
-    deadlines: Deadlines,
     /// Open holds (but those kept in their SKU's slot), events, counters.
     lifecycle: Lifecycle<K, SlotHandle>,
 }
@@ -196,7 +194,6 @@ impl<K: Sku> StoreBuilder<K, PessimisticStore<K>> {
         let restored = self.take_restored();
         let store = PessimisticStore {
             slots: GrowOnlyMap::new(),
-            deadlines: Deadlines::new(),
             lifecycle: self.lifecycle(),
         };
         if let Some(snapshot) = restored {
@@ -233,9 +230,6 @@ impl<K: Sku> crate::durability::capture::SkuTable<K> for PessimisticStore<K> {
 }
 
 impl<K: Sku> SlotHeld<K> for PessimisticStore<K> {
-    fn deadlines(&self) -> &Deadlines {
-        &self.deadlines
-    }
 
     #[inline(always)]
     fn settle_locked(

@@ -19,6 +19,10 @@ pub(crate) trait WordSlot: Send + Sync {
     /// The SKU's low-stock threshold in units (0: none); read only when an event sink is
     /// set.
     fn low_stock_threshold(&self) -> &AtomicU64;
+
+    /// The SKU's hold word: a [`HoldWord`](crate::lifecycle::slot_holds::HoldWord)'s bits,
+    /// 0 for none ([`word_holds`](super::word_holds)).
+    fn hold_word(&self) -> &AtomicU64;
 }
 
 /// [`SkuTable::each_sku`](crate::durability::capture::SkuTable::each_sku) of any word
@@ -188,22 +192,6 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
         with_known_sku(self.skus(), sku, |slot| {
             self.update_slot_quiet(sku, slot, change, quantity)
         })
-    }
-
-    /// Reserves `quantity` units of `sku` for a one-line hold with no report of the move;
-    /// returns the position of the SKU's slot, which the hold keeps to settle without a
-    /// lookup ([`settle_quiet_lines`](Self::settle_quiet_lines)).
-    ///
-    /// # Errors
-    ///
-    /// As [`update_sku`](Self::update_sku).
-    #[inline(always)]
-    fn hold_one_quiet(&self, sku: &K, quantity: u64) -> Result<WordHandle, StockError<K>> {
-        let Some((position, slot)) = self.skus().get_positioned(sku) else {
-            return Err(StockError::UnknownSku(sku.clone()));
-        };
-        self.update_slot_quiet(sku, slot, Change::Reserve, quantity)
-            .map(|()| Some(position))
     }
 
     /// Commits or releases (`change`) held `lines` with no report of the moves: a one-line
@@ -454,7 +442,7 @@ pub(crate) fn with_known_sku<K: Sku, V: Send + Sync, R>(
 ///
 /// When `update` is refused by the counts (a broken invariant of the store).
 #[inline(always)]
-fn retry_past_conflicts<K: Sku, T>(mut update: impl FnMut() -> Result<T, StockError<K>>) -> T {
+pub(crate) fn retry_past_conflicts<K: Sku, T>(mut update: impl FnMut() -> Result<T, StockError<K>>) -> T {
     loop {
         match update() {
             Ok(done) => break done,
@@ -498,19 +486,6 @@ macro_rules! word_backend_methods {
         }
 
         #[inline]
-        fn hold_one(
-            &self,
-            (sku, quantity): &(K, u64),
-            _in_slot: bool,
-        ) -> Result<
-            $crate::lifecycle::backend::HeldOne<K, Self::Handle>,
-            $crate::error::StockError<K>,
-        > {
-            $crate::strategy::word_lines::WordStore::hold_one_quiet(self, sku, *quantity)
-                .map($crate::lifecycle::backend::HeldOne::Reserved)
-        }
-
-        #[inline]
         fn settle_quiet(
             &self,
             lines: &[(K, u64)],
@@ -521,6 +496,8 @@ macro_rules! word_backend_methods {
                 self, lines, handle, change,
             );
         }
+
+        $crate::strategy::word_holds::word_hold_methods!();
     };
 }
 

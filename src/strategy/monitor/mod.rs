@@ -7,7 +7,7 @@ use std::fmt;
 use crate::error::StockError;
 use crate::level::{Change, Limits, Moved, Refusal, StockLevel};
 use crate::lifecycle::builder::StoreBuilder;
-use crate::lifecycle::slot_holds::{self, Deadlines, HoldWord, HoldsCell, SlotHeld};
+use crate::lifecycle::slot_holds::{self, HoldWord, HoldsCell, SlotHeld};
 use crate::lifecycle::{self, Backend, Lifecycle};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::stats::Stats;
@@ -90,8 +90,6 @@ pub struct MonitorStore<K> {
     slots: GrowOnlyMap<K, Monitor>,
     /// Units beyond a SKU's on hand one waiter may wait for.
     wait_units_max: u64,
-    /// The deadlines of the holds kept in their SKU's slot that were given one.
-    deadlines: Deadlines,
     /// Open holds (but those kept in their SKU's slot), events, counters.
     lifecycle: Lifecycle<K, MonitorHandle>,
 }
@@ -458,7 +456,6 @@ impl<K: Sku> StoreBuilder<K, MonitorStore<K>> {
         let store = MonitorStore {
             slots: GrowOnlyMap::new(),
             wait_units_max: self.wait_units_max,
-            deadlines: Deadlines::new(),
             lifecycle: self.lifecycle(),
         };
         if let Some(snapshot) = restored {
@@ -497,9 +494,6 @@ impl<K: Sku> StoreBuilder<K, MonitorStore<K>> {
 }
 
 impl<K: Sku> SlotHeld<K> for MonitorStore<K> {
-    fn deadlines(&self) -> &Deadlines {
-        &self.deadlines
-    }
 
     /// The freed units go to the SKU's waiters, if any (also `settle_quiet_on`'s body).
     #[inline(always)]
