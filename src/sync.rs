@@ -611,6 +611,16 @@ mod mocked {
             self.map().0.remove(key)
         }
 
+        pub(crate) fn with_entry<R>(&self, key: &K, f: impl FnOnce(&mut Option<V>) -> R) -> R {
+            let mut map = self.map();
+            let mut value = map.0.remove(key);
+            let result = f(&mut value);
+            if let Some(value) = value {
+                map.0.insert(key.clone(), value);
+            }
+            result
+        }
+
         pub(crate) fn remove_if(
             &self,
             key: &K,

@@ -180,7 +180,16 @@ fn extend_races_commit_of<S: StockStore<Sku> + std::fmt::Debug + 'static>(
 /// gone), and otherwise leaves it open (a commit succeeds). A hold past its deadline that
 /// the sweep missed would make the commit report `Expired`.
 fn extensions_race<S: StockStore<Sku> + 'static>(store: S, clock: Arc<ManualClock>) {
-    let (store, hold) = held_with_ttl(store, 1);
+    extensions_race_of(store, clock, held_with_ttl);
+}
+
+/// [`extensions_race`] on a hold made by `held`.
+fn extensions_race_of<S: StockStore<Sku> + 'static>(
+    store: S,
+    clock: Arc<ManualClock>,
+    held: Held<S>,
+) {
+    let (store, hold) = held(store, 1);
     let id = hold.id();
     let later = spawn(&store, move |store| store.extend(id, 6 * TTL).unwrap());
     store.extend(id, TTL).unwrap(); // the first deadline again
@@ -340,9 +349,11 @@ fn held_in_slot<S: StockStore<Sku>>(store: S, on_hand: u64) -> (Arc<S>, Reservat
     (store, hold)
 }
 
-/// The races above on a hold that lives in its SKU's slot (a plain one-line hold of the
-/// pessimistic or monitor store, then given a deadline by `extend`): its deadline lives
-/// beside the slot and in the expiry index, and the slot's lock decides every race.
+/// The races above on a hold that lives in its SKU's slot (a plain one-line hold, then
+/// given a deadline by `extend`): its deadline lives beside the slot and in the expiry
+/// index, and the slot's lock (the pessimistic and monitor stores) or the compare-and-swap
+/// of its hold word and its busy bit (the optimistic and adaptive stores) decides every
+/// race.
 macro_rules! slot_hold_models {
     ($($name:ident => $store:expr),+ $(,)?) => {$(
         mod $name {
@@ -377,6 +388,16 @@ macro_rules! slot_hold_models {
                     &["extended", "committed first"],
                 );
             }
+
+            #[test]
+            fn extensions_race() {
+                clocked(
+                    concat!(stringify!($name), "::extensions_race"),
+                    $store,
+                    |store, clock| super::extensions_race_of(store, clock, held_in_slot),
+                    &["ends with the later deadline", "ends with the first deadline"],
+                );
+            }
         }
     )+};
 }
@@ -384,6 +405,8 @@ macro_rules! slot_hold_models {
 slot_hold_models!(
     slot_hold_pessimistic => |clock| PessimisticStore::builder().clock(clock).build(),
     slot_hold_monitor => |clock| MonitorStore::builder().clock(clock).build(),
+    slot_hold_optimistic => |clock| OptimisticStore::builder().clock(clock).build(),
+    slot_hold_adaptive => |clock| stockledger::AdaptiveStore::builder().clock(clock).build(),
 );
 
 /// With one compare-and-swap attempt per update (`retries_max(1)`), two sales of one unit

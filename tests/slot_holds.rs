@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stockledger::{
-    AdaptiveStore, Clock, ManualClock, MonitorStore, OptimisticStore, PessimisticStore, ReservationId, ReserveOptions, StockError,
-    StockStore, WaitingStore,
+    AdaptiveStore, Clock, ManualClock, MonitorStore, OptimisticStore, PessimisticStore,
+    ReservationId, ReserveOptions, StockError, StockStore, WaitingStore,
 };
 
 /// The bit of a slot hold's id (`lifecycle::slot_holds`).
@@ -96,20 +96,20 @@ macro_rules! slot_hold_tests {
             assert!(format!("{store:?}").contains("open_holds: 0"));
         }
 
-        /// A hold of more units than a slot's word carries (2²³ or more) lives in the registry.
+        /// A hold of more units than a slot's word carries (2²⁴ or more) lives in the registry.
         #[test]
         fn a_hold_too_large_for_the_word_lives_in_the_registry() {
             let store = $Store::new();
             store.restock(&"bolt", 1 << 25).unwrap();
-            let small = store.reserve(&[("bolt", (1 << 23) - 1)]).unwrap();
+            let small = store.reserve(&[("bolt", (1 << 24) - 1)]).unwrap();
             store.release(small.id()).unwrap();
-            let large = store.reserve(&[("bolt", 1 << 23)]).unwrap();
+            let large = store.reserve(&[("bolt", 1 << 24)]).unwrap();
             assert!(in_slot(small.id()) && !in_slot(large.id()));
             assert_eq!(
                 store.commit(large.id()).unwrap().lines(),
-                [("bolt", 1 << 23)]
+                [("bolt", 1 << 24)]
             );
-            assert_eq!(store.level(&"bolt").unwrap().on_hand, (1 << 25) - (1 << 23));
+            assert_eq!(store.level(&"bolt").unwrap().on_hand, (1 << 25) - (1 << 24));
         }
 
         /// An id names a slot position, not a store: the same position in another store (whose

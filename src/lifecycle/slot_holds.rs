@@ -49,16 +49,13 @@ const SERIAL_END: u64 = 1 << SERIAL_BITS;
 /// The slot positions whose holds may live in their slot: below this (2²⁴).
 const POSITION_END: u64 = TAG >> SERIAL_BITS;
 /// Bits of a word's quantity.
-const QUANTITY_BITS: u32 = 23;
-/// The quantities a word holds: below this (2²³).
-pub(crate) const QUANTITY_END: u64 = 1 << QUANTITY_BITS;
+const QUANTITY_BITS: u32 = 24;
+/// The quantities a word holds: below this (2²⁴).
+const QUANTITY_END: u64 = 1 << QUANTITY_BITS;
 /// The word's bit set while the hold has a deadline (kept in [`Deadlines`]).
 const TIMED: u64 = 1 << QUANTITY_BITS;
-/// The word's bit set while one thread reads or changes the hold's deadline (the stores
-/// without SKU locks, `strategy::word_holds`; the locking stores never set it).
-const BUSY: u64 = TIMED << 1;
 /// Where a word's counter value starts.
-const SERIAL_SHIFT: u32 = QUANTITY_BITS + 2;
+const SERIAL_SHIFT: u32 = QUANTITY_BITS + 1;
 const _: () = assert!(SERIAL_BITS + SERIAL_SHIFT == 64);
 
 /// The position and counter value of the slot hold `id`, or `None` for a registry id.
@@ -95,7 +92,7 @@ pub(crate) fn next_serial() -> Option<u64> {
     Some(sync::next_reservation_id()).filter(|serial| *serial < SERIAL_END)
 }
 
-/// One slot's hold: `serial << 25 | busy << 24 | timed << 23 | quantity`, or 0 for none.
+/// One slot's hold: `serial << 25 | timed << 24 | quantity`, or 0 for none.
 /// Guarded by the slot's lock in the locking stores, changed by compare-and-swap in the
 /// others.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -138,17 +135,11 @@ impl HoldWord {
 
     /// The word with its deadline bit set (`true`) or cleared.
     pub(crate) fn with_timed(self, timed: bool) -> Self {
-        Self(if timed { self.0 | TIMED } else { self.0 & !TIMED })
-    }
-
-    /// Whether a thread is reading or changing its deadline.
-    pub(crate) fn busy(self) -> bool {
-        self.0 & BUSY != 0
-    }
-
-    /// The word with its busy bit set.
-    pub(crate) fn claimed(self) -> Self {
-        Self(self.0 | BUSY)
+        Self(if timed {
+            self.0 | TIMED
+        } else {
+            self.0 & !TIMED
+        })
     }
 
     /// Whether it holds a hold.
@@ -221,29 +212,17 @@ pub(crate) fn hold<K: Sku, S: SlotHeld<K>>(
     }))
 }
 
-/// The slot of the position `id` names, if `id` is a slot hold's id and this store has
-/// a slot there, with the id's counter value.
+/// The SKU and slot of the position `id` names, if `id` is a slot hold's id and this store
+/// has a slot there, with the id's counter value.
 #[inline(always)]
-fn slot_of<K: Sku, S: SlotHeld<K>>(
-    store: &S,
-    id: ReservationId,
-) -> Option<(Position, &S::Slot, u64)> {
+fn slot_of<K: Sku, S: SlotHeld<K>>(store: &S, id: ReservationId) -> Option<(&K, &S::Slot, u64)> {
     let (position, serial) = parts(id)?;
     let slots = store.slot_map();
     // A position past the map's entries is an id of another store's.
-    ((position as usize) < slots.len()).then(|| (position, slots.at(position), serial))
-}
-
-/// The reservation of the slot hold `id` of `quantity` units at `position`.
-fn reservation_of<K: Sku, S: SlotHeld<K>>(
-    store: &S,
-    id: ReservationId,
-    position: Position,
-    quantity: u64,
-    expires_at: Option<Instant>,
-) -> Reservation<K> {
-    let sku = store.slot_map().key_at(position);
-    reservation(id, sku, quantity, expires_at)
+    ((position as usize) < slots.len()).then(|| {
+        let (sku, slot) = slots.entry_at(position);
+        (sku, slot, serial)
+    })
 }
 
 /// The reservation of the slot hold `id` of `quantity` units of `sku`.
@@ -290,7 +269,7 @@ fn deadline_of<K: Sku, S: SlotHeld<K>>(
     }
 }
 
-/// Expires the slot hold `id` (word `word`, at `position`, locked as `cell` inside `gate`)
+/// Expires the slot hold `id` (word `word`, of `sku`, locked as `cell` inside `gate`)
 /// whose deadline `deadline` passed, its deadline already out of [`Deadlines`]: clears the
 /// word, gives its units back, releases the lock and the gate, counts it and takes the
 /// deadline out of the expiry index. What `extend` and `expire` do with a due hold.
@@ -298,7 +277,7 @@ fn expire_locked<K: Sku, S: SlotHeld<K>>(
     store: &S,
     (slot, mut cell): (&S::Slot, MutexGuard<'_, S::Cell>),
     gate: Option<sync::GateEntry<'_>>,
-    (id, position, word): (ReservationId, Position, HoldWord),
+    (id, sku, word): (ReservationId, &K, HoldWord),
     deadline: Option<Instant>,
 ) -> Resolved<K, Moves> {
     *cell.hold_word() = HoldWord::default();
@@ -309,7 +288,7 @@ fn expire_locked<K: Sku, S: SlotHeld<K>>(
         store.lifecycle().registry.unindex_deadline(deadline, id);
     }
     Resolved {
-        reservation: reservation_of(store, id, position, word.quantity(), deadline),
+        reservation: reservation(id, sku, word.quantity(), deadline),
         expired: true,
         moved: Moves::Many(Vec::new()),
         key: None,
@@ -330,7 +309,7 @@ pub(crate) fn resolve<K: Sku, S: SlotHeld<K>>(
     change: Change,
     part: Option<u64>,
 ) -> Option<(Reservation<K>, bool)> {
-    let (position, slot, serial) = slot_of(store, id)?;
+    let (sku, slot, serial) = slot_of(store, id)?;
     let registry = &store.lifecycle().registry;
     // The clock is user code, read with no lock held, and only for a hold that has a
     // deadline (its word says so): such a hold, found without a reading, sends us back
@@ -376,7 +355,7 @@ pub(crate) fn resolve<K: Sku, S: SlotHeld<K>>(
         if let Some(deadline) = expires_at {
             registry.unindex_deadline(deadline, id);
         }
-        let reservation = reservation_of(store, id, position, quantity, expires_at);
+        let reservation = reservation(id, sku, quantity, expires_at);
         return Some((reservation, expired));
     }
 }
@@ -384,7 +363,7 @@ pub(crate) fn resolve<K: Sku, S: SlotHeld<K>>(
 /// The slot hold `id` as it is now, or `None` when it is no open slot hold of this store.
 /// No clock reading: a hold past its deadline is shown.
 pub(crate) fn peek<K: Sku, S: SlotHeld<K>>(store: &S, id: ReservationId) -> Option<Reservation<K>> {
-    let (position, slot, serial) = slot_of(store, id)?;
+    let (sku, slot, serial) = slot_of(store, id)?;
     let mut cell = S::mutex(slot).lock();
     let word = *cell.hold_word();
     if !word.is(serial) {
@@ -392,13 +371,7 @@ pub(crate) fn peek<K: Sku, S: SlotHeld<K>>(store: &S, id: ReservationId) -> Opti
     }
     let expires_at = deadline_of(store, id, word, false);
     drop(cell);
-    Some(reservation_of(
-        store,
-        id,
-        position,
-        word.quantity(),
-        expires_at,
-    ))
+    Some(reservation(id, sku, word.quantity(), expires_at))
 }
 
 /// Gives the slot hold `id` the deadline `now + ttl` (kept in [`Deadlines`] and the
@@ -410,7 +383,7 @@ pub(crate) fn extend<K: Sku, S: SlotHeld<K>>(
     id: ReservationId,
     ttl: Duration,
 ) -> Option<Extension<K, Moves>> {
-    let (position, slot, serial) = slot_of(store, id)?;
+    let (sku, slot, serial) = slot_of(store, id)?;
     let registry = &store.lifecycle().registry;
     let now = registry.now();
     let deadline = now.checked_add(ttl);
@@ -422,7 +395,7 @@ pub(crate) fn extend<K: Sku, S: SlotHeld<K>>(
     }
     let before = deadline_of(store, id, word, true);
     if before.is_some_and(|before| now >= before) {
-        let hold = (id, position, word);
+        let hold = (id, sku, word);
         let expired = expire_locked(store, (slot, cell), gate, hold, before);
         return Some(Extension::Expired(expired));
     }
@@ -432,7 +405,10 @@ pub(crate) fn extend<K: Sku, S: SlotHeld<K>>(
     // way round.
     *cell.hold_word() = match deadline {
         Some(deadline) => {
-            store.lifecycle().deadlines.insert_new(id, deadline, |()| {});
+            store
+                .lifecycle()
+                .deadlines
+                .insert_new(id, deadline, |()| {});
             registry.index_deadline(deadline, id);
             word.with_timed(true)
         }
@@ -444,8 +420,8 @@ pub(crate) fn extend<K: Sku, S: SlotHeld<K>>(
     drop(cell);
     drop(gate);
     let quantity = word.quantity();
-    Some(Extension::Extended(reservation_of(
-        store, id, position, quantity, deadline,
+    Some(Extension::Extended(reservation(
+        id, sku, quantity, deadline,
     )))
 }
 
@@ -457,7 +433,7 @@ pub(crate) fn expire<K: Sku, S: SlotHeld<K>>(
     id: ReservationId,
     now: Instant,
 ) -> Option<Option<Resolved<K, Moves>>> {
-    let (position, slot, serial) = slot_of(store, id)?;
+    let (sku, slot, serial) = slot_of(store, id)?;
     let registry = &store.lifecycle().registry;
     let gate = registry.enter();
     let mut cell = store.lock(slot);
@@ -470,7 +446,7 @@ pub(crate) fn expire<K: Sku, S: SlotHeld<K>>(
         return Some(None);
     }
     store.lifecycle().deadlines.remove(&id);
-    let hold = (id, position, word);
+    let hold = (id, sku, word);
     Some(Some(expire_locked(
         store,
         (slot, cell),
@@ -579,8 +555,11 @@ mod tests {
         let word = HoldWord::new(77, 3);
         assert!(word.is(77) && !word.is(78) && !HoldWord::default().is(0));
         assert_eq!((word.quantity(), word.timed()), (3, false));
-        assert!(word.with_timed(true).is(77) && word.claimed().is(77));
-        assert_eq!(word.with_timed(true).claimed().quantity(), 3);
-        assert_eq!(id_of(5, 77), ReservationId::from_u64(TAG | 5 << SERIAL_BITS | 77));
+        assert!(word.with_timed(true).is(77));
+        assert_eq!(word.with_timed(true).quantity(), 3);
+        assert_eq!(
+            id_of(5, 77),
+            ReservationId::from_u64(TAG | 5 << SERIAL_BITS | 77)
+        );
     }
 }

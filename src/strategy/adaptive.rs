@@ -200,7 +200,8 @@ impl Fill for Slot {
         self.window_conflicts.store(conflicts, Ordering::Relaxed);
         let threshold = low_stock_threshold.load(Ordering::Relaxed);
         self.low_stock_threshold.store(threshold, Ordering::Relaxed);
-        self.hold.store(hold.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.hold
+            .store(hold.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 

@@ -131,7 +131,8 @@ impl Fill for Slot {
             .store(word.load(Ordering::Relaxed), Ordering::Relaxed);
         let threshold = low_stock_threshold.load(Ordering::Relaxed);
         self.low_stock_threshold.store(threshold, Ordering::Relaxed);
-        self.hold.store(hold.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.hold
+            .store(hold.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 

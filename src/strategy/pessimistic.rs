@@ -230,7 +230,6 @@ impl<K: Sku> crate::durability::capture::SkuTable<K> for PessimisticStore<K> {
 }
 
 impl<K: Sku> SlotHeld<K> for PessimisticStore<K> {
-
     #[inline(always)]
     fn settle_locked(
         &self,

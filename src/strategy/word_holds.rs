@@ -20,13 +20,13 @@
 //!
 //! **Deadlines.** A hold given a deadline by `extend` keeps it in the store's
 //! [`Deadlines`](crate::lifecycle::slot_holds::Deadlines) and the registry's expiry index,
-//! and its word's `TIMED` bit says so. The deadline and the word are two places, so the
-//! thread that reads or changes a deadline (`extend`, the expiry sweep, the resolution or
-//! a read of a hold with a deadline) first sets the word's `BUSY` bit by compare-and-swap
-//! and clears it when done: without it, a resolution could read a deadline, lose it to an
-//! `extend`, and still find the word unchanged. Other threads wait while the bit is set
-//! (spinning, then yielding), for the few instructions of a map update. A hold without a
-//! deadline never sets it, and its resolution reads no clock.
+//! and its word's `TIMED` bit says so. The deadline and the word are two places, so every
+//! read or change of a deadline (`extend`, the expiry sweep, the resolution or a read of a
+//! hold with a deadline) runs under the lock of the hold's shard of the deadlines map and
+//! checks the word again there: a timed word changes only under that lock, so a
+//! resolution cannot read a deadline, lose it to an `extend`, and still find the word
+//! unchanged. A hold without a deadline takes no lock, and its resolution reads no
+//! clock. Nothing ever waits for a word: a thread that finds it changed starts again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,7 +41,7 @@ use crate::reservation::{Reservation, ReservationId};
 use crate::stats::Stat;
 use crate::store::Sku;
 use crate::strategy::word_lines::{retry_past_conflicts, WordHandle, WordSlot, WordStore};
-use crate::sync::{Backoff, GateEntry, Ordering, Position};
+use crate::sync::{Ordering, Position};
 
 /// Holds one validated line (quantity at least 1): moves the stock by the counts'
 /// compare-and-swap, then, when `in_slot` (no deadline, no key, no event sink) and the
@@ -86,49 +86,41 @@ pub(crate) fn hold<K: Sku, S: WordStore<K>>(
     )))
 }
 
-/// The slot of the position `id` names, if `id` is a slot hold's id and this store has a
-/// slot there, with the id's counter value.
+/// The SKU and slot of the position `id` names, if `id` is a slot hold's id and this store
+/// has a slot there, with the id's counter value.
 #[inline(always)]
-fn slot_of<K: Sku, S: WordStore<K>>(
-    store: &S,
-    id: ReservationId,
-) -> Option<(Position, &S::Slot, u64)> {
+fn slot_of<K: Sku, S: WordStore<K>>(store: &S, id: ReservationId) -> Option<((&K, &S::Slot), u64)> {
     let (position, serial) = slot_holds::parts(id)?;
     let slots = store.skus();
     // A position past the map's entries is an id of another store's.
-    ((position as usize) < slots.len()).then(|| (position, slots.at(position), serial))
+    ((position as usize) < slots.len()).then(|| (slots.entry_at(position), serial))
 }
 
-/// The word of the hold with counter value `serial` in `slot`, once no thread has it
-/// busy, or `None` when the word holds no such hold.
+/// The word of the hold with counter value `serial` in `slot`, or `None` when the word
+/// holds no such hold.
 #[inline(always)]
-fn open_word<S: WordSlot>(slot: &S, serial: u64, backoff: &Backoff) -> Option<HoldWord> {
-    loop {
-        let word = HoldWord::from_bits(slot.hold_word().load(Ordering::Acquire));
-        if !word.busy() {
-            return word.is(serial).then_some(word);
-        }
-        backoff.snooze();
-    }
+fn open_word<S: WordSlot>(slot: &S, serial: u64) -> Option<HoldWord> {
+    let word = HoldWord::from_bits(slot.hold_word().load(Ordering::Acquire));
+    word.is(serial).then_some(word)
 }
 
-/// Sets the busy bit of `slot`'s hold word, which was `word`: `false` when it changed.
-fn claim<S: WordSlot>(slot: &S, word: HoldWord) -> bool {
+/// Changes `slot`'s hold word from `word` to `new`: `false` when it was no longer `word`.
+#[inline(always)]
+fn swap<S: WordSlot>(slot: &S, word: HoldWord, new: HoldWord) -> bool {
     slot.hold_word()
-        .compare_exchange(
-            word.bits(),
-            word.claimed().bits(),
-            Ordering::Acquire,
-            Ordering::Relaxed,
-        )
+        .compare_exchange(word.bits(), new.bits(), Ordering::AcqRel, Ordering::Relaxed)
         .is_ok()
 }
 
-/// Moves `quantity` held units of the SKU at `position` by `change` (`Commit` or
+/// Moves `quantity` held units of `sku`, whose slot is `slot`, by `change` (`Commit` or
 /// `Release`): never refused.
-fn settle<K: Sku, S: WordStore<K>>(store: &S, position: Position, quantity: u64, change: Change) {
-    let skus = store.skus();
-    let (sku, slot) = (skus.key_at(position), skus.at(position));
+#[inline(always)]
+fn settle<K: Sku, S: WordStore<K>>(
+    store: &S,
+    (sku, slot): (&K, &S::Slot),
+    quantity: u64,
+    change: Change,
+) {
     retry_past_conflicts(|| store.update_slot_quiet(sku, slot, change, quantity));
 }
 
@@ -145,21 +137,16 @@ pub(crate) fn resolve<K: Sku, S: WordStore<K>>(
     change: Change,
     part: Option<u64>,
 ) -> Option<(Reservation<K>, bool)> {
-    let (position, slot, serial) = slot_of(store, id)?;
+    let (entry @ (sku, slot), serial) = slot_of(store, id)?;
     let life = store.lifecycle();
-    let backoff = Backoff::new();
-    // The clock is user code, read before the word is claimed, and only for a hold that
-    // has a deadline (its word says so).
+    // The clock is user code, read with no lock held, and only for a hold that has a
+    // deadline (its word says so).
     let mut now = None;
     let (gate, word, expires_at) = loop {
         let gate = life.registry.enter();
-        let word = open_word(slot, serial, &backoff)?;
+        let word = open_word(slot, serial)?;
         if !word.timed() {
-            if slot
-                .hold_word()
-                .compare_exchange(word.bits(), 0, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
+            if swap(slot, word, HoldWord::default()) {
                 break (gate, word, None);
             }
             continue;
@@ -169,20 +156,28 @@ pub(crate) fn resolve<K: Sku, S: WordStore<K>>(
             now = Some(life.registry.now());
             continue;
         };
-        if claim(slot, word) {
-            let expires_at = life.deadlines.remove(&id);
-            slot.hold_word().store(0, Ordering::Release);
-            break (gate, word, expires_at.map(|deadline| (deadline, now)));
+        // A timed word changes only under its deadline's lock: checked again there, it
+        // and the deadline are read as one.
+        let taken = life.deadlines.with_entry(&id, |deadline| {
+            swap(slot, word, HoldWord::default()).then(|| deadline.take())
+        });
+        if let Some(deadline) = taken {
+            break (gate, word, deadline.map(|deadline| (deadline, now)));
         }
     };
     let expired = expires_at.is_some_and(|(deadline, now)| now >= deadline);
     let quantity = word.quantity();
     match part {
         Some(part) if !expired && change == Change::Commit && part < quantity => {
-            settle(store, position, part, Change::Commit);
-            settle(store, position, quantity - part, Change::Release);
+            settle(store, entry, part, Change::Commit);
+            settle(store, entry, quantity - part, Change::Release);
         }
-        _ => settle(store, position, quantity, [change, Change::Release][usize::from(expired)]),
+        _ => settle(
+            store,
+            entry,
+            quantity,
+            [change, Change::Release][usize::from(expired)],
+        ),
     }
     drop(gate);
     slot_holds::count_resolution(&life.stats, change, expired);
@@ -190,117 +185,148 @@ pub(crate) fn resolve<K: Sku, S: WordStore<K>>(
     if let Some(deadline) = deadline {
         life.registry.unindex_deadline(deadline, id);
     }
-    let sku = store.skus().key_at(position);
-    Some((slot_holds::reservation(id, sku, quantity, deadline), expired))
+    Some((
+        slot_holds::reservation(id, sku, quantity, deadline),
+        expired,
+    ))
 }
 
 /// The slot hold `id` as it is now, or `None` when it is no open slot hold of this store.
 /// No clock reading: a hold past its deadline is shown.
-pub(crate) fn peek<K: Sku, S: WordStore<K>>(store: &S, id: ReservationId) -> Option<Reservation<K>> {
-    let (position, slot, serial) = slot_of(store, id)?;
-    let backoff = Backoff::new();
+pub(crate) fn peek<K: Sku, S: WordStore<K>>(
+    store: &S,
+    id: ReservationId,
+) -> Option<Reservation<K>> {
+    let ((sku, slot), serial) = slot_of(store, id)?;
+    let deadlines = &store.lifecycle().deadlines;
     let (word, expires_at) = loop {
-        let word = open_word(slot, serial, &backoff)?;
+        let word = open_word(slot, serial)?;
         if !word.timed() {
             break (word, None);
         }
-        if claim(slot, word) {
-            let expires_at = store.lifecycle().deadlines.get_cloned(&id);
-            slot.hold_word().store(word.bits(), Ordering::Release);
+        let read = deadlines.with_entry(&id, |deadline| {
+            (slot.hold_word().load(Ordering::Acquire) == word.bits()).then_some(*deadline)
+        });
+        if let Some(expires_at) = read {
             break (word, expires_at);
         }
     };
-    let sku = store.skus().key_at(position);
-    Some(slot_holds::reservation(id, sku, word.quantity(), expires_at))
+    Some(slot_holds::reservation(
+        id,
+        sku,
+        word.quantity(),
+        expires_at,
+    ))
 }
 
-/// Claims the open slot hold `id` of this store for a change of its deadline: the gate
-/// entered, its position, slot and word (now busy). `None` when `id` is no slot hold of
-/// this store; `Some(None)` when it is not open.
-#[allow(clippy::type_complexity)]
-fn claim_hold<'a, K: Sku, S: WordStore<K>>(
-    store: &'a S,
+/// What a change of a slot hold's deadline found under the deadline's lock.
+enum Locked<T> {
+    /// The word changed before the lock was taken: read it again.
+    Changed,
+    /// The hold's deadline had passed: its word is cleared and its deadline taken out of
+    /// the deadlines (this one); the caller gives its units back.
+    Due(Option<Instant>),
+    /// Done.
+    Done(T),
+}
+
+/// Runs `change` on the open slot hold `id` of this store, under the lock of its deadline
+/// (`change` gets the hold's word, checked unchanged under the lock, and its deadline
+/// entry), inside the gate; expires it when `change` finds it due. `None` when `id` is no
+/// slot hold of this store; `Some(None)` when it is not open.
+fn change_deadline<K: Sku, S: WordStore<K>, T>(
+    store: &S,
     id: ReservationId,
-) -> Option<Option<(Option<GateEntry<'a>>, Position, &'a S::Slot, HoldWord)>> {
-    let (position, slot, serial) = slot_of(store, id)?;
-    let backoff = Backoff::new();
+    mut change: impl FnMut(HoldWord, &mut Option<Instant>) -> Locked<T>,
+) -> Option<Option<Result<T, Resolved<K, Moves>>>> {
+    let ((sku, slot), serial) = slot_of(store, id)?;
+    let life = store.lifecycle();
     loop {
-        let gate = store.lifecycle().registry.enter();
-        let Some(word) = open_word(slot, serial, &backoff) else {
+        let gate = life.registry.enter();
+        let Some(word) = open_word(slot, serial) else {
             return Some(None);
         };
-        if claim(slot, word) {
-            return Some(Some((gate, position, slot, word)));
+        let locked = life.deadlines.with_entry(&id, |deadline| {
+            if slot.hold_word().load(Ordering::Acquire) != word.bits() {
+                return Locked::Changed;
+            }
+            change(word, deadline)
+        });
+        let deadline = match locked {
+            Locked::Changed => continue,
+            Locked::Done(done) => return Some(Some(Ok(done))),
+            Locked::Due(deadline) => deadline,
+        };
+        settle(store, (sku, slot), word.quantity(), Change::Release);
+        drop(gate);
+        slot_holds::count_resolution(&life.stats, Change::Release, true);
+        if let Some(deadline) = deadline {
+            life.registry.unindex_deadline(deadline, id);
         }
+        return Some(Some(Err(Resolved {
+            reservation: slot_holds::reservation(id, sku, word.quantity(), deadline),
+            expired: true,
+            moved: Moves::Many(Vec::new()),
+            key: None,
+        })));
     }
 }
 
-/// Expires the claimed slot hold `id` (word `word`, at `position`) whose deadline
-/// `deadline` passed, its deadline already out of the store's deadlines: clears the word,
-/// gives its units back, leaves the gate, counts it and takes the deadline out of the
-/// expiry index.
-fn expire_claimed<K: Sku, S: WordStore<K>>(
-    store: &S,
-    gate: Option<GateEntry<'_>>,
-    (id, position, slot, word): (ReservationId, Position, &S::Slot, HoldWord),
-    deadline: Option<Instant>,
-) -> Resolved<K, Moves> {
-    slot.hold_word().store(0, Ordering::Release);
-    settle(store, position, word.quantity(), Change::Release);
-    drop(gate);
-    let life = store.lifecycle();
-    slot_holds::count_resolution(&life.stats, Change::Release, true);
-    if let Some(deadline) = deadline {
-        life.registry.unindex_deadline(deadline, id);
+/// Under the deadline's lock, with the word `word` checked: clears the word and takes the
+/// deadline out if it passed at `now`.
+fn take_if_due<T>(
+    slot: &impl WordSlot,
+    word: HoldWord,
+    deadline: &mut Option<Instant>,
+    now: Instant,
+) -> Option<Locked<T>> {
+    if !word.timed() || deadline.is_none_or(|deadline| now < deadline) {
+        return None;
     }
-    let sku = store.skus().key_at(position);
-    Resolved {
-        reservation: slot_holds::reservation(id, sku, word.quantity(), deadline),
-        expired: true,
-        moved: Moves::Many(Vec::new()),
-        key: None,
+    // Under the lock a timed word does not change: the swap cannot fail.
+    if !swap(slot, word, HoldWord::default()) {
+        return Some(Locked::Changed);
     }
+    Some(Locked::Due(deadline.take()))
 }
 
 /// Gives the slot hold `id` the deadline `now + ttl` (kept in the store's deadlines and the
-/// registry's expiry index, both written while its word is busy); a hold already past its
-/// deadline expires instead, its stock moved back. `None` when `id` is no open slot hold
-/// of this store.
+/// registry's expiry index, both written under the deadline's lock); a hold already past
+/// its deadline expires instead, its stock moved back. `None` when `id` is no open slot
+/// hold of this store.
 pub(crate) fn extend<K: Sku, S: WordStore<K>>(
     store: &S,
     id: ReservationId,
     ttl: Duration,
 ) -> Option<Extension<K, Moves>> {
-    let life = store.lifecycle();
-    let now = life.registry.now();
+    let registry = &store.lifecycle().registry;
+    let now = registry.now();
     let deadline = now.checked_add(ttl);
-    let (gate, position, slot, word) = claim_hold(store, id)??;
-    let before = if word.timed() {
-        life.deadlines.remove(&id)
-    } else {
-        None
-    };
-    if before.is_some_and(|before| now >= before) {
-        let hold = (id, position, slot, word);
-        return Some(Extension::Expired(expire_claimed(store, gate, hold, before)));
-    }
-    if let Some(deadline) = deadline {
-        life.deadlines.insert_new(id, deadline, |()| {});
-        life.registry.index_deadline(deadline, id);
-    }
-    if let Some(before) = before.filter(|before| Some(*before) != deadline) {
-        life.registry.unindex_deadline(before, id);
-    }
-    let extended = word.with_timed(deadline.is_some());
-    slot.hold_word().store(extended.bits(), Ordering::Release);
-    drop(gate);
-    let sku = store.skus().key_at(position);
-    Some(Extension::Extended(slot_holds::reservation(
-        id,
-        sku,
-        word.quantity(),
-        deadline,
-    )))
+    let (sku, slot) = slot_of(store, id)?.0;
+    let extended = change_deadline(store, id, |word, entry| {
+        if let Some(due) = take_if_due(slot, word, entry, now) {
+            return due;
+        }
+        // Set (or cleared) under the lock: a resolution without it that read the word
+        // before finds it changed.
+        if !swap(slot, word, word.with_timed(deadline.is_some())) {
+            return Locked::Changed;
+        }
+        let before = std::mem::replace(entry, deadline);
+        // Lock order: the deadline's shard, then the expiry index's; nothing takes them
+        // the other way round.
+        if let Some(deadline) = deadline.filter(|deadline| Some(*deadline) != before) {
+            registry.index_deadline(deadline, id);
+        }
+        if let Some(before) = before.filter(|before| Some(*before) != deadline) {
+            registry.unindex_deadline(before, id);
+        }
+        Locked::Done(word.quantity())
+    })??;
+    Some(match extended {
+        Ok(quantity) => Extension::Extended(slot_holds::reservation(id, sku, quantity, deadline)),
+        Err(expired) => Extension::Expired(expired),
+    })
 }
 
 /// Expires the slot hold `id` if it is still open and due at `now` (taken out of the
@@ -311,40 +337,22 @@ pub(crate) fn expire<K: Sku, S: WordStore<K>>(
     id: ReservationId,
     now: Instant,
 ) -> Option<Option<Resolved<K, Moves>>> {
-    let Some((gate, position, slot, word)) = claim_hold(store, id)? else {
-        return Some(None);
-    };
-    let life = store.lifecycle();
-    let deadline = word
-        .timed()
-        .then(|| life.deadlines.get_cloned(&id))
-        .flatten();
-    if deadline.is_none_or(|deadline| now < deadline) {
-        slot.hold_word().store(word.bits(), Ordering::Release);
-        return Some(None);
-    }
-    life.deadlines.remove(&id);
-    let hold = (id, position, slot, word);
-    Some(Some(expire_claimed(store, gate, hold, deadline)))
+    let slot = slot_of(store, id)?.0 .1;
+    let expired = change_deadline(store, id, |word, entry| {
+        take_if_due(slot, word, entry, now).unwrap_or(Locked::Done(()))
+    })?;
+    Some(expired.and_then(Result::err))
 }
 
 /// Appends a copy of every open slot hold (with no idempotency key) to `holds`, for a
-/// snapshot (exact while the snapshot gate is closed: no change is in progress, and a
-/// read's busy bit is waited out).
+/// snapshot (exact while the snapshot gate is closed: no change is in progress).
 pub(crate) fn copy_holds<K: Sku, S: WordStore<K>>(
     store: &S,
     holds: &mut Vec<(Reservation<K>, Option<Arc<str>>)>,
 ) {
     let mut position: Position = 0;
-    let backoff = Backoff::new();
     store.skus().for_each(|sku, slot| {
-        let word = loop {
-            let word = HoldWord::from_bits(slot.hold_word().load(Ordering::Acquire));
-            if !word.busy() {
-                break word;
-            }
-            backoff.snooze();
-        };
+        let word = HoldWord::from_bits(slot.hold_word().load(Ordering::Acquire));
         if word.is_open() {
             let id = slot_holds::id_of(position, word.serial());
             let expires_at = store.lifecycle().deadlines.get_cloned(&id);

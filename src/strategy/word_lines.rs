@@ -442,7 +442,9 @@ pub(crate) fn with_known_sku<K: Sku, V: Send + Sync, R>(
 ///
 /// When `update` is refused by the counts (a broken invariant of the store).
 #[inline(always)]
-pub(crate) fn retry_past_conflicts<K: Sku, T>(mut update: impl FnMut() -> Result<T, StockError<K>>) -> T {
+pub(crate) fn retry_past_conflicts<K: Sku, T>(
+    mut update: impl FnMut() -> Result<T, StockError<K>>,
+) -> T {
     loop {
         match update() {
             Ok(done) => break done,

@@ -291,15 +291,16 @@ impl<K: Hash + Eq, V> GrowOnlyMap<K, V> {
         &self.entry(position as usize).value
     }
 
-    /// The key of the entry at `position`, as [`get_positioned`](Self::get_positioned)
-    /// returned it.
+    /// The key and value of the entry at `position`, as
+    /// [`get_positioned`](Self::get_positioned) returned it.
     ///
     /// # Panics
     ///
     /// As [`at`](Self::at).
     #[inline]
-    pub(crate) fn key_at(&self, position: Position) -> &K {
-        self.entry(position as usize).key()
+    pub(crate) fn entry_at(&self, position: Position) -> (&K, &V) {
+        let entry = self.entry(position as usize);
+        (entry.key(), &entry.value)
     }
 
     /// The entry of `key` (a borrowed form of the key type: equal keys hash equal, the

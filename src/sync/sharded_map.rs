@@ -164,6 +164,24 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default, T: Default> Shard
         self.remove_if(key, |_, _| true)
     }
 
+    /// Runs `f` on `key`'s value (`None`: absent) under the lock of its shard, and keeps
+    /// what `f` leaves there: a value read, replaced, taken or put, and whatever else `f`
+    /// does, in one critical section (the slot holds' deadlines, `strategy::word_holds`).
+    pub(crate) fn with_entry<R>(&self, key: &K, f: impl FnOnce(&mut Option<V>) -> R) -> R {
+        let (hash, shard) = self.shard(key);
+        let mut contents = shard.lock();
+        let table = &mut contents.table;
+        let mut value = table
+            .find_entry(hash, |(candidate, _)| candidate == key)
+            .ok()
+            .map(|entry| entry.remove().0 .1);
+        let result = f(&mut value);
+        if let Some(value) = value {
+            table.insert_unique(hash, (key.clone(), value), self.rehash());
+        }
+        result
+    }
+
     /// Calls `f` with the value for `key` and its shard's tally under the shard's lock,
     /// and removes and returns the value when `f` returns `true`: one lookup. `None` when
     /// absent (`f` not called) or kept. `f` must not touch this map, and may wait only for

@@ -494,7 +494,6 @@ impl<K: Sku> StoreBuilder<K, MonitorStore<K>> {
 }
 
 impl<K: Sku> SlotHeld<K> for MonitorStore<K> {
-
     /// The freed units go to the SKU's waiters, if any (also `settle_quiet_on`'s body).
     #[inline(always)]
     fn settle_locked(
