@@ -74,8 +74,9 @@ pub(crate) trait Backend<K: Sku> {
     /// [`hold`](Self::hold) of one validated line (quantity at least 1) for a caller that
     /// needs no report of the move (no event sink): in its SKU's slot when `in_slot` (no
     /// deadline) and the store keeps holds there
-    /// ([`slot_holds::hold`](super::slot_holds::hold)), else returning the handle to record
-    /// the hold with in the registry (by default, none).
+    /// ([`slot_holds::hold`](super::slot_holds::hold) in the locking stores,
+    /// `strategy::word_holds::hold` in the others), else returning the handle to record the
+    /// hold with in the registry (by default, none).
     ///
     /// # Errors
     ///

@@ -2,7 +2,8 @@
 //! resolves holds ([`registry`]), their deadlines ([`expiry`], [`clock`], [`reaper`]), their
 //! idempotency keys ([`idempotency`]), the events they report ([`event`]), the RAII guard
 //! ([`guard`]), the builder every store shares ([`builder`]), the holds that live in their
-//! SKU's slot instead of the registry ([`slot_holds`]), and the [`Backend`] a store
+//! SKU's slot instead of the registry ([`slot_holds`]; the compare-and-swap stores' side
+//! of them is `strategy::word_holds`), and the [`Backend`] a store
 //! implements to get all of it ([`backend`]).
 //!
 //! This layer sits above the core (the traits, levels, lines, errors and ids at the crate

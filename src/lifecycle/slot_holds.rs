@@ -1,6 +1,9 @@
-//! Holds that live with their SKU (the pessimistic and monitor stores): a one-line hold
-//! kept in one word of its SKU's slot, under the lock `reserve` takes anyway, with an id
-//! that names the slot, so that `commit` finds it with the one lock it takes anyway.
+//! Holds that live with their SKU: a one-line hold kept in one word of its SKU's slot,
+//! with an id that names the slot. This module has what every store shares (the ids, the
+//! word, the deadlines beside it) and the locking stores' way (the pessimistic and monitor
+//! stores): the word is written under the lock `reserve` takes anyway, so that `commit`
+//! finds it with the one lock it takes anyway. The stores without SKU locks (optimistic,
+//! adaptive) change their word by compare-and-swap instead: `strategy::word_holds`.
 //!
 //! A one-line `reserve` + `commit` through the registry locks the SKU and a hold shard at
 //! each end: 8 locked read-modify-writes. A hold in its slot's word is written while the
@@ -18,7 +21,8 @@
 //! hold of more than 2²⁴ − 1 units, a hold in a store with an event sink (the path of
 //! `reserve` that builds no report is the only one that writes the word), and a hold of a
 //! SKU at position 2²⁴ or beyond. A hold given a deadline later by `extend` stays in its
-//! word, its deadline kept beside (`Deadlines`) and in the registry's expiry index.
+//! word, its deadline kept beside (the store's [`Deadlines`], in its `Lifecycle`) and in
+//! the registry's expiry index.
 //!
 //! **Ids.** A slot hold's id is `2⁶³ | position << 39 | n`, where `n` is a fresh value
 //! of the process-wide reservation id counter (below 2³⁹; the counter's values above it
@@ -155,12 +159,13 @@ pub(crate) trait HoldsCell: LevelCell {
 }
 
 /// The deadlines of the slot holds that `extend` gave one (most have none): hold id ->
-/// deadline. Written and read under the hold's SKU lock (lock order: the SKU, then a
-/// shard of this map).
+/// deadline. Written and read under the hold's SKU lock in the locking stores (lock
+/// order: the SKU, then a shard of this map), and under the deadline's own shard lock in
+/// the others (`strategy::word_holds`).
 pub(crate) type Deadlines = ShardedMap<ReservationId, Instant, IdHasher>;
 
-/// A store whose one-line holds may live in their SKUs' slots (the pessimistic and monitor
-/// stores).
+/// A store whose one-line holds may live in their SKUs' slots under the SKU's lock (the
+/// pessimistic and monitor stores).
 pub(crate) trait SlotHeld<K: Sku>: LockedSkus<K, Cell: HoldsCell> + Backend<K> {
     /// Moves `quantity` held units of `slot`'s SKU by `change` (`Commit` or `Release`),
     /// then releases `cell` (the slot's lock): never refused.

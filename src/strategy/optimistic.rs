@@ -50,6 +50,13 @@ use crate::sync::{AtomicU64, Backoff, Fill, GrowOnlyMap, Ordering, Word};
 /// (shared by every store) takes short internal locks, and a `reserve_with` with an
 /// idempotency key locks the key while it holds.
 ///
+/// A one-line `reserve` with no TTL, key or event sink keeps its hold in a 64-bit word
+/// beside the SKU's counts (one such hold per SKU at a time; the others go to the
+/// registry): the hold is written, and claimed by `commit` or `release`, by one
+/// compare-and-swap of that word, so a `reserve` + `commit` takes no lock at all: 4 atomic
+/// read-modify-writes, 2 of the counts and 2 of the hold. A hold that `extend` gave a
+/// deadline is read and resolved under a short lock of its deadline.
+///
 /// # Examples
 ///
 /// ```
