@@ -73,6 +73,8 @@ macro_rules! slot_hold_tests {
                 .map(|hold| in_slot(hold.id()))
                 .collect();
             assert_eq!(placed, [true, false, false, false, false]);
+            // The store's `Debug` counts the slot hold with the registry's four.
+            assert!(format!("{store:?}").contains("open_holds: 5"), "{store:?}");
             // Negative control of the check above: a registry id lacks the tag.
             assert!(!in_slot(ReservationId::from_u64(42)));
             assert_eq!(store.reservation(first.id()), Some(first.clone()));

@@ -687,7 +687,7 @@ impl<K: Sku> fmt::Debug for AdaptiveStore<K> {
         f.debug_struct("AdaptiveStore")
             .field("skus", &self.skus.len())
             .field("hot_skus", &self.lifecycle.stats().hot_skus)
-            .field("open_holds", &self.lifecycle.registry.len())
+            .field("open_holds", &lifecycle::open_holds(self))
             .field("deadlines", &deadlines)
             .field("idempotency_keys", &keys)
             .field("events", &self.lifecycle.events)

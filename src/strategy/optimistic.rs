@@ -444,7 +444,7 @@ impl<K: Sku> fmt::Debug for OptimisticStore<K> {
         let (keys, deadlines) = self.lifecycle.registry.index_sizes();
         f.debug_struct("OptimisticStore")
             .field("skus", &self.skus.len())
-            .field("open_holds", &self.lifecycle.registry.len())
+            .field("open_holds", &lifecycle::open_holds(self))
             .field("deadlines", &deadlines)
             .field("idempotency_keys", &keys)
             .field("events", &self.lifecycle.events)
