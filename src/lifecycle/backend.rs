@@ -18,6 +18,7 @@ use crate::options::ReserveOptions;
 use crate::reservation::{HoldLines, Reservation, ReservationId};
 use crate::stats::{Resolution, Stat, Stats, StoreStats};
 use crate::store::Sku;
+use crate::sync::{IdHasher, ShardedMap};
 
 /// The parts every store shares: its holds, its event sink, its counters.
 pub(crate) struct Lifecycle<K, H = ()> {
@@ -29,8 +30,14 @@ pub(crate) struct Lifecycle<K, H = ()> {
     pub(crate) stats: Stats,
     /// The deadlines of the holds kept in their SKU's slot that `extend` gave one
     /// ([`slot_holds`](super::slot_holds)).
-    pub(crate) deadlines: super::slot_holds::Deadlines,
+    pub(crate) deadlines: Deadlines,
 }
+
+/// The deadlines of the slot holds that `extend` gave one (most have none): hold id ->
+/// deadline. Written and read under the hold's SKU lock in the locking stores (lock
+/// order: the SKU, then a shard of this map), and under the deadline's own shard lock in
+/// the others (`strategy::word_holds`).
+pub(crate) type Deadlines = ShardedMap<ReservationId, Instant, IdHasher>;
 
 /// The stock movements of one store, which the lifecycle drives.
 pub(crate) trait Backend<K: Sku> {

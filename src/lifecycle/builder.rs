@@ -215,7 +215,7 @@ impl<K: Sku, S> StoreBuilder<K, S> {
             registry,
             events: Events::new(self.event_sink),
             stats: Stats::new(),
-            deadlines: crate::lifecycle::slot_holds::Deadlines::new(),
+            deadlines: crate::lifecycle::backend::Deadlines::new(),
         }
     }
 }

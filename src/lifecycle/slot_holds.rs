@@ -21,7 +21,7 @@
 //! hold of more than 2²⁴ − 1 units, a hold in a store with an event sink (the path of
 //! `reserve` that builds no report is the only one that writes the word), and a hold of a
 //! SKU at position 2²⁴ or beyond. A hold given a deadline later by `extend` stays in its
-//! word, its deadline kept beside (the store's [`Deadlines`], in its `Lifecycle`) and in
+//! word, its deadline kept beside (the store's [`Deadlines`](super::backend::Deadlines), in its `Lifecycle`) and in
 //! the registry's expiry index.
 //!
 //! **Ids.** A slot hold's id is `2⁶³ | position << 39 | n`, where `n` is a fresh value
@@ -42,7 +42,7 @@ use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::reservation::{HoldLines, Reservation, ReservationId};
 use crate::stats::{Stat, Stats};
 use crate::store::Sku;
-use crate::sync::{self, IdHasher, MutexGuard, Position, ShardedMap};
+use crate::sync::{self, MutexGuard, Position};
 
 /// The bit every slot hold's id has, and no registry id.
 const TAG: u64 = 1 << 63;
@@ -56,7 +56,7 @@ const POSITION_END: u64 = TAG >> SERIAL_BITS;
 const QUANTITY_BITS: u32 = 24;
 /// The quantities a word holds: below this (2²⁴).
 const QUANTITY_END: u64 = 1 << QUANTITY_BITS;
-/// The word's bit set while the hold has a deadline (kept in [`Deadlines`]).
+/// The word's bit set while the hold has a deadline (kept in [`Deadlines`](super::backend::Deadlines)).
 const TIMED: u64 = 1 << QUANTITY_BITS;
 /// Where a word's counter value starts.
 const SERIAL_SHIFT: u32 = QUANTITY_BITS + 1;
@@ -158,12 +158,6 @@ pub(crate) trait HoldsCell: LevelCell {
     fn hold_word(&mut self) -> &mut HoldWord;
 }
 
-/// The deadlines of the slot holds that `extend` gave one (most have none): hold id ->
-/// deadline. Written and read under the hold's SKU lock in the locking stores (lock
-/// order: the SKU, then a shard of this map), and under the deadline's own shard lock in
-/// the others (`strategy::word_holds`).
-pub(crate) type Deadlines = ShardedMap<ReservationId, Instant, IdHasher>;
-
 /// A store whose one-line holds may live in their SKUs' slots under the SKU's lock (the
 /// pessimistic and monitor stores).
 pub(crate) trait SlotHeld<K: Sku>: LockedSkus<K, Cell: HoldsCell> + Backend<K> {
@@ -260,7 +254,7 @@ pub(crate) fn count_resolution(stats: &Stats, change: Change, expired: bool) {
 }
 
 /// The deadline of the slot hold `id`, whose word is `word`, if `extend` gave it one;
-/// `take` removes it from [`Deadlines`]. Call under the hold's SKU lock.
+/// `take` removes it from [`Deadlines`](super::backend::Deadlines). Call under the hold's SKU lock.
 fn deadline_of<K: Sku, S: SlotHeld<K>>(
     store: &S,
     id: ReservationId,
@@ -275,7 +269,7 @@ fn deadline_of<K: Sku, S: SlotHeld<K>>(
 }
 
 /// Expires the slot hold `id` (word `word`, of `sku`, locked as `cell` inside `gate`)
-/// whose deadline `deadline` passed, its deadline already out of [`Deadlines`]: clears the
+/// whose deadline `deadline` passed, its deadline already out of [`Deadlines`](super::backend::Deadlines): clears the
 /// word, gives its units back, releases the lock and the gate, counts it and takes the
 /// deadline out of the expiry index. What `extend` and `expire` do with a due hold.
 fn expire_locked<K: Sku, S: SlotHeld<K>>(
@@ -379,7 +373,7 @@ pub(crate) fn peek<K: Sku, S: SlotHeld<K>>(store: &S, id: ReservationId) -> Opti
     Some(reservation(id, sku, word.quantity(), expires_at))
 }
 
-/// Gives the slot hold `id` the deadline `now + ttl` (kept in [`Deadlines`] and the
+/// Gives the slot hold `id` the deadline `now + ttl` (kept in [`Deadlines`](super::backend::Deadlines) and the
 /// registry's expiry index, both written under the SKU's lock); a hold already past its
 /// deadline expires instead, its stock moved back. `None` when `id` is no open slot hold
 /// of this store.

@@ -19,7 +19,7 @@
 //! step of their own.
 //!
 //! **Deadlines.** A hold given a deadline by `extend` keeps it in the store's
-//! [`Deadlines`](crate::lifecycle::slot_holds::Deadlines) and the registry's expiry index,
+//! [`Deadlines`](crate::lifecycle::backend::Deadlines) and the registry's expiry index,
 //! and its word's `TIMED` bit says so. The deadline and the word are two places, so every
 //! read or change of a deadline (`extend`, the expiry sweep, the resolution or a read of a
 //! hold with a deadline) runs under the lock of the hold's shard of the deadlines map and
