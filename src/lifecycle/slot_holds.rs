@@ -186,7 +186,7 @@ pub(crate) fn hold<K: Sku, S: SlotHeld<K>>(
     store: &S,
     line @ (sku, quantity): &(K, u64),
     in_slot: bool,
-) -> Result<HeldOne<K, Position>, StockError<K>> {
+) -> Result<HeldOne<K, Option<Position>>, StockError<K>> {
     // `lock_sku`'s lookup, with a claim of our own: sharing its closure with `sell` made
     // the compiler keep the probe out of line (callgrind: `sell` 182 -> 213 instructions).
     let claimed = store.slot_map().get_claiming(sku, |slot| store.lock(slot));
@@ -196,10 +196,10 @@ pub(crate) fn hold<K: Sku, S: SlotHeld<K>>(
     let after = lines::next_level(&*cell, line, Change::Reserve, Limits::U64)?;
     cell.set_level(after);
     if !in_slot || !fits(position, *quantity) || cell.hold_word().is_open() {
-        return Ok(HeldOne::Reserved(position));
+        return Ok(HeldOne::Reserved(Some(position)));
     }
     let Some(serial) = next_serial() else {
-        return Ok(HeldOne::Reserved(position));
+        return Ok(HeldOne::Reserved(Some(position)));
     };
     *cell.hold_word() = HoldWord::new(serial, *quantity);
     drop(cell);
@@ -473,10 +473,13 @@ pub(crate) fn copy_holds<K: Sku, S: SlotHeld<K>>(
     });
 }
 
-/// The [`Backend`] methods of a [`SlotHeld`] store, written once: expanded inside the
-/// store's `impl Backend<K>`.
+/// The [`Backend`] methods of a store that keeps one-line holds in its slots, written
+/// once: expanded inside the store's `impl Backend<K>` with the module of its way of
+/// keeping them, `lifecycle::slot_holds` (under the SKU's lock) or `strategy::word_holds`
+/// (by compare-and-swap), each with `hold`, `resolve`, `peek`, `extend`, `expire` and
+/// `copy_holds`.
 macro_rules! slot_hold_methods {
-    () => {
+    ($($module:ident)::+) => {
         #[inline(always)]
         fn hold_one(
             &self,
@@ -486,13 +489,7 @@ macro_rules! slot_hold_methods {
             $crate::lifecycle::backend::HeldOne<K, Self::Handle>,
             $crate::error::StockError<K>,
         > {
-            use $crate::lifecycle::backend::HeldOne;
-            Ok(
-                match $crate::lifecycle::slot_holds::hold(self, line, in_slot)? {
-                    HeldOne::InSlot(reservation) => HeldOne::InSlot(reservation),
-                    HeldOne::Reserved(position) => HeldOne::Reserved(Some(position)),
-                },
-            )
+            $crate::$($module)::+::hold(self, line, in_slot)
         }
 
         #[inline(always)]
@@ -502,14 +499,14 @@ macro_rules! slot_hold_methods {
             change: $crate::level::Change,
             part: Option<u64>,
         ) -> Option<($crate::reservation::Reservation<K>, bool)> {
-            $crate::lifecycle::slot_holds::resolve(self, id, change, part)
+            $crate::$($module)::+::resolve(self, id, change, part)
         }
 
         fn peek_in_slot(
             &self,
             id: $crate::reservation::ReservationId,
         ) -> Option<$crate::reservation::Reservation<K>> {
-            $crate::lifecycle::slot_holds::peek(self, id)
+            $crate::$($module)::+::peek(self, id)
         }
 
         fn extend_in_slot(
@@ -517,7 +514,7 @@ macro_rules! slot_hold_methods {
             id: $crate::reservation::ReservationId,
             ttl: std::time::Duration,
         ) -> Option<$crate::lifecycle::registry::Extension<K, $crate::lines::Moves>> {
-            $crate::lifecycle::slot_holds::extend(self, id, ttl)
+            $crate::$($module)::+::extend(self, id, ttl)
         }
 
         fn expire_in_slot(
@@ -525,7 +522,7 @@ macro_rules! slot_hold_methods {
             id: $crate::reservation::ReservationId,
             now: std::time::Instant,
         ) -> Option<Option<$crate::lifecycle::registry::Resolved<K, $crate::lines::Moves>>> {
-            $crate::lifecycle::slot_holds::expire(self, id, now)
+            $crate::$($module)::+::expire(self, id, now)
         }
 
         fn copy_slot_holds(
@@ -535,7 +532,7 @@ macro_rules! slot_hold_methods {
                 Option<std::sync::Arc<str>>,
             )>,
         ) {
-            $crate::lifecycle::slot_holds::copy_holds(self, holds)
+            $crate::$($module)::+::copy_holds(self, holds)
         }
     };
 }

@@ -248,7 +248,7 @@ impl<K: Sku> SlotHeld<K> for PessimisticStore<K> {
 impl<K: Sku> Backend<K> for PessimisticStore<K> {
     type Handle = SlotHandle;
 
-    slot_holds::slot_hold_methods!();
+    slot_holds::slot_hold_methods!(lifecycle::slot_holds);
 
     fn lifecycle(&self) -> &Lifecycle<K, SlotHandle> {
         &self.lifecycle

@@ -499,7 +499,7 @@ macro_rules! word_backend_methods {
             );
         }
 
-        $crate::strategy::word_holds::word_hold_methods!();
+        $crate::lifecycle::slot_holds::slot_hold_methods!(strategy::word_holds);
     };
 }
 

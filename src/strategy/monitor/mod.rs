@@ -518,7 +518,7 @@ impl<K: Sku> SlotHeld<K> for MonitorStore<K> {
 impl<K: Sku> Backend<K> for MonitorStore<K> {
     type Handle = MonitorHandle;
 
-    slot_holds::slot_hold_methods!();
+    slot_holds::slot_hold_methods!(lifecycle::slot_holds);
 
     fn lifecycle(&self) -> &Lifecycle<K, MonitorHandle> {
         &self.lifecycle
