@@ -98,10 +98,41 @@ fn release_races_a_new_hold<S: StockStore<Sku> + 'static>(store: S) {
     }
 }
 
+/// A commit and a release race on one hold; whichever loses, having been told the hold is
+/// unknown, then reads the SKU: the winner's move must be there. (A resolution that lets
+/// the hold disappear before its stock moves is not linearizable: the loser's answer says
+/// the hold was resolved, and the level read after it says it was not.)
+fn a_loser_sees_the_winners_move<S: StockStore<Sku> + 'static>(store: S) {
+    let store = Arc::new(store);
+    store.restock(&SKU, 2).unwrap();
+    let hold = store.reserve(&[(SKU, 1)]).unwrap();
+    let id = hold.id();
+    let committer = spawn(&store, move |store| {
+        let committed = store.commit(id);
+        (committed.clone(), counts(&*store, SKU))
+    });
+    let released = store.release(id);
+    let seen_by_releaser = counts(&*store, SKU);
+    let (committed, seen_by_committer) = committer.join().unwrap();
+    let winner = assert_one_resolution(&hold, &[committed, released]);
+    // The winner's move: a commit sells the unit, a release gives it back.
+    let after = if winner == 0 { (1, 0, 3) } else { (2, 0, 3) };
+    let loser_saw = if winner == 0 {
+        seen_by_releaser
+    } else {
+        seen_by_committer
+    };
+    assert_eq!(
+        loser_saw, after,
+        "the loser read the SKU before the winner's move"
+    );
+}
+
 on_every_store!(
     commit_release_commit,
     two_line_hold_resolves_once,
     release_races_a_new_hold,
+    a_loser_sees_the_winners_move,
 );
 
 /// Negative control: a registry that checks for the hold, then removes it in a second

@@ -1,32 +1,29 @@
 //! Holds that live with their SKU in the stores without SKU locks (the optimistic and
 //! adaptive stores): a one-line hold kept in a 64-bit word beside its SKU's counts word,
-//! changed by compare-and-swap, with an id that names the slot (the encoding of
-//! [`slot_holds`], shared with the locking stores).
-//!
-//! A one-line `reserve` + `commit` through the registry takes a hold shard's lock at each
-//! end beside the counts' compare-and-swap: 6 locked read-modify-writes. Here it takes 4:
+//! with an id that names the slot (the encoding of [`slot_holds`], shared with the locking
+//! stores).
 //!
 //! - `reserve` moves the units by the counts' compare-and-swap, then writes the hold into
 //!   the free word by a second one (when the word is taken, by another hold or a racing
-//!   `reserve`, the hold goes to the registry, its units already reserved);
-//! - `commit` and `release` claim the hold by a compare-and-swap of its word to empty (the
-//!   one that wins resolves it; the others find the word empty or holding another hold, so
-//!   racing resolutions are linearizable, as in the registry), then move its units by the
-//!   counts' compare-and-swap.
+//!   `reserve`, the hold goes to the registry, its units already reserved). No lock: the
+//!   hold is nobody's to resolve before `reserve` returns its id.
+//! - Everything else done to the hold (`commit`, `release`, `extend`, the expiry sweep, a
+//!   read of it) runs under the lock of the hold's shard of the store's
+//!   [`Deadlines`](crate::lifecycle::backend::Deadlines), which also keeps the deadline
+//!   `extend` may give it. Under the lock the word is checked to be the hold's, the units
+//!   are moved by the counts' compare-and-swap, and only then is the word cleared.
 //!
-//! Between the two steps of each a concurrent reader may see the units reserved and the
-//! hold not yet (or no longer) open, as with a registry hold, whose units also move in a
-//! step of their own.
-//!
-//! **Deadlines.** A hold given a deadline by `extend` keeps it in the store's
-//! [`Deadlines`](crate::lifecycle::backend::Deadlines) and the registry's expiry index,
-//! and its word's `TIMED` bit says so. The deadline and the word are two places, so every
-//! read or change of a deadline (`extend`, the expiry sweep, the resolution or a read of a
-//! hold with a deadline) runs under the lock of the hold's shard of the deadlines map and
-//! checks the word again there: a timed word changes only under that lock, so a
-//! resolution cannot read a deadline, lose it to an `extend`, and still find the word
-//! unchanged. A hold without a deadline takes no lock, and its resolution reads no
-//! clock. Nothing ever waits for a word: a thread that finds it changed starts again.
+//! So a `reserve` + `commit` takes 5 locked read-modify-writes: the counts' and the word's
+//! compare-and-swap, then the shard's lock, the counts' compare-and-swap and the unlock;
+//! through the registry it takes 6. The lock is what makes racing resolutions
+//! linearizable: a resolution that finds the word cleared (or holding another hold) knows
+//! the winner's units already moved, and one that finds the word still the hold's waits on
+//! the lock for the winner to finish. Claiming the word by compare-and-swap with no lock,
+//! as first built, let the loser answer `UnknownReservation` while the winner's units had
+//! not moved yet: a level read after that answer showed the hold's units still reserved
+//! (`loom_resolution`, `a_loser_sees_the_winners_move`; the linearizability suite caught it
+//! first). A word that is a hold's changes only under that hold's lock, so the lock holder
+//! writes it with plain stores. A hold without a deadline reads no clock.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,14 +101,6 @@ fn open_word<S: WordSlot>(slot: &S, serial: u64) -> Option<HoldWord> {
     word.is(serial).then_some(word)
 }
 
-/// Changes `slot`'s hold word from `word` to `new`: `false` when it was no longer `word`.
-#[inline(always)]
-fn swap<S: WordSlot>(slot: &S, word: HoldWord, new: HoldWord) -> bool {
-    slot.hold_word()
-        .compare_exchange(word.bits(), new.bits(), Ordering::AcqRel, Ordering::Relaxed)
-        .is_ok()
-}
-
 /// Moves `quantity` held units of `sku`, whose slot is `slot`, by `change` (`Commit` or
 /// `Release`): never refused.
 #[inline(always)]
@@ -124,12 +113,56 @@ fn settle<K: Sku, S: WordStore<K>>(
     retry_past_conflicts(|| store.update_slot_quiet(sku, slot, change, quantity));
 }
 
+/// What a change of a slot hold found under its lock.
+enum Locked<T> {
+    /// The hold has a deadline and the caller read no clock: read it, then come again.
+    NeedsClock,
+    /// Done, with what the change returns.
+    Done(T),
+}
+
+/// Runs `change` on the open slot hold `id` of this store under its lock (the lock of its
+/// shard of the store's deadlines), inside the gate: `change` gets the hold's SKU and
+/// slot, its word (checked to be the hold's under the lock) and its deadline entry. The
+/// clock is read with no lock held, once `change` asks for it, and handed to it after.
+/// `None` when `id` is no open slot hold of this store.
+#[inline(always)]
+fn locked<'a, K: Sku, S: WordStore<K>, T>(
+    store: &'a S,
+    id: ReservationId,
+    mut change: impl FnMut(
+        (&'a K, &'a S::Slot),
+        HoldWord,
+        &mut Option<Instant>,
+        Option<Instant>,
+    ) -> Locked<T>,
+) -> Option<T> {
+    let (entry @ (_, slot), serial) = slot_of(store, id)?;
+    let life = store.lifecycle();
+    let mut now = None;
+    loop {
+        // A word that is not the hold's, read with no lock: the hold was resolved, its
+        // units moved before its word was cleared.
+        open_word(slot, serial)?;
+        let gate = life.registry.enter();
+        let done = life.deadlines.with_entry(&id, |deadline| {
+            let word = open_word(slot, serial)?;
+            Some(change(entry, word, deadline, now))
+        });
+        drop(gate);
+        match done? {
+            Locked::Done(done) => return Some(done),
+            Locked::NeedsClock => now = Some(life.registry.now()),
+        }
+    }
+}
+
 /// Resolves the slot hold `id` by `change` (`Commit` or `Release`; `Release` whatever was
-/// asked once past its deadline): claims its word, then moves its stock; with `part` (a
-/// partial commit of that many units, at most the hold's), commits `part` and releases the
-/// rest. Returns the hold and whether it expired. `None` when `id` is no open slot hold of
-/// this store (a registry id, a restored slot hold, another store's): the caller asks the
-/// registry.
+/// asked once past its deadline): under its lock, moves its stock, then clears its word;
+/// with `part` (a partial commit of that many units, at most the hold's), commits `part`
+/// and releases the rest. Returns the hold and whether it expired. `None` when `id` is no
+/// open slot hold of this store (a registry id, a restored slot hold, another store's):
+/// the caller asks the registry.
 #[inline(always)]
 pub(crate) fn resolve<K: Sku, S: WordStore<K>>(
     store: &S,
@@ -137,56 +170,42 @@ pub(crate) fn resolve<K: Sku, S: WordStore<K>>(
     change: Change,
     part: Option<u64>,
 ) -> Option<(Reservation<K>, bool)> {
-    let (entry @ (sku, slot), serial) = slot_of(store, id)?;
     let life = store.lifecycle();
-    // The clock is user code, read with no lock held, and only for a hold that has a
-    // deadline (its word says so).
-    let mut now = None;
-    let (gate, word, expires_at) = loop {
-        let gate = life.registry.enter();
-        let word = open_word(slot, serial)?;
-        if !word.timed() {
-            if swap(slot, word, HoldWord::default()) {
-                break (gate, word, None);
-            }
-            continue;
-        }
-        let Some(now) = now else {
-            drop(gate);
-            now = Some(life.registry.now());
-            continue;
+    let (sku, quantity, expires_at, expired) = locked(store, id, |entry, word, deadline, now| {
+        let (expires_at, expired) = if word.timed() {
+            let Some(now) = now else {
+                return Locked::NeedsClock;
+            };
+            let expires_at = deadline.take();
+            (
+                expires_at,
+                expires_at.is_some_and(|deadline| now >= deadline),
+            )
+        } else {
+            (None, false)
         };
-        // A timed word changes only under its deadline's lock: checked again there, it
-        // and the deadline are read as one.
-        let taken = life.deadlines.with_entry(&id, |deadline| {
-            swap(slot, word, HoldWord::default()).then(|| deadline.take())
-        });
-        if let Some(deadline) = taken {
-            break (gate, word, deadline.map(|deadline| (deadline, now)));
+        let quantity = word.quantity();
+        match part {
+            Some(part) if !expired && change == Change::Commit && part < quantity => {
+                settle(store, entry, part, Change::Commit);
+                settle(store, entry, quantity - part, Change::Release);
+            }
+            _ => settle(
+                store,
+                entry,
+                quantity,
+                [change, Change::Release][usize::from(expired)],
+            ),
         }
-    };
-    let expired = expires_at.is_some_and(|(deadline, now)| now >= deadline);
-    let quantity = word.quantity();
-    match part {
-        Some(part) if !expired && change == Change::Commit && part < quantity => {
-            settle(store, entry, part, Change::Commit);
-            settle(store, entry, quantity - part, Change::Release);
-        }
-        _ => settle(
-            store,
-            entry,
-            quantity,
-            [change, Change::Release][usize::from(expired)],
-        ),
-    }
-    drop(gate);
+        entry.1.hold_word().store(0, Ordering::Release);
+        Locked::Done((entry.0, quantity, expires_at, expired))
+    })?;
     slot_holds::count_resolution(&life.stats, change, expired);
-    let deadline = expires_at.map(|(deadline, _)| deadline);
-    if let Some(deadline) = deadline {
+    if let Some(deadline) = expires_at {
         life.registry.unindex_deadline(deadline, id);
     }
     Some((
-        slot_holds::reservation(id, sku, quantity, deadline),
+        slot_holds::reservation(id, sku, quantity, expires_at),
         expired,
     ))
 }
@@ -197,103 +216,49 @@ pub(crate) fn peek<K: Sku, S: WordStore<K>>(
     store: &S,
     id: ReservationId,
 ) -> Option<Reservation<K>> {
-    let ((sku, slot), serial) = slot_of(store, id)?;
-    let deadlines = &store.lifecycle().deadlines;
-    let (word, expires_at) = loop {
-        let word = open_word(slot, serial)?;
-        if !word.timed() {
-            break (word, None);
-        }
-        let read = deadlines.with_entry(&id, |deadline| {
-            (slot.hold_word().load(Ordering::Acquire) == word.bits()).then_some(*deadline)
-        });
-        if let Some(expires_at) = read {
-            break (word, expires_at);
-        }
-    };
-    Some(slot_holds::reservation(
-        id,
-        sku,
-        word.quantity(),
-        expires_at,
-    ))
+    locked(store, id, |(sku, _), word, deadline, _| {
+        Locked::Done(slot_holds::reservation(id, sku, word.quantity(), *deadline))
+    })
 }
 
-/// What a change of a slot hold's deadline found under the deadline's lock.
-enum Locked<T> {
-    /// The word changed before the lock was taken: read it again.
-    Changed,
-    /// The hold's deadline had passed: its word is cleared and its deadline taken out of
-    /// the deadlines (this one); the caller gives its units back.
-    Due(Option<Instant>),
-    /// Done.
-    Done(T),
-}
-
-/// Runs `change` on the open slot hold `id` of this store, under the lock of its deadline
-/// (`change` gets the hold's word, checked unchanged under the lock, and its deadline
-/// entry), inside the gate; expires it when `change` finds it due. `None` when `id` is no
-/// slot hold of this store; `Some(None)` when it is not open.
-fn change_deadline<K: Sku, S: WordStore<K>, T>(
+/// Under the hold's lock: expires the hold of `entry` with word `word` if its deadline (in
+/// `deadline`) passed at `now`: gives its units back, clears its word and takes its
+/// deadline out. Returns the expired hold, or `None` when not due.
+fn expire_if_due<K: Sku, S: WordStore<K>>(
     store: &S,
     id: ReservationId,
-    mut change: impl FnMut(HoldWord, &mut Option<Instant>) -> Locked<T>,
-) -> Option<Option<Result<T, Resolved<K, Moves>>>> {
-    let ((sku, slot), serial) = slot_of(store, id)?;
-    let life = store.lifecycle();
-    loop {
-        let gate = life.registry.enter();
-        let Some(word) = open_word(slot, serial) else {
-            return Some(None);
-        };
-        let locked = life.deadlines.with_entry(&id, |deadline| {
-            if slot.hold_word().load(Ordering::Acquire) != word.bits() {
-                return Locked::Changed;
-            }
-            change(word, deadline)
-        });
-        let deadline = match locked {
-            Locked::Changed => continue,
-            Locked::Done(done) => return Some(Some(Ok(done))),
-            Locked::Due(deadline) => deadline,
-        };
-        settle(store, (sku, slot), word.quantity(), Change::Release);
-        drop(gate);
-        slot_holds::count_resolution(&life.stats, Change::Release, true);
-        if let Some(deadline) = deadline {
-            life.registry.unindex_deadline(deadline, id);
-        }
-        return Some(Some(Err(Resolved {
-            reservation: slot_holds::reservation(id, sku, word.quantity(), deadline),
-            expired: true,
-            moved: Moves::Many(Vec::new()),
-            key: None,
-        })));
-    }
-}
-
-/// Under the deadline's lock, with the word `word` checked: clears the word and takes the
-/// deadline out if it passed at `now`.
-fn take_if_due<T>(
-    slot: &impl WordSlot,
-    word: HoldWord,
-    deadline: &mut Option<Instant>,
+    (entry, word, deadline): ((&K, &S::Slot), HoldWord, &mut Option<Instant>),
     now: Instant,
-) -> Option<Locked<T>> {
+) -> Option<Resolved<K, Moves>> {
     if !word.timed() || deadline.is_none_or(|deadline| now < deadline) {
         return None;
     }
-    // Under the lock a timed word does not change: the swap cannot fail.
-    if !swap(slot, word, HoldWord::default()) {
-        return Some(Locked::Changed);
+    settle(store, entry, word.quantity(), Change::Release);
+    entry.1.hold_word().store(0, Ordering::Release);
+    let expires_at = deadline.take();
+    Some(Resolved {
+        reservation: slot_holds::reservation(id, entry.0, word.quantity(), expires_at),
+        expired: true,
+        moved: Moves::Many(Vec::new()),
+        key: None,
+    })
+}
+
+/// Counts the expired slot hold `expired` and takes its deadline out of the expiry index
+/// (with no lock held).
+fn count_expired<K: Sku, S: WordStore<K>>(store: &S, expired: &Resolved<K, Moves>) {
+    let life = store.lifecycle();
+    slot_holds::count_resolution(&life.stats, Change::Release, true);
+    if let Some(deadline) = expired.reservation.expires_at {
+        life.registry
+            .unindex_deadline(deadline, expired.reservation.id);
     }
-    Some(Locked::Due(deadline.take()))
 }
 
 /// Gives the slot hold `id` the deadline `now + ttl` (kept in the store's deadlines and the
-/// registry's expiry index, both written under the deadline's lock); a hold already past
-/// its deadline expires instead, its stock moved back. `None` when `id` is no open slot
-/// hold of this store.
+/// registry's expiry index, both written under the hold's lock); a hold already past its
+/// deadline expires instead, its stock moved back. `None` when `id` is no open slot hold
+/// of this store.
 pub(crate) fn extend<K: Sku, S: WordStore<K>>(
     store: &S,
     id: ReservationId,
@@ -302,31 +267,28 @@ pub(crate) fn extend<K: Sku, S: WordStore<K>>(
     let registry = &store.lifecycle().registry;
     let now = registry.now();
     let deadline = now.checked_add(ttl);
-    let (sku, slot) = slot_of(store, id)?.0;
-    let extended = change_deadline(store, id, |word, entry| {
-        if let Some(due) = take_if_due(slot, word, entry, now) {
-            return due;
+    let extended = locked(store, id, |entry, word, entry_deadline, _| {
+        if let Some(expired) = expire_if_due(store, id, (entry, word, entry_deadline), now) {
+            return Locked::Done(Extension::Expired(expired));
         }
-        // Set (or cleared) under the lock: a resolution without it that read the word
-        // before finds it changed.
-        if !swap(slot, word, word.with_timed(deadline.is_some())) {
-            return Locked::Changed;
-        }
-        let before = std::mem::replace(entry, deadline);
-        // Lock order: the deadline's shard, then the expiry index's; nothing takes them
-        // the other way round.
+        let before = std::mem::replace(entry_deadline, deadline);
+        // Lock order: the hold's shard, then the expiry index's; nothing takes them the
+        // other way round.
         if let Some(deadline) = deadline.filter(|deadline| Some(*deadline) != before) {
             registry.index_deadline(deadline, id);
         }
         if let Some(before) = before.filter(|before| Some(*before) != deadline) {
             registry.unindex_deadline(before, id);
         }
-        Locked::Done(word.quantity())
-    })??;
-    Some(match extended {
-        Ok(quantity) => Extension::Extended(slot_holds::reservation(id, sku, quantity, deadline)),
-        Err(expired) => Extension::Expired(expired),
-    })
+        let timed = word.with_timed(deadline.is_some());
+        entry.1.hold_word().store(timed.bits(), Ordering::Release);
+        let reservation = slot_holds::reservation(id, entry.0, word.quantity(), deadline);
+        Locked::Done(Extension::Extended(reservation))
+    })?;
+    if let Extension::Expired(expired) = &extended {
+        count_expired(store, expired);
+    }
+    Some(extended)
 }
 
 /// Expires the slot hold `id` if it is still open and due at `now` (taken out of the
@@ -337,11 +299,15 @@ pub(crate) fn expire<K: Sku, S: WordStore<K>>(
     id: ReservationId,
     now: Instant,
 ) -> Option<Option<Resolved<K, Moves>>> {
-    let slot = slot_of(store, id)?.0 .1;
-    let expired = change_deadline(store, id, |word, entry| {
-        take_if_due(slot, word, entry, now).unwrap_or(Locked::Done(()))
-    })?;
-    Some(expired.and_then(Result::err))
+    slot_of(store, id)?;
+    let expired = locked(store, id, |entry, word, deadline, _| {
+        Locked::Done(expire_if_due(store, id, (entry, word, deadline), now))
+    })
+    .flatten();
+    if let Some(expired) = &expired {
+        count_expired(store, expired);
+    }
+    Some(expired)
 }
 
 /// Appends a copy of every open slot hold (with no idempotency key) to `holds`, for a
