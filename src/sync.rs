@@ -261,7 +261,7 @@ pub(crate) use id_hash::IdHasher;
 #[cfg(not(loom))]
 mod sharded_map;
 #[cfg(not(loom))]
-pub(crate) use sharded_map::ShardedMap;
+pub(crate) use sharded_map::{ShardGuard, ShardedMap};
 
 #[cfg(not(loom))]
 mod real {
@@ -564,6 +564,23 @@ mod mocked {
         }
     }
 
+    /// The loom twin of a locked shard: the whole map locked, for one key.
+    pub(crate) struct ShardGuard<'a, K, V, S, T> {
+        map: loom::sync::MutexGuard<'a, (HashMap<K, V, S>, T)>,
+        key: &'a K,
+    }
+
+    impl<K: Hash + Eq + Clone, V, S: BuildHasher, T> ShardGuard<'_, K, V, S, T> {
+        pub(crate) fn with_entry<R>(&mut self, f: impl FnOnce(&mut Option<V>) -> R) -> R {
+            let mut value = self.map.0.remove(self.key);
+            let result = f(&mut value);
+            if let Some(value) = value {
+                self.map.0.insert(self.key.clone(), value);
+            }
+            result
+        }
+    }
+
     /// The loom twin of the sharded map: one loom mutex around a `HashMap` and one tally.
     pub(crate) struct ShardedMap<K, V, S = super::Hasher, T = ()>(
         loom::sync::Mutex<(HashMap<K, V, S>, T)>,
@@ -611,14 +628,11 @@ mod mocked {
             self.map().0.remove(key)
         }
 
-        pub(crate) fn with_entry<R>(&self, key: &K, f: impl FnOnce(&mut Option<V>) -> R) -> R {
-            let mut map = self.map();
-            let mut value = map.0.remove(key);
-            let result = f(&mut value);
-            if let Some(value) = value {
-                map.0.insert(key.clone(), value);
+        pub(crate) fn lock_shard<'a>(&'a self, key: &'a K) -> ShardGuard<'a, K, V, S, T> {
+            ShardGuard {
+                map: self.map(),
+                key,
             }
-            result
         }
 
         pub(crate) fn remove_if(

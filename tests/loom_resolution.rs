@@ -109,7 +109,7 @@ fn a_loser_sees_the_winners_move<S: StockStore<Sku> + 'static>(store: S) {
     let id = hold.id();
     let committer = spawn(&store, move |store| {
         let committed = store.commit(id);
-        (committed.clone(), counts(&*store, SKU))
+        (committed.clone(), counts(store, SKU))
     });
     let released = store.release(id);
     let seen_by_releaser = counts(&*store, SKU);

@@ -38,7 +38,7 @@ use crate::reservation::{Reservation, ReservationId};
 use crate::stats::Stat;
 use crate::store::Sku;
 use crate::strategy::word_lines::{retry_past_conflicts, WordHandle, WordSlot, WordStore};
-use crate::sync::{Ordering, Position};
+use crate::sync::{IdHasher, Ordering, Position, ShardGuard};
 
 /// Holds one validated line (quantity at least 1): moves the stock by the counts'
 /// compare-and-swap, then, when `in_slot` (no deadline, no key, no event sink) and the
@@ -121,23 +121,27 @@ enum Locked<T> {
     Done(T),
 }
 
+/// The lock of a slot hold: its shard of the store's deadlines, locked.
+type HoldLock<'a> = ShardGuard<'a, ReservationId, Instant, IdHasher, ()>;
+
 /// Runs `change` on the open slot hold `id` of this store under its lock (the lock of its
 /// shard of the store's deadlines), inside the gate: `change` gets the hold's SKU and
-/// slot, its word (checked to be the hold's under the lock) and its deadline entry. The
-/// clock is read with no lock held, once `change` asks for it, and handed to it after.
-/// `None` when `id` is no open slot hold of this store.
+/// slot, its word (checked to be the hold's under the lock) and the lock, through which it
+/// reads or changes the hold's deadline. The clock is read with no lock held, once
+/// `change` asks for it, and handed to it after. `None` when `id` is no open slot hold of
+/// this store.
 #[inline(always)]
 fn locked<'a, K: Sku, S: WordStore<K>, T>(
     store: &'a S,
-    id: ReservationId,
+    id: &ReservationId,
     mut change: impl FnMut(
         (&'a K, &'a S::Slot),
         HoldWord,
-        &mut Option<Instant>,
+        &mut HoldLock<'_>,
         Option<Instant>,
     ) -> Locked<T>,
 ) -> Option<T> {
-    let (entry @ (_, slot), serial) = slot_of(store, id)?;
+    let (entry @ (_, slot), serial) = slot_of(store, *id)?;
     let life = store.lifecycle();
     let mut now = None;
     loop {
@@ -145,12 +149,12 @@ fn locked<'a, K: Sku, S: WordStore<K>, T>(
         // units moved before its word was cleared.
         open_word(slot, serial)?;
         let gate = life.registry.enter();
-        let done = life.deadlines.with_entry(&id, |deadline| {
-            let word = open_word(slot, serial)?;
-            Some(change(entry, word, deadline, now))
-        });
+        let mut lock = life.deadlines.lock_shard(id);
+        let word = open_word(slot, serial)?;
+        let done = change(entry, word, &mut lock, now);
+        drop(lock);
         drop(gate);
-        match done? {
+        match done {
             Locked::Done(done) => return Some(done),
             Locked::NeedsClock => now = Some(life.registry.now()),
         }
@@ -171,12 +175,12 @@ pub(crate) fn resolve<K: Sku, S: WordStore<K>>(
     part: Option<u64>,
 ) -> Option<(Reservation<K>, bool)> {
     let life = store.lifecycle();
-    let (sku, quantity, expires_at, expired) = locked(store, id, |entry, word, deadline, now| {
+    let (sku, quantity, expires_at, expired) = locked(store, &id, |entry, word, lock, now| {
         let (expires_at, expired) = if word.timed() {
             let Some(now) = now else {
                 return Locked::NeedsClock;
             };
-            let expires_at = deadline.take();
+            let expires_at = lock.with_entry(Option::take);
             (
                 expires_at,
                 expires_at.is_some_and(|deadline| now >= deadline),
@@ -216,28 +220,37 @@ pub(crate) fn peek<K: Sku, S: WordStore<K>>(
     store: &S,
     id: ReservationId,
 ) -> Option<Reservation<K>> {
-    locked(store, id, |(sku, _), word, deadline, _| {
-        Locked::Done(slot_holds::reservation(id, sku, word.quantity(), *deadline))
+    locked(store, &id, |(sku, _), word, lock, _| {
+        let deadline = if word.timed() {
+            lock.with_entry(|deadline| *deadline)
+        } else {
+            None
+        };
+        Locked::Done(slot_holds::reservation(id, sku, word.quantity(), deadline))
     })
 }
 
-/// Under the hold's lock: expires the hold of `entry` with word `word` if its deadline (in
-/// `deadline`) passed at `now`: gives its units back, clears its word and takes its
-/// deadline out. Returns the expired hold, or `None` when not due.
+/// Under the hold's lock: expires the hold of `entry` with word `word` if its deadline
+/// passed at `now`: gives its units back, clears its word and takes its deadline out.
+/// Returns the expired hold, or `None` when not due.
 fn expire_if_due<K: Sku, S: WordStore<K>>(
     store: &S,
     id: ReservationId,
-    (entry, word, deadline): ((&K, &S::Slot), HoldWord, &mut Option<Instant>),
+    (entry, word, lock): ((&K, &S::Slot), HoldWord, &mut HoldLock<'_>),
     now: Instant,
 ) -> Option<Resolved<K, Moves>> {
-    if !word.timed() || deadline.is_none_or(|deadline| now < deadline) {
+    if !word.timed() {
         return None;
     }
+    let expires_at = lock.with_entry(|deadline| {
+        deadline
+            .filter(|deadline| now >= *deadline)
+            .and_then(|_| deadline.take())
+    })?;
     settle(store, entry, word.quantity(), Change::Release);
     entry.1.hold_word().store(0, Ordering::Release);
-    let expires_at = deadline.take();
     Some(Resolved {
-        reservation: slot_holds::reservation(id, entry.0, word.quantity(), expires_at),
+        reservation: slot_holds::reservation(id, entry.0, word.quantity(), Some(expires_at)),
         expired: true,
         moved: Moves::Many(Vec::new()),
         key: None,
@@ -267,11 +280,11 @@ pub(crate) fn extend<K: Sku, S: WordStore<K>>(
     let registry = &store.lifecycle().registry;
     let now = registry.now();
     let deadline = now.checked_add(ttl);
-    let extended = locked(store, id, |entry, word, entry_deadline, _| {
-        if let Some(expired) = expire_if_due(store, id, (entry, word, entry_deadline), now) {
+    let extended = locked(store, &id, |entry, word, lock, _| {
+        if let Some(expired) = expire_if_due(store, id, (entry, word, lock), now) {
             return Locked::Done(Extension::Expired(expired));
         }
-        let before = std::mem::replace(entry_deadline, deadline);
+        let before = lock.with_entry(|entry_deadline| std::mem::replace(entry_deadline, deadline));
         // Lock order: the hold's shard, then the expiry index's; nothing takes them the
         // other way round.
         if let Some(deadline) = deadline.filter(|deadline| Some(*deadline) != before) {
@@ -300,8 +313,8 @@ pub(crate) fn expire<K: Sku, S: WordStore<K>>(
     now: Instant,
 ) -> Option<Option<Resolved<K, Moves>>> {
     slot_of(store, id)?;
-    let expired = locked(store, id, |entry, word, deadline, _| {
-        Locked::Done(expire_if_due(store, id, (entry, word, deadline), now))
+    let expired = locked(store, &id, |entry, word, lock, _| {
+        Locked::Done(expire_if_due(store, id, (entry, word, lock), now))
     })
     .flatten();
     if let Some(expired) = &expired {

@@ -164,22 +164,19 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default, T: Default> Shard
         self.remove_if(key, |_, _| true)
     }
 
-    /// Runs `f` on `key`'s value (`None`: absent) under the lock of its shard, and keeps
-    /// what `f` leaves there: a value read, replaced, taken or put, and whatever else `f`
-    /// does, in one critical section (the slot holds' deadlines, `strategy::word_holds`).
-    pub(crate) fn with_entry<R>(&self, key: &K, f: impl FnOnce(&mut Option<V>) -> R) -> R {
+    /// Locks `key`'s shard until the guard drops: a critical section of the caller's that
+    /// covers `key`'s value ([`ShardGuard::with_entry`]) and whatever else it does there
+    /// (the slot holds of `strategy::word_holds`, which read or change a hold's deadline
+    /// only sometimes, and need the lock every time).
+    #[inline]
+    pub(crate) fn lock_shard<'a>(&'a self, key: &'a K) -> ShardGuard<'a, K, V, S, T> {
         let (hash, shard) = self.shard(key);
-        let mut contents = shard.lock();
-        let table = &mut contents.table;
-        let mut value = table
-            .find_entry(hash, |(candidate, _)| candidate == key)
-            .ok()
-            .map(|entry| entry.remove().0 .1);
-        let result = f(&mut value);
-        if let Some(value) = value {
-            table.insert_unique(hash, (key.clone(), value), self.rehash());
+        ShardGuard {
+            map: self,
+            key,
+            hash,
+            contents: shard.lock(),
         }
-        result
     }
 
     /// Calls `f` with the value for `key` and its shard's tally under the shard's lock,
@@ -228,6 +225,34 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default, T: Default> Shard
         self.shards
             .iter()
             .fold(init, |acc, shard| f(acc, &shard.lock().tally))
+    }
+}
+
+/// One shard of a [`ShardedMap`] locked for one key ([`ShardedMap::lock_shard`]).
+pub(crate) struct ShardGuard<'a, K, V, S, T> {
+    map: &'a ShardedMap<K, V, S, T>,
+    key: &'a K,
+    hash: u64,
+    contents: MutexGuard<'a, Contents<K, V, T>>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default, T: Default>
+    ShardGuard<'_, K, V, S, T>
+{
+    /// Runs `f` on the key's value (`None`: absent), and keeps what `f` leaves there: a
+    /// value read, replaced, taken or put.
+    pub(crate) fn with_entry<R>(&mut self, f: impl FnOnce(&mut Option<V>) -> R) -> R {
+        let (hash, key) = (self.hash, self.key);
+        let table = &mut self.contents.table;
+        let mut value = table
+            .find_entry(hash, |(candidate, _)| candidate == key)
+            .ok()
+            .map(|entry| entry.remove().0 .1);
+        let result = f(&mut value);
+        if let Some(value) = value {
+            table.insert_unique(hash, (key.clone(), value), self.map.rehash());
+        }
+        result
     }
 }
 
