@@ -14,11 +14,11 @@ binary, libc). Run, from the repository root:
 
 What it gave (`reserve_commit_warm`, per reserve + commit): the pessimistic and monitor
 stores 4 (a lock and an unlock of the SKU at each end; the hold lives in the SKU's slot),
-`mutex_hashmap_holds` 4, the optimistic store 4 and the adaptive store 4.03 (a
-compare-and-swap of the SKU's counts and one of its hold word at each end; the adaptive
-store's window ends add the rest). Its controls: the monitor store before its holds moved
-into the slot gave 8, the optimistic store 6 (a hold shard's lock and unlock instead of the
-hold word's compare-and-swap).
+`mutex_hashmap_holds` 4, the optimistic store 5 and the adaptive store 5.03 (at the
+reserve, a compare-and-swap of the SKU's counts and one of its hold word; at the commit,
+the hold's shard lock, the counts' compare-and-swap and the unlock; the adaptive store's
+window ends add the rest). Its controls: the monitor store before its holds moved into the
+slot gave 8, the optimistic store 6 with its holds in the registry.
 """
 import re, subprocess, sys
 profile, ops = sys.argv[1], int(sys.argv[2])

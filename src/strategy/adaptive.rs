@@ -100,10 +100,10 @@ const OPTIMISTIC_ATTEMPTS_MAX: u32 = 64;
 ///
 /// A one-line `reserve` with no TTL, key or event sink keeps its hold in a 64-bit word
 /// beside the SKU's counts (one such hold per SKU at a time; the others go to the
-/// registry): the hold is written, and claimed by `commit` or `release`, by one
-/// compare-and-swap of that word, so a `reserve` + `commit` takes no lock on a cold SKU.
-/// A hold that `extend` gave a deadline is read and resolved under a short lock of its
-/// deadline.
+/// registry): `reserve` writes it by a compare-and-swap, with no lock, and `commit`,
+/// `release`, `extend` and `reservation` work on it under a short lock of one shard of the
+/// store's hold deadlines, moving the units before the word is cleared (so racing
+/// resolutions stay linearizable).
 ///
 /// # Examples
 ///

@@ -52,10 +52,11 @@ use crate::sync::{AtomicU64, Backoff, Fill, GrowOnlyMap, Ordering, Word};
 ///
 /// A one-line `reserve` with no TTL, key or event sink keeps its hold in a 64-bit word
 /// beside the SKU's counts (one such hold per SKU at a time; the others go to the
-/// registry): the hold is written, and claimed by `commit` or `release`, by one
-/// compare-and-swap of that word, so a `reserve` + `commit` takes no lock at all: 4 atomic
-/// read-modify-writes, 2 of the counts and 2 of the hold. A hold that `extend` gave a
-/// deadline is read and resolved under a short lock of its deadline.
+/// registry): `reserve` writes it by a compare-and-swap, with no lock, and `commit`,
+/// `release`, `extend` and `reservation` work on it under a short lock of one shard of the
+/// store's hold deadlines, moving the units before the word is cleared (so racing
+/// resolutions stay linearizable): 5 locked read-modify-writes a `reserve` + `commit`,
+/// against 6 through the registry.
 ///
 /// # Examples
 ///
