@@ -351,8 +351,8 @@ fn held_in_slot<S: StockStore<Sku>>(store: S, on_hand: u64) -> (Arc<S>, Reservat
 
 /// The races above on a hold that lives in its SKU's slot (a plain one-line hold, then
 /// given a deadline by `extend`): its deadline lives beside the slot and in the expiry
-/// index, and the slot's lock (the pessimistic and monitor stores) or the compare-and-swap
-/// of its hold word and its busy bit (the optimistic and adaptive stores) decides every
+/// index, and the SKU's lock (the pessimistic and monitor stores) or the hold's lock, its
+/// shard of the store's deadlines (the optimistic and adaptive stores), decides every
 /// race.
 macro_rules! slot_hold_models {
     ($($name:ident => $store:expr),+ $(,)?) => {$(

@@ -1,6 +1,7 @@
 #![cfg(loom)]
 //! Exactly-once resolution: of racing commits and releases of one hold exactly one wins,
-//! the others get `UnknownReservation`, and stock moves once, on every store.
+//! the others get `UnknownReservation`, stock moves once, and a loser that reads the SKU
+//! after its answer sees the winner's move, on every store.
 //!
 //! Run: `CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release --test loom_resolution`
 

@@ -1,10 +1,10 @@
 //! Holds that live in their SKU's slot (every store's one-line holds with no TTL, key or
-//! sink: under the SKU's lock in the pessimistic and monitor stores, by compare-and-swap of a
-//! hold word in the optimistic and adaptive stores): what the registry's holds do, they do too, and an id of one never
-//! reaches a hold it did not name. The contract, model, loom and linearizability suites run
-//! them as well (every plain one-line `reserve` of a store makes one); these
-//! tests pin what only they have: their ids, the one word a SKU has for them, and their
-//! way through `extend`, expiry, partial commits, statistics and snapshots.
+//! sink: under the SKU's lock in the pessimistic and monitor stores, in a hold word beside
+//! the counts in the optimistic and adaptive stores): what the registry's holds do, they do
+//! too, and an id of one never reaches a hold it did not name. The contract, model, loom and
+//! linearizability suites run them as well (every plain one-line `reserve` of a store makes
+//! one); these tests pin what only they have: their ids, the one word a SKU has for them,
+//! and their way through `extend`, expiry, partial commits, statistics and snapshots.
 
 use std::sync::Arc;
 use std::time::Duration;
