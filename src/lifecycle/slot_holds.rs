@@ -34,13 +34,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::backend::{Backend, HeldOne};
+use super::backend::{Backend, Deadlines, HeldOne, Lifecycle};
 use super::registry::{Extension, Resolved};
 use crate::error::StockError;
 use crate::level::{Change, Limits};
 use crate::lines::{self, LevelCell, LockedSkus, Moves};
 use crate::reservation::{HoldLines, Reservation, ReservationId};
-use crate::stats::{Stat, Stats};
+use crate::stats::Stat;
 use crate::store::Sku;
 use crate::sync::{self, MutexGuard, Position};
 
@@ -238,19 +238,52 @@ pub(crate) fn reservation<K: Sku>(
     }
 }
 
-/// Counts a slot hold resolved by `change`, `expired` or not.
-fn count_resolved<K: Sku, S: SlotHeld<K>>(store: &S, change: Change, expired: bool) {
-    count_resolution(store.stats(), change, expired);
-}
-
-/// Counts in `stats` a slot hold resolved by `change`, `expired` or not.
-pub(crate) fn count_resolution(stats: &Stats, change: Change, expired: bool) {
+/// What follows every resolution of the slot hold `id` (by `change`, `expired` or not,
+/// its deadline `deadline` if it had one), with no lock held, in every store: counts it
+/// and takes its deadline out of the expiry index.
+#[inline(always)]
+pub(crate) fn resolved<K: Clone + PartialEq, H: Clone + Default>(
+    life: &Lifecycle<K, H>,
+    id: ReservationId,
+    change: Change,
+    expired: bool,
+    deadline: Option<Instant>,
+) {
     let stat = match (expired, change) {
         (true, _) => Stat::SlotHoldsExpired,
         (false, Change::Commit) => Stat::SlotHoldsCommitted,
         (false, _) => Stat::SlotHoldsReleased,
     };
-    stats.count(stat);
+    life.stats.count(stat);
+    if let Some(deadline) = deadline {
+        life.registry.unindex_deadline(deadline, id);
+    }
+}
+
+/// The report of an expired slot hold, `reservation` (its stock already given back): what
+/// `extend` and the expiry sweep return for it.
+pub(crate) fn expired<K>(reservation: Reservation<K>) -> Resolved<K, Moves> {
+    Resolved {
+        reservation,
+        expired: true,
+        moved: Moves::Many(Vec::new()),
+        key: None,
+    }
+}
+
+/// Appends to `holds` the copy of the slot hold in `word` (the word of `sku`'s slot at
+/// `position`), if it holds one, with its deadline from `deadlines`: a snapshot's copy.
+pub(crate) fn copy_word<K: Sku>(
+    holds: &mut Vec<(Reservation<K>, Option<Arc<str>>)>,
+    deadlines: &Deadlines,
+    (position, sku): (Position, &K),
+    word: HoldWord,
+) {
+    if word.is_open() {
+        let id = id_of(position, word.serial());
+        let expires_at = deadlines.get_cloned(&id);
+        holds.push((reservation(id, sku, word.quantity(), expires_at), None));
+    }
 }
 
 /// The deadline of the slot hold `id`, whose word is `word`, if `extend` gave it one;
@@ -282,16 +315,8 @@ fn expire_locked<K: Sku, S: SlotHeld<K>>(
     *cell.hold_word() = HoldWord::default();
     store.settle_locked(slot, cell, word.quantity(), Change::Release);
     drop(gate);
-    count_resolved(store, Change::Release, true);
-    if let Some(deadline) = deadline {
-        store.lifecycle().registry.unindex_deadline(deadline, id);
-    }
-    Resolved {
-        reservation: reservation(id, sku, word.quantity(), deadline),
-        expired: true,
-        moved: Moves::Many(Vec::new()),
-        key: None,
-    }
+    resolved(store.lifecycle(), id, Change::Release, true, deadline);
+    expired(reservation(id, sku, word.quantity(), deadline))
 }
 
 /// Resolves the slot hold `id` by `change` (`Commit` or `Release`; `Release` whatever was
@@ -350,12 +375,8 @@ pub(crate) fn resolve<K: Sku, S: SlotHeld<K>>(
             _ => store.settle_locked(slot, cell, quantity, settled),
         }
         drop(gate);
-        count_resolved(store, change, expired);
-        if let Some(deadline) = expires_at {
-            registry.unindex_deadline(deadline, id);
-        }
-        let reservation = reservation(id, sku, quantity, expires_at);
-        return Some((reservation, expired));
+        resolved(store.lifecycle(), id, change, expired, expires_at);
+        return Some((reservation(id, sku, quantity, expires_at), expired));
     }
 }
 
@@ -464,11 +485,7 @@ pub(crate) fn copy_holds<K: Sku, S: SlotHeld<K>>(
     let mut position: Position = 0;
     store.slot_map().for_each(|sku, slot| {
         let word = *S::mutex(slot).lock().hold_word();
-        if word.is_open() {
-            let id = id_of(position, word.serial());
-            let expires_at = store.lifecycle().deadlines.get_cloned(&id);
-            holds.push((reservation(id, sku, word.quantity(), expires_at), None));
-        }
+        copy_word(holds, &store.lifecycle().deadlines, (position, sku), word);
         position += 1;
     });
 }

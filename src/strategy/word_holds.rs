@@ -37,7 +37,7 @@ use crate::lines::Moves;
 use crate::reservation::{Reservation, ReservationId};
 use crate::stats::Stat;
 use crate::store::Sku;
-use crate::strategy::word_lines::{retry_past_conflicts, WordHandle, WordSlot, WordStore};
+use crate::strategy::word_lines::{WordHandle, WordSlot, WordStore};
 use crate::sync::{IdHasher, Ordering, Position, ShardGuard};
 
 /// Holds one validated line (quantity at least 1): moves the stock by the counts'
@@ -99,18 +99,6 @@ fn slot_of<K: Sku, S: WordStore<K>>(store: &S, id: ReservationId) -> Option<((&K
 fn open_word<S: WordSlot>(slot: &S, serial: u64) -> Option<HoldWord> {
     let word = HoldWord::from_bits(slot.hold_word().load(Ordering::Acquire));
     word.is(serial).then_some(word)
-}
-
-/// Moves `quantity` held units of `sku`, whose slot is `slot`, by `change` (`Commit` or
-/// `Release`): never refused.
-#[inline(always)]
-fn settle<K: Sku, S: WordStore<K>>(
-    store: &S,
-    (sku, slot): (&K, &S::Slot),
-    quantity: u64,
-    change: Change,
-) {
-    retry_past_conflicts(|| store.update_slot_quiet(sku, slot, change, quantity));
 }
 
 /// What a change of a slot hold found under its lock.
@@ -191,23 +179,18 @@ pub(crate) fn resolve<K: Sku, S: WordStore<K>>(
         let quantity = word.quantity();
         match part {
             Some(part) if !expired && change == Change::Commit && part < quantity => {
-                settle(store, entry, part, Change::Commit);
-                settle(store, entry, quantity - part, Change::Release);
+                store.settle_slot_quiet(entry.0, entry.1, part, Change::Commit);
+                store.settle_slot_quiet(entry.0, entry.1, quantity - part, Change::Release);
             }
-            _ => settle(
-                store,
-                entry,
-                quantity,
-                [change, Change::Release][usize::from(expired)],
-            ),
+            _ => {
+                let settled = [change, Change::Release][usize::from(expired)];
+                store.settle_slot_quiet(entry.0, entry.1, quantity, settled);
+            }
         }
         entry.1.hold_word().store(0, Ordering::Release);
         Locked::Done((entry.0, quantity, expires_at, expired))
     })?;
-    slot_holds::count_resolution(&life.stats, change, expired);
-    if let Some(deadline) = expires_at {
-        life.registry.unindex_deadline(deadline, id);
-    }
+    slot_holds::resolved(life, id, change, expired, expires_at);
     Some((
         slot_holds::reservation(id, sku, quantity, expires_at),
         expired,
@@ -247,25 +230,17 @@ fn expire_if_due<K: Sku, S: WordStore<K>>(
             .filter(|deadline| now >= *deadline)
             .and_then(|_| deadline.take())
     })?;
-    settle(store, entry, word.quantity(), Change::Release);
+    store.settle_slot_quiet(entry.0, entry.1, word.quantity(), Change::Release);
     entry.1.hold_word().store(0, Ordering::Release);
-    Some(Resolved {
-        reservation: slot_holds::reservation(id, entry.0, word.quantity(), Some(expires_at)),
-        expired: true,
-        moved: Moves::Many(Vec::new()),
-        key: None,
-    })
+    let reservation = slot_holds::reservation(id, entry.0, word.quantity(), Some(expires_at));
+    Some(slot_holds::expired(reservation))
 }
 
-/// Counts the expired slot hold `expired` and takes its deadline out of the expiry index
-/// (with no lock held).
+/// What follows the expiry of a slot hold, with no lock held ([`slot_holds::resolved`]).
 fn count_expired<K: Sku, S: WordStore<K>>(store: &S, expired: &Resolved<K, Moves>) {
-    let life = store.lifecycle();
-    slot_holds::count_resolution(&life.stats, Change::Release, true);
-    if let Some(deadline) = expired.reservation.expires_at {
-        life.registry
-            .unindex_deadline(deadline, expired.reservation.id);
-    }
+    let reservation = &expired.reservation;
+    let (id, deadline) = (reservation.id, reservation.expires_at);
+    slot_holds::resolved(store.lifecycle(), id, Change::Release, true, deadline);
 }
 
 /// Gives the slot hold `id` the deadline `now + ttl` (kept in the store's deadlines and the
@@ -332,12 +307,7 @@ pub(crate) fn copy_holds<K: Sku, S: WordStore<K>>(
     let mut position: Position = 0;
     store.skus().for_each(|sku, slot| {
         let word = HoldWord::from_bits(slot.hold_word().load(Ordering::Acquire));
-        if word.is_open() {
-            let id = slot_holds::id_of(position, word.serial());
-            let expires_at = store.lifecycle().deadlines.get_cloned(&id);
-            let reservation = slot_holds::reservation(id, sku, word.quantity(), expires_at);
-            holds.push((reservation, None));
-        }
+        slot_holds::copy_word(holds, &store.lifecycle().deadlines, (position, sku), word);
         position += 1;
     });
 }

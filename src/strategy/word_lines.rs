@@ -194,13 +194,24 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
         })
     }
 
+    /// Commits or releases (`change`) `quantity` held units of `sku`, whose slot is `slot`,
+    /// with no report of the move, retrying past `Conflict`s: never refused.
+    ///
+    /// # Panics
+    ///
+    /// When the counts refuse the move (a broken invariant of the store).
+    #[inline(always)]
+    fn settle_slot_quiet(&self, sku: &K, slot: &Self::Slot, quantity: u64, change: Change) {
+        retry_past_conflicts(|| self.update_slot_quiet(sku, slot, change, quantity));
+    }
+
     /// Commits or releases (`change`) held `lines` with no report of the moves: a one-line
     /// hold on the slot at its `handle`'s position, else each line found by its SKU.
     #[inline(always)]
     fn settle_quiet_lines(&self, lines: &[(K, u64)], handle: &WordHandle, change: Change) {
         if let (Some(position), [(sku, quantity)]) = (handle, lines) {
             let slot = self.skus().at(*position);
-            retry_past_conflicts(|| self.update_slot_quiet(sku, slot, change, *quantity));
+            self.settle_slot_quiet(sku, slot, *quantity, change);
             return;
         }
         for (sku, quantity) in lines {
@@ -208,7 +219,7 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
             // update of a SKU (`update_sku_quiet`) cost the one-line `sell` 12 to 13
             // instructions in callgrind.
             let slot = self.skus().get(sku).expect("a held SKU is in the store");
-            retry_past_conflicts(|| self.update_slot_quiet(sku, slot, change, *quantity));
+            self.settle_slot_quiet(sku, slot, *quantity, change);
         }
     }
 
@@ -270,7 +281,7 @@ pub(crate) trait WordStore<K: Sku>: Backend<K> + StockStore<K> {
     /// refused multi-line reserve), retrying past `Conflict`s: never refused.
     fn release_slots_quiet(&self, lines: &[(K, u64)], slots: &[&Self::Slot]) {
         for ((sku, quantity), slot) in lines.iter().zip(slots) {
-            retry_past_conflicts(|| self.update_slot_quiet(sku, slot, Change::Release, *quantity));
+            self.settle_slot_quiet(sku, slot, *quantity, Change::Release);
         }
     }
 
@@ -442,9 +453,7 @@ pub(crate) fn with_known_sku<K: Sku, V: Send + Sync, R>(
 ///
 /// When `update` is refused by the counts (a broken invariant of the store).
 #[inline(always)]
-pub(crate) fn retry_past_conflicts<K: Sku, T>(
-    mut update: impl FnMut() -> Result<T, StockError<K>>,
-) -> T {
+fn retry_past_conflicts<K: Sku, T>(mut update: impl FnMut() -> Result<T, StockError<K>>) -> T {
     loop {
         match update() {
             Ok(done) => break done,

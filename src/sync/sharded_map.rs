@@ -270,6 +270,26 @@ mod tests {
             && shard_index(u64::MAX, shift) == shards - 1
     }
 
+    /// A locked shard's entry keeps what `with_entry` leaves there: a value put, read,
+    /// replaced and taken, each seen by the next lock and by the map's own reads, and
+    /// another key's value untouched.
+    #[test]
+    fn a_locked_entry_keeps_what_it_was_left() {
+        let map = ShardedMap::<u64, u64>::new();
+        map.insert_new(2, 20, |()| {});
+        assert_eq!(
+            map.lock_shard(&1).with_entry(|value| value.replace(10)),
+            None
+        );
+        assert_eq!(map.get_cloned(&1), Some(10));
+        assert_eq!(map.lock_shard(&1).with_entry(|value| *value), Some(10));
+        let replaced = map.lock_shard(&1).with_entry(|value| value.replace(11));
+        assert_eq!((replaced, map.get_cloned(&1)), (Some(10), Some(11)));
+        assert_eq!(map.lock_shard(&1).with_entry(Option::take), Some(11));
+        assert_eq!((map.get_cloned(&1), map.len()), (None, 1));
+        assert_eq!(map.get_cloned(&2), Some(20));
+    }
+
     /// Every hash picks a shard in range, for every shard count a map can have.
     #[test]
     fn every_hash_picks_a_shard_in_range() {
